@@ -1,0 +1,164 @@
+"""Simulation configuration: pydantic models read from YAML, units in every field name.
+
+Unknown fields are errors (``extra="forbid"``) so a typo never silently falls back to a default.
+Relative paths inside a config file are resolved against the file's folder.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from .errors import ConfigError
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class Beam(_Model):
+    voltage_kv: float = Field(300.0, gt=0, le=3000, description="accelerating voltage (kV)")
+    dose_e_per_a2: float = Field(40.0, ge=0, description="electron dose per image (e/Å²)")
+
+
+class OpticsConfig(_Model):
+    defocus_um: float = Field(1.5, description="defocus (µm), positive = underfocus, at the ice mid-plane")
+    astigmatism_um: float = Field(0.0, description="defocus difference u − v (µm)")
+    astigmatism_angle_deg: float = Field(0.0, description="direction of the larger defocus u (deg from x)")
+    cs_mm: float = Field(2.7, ge=0, description="spherical aberration (mm)")
+    cc_mm: float = Field(2.7, ge=0, description="chromatic aberration (mm)")
+    energy_spread_ev: float = Field(0.8, ge=0, description="energy spread of the source (eV)")
+    illumination_semiangle_mrad: float = Field(0.02, ge=0, description="beam convergence semi-angle (mrad)")
+    aperture_mrad: float | None = Field(None, gt=0, description="objective aperture semi-angle (mrad); null: none")
+    phase_shift_deg: float = Field(0.0, description="phase-plate shift of the scattered beams (deg)")
+
+
+class MTFFormula(_Model):
+    a: float
+    b: float
+    c: float
+    alpha: float = Field(gt=0)
+    beta: float = Field(gt=0)
+
+
+class MTFStar(_Model):
+    star: Path
+
+
+class Detector(_Model):
+    shape_px: tuple[int, int] = Field((256, 256), description="(height, width) in pixels")
+    pixel_size_a: float = Field(1.0, gt=0, description="pixel size at the specimen (Å)")
+    noise: Literal["poisson", "none"] = "poisson"
+    dqe: float = Field(1.0, gt=0, le=1, description="detective quantum efficiency at zero frequency")
+    gain: float = Field(1.0, gt=0, description="output units per electron")
+    mtf: Union[MTFFormula, MTFStar, None] = None
+    normalize_mtf: bool = Field(True, description="divide the MTF by MTF(0) so mean counts are preserved")
+
+    @field_validator("shape_px")
+    @classmethod
+    def _shape(cls, v):
+        if min(v) < 16 or max(v) > 65536:
+            raise ValueError("each side must be between 16 and 65536 pixels")
+        return v
+
+
+class Particle(_Model):
+    structure: str = Field(description="PDB/mmCIF path (.gz allowed) or builtin:1ubi")
+    assembly: str | None = Field(None, description="biological assembly name, e.g. '1'; null: deposited atoms")
+    positions_a: list[tuple[float, float, float]] = Field(default_factory=lambda: [(0.0, 0.0, 0.0)],
+                                                          description="centres (x, y, z) in Å, scene frame")
+    euler_zyz_deg: list[tuple[float, float, float]] = Field(
+        default_factory=lambda: [(0.0, 0.0, 0.0)],
+        description="(φ, θ, ψ) per copy: r' = Rz(φ)·Ry(θ)·Rz(ψ)·r; one triple applies to every copy")
+    models: Literal["auto", "first", "all", "ensemble"] = "auto"
+    remove_waters: bool = True
+    remove_hydrogens: bool = False
+    remove_hetero: bool = False
+    centre: Literal["mass", "bbox", "none"] = "mass"
+    extra_b_a2: float = Field(0.0, ge=0, description="added to every atom's B-factor (Å²)")
+
+    @model_validator(mode="after")
+    def _lengths(self):
+        if len(self.euler_zyz_deg) not in (1, len(self.positions_a)):
+            raise ValueError(
+                f"euler_zyz_deg has {len(self.euler_zyz_deg)} entries for {len(self.positions_a)} positions_a; "
+                "give one triple for all copies or one per copy")
+        return self
+
+
+class Sample(_Model):
+    ice_thickness_nm: float = Field(30.0, ge=0, description="vitreous ice slab thickness (nm); 0: vacuum")
+    ice_mean_potential_v: float = Field(4.8775, ge=0)
+    ice_absorption_potential_v: float | None = Field(None, ge=0, description="null: tabulated value for the voltage")
+    absorption_ratio: float | None = Field(None, ge=0,
+                                           description="atoms' imaginary/real potential; null: same as ice")
+    particles: list[Particle] = Field(default_factory=list)
+
+
+class Simulation(_Model):
+    slice_thickness_a: float = Field(2.0, gt=0, description="multislice slice thickness (Å)")
+    parametrization: Literal["kirkland", "peng", "peng_s2", "peng_s6"] = "kirkland"
+    builder: Literal["fourier", "real_space"] = "fourier"
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    antialias_fraction: float = Field(2 / 3, gt=0, le=1, description="band limit as a fraction of Nyquist")
+    max_memory_gb: float | None = Field(None, gt=0, description="refuse runs estimated above this; null: available RAM")
+
+
+class SimulationConfig(_Model):
+    seed: int = Field(0, ge=0)
+    beam: Beam = Field(default_factory=Beam)
+    optics: OpticsConfig = Field(default_factory=OpticsConfig)
+    detector: Detector = Field(default_factory=Detector)
+    sample: Sample = Field(default_factory=Sample)
+    simulation: Simulation = Field(default_factory=Simulation)
+
+
+def format_validation_error(exc: ValidationError, source: str) -> str:
+    parts = []
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        msg = err["msg"]
+        if err["type"] == "extra_forbidden":
+            msg = "unknown field (check spelling; see `difftem simulate --help` or the README for valid names)"
+        parts.append(f"{loc}: {msg}")
+    return f"{source}: " + "; ".join(parts)
+
+
+def config_from_dict(data: dict, source: str = "config", base_dir: Path | None = None) -> SimulationConfig:
+    try:
+        cfg = SimulationConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(exc, source)) from None
+    if base_dir is not None:
+        _resolve_paths(cfg, base_dir)
+    return cfg
+
+
+def _resolve_paths(cfg: SimulationConfig, base: Path) -> None:
+    for p in cfg.sample.particles:
+        if not p.structure.startswith("builtin:") and not Path(p.structure).is_absolute():
+            p.structure = str((base / p.structure).resolve())
+    if isinstance(cfg.detector.mtf, MTFStar) and not cfg.detector.mtf.star.is_absolute():
+        cfg.detector.mtf.star = (base / cfg.detector.mtf.star).resolve()
+
+
+def load_config(path: str | Path) -> SimulationConfig:
+    """Read a YAML config file; errors name the file and the field."""
+    path = Path(path)
+    if not path.exists():
+        raise ConfigError(f"{path}: config file not found")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ConfigError(f"{path}: malformed YAML{where}: {problem}") from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: top level must be a mapping of sections (seed, beam, optics, ...)")
+    return config_from_dict(data, str(path), path.parent)

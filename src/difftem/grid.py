@@ -1,0 +1,46 @@
+"""The sampling grid shared by every stage."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from .fft import fftfreq_2d
+
+
+@dataclass(frozen=True)
+class Grid:
+    """A (H, W) = (ny, nx) pixel grid with square pixels of ``pixel_size_a`` Å.
+
+    Pixel [iy, ix] has its centre at x = ix·p, y = iy·p in grid coordinates. The scene origin
+    (x = y = 0 in scene coordinates) sits at pixel [ny // 2, nx // 2].
+    """
+
+    shape_px: tuple[int, int]
+    pixel_size_a: float
+
+    @property
+    def ny(self) -> int:
+        return self.shape_px[0]
+
+    @property
+    def nx(self) -> int:
+        return self.shape_px[1]
+
+    @property
+    def origin_a(self) -> tuple[float, float]:
+        """Grid coordinates (y, x) in Å of the scene origin."""
+        return (self.ny // 2) * self.pixel_size_a, (self.nx // 2) * self.pixel_size_a
+
+    @property
+    def nyquist_per_a(self) -> float:
+        return 0.5 / self.pixel_size_a
+
+    def frequencies(self, device=None, dtype=torch.float32, half=False):
+        """(ky, kx) in 1/Å, broadcastable to (H, W) (or the rfft half spectrum)."""
+        return fftfreq_2d(self.shape_px, self.pixel_size_a, half=half, device=device, dtype=dtype)
+
+    def k2(self, device=None, dtype=torch.float32, half=False) -> torch.Tensor:
+        ky, kx = self.frequencies(device, dtype, half)
+        return ky**2 + kx**2
