@@ -104,6 +104,8 @@ class Simulation(_Model):
     builder: Literal["fourier", "real_space"] = "fourier"
     device: Literal["auto", "cpu", "cuda"] = "auto"
     antialias_fraction: float = Field(2 / 3, gt=0, le=1, description="band limit as a fraction of Nyquist")
+    bandlimit: Literal["box", "field"] = Field(
+        "box", description="band-limit each slice's transmission in the box around its atoms, or over the field")
     max_memory_gb: float | None = Field(None, gt=0, description="refuse runs estimated above this; null: available RAM")
 
 

@@ -1,28 +1,34 @@
 """Multislice propagation of a plane wave through a sliced potential.
 
-Conventions (numpy/torch FFT sign: forward transform has e^{-2πi k·x}):
-- transmission t = exp(iσ (V + i V_im)) — an attractive potential advances the phase and the
+Conventions (numpy/torch FFT sign: the forward transform has e^{-2πi k·x}):
+- transmission t = exp(iσ (V + i V_im)): an attractive potential advances the phase and the
   imaginary part attenuates;
-- Fresnel propagator over Δz: P(k) = exp(-iπ λ Δz k²), limited to |k| ≤ 2/3 Nyquist;
+- Fresnel propagator over Δz: P(k) = exp(-iπ λ Δz k²);
 - each slice: ψ ← P ∗ (t · ψ); the exit wave is at the bottom of the last slice.
+Anti-aliasing: both t and P are limited to |k| ≤ 2/3 Nyquist, so the product t·ψ never wraps
+around the grid. t is band-limited in the box that holds the slice's atoms (``"box"``, cheap:
+t − 1 vanishes outside it) or over the whole field (``"field"``, two more full-size FFTs).
 Consecutive slices holding only the ice continuum are merged exactly (a constant transmission
 commutes with propagation), so thick ice costs nothing extra.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from typing import Literal
 
 import torch
 
 from .fft import fft2, ifft2
 from .grid import Grid
-from .potential import SlicedPotential, antialias_mask, embed
+from .potential import Patch, SlicedPotential, antialias_mask, embed
+
+Bandlimit = Literal["box", "field", "none"]
 
 
 def fresnel_propagator(grid: Grid, wavelength_a: float, distance_a: float, *, antialias_fraction: float | None = 2 / 3,
                        device=None, dtype=torch.complex64) -> torch.Tensor:
-    """P(k) = exp(-iπ λ Δz k²) on the grid's FFT layout, with the anti-aliasing aperture."""
+    """P(k) = exp(-iπ λ Δz k²) on the grid's FFT layout, times the anti-aliasing aperture."""
     k2 = grid.k2(device, torch.float64)
     prop = torch.polar(torch.ones_like(k2), -torch.pi * wavelength_a * distance_a * k2)
     if antialias_fraction is not None:
@@ -45,43 +51,78 @@ class MultisliceStats:
     n_slices: int = 0
     n_propagations: int = 0
     n_patches: int = 0
-    extra: dict = field(default_factory=dict)
+
+
+class Multislice:
+    """Plane-wave multislice through a :class:`SlicedPotential`, streamed one slice at a time."""
+
+    def __init__(self, potential: SlicedPotential, wavelength_a: float, sigma: float, *,
+                 antialias_fraction: float | None = 2 / 3, bandlimit: Bandlimit = "box"):
+        self.potential, self.wavelength_a, self.sigma = potential, wavelength_a, sigma
+        self.antialias_fraction = antialias_fraction
+        self.bandlimit = bandlimit if antialias_fraction is not None else "none"
+        self._props: dict[float, torch.Tensor] = {}
+        self._apertures: dict[tuple[int, int], torch.Tensor] = {}
+        self.stats = MultisliceStats()
+
+    def _aperture(self, shape: tuple[int, int]) -> torch.Tensor:
+        if shape not in self._apertures:
+            g = Grid(shape, self.potential.grid.pixel_size_a)
+            mask = antialias_mask(g.k2(self.potential.device, torch.float64), g.pixel_size_a, self.antialias_fraction)
+            self._apertures[shape] = mask.to(self.potential.rdtype)
+        return self._apertures[shape]
+
+    def _propagator(self, distance_a: float) -> torch.Tensor:
+        key = round(distance_a, 9)
+        if key not in self._props:
+            self._props[key] = fresnel_propagator(self.potential.grid, self.wavelength_a, distance_a,
+                                                  antialias_fraction=self.antialias_fraction,
+                                                  device=self.potential.device, dtype=self.potential.cdtype)
+        return self._props[key]
+
+    def transmission_field(self, patch: Patch) -> torch.Tensor:
+        """Band-limited transmission function of one slice's atoms over the whole field (ice excluded)."""
+        shape = self.potential.grid.shape_px
+        t_minus_1 = transmission(patch.potential, self.sigma) - 1
+        if self.bandlimit == "box":
+            t_minus_1 = ifft2(fft2(t_minus_1) * self._aperture(tuple(t_minus_1.shape)))
+        t = embed(Patch(patch.y0, patch.x0, t_minus_1), shape, 0.0) + 1
+        if self.bandlimit == "field":
+            t = ifft2(fft2(t) * self._aperture(shape))
+        return t
+
+    def run(self, incident: torch.Tensor | None = None, progress=None) -> torch.Tensor:
+        """Exit wave (H, W) complex; the incident wave defaults to a plane wave with |ψ|² = 1."""
+        pot = self.potential
+        wave = torch.ones(pot.grid.shape_px, dtype=pot.cdtype, device=pot.device) if incident is None else incident
+        pending_a = 0.0  # propagation owed by slices merged so far
+
+        for content in pot.slices():
+            uniform = pot.uniform_potential(content)
+            if uniform != 0:
+                wave = wave * complex(torch.exp(torch.tensor(1j * self.sigma * uniform, dtype=torch.complex128)))
+            if content.patch is not None:
+                if pending_a > 0:
+                    wave = propagate(wave, self._propagator(pending_a))
+                    self.stats.n_propagations += 1
+                    pending_a = 0.0
+                wave = wave * self.transmission_field(content.patch)
+                self.stats.n_patches += 1
+            pending_a += content.thickness_a
+            self.stats.n_slices += 1
+            if progress is not None:
+                progress(1)
+        if pending_a > 0:
+            wave = propagate(wave, self._propagator(pending_a))
+            self.stats.n_propagations += 1
+        return wave
 
 
 def multislice(potential: SlicedPotential, wavelength_a: float, sigma: float, *, incident: torch.Tensor | None = None,
-               progress=None, stats: MultisliceStats | None = None) -> torch.Tensor:
-    """Exit wave (H, W) complex of a plane wave (|ψ|² = 1) through ``potential``, streamed slice by slice."""
-    grid = potential.grid
-    device, cdtype = potential.device, potential.cdtype
-    wave = torch.ones(grid.shape_px, dtype=cdtype, device=device) if incident is None else incident
-    props: dict[float, torch.Tensor] = {}
-    pending_a = 0.0  # propagation distance owed by merged empty slices
-    stats = stats if stats is not None else MultisliceStats()
-
-    def flush(wave):
-        nonlocal pending_a
-        if pending_a > 0:
-            key = round(pending_a, 9)
-            if key not in props:
-                props[key] = fresnel_propagator(grid, wavelength_a, pending_a,
-                                                antialias_fraction=potential.antialias_fraction, device=device,
-                                                dtype=cdtype)
-            wave = propagate(wave, props[key])
-            stats.n_propagations += 1
-            pending_a = 0.0
-        return wave
-
-    for content in potential.slices():
-        uniform = potential.uniform_potential(content)
-        if uniform != 0:
-            wave = wave * complex(torch.exp(torch.tensor(1j * sigma * uniform, dtype=torch.complex128)))
-        if content.patch is not None:
-            wave = flush(wave)
-            t = transmission(content.patch.potential, sigma)
-            wave = wave * embed(type(content.patch)(content.patch.y0, content.patch.x0, t), grid.shape_px, 1.0)
-            stats.n_patches += 1
-        pending_a += content.thickness_a
-        stats.n_slices += 1
-        if progress is not None:
-            progress(1)
-    return flush(wave)
+               antialias_fraction: float | None = 2 / 3, bandlimit: Bandlimit = "box", progress=None,
+               stats: MultisliceStats | None = None) -> torch.Tensor:
+    """Functional form of :class:`Multislice` (see there)."""
+    ms = Multislice(potential, wavelength_a, sigma, antialias_fraction=antialias_fraction, bandlimit=bandlimit)
+    if stats is not None:
+        ms.stats = stats
+    return ms.run(incident, progress)

@@ -131,8 +131,7 @@ def simulate(config: SimulationConfig, *, keep_potential: bool = False,
     tensors = atoms_to_tensors(atoms, device=device)
     potential = SlicedPotential(*tensors, grid, get_table(config.simulation.parametrization),
                                 config.simulation.slice_thickness_a, ice,
-                                absorption_ratio=config.sample.absorption_ratio, builder=config.simulation.builder,
-                                antialias_fraction=config.simulation.antialias_fraction)
+                                absorption_ratio=config.sample.absorption_ratio, builder=config.simulation.builder)
     per_slice = np.diff(potential.slice_bounds)
     mem_estimate = check_memory(config, len(atoms), int(per_slice.max()) if per_slice.size else 0, device)
 
@@ -147,7 +146,8 @@ def simulate(config: SimulationConfig, *, keep_potential: bool = False,
 
     stats = MultisliceStats()
     with torch.no_grad():
-        exit_wave = multislice(potential, lam, sigma, progress=tick, stats=stats)
+        exit_wave = multislice(potential, lam, sigma, antialias_fraction=config.simulation.antialias_fraction,
+                               bandlimit=config.simulation.bandlimit, progress=tick, stats=stats)
         timings["multislice_s"] = time.perf_counter() - t1
         projected = potential.project() if keep_potential else None
 

@@ -126,12 +126,6 @@ def read_structure(
     path = Path(path)
     st = _open(path)
     notes: list[str] = []
-    if remove_hetero:
-        st.remove_ligands_and_waters()
-    elif remove_waters:
-        st.remove_waters()
-    if remove_hydrogens:
-        st.remove_hydrogens()
     st.setup_entities()
 
     chosen = [st[0]] if models == "first" else list(st)
@@ -139,8 +133,14 @@ def read_structure(
     for mi, model in enumerate(chosen):
         for ch in model:
             for res in ch:
+                if (remove_waters or remove_hetero) and res.is_water():
+                    continue
+                if remove_hetero and res.het_flag == "H":
+                    continue
                 for at in res:
                     zz = at.element.atomic_number
+                    if remove_hydrogens and zz == 1:
+                        continue
                     if zz < 1 or zz > MAX_Z:
                         raise StructureError(
                             f"{path}: atom {at.serial} {at.name!r} in chain {ch.name} {res.name}{res.seqid.num}: "

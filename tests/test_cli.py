@@ -1,0 +1,118 @@
+"""CLI: outputs, headers, and one-line errors that leave nothing half-written."""
+
+import json
+import subprocess
+import sys
+
+import mrcfile
+import numpy as np
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from difftem.cli import app
+
+from conftest import STRUCTURES
+
+runner = CliRunner()
+
+
+def write_cfg(tmp_path, **sections):
+    base = {
+        "seed": 0,
+        "beam": {"voltage_kv": 300, "dose_e_per_a2": 30},
+        "detector": {"shape_px": [96, 96], "pixel_size_a": 1.25, "mtf": {"a": 0.7, "b": 0.2, "c": 0.1,
+                                                                          "alpha": 10, "beta": 40}},
+        "sample": {"ice_thickness_nm": 10, "particles": [{"structure": str(STRUCTURES / "1ubi_ubiquitin.pdb.gz")}]},
+    }
+    base.update(sections)
+    p = tmp_path / "cfg.yaml"
+    p.write_text(yaml.safe_dump(base))
+    return p
+
+
+def test_simulate_writes_all_outputs(shared_data, tmp_path):
+    out = tmp_path / "out"
+    res = runner.invoke(app, ["simulate", str(write_cfg(tmp_path)), "--out", str(out), "--save",
+                              "potential,exit_wave"])
+    assert res.exit_code == 0, res.output
+    names = {p.name for p in out.iterdir()}
+    assert names == {"micrograph.mrc", "noiseless.mrc", "projected_potential.mrc", "exit_wave.npy", "preview.png",
+                     "run.json"}
+    with mrcfile.open(out / "micrograph.mrc") as m:
+        assert m.data.dtype == np.float32 and m.data.shape == (96, 96)
+        assert float(m.voxel_size.x) == pytest.approx(1.25)
+    wave = np.load(out / "exit_wave.npy")
+    assert wave.dtype == np.complex64 and wave.shape == (96, 96)
+    run = json.loads((out / "run.json").read_text())
+    assert run["config"]["detector"]["pixel_size_a"] == 1.25 and run["seed"] == 0
+    assert "difftem_version" in run and run["timings"]["total_s"] > 0
+    with mrcfile.open(out / "projected_potential.mrc") as m:
+        assert float(m.data.max()) > 4.8775 * 100  # ice (100 Å) plus protein
+
+
+def bad(tmp_path, text=None, cfg_path=None):
+    out = tmp_path / "out"
+    out.mkdir(exist_ok=True)
+    (out / "micrograph.mrc").write_bytes(b"previous run")
+    if cfg_path is None:
+        cfg_path = tmp_path / "bad.yaml"
+        cfg_path.write_text(text)
+    res = runner.invoke(app, ["simulate", str(cfg_path), "--out", str(out)])
+    assert res.exit_code == 2
+    assert (out / "micrograph.mrc").read_bytes() == b"previous run"  # nothing overwritten
+    assert {p.name for p in out.iterdir()} == {"micrograph.mrc"}  # and nothing partial added
+    msg = " ".join(res.output.split())
+    assert "Traceback" not in res.output
+    return msg
+
+
+def test_malformed_yaml(tmp_path):
+    assert "malformed YAML at line 3" in bad(tmp_path, "beam:\n  voltage_kv: [300\n")
+
+
+def test_unknown_field(tmp_path):
+    msg = bad(tmp_path, "beam: {voltage_kv: 300, dose: 40}\n")
+    assert "beam.dose" in msg and "unknown field" in msg
+
+
+def test_negative_thickness(tmp_path):
+    msg = bad(tmp_path, "sample: {ice_thickness_nm: -5}\n")
+    assert "sample.ice_thickness_nm" in msg and "greater than or equal to 0" in msg
+
+
+def test_missing_structure(tmp_path):
+    msg = bad(tmp_path, "sample: {particles: [{structure: nowhere.pdb}]}\n")
+    assert "nowhere.pdb" in msg and "file not found" in msg
+
+
+def test_unknown_element(tmp_path):
+    pdb = tmp_path / "x.pdb"
+    pdb.write_text("ATOM      1  XX  UNK A   1       1.000   2.000   3.000  1.00 20.00           XX\nEND\n")
+    msg = bad(tmp_path, f"sample: {{particles: [{{structure: {pdb}}}]}}\n")
+    assert "unknown element" in msg and "x.pdb" in msg
+
+
+def test_field_too_large_for_memory(tmp_path):
+    msg = bad(tmp_path, "detector: {shape_px: [65536, 65536]}\nsimulation: {max_memory_gb: 1}\n")
+    assert "detector.shape_px" in msg and "GB" in msg and "reduce" in msg
+
+
+def test_bad_save_item(shared_data, tmp_path):
+    res = runner.invoke(app, ["simulate", str(write_cfg(tmp_path)), "--out", str(tmp_path / "o"), "--save", "wave"])
+    assert res.exit_code == 2 and "--save" in res.output
+
+
+def test_info_and_console_script():
+    res = runner.invoke(app, ["info"])
+    assert res.exit_code == 0 and "torch" in res.output
+    proc = subprocess.run([sys.executable, "-m", "difftem.cli", "--help"], capture_output=True, text=True)
+    assert proc.returncode == 0 and "simulate" in proc.stdout
+
+
+def test_demo(tmp_path):
+    res = runner.invoke(app, ["demo", "--out", str(tmp_path / "demo")])
+    assert res.exit_code == 0, res.output
+    assert (tmp_path / "demo" / "preview.png").stat().st_size > 10_000
+    with mrcfile.open(tmp_path / "demo" / "micrograph.mrc") as m:
+        assert m.data.shape == (384, 384)
