@@ -103,6 +103,8 @@ class Simulation(_Model):
     parametrization: Literal["kirkland", "peng", "peng_s2", "peng_s6"] = "kirkland"
     builder: Literal["fourier", "real_space"] = "fourier"
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    window: Literal["auto", "off"] = Field(
+        "auto", description="run multislice on a window around the atoms when they fill a small part of the field")
     antialias_fraction: float = Field(2 / 3, gt=0, le=1, description="band limit as a fraction of Nyquist")
     bandlimit: Literal["box", "field"] = Field(
         "box", description="band-limit each slice's transmission in the box around its atoms, or over the field")

@@ -14,11 +14,13 @@ class Grid:
     """A (H, W) = (ny, nx) pixel grid with square pixels of ``pixel_size_a`` Å.
 
     Pixel [iy, ix] has its centre at x = ix·p, y = iy·p in grid coordinates. The scene origin
-    (x = y = 0 in scene coordinates) sits at pixel [ny // 2, nx // 2].
+    (x = y = 0 in scene coordinates) sits at pixel ``origin_px``, by default [ny // 2, nx // 2];
+    a window cut from a larger field keeps the field's scene frame through its own origin_px.
     """
 
     shape_px: tuple[int, int]
     pixel_size_a: float
+    origin_px: tuple[int, int] | None = None
 
     @property
     def ny(self) -> int:
@@ -31,7 +33,13 @@ class Grid:
     @property
     def origin_a(self) -> tuple[float, float]:
         """Grid coordinates (y, x) in Å of the scene origin."""
-        return (self.ny // 2) * self.pixel_size_a, (self.nx // 2) * self.pixel_size_a
+        oy, ox = self.origin_px if self.origin_px is not None else (self.ny // 2, self.nx // 2)
+        return oy * self.pixel_size_a, ox * self.pixel_size_a
+
+    def window(self, y0: int, x0: int, shape_px: tuple[int, int]) -> "Grid":
+        """The sub-grid of shape ``shape_px`` whose pixel [0, 0] is this grid's pixel [y0, x0]."""
+        oy, ox = self.origin_px if self.origin_px is not None else (self.ny // 2, self.nx // 2)
+        return Grid(tuple(shape_px), self.pixel_size_a, (oy - y0, ox - x0))
 
     @property
     def nyquist_per_a(self) -> float:

@@ -10,16 +10,23 @@ around the grid. t is band-limited in the box that holds the slice's atoms (``"b
 t − 1 vanishes outside it) or over the whole field (``"field"``, two more full-size FFTs).
 Consecutive slices holding only the ice continuum are merged exactly (a constant transmission
 commutes with propagation), so thick ice costs nothing extra.
+
+Windowing: outside the specimen's footprint the wave is the plane wave times the ice's uniform
+transmission. When the atoms occupy a small part of the field, multislice runs on a window
+around them (margin = the potential's tails + the Fresnel spread λ·T·k_max over the specimen
+thickness T, doubled) and the result is placed into the field: cost and memory follow the
+specimen, not the field.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Literal
 
 import torch
 
-from .fft import fft2, ifft2
+from .fft import fft2, good_fft_size, ifft2
 from .grid import Grid
 from .potential import Patch, SlicedPotential, antialias_mask, embed
 
@@ -126,3 +133,37 @@ def multislice(potential: SlicedPotential, wavelength_a: float, sigma: float, *,
     if stats is not None:
         ms.stats = stats
     return ms.run(incident, progress)
+
+
+@dataclass(frozen=True)
+class Window:
+    y0: int
+    x0: int
+    grid: Grid
+
+
+def plan_window(grid: Grid, positions_a: torch.Tensor, thickness_a: float, wavelength_a: float, *,
+                margin_a: float = 24.0, min_margin_px: int = 64,
+                antialias_fraction: float | None = 2 / 3) -> Window | None:
+    """A window of ``grid`` holding every atom with a safe margin, or None if it would not be smaller.
+
+    The margin covers the atoms' potential tails (``margin_a``), the ringing of the band limit
+    (``min_margin_px``; it decays over pixels, not Å) and twice the Fresnel spread λ·T·k_max.
+    """
+    if positions_a.shape[0] == 0:
+        return None
+    p = grid.pixel_size_a
+    k_max = (antialias_fraction or 1.0) * 0.5 / p
+    margin_px = max(math.ceil(margin_a / p), min_margin_px) + math.ceil(2 * wavelength_a * thickness_a * k_max / p) + 8
+    oy, ox = grid.origin_a
+    spans = []
+    for coord, origin, n in ((positions_a[:, 1], oy, grid.ny), (positions_a[:, 0], ox, grid.nx)):
+        lo = math.floor((float(coord.detach().min()) + origin) / p) - margin_px
+        hi = math.ceil((float(coord.detach().max()) + origin) / p) + margin_px
+        size = good_fft_size(hi - lo + 1)
+        start = lo - (size - (hi - lo + 1)) // 2
+        if size * 1.25 > n or start < 0 or start + size > n:
+            return None  # not worth it, or the specimen wraps around the field edge
+        spans.append((start, size))
+    (y0, my), (x0, mx) = spans
+    return Window(y0, x0, grid.window(y0, x0, (my, mx)))

@@ -19,9 +19,9 @@ from .config import MTFFormula, MTFStar, SimulationConfig
 from .detector import MTFParams, apply_mtf, expected_counts, read_mtf_star, shot_noise
 from .errors import ConfigError, ResourceError
 from .grid import Grid
-from .multislice import MultisliceStats, multislice
+from .multislice import MultisliceStats, multislice, plan_window
 from .optics import Optics, image_intensity, transfer_function
-from .potential import IceModel, SlicedPotential, atoms_to_tensors, ice_absorption_potential_v
+from .potential import IceModel, Patch, SlicedPotential, atoms_to_tensors, embed, ice_absorption_potential_v
 from .scattering import get_table
 from .structure import Atoms, read_structure, rotation_zyz_deg
 
@@ -129,7 +129,12 @@ def simulate(config: SimulationConfig, *, keep_potential: bool = False,
                     else ice_absorption_potential_v(beam.voltage_kv))
     ice = IceModel(config.sample.ice_thickness_nm * 10.0, config.sample.ice_mean_potential_v, absorption_v)
     tensors = atoms_to_tensors(atoms, device=device)
-    potential = SlicedPotential(*tensors, grid, get_table(config.simulation.parametrization),
+    window = None
+    if config.simulation.window == "auto":
+        z = atoms.positions_a[:, 2]
+        thickness_a = max(ice.thickness_a, float(z.max() - z.min()) + 2.0) if len(atoms) else ice.thickness_a
+        window = plan_window(grid, tensors[1], thickness_a, lam, antialias_fraction=config.simulation.antialias_fraction)
+    potential = SlicedPotential(*tensors, window.grid if window else grid, get_table(config.simulation.parametrization),
                                 config.simulation.slice_thickness_a, ice,
                                 absorption_ratio=config.sample.absorption_ratio, builder=config.simulation.builder)
     per_slice = np.diff(potential.slice_bounds)
@@ -148,8 +153,14 @@ def simulate(config: SimulationConfig, *, keep_potential: bool = False,
     with torch.no_grad():
         exit_wave = multislice(potential, lam, sigma, antialias_fraction=config.simulation.antialias_fraction,
                                bandlimit=config.simulation.bandlimit, progress=tick, stats=stats)
-        timings["multislice_s"] = time.perf_counter() - t1
         projected = potential.project() if keep_potential else None
+        if window is not None:  # outside the window: plane wave × uniform ice transmission
+            uniform = potential.total_uniform_potential()
+            outside = complex(np.exp(1j * sigma * uniform))
+            exit_wave = embed(Patch(window.y0, window.x0, exit_wave), grid.shape_px, outside)
+            if projected is not None:
+                projected = embed(Patch(window.y0, window.x0, projected), grid.shape_px, uniform)
+        timings["multislice_s"] = time.perf_counter() - t1
 
         t2 = time.perf_counter()
         z_exit_a = potential.z_start_a + potential.n_slices * potential.slice_thickness_a
@@ -178,6 +189,7 @@ def simulate(config: SimulationConfig, *, keep_potential: bool = False,
         "n_atoms": len(atoms),
         "n_slices": potential.n_slices,
         "n_propagations": stats.n_propagations,
+        "multislice_window_px": list(window.grid.shape_px) if window else None,
         "z_exit_a": z_exit_a,
         "wavelength_a": lam,
         "interaction_constant_rad_per_v_a": sigma,

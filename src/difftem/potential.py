@@ -264,6 +264,11 @@ class SlicedPotential:
         return complex(self.ice.mean_potential_v * content.ice_thickness_a,
                        self.ice.absorption_potential_v * content.ice_thickness_a)
 
+    def total_uniform_potential(self) -> complex:
+        """Σ over slices of the uniform (ice) projected potential, V·Å."""
+        t = self.ice.thickness_a
+        return complex(self.ice.mean_potential_v * t, self.ice.absorption_potential_v * t)
+
     def project(self) -> torch.Tensor:
         """Projected potential summed over all slices, complex (H, W) in V·Å (ice included)."""
         total = torch.zeros(self.grid.shape_px, dtype=self.cdtype, device=self.device)
