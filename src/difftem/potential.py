@@ -191,31 +191,36 @@ class SlicedPotential:
             self._ff_cache[key] = torch.stack([ff_re, ff_im]).to(self.rdtype)
         return self._ff_cache[key]
 
-    def _structure_factor(self, x_rel_a, y_rel_a, b_a2, weight, shape) -> torch.Tensor:
-        """Σ_j w_j exp(-B_j k²/4) exp(-2πi k·r_j) on the rfft grid of a (My, Mx) box, exactly."""
-        my, mx = shape
-        p = self.grid.pixel_size_a
-        ky = torch.fft.fftfreq(my, d=p, device=self.device, dtype=torch.float64)
-        kx = torch.fft.rfftfreq(mx, d=p, device=self.device, dtype=torch.float64)
-        b = b_a2.double()[:, None]
-        ey = torch.polar(torch.exp(-b * ky**2 / 4) * weight.double()[:, None], -2 * math.pi * y_rel_a.double()[:, None] * ky)
-        ex = torch.polar(torch.exp(-b * kx**2 / 4), -2 * math.pi * x_rel_a.double()[:, None] * kx)
-        return ey.to(self.cdtype).transpose(0, 1) @ ex.to(self.cdtype)
+    def _phase_factors(self, coord_a: torch.Tensor, b_a2: torch.Tensor, weight: torch.Tensor | None,
+                       k: torch.Tensor) -> torch.Tensor:
+        """(N, K) complex factors w_j exp(-B_j k²/4) exp(-2πi k x_j) along one axis.
+
+        The phase is reduced modulo one cycle in float64 before the complex dtype is formed, so
+        complex64 factors keep full precision however far the atom is from the box origin.
+        """
+        cycles = torch.remainder(coord_a.double()[:, None] * k, 1.0).to(self.rdtype)
+        mag = torch.exp(-b_a2.to(self.rdtype)[:, None] * (k.to(self.rdtype) ** 2 / 4))
+        if weight is not None:
+            mag = mag * weight.to(self.rdtype)[:, None]
+        return torch.polar(mag, -2 * math.pi * cycles)
 
     def _fourier_patch(self, lo: int, hi: int) -> Patch:
         x_a, y_a = self._grid_xy_a(self.positions_a[lo:hi])
         y0, x0, my, mx = self._box(x_a, y_a)
         p = self.grid.pixel_size_a
+        ky = torch.fft.fftfreq(my, d=p, device=self.device, dtype=torch.float64)
+        kx = torch.fft.rfftfreq(mx, d=p, device=self.device, dtype=torch.float64)
+        b, w = self.b_iso_a2[lo:hi], self.occupancy[lo:hi]
+        ey = self._phase_factors(y_a - y0 * p, b, w, ky).transpose(0, 1)  # (My, N)
+        ex = self._phase_factors(x_a - x0 * p, b, None, kx)  # (N, Mx//2+1)
         spectrum = torch.zeros((2, my, mx // 2 + 1), dtype=self.cdtype, device=self.device)
         keys = np.stack([self._z[lo:hi], self._in_ice[lo:hi]], 1)
         starts = np.flatnonzero(np.r_[True, np.any(keys[1:] != keys[:-1], axis=1)])
         ends = np.r_[starts[1:], hi - lo]
         for s, e in zip(starts, ends):
-            z, ice_flag = int(keys[s, 0]), int(keys[s, 1])
-            sl = slice(lo + s, lo + e)
-            sf = self._structure_factor(x_a[s:e] - x0 * p, y_a[s:e] - y0 * p, self.b_iso_a2[sl], self.occupancy[sl],
-                                        (my, mx))
-            spectrum = spectrum + self._form_factors(z, ice_flag, (my, mx)) * sf
+            # exact structure factor of this element's atoms: Σ_j w_j DW_j(k) exp(-2πi k·r_j)
+            structure_factor = ey[:, s:e] @ ex[s:e]
+            spectrum = spectrum + self._form_factors(int(keys[s, 0]), int(keys[s, 1]), (my, mx)) * structure_factor
         v = irfft2(spectrum, (my, mx)) / (p * p)  # V·Å
         return Patch(y0, x0, torch.complex(v[0], v[1]))
 
