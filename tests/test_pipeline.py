@@ -112,3 +112,17 @@ def test_window_matches_full_field(shared_data):
     assert float((a.noiseless - b.noiseless).abs().max()) < 0.002 * float(b.noiseless.mean())
     pa, pb = a.projected_potential, b.projected_potential
     assert float((pa - pb).abs().pow(2).sum().sqrt() / (pb - pb[0, 0]).abs().pow(2).sum().sqrt()) < 3e-3
+
+
+def test_api_accepts_dict_and_path_and_warns(shared_data, tmp_path):
+    import yaml
+
+    c = cfg(sample__ice_thickness_nm=2)
+    c.sample.particles[0].positions_a = [(70.0, 0.0, 0.0)]  # half outside a 128 Å field
+    d = c.model_dump(mode="json")
+    r = simulate(d)
+    assert any("outside" in w for w in r.metadata["warnings"])
+    assert any("stick out" in w for w in r.metadata["warnings"])
+    p = tmp_path / "c.yaml"
+    p.write_text(yaml.safe_dump(d))
+    assert torch.equal(simulate(p).micrograph, r.micrograph)

@@ -38,6 +38,8 @@ def run_and_write(config, out: Path, save: set[str], label: str) -> dict:
         task = bar.add_task("multislice", total=None)
         result = simulate(config, keep_potential="potential" in save,
                           progress=lambda done, total: bar.update(task, completed=done, total=total))
+    for warning in result.metadata.get("warnings", []):
+        console.print(f"[yellow]warning:[/] {warning}", soft_wrap=True, highlight=False)
     t = time.perf_counter()
     px = result.pixel_size_a
     written = [write_mrc(out / "micrograph.mrc", result.micrograph.cpu().numpy(), px),

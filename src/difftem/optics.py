@@ -36,14 +36,21 @@ class Optics:
     phase_shift_deg: float = 0.0
 
 
+def defocus_map_a(ky: torch.Tensor, kx: torch.Tensor, optics: Optics, defocus_a=None):
+    """Δf(θ) = Δf + ½ Δf_astig cos 2(θ − θ_astig) (a scalar when there is no astigmatism)."""
+    dz = defocus_a if defocus_a is not None else optics.defocus_a
+    if not optics.astigmatism_a:
+        return dz
+    theta = torch.atan2(ky, kx)
+    return dz + 0.5 * optics.astigmatism_a * torch.cos(2 * (theta - math.radians(optics.astigmatism_angle_deg)))
+
+
 def aberration_phase(grid: Grid, wavelength_a: float, optics: Optics, *, defocus_a=None, device=None,
                      dtype=torch.float64) -> torch.Tensor:
     """χ(k) in radians on the grid's FFT layout (RELION sign; see module docstring)."""
     ky, kx = grid.frequencies(device, dtype)
     k2 = kx**2 + ky**2
-    dz = defocus_a if defocus_a is not None else optics.defocus_a
-    theta = torch.atan2(ky, kx)
-    df = dz + 0.5 * optics.astigmatism_a * torch.cos(2 * (theta - math.radians(optics.astigmatism_angle_deg)))
+    df = defocus_map_a(ky, kx, optics, defocus_a)
     cs_a = optics.cs_mm * 1e7
     return math.pi * wavelength_a * df * k2 - 0.5 * math.pi * cs_a * wavelength_a**3 * k2**2
 
@@ -63,9 +70,7 @@ def envelopes(grid: Grid, wavelength_a: float, voltage_kv: float, optics: Optics
         focal_spread_a = optics.cc_mm * 1e7 * optics.energy_spread_ev / (voltage_kv * 1e3)
         env = env * torch.exp(-((0.5 * math.pi * wavelength_a * focal_spread_a * k2) ** 2))
     if optics.illumination_semiangle_mrad:
-        dz = defocus_a if defocus_a is not None else optics.defocus_a
-        theta = torch.atan2(ky, kx)
-        df = dz + 0.5 * optics.astigmatism_a * torch.cos(2 * (theta - math.radians(optics.astigmatism_angle_deg)))
+        df = defocus_map_a(ky, kx, optics, defocus_a)
         alpha = optics.illumination_semiangle_mrad * 1e-3
         grad = df * k - optics.cs_mm * 1e7 * wavelength_a**2 * k2 * k
         env = env * torch.exp(-((math.pi * alpha * grad) ** 2))

@@ -15,7 +15,7 @@ import torch
 
 from . import __version__
 from .beam import interaction_constant, wavelength_a
-from .config import MTFFormula, MTFStar, SimulationConfig
+from .config import MTFFormula, MTFStar, SimulationConfig, config_from_dict, load_config
 from .detector import MTFParams, apply_mtf, expected_counts, read_mtf_star, shot_noise
 from .errors import ConfigError, ResourceError
 from .grid import Grid
@@ -112,9 +112,37 @@ def make_mtf(config: SimulationConfig):
     return None
 
 
-def simulate(config: SimulationConfig, *, keep_potential: bool = False,
+def scene_warnings(atoms: Atoms, grid: Grid, ice_thickness_a: float) -> list[str]:
+    """Things that are legal but probably not what the user meant."""
+    out = []
+    if len(atoms) == 0:
+        return ["the sample has no atoms: the image shows ice (or vacuum) only"]
+    oy, ox = grid.origin_a
+    x = atoms.positions_a[:, 0] + ox
+    y = atoms.positions_a[:, 1] + oy
+    inside = (x >= 0) & (x < grid.nx * grid.pixel_size_a) & (y >= 0) & (y < grid.ny * grid.pixel_size_a)
+    if not inside.all():
+        out.append(f"{int((~inside).sum())} atoms lie outside the {grid.ny}x{grid.nx} px field; the field is "
+                   "periodic, so they wrap around to the opposite edge (check sample.particles.positions_a)")
+    if ice_thickness_a > 0:
+        outside = np.abs(atoms.positions_a[:, 2]) > ice_thickness_a / 2
+        if outside.any():
+            out.append(f"{int(outside.sum())} atoms stick out of the {ice_thickness_a / 10:g} nm ice slab "
+                       "(they are simulated in vacuum; raise sample.ice_thickness_nm or move the particles)")
+    return out
+
+
+def simulate(config: "SimulationConfig | dict | str | Path", *, keep_potential: bool = False,
              progress: Callable[[int, int], None] | None = None) -> SimulationResult:
-    """Run the whole forward model. ``progress(done, total)`` is called once per slice."""
+    """Run the whole forward model.
+
+    ``config`` is a :class:`SimulationConfig`, a dict of the same shape, or a YAML path.
+    ``progress(done, total)`` is called once per slice.
+    """
+    if isinstance(config, (str, Path)):
+        config = load_config(config)
+    elif isinstance(config, dict):
+        config = config_from_dict(config)
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
     device = resolve_device(config.simulation.device)
@@ -128,6 +156,7 @@ def simulate(config: SimulationConfig, *, keep_potential: bool = False,
     absorption_v = (config.sample.ice_absorption_potential_v if config.sample.ice_absorption_potential_v is not None
                     else ice_absorption_potential_v(beam.voltage_kv))
     ice = IceModel(config.sample.ice_thickness_nm * 10.0, config.sample.ice_mean_potential_v, absorption_v)
+    warnings = scene_warnings(atoms, grid, ice.thickness_a)
     tensors = atoms_to_tensors(atoms, device=device)
     window = None
     if config.simulation.window == "auto":
@@ -195,6 +224,7 @@ def simulate(config: SimulationConfig, *, keep_potential: bool = False,
         "interaction_constant_rad_per_v_a": sigma,
         "memory_estimate_bytes": mem_estimate,
         "structure_notes": atoms.notes,
+        "warnings": warnings,
         "timings": timings,
     }
     return SimulationResult(micrograph.float(), noiseless.float(), intensity.float(), exit_wave, det.pixel_size_a,
