@@ -79,12 +79,18 @@ def envelopes(grid: Grid, wavelength_a: float, voltage_kv: float, optics: Optics
 
 def transfer_function(grid: Grid, wavelength_a: float, voltage_kv: float, optics: Optics, *, defocus_a=None,
                       device=None, dtype=torch.complex64) -> torch.Tensor:
-    """H(k) = A(k) E(k) exp(iχ(k)) [· exp(iφ) for k ≠ 0], the lens acting on the exit wave."""
-    chi = aberration_phase(grid, wavelength_a, optics, defocus_a=defocus_a, device=device)
-    h = torch.polar(envelopes(grid, wavelength_a, voltage_kv, optics, defocus_a=defocus_a, device=device), chi)
+    """H(k) = A(k) E(k) exp(iχ(k)) [· exp(iφ) for k ≠ 0], the lens acting on the exit wave.
+
+    Computed in the real precision of ``dtype`` (float32 for complex64: |χ| of a few hundred rad
+    keeps ~1e-5 rad accuracy), so a large field costs no float64 temporaries.
+    """
+    real = torch.float32 if dtype == torch.complex64 else torch.float64
+    chi = aberration_phase(grid, wavelength_a, optics, defocus_a=defocus_a, device=device, dtype=real)
+    h = torch.polar(envelopes(grid, wavelength_a, voltage_kv, optics, defocus_a=defocus_a, device=device,
+                              dtype=real), chi)
     if optics.aperture_mrad is not None:
         k_cut = optics.aperture_mrad * 1e-3 / wavelength_a
-        h = h * (grid.k2(device, torch.float64) <= k_cut**2)
+        h = h * (grid.k2(device, real) <= k_cut**2)
     if optics.phase_shift_deg:
         shift = torch.full_like(chi, math.radians(optics.phase_shift_deg))
         shift[0, 0] = 0.0
