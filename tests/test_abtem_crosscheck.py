@@ -61,7 +61,8 @@ def test_projected_potential_and_exit_wave_vs_abtem(parametrization):
     # B = 20 Å² (a typical model B-factor) on a 0.1 Å grid
     res = run_pair(parametrization, 0.1, 512, b_a2=20.0)
     pot, ref = res["potential"]
-    assert float(pot.sum()) == pytest.approx(float(ref.sum()), rel=1e-9)  # same total, exactly
+    # same total: h²/(2π m0 e) differs between the codes in the 9th digit (CODATA 2018 vs older constants)
+    assert float(pot.sum()) == pytest.approx(float(ref.sum()), rel=1e-7)
     assert rel(pot, ref) <= 0.01
     for key in ("wave_field", "wave_box"):
         wave, ref_wave = res[key]
