@@ -1,0 +1,1 @@
+"""Learning on top of the simulator: gradient estimators through shot noise, MTF fitting, denoising."""
