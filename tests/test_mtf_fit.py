@@ -103,3 +103,47 @@ def test_bad_inputs():
         select_background_crops(np.full((256, 256), np.nan), 64, 4)
     with pytest.raises(ConfigError, match="background counts"):
         fit_algorithm1(torch.rand(2, 64, 64), 0.0)
+
+
+def test_fit_mtf_cli(tmp_path, shared_data):
+    import json
+
+    from typer.testing import CliRunner
+
+    from difftem.cli import app
+    from difftem.io import write_mrc
+
+    runner = CliRunner()
+    img = background_crops(TMV, n=1, size=1024, counts=25.0)[0].numpy()
+    write_mrc(tmp_path / "bg.mrc", img, 1.0)
+    res = runner.invoke(app, ["fit-mtf", str(tmp_path / "bg.mrc"), "--out", str(tmp_path / "o"), "--crop-size", "64",
+                              "--n-crops", "100", "--reference", "0.7,0.2,0.1,10,40"])
+    assert res.exit_code == 0, res.output
+    rep = json.loads((tmp_path / "o" / "mtf_fit.json").read_text())
+    assert rep["fits"]["nps"]["rms_vs_reference_normalised"] < 0.02
+    star = read_mtf_star(tmp_path / "o" / "mtf_fit.star")
+    assert star.value[0] == pytest.approx(1.0) and (tmp_path / "o" / "crops.png").exists()
+    res = runner.invoke(app, ["fit-mtf", "--curve", str(shared_data / "mtf" / "mtf_k2_300kV_FL2.star"),
+                              "--out", str(tmp_path / "c")])
+    assert res.exit_code == 0 and "rms_fit_error" in res.output
+
+
+def test_fit_mtf_cli_bad_inputs(tmp_path):
+    from typer.testing import CliRunner
+
+    from difftem.cli import app
+    from difftem.io import write_mrc
+
+    runner = CliRunner()
+    bad_star = tmp_path / "bad.star"
+    bad_star.write_text("data_\nloop_\n_rlnFoo\n_rlnBar\n0 1\n0.5 0.2\n")
+    res = runner.invoke(app, ["fit-mtf", "--curve", str(bad_star), "--out", str(tmp_path / "o")])
+    assert res.exit_code == 2 and "_rlnMtfValue" in res.output
+    img = np.ones((256, 256), np.float32)
+    img[10, 10] = np.nan
+    write_mrc(tmp_path / "nan.mrc", img, 1.0)
+    res = runner.invoke(app, ["fit-mtf", str(tmp_path / "nan.mrc"), "--out", str(tmp_path / "o")])
+    assert res.exit_code == 2 and "NaN" in res.output
+    res = runner.invoke(app, ["fit-mtf", "--out", str(tmp_path / "o")])
+    assert res.exit_code == 2 and "give micrographs" in res.output
+    assert not (tmp_path / "o").exists()

@@ -92,3 +92,12 @@ def _json_default(o):
     if isinstance(o, Path):
         return str(o)
     raise TypeError(f"not JSON serialisable: {type(o)}")
+
+
+def write_mtf_star(path: str | Path, frequency_per_px: np.ndarray, value: np.ndarray, name: str = "mtf") -> Path:
+    """RELION MTF STAR (``_rlnResolutionInversePixel``, ``_rlnMtfValue``)."""
+    lines = [f"data_{name}", "", "loop_", "_rlnResolutionInversePixel", "_rlnMtfValue"]
+    lines += [f"{f:.9f}\t{v:.9f}" for f, v in zip(frequency_per_px, value)]
+    with atomic_path(path) as tmp:
+        tmp.write_text("\n".join(lines) + "\n")
+    return Path(path)

@@ -70,7 +70,8 @@ class MTFModel(torch.nn.Module):
         return self.a / (1 + self.alpha * w2) + self.b / (1 + self.beta * w2) + self.c
 
     def params(self) -> MTFParams:
-        return MTFParams(float(self.a), float(self.b), float(self.c), float(self.alpha), float(self.beta))
+        vals = (self.a, self.b, self.c, self.alpha, self.beta)
+        return MTFParams(*(float(v.detach()) for v in vals))
 
     def apply(self, images: torch.Tensor) -> torch.Tensor:
         """Filter (..., H, W) images by this MTF in Fourier space (as the detector does)."""
@@ -104,7 +105,7 @@ def _lbfgs(model: MTFModel, loss_fn, steps: int = 200) -> list[float]:
         opt.zero_grad()
         loss = loss_fn()
         loss.backward()
-        history.append(float(loss))
+        history.append(float(loss.detach()))
         return loss
 
     opt.step(closure)
@@ -130,10 +131,19 @@ def fit_curve(frequency_per_px, values, *, inits=_INITS) -> MTFFit:
                                                                       "max_abs_fit_error": float((params(f) - v).abs().max())})
 
 
-def noise_power_spectrum(crops: torch.Tensor) -> torch.Tensor:
-    """Mean |DFT|²/N of mean-subtracted (N, S, S) crops on the rfft layout (units: counts² per pixel)."""
+def noise_power_spectrum(crops: torch.Tensor, window: bool = True) -> torch.Tensor:
+    """Mean |DFT|²/N of mean-subtracted (N, S, S) crops on the rfft layout (units: counts² per pixel).
+
+    Crops cut from a larger image are not periodic: their edges leak power across frequencies and
+    flatten the spectrum. A separable Hann window (power-normalised) suppresses that leakage.
+    """
     x = crops.double()
     x = x - x.mean(dim=(-2, -1), keepdim=True)
+    if window:
+        wy = torch.hann_window(x.shape[-2], periodic=False, dtype=x.dtype)
+        wx = torch.hann_window(x.shape[-1], periodic=False, dtype=x.dtype)
+        w = wy[:, None] * wx[None, :]
+        x = x * w / torch.sqrt(torch.mean(w**2))
     return (rfft2(x).abs() ** 2).mean(0) / (x.shape[-1] * x.shape[-2])
 
 
@@ -208,7 +218,7 @@ def fit_algorithm1(crops: torch.Tensor, background_counts: float, *, ffl_alpha: 
         opt.zero_grad()
         loss.backward()
         opt.step()
-        hist.append(float(loss))
+        hist.append(float(loss.detach()))
         if progress is not None:
             progress(step + 1, steps)
     name = "algorithm1_mse" + ("" if ffl_alpha is None else f"+ffl(alpha={ffl_alpha:g})")

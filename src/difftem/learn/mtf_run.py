@@ -1,0 +1,161 @@
+"""`difftem fit-mtf`: fit the detector MTF to a measured curve and/or micrographs, write JSON/STAR/PNG."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from ..detector import MTFParams, read_mtf_star
+from ..errors import ConfigError
+from ..io import atomic_path, read_mrc, write_json, write_mtf_star
+from .mtf_fit import (MTFFit, curve_rms, extract_crops, fit_algorithm1, fit_curve, fit_nps, normalised_curve,
+                      select_background_crops)
+
+
+def parse_reference(text: str | None):
+    """A reference curve: a STAR path, or 'a,b,c,alpha,beta'."""
+    if not text:
+        return None
+    parts = text.split(",")
+    if len(parts) == 5:
+        try:
+            return MTFParams(*(float(p) for p in parts))
+        except ValueError:
+            pass
+    return read_mtf_star(text)
+
+
+def read_boxes(path: Path) -> list[tuple[int, int]]:
+    """Box file: one 'y x' (top-left corner, pixels) per line; '#' comments allowed."""
+    out = []
+    for line in Path(path).read_text().splitlines():
+        s = line.split("#")[0].strip()
+        if s:
+            try:
+                y, x = (int(float(v)) for v in s.split()[:2])
+            except ValueError:
+                raise ConfigError(f"--boxes {path}: cannot read line {line!r} (expected 'y x')") from None
+            out.append((y, x))
+    if not out:
+        raise ConfigError(f"--boxes {path}: no boxes found")
+    return out
+
+
+def run_fit_mtf(micrographs: list[Path], out: Path, *, curve: Path | None = None, method: str = "nps",
+                crop_px: int = 128, n_crops: int = 20, boxes: Path | None = None,
+                background_counts: float | None = None, ffl_alpha: float | None = 1.0, steps: int = 300,
+                reference: str | None = None, seed: int = 0,
+                progress: Callable[[str, int, int], None] | None = None) -> dict:
+    if not micrographs and curve is None:
+        raise ConfigError("give micrographs (MRC) and/or --curve STAR to fit")
+    if method not in ("nps", "algorithm1", "both"):
+        raise ConfigError(f"--method {method!r}: choose nps, algorithm1 or both")
+    ref = parse_reference(reference)
+    fits: dict[str, MTFFit] = {}
+    report: dict = {"inputs": {"micrographs": [str(m) for m in micrographs], "curve": str(curve) if curve else None}}
+    if curve is not None:
+        c = read_mtf_star(curve)
+        fits["curve"] = fit_curve(c.frequency_per_px, c.value)
+        if ref is None:
+            ref = c
+    crops_all = []
+    overlays = []
+    for path in micrographs:
+        if not Path(path).exists():
+            raise ConfigError(f"{path}: micrograph not found")
+        try:
+            img, px = read_mrc(path)
+        except Exception as exc:
+            raise ConfigError(f"{path}: cannot read as MRC ({exc})") from None
+        img = np.asarray(img, dtype=np.float64)
+        if img.ndim == 3 and img.shape[0] == 1:
+            img = img[0]
+        if img.ndim != 2:
+            raise ConfigError(f"{path}: expected a single 2-D micrograph, got shape {img.shape}")
+        corners = read_boxes(boxes) if boxes else select_background_crops(img, crop_px, n_crops)
+        crops_all.append(extract_crops(img, corners, crop_px))
+        overlays.append((Path(path).name, img, corners))
+        report.setdefault("crops", {})[str(path)] = {"pixel_size_a": px, "corners_yx": corners}
+    if crops_all:
+        crops = torch.cat(crops_all)
+        if method in ("nps", "both"):
+            fits["nps"] = fit_nps(crops)
+        if method in ("algorithm1", "both"):
+            level = background_counts if background_counts is not None else float(crops.mean())
+            if background_counts is None:
+                report["background_counts_note"] = ("background counts per pixel taken from the crops' mean "
+                                                    "(assumes the micrograph is in counts); pass --background-counts")
+            cb = (lambda i, n: progress("algorithm 1", i, n)) if progress else None
+            fits["algorithm1"] = fit_algorithm1(crops, level, ffl_alpha=ffl_alpha, steps=steps,
+                                                generator=torch.Generator().manual_seed(seed), progress=cb)
+    report["fits"] = {k: f.to_dict() for k, f in fits.items()}
+    if ref is not None:
+        for k, f in fits.items():
+            if k != "curve":  # a curve fit is scored against its own curve (rms_fit_error)
+                report["fits"][k]["rms_vs_reference_normalised"] = curve_rms(f.params, ref)
+    primary = fits.get("nps") or fits.get("algorithm1") or fits["curve"]
+    report["primary"] = primary.method
+    omega = np.linspace(0, 0.5, 101)
+    values = normalised_curve(primary.params, torch.as_tensor(omega)).numpy()
+    out.mkdir(parents=True, exist_ok=True)
+    write_mtf_star(out / "mtf_fit.star", omega, values, name="mtf_fit")
+    _plot(out / "mtf_fit.png", fits, ref)
+    if overlays:
+        _plot_crops(out / "crops.png", overlays, crop_px)
+    report["outputs"] = ["mtf_fit.json", "mtf_fit.star", "mtf_fit.png"] + (["crops.png"] if overlays else [])
+    write_json(out / "mtf_fit.json", report)
+    return report
+
+
+def _plot(path: Path, fits: dict[str, MTFFit], ref) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    omega = torch.linspace(0, 0.5, 201, dtype=torch.float64)
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 4))
+    if ref is not None:
+        r = ref(omega) / ref(torch.zeros((), dtype=torch.float64))
+        a1.plot(omega, r, "k--", lw=2, label="reference")
+    for name, f in fits.items():
+        a1.plot(omega, normalised_curve(f.params, omega), label=f"{f.method}")
+        if f.loss_history:
+            a2.semilogy(np.abs(f.loss_history) + 1e-30, label=f.method)
+    a1.set_ylim(-0.25, 1.25)  # a fit with MTF(0) near 0 would otherwise flatten every other curve
+    a1.set_xlabel("spatial frequency (cycles/pixel)")
+    a1.set_ylabel("MTF / MTF(0)")
+    a1.legend()
+    a1.grid(alpha=0.3)
+    a2.set_xlabel("iteration")
+    a2.set_ylabel("loss")
+    a2.legend()
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=100)
+    plt.close(fig)
+
+
+def _plot_crops(path: Path, overlays, crop_px: int) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.patches as patches
+    import matplotlib.pyplot as plt
+
+    n = len(overlays)
+    fig, axes = plt.subplots(1, n, figsize=(5 * n, 5), squeeze=False)
+    for ax, (name, img, corners) in zip(axes[0], overlays):
+        lo, hi = np.percentile(img, [1, 99])
+        ax.imshow(img, cmap="gray", vmin=lo, vmax=hi)
+        for y, x in corners:
+            ax.add_patch(patches.Rectangle((x, y), crop_px, crop_px, fill=False, color="yellow", lw=1))
+        ax.set_title(f"{name}: {len(corners)} background crops", fontsize=9)
+        ax.axis("off")
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=80)
+    plt.close(fig)
