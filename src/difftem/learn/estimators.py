@@ -35,13 +35,18 @@ Which pixels a count's score is paired with matters (``pairing`` below). The sco
 multiplies the per-pixel loss :math:`\ell(x)` by the per-pixel log-likelihood of the *same* pixel
 (``pairing="pixel"``); that is unbiased only when :math:`\ell(x)` depends on :math:`I_q(x)` alone,
 i.e. with no MTF (or any MTF that is the identity). With a blurring MTF, :math:`\ell(x)` depends on
-the neighbours' counts and the pixel pairing drops the cross terms: its expected gradient is
+the neighbours' counts and the pixel pairing drops the cross terms: for the squared error its
+expected gradient is
 :math:`\tfrac1N[-2h(0)\,r(y) + h(0)^2]` instead of the true
 :math:`\tfrac1N[-2(h \star r)(y) + \textstyle\sum_x h(x)^2]` with :math:`r = R_D - M*\lambda`
-(for the paper's TMV MTF on 32² pixels this is a ≈ 40–60 % error, see
-``benchmarks/estimator_report.py``). The default ``pairing="image"`` multiplies each image's mean
-loss by the log-likelihood of all of its pixels: unbiased for any MTF and any per-pixel loss, at
-the price of variance that grows with the number of pixels (the baseline removes most of it).
+(for the paper's TMV MTF on 32² pixels, a 52–55 % relative error of the mean gradient at 10 to
+1000 counts, see ``benchmarks/estimator_report.py``). The default ``pairing="image"`` multiplies
+each image's mean loss by the log-likelihood of all of its pixels: unbiased for any MTF and any
+per-pixel loss, at the price of a variance that grows with the number of pixels (on 32² pixels the
+noise of one single-draw call is 700–3000 × the gradient's norm; the leave-one-out baseline with
+4 draws brings it to ~20 ×, 16 draws to ~10 ×). For the squared error use :func:`expected_mse`
+(exact) or, if a sample path is wanted, :func:`reparameterised_loss` (unbiased for this loss; one
+call's noise 0.01–0.5 × the gradient's norm at 1000–10 counts).
 """
 
 from __future__ import annotations
@@ -366,16 +371,19 @@ def reparameterised_loss(rate: torch.Tensor, data: torch.Tensor, mtf: MTFLike, g
     chain rule). Draws may be negative and are not rounded.
 
     Where it is accurate: the Gaussian matches the Poisson mean and variance exactly but not
-    its skewness :math:`\lambda^{-1/2}` or higher cumulants. An expected loss that depends on the
-    counts only through their first two moments — any loss quadratic in :math:`I_q`, so in
-    particular the squared error through a linear MTF — has the *same* expectation under
-    both, and this estimator is then unbiased for its gradient at every λ > 0. For other losses
+    its higher cumulants (skewness :math:`\lambda^{-1/2}`, excess kurtosis :math:`\lambda^{-1}`). An
+    expected loss that depends on the counts only through their first two moments — any loss
+    quadratic in :math:`I_q`, in particular the squared error through a linear MTF — has the
+    *same* expectation under both, and this estimator is then unbiased for its gradient at every
+    λ > 0 (tested down to λ = 2, and see ``benchmarks/estimator_report.py``). For other losses
     (absolute error, Poisson deviance, quartic, anything after a non-linearity or clamp of
-    :math:`I_q`) its gradient is biased; the bias comes from the third and higher cumulants and is
-    large at a few counts per pixel (tests show it at λ = 2), shrinking relative to the
-    gradient like :math:`\lambda^{-1/2}` when residuals are at the noise scale, so use it there
-    only at high counts (≳ 100–200 per pixel). Its gradient also blows up like
-    :math:`\lambda^{-1/2}` as λ → 0 (no gradient is passed at λ = 0 exactly).
+    :math:`I_q`) the gradient is biased by the missing cumulants: large at a few counts per pixel
+    (tests show it at λ = 2 for a quartic loss) and, for residuals at the noise scale
+    (:math:`|R_D - \lambda| \sim \sqrt{\lambda}`), shrinking relative to the gradient like
+    :math:`\lambda^{-1/2}`; so for those losses use it only at high counts (≳ 100–200 per pixel),
+    and mind that a loss weighting residuals much smaller than the noise can stay biased even
+    there. Its gradient also grows like :math:`\lambda^{-1/2}` as λ → 0 (no gradient is passed at
+    λ = 0 exactly).
 
     Parameters
     ----------

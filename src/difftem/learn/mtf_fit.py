@@ -96,6 +96,46 @@ _INITS = [MTFParams(0.7, 0.2, 0.1, 10, 40), MTFParams(0.6, 1.24, -0.84, 0.97, 0.
           MTFParams(0.5, 0.5, 0.0, 1.0, 20.0), MTFParams(0.9, 0.1, 0.0, 3.0, 100.0), MTFParams(0.3, 0.6, 0.1, 0.5, 5.0)]
 
 
+def grid_init(omega: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None = None,
+              n_grid: int = 41) -> MTFParams:
+    """Global start for the 5-parameter model: for fixed (α, β) the model is linear in (a, b, c), so
+    solve that weighted least-squares problem on a log-spaced (α, β) grid and keep the best."""
+    w = torch.ones_like(target) if weight is None else weight
+    grid = torch.logspace(-1, 3.5, n_grid, dtype=torch.float64)
+    al, be = torch.meshgrid(grid, grid, indexing="ij")
+    keep = al <= be  # the model is symmetric in (a, α) ↔ (b, β)
+    al, be = al[keep], be[keep]
+    w2 = omega**2
+    basis = torch.stack([1 / (1 + al[:, None] * w2), 1 / (1 + be[:, None] * w2), torch.ones_like(al)[:, None]
+                         .expand(-1, len(omega))], -1)  # (G, n, 3)
+    sw = w.sqrt()[None, :, None]
+    sol = torch.linalg.lstsq(basis * sw, (target * w.sqrt())[None, :, None].expand(len(al), -1, -1)).solution
+    resid = ((basis @ sol).squeeze(-1) - target) ** 2 @ w
+    i = int(torch.argmin(resid))
+    a, b, c = (float(v) for v in sol[i, :, 0])
+    return MTFParams(a, b, c, float(al[i]), float(be[i]))
+
+
+def _sign_patterns(amplitude: torch.Tensor, n_dips: int = 4) -> list[torch.Tensor]:
+    """Signed versions of a radial |MTF| profile: the model's numerator is quadratic in ω², so the
+    curve crosses zero at most twice; crossings show as dips of |MTF|. Flip the sign after none,
+    one or two of the deepest local minima."""
+    a = amplitude
+    interior = torch.arange(1, len(a) - 1)
+    is_min = (a[interior] < a[interior - 1]) & (a[interior] <= a[interior + 1])
+    dips = interior[is_min]
+    dips = dips[torch.argsort(a[dips])][:n_dips].tolist()
+    out = [a]
+    idx = torch.arange(len(a))
+    for i in dips:
+        out.append(torch.where(idx >= i, -a, a))
+    for i in dips:
+        for j in dips:
+            if j > i:
+                out.append(torch.where((idx >= i) & (idx < j), -a, a))
+    return out
+
+
 def _lbfgs(model: MTFModel, loss_fn, steps: int = 200) -> list[float]:
     opt = torch.optim.LBFGS(model.parameters(), lr=1.0, max_iter=steps, tolerance_grad=1e-12,
                             tolerance_change=1e-15, history_size=50, line_search_fn="strong_wolfe")
@@ -120,7 +160,7 @@ def fit_curve(frequency_per_px, values, *, inits=_INITS) -> MTFFit:
     if f.ndim != 1 or f.shape != v.shape or len(f) < 5:
         raise ConfigError("MTF curve: need at least 5 (frequency, value) pairs")
     best = None
-    for init in inits:
+    for init in [grid_init(f, v), *inits]:
         model = MTFModel(init)
         hist = _lbfgs(model, lambda: torch.mean((model(f) - v) ** 2))
         if best is None or hist[-1] < best[1][-1]:
@@ -129,6 +169,36 @@ def fit_curve(frequency_per_px, values, *, inits=_INITS) -> MTFFit:
     rms = float(torch.sqrt(torch.mean((params(f) - v) ** 2)))
     return MTFFit(params, "curve", hist, time.perf_counter() - t0, {"rms_fit_error": rms,
                                                                       "max_abs_fit_error": float((params(f) - v).abs().max())})
+
+
+def _hann2d(shape: tuple[int, int]) -> torch.Tensor:
+    """Separable Hann window scaled to mean(w²) = 1 (so white noise keeps its power)."""
+    wy = torch.hann_window(shape[0], periodic=False, dtype=torch.float64)
+    wx = torch.hann_window(shape[1], periodic=False, dtype=torch.float64)
+    w = wy[:, None] * wx[None, :]
+    return w / torch.sqrt(torch.mean(w**2))
+
+
+class WindowedSpectrum:
+    """Expected Hann-windowed periodogram of a crop, given the process's spectrum P(ω).
+
+    E|DFT_S(w·x)|²(k)/N = Σ_τ R(τ) A_w(τ) e^{-2πikτ/S} with R the autocovariance (inverse transform of
+    P) and A_w the window's linear autocorrelation; evaluated exactly on a 2S grid, whose even samples
+    are the crop's frequencies. Fitting this instead of P itself removes the window's smoothing bias.
+    """
+
+    def __init__(self, shape: tuple[int, int]):
+        self.shape = shape
+        self.big = (2 * shape[0], 2 * shape[1])
+        w = F.pad(_hann2d(shape), (0, shape[1], 0, shape[0]))
+        self.autocorr = irfft2(rfft2(w).abs() ** 2, self.big)  # Σ_n w[n] w[n+τ]
+        self.omega_big = radial_frequency_per_px(self.big, dtype=torch.float64)
+
+    def __call__(self, spectrum_big: torch.Tensor) -> torch.Tensor:
+        """``spectrum_big``: P on the 2S grid's rfft layout → expected NPS on the crop's rfft layout."""
+        r = irfft2(spectrum_big, self.big)
+        g = rfft2(r * self.autocorr).real / (self.shape[0] * self.shape[1])
+        return g[::2, ::2]
 
 
 def noise_power_spectrum(crops: torch.Tensor, window: bool = True) -> torch.Tensor:
@@ -140,10 +210,7 @@ def noise_power_spectrum(crops: torch.Tensor, window: bool = True) -> torch.Tens
     x = crops.double()
     x = x - x.mean(dim=(-2, -1), keepdim=True)
     if window:
-        wy = torch.hann_window(x.shape[-2], periodic=False, dtype=x.dtype)
-        wx = torch.hann_window(x.shape[-1], periodic=False, dtype=x.dtype)
-        w = wy[:, None] * wx[None, :]
-        x = x * w / torch.sqrt(torch.mean(w**2))
+        x = x * _hann2d(tuple(x.shape[-2:]))
     return (rfft2(x).abs() ** 2).mean(0) / (x.shape[-1] * x.shape[-2])
 
 
@@ -168,20 +235,53 @@ def fit_nps(crops: torch.Tensor, *, inits=_INITS) -> MTFFit:
     crops = _check_crops(crops)
     nps = noise_power_spectrum(crops)
     omega = radial_frequency_per_px(tuple(crops.shape[-2:]), dtype=torch.float64)
-    mask = (omega > 0) & (omega <= 0.5 * math.sqrt(2))
+    # each crop's mean is removed, which depletes the bins within the window's main lobe (±2 bins)
+    # of zero frequency: fit from 3 bins up
+    mask = (omega >= 3.0 / min(crops.shape[-2:])) & (omega <= 0.5 * math.sqrt(2))
     log_nps = torch.log(nps[mask].clamp_min(1e-30))
     w = omega[mask]
-    best = None
-    for init in inits:
+    # global start: |MTF| ∝ sqrt(NPS) is linear in (a, b, c) for fixed (α, β) (radially averaged first)
+    edges = torch.linspace(0, float(w.max()) + 1e-9, 65, dtype=torch.float64)
+    idx = torch.bucketize(w, edges) - 1
+    cnt = torch.zeros(64, dtype=torch.float64).index_add_(0, idx, torch.ones_like(w))
+    amp = torch.zeros(64, dtype=torch.float64).index_add_(0, idx, nps[mask].sqrt()) / cnt.clamp_min(1)
+    wr = torch.zeros(64, dtype=torch.float64).index_add_(0, idx, w) / cnt.clamp_min(1)
+    ok = cnt > 0
+    starts = [grid_init(wr[ok], signed, cnt[ok]) for signed in _sign_patterns(amp[ok])]
+    weight = torch.ones_like(w)
+    windowed = WindowedSpectrum(tuple(crops.shape[-2:]))
+    zero = torch.zeros((), dtype=torch.float64)
+
+    def residual(model, exact: bool):
+        if exact:  # the window's smoothing modelled exactly
+            m2 = windowed((model(windowed.omega_big) / model(zero)) ** 2)[mask]
+        else:
+            m2 = (model(w) / model(zero)) ** 2
+        r = log_nps - torch.log(m2.clamp_min(1e-12))
+        r = r - (r * weight).sum() / weight.sum()  # the scale s, solved exactly in the log domain
+        return r * weight.sqrt()
+
+    # A Lorentzian narrower than the lowest fitted frequency would only move MTF(0), the normaliser,
+    # without touching the data: keep α, β below cap (a half-width ≥ 2 ω_min) with a soft penalty.
+    cap = 1.0 / (2.0 * float(w.min())) ** 2
+
+    def penalty(model):
+        return 1e-2 * (F.relu(torch.log(model.alpha / cap)) ** 2 + F.relu(torch.log(model.beta / cap)) ** 2)
+
+    # cheap fits from every start, then the exact windowed model from the best few
+    ranked = []
+    for init in [*starts, *inits]:
         model = MTFModel(init)
-
-        def loss():
-            m2 = (model(w) / model(torch.zeros((), dtype=w.dtype))) ** 2
-            r = log_nps - torch.log(m2.clamp_min(1e-12))
-            r = r - r.mean()  # the scale s is solved exactly in the log domain
-            return torch.mean(r**2)
-
-        hist = _lbfgs(model, loss)
+        hist = _lbfgs(model, lambda: torch.sum(residual(model, False) ** 2) / weight.sum() + penalty(model), steps=100)
+        if math.isfinite(hist[-1]) and all(math.isfinite(v) for v in model.params().__dict__.values()):
+            ranked.append((hist[-1], model.params()))
+    ranked.sort(key=lambda t: t[0])
+    best = None
+    for _, init in ranked[:3]:
+        model = MTFModel(init)
+        hist = _lbfgs(model, lambda: torch.sum(residual(model, True) ** 2) / weight.sum() + penalty(model))
+        if not math.isfinite(hist[-1]):
+            continue
         if best is None or hist[-1] < best[1][-1]:
             best = (model.params(), hist)
     params, hist = best
