@@ -85,11 +85,14 @@ def normalised_curve(params: MTFParams, omega: torch.Tensor) -> torch.Tensor:
     return params(omega) / params(torch.zeros((), dtype=omega.dtype))
 
 
-def curve_rms(params: MTFParams, reference, n: int = 501) -> float:
-    """RMS difference of the normalised curves over ω ∈ [0, 0.5]."""
+def curve_rms(params: MTFParams, reference, n: int = 501, normalise: bool = True) -> float:
+    """RMS difference of the curves over ω ∈ [0, 0.5], each divided by its MTF(0) if ``normalise``."""
     omega = torch.linspace(0, 0.5, n, dtype=torch.float64)
-    ref = reference(omega) / reference(torch.zeros((), dtype=torch.float64))
-    return float(torch.sqrt(torch.mean((normalised_curve(params, omega) - ref) ** 2)))
+    zero = torch.zeros((), dtype=torch.float64)
+    ref, fit = reference(omega), params(omega)
+    if normalise:
+        ref, fit = ref / reference(zero), fit / params(zero)
+    return float(torch.sqrt(torch.mean((fit - ref) ** 2)))
 
 
 _INITS = [MTFParams(0.7, 0.2, 0.1, 10, 40), MTFParams(0.6, 1.24, -0.84, 0.97, 0.97),
@@ -226,10 +229,14 @@ def _check_crops(crops: torch.Tensor) -> torch.Tensor:
     return crops
 
 
-def fit_nps(crops: torch.Tensor, *, inits=_INITS) -> MTFFit:
+def fit_nps(crops: torch.Tensor, *, counts_per_px: float | None = None, inits=_INITS) -> MTFFit:
     """Fit s·MTF(ω)² to the crops' noise power spectrum (log-domain least squares over all frequencies).
 
-    The zero frequency (removed with the mean) is excluded; the model is normalised so MTF(0) = 1.
+    Without ``counts_per_px`` the scale s is free and the result is normalised so MTF(0) = 1 (only the
+    shape is identifiable). With it (λ, the expected counts per pixel before the MTF, known from the
+    dose when the micrograph is in counts) Poisson statistics fix the scale: NPS = λ·MTF², so the
+    curve's level is measured at every frequency instead of extrapolated to ω = 0, and the fitted
+    parameters are absolute.
     """
     t0 = time.perf_counter()
     crops = _check_crops(crops)
@@ -253,12 +260,14 @@ def fit_nps(crops: torch.Tensor, *, inits=_INITS) -> MTFFit:
     zero = torch.zeros((), dtype=torch.float64)
 
     def residual(model, exact: bool):
+        norm = model(zero) if counts_per_px is None else 1.0 / math.sqrt(counts_per_px)
         if exact:  # the window's smoothing modelled exactly
-            m2 = windowed((model(windowed.omega_big) / model(zero)) ** 2)[mask]
+            m2 = windowed((model(windowed.omega_big) / norm) ** 2)[mask]
         else:
-            m2 = (model(w) / model(zero)) ** 2
+            m2 = (model(w) / norm) ** 2
         r = log_nps - torch.log(m2.clamp_min(1e-12))
-        r = r - (r * weight).sum() / weight.sum()  # the scale s, solved exactly in the log domain
+        if counts_per_px is None:
+            r = r - (r * weight).sum() / weight.sum()  # the scale s, solved exactly in the log domain
         return r * weight.sqrt()
 
     # A Lorentzian narrower than the lowest fitted frequency would only move MTF(0), the normaliser,
@@ -285,10 +294,11 @@ def fit_nps(crops: torch.Tensor, *, inits=_INITS) -> MTFFit:
         if best is None or hist[-1] < best[1][-1]:
             best = (model.params(), hist)
     params, hist = best
-    p0 = params(torch.zeros((), dtype=torch.float64))
-    params = MTFParams(params.a / float(p0), params.b / float(p0), params.c / float(p0), params.alpha, params.beta)
-    return MTFFit(params, "nps", hist, time.perf_counter() - t0, {"n_crops": int(crops.shape[0]),
-                                                                    "crop_px": list(crops.shape[-2:])})
+    if counts_per_px is None:
+        p0 = params(torch.zeros((), dtype=torch.float64))
+        params = MTFParams(params.a / float(p0), params.b / float(p0), params.c / float(p0), params.alpha, params.beta)
+    return MTFFit(params, "nps" if counts_per_px is None else "nps_counts", hist, time.perf_counter() - t0,
+                  {"n_crops": int(crops.shape[0]), "crop_px": list(crops.shape[-2:]), "counts_per_px": counts_per_px})
 
 
 def fit_algorithm1(crops: torch.Tensor, background_counts: float, *, ffl_alpha: float | None = 1.0,
