@@ -9,7 +9,8 @@ import torch
 from difftem.detector import MTFParams, apply_mtf, read_mtf_star
 from difftem.errors import ConfigError
 from difftem.learn.losses import focal_frequency_loss
-from difftem.learn.mtf_fit import (MTFModel, curve_rms, extract_crops, fit_algorithm1, fit_curve, fit_nps,
+from difftem.learn.estimators import LearnableMTF
+from difftem.learn.mtf_fit import (curve_rms, extract_crops, fit_algorithm1, fit_curve, fit_nps,
                                    noise_power_spectrum, select_background_crops)
 
 TMV = MTFParams(0.7, 0.2, 0.1, 10, 40)
@@ -33,10 +34,10 @@ def test_ffl_matches_reference_package():
 
 
 def test_model_gradcheck_and_positivity():
-    m = MTFModel(TMV)
+    m = LearnableMTF.from_params(TMV)
     assert float(m.alpha.detach()) == pytest.approx(10) and float(m.beta.detach()) == pytest.approx(40)
     omega = torch.linspace(0, 0.5, 11, dtype=torch.float64)
-    torch.testing.assert_close(m(omega), TMV(omega))
+    torch.testing.assert_close(m.curve(omega), TMV(omega))
     f = lambda a, b, c, ra, rb: a / (1 + torch.nn.functional.softplus(ra) * omega**2) + \
         b / (1 + torch.nn.functional.softplus(rb) * omega**2) + c  # noqa: E731
     assert torch.autograd.gradcheck(f, tuple(p.detach().clone().requires_grad_() for p in m.parameters()))

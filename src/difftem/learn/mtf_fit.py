@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from ..detector import MTFParams, radial_frequency_per_px
 from ..errors import ConfigError
 from ..fft import irfft2, rfft2
+from .estimators import LearnableMTF
 from .losses import focal_frequency_loss, minmax_normalise
 
 MIN_CROP_PX = 32
@@ -44,40 +45,6 @@ class MTFFit:
     def to_dict(self) -> dict:
         return {"params": asdict(self.params), "method": self.method, "seconds": self.seconds,
                 "final_loss": self.loss_history[-1] if self.loss_history else None, **self.extra}
-
-
-class MTFModel(torch.nn.Module):
-    """The 5-parameter MTF with learnable tensors; α, β > 0 through softplus of raw parameters."""
-
-    def __init__(self, init: MTFParams, dtype=torch.float64):
-        super().__init__()
-        t = lambda v: torch.tensor(float(v), dtype=dtype)  # noqa: E731
-        self.a, self.b, self.c = (torch.nn.Parameter(t(v)) for v in (init.a, init.b, init.c))
-        inv_softplus = lambda v: t(v + math.log(-math.expm1(-v)))  # noqa: E731
-        self.raw_alpha = torch.nn.Parameter(inv_softplus(init.alpha))
-        self.raw_beta = torch.nn.Parameter(inv_softplus(init.beta))
-
-    @property
-    def alpha(self):
-        return F.softplus(self.raw_alpha)
-
-    @property
-    def beta(self):
-        return F.softplus(self.raw_beta)
-
-    def forward(self, omega: torch.Tensor) -> torch.Tensor:
-        w2 = omega**2
-        return self.a / (1 + self.alpha * w2) + self.b / (1 + self.beta * w2) + self.c
-
-    def params(self) -> MTFParams:
-        vals = (self.a, self.b, self.c, self.alpha, self.beta)
-        return MTFParams(*(float(v.detach()) for v in vals))
-
-    def apply(self, images: torch.Tensor) -> torch.Tensor:
-        """Filter (..., H, W) images by this MTF in Fourier space (as the detector does)."""
-        shape = images.shape[-2:]
-        omega = radial_frequency_per_px(shape, images.device, self.a.dtype)
-        return irfft2(rfft2(images.to(self.a.dtype)) * self(omega), shape)
 
 
 def normalised_curve(params: MTFParams, omega: torch.Tensor) -> torch.Tensor:
@@ -139,7 +106,7 @@ def _sign_patterns(amplitude: torch.Tensor, n_dips: int = 4) -> list[torch.Tenso
     return out
 
 
-def _lbfgs(model: MTFModel, loss_fn, steps: int = 200) -> list[float]:
+def _lbfgs(model: LearnableMTF, loss_fn, steps: int = 200) -> list[float]:
     opt = torch.optim.LBFGS(model.parameters(), lr=1.0, max_iter=steps, tolerance_grad=1e-12,
                             tolerance_change=1e-15, history_size=50, line_search_fn="strong_wolfe")
     history: list[float] = []
@@ -164,10 +131,10 @@ def fit_curve(frequency_per_px, values, *, inits=_INITS) -> MTFFit:
         raise ConfigError("MTF curve: need at least 5 (frequency, value) pairs")
     best = None
     for init in [grid_init(f, v), *inits]:
-        model = MTFModel(init)
-        hist = _lbfgs(model, lambda: torch.mean((model(f) - v) ** 2))
+        model = LearnableMTF.from_params(init)
+        hist = _lbfgs(model, lambda: torch.mean((model.curve(f) - v) ** 2))
         if best is None or hist[-1] < best[1][-1]:
-            best = (model.params(), hist)
+            best = (model.to_params(), hist)
     params, hist = best
     rms = float(torch.sqrt(torch.mean((params(f) - v) ** 2)))
     return MTFFit(params, "curve", hist, time.perf_counter() - t0, {"rms_fit_error": rms,
@@ -260,11 +227,11 @@ def fit_nps(crops: torch.Tensor, *, counts_per_px: float | None = None, inits=_I
     zero = torch.zeros((), dtype=torch.float64)
 
     def residual(model, exact: bool):
-        norm = model(zero) if counts_per_px is None else 1.0 / math.sqrt(counts_per_px)
+        norm = model.curve(zero) if counts_per_px is None else 1.0 / math.sqrt(counts_per_px)
         if exact:  # the window's smoothing modelled exactly
-            m2 = windowed((model(windowed.omega_big) / norm) ** 2)[mask]
+            m2 = windowed((model.curve(windowed.omega_big) / norm) ** 2)[mask]
         else:
-            m2 = (model(w) / norm) ** 2
+            m2 = (model.curve(w) / norm) ** 2
         r = log_nps - torch.log(m2.clamp_min(1e-12))
         if counts_per_px is None:
             r = r - (r * weight).sum() / weight.sum()  # the scale s, solved exactly in the log domain
@@ -280,19 +247,19 @@ def fit_nps(crops: torch.Tensor, *, counts_per_px: float | None = None, inits=_I
     # cheap fits from every start, then the exact windowed model from the best few
     ranked = []
     for init in [*starts, *inits]:
-        model = MTFModel(init)
+        model = LearnableMTF.from_params(init)
         hist = _lbfgs(model, lambda: torch.sum(residual(model, False) ** 2) / weight.sum() + penalty(model), steps=100)
-        if math.isfinite(hist[-1]) and all(math.isfinite(v) for v in model.params().__dict__.values()):
-            ranked.append((hist[-1], model.params()))
+        if math.isfinite(hist[-1]) and all(math.isfinite(v) for v in model.to_params().__dict__.values()):
+            ranked.append((hist[-1], model.to_params()))
     ranked.sort(key=lambda t: t[0])
     best = None
     for _, init in ranked[:3]:
-        model = MTFModel(init)
+        model = LearnableMTF.from_params(init)
         hist = _lbfgs(model, lambda: torch.sum(residual(model, True) ** 2) / weight.sum() + penalty(model))
         if not math.isfinite(hist[-1]):
             continue
         if best is None or hist[-1] < best[1][-1]:
-            best = (model.params(), hist)
+            best = (model.to_params(), hist)
     params, hist = best
     if counts_per_px is None:
         p0 = params(torch.zeros((), dtype=torch.float64))
@@ -315,13 +282,13 @@ def fit_algorithm1(crops: torch.Tensor, background_counts: float, *, ffl_alpha: 
     if not background_counts > 0:
         raise ConfigError("background counts per pixel must be > 0 (check the dose and pixel size)")
     target = minmax_normalise(crops.double())
-    model = MTFModel(init)
+    model = LearnableMTF.from_params(init)
     opt = torch.optim.Adam(model.parameters(), lr=lr, betas=(0.8, 0.992))
     rate = torch.full(crops.shape, float(background_counts), dtype=torch.float64)
     hist = []
     for step in range(steps):
         counts = torch.poisson(rate, generator=generator)
-        sim = minmax_normalise(model.apply(counts))
+        sim = minmax_normalise(model(counts))
         loss = F.mse_loss(sim, target)
         if ffl_alpha is not None:
             loss = loss + focal_frequency_loss(sim, target, ffl_alpha)
@@ -332,7 +299,7 @@ def fit_algorithm1(crops: torch.Tensor, background_counts: float, *, ffl_alpha: 
         if progress is not None:
             progress(step + 1, steps)
     name = "algorithm1_mse" + ("" if ffl_alpha is None else f"+ffl(alpha={ffl_alpha:g})")
-    return MTFFit(model.params(), name, hist, time.perf_counter() - t0,
+    return MTFFit(model.to_params(), name, hist, time.perf_counter() - t0,
                   {"n_crops": int(crops.shape[0]), "steps": steps, "lr": lr})
 
 
