@@ -59,3 +59,14 @@ def test_detector_expectation_wrt_dose_and_image():
     img = torch.rand(8, 8, dtype=torch.float64, requires_grad=True)
     dose = torch.tensor(40.0, dtype=torch.float64, requires_grad=True)
     assert gradcheck(lambda i, d: expected_counts(i, d, 1.5), (img, dose))
+
+
+def test_checkpointed_multislice_gives_the_same_gradient():
+    grads = []
+    for ckpt in (True, False):
+        xy, b, occ = inputs()
+        wave = multislice(small_potential(xy, b, occ), LAM, SIGMA, checkpoint=ckpt)
+        (wave.abs() ** 2).sum().backward()
+        grads.append(torch.cat([xy.grad.flatten(), b.grad, occ.grad]))
+    torch.testing.assert_close(grads[0], grads[1], rtol=1e-10, atol=1e-12)
+    assert float(grads[0].abs().max()) > 0

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 import torch
+import torch.utils.checkpoint
 
 from .fft import fft2, good_fft_size, ifft2
 from .grid import Grid
@@ -64,8 +65,9 @@ class Multislice:
     """Plane-wave multislice through a :class:`SlicedPotential`, streamed one slice at a time."""
 
     def __init__(self, potential: SlicedPotential, wavelength_a: float, sigma: float, *,
-                 antialias_fraction: float | None = 2 / 3, bandlimit: Bandlimit = "box"):
+                 antialias_fraction: float | None = 2 / 3, bandlimit: Bandlimit = "box", checkpoint: bool = True):
         self.potential, self.wavelength_a, self.sigma = potential, wavelength_a, sigma
+        self.checkpoint = checkpoint
         self.antialias_fraction = antialias_fraction
         self.bandlimit = bandlimit if antialias_fraction is not None else "none"
         self._props: dict[float, torch.Tensor] = {}
@@ -98,22 +100,31 @@ class Multislice:
             t = ifft2(fft2(t) * self._aperture(shape))
         return t
 
+    def _transmit(self, k: int, wave: torch.Tensor) -> torch.Tensor:
+        return wave * self.transmission_field(self.potential.slice_patch(k))
+
     def run(self, incident: torch.Tensor | None = None, progress=None) -> torch.Tensor:
         """Exit wave (H, W) complex; the incident wave defaults to a plane wave with |ψ|² = 1."""
         pot = self.potential
         wave = torch.ones(pot.grid.shape_px, dtype=pot.cdtype, device=pot.device) if incident is None else incident
         pending_a = 0.0  # propagation owed by slices merged so far
 
-        for content in pot.slices():
+        for k in range(pot.n_slices):
+            content = pot.slice_content(k, with_patch=False)
             uniform = pot.uniform_potential(content)
             if uniform != 0:
                 wave = wave * complex(torch.exp(torch.tensor(1j * self.sigma * uniform, dtype=torch.complex128)))
-            if content.patch is not None:
+            if pot.has_atoms(k):
                 if pending_a > 0:
                     wave = propagate(wave, self._propagator(pending_a))
                     self.stats.n_propagations += 1
                     pending_a = 0.0
-                wave = wave * self.transmission_field(content.patch)
+                if self.checkpoint and torch.is_grad_enabled():
+                    # keep only the incoming wave per slice; the slice's potential and transmission are
+                    # rebuilt from the atoms during the backward pass (memory O(field) per slice)
+                    wave = torch.utils.checkpoint.checkpoint(self._transmit, k, wave, use_reentrant=False)
+                else:
+                    wave = self._transmit(k, wave)
                 self.stats.n_patches += 1
             pending_a += content.thickness_a
             self.stats.n_slices += 1
@@ -126,10 +137,12 @@ class Multislice:
 
 
 def multislice(potential: SlicedPotential, wavelength_a: float, sigma: float, *, incident: torch.Tensor | None = None,
-               antialias_fraction: float | None = 2 / 3, bandlimit: Bandlimit = "box", progress=None,
-               stats: MultisliceStats | None = None) -> torch.Tensor:
-    """Functional form of :class:`Multislice` (see there)."""
-    ms = Multislice(potential, wavelength_a, sigma, antialias_fraction=antialias_fraction, bandlimit=bandlimit)
+               antialias_fraction: float | None = 2 / 3, bandlimit: Bandlimit = "box", checkpoint: bool = True,
+               progress=None, stats: MultisliceStats | None = None) -> torch.Tensor:
+    """Functional form of :class:`Multislice` (see there). With gradients enabled and ``checkpoint``,
+    each slice is recomputed in the backward pass instead of stored."""
+    ms = Multislice(potential, wavelength_a, sigma, antialias_fraction=antialias_fraction, bandlimit=bandlimit,
+                    checkpoint=checkpoint)
     if stats is not None:
         ms.stats = stats
     return ms.run(incident, progress)

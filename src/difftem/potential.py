@@ -252,17 +252,26 @@ class SlicedPotential:
         return Patch(y0, x0, torch.complex(v[0], v[1]))
 
     # ------------------------------------------------------------------ public API
-    def slices(self) -> Iterator[SliceContent]:
+    def has_atoms(self, k: int) -> bool:
+        return int(self.slice_bounds[k + 1]) > int(self.slice_bounds[k])
+
+    def slice_patch(self, k: int) -> Patch | None:
+        """Projected potential of slice k's atoms (None if it has none); built on demand, never stored."""
+        lo, hi = int(self.slice_bounds[k]), int(self.slice_bounds[k + 1])
+        if hi <= lo:
+            return None
+        return self._fourier_patch(lo, hi) if self.builder == "fourier" else self._real_space_patch(lo, hi)
+
+    def slice_content(self, k: int, with_patch: bool = True) -> SliceContent:
         half_ice = 0.5 * self.ice.thickness_a
+        z0 = self.z_start_a + k * self.slice_thickness_a
+        z1 = z0 + self.slice_thickness_a
+        ice_t = max(0.0, min(z1, half_ice) - max(z0, -half_ice)) if self.ice.thickness_a > 0 else 0.0
+        return SliceContent(k, z0, self.slice_thickness_a, ice_t, self.slice_patch(k) if with_patch else None)
+
+    def slices(self) -> Iterator[SliceContent]:
         for k in range(self.n_slices):
-            z0 = self.z_start_a + k * self.slice_thickness_a
-            z1 = z0 + self.slice_thickness_a
-            ice_t = max(0.0, min(z1, half_ice) - max(z0, -half_ice)) if self.ice.thickness_a > 0 else 0.0
-            lo, hi = int(self.slice_bounds[k]), int(self.slice_bounds[k + 1])
-            patch = None
-            if hi > lo:
-                patch = self._fourier_patch(lo, hi) if self.builder == "fourier" else self._real_space_patch(lo, hi)
-            yield SliceContent(k, z0, self.slice_thickness_a, ice_t, patch)
+            yield self.slice_content(k)
 
     def uniform_potential(self, content: SliceContent) -> complex:
         """Spatially constant part of a slice's projected potential (the ice continuum), V·Å."""
