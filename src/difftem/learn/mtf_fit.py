@@ -237,12 +237,13 @@ def fit_nps(crops: torch.Tensor, *, counts_per_px: float | None = None, inits=_I
             r = r - (r * weight).sum() / weight.sum()  # the scale s, solved exactly in the log domain
         return r * weight.sqrt()
 
-    # A Lorentzian narrower than the lowest fitted frequency would only move MTF(0), the normaliser,
-    # without touching the data: keep α, β below cap (a half-width ≥ 2 ω_min) with a soft penalty.
-    cap = 1.0 / (2.0 * float(w.min())) ** 2
+    # A Lorentzian barely wider than the lowest fitted frequency moves MTF(0), the normaliser, while
+    # fitting only the noise of the few low-frequency samples: keep α, β below cap (a half-width of at
+    # least 4 ω_min, i.e. resolved by the crop) with a steep penalty.
+    cap = 1.0 / (4.0 * float(w.min())) ** 2
 
     def penalty(model):
-        return 1e-2 * (F.relu(torch.log(model.alpha / cap)) ** 2 + F.relu(torch.log(model.beta / cap)) ** 2)
+        return F.relu(torch.log(model.alpha / cap)) ** 2 + F.relu(torch.log(model.beta / cap)) ** 2
 
     # cheap fits from every start, then the exact windowed model from the best few
     ranked = []
