@@ -86,16 +86,30 @@ def radial_frequency_per_px(shape: tuple[int, int], device=None, dtype=torch.flo
     return torch.sqrt(fy**2 + fx**2)
 
 
-def apply_mtf(image: torch.Tensor, mtf, normalize_dc: bool = True) -> torch.Tensor:
-    """Filter (..., H, W) images by MTF(|ω|); ``normalize_dc`` divides by MTF(0) so counts are kept."""
+def mtf_transfer(mtf, shape: tuple[int, int], *, device=None, dtype=torch.float64,
+                 normalize_dc: bool = False) -> torch.Tensor | None:
+    """The MTF sampled on the rfft half-spectrum of an (H, W) image (None for the identity).
+
+    ``mtf`` maps |ω| (cycles/pixel) to values, or has such a ``curve`` method (a learnable MTF module,
+    whose parameters then receive gradients). ``normalize_dc`` divides by MTF(0) so counts are kept.
+    """
     if mtf is None:
-        return image
-    shape = image.shape[-2:]
-    omega = radial_frequency_per_px(shape, image.device)
-    m = mtf(omega)
+        return None
+    curve = getattr(mtf, "curve", mtf)
+    omega = radial_frequency_per_px(tuple(shape), device)
+    transfer = curve(omega)
     if normalize_dc:
-        m = m / mtf(torch.zeros((), dtype=omega.dtype, device=omega.device))
-    return irfft2(rfft2(image) * m.to(image.dtype), shape)
+        transfer = transfer / curve(torch.zeros((), dtype=omega.dtype, device=omega.device))
+    return transfer.to(dtype)
+
+
+def apply_mtf(image: torch.Tensor, mtf, normalize_dc: bool = True) -> torch.Tensor:
+    """Filter (..., H, W) images by MTF(|ω|) in Fourier space (periodic boundaries)."""
+    shape = tuple(image.shape[-2:])
+    transfer = mtf_transfer(mtf, shape, device=image.device, dtype=image.dtype, normalize_dc=normalize_dc)
+    if transfer is None:
+        return image
+    return irfft2(rfft2(image) * transfer, shape)
 
 
 def expected_counts(intensity: torch.Tensor, dose_e_per_a2: float, pixel_size_a: float) -> torch.Tensor:

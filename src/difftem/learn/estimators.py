@@ -58,7 +58,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..detector import MTFParams, radial_frequency_per_px
+from ..detector import MTFParams, apply_mtf, mtf_transfer
 from ..fft import irfft2, rfft2
 
 __all__ = [
@@ -176,50 +176,9 @@ class LearnableMTF(nn.Module):
 MTFLike = Union[None, MTFParams, LearnableMTF, Callable[[torch.Tensor], torch.Tensor]]
 
 
-def mtf_transfer(mtf: MTFLike, shape: tuple[int, int], *, device: torch.device | str | None = None,
-                 dtype: torch.dtype = torch.float64, normalize_dc: bool = False) -> torch.Tensor | None:
-    """The MTF sampled on the rfft half-spectrum of an ``(H, W)`` image, as ``apply_mtf`` samples it.
-
-    Parameters
-    ----------
-    mtf : None, MTFParams, LearnableMTF or callable
-        The MTF; a callable maps |ω| (cycles/pixel, float64 tensor) to MTF values.
-    shape : (int, int)
-        Real-space image shape (H, W), pixels.
-    device, dtype
-        Where and in which real dtype to return the transfer function.
-    normalize_dc : bool
-        Divide by MTF(0) so the filter keeps the total counts.
-
-    Returns
-    -------
-    torch.Tensor or None
-        Real ``(H, W // 2 + 1)`` transfer function (differentiable in a ``LearnableMTF``'s
-        parameters), or ``None`` for the identity.
-    """
-    if mtf is None:
-        return None
-    curve = mtf.curve if isinstance(mtf, LearnableMTF) else mtf
-    # Same float64 |ω| grid and the same cast as detector.apply_mtf, so results agree bit for bit.
-    omega = radial_frequency_per_px(tuple(shape), device)
-    transfer = curve(omega)
-    if normalize_dc:
-        transfer = transfer / curve(torch.zeros((), dtype=omega.dtype, device=omega.device))
-    return transfer.to(dtype)
-
-
 def apply_detector_mtf(image: torch.Tensor, mtf: MTFLike, normalize_dc: bool = False) -> torch.Tensor:
-    """Filter ``(..., H, W)`` images by any supported MTF (periodic, in Fourier space).
-
-    Equal to :func:`difftem.detector.apply_mtf` for ``None``, ``MTFParams`` and callables, and
-    also accepts a :class:`LearnableMTF` (differentiable in its parameters). Output has the
-    shape, dtype and device of ``image``.
-    """
-    shape = tuple(image.shape[-2:])
-    transfer = mtf_transfer(mtf, shape, device=image.device, dtype=image.dtype, normalize_dc=normalize_dc)
-    if transfer is None:
-        return image
-    return irfft2(rfft2(image) * transfer, shape)
+    """:func:`difftem.detector.apply_mtf` with this module's default ``normalize_dc=False``."""
+    return apply_mtf(image, mtf, normalize_dc)
 
 
 def poisson_log_prob(counts: torch.Tensor, rate: torch.Tensor) -> torch.Tensor:
