@@ -1,6 +1,5 @@
 """Gradients of the deterministic stages: torch.autograd.gradcheck in float64."""
 
-import numpy as np
 import torch
 from torch.autograd import gradcheck
 

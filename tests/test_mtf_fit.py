@@ -1,6 +1,5 @@
 """MTF estimation: curve fits, the NPS estimator, the seed paper's Algorithm 1, crop selection."""
 
-import math
 
 import numpy as np
 import pytest
@@ -72,7 +71,6 @@ def test_windowed_spectrum_model_predicts_the_measured_nps():
     op = WindowedSpectrum((64, 64))
     predicted = op(50.0 * K3(op.omega_big) ** 2)
     naive = 50.0 * K3(radial_frequency_per_px((64, 64))) ** 2
-    sel = radial_frequency_per_px((64, 64)) > 2 / 64
     omega = radial_frequency_per_px((64, 64))
     corner = omega > 0.6  # where the window's smoothing across the Nyquist edge matters most
     err = lambda p: float(((measured[corner] - p[corner]) / p[corner]).mean().abs())  # noqa: E731
