@@ -4,7 +4,8 @@
 For each MTF parameter set (TMV; K3 fit; the paper's synthetic set), simulated background-only crops
 (flat ice background, Poisson shot noise, then the MTF — the paper's forward model) are fitted by
 - Algorithm 1 as published: MSE, and MSE + focal frequency loss with α ∈ {0, 0.5, 1, 2};
-- the noise-power-spectrum estimator (difftem's default);
+- the noise-power-spectrum estimator (difftem's default), with the scale free ("nps") or fixed by the
+  known counts per pixel ("nps+dose": NPS = λ·MTF², as Algorithm 1 also knows Ĩ);
 with 5, 10, 20 and 50 crops. Metrics, as in the paper, on a noise-free TMV-like projection
 (a helical rod of PDB 2OM3 simulated by difftem) filtered by the true and by the fitted MTF, each
 scaled to 0–255: mean and max absolute pixel difference; plus the RMS difference of the curves over
@@ -141,7 +142,8 @@ def main() -> int:
     for name, truth in SETS.items():
         for n in counts_list:
             crops = background(truth, n, a.crop, a.counts, seed=n)
-            fits = [("nps", lambda: fit_nps(crops))]
+            fits = [("nps", lambda: fit_nps(crops)),
+                    ("nps+dose", lambda: fit_nps(crops, counts_per_px=a.counts))]
             if not a.nps_only and (a.alg1_crops is None or n in a.alg1_crops):
                 alg1 = lambda al: fit_algorithm1(crops, a.counts, ffl_alpha=al, steps=a.steps,  # noqa: E731
                                                  generator=torch.Generator().manual_seed(0))
@@ -156,14 +158,14 @@ def main() -> int:
                              "seconds": fit.seconds, "band_abs_error": band_errors(truth, fit.params)})
                 print(f"{name:<10} {n:>5} {label:<22} {rms:9.4f} {mean_d:8.3f} {max_d:8.3f} {fit.seconds:7.1f}",
                       flush=True)
-    print("\nper-band |ΔMTF/MTF(0)| with 50 crops (NPS estimator | best Algorithm-1 variant) and the band's share of "
+    print("\nper-band |ΔMTF/MTF(0)| with 50 crops (NPS+dose estimator | best Algorithm-1 variant) and the band's share of "
           "the projection's spectral magnitude")
     print(f"{'band (cycles/px)':<16} {'share':>6} " + " ".join(f"{s:>17}" for s in SETS))
     best = {}
     for s in SETS:
         r50 = [r for r in rows if r["set"] == s and r["crops"] == max(counts_list)]
-        alg = [r for r in r50 if r["method"] != "nps"]
-        nps = next(r for r in r50 if r["method"] == "nps")
+        alg = [r for r in r50 if not r["method"].startswith("nps")]
+        nps = next(r for r in r50 if r["method"] == "nps+dose")
         best[s] = (nps, min(alg, key=lambda r: r["curve_rms"]) if alg else nps)
     for i, (lo, hi) in enumerate(zip(BANDS[:-1], BANDS[1:])):
         cells = " ".join(f"{best[s][0]['band_abs_error'][i]:8.4f}|{best[s][1]['band_abs_error'][i]:8.4f}" for s in SETS)

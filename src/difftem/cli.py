@@ -123,7 +123,9 @@ def fit_mtf(
     crop_size: int = typer.Option(128, help="background crop size (px)"),
     n_crops: int = typer.Option(20, help="background crops per micrograph (chosen automatically)"),
     boxes: Optional[Path] = typer.Option(None, help="file of 'y x' crop corners instead of automatic choice"),
-    background_counts: Optional[float] = typer.Option(None, help="Algorithm 1: noise-free counts per pixel"),
+    background_counts: Optional[float] = typer.Option(
+        None, help="noise-free counts per pixel before the MTF (micrograph in counts): fixes the NPS fit's scale "
+                   "and is Algorithm 1's Ĩ"),
     alpha: float = typer.Option(1.0, help="Algorithm 1: focal-frequency-loss exponent (negative: MSE only)"),
     steps: int = typer.Option(300, help="Algorithm 1: Adam iterations"),
     reference: Optional[str] = typer.Option(None, help="reference curve: STAR path or 'a,b,c,alpha,beta'"),

@@ -221,6 +221,8 @@ def fit_nps(crops: torch.Tensor, *, counts_per_px: float | None = None, inits=_I
     amp = torch.zeros(64, dtype=torch.float64).index_add_(0, idx, nps[mask].sqrt()) / cnt.clamp_min(1)
     wr = torch.zeros(64, dtype=torch.float64).index_add_(0, idx, w) / cnt.clamp_min(1)
     ok = cnt > 0
+    if counts_per_px is not None:
+        amp = amp / math.sqrt(counts_per_px)  # NPS = λ·MTF²: the start is then on the absolute scale
     starts = [grid_init(wr[ok], signed, cnt[ok]) for signed in _sign_patterns(amp[ok])]
     weight = torch.ones_like(w)
     windowed = WindowedSpectrum(tuple(crops.shape[-2:]))

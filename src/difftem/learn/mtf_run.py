@@ -82,7 +82,7 @@ def run_fit_mtf(micrographs: list[Path], out: Path, *, curve: Path | None = None
     if crops_all:
         crops = torch.cat(crops_all)
         if method in ("nps", "both"):
-            fits["nps"] = fit_nps(crops)
+            fits["nps"] = fit_nps(crops, counts_per_px=background_counts)
         if method in ("algorithm1", "both"):
             level = background_counts if background_counts is not None else float(crops.mean())
             if background_counts is None:
