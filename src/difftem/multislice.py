@@ -122,7 +122,8 @@ class Multislice:
                 if self.checkpoint and torch.is_grad_enabled():
                     # keep only the incoming wave per slice; the slice's potential and transmission are
                     # rebuilt from the atoms during the backward pass (memory O(field) per slice)
-                    wave = torch.utils.checkpoint.checkpoint(self._transmit, k, wave, use_reentrant=False)
+                    wave = torch.utils.checkpoint.checkpoint(self._transmit, k, wave, use_reentrant=False,
+                                                             preserve_rng_state=False, determinism_check="none")
                 else:
                     wave = self._transmit(k, wave)
                 self.stats.n_patches += 1
