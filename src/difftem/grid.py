@@ -6,7 +6,9 @@ from dataclasses import dataclass
 
 import torch
 
-from .fft import fftfreq_2d
+import math
+
+from .fft import fftfreq_2d, good_fft_size
 
 
 @dataclass(frozen=True)
@@ -52,3 +54,15 @@ class Grid:
     def k2(self, device=None, dtype=torch.float32, half=False) -> torch.Tensor:
         ky, kx = self.frequencies(device, dtype, half)
         return ky**2 + kx**2
+
+
+def centred_span(lo_a: float, hi_a: float, pixel_size_a: float, margin_px: int, n: int) -> tuple[int, int] | None:
+    """(start, size): pixels [start, start + size) covering [lo_a, hi_a] Å plus ``margin_px`` on each side,
+    of a fast FFT size and centred on the content; None if it would not fit inside ``n`` pixels."""
+    lo = math.floor(lo_a / pixel_size_a) - margin_px
+    hi = math.ceil(hi_a / pixel_size_a) + margin_px
+    size = good_fft_size(hi - lo + 1)
+    start = lo - (size - (hi - lo + 1)) // 2
+    if size >= n or start < 0 or start + size > n:
+        return None
+    return start, size

@@ -20,6 +20,7 @@ specimen, not the field.
 
 from __future__ import annotations
 
+import cmath
 import math
 from dataclasses import dataclass
 from typing import Literal
@@ -27,8 +28,8 @@ from typing import Literal
 import torch
 import torch.utils.checkpoint
 
-from .fft import fft2, good_fft_size, ifft2
-from .grid import Grid
+from .fft import fft2, ifft2
+from .grid import Grid, centred_span
 from .potential import Patch, SlicedPotential, antialias_mask, embed
 
 Bandlimit = Literal["box", "field", "none"]
@@ -113,7 +114,7 @@ class Multislice:
             content = pot.slice_content(k, with_patch=False)
             uniform = pot.uniform_potential(content)
             if uniform != 0:
-                wave = wave * complex(torch.exp(torch.tensor(1j * self.sigma * uniform, dtype=torch.complex128)))
+                wave = wave * cmath.exp(1j * self.sigma * uniform)
             if pot.has_atoms(k):
                 if pending_a > 0:
                     wave = propagate(wave, self._propagator(pending_a))
@@ -172,12 +173,10 @@ def plan_window(grid: Grid, positions_a: torch.Tensor, thickness_a: float, wavel
     oy, ox = grid.origin_a
     spans = []
     for coord, origin, n in ((positions_a[:, 1], oy, grid.ny), (positions_a[:, 0], ox, grid.nx)):
-        lo = math.floor((float(coord.detach().min()) + origin) / p) - margin_px
-        hi = math.ceil((float(coord.detach().max()) + origin) / p) + margin_px
-        size = good_fft_size(hi - lo + 1)
-        start = lo - (size - (hi - lo + 1)) // 2
-        if size * 1.25 > n or start < 0 or start + size > n:
+        span = centred_span(float(coord.detach().min()) + origin, float(coord.detach().max()) + origin, p,
+                            margin_px, n)
+        if span is None or span[1] * 1.25 > n:
             return None  # not worth it, or the specimen wraps around the field edge
-        spans.append((start, size))
+        spans.append(span)
     (y0, my), (x0, mx) = spans
     return Window(y0, x0, grid.window(y0, x0, (my, mx)))

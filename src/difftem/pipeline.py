@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import cmath
 import os
 import time
 from dataclasses import dataclass, field
@@ -184,7 +185,7 @@ def simulate(config: "SimulationConfig | dict | str | Path", *, keep_potential: 
         projected = potential.project() if keep_potential else None
         if window is not None:  # outside the window: plane wave × uniform ice transmission
             uniform = potential.total_uniform_potential()
-            outside = complex(np.exp(1j * sigma * uniform))
+            outside = cmath.exp(1j * sigma * uniform)
             exit_wave = embed(Patch(window.y0, window.x0, exit_wave), grid.shape_px, outside)
             if projected is not None:
                 projected = embed(Patch(window.y0, window.x0, projected), grid.shape_px, uniform)

@@ -26,8 +26,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .fft import good_fft_size, irfft2
-from .grid import Grid
+from .fft import irfft2
+from .grid import Grid, centred_span
 from .scattering import ScatteringTable
 from .structure import Atoms, atomic_mass_da
 
@@ -163,16 +163,11 @@ class SlicedPotential:
 
     def _box(self, x_a: torch.Tensor, y_a: torch.Tensor) -> tuple[int, int, int, int]:
         """(y0, x0, My, Mx): a box around the atoms that stays inside the field, or the whole field."""
-        p, m = self.grid.pixel_size_a, self.margin_px
         out = []
         for c, n in ((y_a, self.grid.ny), (x_a, self.grid.nx)):
-            lo = math.floor(float(c.detach().min()) / p) - m
-            hi = math.ceil(float(c.detach().max()) / p) + m
-            size = good_fft_size(hi - lo + 1)
-            start = lo - (size - (hi - lo + 1)) // 2
-            if size >= n or start < 0 or start + size > n:
-                start, size = 0, n  # too big or crossing the edge: use the periodic field itself
-            out.append((start, size))
+            span = centred_span(float(c.detach().min()), float(c.detach().max()), self.grid.pixel_size_a,
+                                self.margin_px, n)
+            out.append(span or (0, n))  # too big or crossing the edge: use the periodic field itself
         return out[0][0], out[1][0], out[0][1], out[1][1]
 
     # ------------------------------------------------------------------ Fourier builder
