@@ -167,6 +167,23 @@ def info():
             console.print(f"  cuda:{i} {p.name} {p.total_memory / 2**30:.1f} GiB")
 
 
+def _register_subcommands() -> None:
+    """Commands that live beside their stage (tomography, denoising, datasets) register themselves here."""
+    import importlib
+
+    for module in ("difftem.tomo.cli", "difftem.denoise.cli", "difftem.dataset.cli", "difftem.scene_cli"):
+        try:
+            mod = importlib.import_module(module)
+        except ModuleNotFoundError as exc:
+            if exc.name is not None and module.startswith(exc.name):
+                continue  # that stage is not part of this build
+            raise
+        mod.register(app)
+
+
+_register_subcommands()
+
+
 def main():  # console-script entry point
     app()
 
