@@ -98,8 +98,8 @@ def test_result_metadata(shared_data):
 
 
 def test_window_matches_full_field(shared_data):
-    auto = cfg(detector__shape_px=[256, 256])
-    off = cfg(detector__shape_px=[256, 256], simulation__window="off")
+    auto = cfg(detector__shape_px=[288, 288])
+    off = cfg(detector__shape_px=[288, 288], simulation__window="off")
     a, b = simulate(auto, keep_potential=True), simulate(off, keep_potential=True)
     assert a.metadata["multislice_window_px"] is not None and b.metadata["multislice_window_px"] is None
     outside = b.exit_wave[0, 0]

@@ -65,14 +65,57 @@ class Detector(_Model):
         return v
 
 
+class Helix(_Model):
+    """Helical symmetry generated from the structure's atoms (the asymmetric unit, in the file's frame)."""
+
+    rise_a: float = Field(description="translation along the axis per subunit (Å)")
+    twist_deg: float = Field(description="rotation about the axis per subunit (deg)")
+    n_subunits: int | None = Field(None, ge=1, description="number of subunits; or give length_a")
+    length_a: float | None = Field(None, gt=0, description="rod length (Å): n_subunits = round(length / rise)")
+    axis: tuple[float, float, float] = Field((0.0, 0.0, 1.0), description="helix axis direction, file frame")
+    axis_point_a: tuple[float, float, float] = Field((0.0, 0.0, 0.0), description="a point on the axis (Å)")
+
+    @model_validator(mode="after")
+    def _count(self):
+        if (self.n_subunits is None) == (self.length_a is None):
+            raise ValueError("give exactly one of n_subunits or length_a")
+        if self.rise_a == 0 and self.length_a is not None:
+            raise ValueError("length_a needs a non-zero rise_a")
+        return self
+
+    def count(self) -> int:
+        return self.n_subunits if self.n_subunits is not None else max(1, round(self.length_a / abs(self.rise_a)))
+
+
+class RandomPlacement(_Model):
+    """Copies at random, non-overlapping positions inside the field and the ice slab."""
+
+    count: int | None = Field(None, ge=0, description="number of copies")
+    density_per_um3: float | None = Field(None, ge=0, description="copies per µm³ of ice in the field")
+    orientation: Literal["uniform", "fixed"] = Field("uniform", description="uniform on SO(3), or as euler_zyz_deg")
+    min_gap_a: float = Field(5.0, ge=0, description="minimum distance between bounding shapes (Å)")
+    bounding: Literal["auto", "sphere", "capsule"] = Field("auto", description="shape tested for overlaps")
+
+    @model_validator(mode="after")
+    def _one(self):
+        if (self.count is None) == (self.density_per_um3 is None):
+            raise ValueError("give exactly one of count or density_per_um3")
+        return self
+
+
 class Particle(_Model):
+    name: str | None = Field(None, description="particle type name in the ground truth; default: file stem")
     structure: str = Field(description="PDB/mmCIF path (.gz allowed) or builtin:1ubi")
     assembly: str | None = Field(None, description="biological assembly name, e.g. '1'; null: deposited atoms")
-    positions_a: list[tuple[float, float, float]] = Field(default_factory=lambda: [(0.0, 0.0, 0.0)],
-                                                          description="centres (x, y, z) in Å, scene frame")
+    helix: Helix | None = Field(None, description="build a helical rod from the structure's subunit")
+    positions_a: list[tuple[float, float, float]] | None = Field(
+        None, description="centres (x, y, z) in Å, scene frame; default one copy at the origin unless random")
     euler_zyz_deg: list[tuple[float, float, float]] = Field(
         default_factory=lambda: [(0.0, 0.0, 0.0)],
         description="(φ, θ, ψ) per copy: r' = Rz(φ)·Ry(θ)·Rz(ψ)·r; one triple applies to every copy")
+    random: RandomPlacement | None = Field(None, description="random non-overlapping copies (instead of positions_a)")
+    representation: Literal["auto", "atoms", "map"] = Field(
+        "auto", description="atoms: exact per slice; map: cached 3-D map placed per copy; auto: map for many copies")
     models: Literal["auto", "first", "all", "ensemble"] = "auto"
     remove_waters: bool = True
     remove_hydrogens: bool = False
@@ -82,11 +125,17 @@ class Particle(_Model):
 
     @model_validator(mode="after")
     def _lengths(self):
-        if len(self.euler_zyz_deg) not in (1, len(self.positions_a)):
+        if self.random is not None and self.positions_a is not None:
+            raise ValueError("give either positions_a or random, not both")
+        n = len(self.positions_a) if self.positions_a is not None else 1
+        if self.random is None and len(self.euler_zyz_deg) not in (1, n):
             raise ValueError(
-                f"euler_zyz_deg has {len(self.euler_zyz_deg)} entries for {len(self.positions_a)} positions_a; "
+                f"euler_zyz_deg has {len(self.euler_zyz_deg)} entries for {n} positions_a; "
                 "give one triple for all copies or one per copy")
         return self
+
+    def explicit_positions(self) -> list[tuple[float, float, float]]:
+        return list(self.positions_a) if self.positions_a is not None else ([] if self.random else [(0.0, 0.0, 0.0)])
 
 
 class Sample(_Model):
@@ -109,6 +158,55 @@ class Simulation(_Model):
     bandlimit: Literal["box", "field"] = Field(
         "box", description="band-limit each slice's transmission in the box around its atoms, or over the field")
     max_memory_gb: float | None = Field(None, gt=0, description="refuse runs estimated above this; null: available RAM")
+    map_placement: Literal["auto", "projection", "slab"] = Field(
+        "auto", description="map copies: whole projection in the slice of their centre (thin vs the Fresnel "
+                            "spread), sampled slab by slab, or auto")
+    tile_px: int | None = Field(None, ge=64, description="run multislice in tiles of this size (px); null: whole field")
+    tile_margin_px: int | None = Field(None, ge=0, description="tile overlap each side (px); null: automatic")
+
+
+class TiltSeries(_Model):
+    """A tilt series: the specimen turned about an in-plane axis, one exposure per angle."""
+
+    scheme: Literal["list", "uniform", "bidirectional", "dose_symmetric"] = "dose_symmetric"
+    angles_deg: list[float] | None = Field(None, description="scheme list: angles in acquisition order")
+    min_deg: float = Field(-60.0, ge=-90, le=90)
+    max_deg: float = Field(60.0, ge=-90, le=90)
+    step_deg: float = Field(3.0, gt=0)
+    start_deg: float = Field(0.0, ge=-90, le=90, description="bidirectional: first angle; the branch to max goes first")
+    group_size: int = Field(2, ge=1, description="dose_symmetric: tilts per side before switching (Hagen scheme)")
+    tilt_axis_deg: float = Field(0.0, description="tilt axis: the image y axis turned by this angle about +z")
+    total_dose_e_per_a2: float | None = Field(None, ge=0, description="split equally over tilts; null: beam dose per tilt")
+    dose_per_tilt_e_per_a2: list[float] | None = Field(None, description="per tilt in acquisition order (overrides)")
+    defocus_um: list[float] | None = Field(None, description="per tilt in acquisition order; null: optics.defocus_um")
+    damage: Literal["none", "exposure_filter", "b_factor"] = Field(
+        "exposure_filter", description="cumulative radiation damage: Grant–Grigorieff critical exposure, or a B-factor")
+    b_factor_a2_per_e_per_a2: float | None = Field(None, ge=0, description="damage b_factor: B added per e/Å² of prior dose")
+
+    @field_validator("angles_deg")
+    @classmethod
+    def _angles(cls, v):
+        if v is not None:
+            if not v:
+                raise ValueError("give at least one angle")
+            bad = [a for a in v if abs(a) >= 90]
+            if bad:
+                raise ValueError(f"tilt angles must lie strictly between -90 and 90 degrees; got {bad}")
+        return v
+
+    @model_validator(mode="after")
+    def _scheme(self):
+        if self.scheme == "list" and self.angles_deg is None:
+            raise ValueError("scheme list needs angles_deg")
+        if self.scheme != "list" and self.angles_deg is not None:
+            raise ValueError(f"angles_deg is only used with scheme list (scheme is {self.scheme})")
+        if self.min_deg > self.max_deg:
+            raise ValueError(f"min_deg {self.min_deg} > max_deg {self.max_deg}")
+        if max(abs(self.min_deg), abs(self.max_deg)) >= 90:
+            raise ValueError("tilt angles must lie strictly between -90 and 90 degrees")
+        if self.damage == "b_factor" and self.b_factor_a2_per_e_per_a2 is None:
+            raise ValueError("damage b_factor needs b_factor_a2_per_e_per_a2")
+        return self
 
 
 class SimulationConfig(_Model):
@@ -118,6 +216,7 @@ class SimulationConfig(_Model):
     detector: Detector = Field(default_factory=Detector)
     sample: Sample = Field(default_factory=Sample)
     simulation: Simulation = Field(default_factory=Simulation)
+    tilt_series: TiltSeries | None = Field(None, description="simulate a tilt series instead of one micrograph")
 
 
 def format_validation_error(exc: ValidationError, source: str) -> str:

@@ -56,3 +56,13 @@ def good_fft_size(n: int) -> int:
         if k == 1:
             return m
         m += 1
+
+
+def rfft3(x: torch.Tensor) -> torch.Tensor:
+    """Unnormalised real-to-complex 3-D DFT over the last three dims (half spectrum along the last)."""
+    return torch.fft.rfftn(x, dim=(-3, -2, -1), norm="backward")
+
+
+def irfft3(spectrum: torch.Tensor, shape: tuple[int, int, int]) -> torch.Tensor:
+    """Inverse of :func:`rfft3` with the 1/N factor; ``shape`` is the real (D, H, W)."""
+    return torch.fft.irfftn(spectrum, s=shape, dim=(-3, -2, -1), norm="forward") / (shape[0] * shape[1] * shape[2])

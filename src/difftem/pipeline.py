@@ -21,9 +21,12 @@ from .errors import ConfigError, ResourceError
 from .grid import Grid
 from .multislice import MultisliceStats, multislice, plan_window
 from .optics import Optics, image_intensity, transfer_function
-from .potential import IceModel, Patch, SlicedPotential, atoms_to_tensors, embed, ice_absorption_potential_v
+from .potential import IceModel, Patch, embed, ice_absorption_potential_v
 from .scattering import get_table
-from .structure import Atoms, read_structure, rotation_zyz_deg
+from .scene import Scene, build_scene, ground_truth_rows
+from .scene_build import (SceneView, TypeCache, auto_tile_margin_px, build_view_potential, choose_modes,
+                          plan_tiles, view_z_range)
+from .structure import Atoms
 
 
 @dataclass
@@ -55,21 +58,18 @@ def builtin_structure(name: str) -> Path:
     return Path(str(resources.files("difftem").joinpath("data", files[name])))
 
 
+def resolve_structure(structure: str) -> Path:
+    return builtin_structure(structure.split(":", 1)[1]) if structure.startswith("builtin:") else Path(structure)
+
+
+def scene_of(config: SimulationConfig) -> Scene:
+    return build_scene(config, resolve_structure)
+
+
 def scene_atoms(config: SimulationConfig) -> Atoms:
     """All atoms of the sample in scene coordinates (Å; origin at field centre / ice mid-plane)."""
-    parts = []
-    for i, particle in enumerate(config.sample.particles):
-        path = (builtin_structure(particle.structure.split(":", 1)[1]) if particle.structure.startswith("builtin:")
-                else Path(particle.structure))
-        atoms = read_structure(path, assembly=particle.assembly, models=particle.models,
-                               remove_waters=particle.remove_waters, remove_hydrogens=particle.remove_hydrogens,
-                               remove_hetero=particle.remove_hetero, centre=particle.centre)
-        if particle.extra_b_a2:
-            atoms.b_iso_a2 = atoms.b_iso_a2 + particle.extra_b_a2
-        eulers = particle.euler_zyz_deg * (len(particle.positions_a) if len(particle.euler_zyz_deg) == 1 else 1)
-        for pos, euler in zip(particle.positions_a, eulers):
-            parts.append(atoms.transformed(rotation_zyz_deg(*euler), np.asarray(pos)))
-    return Atoms.concatenate(parts)
+    scene = scene_of(config)
+    return scene.atoms_of(range(len(scene.types)))
 
 
 def available_memory_bytes(device: torch.device) -> int:
@@ -85,15 +85,17 @@ def available_memory_bytes(device: torch.device) -> int:
     return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
 
 
-def estimate_memory_bytes(shape_px: tuple[int, int], n_atoms: int, max_atoms_per_slice: int) -> int:
-    """Peak estimate: ~12 complex64 field-sized arrays + the structure-factor factors of one slice + atoms."""
+def estimate_memory_bytes(shape_px: tuple[int, int], n_atoms: int, max_atoms_per_slice: int, extra_bytes: int = 0) -> int:
+    """Peak estimate: ~12 complex64 field-sized arrays + the structure-factor factors of one slice + atoms
+    (+ ``extra_bytes``: per-type maps and their sampling buffers)."""
     field_bytes = shape_px[0] * shape_px[1] * 8
     per_slice = max_atoms_per_slice * (shape_px[0] + shape_px[1]) * 32
-    return 12 * field_bytes + per_slice + n_atoms * 64
+    return 12 * field_bytes + per_slice + n_atoms * 64 + extra_bytes
 
 
-def check_memory(config: SimulationConfig, n_atoms: int, max_atoms_per_slice: int, device: torch.device) -> int:
-    need = estimate_memory_bytes(config.detector.shape_px, n_atoms, max_atoms_per_slice)
+def check_memory(config: SimulationConfig, n_atoms: int, max_atoms_per_slice: int, device: torch.device,
+                 extra_bytes: int = 0) -> int:
+    need = estimate_memory_bytes(config.detector.shape_px, n_atoms, max_atoms_per_slice, extra_bytes)
     limit = (config.simulation.max_memory_gb * 1e9 if config.simulation.max_memory_gb
              else 0.8 * available_memory_bytes(device))
     if need > limit:
@@ -112,120 +114,203 @@ def make_mtf(config: SimulationConfig):
     return None
 
 
-def scene_warnings(atoms: Atoms, grid: Grid, ice_thickness_a: float) -> list[str]:
-    """Things that are legal but probably not what the user meant."""
-    out = []
-    if len(atoms) == 0:
-        return ["the sample has no atoms: the image shows ice (or vacuum) only"]
+def scene_warnings(scene: Scene, grid: Grid, ice_thickness_a: float) -> list[str]:
+    """Things that are legal but probably not what the user meant (atoms outside the field or the ice)."""
+    out = list(scene.warnings)
+    if len(scene.placement) == 0 or all(len(t.atoms) == 0 for t in scene.types):
+        return out + ["the sample has no atoms: the image shows ice (or vacuum) only"]
+    n_out_field = n_out_ice = 0
     oy, ox = grid.origin_a
-    x = atoms.positions_a[:, 0] + ox
-    y = atoms.positions_a[:, 1] + oy
-    inside = (x >= 0) & (x < grid.nx * grid.pixel_size_a) & (y >= 0) & (y < grid.ny * grid.pixel_size_a)
-    if not inside.all():
-        out.append(f"{int((~inside).sum())} atoms lie outside the {grid.ny}x{grid.nx} px field; the field is "
+    wx, wy = grid.nx * grid.pixel_size_a, grid.ny * grid.pixel_size_a
+    for t, ptype in enumerate(scene.types):
+        sel = np.flatnonzero(scene.placement.type_index == t)
+        if sel.size == 0 or len(ptype.atoms) == 0:
+            continue
+        # the atoms' extreme coordinates per copy, from the type's bounding box corners is too loose: use atoms
+        for i in sel[:200] if len(ptype.atoms) * sel.size > 5e7 else sel:
+            pos = ptype.atoms.positions_a @ scene.placement.rotations[i].T + scene.placement.positions_a[i]
+            x, y = pos[:, 0] + ox, pos[:, 1] + oy
+            n_out_field += int((~((x >= 0) & (x < wx) & (y >= 0) & (y < wy))).sum())
+            if ice_thickness_a > 0:
+                n_out_ice += int((np.abs(pos[:, 2]) > ice_thickness_a / 2).sum())
+    if n_out_field:
+        out.append(f"{n_out_field} atoms lie outside the {grid.ny}x{grid.nx} px field; the field is "
                    "periodic, so they wrap around to the opposite edge (check sample.particles.positions_a)")
-    if ice_thickness_a > 0:
-        outside = np.abs(atoms.positions_a[:, 2]) > ice_thickness_a / 2
-        if outside.any():
-            out.append(f"{int(outside.sum())} atoms stick out of the {ice_thickness_a / 10:g} nm ice slab "
-                       "(they are simulated in vacuum; raise sample.ice_thickness_nm or move the particles)")
+    if n_out_ice:
+        out.append(f"{n_out_ice} atoms stick out of the {ice_thickness_a / 10:g} nm ice slab "
+                   "(they are simulated in vacuum; raise sample.ice_thickness_nm or move the particles)")
     return out
 
 
-def simulate(config: "SimulationConfig | dict | str | Path", *, keep_potential: bool = False,
-             progress: Callable[[int, int], None] | None = None) -> SimulationResult:
-    """Run the whole forward model.
+def _field_exit_wave(config: SimulationConfig, scene: Scene, view: SceneView, modes: list[str], cache: TypeCache,
+                     grid: Grid, lam: float, sigma: float, *, keep_potential: bool, tick, stats: MultisliceStats):
+    """Exit wave (and optionally projected potential) over the field for one view: whole field, a window
+    around the specimen, or tiles."""
+    sim = config.simulation
+    ice = IceModel(view.ice_thickness_a, config.sample.ice_mean_potential_v, cache.ice.absorption_potential_v)
+    z_range = view_z_range(scene, view)
+    thickness_a = z_range[1] - z_range[0]
 
-    ``config`` is a :class:`SimulationConfig`, a dict of the same shape, or a YAML path.
-    ``progress(done, total)`` is called once per slice.
-    """
+    def run(window):
+        pot = build_view_potential(scene, view, modes, cache, field_grid=grid, window=window,
+                                   slice_thickness_a=sim.slice_thickness_a, ice=ice, z_range_a=z_range,
+                                   builder=sim.builder, absorption_ratio=config.sample.absorption_ratio)
+        wave = multislice(pot, lam, sigma, antialias_fraction=sim.antialias_fraction, bandlimit=sim.bandlimit,
+                          progress=tick, stats=stats)
+        return pot, wave, (pot.project() if keep_potential else None)
+
+    if sim.tile_px is not None and sim.tile_px < max(grid.shape_px):
+        margin = sim.tile_margin_px if sim.tile_margin_px is not None else auto_tile_margin_px(
+            grid.pixel_size_a, thickness_a, lam, sim.antialias_fraction)
+        exit_wave = torch.empty(grid.shape_px, dtype=torch.complex64, device=cache.device)
+        projected = torch.empty(grid.shape_px, dtype=torch.complex64, device=cache.device) if keep_potential else None
+        pot = None
+        for tile in plan_tiles(grid, sim.tile_px, margin):
+            pot, wave, proj = run(tile.window)
+            (h, w), oy, ox = tile.core_shape, tile.core_y0 - tile.y0, tile.core_x0 - tile.x0
+            exit_wave[tile.core_y0:tile.core_y0 + h, tile.core_x0:tile.core_x0 + w] = wave[oy:oy + h, ox:ox + w]
+            if proj is not None:
+                projected[tile.core_y0:tile.core_y0 + h, tile.core_x0:tile.core_x0 + w] = proj[oy:oy + h, ox:ox + w]
+        return pot, exit_wave, projected, {"tiles": len(plan_tiles(grid, sim.tile_px, margin)), "tile_margin_px": margin}
+
+    window = None
+    if sim.window == "auto" and len(scene.placement):
+        pl = scene.placement.transformed(view.rotation)
+        ext = np.array([t.radius_a for t in scene.types])[pl.type_index][:, None]
+        corners = np.concatenate([pl.positions_a - ext, pl.positions_a + ext])
+        win = plan_window(grid, torch.as_tensor(corners), thickness_a, lam, antialias_fraction=sim.antialias_fraction)
+        window = win
+    pot, wave, proj = run(window.grid if window else None)
+    if window is not None:  # outside the window: plane wave × uniform ice transmission
+        uniform = pot.total_uniform_potential()
+        wave = embed(Patch(window.y0, window.x0, wave), grid.shape_px, cmath.exp(1j * sigma * uniform))
+        if proj is not None:
+            proj = embed(Patch(window.y0, window.x0, proj), grid.shape_px, uniform)
+    return pot, wave, proj, {"multislice_window_px": list(window.grid.shape_px) if window else None}
+
+
+def _detect(config: SimulationConfig, exit_wave: torch.Tensor, grid: Grid, lam: float, *, z_exit_a: float,
+            dose_e_per_a2: float, defocus_um: float, generator: torch.Generator):
+    """Optics and detector for one exposure: (intensity, expected counts after MTF, detected counts)."""
+    oc, det, beam = config.optics, config.detector, config.beam
+    optics = Optics(defocus_um * 1e4, oc.astigmatism_um * 1e4, oc.astigmatism_angle_deg, oc.cs_mm, oc.cc_mm,
+                    oc.energy_spread_ev, oc.illumination_semiangle_mrad, oc.aperture_mrad, oc.phase_shift_deg)
+    # defocus is given at the ice mid-plane (z = 0); the wave leaves the specimen z_exit below it
+    h = transfer_function(grid, lam, beam.voltage_kv, optics, defocus_a=optics.defocus_a + z_exit_a,
+                          device=exit_wave.device)
+    intensity = image_intensity(exit_wave, h)
+    mtf = make_mtf(config)
+    expected = expected_counts(intensity, dose_e_per_a2, det.pixel_size_a)
+    counts = shot_noise(expected, det.dqe, generator) if det.noise == "poisson" else expected
+    noiseless = apply_mtf(expected, mtf, det.normalize_mtf) * det.gain
+    micrograph = apply_mtf(counts, mtf, det.normalize_mtf) * det.gain
+    return intensity, noiseless, micrograph
+
+
+def _prepare(config):
     if isinstance(config, (str, Path)):
         config = load_config(config)
     elif isinstance(config, dict):
         config = config_from_dict(config)
-    timings: dict[str, float] = {}
-    t0 = time.perf_counter()
+    return config
+
+
+def _setup(config: SimulationConfig, scene: Scene):
     device = resolve_device(config.simulation.device)
-    generator = torch.Generator(device=device).manual_seed(config.seed)
     det, beam = config.detector, config.beam
     grid = Grid(tuple(det.shape_px), det.pixel_size_a)
     lam, sigma = wavelength_a(beam.voltage_kv), interaction_constant(beam.voltage_kv)
-
-    atoms = scene_atoms(config)
-    timings["structure_s"] = time.perf_counter() - t0
     absorption_v = (config.sample.ice_absorption_potential_v if config.sample.ice_absorption_potential_v is not None
                     else ice_absorption_potential_v(beam.voltage_kv))
     ice = IceModel(config.sample.ice_thickness_nm * 10.0, config.sample.ice_mean_potential_v, absorption_v)
-    warnings = scene_warnings(atoms, grid, ice.thickness_a)
-    tensors = atoms_to_tensors(atoms, device=device)
-    window = None
-    if config.simulation.window == "auto":
-        z = atoms.positions_a[:, 2]
-        thickness_a = max(ice.thickness_a, float(z.max() - z.min()) + 2.0) if len(atoms) else ice.thickness_a
-        window = plan_window(grid, tensors[1], thickness_a, lam, antialias_fraction=config.simulation.antialias_fraction)
-    potential = SlicedPotential(*tensors, window.grid if window else grid, get_table(config.simulation.parametrization),
-                                config.simulation.slice_thickness_a, ice,
-                                absorption_ratio=config.sample.absorption_ratio, builder=config.simulation.builder)
-    per_slice = np.diff(potential.slice_bounds)
-    mem_estimate = check_memory(config, len(atoms), int(per_slice.max()) if per_slice.size else 0, device)
+    absorption_ratio = (config.sample.absorption_ratio if config.sample.absorption_ratio is not None
+                        else ice.absorption_ratio)
+    modes = choose_modes(scene, representation_default="auto", placement=config.simulation.map_placement,
+                         pixel_size_a=det.pixel_size_a, wavelength_a=lam,
+                         antialias_fraction=config.simulation.antialias_fraction or 1.0)
+    cache = TypeCache(get_table(config.simulation.parametrization), det.pixel_size_a, ice, absorption_ratio, device)
+    return device, grid, lam, sigma, ice, modes, cache
+
+
+def _memory_check(config, scene: Scene, modes, device) -> int:
+    n_atoms = sum(len(scene.types[t].atoms) * scene.copies_of(t) for t, m in enumerate(modes) if m == "atoms")
+    per_slice = min(n_atoms, max([len(t.atoms) for t in scene.types] or [0]) * 4)
+    extra = 0
+    p = config.detector.pixel_size_a
+    for t, m in enumerate(modes):
+        if m == "atoms" or not len(scene.types[t].atoms):
+            continue
+        d = 2 * (scene.types[t].radius_a + max(24.0, 12 * p)) / p
+        extra += int((2 * d) ** 3 * (16 + 32) if m == "projection" else (2 * d) ** 3 * 8 * 3)
+    extra += 4_000_000 * 8 * 12  # one batch of copies being sampled
+    return check_memory(config, n_atoms, per_slice, device, extra)
+
+
+def simulate(config: "SimulationConfig | dict | str | Path", *, keep_potential: bool = False,
+             progress: Callable[[int, int], None] | None = None, scene: Scene | None = None) -> SimulationResult:
+    """Run the whole forward model for one micrograph.
+
+    ``config`` is a :class:`SimulationConfig`, a dict of the same shape, or a YAML path.
+    ``progress(done, total)`` is called once per slice. ``scene``: reuse a scene built before.
+    """
+    config = _prepare(config)
+    if config.tilt_series is not None:
+        raise ConfigError("tilt_series is set: use difftem.simulate_tilt_series (or `difftem simulate`, which "
+                          "dispatches on it)")
+    timings: dict[str, float] = {}
+    t0 = time.perf_counter()
+    scene = scene or scene_of(config)
+    device, grid, lam, sigma, ice, modes, cache = _setup(config, scene)
+    generator = torch.Generator(device=device).manual_seed(config.seed)
+    timings["structure_s"] = time.perf_counter() - t0
+    warnings = scene_warnings(scene, grid, ice.thickness_a)
+    mem_estimate = _memory_check(config, scene, modes, device)
+    view = SceneView(np.eye(3), ice.thickness_a, None)
 
     t1 = time.perf_counter()
-    done = 0
+    done, total = 0, None
 
     def tick(n):
         nonlocal done
         done += n
         if progress is not None:
-            progress(done, potential.n_slices)
+            progress(done, total)
 
     stats = MultisliceStats()
     with torch.no_grad():
-        exit_wave = multislice(potential, lam, sigma, antialias_fraction=config.simulation.antialias_fraction,
-                               bandlimit=config.simulation.bandlimit, progress=tick, stats=stats)
-        projected = potential.project() if keep_potential else None
-        if window is not None:  # outside the window: plane wave × uniform ice transmission
-            uniform = potential.total_uniform_potential()
-            outside = cmath.exp(1j * sigma * uniform)
-            exit_wave = embed(Patch(window.y0, window.x0, exit_wave), grid.shape_px, outside)
-            if projected is not None:
-                projected = embed(Patch(window.y0, window.x0, projected), grid.shape_px, uniform)
+        pot, exit_wave, projected, plan = _field_exit_wave(config, scene, view, modes, cache, grid, lam, sigma,
+                                                           keep_potential=keep_potential, tick=tick, stats=stats)
         timings["multislice_s"] = time.perf_counter() - t1
-
         t2 = time.perf_counter()
-        z_exit_a = potential.z_start_a + potential.n_slices * potential.slice_thickness_a
-        oc = config.optics
-        optics = Optics(oc.defocus_um * 1e4, oc.astigmatism_um * 1e4, oc.astigmatism_angle_deg, oc.cs_mm, oc.cc_mm,
-                        oc.energy_spread_ev, oc.illumination_semiangle_mrad, oc.aperture_mrad, oc.phase_shift_deg)
-        # defocus is given at the ice mid-plane (z = 0); the wave leaves the specimen z_exit below it
-        h = transfer_function(grid, lam, beam.voltage_kv, optics, defocus_a=optics.defocus_a + z_exit_a, device=device)
-        intensity = image_intensity(exit_wave, h)
-        timings["optics_s"] = time.perf_counter() - t2
-
-        t3 = time.perf_counter()
-        mtf = make_mtf(config)
-        expected = expected_counts(intensity, beam.dose_e_per_a2, det.pixel_size_a)
-        counts = shot_noise(expected, det.dqe, generator) if det.noise == "poisson" else expected
-        noiseless = apply_mtf(expected, mtf, det.normalize_mtf) * det.gain
-        micrograph = apply_mtf(counts, mtf, det.normalize_mtf) * det.gain
-        timings["detector_s"] = time.perf_counter() - t3
+        z_exit_a = pot.z_start_a + pot.n_slices * pot.slice_thickness_a
+        intensity, noiseless, micrograph = _detect(config, exit_wave, grid, lam, z_exit_a=z_exit_a,
+                                                   dose_e_per_a2=config.beam.dose_e_per_a2,
+                                                   defocus_um=config.optics.defocus_um, generator=generator)
+        timings["optics_detector_s"] = time.perf_counter() - t2
     timings["total_s"] = time.perf_counter() - t0
+    n_atoms = sum(len(t.atoms) * scene.copies_of(i) for i, t in enumerate(scene.types))
     meta = {
         "difftem_version": __version__,
         "torch_version": torch.__version__,
         "device": str(device),
         "threads": torch.get_num_threads(),
         "seed": config.seed,
-        "n_atoms": len(atoms),
-        "n_slices": potential.n_slices,
+        "n_atoms": n_atoms,
+        "n_copies": len(scene.placement),
+        "particle_types": [{"name": t.name, "atoms": len(t.atoms), "copies": scene.copies_of(i), "mode": modes[i]}
+                           for i, t in enumerate(scene.types)],
+        "n_slices": pot.n_slices,
         "n_propagations": stats.n_propagations,
-        "multislice_window_px": list(window.grid.shape_px) if window else None,
+        **plan,
         "z_exit_a": z_exit_a,
         "wavelength_a": lam,
         "interaction_constant_rad_per_v_a": sigma,
         "memory_estimate_bytes": mem_estimate,
-        "structure_notes": atoms.notes,
+        "structure_notes": scene.notes,
         "warnings": warnings,
+        "particles": ground_truth_rows(scene.types, scene.placement, shape_px=grid.shape_px,
+                                       pixel_size_a=grid.pixel_size_a),
         "timings": timings,
     }
-    return SimulationResult(micrograph.float(), noiseless.float(), intensity.float(), exit_wave, det.pixel_size_a,
+    return SimulationResult(micrograph.float(), noiseless.float(), intensity.float(), exit_wave, grid.pixel_size_a,
                             config, projected, meta)

@@ -121,6 +121,8 @@ class SlicedPotential:
         builder: BuilderName = "fourier",
         margin_a: float = 24.0,
         dtype: torch.dtype = torch.complex64,
+        z_range_a: tuple[float, float] | None = None,
+        form_factor_filter=None,
     ):
         if slice_thickness_a <= 0:
             raise ValueError("slice_thickness_a must be > 0")
@@ -131,11 +133,16 @@ class SlicedPotential:
         self.cdtype = dtype
         self.rdtype = torch.float32 if dtype == torch.complex64 else torch.float64
         self.device = positions_a.device
+        self.form_factor_filter = form_factor_filter  # H(|k|) (k in 1/Å) on the atoms' form factors, e.g. damage
+        if form_factor_filter is not None and builder != "fourier":
+            raise ValueError("a form-factor filter (radiation damage) needs the fourier builder")
 
         half_ice = 0.5 * ice.thickness_a
         z = positions_a[:, 2].detach().double().cpu().numpy() if len(atomic_number) else np.zeros(0)
         z_lo = min(-half_ice, float(z.min()) - 1.0) if z.size else -half_ice
         z_hi = max(half_ice, float(z.max()) + 1.0) if z.size else half_ice
+        if z_range_a is not None:  # a shared slicing (several potentials stacked on the same slices)
+            z_lo, z_hi = min(z_lo, z_range_a[0]), max(z_hi, z_range_a[1])
         if z_hi <= z_lo:  # no ice and no atoms: a single empty slice
             z_hi = z_lo + self.slice_thickness_a
         self.z_start_a = z_lo
@@ -178,6 +185,8 @@ class SlicedPotential:
             box = Grid(shape, self.grid.pixel_size_a)
             k2 = box.k2(self.device, torch.float64, half=True)
             ff = self.table.projected_form_factor(z, k2)
+            if self.form_factor_filter is not None:
+                ff = ff * self.form_factor_filter(torch.sqrt(k2))
             ff_re, ff_im = ff, self.absorption_ratio * ff
             if in_ice:
                 solvent = self._volume_a3[z] * torch.exp(-self.ice.solvent_b_a2 * k2 / 4)

@@ -1,0 +1,163 @@
+"""Parallel-beam tilt projector: a sparse matrix (CSR) with its exact transpose, batched over image rows.
+
+For the tilt axis along y (α = 0) a voxel at (x, z) (pixels from the origin index) lands at
+x' = x cos θ + z sin θ in every row y, so one matrix A of shape (T·W, Z·X) serves all rows: the volume
+is laid out as a (Z·X, Y) matrix and projected with one sparse × dense product. A voxel's value is
+shared between the two detector pixels around x' (linear interpolation, weights summing to one per
+tilt), so a projection is the sum of voxel values along the ray in voxel-length units, and Aᵀ is
+linear-interpolation back-projection. Other tilt-axis angles turn the volume and the images in-plane
+(`geometry.rotate_inplane`). Both directions are autograd functions whose backward is the other one,
+so gradients (and gradients of gradients) are exact and cost one sparse product.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+
+import torch
+
+from .geometry import covering_shape, pixel_coordinate_px, rotate_inplane
+
+
+def _csr(crow, col, val, shape, index_dtype):
+    with warnings.catch_warnings():  # torch flags CSR as beta on every construction
+        warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
+        return torch.sparse_csr_tensor(crow.to(index_dtype), col.to(index_dtype), val, size=shape,
+                                       check_invariants=False)
+
+
+def tilt_matrices(angles_deg, shape_zx: tuple[int, int], width_px: int, *, dtype=torch.float32,
+                  device=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(A, Aᵀ) as CSR: A maps a (Z·X) x–z slice to (T·W) projection samples (linear interpolation)."""
+    theta = torch.deg2rad(torch.as_tensor(angles_deg, dtype=torch.float64, device=device)).reshape(-1)
+    n_t, (n_z, n_x), n_w = theta.numel(), shape_zx, int(width_px)
+    z = pixel_coordinate_px(n_z, device=device, dtype=torch.float64)
+    x = pixel_coordinate_px(n_x, device=device, dtype=torch.float64)
+    # entries ordered (z, x, t, neighbour): rows of Aᵀ in order, columns increasing within each row
+    pos = (x[None, :, None] * torch.cos(theta)[None, None, :] + z[:, None, None] * torch.sin(theta)[None, None, :]
+           + (n_w // 2))
+    i0 = torch.floor(pos)
+    frac = pos - i0
+    i0 = i0.long()
+    det = torch.stack([i0, i0 + 1], dim=-1)
+    val = torch.stack([1.0 - frac, frac], dim=-1)
+    keep = (det >= 0) & (det < n_w) & (val > 0)
+    det = det + (torch.arange(n_t, device=device) * n_w)[None, None, :, None]
+    voxel = torch.arange(n_z * n_x, device=device).reshape(n_z, n_x, 1, 1).expand_as(det)
+    det, voxel, val = det[keep], voxel[keep], val[keep].to(dtype)
+    n_rows, n_cols = n_t * n_w, n_z * n_x
+    index_dtype = torch.int32 if max(det.numel(), n_rows, n_cols) < 2**31 - 1 else torch.int64
+    crow_t = torch.zeros(n_cols + 1, dtype=torch.long, device=device)
+    crow_t[1:] = torch.cumsum(torch.bincount(voxel, minlength=n_cols), 0)
+    a_t = _csr(crow_t, det, val, (n_cols, n_rows), index_dtype)
+    order = torch.argsort(det, stable=True)  # voxel order kept inside each detector row
+    crow = torch.zeros(n_rows + 1, dtype=torch.long, device=device)
+    crow[1:] = torch.cumsum(torch.bincount(det, minlength=n_rows), 0)
+    a = _csr(crow, voxel[order], val[order], (n_rows, n_cols), index_dtype)
+    return a, a_t
+
+
+class _SparseApply(torch.autograd.Function):
+    """y = M x for a constant sparse M; the backward applies Mᵀ through the same function."""
+
+    @staticmethod
+    def forward(ctx, x, mat, mat_t):
+        ctx.mats = (mat, mat_t)
+        return mat @ x.contiguous()
+
+    @staticmethod
+    def backward(ctx, grad):
+        mat, mat_t = ctx.mats
+        return _SparseApply.apply(grad, mat_t, mat), None, None
+
+
+class TiltProjector:
+    """Projector for the tilt axis along y: volumes (..., Z, Y, X) ↔ projections (..., T, Y, W).
+
+    ``forward`` and ``adjoint`` are exact transposes of each other and differentiable; dtype and
+    device are those given here (the matrix is built once).
+    """
+
+    def __init__(self, angles_deg, shape_zx: tuple[int, int], width_px: int | None = None, *,
+                 dtype=torch.float32, device=None):
+        self.angles_deg = torch.as_tensor(angles_deg, dtype=torch.float64).reshape(-1).cpu()
+        self.shape_zx = (int(shape_zx[0]), int(shape_zx[1]))
+        self.width_px = int(width_px if width_px is not None else shape_zx[1])
+        self.dtype, self.device = dtype, torch.device(device) if device is not None else torch.device("cpu")
+        self.a, self.a_t = tilt_matrices(self.angles_deg, self.shape_zx, self.width_px, dtype=dtype,
+                                         device=self.device)
+
+    @property
+    def n_tilts(self) -> int:
+        return self.angles_deg.numel()
+
+    @property
+    def nnz(self) -> int:
+        return int(self.a.values().numel())
+
+    def forward(self, volume: torch.Tensor) -> torch.Tensor:
+        """Ray sums (voxel units) of ``volume`` (..., Z, Y, X) → (..., T, Y, W)."""
+        n_z, n_x = self.shape_zx
+        if volume.shape[-3] != n_z or volume.shape[-1] != n_x:
+            raise ValueError(f"volume (..., Z, Y, X) = {tuple(volume.shape)} does not match (Z, X) = {self.shape_zx}")
+        lead, n_y = volume.shape[:-3], volume.shape[-2]
+        nb = math.prod(lead)
+        mat = volume.reshape(nb, n_z, n_y, n_x).permute(1, 3, 0, 2).reshape(n_z * n_x, nb * n_y)
+        out = _SparseApply.apply(mat, self.a, self.a_t)
+        return out.reshape(self.n_tilts, self.width_px, nb, n_y).permute(2, 0, 3, 1).reshape(
+            *lead, self.n_tilts, n_y, self.width_px)
+
+    def adjoint(self, projections: torch.Tensor) -> torch.Tensor:
+        """Aᵀ: linear-interpolation back-projection of (..., T, Y, W) → (..., Z, Y, X), no weighting."""
+        n_z, n_x = self.shape_zx
+        if projections.shape[-3] != self.n_tilts or projections.shape[-1] != self.width_px:
+            raise ValueError(f"projections (..., T, Y, W) = {tuple(projections.shape)} do not match "
+                             f"T = {self.n_tilts}, W = {self.width_px}")
+        lead, n_y = projections.shape[:-3], projections.shape[-2]
+        nb = math.prod(lead)
+        mat = projections.reshape(nb, self.n_tilts, n_y, self.width_px).permute(1, 3, 0, 2).reshape(
+            self.n_tilts * self.width_px, nb * n_y)
+        out = _SparseApply.apply(mat, self.a_t, self.a)
+        return out.reshape(n_z, n_x, nb, n_y).permute(2, 0, 3, 1).reshape(*lead, n_z, n_y, n_x)
+
+    __call__ = forward
+
+
+def _frames(volume_yx, image_yx, tilt_axis_deg):
+    """Grids of the turned problem: (rows, volume width) holding the volume, detector width holding the images."""
+    if tilt_axis_deg == 0.0:
+        return volume_yx, max(volume_yx[1], image_yx[1])
+    vol = covering_shape(volume_yx, tilt_axis_deg)
+    return vol, max(vol[1], covering_shape(image_yx, tilt_axis_deg)[1])
+
+
+def project(volume: torch.Tensor, angles_deg, tilt_axis_deg: float = 0.0, *,
+            shape_yx: tuple[int, int] | None = None) -> torch.Tensor:
+    """Tilt series of ``volume`` (..., Z, Y, X) in the difftem geometry: (..., T, H, W), ray sums in voxel units.
+
+    Image pixels have the volume's voxel size; (H, W) defaults to (Y, X). With a tilt-axis angle the
+    volume is turned in-plane onto a grid that holds all of it, projected, and the images turned back.
+    """
+    n_z, n_y, n_x = volume.shape[-3:]
+    out_shape = tuple(shape_yx) if shape_yx is not None else (n_y, n_x)
+    frame, det_w = _frames((n_y, n_x), out_shape, tilt_axis_deg)
+    turned = rotate_inplane(volume, tilt_axis_deg, frame)  # V_s(s) = V(Rz(α) s)
+    op = TiltProjector(angles_deg, (n_z, frame[1]), det_w, dtype=volume.dtype, device=volume.device)
+    return rotate_inplane(op(turned), -tilt_axis_deg, out_shape)  # I(x') = J(Rz(−α) x')
+
+
+def backproject(projections: torch.Tensor, angles_deg, thickness_px: int, tilt_axis_deg: float = 0.0, *,
+                shape_yx: tuple[int, int] | None = None) -> torch.Tensor:
+    """Unweighted linear-interpolation back-projection of (..., T, H, W) into (..., Z, Y, X).
+
+    With the same arguments this is exactly the adjoint of :func:`project` for α = 0; otherwise it is
+    the same operation through in-plane rotations (adjoint up to interpolation).
+    """
+    image_shape = tuple(projections.shape[-2:])
+    out_shape = tuple(shape_yx) if shape_yx is not None else image_shape
+    frame, det_w = _frames(out_shape, image_shape, tilt_axis_deg)
+    turned = rotate_inplane(projections, tilt_axis_deg, (frame[0], det_w))
+    op = TiltProjector(angles_deg, (int(thickness_px), frame[1]), det_w, dtype=projections.dtype,
+                       device=projections.device)
+    return rotate_inplane(op.adjoint(turned), -tilt_axis_deg, out_shape)
