@@ -1,6 +1,6 @@
 """Dataset generation on a real 2-worker Dask LocalCluster: SIGKILL part-way, resume, Ctrl-C.
 
-Items are tiny (128², the bundled 1UBI, 0.33 s each on one thread) so the file runs in well under
+Items are tiny (128², the bundled 1UBI, about 0.2 s each on one idle core) so the file runs in well under
 a minute; each run uses one torch thread per item, which makes results bit-for-bit reproducible.
 """
 
@@ -30,7 +30,7 @@ SPEC = {
         "sample": {"ice_thickness_nm": 20, "particles": [
             {"structure": "builtin:1ubi", "positions_a": [[0, 0, 0], [30, -30, 40], [-30, 30, -40]]}]},
         # thin slices through three copies spread in z: enough work per item to kill the run part-way
-        "simulation": {"slice_thickness_a": 0.25, "device": "cpu"},
+        "simulation": {"slice_thickness_a": 0.5, "device": "cpu"},
     },
     "vary": {
         "optics.defocus_um": {"uniform": [1.0, 3.0]},
@@ -55,10 +55,11 @@ def spec_path(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def reference(spec_path, tmp_path_factory):
-    """An uninterrupted run on a 2-worker LocalCluster, through the Python API."""
+    """An uninterrupted run through the Python API, in this process (no cluster): the cluster runs below
+    must reproduce it bit for bit, which also shows results do not depend on where an item ran."""
     out = tmp_path_factory.mktemp("ref") / "store"
-    report = build(spec_path, out, workers=2)
-    assert report.workers == 2 and not report.interrupted
+    report = build(spec_path, out, workers=0)
+    assert len(report.done) == N_ITEMS - 1 and list(report.failed) == [FAILING] and not report.interrupted
     return out
 
 
@@ -81,16 +82,21 @@ def wait_for_items(proc, out, n, timeout_s=180):
         time.sleep(0.005)
 
 
-def session_processes(sid):
+def session_processes(sid, wait_s=15.0):
+    """Live processes of the run's session (polled: a loaded machine may take a moment to reap them)."""
     psutil = pytest.importorskip("psutil")
-    out = []
-    for p in psutil.process_iter():
-        try:
-            if os.getsid(p.pid) == sid:
-                out.append(p.pid)
-        except (ProcessLookupError, PermissionError):
-            pass
-    return out
+    t0 = time.time()
+    while True:
+        alive = []
+        for p in psutil.process_iter():
+            try:
+                if os.getsid(p.pid) == sid and p.status() != psutil.STATUS_ZOMBIE:
+                    alive.append(p.pid)
+            except (ProcessLookupError, PermissionError, psutil.Error):
+                pass
+        if not alive or time.time() - t0 > wait_s:
+            return alive
+        time.sleep(0.1)
 
 
 def assert_same_store(out, ref, indices=None):
@@ -117,13 +123,12 @@ def manifest(out):
 def test_sigkill_part_way_then_resume_gives_the_uninterrupted_dataset(spec_path, reference, tmp_path):
     out = tmp_path / "store"
     proc = start_cli(spec_path, out)
-    wait_for_items(proc, out, 3)
+    wait_for_items(proc, out, 2)
     os.killpg(proc.pid, signal.SIGKILL)  # the client, the scheduler and both workers die at once
     proc.wait(timeout=30)
-    time.sleep(0.2)
     assert proc.returncode == -signal.SIGKILL and session_processes(proc.pid) == []
     at_kill = n_done(out)
-    assert 3 <= at_kill < N_ITEMS - 1, f"{at_kill} items were done at the kill: the run was not interrupted"
+    assert 2 <= at_kill < N_ITEMS - 1, f"{at_kill} items were done at the kill: the run was not interrupted"
     kept = {i: Store(out, "zarr").read_attrs(i)["record"] for i in Store(out, "zarr").done_indices()}
 
     res = subprocess.run([sys.executable, "-m", "difftem.cli", "dataset", str(spec_path), "--out", str(out),
@@ -145,7 +150,8 @@ def test_sigkill_part_way_then_resume_gives_the_uninterrupted_dataset(spec_path,
     assert [{k: v for k, v in r.items() if k not in drop} for r in rows] == \
            [{k: v for k, v in r.items() if k not in drop} for r in ref_rows]
     failure = json.loads((out / "failed" / f"{FAILING:06d}.json").read_text())
-    assert failure["error"].startswith("ResourceError") and "tcp://" in failure["worker"]
+    assert failure["error"].startswith("ResourceError") and failure["worker"].startswith("tcp://")
+    assert all(r["worker"].startswith("tcp://127.0.0.1") for r in rows)  # really ran on the cluster
 
     # any single item regenerates alone, in this process, bit for bit
     one = tmp_path / "one"
@@ -162,7 +168,6 @@ def test_ctrl_c_leaves_a_consistent_store(spec_path, reference, tmp_path):
     text, _ = proc.communicate(timeout=120)
     assert proc.returncode == 130, text
     assert "interrupted" in text and "rerun the same command to resume" in text and "Traceback" not in text
-    time.sleep(0.2)
     assert session_processes(proc.pid) == []  # workers were shut down, not orphaned
     done = Store(out, "zarr").done_indices()
     assert 2 <= len(done) < N_ITEMS - 1

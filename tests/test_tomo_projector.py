@@ -73,10 +73,14 @@ def test_dot_product_adjoint_batched():
     assert lhs == pytest.approx(rhs, rel=1e-12)
     # the batch dims are independent problems
     assert torch.allclose(op(x)[1, 2], op(x[1, 2]), atol=1e-12)
+    # row blocks (with a zero-padded last block) give the same products
+    blocked = TiltProjector(torch.arange(-60, 61, 12.0), (9, 13), 17, dtype=torch.float64, chunk_rows=4)
+    assert torch.allclose(blocked(x), op(x), atol=1e-12)
+    assert torch.allclose(blocked.adjoint(y), op.adjoint(y), atol=1e-12)
 
 
 def test_gradcheck_projector_and_adjoint():
-    op = TiltProjector(torch.tensor([-40.0, 5.0, 50.0]), (4, 5), 6, dtype=torch.float64)
+    op = TiltProjector(torch.tensor([-40.0, 5.0, 50.0]), (4, 5), 6, dtype=torch.float64, chunk_rows=2)
     x = torch.randn(4, 3, 5, dtype=torch.float64, requires_grad=True)
     y = torch.randn(3, 3, 6, dtype=torch.float64, requires_grad=True)
     assert torch.autograd.gradcheck(op.forward, (x,))

@@ -51,7 +51,8 @@ def analytic_gaussian_stack(centre_a, sigma_a, angles, alpha_deg, shape_yx, pixe
     out = []
     for th in angles:
         cx, cy = rodrigues_xy(centre_a, float(th), alpha_deg)
-        out.append(np.exp(-((x - cx) ** 2 + (y - cy) ** 2) / (2 * sigma_a**2)) * sigma_a * math.sqrt(2 * math.pi) / pixel_a)
+        gauss = np.exp(-((x - cx) ** 2 + (y - cy) ** 2) / (2 * sigma_a**2))
+        out.append(gauss * sigma_a * math.sqrt(2 * math.pi) / pixel_a)
     return torch.tensor(np.stack(out), dtype=torch.float32)
 
 

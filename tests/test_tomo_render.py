@@ -45,7 +45,8 @@ def test_mip_puts_a_point_where_the_view_rotation_says(azimuth, elevation):
     img = render_volume(blob(shape, centre), azimuth_deg=azimuth, elevation_deg=elevation, size_px=size, mode="mip",
                         transfer=peak)[..., 0]
     a, e = math.radians(azimuth), math.radians(elevation)
-    x1, y1, z1 = centre[0] * math.cos(a) + centre[2] * math.sin(a), centre[1], -centre[0] * math.sin(a) + centre[2] * math.cos(a)
+    x1, y1 = centre[0] * math.cos(a) + centre[2] * math.sin(a), centre[1]  # about y first (as a tilt)
+    z1 = -centre[0] * math.sin(a) + centre[2] * math.cos(a)
     y2 = y1 * math.cos(e) - z1 * math.sin(e)  # then about x
     row, col = render_px(size, shape, (x1, y2))
     iy, ix = divmod(int(img.argmax()), size)

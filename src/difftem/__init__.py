@@ -3,6 +3,7 @@
 __version__ = "0.1.0"
 
 from .config import SimulationConfig, load_config  # noqa: E402
-from .pipeline import SimulationResult, simulate  # noqa: E402
+from .pipeline import SimulationResult, TiltSeriesResult, simulate, simulate_tilt_series  # noqa: E402
 
-__all__ = ["SimulationConfig", "SimulationResult", "load_config", "simulate", "__version__"]
+__all__ = ["SimulationConfig", "SimulationResult", "TiltSeriesResult", "load_config", "simulate", "simulate_tilt_series",
+           "__version__"]

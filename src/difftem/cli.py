@@ -27,11 +27,15 @@ def _fail(msg: str) -> None:
 
 
 def run_and_write(config, out: Path, save: set[str], label: str) -> dict:
-    """Simulate ``config`` with a progress bar and write every output atomically into ``out``."""
+    """Simulate ``config`` (a micrograph, or a tilt series when ``tilt_series`` is set) with a progress bar
+    and write every output atomically into ``out``."""
+    if config.tilt_series is not None:
+        return run_tilt_series_and_write(config, out, label)
     import numpy as np
 
-    from .io import write_json, write_mrc, write_npy, write_preview_png
+    from .io import write_json, write_mrc, write_npy, write_preview_png, write_text
     from .pipeline import simulate
+    from .scene import STAR_CONVENTION, star_text
 
     with Progress(TextColumn(f"[bold]{label}"), BarColumn(), TextColumn("{task.completed}/{task.total} slices"),
                   TimeElapsedColumn(), TimeRemainingColumn(), console=console, transient=True) as bar:
@@ -50,11 +54,49 @@ def run_and_write(config, out: Path, save: set[str], label: str) -> dict:
         written.append(write_npy(out / "exit_wave.npy", result.exit_wave.cpu().numpy().astype(np.complex64)))
     preview = np.concatenate([result.noiseless.cpu().numpy(), result.micrograph.cpu().numpy()], axis=1)
     written.append(write_preview_png(out / "preview.png", preview, "noise-free (left) | detected (right)"))
+    particles = result.metadata.pop("particles", [])
+    written.append(write_text(out / "particles.star", star_text(particles, "particles", STAR_CONVENTION)))
     result.metadata["timings"]["write_s"] = time.perf_counter() - t
     run = {"config": config.model_dump(mode="json"), **result.metadata,
            "outputs": [p.name for p in written] + ["run.json"],
            "units": {"micrograph": "counts per pixel (x gain)", "noiseless": "expected counts after MTF (x gain)",
                      "projected_potential": "V*A, real part, summed over slices", "pixel_size": "A"}}
+    write_json(out / "run.json", run)
+    return run
+
+
+def run_tilt_series_and_write(config, out: Path, label: str) -> dict:
+    import numpy as np
+
+    from .io import write_json, write_mrc, write_preview_png, write_text
+    from .pipeline import simulate_tilt_series
+    from .scene import STAR_CONVENTION, star_text
+
+    with Progress(TextColumn(f"[bold]{label}"), BarColumn(), TextColumn("{task.completed}/{task.total} tilts"),
+                  TimeElapsedColumn(), TimeRemainingColumn(), console=console, transient=True) as bar:
+        task = bar.add_task("tilts", total=None)
+        result = simulate_tilt_series(config, progress=lambda done, total: bar.update(task, completed=done,
+                                                                                        total=total))
+    for warning in result.metadata.get("warnings", []):
+        console.print(f"[yellow]warning:[/] {warning}", soft_wrap=True, highlight=False)
+    px = result.pixel_size_a
+    stem = "tilt_series"
+    written = [write_mrc(out / f"{stem}.mrc", result.tilts.cpu().numpy(), px),
+               write_mrc(out / f"{stem}_noiseless.mrc", result.noiseless.cpu().numpy(), px),
+               write_text(out / f"{stem}.tlt", "".join(f"{a:.2f}\n" for a in result.angles_deg)),
+               write_text(out / "tilts.star", star_text(result.tilt_rows, "tilts",
+                                                        "difftem tilt series: one row per image of tilt_series.mrc, "
+                                                        "ordered by angle; doses in e/A^2, defocus in A")),
+               write_text(out / "particles.star", star_text(result.metadata.pop("particles", []), "particles",
+                                                            STAR_CONVENTION + "\npositions and angles are in the "
+                                                            "untilted specimen frame"))]
+    picks = sorted({0, len(result.angles_deg) // 2, len(result.angles_deg) - 1})
+    montage = np.concatenate([result.tilts[i].cpu().numpy() for i in picks], axis=1)
+    titles = " | ".join(f"{result.angles_deg[i]:+.0f} deg" for i in picks)
+    written.append(write_preview_png(out / "preview.png", montage, titles))
+    run = {"config": config.model_dump(mode="json"), **result.metadata, "angles_deg": result.angles_deg,
+           "outputs": [p.name for p in written] + ["run.json"],
+           "units": {"tilt_series": "counts per pixel (x gain), tilts along the first axis", "pixel_size": "A"}}
     write_json(out / "run.json", run)
     return run
 
@@ -69,17 +111,16 @@ def _parse_save(save: str) -> set[str]:
 
 @app.command()
 def simulate(
-    config: Path = typer.Argument(..., help="YAML configuration file"),
+    config: Path = typer.Argument(..., help="YAML configuration file, or a TEM-simulator 1.3 input file (.inp)"),
     out: Path = typer.Option(..., "--out", "-o", help="output folder (created if missing)"),
     save: str = typer.Option("", help="extra outputs, comma-separated: potential,exit_wave"),
     device: Optional[str] = typer.Option(None, help="override simulation.device: auto, cpu or cuda"),
     seed: Optional[int] = typer.Option(None, help="override the config's seed"),
 ):
-    """Simulate a micrograph from CONFIG and write MRC images, a preview and run.json into OUT."""
-    from .config import load_config
-
+    """Simulate a micrograph (or a tilt series) from CONFIG and write MRC images, STAR ground truth, a preview and
+    run.json into OUT."""
     try:
-        cfg = load_config(config)
+        cfg = _load_any_config(config)
         if device is not None:
             cfg.simulation.device = device
         if seed is not None:
@@ -90,6 +131,17 @@ def simulate(
     except ValueError as exc:  # pydantic assignment validation of --device/--seed
         _fail(str(exc).splitlines()[0] if str(exc) else repr(exc))
     console.print(f"wrote {', '.join(run['outputs'])} to {out} in {run['timings']['total_s']:.1f} s")
+
+
+def _load_any_config(path: Path):
+    """A YAML config, or a TEM-simulator input file (.inp) translated to one."""
+    from .config import load_config
+
+    if path.suffix.lower() == ".inp":
+        from .temsim import load_inp
+
+        return load_inp(path).config
+    return load_config(path)
 
 
 @app.command()
@@ -171,7 +223,7 @@ def _register_subcommands() -> None:
     """Commands that live beside their stage (tomography, denoising, datasets) register themselves here."""
     import importlib
 
-    for module in ("difftem.tomo.cli", "difftem.denoise.cli", "difftem.dataset.cli", "difftem.scene_cli"):
+    for module in ("difftem.tomo.cli", "difftem.denoise.cli", "difftem.dataset.cli", "difftem.temsim"):
         try:
             mod = importlib.import_module(module)
         except ModuleNotFoundError as exc:

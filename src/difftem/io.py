@@ -101,3 +101,9 @@ def write_mtf_star(path: str | Path, frequency_per_px: np.ndarray, value: np.nda
     with atomic_path(path) as tmp:
         tmp.write_text("\n".join(lines) + "\n")
     return Path(path)
+
+
+def write_text(path: str | Path, text: str) -> Path:
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
+    return Path(path)

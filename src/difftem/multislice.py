@@ -36,12 +36,12 @@ Bandlimit = Literal["box", "field", "none"]
 
 
 def fresnel_propagator(grid: Grid, wavelength_a: float, distance_a: float, *, antialias_fraction: float | None = 2 / 3,
-                       device=None, dtype=torch.complex64) -> torch.Tensor:
+                       device=None, dtype=torch.complex64, taper_fraction: float = 0.04) -> torch.Tensor:
     """P(k) = exp(-iπ λ Δz k²) on the grid's FFT layout, times the anti-aliasing aperture."""
     k2 = grid.k2(device, torch.float64)
     prop = torch.polar(torch.ones_like(k2), -torch.pi * wavelength_a * distance_a * k2)
     if antialias_fraction is not None:
-        prop = prop * antialias_mask(k2, grid.pixel_size_a, antialias_fraction)
+        prop = prop * antialias_mask(k2, grid.pixel_size_a, antialias_fraction, taper_fraction)
     return prop.to(dtype)
 
 
@@ -66,8 +66,10 @@ class Multislice:
     """Plane-wave multislice through a :class:`SlicedPotential`, streamed one slice at a time."""
 
     def __init__(self, potential: SlicedPotential, wavelength_a: float, sigma: float, *,
-                 antialias_fraction: float | None = 2 / 3, bandlimit: Bandlimit = "box", checkpoint: bool = True):
+                 antialias_fraction: float | None = 2 / 3, bandlimit: Bandlimit = "box", checkpoint: bool = True,
+                 taper_fraction: float = 0.04):
         self.potential, self.wavelength_a, self.sigma = potential, wavelength_a, sigma
+        self.taper_fraction = taper_fraction
         self.checkpoint = checkpoint
         self.antialias_fraction = antialias_fraction
         self.bandlimit = bandlimit if antialias_fraction is not None else "none"
@@ -78,7 +80,8 @@ class Multislice:
     def _aperture(self, shape: tuple[int, int]) -> torch.Tensor:
         if shape not in self._apertures:
             g = Grid(shape, self.potential.grid.pixel_size_a)
-            mask = antialias_mask(g.k2(self.potential.device, torch.float64), g.pixel_size_a, self.antialias_fraction)
+            mask = antialias_mask(g.k2(self.potential.device, torch.float64), g.pixel_size_a, self.antialias_fraction,
+                                  self.taper_fraction)
             self._apertures[shape] = mask.to(self.potential.rdtype)
         return self._apertures[shape]
 
@@ -87,6 +90,7 @@ class Multislice:
         if key not in self._props:
             self._props[key] = fresnel_propagator(self.potential.grid, self.wavelength_a, distance_a,
                                                   antialias_fraction=self.antialias_fraction,
+                                                  taper_fraction=self.taper_fraction,
                                                   device=self.potential.device, dtype=self.potential.cdtype)
         return self._props[key]
 
@@ -140,11 +144,11 @@ class Multislice:
 
 def multislice(potential: SlicedPotential, wavelength_a: float, sigma: float, *, incident: torch.Tensor | None = None,
                antialias_fraction: float | None = 2 / 3, bandlimit: Bandlimit = "box", checkpoint: bool = True,
-               progress=None, stats: MultisliceStats | None = None) -> torch.Tensor:
+               progress=None, stats: MultisliceStats | None = None, taper_fraction: float = 0.04) -> torch.Tensor:
     """Functional form of :class:`Multislice` (see there). With gradients enabled and ``checkpoint``,
     each slice is recomputed in the backward pass instead of stored."""
     ms = Multislice(potential, wavelength_a, sigma, antialias_fraction=antialias_fraction, bandlimit=bandlimit,
-                    checkpoint=checkpoint)
+                    checkpoint=checkpoint, taper_fraction=taper_fraction)
     if stats is not None:
         ms.stats = stats
     return ms.run(incident, progress)

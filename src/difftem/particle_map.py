@@ -33,6 +33,7 @@ SPREAD_SIGMA_VOXELS = 0.8  # σ_s of the spreading Gaussian: aliasing e^{-π²σ
 SPREAD_HALF_WIDTH = 3  # voxels each side (3.75 σ_s: truncation below 1e-3 of the peak)
 MAP_MARGIN_A = 24.0  # potential tails and the displaced-ice Gaussian beyond the outermost atom
 MAP_MARGIN_PX = 12  # ringing of the band limit's taper decays within this many pixels
+PASSBAND_FRACTION = 2 / 3  # flat band (fraction of Nyquist) = the multislice aperture; a cosine beyond keeps ringing short
 INTERP_POWER = 1
 
 
@@ -116,7 +117,7 @@ def _spread(grid_flat: torch.Tensor, pos_vox: torch.Tensor, sigma_vox: torch.Ten
 
 
 def build_particle_map(atoms: Atoms, table: ScatteringTable, *, pixel_size_a: float, oversampling: float = 2.0,
-                       passband_fraction: float = 2 / 3, ice: IceModel | None, absorption_ratio: float,
+                       passband_fraction: float = PASSBAND_FRACTION, ice: IceModel | None, absorption_ratio: float,
                        device=None, dtype: torch.dtype = torch.float32) -> ParticleMap:
     """The complex potential map (V) of ``atoms`` (their own frame, origin at the map centre).
 
@@ -290,7 +291,7 @@ class FourierProjector:
 
 
 def build_fourier_projector(atoms: Atoms, table: ScatteringTable, *, pixel_size_a: float,
-                            passband_fraction: float = 2 / 3, ice: IceModel | None, absorption_ratio: float,
+                            passband_fraction: float = PASSBAND_FRACTION, ice: IceModel | None, absorption_ratio: float,
                             device=None, pad: float = 2.0) -> FourierProjector:
     """The particle's 3-D transform on a padded cube of voxel = pixel (see :class:`FourierProjector`).
 

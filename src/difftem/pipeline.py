@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import cmath
+import math
 import os
 import time
 from dataclasses import dataclass, field
@@ -27,6 +28,7 @@ from .scene import Scene, build_scene, ground_truth_rows
 from .scene_build import (SceneView, TypeCache, auto_tile_margin_px, build_view_potential, choose_modes,
                           plan_tiles, view_z_range)
 from .structure import Atoms
+from .tilt import plan_tilts, tilt_rotation
 
 
 @dataclass
@@ -156,7 +158,7 @@ def _field_exit_wave(config: SimulationConfig, scene: Scene, view: SceneView, mo
                                    slice_thickness_a=sim.slice_thickness_a, ice=ice, z_range_a=z_range,
                                    builder=sim.builder, absorption_ratio=config.sample.absorption_ratio)
         wave = multislice(pot, lam, sigma, antialias_fraction=sim.antialias_fraction, bandlimit=sim.bandlimit,
-                          progress=tick, stats=stats)
+                          progress=tick, stats=stats, taper_fraction=sim.antialias_taper_fraction)
         return pot, wave, (pot.project() if keep_potential else None)
 
     if sim.tile_px is not None and sim.tile_px < max(grid.shape_px):
@@ -314,3 +316,74 @@ def simulate(config: "SimulationConfig | dict | str | Path", *, keep_potential: 
     }
     return SimulationResult(micrograph.float(), noiseless.float(), intensity.float(), exit_wave, grid.pixel_size_a,
                             config, projected, meta)
+
+
+@dataclass
+class TiltSeriesResult:
+    """Stacks (n_tilts, H, W) ordered by tilt angle (ascending), with per-tilt metadata."""
+
+    tilts: torch.Tensor  # detected counts (× gain)
+    noiseless: torch.Tensor  # expected counts after the MTF (× gain)
+    angles_deg: list[float]
+    pixel_size_a: float
+    config: SimulationConfig
+    tilt_rows: list[dict]  # per tilt: angle, acquisition order, dose, prior dose, defocus
+    metadata: dict = field(default_factory=dict)
+
+
+def simulate_tilt_series(config: "SimulationConfig | dict | str | Path", *,
+                         progress: Callable[[int, int], None] | None = None,
+                         scene: Scene | None = None) -> TiltSeriesResult:
+    """Simulate ``config.tilt_series``: one exposure per tilt of the same scene, in acquisition order
+    (cumulative dose drives the damage), returned sorted by angle. ``progress(done, total)`` counts tilts."""
+    config = _prepare(config)
+    ts = config.tilt_series
+    if ts is None:
+        raise ConfigError("tilt_series: not set in the config; use difftem.simulate for a single micrograph")
+    t0 = time.perf_counter()
+    plan = plan_tilts(config)
+    scene = scene or scene_of(config)
+    device, grid, lam, sigma, ice, modes, cache = _setup(config, scene)
+    warnings = scene_warnings(scene, grid, ice.thickness_a)
+    mem_estimate = _memory_check(config, scene, modes, device)
+    generator = torch.Generator(device=device).manual_seed(config.seed)
+    n = len(plan.angles_deg)
+    images, clean, per_tilt_s = [None] * n, [None] * n, [0.0] * n
+    stats = MultisliceStats()
+    with torch.no_grad():
+        for i, angle in enumerate(plan.angles_deg):
+            t1 = time.perf_counter()
+            view = SceneView(tilt_rotation(angle, plan.axis_deg), ice.thickness_a / math.cos(math.radians(angle)),
+                             plan.transfer(i, ts, config.beam.voltage_kv))
+            pot, exit_wave, _, _ = _field_exit_wave(config, scene, view, modes, cache, grid, lam, sigma,
+                                                    keep_potential=False, tick=lambda k: None, stats=stats)
+            z_exit_a = pot.z_start_a + pot.n_slices * pot.slice_thickness_a
+            _, noiseless, micrograph = _detect(config, exit_wave, grid, lam, z_exit_a=z_exit_a,
+                                               dose_e_per_a2=plan.doses_e_per_a2[i], defocus_um=plan.defoci_um[i],
+                                               generator=generator)
+            images[i], clean[i] = micrograph.float(), noiseless.float()
+            per_tilt_s[i] = time.perf_counter() - t1
+            if progress is not None:
+                progress(i + 1, n)
+    order = plan.order_by_angle
+    rows = [{"difftemTiltIndex": j, "rlnTomoNominalStageTiltAngle": plan.angles_deg[i],
+             "rlnTomoNominalTiltAxisAngle": plan.axis_deg, "difftemAcquisitionOrder": i,
+             "rlnMicrographPreExposure": plan.prior_doses_e_per_a2[i], "difftemDoseEPerA2": plan.doses_e_per_a2[i],
+             "rlnDefocusU": plan.defoci_um[i] * 1e4, "rlnDefocusV": plan.defoci_um[i] * 1e4,
+             "difftemIceThicknessAlongBeamA": ice.thickness_a / math.cos(math.radians(plan.angles_deg[i])),
+             "difftemSeconds": per_tilt_s[i]} for j, i in enumerate(order)]
+    meta = {
+        "difftem_version": __version__, "torch_version": torch.__version__, "device": str(device),
+        "threads": torch.get_num_threads(), "seed": config.seed, "n_tilts": n,
+        "n_copies": len(scene.placement),
+        "particle_types": [{"name": t.name, "atoms": len(t.atoms), "copies": scene.copies_of(k), "mode": modes[k]}
+                           for k, t in enumerate(scene.types)],
+        "damage": ts.damage, "tilt_axis_deg": plan.axis_deg, "total_dose_e_per_a2": float(sum(plan.doses_e_per_a2)),
+        "memory_estimate_bytes": mem_estimate, "warnings": warnings, "structure_notes": scene.notes,
+        "particles": ground_truth_rows(scene.types, scene.placement, shape_px=grid.shape_px,
+                                       pixel_size_a=grid.pixel_size_a, micrograph="tilt_series.mrc"),
+        "timings": {"total_s": time.perf_counter() - t0, "per_tilt_s": [per_tilt_s[i] for i in order],
+                    "map_bytes": cache.nbytes},
+    }
+    return TiltSeriesResult(torch.stack([images[i] for i in order]), torch.stack([clean[i] for i in order]),
+                            [plan.angles_deg[i] for i in order], grid.pixel_size_a, config, rows, meta)

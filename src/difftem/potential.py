@@ -37,6 +37,7 @@ BuilderName = Literal["fourier", "real_space"]
 PROTEIN_VOLUME_A3_PER_DA = 1.66054 / 1.35
 
 ICE_MEAN_POTENTIAL_V = 4.8775
+MIN_BOX_MARGIN_PX = 32
 _ICE_ABSORPTION_V = {200.0: 0.8245, 300.0: 0.7591}
 
 
@@ -129,7 +130,8 @@ class SlicedPotential:
         self.grid, self.table, self.ice, self.builder = grid, table, ice, builder
         self.slice_thickness_a = float(slice_thickness_a)
         self.absorption_ratio = ice.absorption_ratio if absorption_ratio is None else float(absorption_ratio)
-        self.margin_px = max(8, math.ceil(margin_a / grid.pixel_size_a))
+        # the band limit rings over pixels (not Å): at coarse pixels the box must still be wide in pixels
+        self.margin_px = max(MIN_BOX_MARGIN_PX, math.ceil(margin_a / grid.pixel_size_a))
         self.cdtype = dtype
         self.rdtype = torch.float32 if dtype == torch.complex64 else torch.float64
         self.device = positions_a.device

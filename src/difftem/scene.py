@@ -378,7 +378,15 @@ def load_particle_type(particle, resolve_structure) -> ParticleType:
     centre = particle.centre
     atoms = read_structure(path, assembly=particle.assembly, models=particle.models,
                            remove_waters=particle.remove_waters, remove_hydrogens=particle.remove_hydrogens,
-                           remove_hetero=particle.remove_hetero, centre="none" if particle.helix else centre)
+                           remove_hetero=particle.remove_hetero,
+                           centre="none" if (particle.helix or particle.transforms_file) else centre)
+    if particle.transforms_file is not None:
+        from .temsim import read_transforms_file
+
+        ops = read_transforms_file(particle.transforms_file)  # (n, 3, 4): rotation | translation (Å)
+        parts = [atoms.transformed(op[:, :3], op[:, 3]) for op in ops]
+        atoms = Atoms.concatenate(parts).centred(centre)
+        atoms.notes.append(f"{len(ops)} copies from {Path(particle.transforms_file).name}")
     if particle.helix is not None:
         h = particle.helix
         atoms = helical_assembly(atoms, h.rise_a, h.twist_deg, h.count(), h.axis, h.axis_point_a).centred(centre)

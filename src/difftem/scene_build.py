@@ -4,8 +4,9 @@ Each particle type is simulated in one of three ways, chosen per type:
 
 * ``atoms`` — every atom of every copy through the exact per-slice builder (few copies);
 * ``projection`` — a cached 3-D Fourier transform per type; each copy is one central slice,
-  placed whole in the slice holding its centre. Valid when the Fresnel spread across the particle,
-  λ · D · k_max, is small against a pixel (thin particles or coarse pixels, e.g. virions at 1 nm/px);
+  placed whole in the slice holding its centre. Its error is the defocus spread inside the
+  particle: a phase of at most π λ R k_max² at the band edge (R: particle radius), used by
+  ``auto`` when that is ≤ 0.03 rad (coarse pixels or small particles, e.g. virions at 1 nm/px);
 * ``slab`` — a cached real-space map per type, sampled slab by slab at each copy's pose.
 
 Maps are built once per type and device and reused by every tile, tilt and copy.
@@ -27,8 +28,8 @@ from .scene import Placement, Scene
 from .scene_potential import SUPPORT_MARGIN_A, MapCopies, ProjectionCopies, ScenePotential
 from .structure import Atoms
 
-#: projection placement when λ·D·k_max ≤ this fraction of a pixel
-PROJECTION_FRESNEL_LIMIT = 0.25
+#: projection placement when the defocus phase across a particle, π λ R k_max², is at most this (rad)
+PROJECTION_PHASE_LIMIT_RAD = 0.03
 #: "auto" representation: maps once a type has at least this many copies
 MAP_MIN_COPIES = 4
 
@@ -93,7 +94,7 @@ def choose_modes(scene: Scene, *, representation_default: str, placement: str, p
         if placement != "auto":
             modes.append(placement)
             continue
-        thin = wavelength_a * 2 * ptype.radius_a * k_max <= PROJECTION_FRESNEL_LIMIT * pixel_size_a
+        thin = math.pi * wavelength_a * ptype.radius_a * k_max**2 <= PROJECTION_PHASE_LIMIT_RAD
         modes.append("projection" if thin else "slab")
     return modes
 

@@ -55,7 +55,7 @@ import torch
 
 from ..detector import apply_mtf, mtf_transfer
 from ..errors import ConfigError
-from ..fft import irfft2, rfft2
+from ..fft import fft2, ifft2, irfft2, rfft2
 from ..learn.estimators import expected_mse, poisson_log_prob, surrogate_loss_baseline
 from ..learn.losses import minmax_normalise
 from .priors import PRIORS, SpectralPrior, total_variation, tv_eps, tv_weight
@@ -185,10 +185,10 @@ def _objective(method: str, data: _Data, prior: str, beta: float, spectral: Spec
         rate = theta.exp()
         if method == "poisson":
             term = (n * rate - counts_sum * theta).mean()
-            value = float(term) - poisson_offset
+            value = float(term.detach()) - poisson_offset
         elif method == "expected":
             term = n * expected_mse(rate, ybar, data.mtf, normalize_dc=data.normalize_dc) / (2 * m)
-            value = float(term)
+            value = float(term.detach())
         elif method == "surrogate":
             out = surrogate_loss_baseline(rate, ybar, data.mtf, generator, n_samples, pairing="pixel",
                                           normalize_dc=data.normalize_dc)
@@ -204,15 +204,22 @@ def _objective(method: str, data: _Data, prior: str, beta: float, spectral: Spec
             p = None
         if p is not None:
             term = term + p
-            value += float(p)
+            value += float(p.detach())
         return term, value
 
     return f
 
 
-def _initial_log_rate(data: _Data, init: str, generator: torch.Generator) -> torch.Tensor:
+def _initial_log_rate(data: _Data, init: str, generator: torch.Generator,
+                      spectral: SpectralPrior | None = None, beta: float = 0.0) -> torch.Tensor:
     m = data.mean_counts
-    if init == "mean":
+    if init == "mean" and spectral is not None and beta > 0:
+        # the closed-form minimiser of the Gaussian data term + this prior (Wiener): Adam then only
+        # corrects for the Poisson term, instead of crawling along the prior's stiff directions
+        cbar = data.counts.mean(0)
+        gain = spectral.wiener_gain(beta).to(torch.complex128)
+        start = ifft2(fft2(cbar.to(torch.float64)) * gain).real.to(cbar.dtype).clamp_min(0.05 * m)
+    elif init == "mean":
         start = data.counts.mean(0).clamp_min(0.05 * m)
     elif init == "random":
         start = torch.rand(data.y.shape[-2:], generator=generator, dtype=data.y.dtype,
@@ -222,13 +229,14 @@ def _initial_log_rate(data: _Data, init: str, generator: torch.Generator) -> tor
     return torch.log(start)
 
 
-def _fit(method: str, data: _Data, prior: str, beta: float, *, steps: int, lr: float, init: str,
+def _fit(method: str, data: _Data, prior: str, beta: float, *, steps: int, lr: float | None, init: str,
          generator: torch.Generator, n_samples: int, betas=PAPER_BETAS,
          progress: Callable[[int, int], None] | None = None) -> tuple[torch.Tensor, list[float]]:
     """Adam on θ = log μ with a cosine-decaying learning rate (to 5 %); returns (μ, loss history)."""
+    lr = _default_lr(method, prior, data.n, data.mean_counts) if lr is None else lr
     spectral = SpectralPrior(data.counts.mean(0), data.n) if prior == "spectral" else None
     f = _objective(method, data, prior, beta, spectral, generator, n_samples)
-    theta = _initial_log_rate(data, init, generator).clone().requires_grad_(True)
+    theta = _initial_log_rate(data, init, generator, spectral, beta).clone().requires_grad_(True)
     opt = torch.optim.Adam([theta], lr=lr, betas=betas)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(steps, 1), eta_min=0.05 * lr)
     history = []
@@ -288,7 +296,7 @@ def _holdout_score(rate: torch.Tensor, held: _Data, margin: int) -> float:
 
 
 def select_prior_weight(method: str, data: _Data, prior: str, candidates: Sequence[float], *, steps: int,
-                        lr: float, init: str, generator: torch.Generator, n_samples: int, crop_px: int = 256,
+                        lr: float | None, init: str, generator: torch.Generator, n_samples: int, crop_px: int = 256,
                         margin_px: int = 16, progress: Callable[[int, int], None] | None = None) -> tuple[float, dict]:
     """Two-fold hold-out choice of β on a central crop (even/odd observations as the folds)."""
     box = _centre_box(tuple(data.y.shape[-2:]), crop_px)
@@ -325,8 +333,14 @@ def _default_steps(method: str) -> int:
     return {"paper": 300, "surrogate": 300, "expected": 200, "poisson": 200}[method]
 
 
-def _default_lr(method: str) -> float:
-    return 1.0 if method == "paper" else 0.05
+def _default_lr(method: str, prior: str, n: int, mean_counts: float) -> float:
+    """Adam's first steps move every pixel by about lr (in log μ): keep that a fraction of the relative noise
+    σ/m = 1/sqrt(n m) of the mean counts, or it buries a low-contrast image in the optimiser's own noise.
+    The spectral prior starts at its Wiener minimiser and only needs the small Poisson correction."""
+    if method == "paper":
+        return 1.0
+    relative_noise = 1.0 / math.sqrt(max(n * mean_counts, 1e-12))
+    return min(0.05, (0.03 if prior == "spectral" else 0.3) * relative_noise)
 
 
 def denoise(observations, mtf=None, *, method: str = "poisson", prior: str = "tv",
@@ -351,7 +365,9 @@ def denoise(observations, mtf=None, *, method: str = "poisson", prior: str = "tv
         β; "auto" validates it on held-out observations when there are ≥ 2 independent ones,
         otherwise uses ``DEFAULT_WEIGHTS[prior]``.
     steps, lr : int, float
-        Adam iterations and learning rate (defaults: 200 and 0.05 on log μ; ``paper``: 300 and 1.0).
+        Adam iterations and learning rate (defaults: 200 steps, lr on log μ = 0.3 × the relative
+        noise 1/sqrt(n m) of the mean counts, at most 0.05, 0.03 × for the spectral prior;
+        ``paper``: 300 and 1.0).
     dqe, gain : float
         Detector DQE in (0, 1] and gain (> 0), as in the simulation config.
     normalize_mtf : bool
@@ -397,8 +413,7 @@ def denoise(observations, mtf=None, *, method: str = "poisson", prior: str = "tv
         raise ConfigError(f"observations: mean value {mean_level:g} ≤ 0: there is no dose (zero or negative counts); "
                           "pass images in counts × gain with a positive dose (subtract no background)")
     steps = _default_steps(method) if steps is None else int(steps)
-    lr = _default_lr(method) if lr is None else float(lr)
-    if steps < 1 or not lr > 0:
+    if steps < 1 or (lr is not None and not lr > 0):
         raise ConfigError(f"steps must be ≥ 1 and lr > 0, got steps={steps}, lr={lr}")
     generator = generator if generator is not None else torch.Generator(device=obs.device).manual_seed(seed)
     n_samples = (16 if method == "paper" else 8) if n_samples is None else int(n_samples)
@@ -408,6 +423,8 @@ def denoise(observations, mtf=None, *, method: str = "poisson", prior: str = "tv
 
     y = obs * (dqe / gain)
     data = _Data(y, deconvolve_counts(y, mtf, normalize_mtf), mtf, normalize_mtf)
+    user_lr = None if lr is None else float(lr)
+    lr = _default_lr(method, prior, data.n, data.mean_counts) if lr is None else float(lr)
     settings = {"method": method, "prior": prior if method != "paper" else "none", "steps": steps, "lr": lr,
                 "n_observations": n_obs, "n_extra_observations": int(obs.shape[0] - n_obs), "dqe": dqe,
                 "gain": gain, "normalize_mtf": normalize_mtf, "init": init, "seed": seed,
@@ -422,9 +439,11 @@ def denoise(observations, mtf=None, *, method: str = "poisson", prior: str = "tv
         if prior_weight == "auto":
             if n_ind >= 2:
                 cb = (lambda i, n: progress("select prior weight", i, n)) if progress else None
+                # The weight belongs to the objective, not to its gradient estimator: the sampling
+                # method is validated with the exact expected loss it estimates (far cheaper).
                 beta, table = select_prior_weight(
-                    method, data.crop((0, obs.shape[-2], 0, obs.shape[-1]), range(n_ind)), prior,
-                    WEIGHT_GRIDS[prior], steps=cv_steps or min(steps, 150), lr=lr, init=init, generator=generator,
+                    "expected" if method == "surrogate" else method, data.crop((0, obs.shape[-2], 0, obs.shape[-1]), range(n_ind)), prior,
+                    WEIGHT_GRIDS[prior], steps=cv_steps or min(steps, 150), lr=user_lr, init=init, generator=generator,
                     n_samples=n_samples, crop_px=cv_crop_px, progress=cb)
                 settings["weight_selection"] = table
             else:

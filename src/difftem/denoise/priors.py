@@ -25,7 +25,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from ..fft import rfft2
+from ..fft import fft2, rfft2
 
 PRIORS = ("none", "tv", "spectral")
 
@@ -87,7 +87,7 @@ class SpectralPrior:
         self.shape = (h, w)
         self.n_pixels = h * w
         mean_counts = float(counts_mean.mean())
-        spectrum = torch.fft.fft2(counts_mean.to(torch.float64))  # full spectrum: smoothing needs both halves
+        spectrum = fft2(counts_mean.to(torch.float64))  # full spectrum: smoothing needs both halves
         noise_power = self.n_pixels * max(mean_counts, 1e-12) / n_observations
         signal = (_smooth_periodic(spectrum.abs() ** 2, smooth_bins) - noise_power).clamp_min(floor * noise_power)
         inv = self.n_pixels / signal  # N/S(k); with the 1/N² of __call__ this is 1/(N·S)

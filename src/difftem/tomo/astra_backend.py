@@ -5,8 +5,8 @@ x–z problem. Geometry mapping (checked against difftem's projector in the test
 run along −y_astra, so a difftem x–z slice is an ASTRA image with rows = z when the ASTRA angle is −θ;
 the volume window is shifted so that voxel X//2 and row Z//2 sit at the origin, and an even detector
 gets one replicated column on the right so that ASTRA's centre (D − 1)/2 is difftem's W//2 (ASTRA's
-CPU FBP accepts only the plain parallel geometry, which has no detector offset). Not differentiable; float32 on the CPU (or ASTRA's CUDA 2-D
-algorithms when ASTRA sees a GPU).
+CPU FBP accepts only the plain parallel geometry, which has no detector offset). Not differentiable;
+float32 on the CPU (or ASTRA's CUDA 2-D algorithms when ASTRA sees a GPU).
 """
 
 from __future__ import annotations

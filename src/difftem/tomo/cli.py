@@ -37,15 +37,15 @@ def register(app: typer.Typer) -> None:
         falloff: float = typer.Option(0.05, help="σ of the roll-off past --cutoff (fraction of Nyquist)"),
         tilt_axis_deg: float = typer.Option(0.0, help="tilt-axis angle α (deg): axis = +y turned by α about +z"),
         thickness_vox: Optional[int] = typer.Option(None, help="volume thickness in voxels (after binning)"),
-        thickness_a: Optional[float] = typer.Option(None, help="volume thickness in Å (alternative to --thickness-vox)"),
+        thickness_a: Optional[float] = typer.Option(None, help="volume thickness in Å (or --thickness-vox)"),
         binning: int = typer.Option(1, help="average the stack over binning × binning pixels first"),
-        pixel_size: Optional[float] = typer.Option(None, help="pixel size (Å) when the MRC header has none / overrides"),
+        pixel_size: Optional[float] = typer.Option(None, help="pixel size (Å); overrides the MRC header"),
         invert: bool = typer.Option(False, "--invert", help="negate the stack first (protein dark → bright)"),
         device: str = typer.Option("auto", help="auto, cpu or cuda"),
         backend: str = typer.Option("torch", help="torch, or astra (optional package, for comparison)"),
         reference: Optional[Path] = typer.Option(None, help="ground-truth volume (MRC, same grid): FSC/NCC + plot"),
     ):
-        """Reconstruct TILTS into a volume (WBP or SIRT); writes OUT, OUT's .json record and, with --reference, a FSC plot."""
+        """Reconstruct TILTS into a volume (WBP or SIRT): OUT, a .json record beside it, with --reference a FSC plot."""
         _fail, console = _ui()
         from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -102,7 +102,7 @@ def register(app: typer.Typer) -> None:
         azimuth_deg: float = typer.Option(30.0, help="view: turn about the volume's y axis (deg, tilt sense)"),
         elevation_deg: float = typer.Option(20.0, help="view: then turn about x (deg)"),
         threshold: Optional[float] = typer.Option(None, help="transfer function: transparent at or below this value"),
-        threshold_percentile: float = typer.Option(90.0, help="threshold as a percentile when --threshold is not given"),
+        threshold_percentile: float = typer.Option(90.0, help="threshold percentile if no --threshold"),
         top_percentile: float = typer.Option(99.9, help="values above this percentile get full opacity and colour"),
         opacity: float = typer.Option(0.1, help="alpha of one voxel length at full density, in (0, 1)"),
         colormap: str = typer.Option("inferno", help="matplotlib colour map"),

@@ -271,7 +271,8 @@ def estimate_memory_bytes(n_tilts: int, image_yx, out_yx, thickness_px: int, til
     matrix = entries * 2 * 8  # A and Aᵀ, float32 values + int32 indices
     vol = thickness_px * frame[0] * frame[1] * 4
     proj = n_tilts * frame[0] * det_w * 4
-    work = (6 * vol + 5 * proj) if method == "sirt" else (3 * vol + 2 * proj + n_tilts * frame[0] * padded_length(det_w) * 8)
+    spectrum = n_tilts * frame[0] * padded_length(det_w) * 8
+    work = (6 * vol + 5 * proj) if method == "sirt" else (3 * vol + 2 * proj + spectrum)
     return max(build, matrix + work)
 
 

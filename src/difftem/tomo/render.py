@@ -80,7 +80,7 @@ def colormap_lut(name: str, n: int = 256) -> torch.Tensor:
     try:
         cmap = matplotlib.colormaps[name]
     except KeyError:
-        raise TomoError(f"colormap: unknown matplotlib colormap {name!r} (e.g. inferno, magma, viridis, gray)") from None
+        raise TomoError(f"colormap: unknown matplotlib colormap {name!r} (e.g. inferno, viridis, gray)") from None
     return torch.as_tensor(cmap(np.linspace(0, 1, n))[:, :3], dtype=torch.float32)
 
 

@@ -42,7 +42,8 @@ def _check_pair(vol_a, vol_b) -> tuple[torch.Tensor, torch.Tensor]:
     a = vol_a if torch.is_tensor(vol_a) else torch.as_tensor(np.asarray(vol_a))
     b = vol_b if torch.is_tensor(vol_b) else torch.as_tensor(np.asarray(vol_b))
     if a.ndim != 3 or b.ndim != 3:
-        raise TomoError(f"volumes: expected two 3-D volumes (Z, Y, X), got shapes {tuple(a.shape)} and {tuple(b.shape)}")
+        raise TomoError(f"volumes: expected two 3-D volumes (Z, Y, X), got shapes {tuple(a.shape)} and "
+                        f"{tuple(b.shape)}")
     if a.shape != b.shape:
         raise TomoError(f"volumes: shapes {tuple(a.shape)} and {tuple(b.shape)} differ; resample or crop one to the "
                         f"other's grid first")
@@ -135,8 +136,9 @@ def plot_fsc(path: str | Path, curves: dict[str, FSCResult], title: str = "") ->
 
     fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=100)
     for label, res in curves.items():
-        r143 = f"{res.resolution_0143_a:.1f} Å" if res.resolution_0143_a else f"< {2 * res.voxel_size_a:.1f} Å"
-        r05 = f"{res.resolution_05_a:.1f} Å" if res.resolution_05_a else f"< {2 * res.voxel_size_a:.1f} Å"
+        beyond = f"Nyquist {2 * res.voxel_size_a:.1f} Å not crossed"
+        r143 = f"{res.resolution_0143_a:.1f} Å" if res.resolution_0143_a else beyond
+        r05 = f"{res.resolution_05_a:.1f} Å" if res.resolution_05_a else beyond
         ax.plot(res.frequency_per_a, res.curve, lw=1.5, label=f"{label}: {r143} (0.143), {r05} (0.5)")
     for thr, style in ((0.143, ":"), (0.5, "--")):
         ax.axhline(thr, color="grey", ls=style, lw=1)

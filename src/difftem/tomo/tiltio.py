@@ -19,8 +19,8 @@ def parse_tlt(text: str, source: str = ".tlt") -> np.ndarray:
             continue
         fields = line.replace(",", " ").split()
         if len(fields) != 1:
-            raise TomoError(f"{source}: line {lineno} has {len(fields)} values ({raw.strip()!r}); a .tlt file holds one "
-                            f"tilt angle in degrees per line")
+            raise TomoError(f"{source}: line {lineno} has {len(fields)} values ({raw.strip()!r}); a .tlt file holds "
+                            f"one tilt angle in degrees per line")
         try:
             value = float(fields[0])
         except ValueError:
