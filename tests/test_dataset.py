@@ -337,6 +337,33 @@ def test_unreachable_scheduler_is_a_clear_error_and_writes_nothing(tmp_path):
     assert not out.exists()
 
 
+def test_existing_scheduler_address(tmp_path):
+    """--scheduler: connect to a running cluster (here an in-process one) instead of starting one."""
+    distributed = pytest.importorskip("distributed")
+    with distributed.LocalCluster(n_workers=1, threads_per_worker=1, processes=False, dashboard_address=":0") as c:
+        logs = []
+        report = build(spec_from_dict(spec_dict(n_items=2)), tmp_path / "st", scheduler=c.scheduler_address,
+                       log=logs.append)
+        assert sorted(report.done) == [0, 1] and report.workers == 1
+        assert any(line.startswith("dashboard: http") for line in logs)
+    rows = list(csv.DictReader(open(tmp_path / "st" / "manifest.csv")))
+    assert all(r["worker"].startswith("inproc://") or r["worker"].startswith("tcp://") for r in rows)
+    ref = build(spec_from_dict(spec_dict(n_items=2)), tmp_path / "ref", workers=0)
+    assert sorted(ref.done) == [0, 1]
+    for a, b in zip(DatasetReader(tmp_path / "st"), DatasetReader(tmp_path / "ref")):
+        assert all(torch.equal(a[k], b[k]) for k in ("micrograph", "noiseless", "potential"))
+
+
+def test_worker_allocator_thresholds_can_be_set():
+    from difftem.dataset.build import set_malloc_thresholds
+
+    import platform
+
+    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+        pytest.skip("mallopt thresholds are a glibc feature")
+    assert set_malloc_thresholds()
+
+
 # --- CLI -------------------------------------------------------------------------------------------------
 
 def test_cli_dataset_in_process_and_errors(tmp_path):

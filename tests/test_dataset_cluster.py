@@ -138,6 +138,7 @@ def test_sigkill_part_way_then_resume_gives_the_uninterrupted_dataset(spec_path,
     assert res.returncode == 1, text  # completed, with one failed item
     assert f"{N_ITEMS - 1 - at_kill} items written, {at_kill} already there, 1 failed" in text, text
     assert f"item {FAILING} failed: ResourceError" in text and "simulation.max_memory_gb" in text
+    assert "dashboard: http://" in text or "dashboard: unavailable (install bokeh" in text
     assert not any((out / ".partial").iterdir())
     # items finished before the kill were skipped, not recomputed
     assert {i: Store(out, "zarr").read_attrs(i)["record"] for i in kept} == kept

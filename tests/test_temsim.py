@@ -16,7 +16,7 @@ from difftem.cli import app
 from difftem.config import load_config
 from difftem.errors import ConfigError
 from difftem.temsim import (InpError, load_inp, parse_inp_text, read_table, read_transforms_file, rotation_zxz_deg,
-                            temsim_ice_absorption_v)
+                            temsim_ice_absorption_v, carbon_loss_fraction)
 
 runner = CliRunner()
 UBQ = Path(str(resources.files("difftem").joinpath("data", "1ubi_ubiquitin.pdb.gz")))
@@ -88,7 +88,8 @@ map_file_re_out = vol.mrc
 """
 
 # the same specimen written by hand in difftem's units: pixel 10 µm / 50000 = 2 Å; aperture 100 µm / (2 · 2.5 mm)
-# = 20 mrad; 2500 e/nm² = 25 e/Å² per image; tilt axis 20° from x = −70° from y; famp 0.6 → 0.6/√(1−0.36) = 0.75;
+# = 20 mrad; 2500 e/nm² = 25 e/Å² per image; tilt axis 20° from x = −70° from y; famp 0.6 → 0.6/√(1−0.36) = 0.75
+# (× the share scattered outside the aperture);
 # coordinates in nm → Å; Rz(ψ)Rx(θ)Rz(φ) = Rz(ψ−90)Ry(θ)Rz(φ+90), so (φ, θ, ψ) = (30, 40, 50) → (−40, 40, 120)
 YAML_TWIN = """\
 seed: 7
@@ -100,7 +101,7 @@ detector: {shape_px: [64, 96], pixel_size_a: 2.0, noise: poisson, dqe: 0.6, gain
 sample:
   ice_thickness_nm: 30
   ice_absorption_potential_v: ICE_V
-  absorption_ratio: 0.75
+  absorption_ratio: RATIO
   particles:
     - name: UBQ
       structure: ubq.pdb.gz
@@ -146,7 +147,9 @@ def assert_same(a, b, path="config"):
 def test_every_section_matches_its_yaml_twin(tmp_path):
     result = load_inp(write_every_section(tmp_path))
     twin = tmp_path / "twin.yaml"
-    twin.write_text(YAML_TWIN.replace("ICE_V", repr(temsim_ice_absorption_v(300, 20.0))))
+    # the two values from TEM-simulator's scattering model (tested below): ice loss, carbon's share outside 20 mrad
+    twin.write_text(YAML_TWIN.replace("ICE_V", repr(temsim_ice_absorption_v(300, 20.0)))
+                    .replace("RATIO", repr(0.75 * carbon_loss_fraction(300, 20.0))))
     assert_same(result.config.model_dump(mode="json"), load_config(twin).model_dump(mode="json"))
     # every key of the file is accounted for, and the ignored ones are said to be
     keys = {(m.section, m.key) for m in result.mapping}
@@ -285,6 +288,23 @@ def test_ice_absorption_reproduces_temsimulator_values():
     v = temsim_ice_absorption_v(300, 16.7)
     assert math.exp(-2 * interaction_constant(300) * v * 400) == pytest.approx(0.972, abs=1e-3)
     assert temsim_ice_absorption_v(300, 5) > temsim_ice_absorption_v(300, 10) > temsim_ice_absorption_v(300, 30) > 0
+
+
+def test_screened_cross_sections_are_consistent():
+    """The numerically integrated inelastic cross-section inside a wide cone reaches the closed-form total; the
+    elastic share inside α is α²/(θ₀² + α²); the lost fraction falls from 1 (no aperture) towards 0."""
+    from difftem.beam import wavelength_a
+    from difftem.temsim import BOHR_RADIUS_A, screened_cross_sections_a2
+
+    for z in (1, 6, 8):
+        el, inel = screened_cross_sections_a2(z, 300)
+        el_in, inel_in = screened_cross_sections_a2(z, 300, 0.5)
+        assert inel_in == pytest.approx(inel, rel=2e-3)
+        alpha = 0.01
+        t02 = z ** (2 / 3) / (2 * math.pi / wavelength_a(300) * BOHR_RADIUS_A) ** 2
+        assert screened_cross_sections_a2(z, 300, alpha)[0] == pytest.approx(el * alpha**2 / (t02 + alpha**2))
+    fractions = [carbon_loss_fraction(300, a) for a in (None, 1, 5, 20, 100)]
+    assert fractions[0] == 1 and all(a > b for a, b in zip(fractions, fractions[1:])) and fractions[-1] < 0.01
 
 
 def test_ice_only_dose_level(tmp_path):

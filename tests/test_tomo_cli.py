@@ -70,6 +70,9 @@ def test_render_and_score_commands(series):
     assert res.exit_code == 0, res.output
     with Image.open(series / "only.png") as im:
         assert im.size == (40, 40)
+    write_mrc(series / "nopx.mrc", phantom(), 0.0)  # no voxel size: rendering still works, axes in voxels
+    res = runner.invoke(app, ["render", str(series / "nopx.mrc"), "--out", str(series / "n.png"), "--size", "32"])
+    assert res.exit_code == 0, res.output
     res = runner.invoke(app, ["score", str(vol), str(vol), "--out", str(series / "s.png")])
     assert res.exit_code == 0, res.output
     scores = json.loads((series / "s.json").read_text())

@@ -213,3 +213,17 @@ def test_bad_stack_shape_and_error_type():
     with pytest.raises(TomoError, match=r"\(n_tilts, H, W\)"):
         reconstruct(torch.rand(16, 16), [0.0])
     assert issubclass(TomoError, DifftemError)
+
+
+@pytest.mark.gpu
+def test_cuda_matches_cpu():
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA device")
+    vol = spheres()
+    proj = project(vol, TILTS_60)
+    for method in ("wbp", "sirt"):
+        cpu = reconstruct(proj, TILTS_60, method=method, thickness_px=SHAPE[0], tilt_axis_deg=20.0, device="cpu")
+        gpu = reconstruct(proj, TILTS_60, method=method, thickness_px=SHAPE[0], tilt_axis_deg=20.0, device="cuda")
+        assert gpu.volume.device.type == "cuda"
+        assert float(ncc(gpu.volume.cpu(), cpu.volume)) > 0.9999
+    assert project(vol.cuda(), TILTS_60).device.type == "cuda"

@@ -74,6 +74,38 @@ def _k2_half(shape, voxel_a, device):
     return kz[:, None, None] ** 2 + ky[None, :, None] ** 2 + kx[None, None, :] ** 2
 
 
+def _radial(fn, k: torch.Tensor, k_max: float, n: int = 4096) -> torch.Tensor:
+    """fn(k²) on a grid of |k| values, through a fine 1-D table (linear interpolation) up to k_max; 0 beyond.
+
+    Form factors are smooth in |k| (relative interpolation error < 1e-7 with 4096 nodes), and
+    evaluating them once per node instead of once per voxel makes 3-D maps cheap."""
+    nodes = torch.linspace(0.0, k_max, n, dtype=torch.float64, device=k.device)
+    table = fn(nodes**2)
+    pos = (k / k_max * (n - 1)).clamp(max=n - 1)
+    i0 = pos.floor().long().clamp(max=n - 2)
+    w = pos - i0
+    out = table[i0] * (1 - w) + table[i0 + 1] * w
+    return torch.where(k <= k_max, out, torch.zeros_like(out))
+
+
+def _element_factors(table, z: int, mass_da: float, k: torch.Tensor, k_max: float, absorption_ratio: float,
+                     ice: IceModel | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(real, imaginary) 3-D form factors (V·Å³) of element z on |k| ≤ k_max: C·f_e, minus displaced ice."""
+    def real(k2):
+        ff = table.projected_form_factor(z, k2)
+        if ice is not None:
+            ff = ff - ice.mean_potential_v * mass_da * PROTEIN_VOLUME_A3_PER_DA * torch.exp(-ice.solvent_b_a2 * k2 / 4)
+        return ff
+
+    def imag(k2):
+        ff = absorption_ratio * table.projected_form_factor(z, k2)
+        if ice is not None:
+            ff = ff - ice.absorption_potential_v * mass_da * PROTEIN_VOLUME_A3_PER_DA * torch.exp(-ice.solvent_b_a2 * k2 / 4)
+        return ff
+
+    return _radial(real, k, k_max), _radial(imag, k, k_max)
+
+
 def _bspline_dft(k, voxel_a):
     return (2 + torch.cos(2 * math.pi * k * voxel_a)) / 3
 
@@ -159,12 +191,8 @@ def build_particle_map(atoms: Atoms, table: ScatteringTable, *, pixel_size_a: fl
         grid = torch.zeros(d * d * d, dtype=torch.float64, device=device)
         _spread(grid, pos_vox[sel], sigma_vox, weight[sel], d)
         structure = rfft3(grid.reshape(d, d, d)) * (common * torch.exp(-b_floor * k2 / 4))
-        ff = table.projected_form_factor(int(z), k2)
-        ff_re, ff_im = ff, absorption_ratio * ff
-        if displace:
-            solvent = float(masses[z]) * PROTEIN_VOLUME_A3_PER_DA * torch.exp(-ice.solvent_b_a2 * k2 / 4)
-            ff_re = ff_re - ice.mean_potential_v * solvent
-            ff_im = ff_im - ice.absorption_potential_v * solvent
+        ff_re, ff_im = _element_factors(table, int(z), float(masses[z]), k, nyquist, absorption_ratio,
+                                        ice if displace else None)
         spectrum[0] += ff_re * structure
         spectrum[1] += ff_im * structure
     vol = irfft3(spectrum, (d, d, d)) / voxel_a**3
@@ -311,7 +339,8 @@ def build_fourier_projector(atoms: Atoms, table: ScatteringTable, *, pixel_size_
     weight = torch.as_tensor(atoms.occupancy, dtype=torch.float64, device=device)
     f = torch.fft.fftfreq(n, d=p, device=device, dtype=torch.float64)
     k2 = f[:, None, None] ** 2 + f[None, :, None] ** 2 + f[None, None, :] ** 2
-    band = _soft_band(torch.sqrt(k2), passband_fraction * nyquist, nyquist)
+    k = torch.sqrt(k2)
+    band = _soft_band(k, passband_fraction * nyquist, nyquist)
     common = band * torch.exp(2 * math.pi**2 * (sigma_s * p) ** 2 * k2)
     spectrum = torch.zeros((2, n, n, n), dtype=torch.complex128, device=device)
     masses = atomic_mass_da(np.arange(0, 93))
@@ -324,12 +353,8 @@ def build_fourier_projector(atoms: Atoms, table: ScatteringTable, *, pixel_size_
         grid = torch.zeros(n * n * n, dtype=torch.float64, device=device)
         _spread(grid, pos_vox[sel], sigma_vox, weight[sel], n)  # origin at voxel 0, periodic
         structure = torch.fft.fftn(grid.reshape(n, n, n)) * (common * torch.exp(-b_floor * k2 / 4))
-        ff = table.projected_form_factor(int(z), k2)
-        ff_re, ff_im = ff, absorption_ratio * ff
-        if displace:
-            solvent = float(masses[z]) * PROTEIN_VOLUME_A3_PER_DA * torch.exp(-ice.solvent_b_a2 * k2 / 4)
-            ff_re = ff_re - ice.mean_potential_v * solvent
-            ff_im = ff_im - ice.absorption_potential_v * solvent
+        ff_re, ff_im = _element_factors(table, int(z), float(masses[z]), k, nyquist, absorption_ratio,
+                                        ice if displace else None)
         spectrum[0] += ff_re * structure
         spectrum[1] += ff_im * structure
     del grid, structure

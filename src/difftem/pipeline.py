@@ -124,17 +124,21 @@ def scene_warnings(scene: Scene, grid: Grid, ice_thickness_a: float) -> list[str
     n_out_field = n_out_ice = 0
     oy, ox = grid.origin_a
     wx, wy = grid.nx * grid.pixel_size_a, grid.ny * grid.pixel_size_a
-    for t, ptype in enumerate(scene.types):
-        sel = np.flatnonzero(scene.placement.type_index == t)
-        if sel.size == 0 or len(ptype.atoms) == 0:
-            continue
-        # the atoms' extreme coordinates per copy, from the type's bounding box corners is too loose: use atoms
-        for i in sel[:200] if len(ptype.atoms) * sel.size > 5e7 else sel:
-            pos = ptype.atoms.positions_a @ scene.placement.rotations[i].T + scene.placement.positions_a[i]
-            x, y = pos[:, 0] + ox, pos[:, 1] + oy
-            n_out_field += int((~((x >= 0) & (x < wx) & (y >= 0) & (y < wy))).sum())
-            if ice_thickness_a > 0:
-                n_out_ice += int((np.abs(pos[:, 2]) > ice_thickness_a / 2).sum())
+    pl = scene.placement
+    radius = np.array([t.radius_a for t in scene.types])[pl.type_index]
+    c = pl.positions_a
+    # only copies whose bounding sphere crosses an edge can have atoms outside: test those atom by atom
+    crosses = ((c[:, 0] + ox - radius < 0) | (c[:, 0] + ox + radius > wx) | (c[:, 1] + oy - radius < 0)
+               | (c[:, 1] + oy + radius > wy))
+    if ice_thickness_a > 0:
+        crosses |= np.abs(c[:, 2]) + radius > ice_thickness_a / 2
+    for i in np.flatnonzero(crosses):
+        ptype = scene.types[pl.type_index[i]]
+        pos = ptype.atoms.positions_a @ pl.rotations[i].T + c[i]
+        x, y = pos[:, 0] + ox, pos[:, 1] + oy
+        n_out_field += int((~((x >= 0) & (x < wx) & (y >= 0) & (y < wy))).sum())
+        if ice_thickness_a > 0:
+            n_out_ice += int((np.abs(pos[:, 2]) > ice_thickness_a / 2).sum())
     if n_out_field:
         out.append(f"{n_out_field} atoms lie outside the {grid.ny}x{grid.nx} px field; the field is "
                    "periodic, so they wrap around to the opposite edge (check sample.particles.positions_a)")

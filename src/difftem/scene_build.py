@@ -30,8 +30,9 @@ from .structure import Atoms
 
 #: projection placement when the defocus phase across a particle, π λ R k_max², is at most this (rad)
 PROJECTION_PHASE_LIMIT_RAD = 0.03
-#: "auto" representation: maps once a type has at least this many copies
+#: "auto" representation: maps once a type has at least this many copies or this many atoms in all
 MAP_MIN_COPIES = 4
+MAP_MIN_ATOMS = 300_000
 
 
 @dataclass
@@ -87,7 +88,8 @@ def choose_modes(scene: Scene, *, representation_default: str, placement: str, p
     for t, ptype in enumerate(scene.types):
         rep = ptype.representation if ptype.representation != "auto" else representation_default
         if rep == "auto":
-            rep = "map" if scene.copies_of(t) >= MAP_MIN_COPIES else "atoms"
+            many = scene.copies_of(t) >= MAP_MIN_COPIES or scene.copies_of(t) * len(ptype.atoms) > MAP_MIN_ATOMS
+            rep = "map" if many else "atoms"
         if rep == "atoms":
             modes.append("atoms")
             continue

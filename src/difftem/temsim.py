@@ -752,8 +752,14 @@ class _Translator:
                 if famp >= 1:
                     sec = next(parts[n] for n in used)
                     raise self.err(sec, "famp", "famp = 1 leaves no real potential, which difftem cannot represent")
-                # TEM-simulator: real = map·√(1−famp²), imaginary = map·famp
-                data["sample"]["absorption_ratio"] = famp / math.sqrt(1 - famp**2)
+                # TEM-simulator: real = map·√(1−famp²), imaginary = map·famp; what the imaginary part takes out of
+                # the wave comes back (blurred, with carbon's angular spread) unless it is scattered outside the
+                # aperture, so difftem's (removing) absorption keeps only that lost fraction
+                lost = carbon_loss_fraction(data["beam"]["voltage_kv"], data["optics"]["aperture_mrad"])
+                data["sample"]["absorption_ratio"] = famp / math.sqrt(1 - famp**2) * lost
+                self.notes.append(f"sample.absorption_ratio = famp/√(1−famp²) × {lost:.4g}: the fraction of "
+                                  "TEM-simulator's particle absorption that is scattered outside the objective "
+                                  "aperture (the rest returns to its image, blurred)")
 
     def particle_type(self, psec: Section, index: int, first_use: bool) -> dict:
         self.check_required(psec)
@@ -1016,6 +1022,16 @@ def temsim_ice_absorption_v(voltage_kv: float, aperture_semiangle_mrad: float | 
         loss += count * (el_t + in_t - el_a - in_a)
     mu_per_a = ICE_MOLECULES_PER_A3 * max(loss, 0.0)
     return mu_per_a / (2 * interaction_constant(voltage_kv))
+
+
+def carbon_loss_fraction(voltage_kv: float, aperture_semiangle_mrad: float | None) -> float:
+    """Fraction of carbon's scattering (elastic + inelastic) that falls outside the objective aperture: the share
+    of a particle's absorption that TEM-simulator does not return to the image."""
+    if aperture_semiangle_mrad is None:
+        return 1.0
+    total = sum(screened_cross_sections_a2(6, voltage_kv))
+    inside = sum(screened_cross_sections_a2(6, voltage_kv, aperture_semiangle_mrad * 1e-3))
+    return max(0.0, 1.0 - inside / total)
 
 
 def _single_image_field(f: str | None) -> str | None:

@@ -96,7 +96,8 @@ def exposure_filter(prior_e_per_a2: float, exposure_e_per_a2: float, voltage_kv:
         a = torch.exp(-prior_e_per_a2 / ne2)
         if exposure_e_per_a2 <= 0:
             return a
-        return ne2 / exposure_e_per_a2 * (a - torch.exp(-(prior_e_per_a2 + exposure_e_per_a2) / ne2))
+        x = exposure_e_per_a2 / ne2
+        return a * torch.where(x > 1e-12, -torch.expm1(-x) / x.clamp(min=1e-12), torch.ones_like(x))
     return h
 
 

@@ -22,6 +22,8 @@ def register(app: typer.Typer) -> None:
         threads_per_item: int = typer.Option(1, help="torch threads per item (results are bit-identical only "
                                                      "between runs with the same value)"),
         connect_timeout: float = typer.Option(10.0, help="seconds to wait for --scheduler"),
+        resources: Optional[str] = typer.Option(
+            None, help="Dask resources each item needs, e.g. GPU=1 (workers started with --resources GPU=1)"),
     ):
         """Simulate a dataset described by SPEC into the store OUT (Zarr or MRC + STAR, with a manifest)."""
         from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
@@ -56,12 +58,13 @@ def register(app: typer.Typer) -> None:
                             failed=f"{state['failed']} failed" if state["failed"] else "")
 
         try:
+            needs = _parse_resources(resources) if resources else None
             signal.signal(signal.SIGTERM, _terminate)
             spec_obj = load_spec(spec)
             selection = parse_only(only, spec_obj.n_items) if only else None
             with progress:
                 report = build(spec_obj, out, workers=workers, scheduler=scheduler, only=selection,
-                               overwrite=overwrite, threads_per_item=threads_per_item,
+                               overwrite=overwrite, threads_per_item=threads_per_item, resources=needs,
                                connect_timeout_s=connect_timeout, progress=on_progress,
                                log=lambda msg: console.print(msg, soft_wrap=True, highlight=False))
         except KeyboardInterrupt:
@@ -83,3 +86,18 @@ def register(app: typer.Typer) -> None:
             console.print("failed items are listed in the manifest and failed/; rerun to retry them",
                           soft_wrap=True, highlight=False)
             raise typer.Exit(code=1)
+
+
+def _parse_resources(text: str) -> dict[str, float]:
+    from ..errors import ConfigError
+
+    out = {}
+    for part in (p.strip() for p in text.split(",") if p.strip()):
+        name, _, value = part.partition("=")
+        try:
+            out[name.strip()] = float(value)
+        except ValueError:
+            raise ConfigError(f"--resources: cannot read '{part}'; give NAME=AMOUNT pairs such as GPU=1") from None
+        if not name.strip() or out[name.strip()] <= 0:
+            raise ConfigError(f"--resources: '{part}' needs a name and a positive amount, e.g. GPU=1")
+    return out

@@ -107,7 +107,11 @@ class Store:
             if self.fmt == "zarr":
                 write_json(tmp / ITEMS / "zarr.json", {"zarr_format": 3, "node_type": "group", "attributes": {}})
             self.write_record(record, tmp)
-            os.rename(tmp, self.root)  # onto a missing or empty folder
+            try:
+                os.rename(tmp, self.root)  # onto a missing or empty folder
+            except OSError:
+                raise StoreBusyError(f"--out {self.root}: another run created this store meanwhile; "
+                                     "rerun the command to continue that store") from None
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise

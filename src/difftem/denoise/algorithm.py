@@ -68,7 +68,7 @@ PAPER_BETAS = (0.8, 0.992)
 # Used when β cannot be validated (a single independent observation); values measured best at the
 # middle of the TMV study's grid (benchmarks/denoise_study.py).
 DEFAULT_WEIGHTS = {"tv": 2.0, "spectral": 1.0, "none": 0.0}
-WEIGHT_GRIDS = {"tv": (0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0), "spectral": (0.25, 0.5, 1.0, 2.0, 4.0)}
+WEIGHT_GRIDS = {"tv": (0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0), "spectral": (0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0)}
 Progress = Callable[[str, int, int], None]
 
 

@@ -89,7 +89,12 @@ class SpectralPrior:
         mean_counts = float(counts_mean.mean())
         spectrum = fft2(counts_mean.to(torch.float64))  # full spectrum: smoothing needs both halves
         noise_power = self.n_pixels * max(mean_counts, 1e-12) / n_observations
-        signal = (_smooth_periodic(spectrum.abs() ** 2, smooth_bins) - noise_power).clamp_min(floor * noise_power)
+        # The smoothed periodogram of pure noise scatters about N_c with a relative std 1/sqrt(4πσ²) (an
+        # exponential variate per bin averaged over ≈ 4πσ² bins): subtract two of those stds as well, so
+        # that noise-only frequencies are not mistaken for signal at low dose.
+        excess = 1.0 + 2.0 / math.sqrt(4 * math.pi * smooth_bins**2)
+        smoothed = _smooth_periodic(spectrum.abs() ** 2, smooth_bins)
+        signal = (smoothed - excess * noise_power).clamp_min(floor * noise_power)
         inv = self.n_pixels / signal  # N/S(k); with the 1/N² of __call__ this is 1/(N·S)
         inv[0, 0] = 0.0  # the mean is left to the data
         half = inv[:, : w // 2 + 1]

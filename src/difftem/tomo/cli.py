@@ -58,7 +58,7 @@ def register(app: typer.Typer) -> None:
             angles = read_tlt(tlt)
             ref = None
             if reference is not None:
-                ref, ref_px = read_volume_mrc(reference, "--reference", None)
+                ref, ref_px = read_volume_mrc(reference, "--reference", None, required=False)
             if invert:
                 stack = -stack
             with Progress(TextColumn(f"[bold]{method}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
@@ -132,13 +132,7 @@ def register(app: typer.Typer) -> None:
                 raise TomoError(f"--layout: unknown layout {layout!r}; choose panel or render")
             if turntable < 0 or turntable == 1:
                 raise TomoError(f"--turntable: {turntable} frames; give 0 (none) or at least 2")
-            try:
-                data, vx = read_volume_mrc(volume, "volume", pixel_size)
-            except TomoError as exc:
-                if "no pixel size" not in str(exc):
-                    raise
-                data, vx = read_volume_mrc(volume, "volume", 1.0)  # rendering needs no scale: axes in voxels
-                vx = None
+            data, vx = read_volume_mrc(volume, "volume", pixel_size, required=False)  # None: axes in voxels
             vol = torch.as_tensor(np.ascontiguousarray(data)).to(resolve_device(device))
             kw = dict(elevation_deg=elevation_deg, size_px=size, threshold=threshold,
                       threshold_percentile=threshold_percentile, top_percentile=top_percentile, opacity=opacity,
@@ -177,7 +171,7 @@ def register(app: typer.Typer) -> None:
 
         try:
             vol, vx = read_volume_mrc(volume, "volume", pixel_size)
-            ref, rx = read_volume_mrc(reference, "reference", pixel_size)
+            ref, rx = read_volume_mrc(reference, "reference", pixel_size, required=False)
             scores, plot = _score_against(vol, ref, vx, rx, reference, out, f"{volume.name} vs {reference.name}",
                                           "reference")
         except DifftemError as exc:
@@ -193,7 +187,7 @@ def _res(value: float | None, voxel_a: float) -> str:
     return f"{value:.2f} Å" if value else f"beyond Nyquist ({2 * voxel_a:.2f} Å)"
 
 
-def _score_against(vol, ref, voxel_a: float, ref_voxel_a: float, ref_path: Path, plot_path: Path, title: str,
+def _score_against(vol, ref, voxel_a: float, ref_voxel_a: float | None, ref_path: Path, plot_path: Path, title: str,
                    what: str = "--reference"):
     """Scores of ``vol`` against ``ref`` and a deferred plot writer (outputs are written after all checks)."""
     import torch
@@ -201,7 +195,7 @@ def _score_against(vol, ref, voxel_a: float, ref_voxel_a: float, ref_path: Path,
     from .errors import TomoError
     from .scores import fsc, ncc, plot_fsc
 
-    if abs(ref_voxel_a - voxel_a) > 1e-3 * voxel_a:
+    if ref_voxel_a is not None and abs(ref_voxel_a - voxel_a) > 1e-3 * voxel_a:  # None: header without a size
         raise TomoError(f"{what}: {ref_path} has voxel size {ref_voxel_a:g} Å but the volume has {voxel_a:g} Å; "
                         f"resample one onto the other's grid")
     if tuple(ref.shape) != tuple(vol.shape):

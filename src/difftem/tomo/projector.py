@@ -95,9 +95,10 @@ class TiltProjector:
     """Projector for the tilt axis along y: volumes (..., Z, Y, X) ↔ projections (..., T, Y, W).
 
     ``forward`` and ``adjoint`` are exact transposes of each other and differentiable; dtype and
-    device are those given here (the matrix is built once). On the CPU the image rows go through the
-    sparse product in blocks of ``chunk_rows`` (the dense block then stays in cache across the tilts:
-    about 1.5× faster at 512² than one product over all rows); on CUDA all rows go at once.
+    device are those given here (the matrix is built once). For large matrices on the CPU the image
+    rows go through the sparse product in blocks of ``chunk_rows`` = 64 (the dense block then stays in
+    cache across the tilts; measured here: 61 tilts, 128 × 512 slices, 512 rows: 1.2–1.3 s instead of
+    2.2–2.5 s); small ones (128 × 128 slices: blocks were 2× slower) and CUDA take all rows at once.
     """
 
     def __init__(self, angles_deg, shape_zx: tuple[int, int], width_px: int | None = None, *,
@@ -106,9 +107,11 @@ class TiltProjector:
         self.shape_zx = (int(shape_zx[0]), int(shape_zx[1]))
         self.width_px = int(width_px if width_px is not None else shape_zx[1])
         self.dtype, self.device = dtype, torch.device(device) if device is not None else torch.device("cpu")
-        self.chunk_rows = chunk_rows if chunk_rows is not None else (64 if self.device.type == "cpu" else 0)
         self.a, self.a_t = tilt_matrices(self.angles_deg, self.shape_zx, self.width_px, dtype=dtype,
                                          device=self.device)
+        if chunk_rows is None:
+            chunk_rows = 64 if self.device.type == "cpu" and self.nnz > 2_000_000 else 0
+        self.chunk_rows = int(chunk_rows)
 
     @property
     def n_tilts(self) -> int:

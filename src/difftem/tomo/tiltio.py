@@ -55,9 +55,10 @@ def write_tlt(path: str | Path, angles_deg) -> Path:
     return Path(path)
 
 
-def read_volume_mrc(path: str | Path, what: str, pixel_size_a: float | None = None,
-                    ndim: int = 3) -> tuple[np.ndarray, float]:
-    """(array, pixel size Å) of an MRC file; a voxel size of 0 in the header needs ``pixel_size_a``."""
+def read_volume_mrc(path: str | Path, what: str, pixel_size_a: float | None = None, ndim: int = 3,
+                    required: bool = True) -> tuple[np.ndarray, float | None]:
+    """(array, pixel size Å) of an MRC file; a voxel size of 0 in the header needs ``pixel_size_a``
+    (or gives None when not ``required``)."""
     from ..io import read_mrc
 
     path = Path(path)
@@ -76,6 +77,8 @@ def read_volume_mrc(path: str | Path, what: str, pixel_size_a: float | None = No
         px = float(pixel_size_a)
     elif header_px > 0 and math.isfinite(header_px):
         px = header_px
+    elif not required:
+        px = None
     else:
         raise TomoError(f"{what}: {path} has no pixel size in its header (voxel size {header_px:g}); pass "
                         f"--pixel-size in Å")

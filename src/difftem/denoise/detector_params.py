@@ -1,0 +1,113 @@
+"""Detector parameters for denoising: from a simulation config, a ``fit-mtf`` result, flags, or the data.
+
+Denoising needs the MTF (shape), and the conversion from image units to electrons, i.e. gain/DQE.
+A SimulationConfig YAML gives all of them (``detector.mtf``, ``dqe``, ``gain``, ``normalize_mtf``,
+``beam.dose_e_per_a2``, ``detector.pixel_size_a``). A ``fit-mtf`` result (``mtf_fit.json``) gives the
+MTF shape only (MTF/MTF(0): that is all images identify). Where gain/DQE are unknown they are
+estimated from the noise (:func:`estimate_gain_per_dqe`).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from ..detector import MTFParams, MeasuredMTF
+from ..errors import ConfigError
+from ..fft import rfft2
+from .algorithm import deconvolve_counts
+
+__all__ = ["DetectorSettings", "estimate_gain_per_dqe", "settings_from_config", "settings_from_mtf_fit"]
+
+
+@dataclass
+class DetectorSettings:
+    """What the denoiser needs to know about the detector (None: unknown)."""
+
+    mtf: object = None
+    dqe: float = 1.0
+    gain: float | None = None
+    normalize_mtf: bool = True
+    dose_e_per_a2: float | None = None
+    pixel_size_a: float | None = None
+    sources: list[str] = field(default_factory=list)
+
+    def describe(self) -> dict:
+        if isinstance(self.mtf, MTFParams):
+            mtf = {"a": self.mtf.a, "b": self.mtf.b, "c": self.mtf.c, "alpha": self.mtf.alpha, "beta": self.mtf.beta}
+        elif isinstance(self.mtf, MeasuredMTF):
+            mtf = {"star": self.mtf.source}
+        else:
+            mtf = None
+        return {"mtf": mtf, "dqe": self.dqe, "gain": self.gain, "normalize_mtf": self.normalize_mtf,
+                "dose_e_per_a2": self.dose_e_per_a2, "pixel_size_a": self.pixel_size_a, "sources": self.sources}
+
+
+def settings_from_config(path: str | Path) -> DetectorSettings:
+    """Detector and dose from a simulation config (YAML)."""
+    from ..config import load_config
+    from ..pipeline import make_mtf
+
+    cfg = load_config(path)
+    det = cfg.detector
+    return DetectorSettings(make_mtf(cfg), det.dqe, det.gain, det.normalize_mtf, cfg.beam.dose_e_per_a2,
+                            det.pixel_size_a, [f"config {path}"])
+
+
+def settings_from_mtf_fit(path: str | Path) -> DetectorSettings:
+    """MTF shape from a ``difftem fit-mtf`` result (``mtf_fit.json``: its primary fit)."""
+    path = Path(path)
+    if not path.exists():
+        raise ConfigError(f"--mtf-fit {path}: file not found")
+    try:
+        report = json.loads(path.read_text())
+        fits = report["fits"]
+        primary = report.get("primary") or next(iter(fits))
+        fit = fits.get(primary) or next(f for f in fits.values() if f.get("method") == primary)
+        p = fit["params"]
+        params = MTFParams(float(p["a"]), float(p["b"]), float(p["c"]), float(p["alpha"]), float(p["beta"]))
+    except (ValueError, KeyError, StopIteration, TypeError) as exc:
+        raise ConfigError(f"--mtf-fit {path}: not a fit-mtf result (mtf_fit.json with fits.<name>.params): "
+                          f"{type(exc).__name__} {exc}") from None
+    if not params(torch.zeros((), dtype=torch.float64)) > 0:
+        raise ConfigError(f"--mtf-fit {path}: the fitted MTF(0) = {float(params(torch.zeros(()))):.3g} ≤ 0 "
+                          "cannot be normalised; refit (e.g. --method nps)")
+    return DetectorSettings(params, normalize_mtf=True, sources=[f"fit-mtf {path} ({primary})"])
+
+
+def estimate_gain_per_dqe(observations: torch.Tensor, mtf=None, normalize_mtf: bool = True,
+                          band: tuple[float, float] = (0.3, 0.5)) -> float:
+    r"""Gain/DQE (image units per electron) from the shot noise: variance/mean of the counts.
+
+    With :math:`P = g\,M*(Q/D)`, :math:`Q\sim\mathrm{Poisson}(D\lambda)`, the deconvolved image
+    :math:`M^{-1}P` has white noise of variance :math:`g^2\lambda/D` per pixel and mean :math:`g\lambda`,
+    so variance/mean = g/D. With ≥ 2 observations the noise is taken from differences of
+    observations (no signal at all): :math:`\mathrm{var}(P_i - P_j) = 2 g^2 \lambda / D`. With one, it is
+    the power of the deconvolved image in the ``band`` of |ω| (cycles/pixel), where the signal is
+    weakest (an overestimate by the signal's share there).
+    """
+    obs = observations if observations.ndim == 3 else observations[None]
+    counts = deconvolve_counts(obs.to(torch.float64), mtf, normalize_mtf)
+    mean = float(obs.mean())
+    if not mean > 0:
+        raise ConfigError("cannot estimate the gain: the images' mean is ≤ 0 (no dose, or a background was "
+                          "subtracted); pass --gain")
+    if obs.shape[0] >= 2:
+        diff = counts[1:] - counts[:-1]
+        variance = float(diff.var()) / 2
+    else:
+        shape = tuple(counts.shape[-2:])
+        spec = rfft2(counts[0] - counts[0].mean())
+        fy = torch.fft.fftfreq(shape[0], dtype=torch.float64)[:, None]
+        fx = torch.fft.rfftfreq(shape[1], dtype=torch.float64)[None, :]
+        w = torch.sqrt(fy**2 + fx**2)
+        sel = (w >= band[0]) & (w <= band[1])
+        variance = float((spec.abs()[sel] ** 2).mean()) / (shape[0] * shape[1])  # white noise: E|F|²/N = σ²
+    ratio = variance / mean
+    if not (ratio > 0 and math.isfinite(ratio)):
+        raise ConfigError("cannot estimate the gain from the noise (no noise found); pass --gain")
+    return ratio
