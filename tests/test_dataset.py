@@ -15,14 +15,17 @@ import torch
 import yaml
 from typer.testing import CliRunner
 
-from difftem import simulate
-from difftem.cli import app
-from difftem.config import config_from_dict
-from difftem.dataset import DatasetReader, build, collate_items, load_spec, spec_from_dict
-from difftem.dataset.spec import item_seed, parameter_rng, parse_distribution, parse_only, random_rotations_zyz_deg
-from difftem.dataset.store import Store
-from difftem.errors import ConfigError, DifftemError
-from difftem.structure import rotation_zyz_deg
+pytest.importorskip("zarr", reason="the dataset stage needs the `dataset` extra (zarr, dask[distributed])")
+
+from difftem import simulate  # noqa: E402
+from difftem.cli import app  # noqa: E402
+from difftem.config import config_from_dict  # noqa: E402
+from difftem.dataset import DatasetReader, build, collate_items, load_spec, spec_from_dict  # noqa: E402
+from difftem.dataset.spec import (item_seed, parameter_rng, parse_distribution, parse_only,  # noqa: E402
+                                  random_rotations_zyz_deg)
+from difftem.dataset.store import Store, jsonable  # noqa: E402
+from difftem.errors import ConfigError, DifftemError  # noqa: E402
+from difftem.structure import rotation_zyz_deg  # noqa: E402
 
 runner = CliRunner()
 
@@ -181,6 +184,23 @@ def test_parse_only():
             parse_only(bad, 20)
 
 
+def check_particles(stored, metadata, eulers_deg):
+    """Both copies of BASE at their positions (Å and pixels, origin at [H//2, W//2]) with the sampled poses."""
+    if "particles" in metadata:  # the simulator's own rows are stored as given
+        assert stored == jsonable(metadata["particles"])
+        pos = [[r["difftemPositionXA"], r["difftemPositionYA"], r["difftemPositionZA"]] for r in stored]
+        px = [[r["rlnCoordinateX"], r["rlnCoordinateY"]] for r in stored]
+        mats = [rotation_zyz_deg(r["difftemEulerZyzPhi"], r["difftemEulerZyzTheta"], r["difftemEulerZyzPsi"])
+                for r in stored]
+    else:
+        pos = [r["position_a"] for r in stored]
+        px = [r["position_px"] for r in stored]
+        mats = [rotation_zyz_deg(*r["euler_zyz_deg"]) for r in stored]
+    assert pos == [[0.0, 0.0, 0.0], [12.0, -10.0, 0.0]] and px == [[32.0, 32.0], [44.0, 22.0]]
+    for m, e in zip(mats, eulers_deg):  # same rotation (angles may be written in another range)
+        np.testing.assert_allclose(m, rotation_zyz_deg(*e), atol=1e-9)
+
+
 # --- store and reader ---------------------------------------------------------------------------------
 
 def test_items_equal_direct_simulation_and_reader_returns_them(tmp_path):
@@ -208,11 +228,9 @@ def test_items_equal_direct_simulation_and_reader_returns_them(tmp_path):
         assert gt["dose_e_per_a2"] == cfg.beam.dose_e_per_a2 and gt["pixel_size_a"] == 1.0
         assert gt["ctf"][0]["defocus_um"] == cfg.optics.defocus_um
         assert gt["mtf"] == (None if cfg.detector.mtf is None else cfg.detector.mtf.model_dump(mode="json"))
-        assert [p["position_a"] for p in gt["particles"]] == [[0.0, 0.0, 0.0], [12.0, -10.0, 0.0]]
-        assert gt["particles"][1]["position_px"] == [32 + 12.0, 32 - 10.0]
-        assert [p["euler_zyz_deg"] for p in gt["particles"]] == item["params"]["sample.particles.0.euler_zyz_deg"]
+        check_particles(gt["particles"], ref.metadata, item["params"]["sample.particles.0.euler_zyz_deg"])
     loader = torch.utils.data.DataLoader(DatasetReader(tmp_path / "st", outputs=["micrograph"]), batch_size=2,
-                                         collate_fn=collate_items)
+                                         num_workers=2, collate_fn=collate_items)  # forked after reads above
     batches = list(loader)
     assert batches[0]["micrograph"].shape == (2, 64, 64) and batches[0]["index"] == [0, 1]
     assert "noiseless" not in batches[0] and batches[1]["micrograph"].shape == (1, 64, 64)
@@ -247,7 +265,10 @@ def test_mrc_store_matches_zarr_store(tmp_path):
             assert torch.equal(a[name], b[name])
         assert a["ground_truth"] == b["ground_truth"]
     item = tmp_path / "m" / "items" / "000001"
-    assert {p.name for p in item.iterdir()} == {"micrograph.mrc", "noiseless.mrc", "potential.mrc", "item.json"}
+    assert {"micrograph.mrc", "noiseless.mrc", "potential.mrc", "item.json"} <= {p.name for p in item.iterdir()}
+    if "rlnCoordinateX" in dm[1]["ground_truth"]["particles"][0]:  # RELION coordinates beside the image
+        star = (item / "particles.star").read_text()
+        assert "_rlnCoordinateX" in star and star.count("items/000001/micrograph.mrc") == 2
     with mrcfile.open(item / "micrograph.mrc") as f:
         assert f.data.dtype == np.float32 and float(f.voxel_size.x) == 1.0
     star = (tmp_path / "m" / "micrographs.star").read_text().splitlines()
@@ -255,6 +276,38 @@ def test_mrc_store_matches_zarr_store(tmp_path):
     assert [r[0] for r in rows] == ["items/000000/micrograph.mrc", "items/000001/micrograph.mrc"]
     cfg = dm[1]["config"]["optics"]
     assert float(rows[1][4]) == pytest.approx(cfg["defocus_um"] * 1e4)  # _rlnDefocusU in Å
+
+
+def test_tilt_series_items(tmp_path):
+    """A config with tilt_series gives (n_tilts, H, W) stacks, one CTF entry per tilt, an IMOD .tlt (MRC)."""
+    from difftem.pipeline import simulate_tilt_series
+
+    base = json.loads(json.dumps(BASE))
+    base["tilt_series"] = {"scheme": "list", "angles_deg": [0, -30, 30], "total_dose_e_per_a2": 60}
+    d = spec_dict(n_items=2, base=base, outputs=["micrograph", "noiseless"], store="mrc",
+                  vary={"optics.defocus_um": {"uniform": [1.0, 3.0]},
+                        "tilt_series.tilt_axis_deg": {"uniform": [-90, 90]}})
+    build(spec_from_dict(d), tmp_path / "ts", workers=0)
+    ds = DatasetReader(tmp_path / "ts")
+    item = ds[1]
+    assert item["micrograph"].shape == item["noiseless"].shape == (3, 64, 64)
+    torch.set_num_threads(1)
+    ref = simulate_tilt_series(config_from_dict(item["config"]))
+    torch.set_num_threads(2)
+    assert torch.equal(item["micrograph"], ref.tilts) and torch.equal(item["noiseless"], ref.noiseless)
+    gt = item["ground_truth"]
+    assert gt["tilt_angles_deg"] == [-30.0, 0.0, 30.0] == [c["tilt_deg"] for c in gt["ctf"]]
+    assert gt["tilt_axis_deg"] == pytest.approx(item["params"]["tilt_series.tilt_axis_deg"])
+    assert [c["dose_e_per_a2"] for c in gt["ctf"]] == [20.0] * 3 and gt["dose_e_per_a2"] == 60.0
+    assert sorted(c["acquisition_order"] for c in gt["ctf"]) == [0, 1, 2] and gt["ctf"][1]["acquisition_order"] == 0
+    assert [c["defocus_um"] for c in gt["ctf"]] == pytest.approx([item["params"]["optics.defocus_um"]] * 3)
+    folder = tmp_path / "ts" / "items" / "000001"
+    assert (folder / "tilts.tlt").read_text().split() == ["-30.00", "0.00", "30.00"]
+    with mrcfile.open(folder / "micrograph.mrc") as f:
+        assert f.data.shape == (3, 64, 64) and f.is_image_stack()
+    with pytest.raises(ConfigError, match="item 0 is a tilt series.*remove \\['potential'\\]"):
+        build(spec_from_dict({**d, "outputs": ["micrograph", "potential"]}), tmp_path / "bad", workers=0)
+    assert not (tmp_path / "bad").exists()
 
 
 def test_only_regenerates_an_item_identically_and_store_grows(tmp_path):

@@ -253,14 +253,15 @@ def test_ground_truth_poses_reproduce_the_image():
 
 
 def test_tiled_equals_untiled():
-    common = dict(detector={"shape_px": [256, 256], "pixel_size_a": 2.0},
-                  sample={"particles": [{"structure": UBI, "random": {"count": 14}}]})
+    """Tiles with a 128 px margin against the whole periodic field (soft band edge: see antialias_taper_fraction).
+    Measured: 6e-7 of the wave, 3e-4 of its scattered part (64 px margins: 1.5e-5 and 7e-3)."""
+    common = dict(detector={"shape_px": [384, 384], "pixel_size_a": 4.0},
+                  sample={"particles": [{"structure": UBI, "random": {"count": 30}, "representation": "map"}]})
     whole = simulate(base(**common, simulation={"window": "off", "antialias_taper_fraction": 0.15}))
-    tiled = simulate(base(**common, simulation={"window": "off", "antialias_taper_fraction": 0.15, "tile_px": 64,
-                                                "tile_margin_px": 64}))
-    assert tiled.metadata["tiles"] == 16
+    tiled = simulate(base(**common, simulation={"window": "off", "antialias_taper_fraction": 0.15, "tile_px": 96,
+                                                "tile_margin_px": 128}))
+    assert tiled.metadata["tiles"] == 16 and tiled.metadata["particle_types"][0]["mode"] == "projection"
     a, b = whole.exit_wave, tiled.exit_wave
-    assert float((a - b).norm() / a.norm()) < 1e-4
-    scattered = a - a[0, 0]
-    assert float((a - b).norm() / scattered.norm()) < 2e-3
-    assert float((whole.noiseless - tiled.noiseless).norm() / whole.noiseless.norm()) < 1e-4
+    assert float((a - b).norm() / a.norm()) < 1e-5
+    assert float((a - b).norm() / (a - a[0, 0]).norm()) < 1e-3
+    assert float((whole.noiseless - tiled.noiseless).norm() / whole.noiseless.norm()) < 1e-5

@@ -171,6 +171,56 @@ def test_convert_writes_the_same_config_with_the_mapping_as_comments(tmp_path):
     assert printed.exit_code == 0 and "tilt_axis_deg: -70.0" in printed.stdout
 
 
+@pytest.mark.parametrize("old, new", [
+    ("particle_coords = file\ncoord_file_in = ubq_coord.txt\nnum_particles = 2",
+     "particle_coords = random\nwhere = volume\nparticle_conc = 1000000"),
+    ("particle_coords = file\ncoord_file_in = ubq_coord.txt\nnum_particles = 2",
+     "particle_coords = grid\nnx = 3\nparticle_dist = 4"),
+    ("mtf_a = 0.7\nmtf_b = 0.2", "mtf_a = 0\nmtf_b = 0"),
+    ("ntilts = 3\ntheta_start = -30", "ntilts = 1\ntheta_start = 0"),
+    ("dose_per_im = 2500", "dose_per_im = 2500\ndose_sd = 0.1"),
+])
+def test_converted_yaml_round_trips(tmp_path, old, new):
+    inp = write_every_section(tmp_path, EVERY_SECTION.replace(old, new))
+    out = tmp_path / "c.yaml"
+    assert runner.invoke(app, ["convert", str(inp), "-o", str(out)]).exit_code == 0
+    assert_same(load_config(out).model_dump(mode="json"), load_inp(inp).config.model_dump(mode="json"))
+
+
+ALL_OTHER_KEYS = {
+    "simulation": "generate_volumes = no\ngenerate_particle_maps = no",
+    "sample": "offset_x = 0\noffset_y = 0",
+    "particle UBQ": "nx = 10\nny = 10\nnz = 10\nuse_defocus_corr = no\nmap_file_re_in = a\nmap_file_im_in = b\n"
+                    "contrast_re = 1\ncontrast_im = 1\nsmoothness = 1\nmake_positive = no\nmap_file_im_out = x\n"
+                    "map_file_format = mrc\nmap_axis_order = xyz\nmap_file_byte_order = native",
+    "particleset": "nx = 2\nny = 1\nnz = 1\noffset_x = 0\noffset_y = 0\noffset_z = 0\nparticle_dist = 3\n"
+                   "where = volume\nparticle_conc = 5\noccupancy = 1\ncoord_file_out = c.txt\ngen_rand_positions = no",
+    "geometry": "tilt_mode = tiltseries\ngeom_file_in = g.txt\ngeom_file_out = o.txt\ntilt_err = 0\n"
+                "align_err_rot = 0\nalign_err_tr = 0\nerror_file_in = e\nerror_file_out = f",
+    "electronbeam": "total_dose = 100\ndose_sd = 0\ndose_file_in = d\ndose_file_out = o",
+    "optics": "defocus_syst_error = 0\ndefocus_nonsyst_error = 0\ndefocus_file_in = d\ndefocus_file_out = o",
+    "detector": "padding = 20\nmtf_p = 1\nmtf_q = 1\nimage_file_format = mrc\nimage_axis_order = xy\n"
+                "image_file_byte_order = native",
+    "volume": "offset_x = 0\noffset_y = 0\noffset_z = 0\nmap_file_im_out = v\nmap_file_format = mrc\n"
+              "map_axis_order = xyz\nmap_file_byte_order = native",
+}
+
+
+def test_every_key_of_the_file_is_accounted_for(tmp_path):
+    """With every TEM-simulator parameter present, each one appears in the mapping (a field, or None + a note)."""
+    from difftem.temsim import PARAMETERS
+
+    text = EVERY_SECTION
+    for section, extra in ALL_OTHER_KEYS.items():
+        text = text.replace(f"=== {section} ===\n", f"=== {section} ===\n{extra}\n")
+    sections, _ = parse_inp_text(text, "x")
+    for sec in sections:  # the file now sets every parameter TEM-simulator 1.3 knows
+        assert set(sec.values) == set(PARAMETERS[sec.kind]), sec.label
+    result = load_inp(write_every_section(tmp_path, text))
+    mapped = {(m.section, m.key) for m in result.mapping}
+    assert [(s.label, k) for s in sections for k in s.values if (s.label, k) not in mapped] == []
+
+
 def test_one_untilted_image_is_a_micrograph_and_total_dose_is_split_over_tilts(tmp_path):
     one = EVERY_SECTION.replace("ntilts = 3", "ntilts = 1").replace("theta_start = -30", "theta_start = 0")
     cfg = load_inp(write_every_section(tmp_path, one)).config
@@ -178,6 +228,25 @@ def test_one_untilted_image_is_a_micrograph_and_total_dose_is_split_over_tilts(t
     total = EVERY_SECTION.replace("dose_per_im = 2500", "total_dose = 6000")
     cfg = load_inp(write_every_section(tmp_path, total)).config
     assert cfg.tilt_series.total_dose_e_per_a2 == 60.0 and cfg.beam.dose_e_per_a2 == pytest.approx(20.0)
+
+
+def test_geometry_dose_and_defocus_files_match_generated_values(tmp_path):
+    """gen_tilt_data/gen_dose/gen_defocus = no: the same tilts from a (psi, theta, phi) file (psi = −axis,
+    phi = axis), doses (e/nm²) and defoci (µm) per image from one-column files."""
+    text = EVERY_SECTION.replace("gen_tilt_data = yes\nntilts = 3\ntheta_start = -30\ntheta_incr = 30\ntilt_axis = 20",
+                                 "gen_tilt_data = no\ngeom_file_in = geom.txt")
+    text = text.replace("gen_dose = yes\ndose_per_im = 2500", "gen_dose = no\ndose_file_in = dose.txt")
+    text = text.replace("gen_defocus = yes\ndefocus_nominal = 2.5", "gen_defocus = no\ndefocus_file_in = defocus.txt")
+    (tmp_path / "geom.txt").write_text("# psi theta phi\n3 3\n-20 -30 20\n-20 0 20\n-20 30 20\n")
+    (tmp_path / "dose.txt").write_text("3 1\n2500\n2000\n1500\n")
+    (tmp_path / "defocus.txt").write_text("4 1\n2.5\n3.0\n3.5\n9\n")
+    cfg = load_inp(write_every_section(tmp_path, text)).config
+    ts = cfg.tilt_series
+    assert ts.angles_deg == [-30.0, 0.0, 30.0] and ts.tilt_axis_deg == -70.0
+    assert ts.dose_per_tilt_e_per_a2 == [25.0, 20.0, 15.0] and ts.defocus_um == [2.5, 3.0, 3.5]
+    (tmp_path / "geom.txt").write_text("3 3\n-20 -30 20\n-20 0 20\n-10 30 20\n")  # a second axis
+    with pytest.raises(InpError, match="single-axis"):
+        load_inp(tmp_path / "every.inp")
 
 
 def test_two_detectors_noisy_and_noise_free_are_one_difftem_detector(tmp_path):
@@ -373,6 +442,17 @@ def test_unsupported_keys_are_refused_by_name(tmp_path, old, new, section, key, 
         load_inp(write_every_section(tmp_path, EVERY_SECTION.replace(old, new)))
     assert (info.value.section, info.value.key) == (section, key)
     assert f'section "{section}", key "{key}": ' in str(info.value) and match in str(info.value)
+
+
+def test_value_difftem_refuses_names_the_temsimulator_key(tmp_path):
+    with pytest.raises(InpError, match='section "detector", key "gain" = 0 → detector.gain'):
+        load_inp(write_every_section(tmp_path, EVERY_SECTION.replace("gain = 2", "gain = 0")))
+
+
+def test_missing_required_key_is_named(tmp_path):
+    with pytest.raises(InpError) as info:
+        load_inp(write_every_section(tmp_path, EVERY_SECTION.replace("cc = 2.7\n", "")))
+    assert (info.value.section, info.value.key) == ("optics", "cc") and "required" in str(info.value)
 
 
 def test_data_file_errors_name_the_file_and_line(tmp_path):

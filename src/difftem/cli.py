@@ -22,7 +22,9 @@ SAVE_CHOICES = {"potential", "exit_wave"}
 
 
 def _fail(msg: str) -> None:
-    console.print(f"[bold red]error:[/] {msg}", soft_wrap=True, highlight=False)
+    from rich.markup import escape
+
+    console.print(f"[bold red]error:[/] {escape(msg)}", soft_wrap=True, highlight=False)
     raise typer.Exit(code=2)
 
 
@@ -138,9 +140,14 @@ def _load_any_config(path: Path):
     from .config import load_config
 
     if path.suffix.lower() == ".inp":
+        from rich.markup import escape
+
         from .temsim import load_inp
 
-        return load_inp(path).config
+        res = load_inp(path)
+        for note in res.notes:
+            console.print(f"[yellow]note:[/] {escape(note)}", soft_wrap=True, highlight=False)
+        return res.config
     return load_config(path)
 
 

@@ -208,28 +208,30 @@ def _soft_band(k: torch.Tensor, k_pass: float, k_stop: float) -> torch.Tensor:
 def cubic_bspline_sample(coeffs: torch.Tensor, index_xyz: torch.Tensor) -> torch.Tensor:
     """Cubic B-spline interpolation of a (C, D, H, W) coefficient volume at fractional voxel indices
     (..., 3) ordered (x, y, z), as 8 trilinear look-ups (each axis' four weights folded into two
-    linear fetches); returns (C, ...). Outside the volume the coefficients are zero."""
-    i = torch.floor(index_xyz)
-    a = index_xyz - i
-    w0, w1 = (1 - a) ** 3 / 6, (4 - 6 * a**2 + 3 * a**3) / 6
-    w2, w3 = (1 + 3 * a + 3 * a**2 - 3 * a**3) / 6, a**3 / 6
-    g0, g1 = w0 + w1, w2 + w3
-    h0 = i - 1 + w1 / g0  # fetch positions whose linear weights reproduce the spline's
-    h1 = i + 1 + w3 / g1
-    size = torch.tensor(coeffs.shape[:0:-1], dtype=index_xyz.dtype, device=index_xyz.device)  # (W, H, D)
+    linear fetches, one ``grid_sample`` call for all eight); returns (C, ...). Outside the volume the
+    coefficients are zero."""
     dt = coeffs.dtype
-    out = None
-    for sx in (0, 1):
-        for sy in (0, 1):
-            for sz in (0, 1):
-                sel = torch.tensor([sx, sy, sz], device=index_xyz.device).bool()
-                pos = torch.where(sel, h1, h0)
-                wgt = torch.where(sel, g1, g0).prod(-1)
-                grid = ((pos + 0.5) / (size / 2) - 1).to(dt)  # align_corners=False: voxel centres
-                val = F.grid_sample(coeffs[None], grid, mode="bilinear", padding_mode="zeros", align_corners=False)[0]
-                val = val * wgt.to(dt)
-                out = val if out is None else out + val
-    return out
+    x = index_xyz.to(dt)
+    i = torch.floor(x)
+    a = x - i
+    a2, a3 = a * a, a * a * a
+    w0, w1 = (1 - a) ** 3 / 6, (4 - 6 * a2 + 3 * a3) / 6
+    w2, w3 = (1 + 3 * a + 3 * a2 - 3 * a3) / 6, a3 / 6
+    g = torch.stack([w0 + w1, w2 + w3])  # (2, ..., 3): weights of the two fetches per axis
+    h = torch.stack([i - 1 + w1 / g[0], i + 1 + w3 / g[1]])  # their positions (voxel index)
+    half = torch.tensor(coeffs.shape[:0:-1], dtype=dt, device=coeffs.device) / 2  # (W, H, D) / 2
+    h = (h + 0.5) / half - 1  # align_corners=False: voxel centres
+    sel = torch.tensor([[(c >> 0) & 1, (c >> 1) & 1, (c >> 2) & 1] for c in range(8)], device=coeffs.device)
+    ax = torch.arange(3, device=coeffs.device)
+    shape = index_xyz.shape[:-1]
+    flat_h = h.reshape(2, -1, 3)
+    flat_g = g.reshape(2, -1, 3)
+    grid = flat_h[sel, :, ax].permute(0, 2, 1)  # (8, M, 3): per combination, per point, per axis
+    wgt = flat_g[sel, :, ax].prod(1)  # (8, M)
+    m = grid.shape[1]
+    out = F.grid_sample(coeffs[None], grid.reshape(1, 8, m, 1, 3), mode="bilinear", padding_mode="zeros",
+                        align_corners=False)[0, :, :, :, 0]  # (C, 8, M)
+    return (out * wgt).sum(1).reshape((coeffs.shape[0],) + shape)
 
 
 def sample_slab(pmap: ParticleMap, rotations: torch.Tensor, centres_px: torch.Tensor, pixel_size_a: float,
@@ -268,16 +270,19 @@ class FourierProjector:
     """Whole-particle projections by the Fourier-slice theorem, for copies thin enough (in units of the
     Fresnel spread) to sit in one multislice slice.
 
-    ``coeffs`` (4, N, N, N): cubic B-spline coefficients of the particle's 3-D Fourier transform
-    V̂(k) (V·Å³; channels Re/Im of the real potential's transform, then of the absorption's), on a
-    grid of spacing 1/(N·p) with k = 0 at index N//2 — the transform of the map zero-padded to
-    twice its support, so that interpolating it is accurate. A copy's projected potential is the
-    central slice V̂(Rᵀk), times a phase ramp for its sub-pixel position, inverse-transformed.
+    ``coeffs`` (C, N, N, N): cubic B-spline coefficients of the particle's 3-D Fourier transform
+    V̂(k) (V·Å³; channels Re/Im of the real potential's transform, then — C = 4 — of the
+    absorption's), on a grid of spacing 1/(N·p) with k = 0 at index N//2: the transform of the map
+    zero-padded to twice its support, so that interpolating it is accurate. When atoms and ice
+    absorb in the same proportion the absorption is ``absorption_ratio`` × the potential and C = 2.
+    A copy's projected potential is the central slice V̂(Rᵀk) on the half plane kx ≥ 0 (the
+    potential is real), times a phase ramp for its sub-pixel position, inverse-transformed.
     """
 
     coeffs: torch.Tensor
     pixel_size_a: float
     support_a: float  # radius holding the particle's potential (atoms + tails)
+    absorption_ratio: float | None = None  # set when C = 2
 
     @property
     def size(self) -> int:
@@ -299,22 +304,22 @@ class FourierProjector:
         rotations (B, 3, 3) type → scene; offsets_a (B, 2) (x, y) of each copy centre from its box's
         pixel [0, 0], in Å. ``transfer``: optional isotropic H(|k|) (e.g. radiation damage).
         """
-        from .fft import ifft2
+        from .fft import irfft2
 
         dev = self.coeffs.device
         p, n = self.pixel_size_a, self.size
-        k = torch.fft.fftfreq(box_px, d=p, device=dev, dtype=torch.float64)
-        ky, kx = torch.meshgrid(k, k, indexing="ij")
-        k_scene = torch.stack([kx, ky, torch.zeros_like(kx)], -1)  # (box, box, 3) (x, y, z)
+        ky, kx = torch.meshgrid(torch.fft.fftfreq(box_px, d=p, device=dev, dtype=torch.float64),
+                                torch.fft.rfftfreq(box_px, d=p, device=dev, dtype=torch.float64), indexing="ij")
+        k_scene = torch.stack([kx, ky, torch.zeros_like(kx)], -1)  # (box, box//2+1, 3) (x, y, z)
         k_type = torch.einsum("yxi,bij->byxj", k_scene, rotations.double())  # Rᵀk as row vectors: k @ R
-        index = k_type * (n * p) + n // 2
-        c = cubic_bspline_sample(self.coeffs, index[None])  # (4, B, box, box)
-        c = c.double()
-        spec = torch.stack([torch.complex(c[0], c[1]), torch.complex(c[2], c[3])], 1)  # (B, 2, box, box)
+        c = cubic_bspline_sample(self.coeffs, k_type * (n * p) + n // 2).double()  # (C, B, box, half)
+        spec = torch.complex(c[0::2], c[1::2]).transpose(0, 1)  # (B, C/2, box, half)
         if transfer is not None:
             spec = spec * transfer(torch.sqrt(kx**2 + ky**2))
         phase = torch.exp(-2j * math.pi * (kx[None] * offsets_a[:, 0, None, None] + ky[None] * offsets_a[:, 1, None, None]))
-        out = ifft2((spec * phase[:, None]).to(torch.complex64)).real / (p * p)
+        out = irfft2((spec * phase[:, None]).to(torch.complex64), (box_px, box_px)) / (p * p)
+        if out.shape[1] == 1:
+            out = torch.cat([out, self.absorption_ratio * out], 1)
         return out
 
 
@@ -346,6 +351,7 @@ def build_fourier_projector(atoms: Atoms, table: ScatteringTable, *, pixel_size_
     masses = atomic_mass_da(np.arange(0, 93))
     z_all = np.asarray(atoms.atomic_number)
     displace = ice is not None and ice.thickness_a > 0
+    proportional = not displace or abs(ice.absorption_ratio - absorption_ratio) < 1e-12
     for z in np.unique(z_all):
         sel = torch.as_tensor(np.flatnonzero(z_all == z), device=device)
         b_floor = float(b[sel].min())
@@ -365,5 +371,8 @@ def build_fourier_projector(atoms: Atoms, table: ScatteringTable, *, pixel_size_
     dual = dual / (bhat[:, None, None] * bhat[None, :, None] * bhat[None, None, :])
     spectrum = torch.fft.fftshift(torch.fft.fftn(dual, dim=(-3, -2, -1)), dim=(-3, -2, -1))
     del dual
+    if proportional:  # the absorption is a multiple of the potential: keep one complex channel
+        coeffs = torch.stack([spectrum[0].real, spectrum[0].imag]).float()
+        return FourierProjector(coeffs.contiguous(), p, support, absorption_ratio)
     coeffs = torch.stack([spectrum[0].real, spectrum[0].imag, spectrum[1].real, spectrum[1].imag]).float()
     return FourierProjector(coeffs.contiguous(), p, support)

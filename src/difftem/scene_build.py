@@ -30,9 +30,9 @@ from .structure import Atoms
 
 #: projection placement when the defocus phase across a particle, π λ R k_max², is at most this (rad)
 PROJECTION_PHASE_LIMIT_RAD = 0.03
-#: "auto" representation: maps once a type has at least this many copies or this many atoms in all
-MAP_MIN_COPIES = 4
-MAP_MIN_ATOMS = 300_000
+#: "auto" representation: a map once a type's copies hold this many atoms in all (below, the exact
+#: atom path is cheaper than building a map)
+MAP_MIN_ATOMS = 200_000
 
 
 @dataclass
@@ -88,8 +88,7 @@ def choose_modes(scene: Scene, *, representation_default: str, placement: str, p
     for t, ptype in enumerate(scene.types):
         rep = ptype.representation if ptype.representation != "auto" else representation_default
         if rep == "auto":
-            many = scene.copies_of(t) >= MAP_MIN_COPIES or scene.copies_of(t) * len(ptype.atoms) > MAP_MIN_ATOMS
-            rep = "map" if many else "atoms"
+            rep = "map" if scene.copies_of(t) * len(ptype.atoms) >= MAP_MIN_ATOMS else "atoms"
         if rep == "atoms":
             modes.append("atoms")
             continue
@@ -138,7 +137,9 @@ def build_view_potential(scene: Scene, view: SceneView, modes: list[str], cache:
     grid = window or field_grid
     dev = cache.device
     pl = scene.placement.transformed(view.rotation)
-    extents = np.array([t.radius_a for t in scene.types] or [0.0])[pl.type_index] + SUPPORT_MARGIN_A
+    # reach of a copy's potential patch (a projector's box is wider than the atoms' sphere)
+    reach = max(SUPPORT_MARGIN_A, 8 * grid.pixel_size_a) + 4 * grid.pixel_size_a
+    extents = np.array([t.radius_a for t in scene.types] or [0.0])[pl.type_index] + reach
     pl = _images_in_window(pl, extents, field_grid, window)
     atom_types = [t for t, m in enumerate(modes) if m == "atoms"]
     atoms_potential = None

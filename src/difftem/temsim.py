@@ -430,13 +430,13 @@ class _Translator:
 
     def need(self, sec: Section, key: str, why: str = ""):
         if sec.get(key) is None:
-            raise self.err(sec, None, f"{key} is required{why} but missing")
+            raise self.err(sec, key, f"required{why} but missing")
         return sec.get(key)
 
     def check_required(self, sec: Section) -> None:
         for key, spec in PARAMETERS[sec.kind].items():
             if spec.required and sec.get(key) is None:
-                raise self.err(sec, None, f"required parameter {key} is missing (TEM-simulator 1.3 refuses the file)")
+                raise self.err(sec, key, "required parameter is missing (TEM-simulator 1.3 refuses the file)")
 
     def path(self, sec: Section, key: str, what: str) -> Path:
         raw = str(sec.get(key))
@@ -467,11 +467,11 @@ class _Translator:
     def single(self, kind: str, required: bool = True) -> Section | None:
         found = self.sections_of(kind)
         if len(found) > 1:
-            raise self.err(found[1], None, f"a second [{kind}] component (the first is at line {found[0].line}); "
+            raise self.err(found[1], None, f"a second {kind} component (the first is at line {found[0].line}); "
                                            "TEM-simulator uses one")
         if not found:
             if required:
-                raise InpError(f"no [{kind}] component; TEM-simulator needs one to generate micrographs",
+                raise InpError(f"no {kind} component (=== {kind} ===); TEM-simulator needs one to generate micrographs",
                                file=self.source)
             return None
         self.check_required(found[0])
@@ -487,10 +487,8 @@ class _Translator:
                            "generate_micrographs is not yes, so TEM-simulator would write no micrographs; set "
                            "'generate_micrographs = yes' in the simulation component")
         self.map(merged, "generate_micrographs", None)
-        if merged.get("generate_volumes"):
-            self.map(merged, "generate_volumes", None, "volume maps are not written by difftem (ignored)")
-        if merged.get("generate_particle_maps"):
-            self.map(merged, "generate_particle_maps", None, "particle maps are not written by difftem (ignored)")
+        for k, what in (("generate_volumes", "volume maps"), ("generate_particle_maps", "particle maps")):
+            self.map(merged, k, None, f"{what} are not written by difftem (ignored)" if merged.get(k) else None)
         seed = merged.get("rand_seed")
         if seed is None:
             self.notes.append("[simulation] rand_seed is not set: TEM-simulator would seed from the clock; "
@@ -622,8 +620,8 @@ class _Translator:
     def detector(self, data: dict, magnification: float) -> None:
         dets = self.sections_of("detector")
         if not dets:
-            raise InpError("no [detector] component; TEM-simulator needs at least one to generate micrographs",
-                           file=self.source)
+            raise InpError("no detector component (=== detector ===); TEM-simulator needs at least one to generate "
+                           "micrographs", file=self.source)
         for d in dets:
             self.check_required(d)
         physics = ("det_pix_x", "det_pix_y", "pixel_size", "gain", "mtf_a", "mtf_b", "mtf_c", "mtf_alpha", "mtf_beta",
@@ -632,7 +630,7 @@ class _Translator:
         for d in dets[1:]:
             for k in physics:
                 if d.get(k) != first.get(k):
-                    raise self.err(d, k, f"differs from [{first.label}] ({d.get(k)} vs {first.get(k)}); difftem "
+                    raise self.err(d, k, f"differs from {first.label} ({d.get(k)} vs {first.get(k)}); difftem "
                                          "simulates one detector (noisy and noise-free outputs of the same detector)")
         quantized = [d for d in dets if d.get("use_quantization")]
         dqes = {d.get("dqe") for d in quantized}
@@ -832,7 +830,8 @@ class _Translator:
             table = read_table(file, columns=6, rows=ps.get("num_particles"), what="particle coordinate file")
             self.map(ps, "coord_file_in", (f"{field_}.positions_a", f"{field_}.euler_zyz_deg"))
             self.map(ps, "num_particles", f"{field_}.positions_a")
-            for k in ("where", "particle_conc", "occupancy", "particle_dist"):
+            for k in ("where", "particle_conc", "occupancy", "particle_dist", "nx", "ny", "nz", "offset_x", "offset_y",
+                      "offset_z"):
                 self.map(ps, k, None, "not used when particle_coords = file (ignored)")
             if len(table) == 0:
                 self.notes.append(f"[{ps.label}] places no particles")
@@ -870,10 +869,13 @@ class _Translator:
         if ps.get("num_particles") is not None:
             n_hole = ps.get("num_particles")
             self.map(ps, "num_particles", f"{field_}.random.count")
+            for k in ("particle_conc", "occupancy"):
+                self.map(ps, k, None, "not used: num_particles is given (as in TEM-simulator)")
         elif ps.get("particle_conc") is not None:
             vol_um3 = 0.125 * math.pi * dia**2 * (tc + te) * 1e-9  # TEM-simulator's hole volume
             n_hole = ps.get("particle_conc") * vol_um3
             self.map(ps, "particle_conc", f"{field_}.random.count")
+            self.map(ps, "occupancy", None, "not used: particle_conc is given (as in TEM-simulator)")
         elif ps.get("occupancy") is not None:
             raise self.err(ps, "occupancy", "random placement by volume occupancy is not supported by difftem; "
                                             "give num_particles or particle_conc")
@@ -887,7 +889,7 @@ class _Translator:
                           "so "
                           f"difftem places {count} copies in the field (uniform orientations, no overlaps; "
                           "TEM-simulator does not check overlaps)")
-        for k in ("coord_file_in", "particle_dist"):
+        for k in ("coord_file_in", "particle_dist", "nx", "ny", "nz", "offset_x", "offset_y", "offset_z"):
             self.map(ps, k, None, "not used when particle_coords = random (ignored)")
         if count == 0:
             return False
@@ -1077,8 +1079,8 @@ def _field_error(exc, mapping: list[MappedKey], source: Path) -> InpError:
         loc = ""
         for p in err["loc"]:
             loc += f"[{p}]" if isinstance(p, int) else (f".{p}" if loc else str(p))
-        keys = [f"[{m.section}] {m.key} = {m.value}" for m in mapping if m.field and (m.field == loc or
-                                                                                     loc.startswith(m.field + "."))]
+        keys = [f'section "{m.section}", key "{m.key}" = {m.value}' for m in mapping
+                if m.field and (m.field == loc or loc.startswith(m.field + "."))]
         parts.append(f"{', '.join(keys) or loc} → {loc}: {err['msg']}")
     return InpError("the translated value is not valid in difftem: " + "; ".join(parts), file=source)
 

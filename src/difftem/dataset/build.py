@@ -27,7 +27,7 @@ import numpy as np
 from .. import __version__
 from ..config import SimulationConfig, config_from_dict
 from ..errors import ConfigError, DifftemError
-from .spec import DatasetSpec, load_spec, validate_items
+from .spec import TILT_OUTPUTS, DatasetSpec, load_spec, validate_items
 from .store import ITEMS, Store, array_file, item_name
 
 UNITS = {
@@ -54,28 +54,40 @@ class SimulatedItem:
 def simulate_item(config: SimulationConfig, outputs: Iterable[str] = ("micrograph", "noiseless")) -> SimulatedItem:
     """Simulate one item: the single place a dataset calls the forward model.
 
-    Arrays keep the simulator's leading dimensions, so a tilt series arrives as (n_tilts, H, W).
+    A config with ``tilt_series`` gives a tilt series: ``micrograph`` and ``noiseless`` are then
+    (n_tilts, H, W) stacks ordered by angle, and the ground truth holds one CTF entry per tilt.
     """
-    from ..pipeline import simulate
+    from .. import pipeline
 
     outputs = list(outputs)
-    result = simulate(config, keep_potential="potential" in outputs)
-    source = {"micrograph": result.micrograph, "noiseless": result.noiseless, "intensity": result.intensity,
-              "exit_wave": result.exit_wave,
-              "potential": None if result.projected_potential is None else result.projected_potential.real}
+    if getattr(config, "tilt_series", None) is not None:
+        extra = sorted(set(outputs) - TILT_OUTPUTS)
+        if extra:
+            raise ConfigError(f"outputs {extra}: a tilt-series item stores {sorted(TILT_OUTPUTS)} only")
+        ts = pipeline.simulate_tilt_series(config)
+        source = {"micrograph": ts.tilts, "noiseless": ts.noiseless}
+        metadata, tilt_rows = dict(ts.metadata), ts.tilt_rows
+        metadata["tilt_angles_deg"] = list(ts.angles_deg)
+    else:
+        result = pipeline.simulate(config, keep_potential="potential" in outputs)
+        source = {"micrograph": result.micrograph, "noiseless": result.noiseless, "intensity": result.intensity,
+                  "exit_wave": result.exit_wave,
+                  "potential": None if result.projected_potential is None else result.projected_potential.real}
+        metadata, tilt_rows = result.metadata, None
     arrays = {}
     for name in outputs:
         t = source[name].detach().cpu()
         arrays[name] = t.numpy().astype(np.complex64 if t.is_complex() else np.float32, copy=False)
-    meta = {k: v for k, v in result.metadata.items() if k not in ("timings", "particles", "ctf")}
-    return SimulatedItem(arrays, ground_truth(config, result.metadata), meta, dict(result.metadata.get("timings", {})))
+    meta = {k: v for k, v in metadata.items() if k not in ("timings", "particles", "ctf")}
+    return SimulatedItem(arrays, ground_truth(config, metadata, tilt_rows), meta, dict(metadata.get("timings", {})))
 
 
-def ground_truth(config: SimulationConfig, metadata: dict) -> dict:
-    """Particle types/poses, CTF per image (or per tilt), MTF and dose of one item.
 
-    When the simulator reports its own ``particles`` (e.g. after random placement) or ``ctf`` list,
-    those are stored as given; otherwise they follow from the config.
+def ground_truth(config: SimulationConfig, metadata: dict, tilt_rows: list[dict] | None = None) -> dict:
+    """Particle types/poses, CTF per image (per tilt for a tilt series), MTF and dose of one item.
+
+    Particles: the simulator's own list (``metadata["particles"]``: positions after random placement,
+    RELION and ZYZ angles) when it reports one; otherwise derived from the config's explicit copies.
     """
     det, opt = config.detector, config.optics
     ny, nx = det.shape_px
@@ -84,32 +96,40 @@ def ground_truth(config: SimulationConfig, metadata: dict) -> dict:
     if particles is None:
         particles = []
         for kind, part in enumerate(config.sample.particles):
-            eulers = part.euler_zyz_deg * (len(part.positions_a) if len(part.euler_zyz_deg) == 1 else 1)
-            for pos, euler in zip(part.positions_a, eulers):
+            positions = part.positions_a if part.positions_a is not None else [(0.0, 0.0, 0.0)]
+            eulers = part.euler_zyz_deg * (len(positions) if len(part.euler_zyz_deg) == 1 else 1)
+            for pos, euler in zip(positions, eulers):
                 particles.append({
                     "type": kind, "structure": part.structure, "centre": part.centre,
                     "position_a": list(pos), "euler_zyz_deg": list(euler),
                     # geometry convention: scene origin at pixel [H//2, W//2]; (x, y) in pixels
                     "position_px": [pos[0] / p + nx // 2, pos[1] / p + ny // 2],
                 })
-    z_exit_a = metadata.get("z_exit_a")
+    common = {"voltage_kv": config.beam.voltage_kv, "astigmatism_um": opt.astigmatism_um,
+              "astigmatism_angle_deg": opt.astigmatism_angle_deg, "cs_mm": opt.cs_mm, "cc_mm": opt.cc_mm,
+              "energy_spread_ev": opt.energy_spread_ev, "illumination_semiangle_mrad": opt.illumination_semiangle_mrad,
+              "aperture_mrad": opt.aperture_mrad, "phase_shift_deg": opt.phase_shift_deg}
+
+    def entry(tilt_deg: float, defocus_um: float, dose: float, **more) -> dict:
+        return {"tilt_deg": tilt_deg, "defocus_um": defocus_um, "defocus_u_um": defocus_um + opt.astigmatism_um / 2,
+                "defocus_v_um": defocus_um - opt.astigmatism_um / 2, "dose_e_per_a2": dose, **common, **more}
+
     ctf = metadata.get("ctf")
-    if ctf is None:
-        ctf = [{
-            "tilt_deg": 0.0, "voltage_kv": config.beam.voltage_kv, "defocus_um": opt.defocus_um,
-            "defocus_u_um": opt.defocus_um + opt.astigmatism_um / 2, "defocus_v_um": opt.defocus_um - opt.astigmatism_um / 2,
-            "astigmatism_angle_deg": opt.astigmatism_angle_deg, "cs_mm": opt.cs_mm, "cc_mm": opt.cc_mm,
-            "energy_spread_ev": opt.energy_spread_ev, "illumination_semiangle_mrad": opt.illumination_semiangle_mrad,
-            "aperture_mrad": opt.aperture_mrad, "phase_shift_deg": opt.phase_shift_deg,
-            # defocus is given at the ice mid-plane; the lens acted on the wave at the exit plane
-            "defocus_exit_plane_um": None if z_exit_a is None else opt.defocus_um + z_exit_a * 1e-4,
-        }]
+    if ctf is None and tilt_rows is not None:  # defocus per tilt at the ice mid-plane, sorted by angle
+        ctf = [entry(r["rlnTomoNominalStageTiltAngle"], r["rlnDefocusU"] * 1e-4, r["difftemDoseEPerA2"],
+                     pre_exposure_e_per_a2=r["rlnMicrographPreExposure"],
+                     acquisition_order=r["difftemAcquisitionOrder"]) for r in tilt_rows]
+    elif ctf is None:
+        z_exit_a = metadata.get("z_exit_a")
+        # defocus is given at the ice mid-plane; the lens acted on the wave at the exit plane
+        ctf = [entry(0.0, opt.defocus_um, config.beam.dose_e_per_a2,
+                     defocus_exit_plane_um=None if z_exit_a is None else opt.defocus_um + z_exit_a * 1e-4)]
     mtf = det.mtf.model_dump(mode="json") if det.mtf is not None else None
     return {
         "particles": particles, "ctf": ctf, "mtf": mtf, "normalize_mtf": det.normalize_mtf,
-        "dose_e_per_a2": config.beam.dose_e_per_a2, "dqe": det.dqe, "gain": det.gain, "noise": det.noise,
-        "pixel_size_a": p, "shape_px": [ny, nx], "ice_thickness_nm": config.sample.ice_thickness_nm,
-        **{k: metadata[k] for k in ("tilt_angles_deg", "tilt_axis_deg") if k in metadata},
+        "dose_e_per_a2": float(sum(c["dose_e_per_a2"] for c in ctf)), "dqe": det.dqe, "gain": det.gain,
+        "noise": det.noise, "pixel_size_a": p, "shape_px": [ny, nx], "ice_thickness_nm": config.sample.ice_thickness_nm,
+        **{k: metadata[k] for k in ("tilt_angles_deg", "tilt_axis_deg", "damage") if k in metadata},
     }
 
 

@@ -17,7 +17,8 @@ def register(app: typer.Typer) -> None:
         workers: Optional[int] = typer.Option(
             None, help="local Dask workers (default: sized to the machine; 0: run in this process)"),
         scheduler: Optional[str] = typer.Option(None, help="address of a running Dask scheduler (tcp://host:port)"),
-        only: Optional[str] = typer.Option(None, help="only these items, e.g. 17 or 3,5-8 (same result as in a full run)"),
+        only: Optional[str] = typer.Option(
+            None, help="only these items, e.g. 17 or 3,5-8 (same result as in a full run)"),
         overwrite: bool = typer.Option(False, help="replace a store that was written from a different SPEC"),
         threads_per_item: int = typer.Option(1, help="torch threads per item (results are bit-identical only "
                                                      "between runs with the same value)"),

@@ -26,6 +26,7 @@ from ..errors import ConfigError
 
 LAYOUT_VERSION = 1
 OUTPUT_CHOICES = ("micrograph", "noiseless", "intensity", "potential", "exit_wave")
+TILT_OUTPUTS = {"micrograph", "noiseless"}  # what a tilt-series item holds (stacks ordered by angle)
 
 
 class SpecModel(BaseModel):
@@ -460,6 +461,10 @@ def validate_items(spec: DatasetSpec, indices) -> dict[int, tuple[dict, dict]]:
     out = {}
     for i in indices:
         cfg, params = spec.item_config(i)
+        extra = sorted(set(spec.outputs) - TILT_OUTPUTS)
+        if getattr(cfg, "tilt_series", None) is not None and extra:
+            raise ConfigError(f"{spec.source} outputs: item {i} is a tilt series, which stores "
+                              f"{sorted(TILT_OUTPUTS)} only; remove {extra}")
         out[i] = (cfg.model_dump(mode="json"), params)
     return out
 

@@ -296,7 +296,26 @@ def _write_mrc_item(tmp: Path, arrays: dict[str, np.ndarray], attrs: dict, pixel
             write_mrc(tmp / file, arr, pixel_size_a)
         else:
             write_npy(tmp / file, arr)
+    truth = attrs.get("ground_truth", {})
+    if truth.get("tilt_angles_deg"):  # IMOD-style: one angle per line, in stack order
+        with atomic_path(tmp / "tilts.tlt") as t:
+            t.write_text("".join(f"{a:.2f}\n" for a in truth["tilt_angles_deg"]))
+    rows = truth.get("particles") or []
+    if rows and all("rlnCoordinateX" in r for r in rows):  # RELION coordinates, relative to the store
+        image = next((n for n in ("micrograph", "noiseless") if n in arrays), None)
+        name = f"{ITEMS}/{tmp.name.split('.')[0]}/{image}.mrc" if image else ""
+        _write_star_loop(tmp / "particles.star", "particles", [{**r, "rlnMicrographName": name} for r in rows])
     write_json(tmp / "item.json", attrs)
+
+
+def _write_star_loop(path: Path, block: str, rows: list[dict]) -> None:
+    keys = list(dict.fromkeys(k for r in rows for k in r))
+    lines = ["# written by difftem dataset", "", f"data_{block}", "", "loop_"]
+    lines += [f"_{k} #{i + 1}" for i, k in enumerate(keys)]
+    for r in rows:
+        lines.append("\t".join(f"{r[k]:.6f}" if isinstance(r.get(k), float) else str(r.get(k, "")) for k in keys))
+    with atomic_path(path) as t:
+        t.write_text("\n".join(lines) + "\n")
 
 
 def _cell(v):

@@ -58,6 +58,7 @@ from ..errors import ConfigError
 from ..fft import fft2, ifft2, irfft2, rfft2
 from ..learn.estimators import expected_mse, poisson_log_prob, surrogate_loss_baseline
 from ..learn.losses import minmax_normalise
+from .align import check_alignment as _check_alignment
 from .priors import PRIORS, SpectralPrior, total_variation, tv_eps, tv_weight
 
 __all__ = ["DenoiseResult", "METHODS", "PRIORS", "as_observation_stack", "deconvolve_counts", "denoise",
@@ -128,11 +129,12 @@ def as_observation_stack(observations, name: str = "observations") -> torch.Tens
     return stack
 
 
-def deconvolve_counts(y: torch.Tensor, mtf, normalize_dc: bool = True, min_transfer: float = 0.02) -> torch.Tensor:
+def deconvolve_counts(y: torch.Tensor, mtf, normalize_dc: bool = True, min_transfer: float = 1e-3) -> torch.Tensor:
     """Counts from MTF-filtered images: ``M⁻¹ y`` (``(..., H, W)``), exact where |MTF| ≫ ``min_transfer``.
 
-    The inverse is T/(T² + min_transfer²), equal to 1/T within 0.04 % where |T| ≥ 50 × ``min_transfer``
-    and bounded where a measured curve comes near zero.
+    The inverse is T/(T² + min_transfer²): 1/T to within (min_transfer/T)² (2·10⁻⁵ for the paper's TMV
+    MTF, whose smallest value on the grid is 0.23), and at most 1/(2·min_transfer) where a measured
+    curve comes near zero.
     """
     shape = tuple(y.shape[-2:])
     transfer = mtf_transfer(mtf, shape, device=y.device, dtype=y.dtype, normalize_dc=normalize_dc)
@@ -348,7 +350,8 @@ def denoise(observations, mtf=None, *, method: str = "poisson", prior: str = "tv
             dqe: float = 1.0, gain: float = 1.0, normalize_mtf: bool = True, extra_observations=None,
             independent: int | None = None, init: str | None = None, n_samples: int | None = None,
             seed: int = 0, generator: torch.Generator | None = None, cv_crop_px: int = 256,
-            cv_steps: int | None = None, progress: Progress | None = None) -> DenoiseResult:
+            cv_steps: int | None = None, check_alignment: bool = True,
+            progress: Progress | None = None) -> DenoiseResult:
     """Denoise repeated observations of one scene through the detector model.
 
     Parameters
@@ -385,6 +388,9 @@ def denoise(observations, mtf=None, *, method: str = "poisson", prior: str = "tv
         Randomness (draws, random init) comes only from ``generator`` (or one seeded with ``seed``).
     cv_crop_px, cv_steps : int
         Size of the central crop and Adam steps of each validation fit.
+    check_alignment : bool
+        Measure each observation's shift against the first and warn (``UnalignedWarning``, with the
+        shift) above 0.5 px.
     progress : callable(stage, done, total), optional
 
     Returns
@@ -402,6 +408,7 @@ def denoise(observations, mtf=None, *, method: str = "poisson", prior: str = "tv
         raise ConfigError(f"gain must be > 0, got {gain}")
     obs = as_observation_stack(observations, "observations")
     n_obs = obs.shape[0]
+    shifts = _check_alignment(obs) if check_alignment and n_obs > 1 else None
     if extra_observations is not None:
         extra = as_observation_stack(extra_observations, "extra_observations").to(obs.device, obs.dtype)
         if extra.shape[-2:] != obs.shape[-2:]:
@@ -432,6 +439,8 @@ def denoise(observations, mtf=None, *, method: str = "poisson", prior: str = "tv
                 "shape_px": list(obs.shape[-2:])}
     if method in ("paper", "surrogate"):
         settings["n_samples"] = n_samples
+    if shifts is not None:
+        settings["measured_shifts_px"] = shifts
 
     beta = 0.0
     if method != "paper" and prior != "none":

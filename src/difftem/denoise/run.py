@@ -1,0 +1,275 @@
+"""`difftem denoise`: read micrographs, assemble the observations, denoise, write MRC/PNG/JSON."""
+
+from __future__ import annotations
+
+import math
+import time
+import warnings
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+
+from ..errors import ConfigError
+from ..io import atomic_path, read_mrc, write_json, write_mrc
+from .algorithm import METHODS, PRIORS, DenoiseResult, as_observation_stack, denoise
+from .align import MIN_AGREEMENT, UnalignedWarning, check_alignment, correlation_peak, measure_shift, shift_image
+from .detector_params import DetectorSettings, estimate_gain_per_dqe, settings_from_config, settings_from_mtf_fit
+
+__all__ = ["load_images", "resolve_detector", "run_denoise", "write_before_after"]
+
+Progress = Callable[[str, int, int], None]
+MODES = ("auto", "repeats", "tilt-series")
+BASELINE_CHOICES = ("average", "lowpass", "n2n", "topaz")
+
+
+def load_images(paths: Sequence[Path]) -> tuple[np.ndarray, float]:
+    """(n, H, W) float32 from MRC files (2-D images or stacks, .gz ok) and the first file's pixel size."""
+    if not paths:
+        raise ConfigError("give at least one input MRC file")
+    images, pixel = [], None
+    for path in paths:
+        path = Path(path)
+        if not path.exists():
+            raise ConfigError(f"{path}: input not found")
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", RuntimeWarning)  # non-standard headers are read permissively
+                data, px = read_mrc(path)
+        except Exception as exc:  # mrcfile raises ValueError/OSError for unreadable headers
+            raise ConfigError(f"{path}: cannot read as MRC ({exc})") from None
+        data = np.asarray(data, dtype=np.float32)
+        if data.ndim == 2:
+            data = data[None]
+        if data.ndim != 3:
+            raise ConfigError(f"{path}: expected a 2-D image or an (n, H, W) stack, got shape {data.shape}")
+        if images and data.shape[1:] != images[0].shape[1:]:
+            raise ConfigError(f"{path}: images are {data.shape[1:]} but {paths[0]} has {images[0].shape[1:]}; "
+                              "all inputs must cover the same field at one size")
+        images.append(data)
+        pixel = px if pixel is None else pixel
+    return np.concatenate(images), float(pixel or 1.0)
+
+
+def _parse_mtf(text: str):
+    from ..learn.mtf_run import parse_reference  # STAR path or 'a,b,c,alpha,beta'
+
+    return parse_reference(text)
+
+
+def resolve_detector(*, config: Path | None = None, mtf_fit: Path | None = None, mtf: str | None = None,
+                     dqe: float | None = None, gain: float | None = None, dose_e_per_a2: float | None = None,
+                     no_mtf: bool = False) -> DetectorSettings:
+    """Merge the detector sources; later, more specific ones win: config < fit-mtf result < flags."""
+    settings = settings_from_config(config) if config else DetectorSettings()
+    if mtf_fit:
+        fit = settings_from_mtf_fit(mtf_fit)
+        settings.mtf, settings.normalize_mtf = fit.mtf, True
+        settings.sources += fit.sources
+    if mtf:
+        settings.mtf, settings.normalize_mtf = _parse_mtf(mtf), True
+        settings.sources.append(f"--mtf {mtf}")
+    if no_mtf:
+        settings.mtf = None
+    if dqe is not None:
+        if not 0 < dqe <= 1:
+            raise ConfigError(f"--dqe must be in (0, 1], got {dqe}")
+        settings.dqe = dqe
+    if gain is not None:
+        if not gain > 0:
+            raise ConfigError(f"--gain must be > 0, got {gain}")
+        settings.gain = gain
+    if dose_e_per_a2 is not None:
+        settings.dose_e_per_a2 = dose_e_per_a2
+    if settings.dose_e_per_a2 is not None and not settings.dose_e_per_a2 > 0:
+        raise ConfigError(f"dose {settings.dose_e_per_a2} e/Å²: a zero dose records no electrons, there is "
+                          "nothing to denoise; give the exposure's dose (--dose or beam.dose_e_per_a2)")
+    if settings.mtf is None and not no_mtf:
+        raise ConfigError("no detector MTF given: pass --config CONFIG.yaml, --mtf-fit mtf_fit.json, "
+                          "--mtf 'a,b,c,alpha,beta' (or a STAR file), or --no-mtf")
+    return settings
+
+
+def _neighbour_observations(stack: torch.Tensor, i: int, neighbours: int) -> tuple[torch.Tensor, list]:
+    """Tilt i plus its ±k neighbours, each aligned onto tilt i; returns (obs, measured shifts)."""
+    idx = [i] + [j for d in range(1, neighbours + 1) for j in (i - d, i + d) if 0 <= j < stack.shape[0]]
+    obs, shifts = [stack[i]], []
+    for j in idx[1:]:
+        m = correlation_peak(stack[i], stack[j])
+        # a shift the quadrants do not confirm is noise: applying it would misalign a neighbour
+        # that the tilt-series alignment already put in register
+        applied = m.shift_px if m.agreement >= MIN_AGREEMENT else (0.0, 0.0)
+        obs.append(shift_image(stack[j], (-applied[0], -applied[1])) if applied != (0.0, 0.0) else stack[j])
+        shifts.append({"tilt": j, "shift_px": list(m.shift_px), "agreement": m.agreement,
+                       "applied": list(applied)})
+    return torch.stack(obs), shifts
+
+
+def run_denoise(inputs: Sequence[Path], out: Path, *, mode: str = "auto", detector: DetectorSettings,
+                method: str = "poisson", prior: str = "tv", prior_weight: float | str = "auto",
+                steps: int | None = None, lr: float | None = None, topaz: bool = False, topaz_model: str = "unet",
+                neighbours: int = 1, align: bool = False, baselines: Sequence[str] = (), pairwise: bool = False,
+                seed: int = 0, progress: Progress | None = None) -> dict:
+    """Denoise the inputs and write ``denoised.mrc``, ``rate.mrc``, ``before_after.png`` and ``denoise.json``."""
+    t0 = time.perf_counter()
+    if method not in METHODS:
+        raise ConfigError(f"--method {method!r}: choose one of {', '.join(METHODS)}")
+    if prior not in PRIORS:
+        raise ConfigError(f"--prior {prior!r}: choose one of {', '.join(PRIORS)}")
+    if mode not in MODES:
+        raise ConfigError(f"--mode {mode!r}: choose one of {', '.join(MODES)}")
+    unknown = set(baselines) - set(BASELINE_CHOICES)
+    if unknown:
+        raise ConfigError(f"--baselines: unknown {sorted(unknown)}; choose from {', '.join(BASELINE_CHOICES)}")
+    if neighbours < 1:
+        raise ConfigError(f"--neighbours must be ≥ 1, got {neighbours}")
+    images, pixel_a = load_images(list(inputs))
+    stack = as_observation_stack(torch.from_numpy(images), "input images")
+    mode = ("repeats" if stack.shape[0] > 1 else "single") if mode == "auto" else mode
+    if mode == "tilt-series" and stack.shape[0] < 2:
+        raise ConfigError("--mode tilt-series needs a stack of ≥ 2 tilts")
+    if mode == "repeats" and stack.shape[0] == 1:
+        mode = "single"
+    if topaz or "topaz" in baselines:
+        from .topaz_model import load_topaz_model
+
+        load_topaz_model(topaz_model)  # fail early, with the install line, before any long work
+    report: dict = {"inputs": [str(p) for p in inputs], "mode": mode, "pixel_size_a": pixel_a,
+                    "shape": list(stack.shape), "detector": detector.describe()}
+    gain, dqe = detector.gain, detector.dqe
+    if gain is None:
+        per_dqe = estimate_gain_per_dqe(stack[: min(2, stack.shape[0])] if mode != "tilt-series" else stack[:1],
+                                        detector.mtf, detector.normalize_mtf)
+        gain, dqe = per_dqe, 1.0
+        report["gain_estimated_from_noise"] = {"gain_per_dqe": per_dqe, "note": "variance/mean of the "
+                                               "deconvolved counts; pass --gain (and --dqe) if known"}
+    common = dict(method=method, prior=prior, prior_weight=prior_weight, steps=steps, lr=lr, dqe=dqe, gain=gain,
+                  normalize_mtf=detector.normalize_mtf, seed=seed, check_alignment=False)
+    if mode == "tilt-series":
+        results, extra_info = [], []
+        for i in range(stack.shape[0]):
+            obs, shifts = _neighbour_observations(stack, i, neighbours)
+            extras = _topaz_extra(obs, topaz_model) if topaz else None
+            cb = (lambda d, k, n, i=i: progress(f"tilt {i + 1}/{stack.shape[0]}: {d}", k, n)) if progress else None
+            results.append(denoise(obs, detector.mtf, extra_observations=extras, progress=cb, **common))
+            extra_info.append({"tilt": i, "neighbour_shifts": shifts})
+        denoised = torch.stack([r.denoised for r in results])
+        rate = torch.stack([r.rate for r in results])
+        report["tilts"] = [{**e, "settings": r.settings, "loss_history": r.loss_history}
+                           for e, r in zip(extra_info, results)]
+        shown = stack.shape[0] // 2
+        noisy_shown, ours_shown = stack[shown], denoised[shown]
+        references: dict[str, torch.Tensor] = {}
+    else:
+        obs = stack
+        if obs.shape[0] > 1:
+            if align:
+                shifts = [[0.0, 0.0]] + [list(measure_shift(obs[0], obs[k])) for k in range(1, obs.shape[0])]
+                obs = torch.stack([obs[0]] + [shift_image(obs[k], (-shifts[k][0], -shifts[k][1]))
+                                              for k in range(1, obs.shape[0])])
+                report["alignment_shifts_px"] = shifts
+            else:
+                with warnings.catch_warnings(record=True) as caught:
+                    warnings.simplefilter("always", UnalignedWarning)
+                    report["measured_shifts_px"] = check_alignment(obs)
+                report["warnings"] = [str(w.message) for w in caught]
+        extras = _topaz_extra(obs, topaz_model) if topaz else None
+        cb = (lambda d, k, n: progress(d, k, n)) if progress else None
+        result: DenoiseResult = denoise(obs, detector.mtf, extra_observations=extras, progress=cb, **common)
+        denoised, rate = result.denoised, result.rate
+        report["settings"], report["loss_history"] = result.settings, result.loss_history
+        noisy_shown, ours_shown = obs[0], denoised
+        references = {"noisy": obs[0]}
+        if obs.shape[0] > 1:
+            references["average"] = obs.mean(0)
+        if extras is not None:
+            references["topaz"] = extras.mean(0)
+        references.update(_baselines(obs, baselines, topaz_model, seed, progress, report))
+    out.mkdir(parents=True, exist_ok=True)
+    written = [write_mrc(out / "denoised.mrc", denoised.cpu().numpy(), pixel_a),
+               write_mrc(out / "rate.mrc", rate.cpu().numpy(), pixel_a)]
+    for name, image in references.items():
+        if name not in ("noisy",):
+            written.append(write_mrc(out / f"baseline_{name}.mrc", image.cpu().numpy(), pixel_a))
+    panels = {"input" if mode != "tilt-series" else f"input (tilt {stack.shape[0] // 2})": noisy_shown}
+    panels.update({k: v for k, v in references.items() if k != "noisy"})
+    panels["denoised (ours)"] = ours_shown
+    written.append(write_before_after(out / "before_after.png", panels, report.get("loss_history"), pixel_a))
+    if pairwise and mode != "tilt-series":
+        from .metrics import pairwise_table
+
+        report["pairwise"] = _json_safe(pairwise_table({**references, "ours": denoised}))
+    report["seconds"] = time.perf_counter() - t0
+    report["outputs"] = [p.name for p in written] + ["denoise.json"]
+    report["units"] = {"denoised.mrc": "input units (MTF(rate) x gain/DQE)", "rate.mrc":
+                       "expected electrons per pixel before the MTF", "pixel_size": "A"}
+    write_json(out / "denoise.json", _json_safe(report))
+    return report
+
+
+def _topaz_extra(obs: torch.Tensor, model: str) -> torch.Tensor:
+    from .topaz_model import topaz_denoise
+
+    return topaz_denoise(obs, model).to(obs.dtype)
+
+
+def _baselines(obs: torch.Tensor, names: Sequence[str], topaz_model: str, seed: int, progress: Progress | None,
+               report: dict) -> dict[str, torch.Tensor]:
+    from . import baselines as B
+
+    out: dict[str, torch.Tensor] = {}
+    for name in names:
+        t = time.perf_counter()
+        if name == "average":
+            out[name] = B.average(obs)
+        elif name == "lowpass":
+            out[name] = B.gaussian_lowpass(obs)
+        elif name == "topaz":
+            out["topaz_p"] = B.topaz_pretrained(obs, topaz_model)
+        elif name == "n2n":
+            cb = (lambda k, n: progress("noise2noise", k, n)) if progress else None
+            out[name], record = B.noise2noise(obs, seed=seed, progress=cb)
+            report.setdefault("baselines", {})["n2n"] = record
+        report.setdefault("baseline_seconds", {})[name] = time.perf_counter() - t
+    return out
+
+
+def _json_safe(obj):
+    """Replace inf/nan (not JSON) by None, recursively."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: _json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_json_safe(v) for v in obj]
+    return obj
+
+
+def write_before_after(path: Path, panels: dict[str, torch.Tensor], loss_history=None,
+                       pixel_size_a: float | None = None) -> Path:
+    """Grey-scale panels side by side (each clipped to its own 0.5–99.5 percentiles) plus the loss curve."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    n = len(panels) + (1 if loss_history else 0)
+    fig, axes = plt.subplots(1, n, figsize=(4 * n, 4.3), squeeze=False)
+    for ax, (name, image) in zip(axes[0], panels.items()):
+        a = image.detach().cpu().numpy().astype(np.float64)
+        lo, hi = np.percentile(a, [0.5, 99.5])
+        ax.imshow(a, cmap="gray", vmin=lo, vmax=hi if hi > lo else lo + 1)
+        ax.set_title(name, fontsize=10)
+        ax.axis("off")
+    if loss_history:
+        ax = axes[0][-1]
+        ax.plot(np.asarray(loss_history))
+        ax.set_xlabel("iteration")
+        ax.set_ylabel("objective per pixel")
+        ax.set_title("loss", fontsize=10)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=90)
+    plt.close(fig)
+    return Path(path)

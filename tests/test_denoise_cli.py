@@ -1,0 +1,167 @@
+"""`difftem denoise`: outputs, headers, detector sources, modes and one-line errors."""
+
+import json
+
+import mrcfile
+import numpy as np
+import pytest
+import torch
+import yaml
+from typer.testing import CliRunner
+
+from difftem.cli import app
+from difftem.detector import MTFParams, apply_mtf
+from difftem.io import write_json, write_mrc
+
+from test_denoise import TMV, discs, observe
+
+runner = CliRunner()
+MTF_FLAG = "0.7,0.2,0.1,10,40"
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def repeats(tmp_path):
+    obs = observe(discs(64, 64) * 20.0, 3, seed=1, gain=2.0).float()
+    path = tmp_path / "repeats.mrc"
+    write_mrc(path, obs.numpy(), 1.7)
+    return path
+
+
+def test_repeats_write_everything_and_keep_the_pixel_size(repeats, tmp_path):
+    out = tmp_path / "out"
+    res = runner.invoke(app, ["denoise", str(repeats), "--out", str(out), "--mtf", MTF_FLAG, "--gain", "2",
+                              "--steps", "40", "--baselines", "average,lowpass", "--pairwise"])
+    assert res.exit_code == 0, res.output
+    names = {p.name for p in out.iterdir()}
+    assert names == {"denoised.mrc", "rate.mrc", "baseline_average.mrc", "baseline_lowpass.mrc", "before_after.png",
+                     "denoise.json"}
+    with mrcfile.open(out / "denoised.mrc") as m:
+        assert m.data.shape == (64, 64)
+        assert float(m.voxel_size.x) == pytest.approx(1.7, rel=1e-5)
+    report = json.loads((out / "denoise.json").read_text())
+    assert report["mode"] == "repeats" and report["settings"]["method"] == "poisson"
+    assert report["settings"]["gain"] == 2.0 and len(report["loss_history"]) == 40
+    assert report["pairwise"]["names"] == ["noisy", "average", "lowpass", "ours"]
+    assert report["detector"]["mtf"] == {"a": 0.7, "b": 0.2, "c": 0.1, "alpha": 10.0, "beta": 40.0}
+    with mrcfile.open(out / "rate.mrc") as m:  # electrons before the MTF: the gain is undone
+        assert float(m.data.mean()) == pytest.approx(20.0 * float(discs(64, 64).mean()), rel=0.05)
+
+
+def test_detector_from_config_and_from_fit_mtf_result(repeats, tmp_path):
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text(yaml.safe_dump({"beam": {"dose_e_per_a2": 20}, "detector": {
+        "pixel_size_a": 1.0, "gain": 2.0, "dqe": 1.0, "mtf": {"a": 0.7, "b": 0.2, "c": 0.1, "alpha": 10, "beta": 40}}}))
+    res = runner.invoke(app, ["denoise", str(repeats), "--out", str(tmp_path / "a"), "--config", str(cfg),
+                              "--steps", "20", "--prior-weight", "1"])
+    assert res.exit_code == 0, res.output
+    report = json.loads((tmp_path / "a" / "denoise.json").read_text())
+    assert report["detector"]["gain"] == 2.0 and report["detector"]["dose_e_per_a2"] == 20
+    fit = tmp_path / "mtf_fit.json"
+    write_json(fit, {"primary": "nps", "fits": {"nps": {"params": {"a": 0.7, "b": 0.2, "c": 0.1, "alpha": 10,
+                                                                    "beta": 40}, "method": "nps"}}})
+    res = runner.invoke(app, ["denoise", str(repeats), "--out", str(tmp_path / "b"), "--mtf-fit", str(fit),
+                              "--steps", "20", "--prior-weight", "1"])
+    assert res.exit_code == 0, res.output
+    report = json.loads((tmp_path / "b" / "denoise.json").read_text())
+    assert report["gain_estimated_from_noise"]["gain_per_dqe"] == pytest.approx(2.0, rel=0.1)
+
+
+def test_tilt_series_uses_aligned_neighbours(tmp_path):
+    base = discs(64, 64, seed=3, contrast=0.5, n=10) * 50.0
+    from difftem.denoise.align import shift_image
+
+    tilts = torch.stack([observe(shift_image(base, (0.0, 3.0 * k)).clamp_min(0), 1, seed=k)[0] for k in range(3)])
+    path = tmp_path / "tilts.mrc"
+    write_mrc(path, tilts.float().numpy(), 2.0)
+    res = runner.invoke(app, ["denoise", str(path), "--out", str(tmp_path / "o"), "--mode", "tilt-series",
+                              "--mtf", MTF_FLAG, "--gain", "1", "--steps", "20"])
+    assert res.exit_code == 0, res.output
+    with mrcfile.open(tmp_path / "o" / "denoised.mrc") as m:
+        assert m.data.shape == (3, 64, 64)
+    report = json.loads((tmp_path / "o" / "denoise.json").read_text())
+    middle = report["tilts"][1]
+    assert [s["tilt"] for s in middle["neighbour_shifts"]] == [0, 2]
+    assert middle["settings"]["n_observations"] == 3
+    found = {s["tilt"]: s["shift_px"][1] for s in middle["neighbour_shifts"]}
+    assert found[0] == pytest.approx(-3.0, abs=0.5) and found[2] == pytest.approx(3.0, abs=0.5)
+
+
+@pytest.mark.parametrize("args,message", [
+    ([], "no detector MTF given"),
+    (["--mtf", MTF_FLAG, "--dose", "0"], "zero dose"),
+    (["--mtf", MTF_FLAG, "--method", "magic"], "--method 'magic'"),
+    (["--mtf", MTF_FLAG, "--prior-weight", "lots"], "--prior-weight 'lots'"),
+    (["--mtf", MTF_FLAG, "--baselines", "median"], "--baselines: unknown"),
+    (["--mtf", MTF_FLAG, "--dqe", "1.5"], "--dqe must be in"),
+])
+def test_errors_are_one_line(repeats, tmp_path, args, message):
+    out = tmp_path / "out"
+    res = runner.invoke(app, ["denoise", str(repeats), "--out", str(out), *args])
+    assert res.exit_code == 2, res.output
+    assert message in res.output and "Traceback" not in res.output
+    assert not out.exists()
+
+
+def test_inputs_of_different_shapes(tmp_path):
+    a, b = tmp_path / "a.mrc", tmp_path / "b.mrc"
+    write_mrc(a, np.full((32, 32), 10, np.float32), 1.0)
+    write_mrc(b, np.full((32, 30), 10, np.float32), 1.0)
+    res = runner.invoke(app, ["denoise", str(a), str(b), "--out", str(tmp_path / "o"), "--mtf", MTF_FLAG])
+    assert res.exit_code == 2 and "same field" in res.output
+
+
+def test_nan_and_empty_images(tmp_path):
+    bad = np.full((2, 32, 32), 10, np.float32)
+    bad[0, 1, 1] = np.nan
+    write_mrc(tmp_path / "nan.mrc", bad, 1.0)
+    res = runner.invoke(app, ["denoise", str(tmp_path / "nan.mrc"), "--out", str(tmp_path / "o"), "--mtf", MTF_FLAG])
+    assert res.exit_code == 2 and "NaN" in res.output
+    write_mrc(tmp_path / "zero.mrc", np.zeros((2, 32, 32), np.float32), 1.0)
+    res = runner.invoke(app, ["denoise", str(tmp_path / "zero.mrc"), "--out", str(tmp_path / "o"), "--mtf", MTF_FLAG,
+                              "--gain", "1"])
+    assert res.exit_code == 2 and "no dose" in res.output
+
+
+def test_unaligned_repeats_print_the_measured_shift(tmp_path):
+    from difftem.denoise.align import shift_image
+
+    rate = discs(96, 96, seed=5, contrast=0.5, n=12) * 200.0
+    obs = torch.stack([observe(rate, 1, 1)[0], observe(shift_image(rate, (0.0, 6.0)).clamp_min(0), 1, 2)[0]])
+    write_mrc(tmp_path / "u.mrc", obs.float().numpy(), 1.0)
+    res = runner.invoke(app, ["denoise", str(tmp_path / "u.mrc"), "--out", str(tmp_path / "o"), "--mtf", MTF_FLAG,
+                              "--gain", "1", "--steps", "10", "--prior", "none"])
+    assert res.exit_code == 0, res.output
+    assert "not aligned" in res.output and "6.0" in res.output
+    res = runner.invoke(app, ["denoise", str(tmp_path / "u.mrc"), "--out", str(tmp_path / "p"), "--mtf", MTF_FLAG,
+                              "--gain", "1", "--steps", "10", "--prior", "none", "--align"])
+    assert res.exit_code == 0 and "not aligned" not in res.output
+    report = json.loads((tmp_path / "p" / "denoise.json").read_text())
+    assert report["alignment_shifts_px"][1][1] == pytest.approx(6.0, abs=0.3)
+
+
+def test_topaz_flag(repeats, tmp_path, monkeypatch):
+    from difftem.denoise import topaz_model
+
+    if topaz_model.topaz_available():
+        res = runner.invoke(app, ["denoise", str(repeats), "--out", str(tmp_path / "t"), "--mtf", MTF_FLAG,
+                                  "--gain", "2", "--steps", "10", "--topaz", "--topaz-model", "affine"])
+        assert res.exit_code == 0, res.output
+        report = json.loads((tmp_path / "t" / "denoise.json").read_text())
+        assert report["settings"]["n_extra_observations"] == 3
+        assert (tmp_path / "t" / "baseline_topaz.mrc").exists()
+    monkeypatch.setattr(topaz_model.importlib.util, "find_spec", lambda name, *a: None)
+    topaz_model._load_cpu.cache_clear()
+    try:
+        res = runner.invoke(app, ["denoise", str(repeats), "--out", str(tmp_path / "u"), "--mtf", MTF_FLAG, "--topaz"])
+        assert res.exit_code == 2 and "topaz-em==0.3.20" in res.output
+        assert not (tmp_path / "u").exists()
+    finally:
+        topaz_model._load_cpu.cache_clear()
