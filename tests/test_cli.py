@@ -38,6 +38,7 @@ def test_simulate_writes_all_outputs(shared_data, tmp_path):
     assert res.exit_code == 0, res.output
     names = {p.name for p in out.iterdir()}
     assert names == {"micrograph.mrc", "noiseless.mrc", "projected_potential.mrc", "exit_wave.npy", "preview.png",
+                     "particles.star",
                      "run.json"}
     with mrcfile.open(out / "micrograph.mrc") as m:
         assert m.data.dtype == np.float32 and m.data.shape == (96, 96)

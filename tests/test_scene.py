@@ -265,3 +265,22 @@ def test_tiled_equals_untiled():
     assert float((a - b).norm() / a.norm()) < 1e-5
     assert float((a - b).norm() / (a - a[0, 0]).norm()) < 1e-3
     assert float((whole.noiseless - tiled.noiseless).norm() / whole.noiseless.norm()) < 1e-5
+
+
+def test_potential_volume_is_the_scene_in_3d():
+    """The ground-truth volume: a particle's mass centre where it was placed, and its integral equal to the
+    projected potential's (both net of the ice the particle displaces)."""
+    from difftem.pipeline import potential_volume
+
+    cfg = base(detector={"shape_px": [96, 96], "pixel_size_a": 4.0},
+               sample={"ice_thickness_nm": 20, "particles": [{"structure": UBI, "positions_a": [[20, -12, 15]]}]})
+    vol, v = potential_volume(cfg)
+    assert v == 4.0 and vol.shape[1:] == (96, 96)
+    zz, yy, xx = torch.meshgrid(*(torch.arange(n, dtype=torch.float64) for n in vol.shape), indexing="ij")
+    w = vol.double().clamp(min=0)
+    centre = [float((w * g).sum() / w.sum()) for g in (xx, yy, zz)]
+    assert (centre[0] - 48) * v == pytest.approx(20, abs=1.0)
+    assert (centre[1] - 48) * v == pytest.approx(-12, abs=1.0)
+    assert (centre[2] - vol.shape[0] // 2) * v == pytest.approx(15, abs=1.5)
+    proj = simulate(cfg, keep_potential=True).projected_potential.real
+    assert float(vol.sum()) * v**3 == pytest.approx(float((proj - proj[0, 0]).sum()) * v**2, rel=1e-3)

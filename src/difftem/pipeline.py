@@ -391,3 +391,51 @@ def simulate_tilt_series(config: "SimulationConfig | dict | str | Path", *,
     }
     return TiltSeriesResult(torch.stack([images[i] for i in order]), torch.stack([clean[i] for i in order]),
                             [plan.angles_deg[i] for i in order], grid.pixel_size_a, config, rows, meta)
+
+
+def potential_volume(config: "SimulationConfig | dict | str | Path", *, voxel_size_a: float | None = None,
+                     thickness_a: float | None = None, include_ice: bool = False,
+                     scene: Scene | None = None) -> tuple[torch.Tensor, float]:
+    """The scene's (untilted) electrostatic potential as a (Z, Y, X) volume in V, the ground truth for tomography.
+
+    Voxels are the detector's pixel (or ``voxel_size_a``) on the detector's field; z spans ``thickness_a``
+    (default: the ice, or the particles' extent) centred on the ice mid-plane. Each voxel is the mean potential
+    over its z-slab from the same builders as the images (exact atoms or per-type maps sampled slab by slab);
+    the ice's uniform potential is left out unless ``include_ice``. Geometry: voxel [iz, iy, ix] centre at
+    ((ix − X//2)·v, (iy − Y//2)·v, (iz − Z//2)·v) Å.
+    """
+    config = _prepare(config)
+    scene = scene or scene_of(config)
+    v = float(voxel_size_a or config.detector.pixel_size_a)
+    det = config.detector
+    shape = tuple(int(round(n * det.pixel_size_a / v)) for n in det.shape_px)
+    device, _, lam, _, ice, modes, cache = _setup(config, scene)
+    if v != det.pixel_size_a:
+        cache = TypeCache(cache.table, v, cache.ice, cache.absorption_ratio, device)
+    modes = ["atoms" if m == "atoms" else "slab" for m in modes]
+    grid = Grid(shape, v)
+    view = SceneView(np.eye(3), 0.0, None)
+    if thickness_a is None:
+        lo, hi = view_z_range(scene, SceneView(np.eye(3), ice.thickness_a, None))
+        thickness_a = 2 * max(abs(lo), abs(hi))
+    nz = max(1, int(round(thickness_a / v)))
+    z0 = -(nz // 2) * v - v / 2  # voxel iz centred at (iz − nz//2)·v
+    # the real ice model: atoms displace it as in the images (its uniform part is not in the patches)
+    pot = build_view_potential(scene, view, modes, cache, field_grid=grid, window=None, slice_thickness_a=v,
+                               ice=ice, z_range_a=(z0, z0 + nz * v), builder=config.simulation.builder,
+                               absorption_ratio=config.sample.absorption_ratio)
+    # the potential's own slicing starts at z0 when every copy lies inside; otherwise index by z
+    vol = torch.zeros((nz,) + shape, dtype=torch.float32, device=device)
+    with torch.no_grad():
+        for k in range(pot.n_slices):
+            zc = pot.z_start_a + (k + 0.5) * v
+            iz = int(round((zc - z0) / v - 0.5))
+            if not 0 <= iz < nz or not pot.has_atoms(k):
+                continue
+            patch = pot.slice_patch(k)
+            vol[iz] = embed(patch, shape, 0.0).real.float() / v
+    if include_ice and ice.thickness_a > 0:
+        zc = z0 + (torch.arange(nz, dtype=torch.float64) + 0.5) * v
+        inside = (zc.abs() <= ice.thickness_a / 2).to(torch.float32).to(device)
+        vol = vol + config.sample.ice_mean_potential_v * inside[:, None, None]
+    return vol, v

@@ -107,24 +107,27 @@ def _peak_shift(reference: torch.Tensor, moving: torch.Tensor, lowpass_cycles_pe
 
 
 def correlation_peak(reference: torch.Tensor, moving: torch.Tensor, lowpass_cycles_per_px: float = 0.05,
-                     max_shift_px: float | None = None) -> ShiftMeasurement:
+                     max_shift_px: float | None = None, check_below_px: float = 0.0) -> ShiftMeasurement:
     """Shift (dy, dx) of ``moving`` relative to ``reference``, checked on the four quadrants.
 
     A translation moves every part of the image alike, so the quadrants, aligned on their own, must
-    agree with the whole. ``agreement`` is the fraction of them that do (within max(1.5 px, 30 % of
-    the shift)); at most one agrees when the peak is noise, so ≥ 0.75 means the shift is real.
+    agree with the whole. ``agreement`` is the fraction of them that do (within 1.5 px); when the
+    peak is noise at most one agrees (the one that dominates the whole image's correlation), so
+    ≥ 0.75 means the shift is real. Shifts of at most ``check_below_px`` are not checked (agreement
+    reported as 1.0): a caller that only cares about large shifts saves the four extra correlations.
     """
     if reference.shape != moving.shape or reference.ndim != 2:
         raise ValueError(f"measure_shift: need two (H, W) images of one shape, got {tuple(reference.shape)} "
                          f"and {tuple(moving.shape)}")
     shift = _peak_shift(reference, moving, lowpass_cycles_per_px, max_shift_px)
+    if math.hypot(*shift) <= check_below_px:
+        return ShiftMeasurement(shift, [], 1.0)
     h, w = reference.shape
     quads = []
     for ys in (slice(0, h // 2), slice(h // 2, h)):
         for xs in (slice(0, w // 2), slice(w // 2, w)):
             quads.append(_peak_shift(reference[ys, xs], moving[ys, xs], lowpass_cycles_per_px, max_shift_px))
-    tol = max(1.5, 0.3 * math.hypot(*shift))
-    agreement = sum(math.hypot(q[0] - shift[0], q[1] - shift[1]) <= tol for q in quads) / 4
+    agreement = sum(math.hypot(q[0] - shift[0], q[1] - shift[1]) <= 1.5 for q in quads) / 4
     return ShiftMeasurement(shift, quads, agreement)
 
 
@@ -168,7 +171,7 @@ def check_alignment(stack: torch.Tensor, tolerance_px: float = SHIFT_TOLERANCE_P
     """
     report = [{"shift_px": [0.0, 0.0], "agreement": None}]
     for k in range(1, stack.shape[0]):
-        m = correlation_peak(stack[0], stack[k])
+        m = correlation_peak(stack[0], stack[k], check_below_px=tolerance_px)
         report.append({"shift_px": list(m.shift_px), "agreement": m.agreement})
     real = [k for k in range(1, len(report)) if report[k]["agreement"] >= min_agreement
             and math.hypot(*report[k]["shift_px"]) > tolerance_px]

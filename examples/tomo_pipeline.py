@@ -1,0 +1,115 @@
+"""Simulate a tilt series → (denoise) → reconstruct → score against the simulator's own volume → render.
+
+    python examples/tomo_pipeline.py --out tomo_demo     # apoferritin from ../shared/data, a few minutes on 2 cores
+    python examples/tomo_pipeline.py --structure builtin:1ubi --count 12 --pixel-a 3   # bundled ubiquitin
+
+Prints an FSC/NCC table (WBP and SIRT, with and without denoising) and writes the tilt series,
+volumes, ground truth, FSC plot and renders into --out. Ground truth is the scene's potential
+sampled by the simulator itself (`difftem.pipeline.potential_volume`), not a separate code path.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+import torch
+
+import difftem
+from difftem.io import write_json, write_mrc
+from difftem.pipeline import make_mtf, potential_volume
+from difftem.tomo import fsc, ncc, reconstruct
+from difftem.tomo.render import render_volume, write_panel_png
+from difftem.tomo.scores import plot_fsc
+
+
+def config(structure: str, count: int, shape_px: int, pixel_a: float, dose: float) -> dict:
+    return {"seed": 3, "beam": {"voltage_kv": 300},
+            "optics": {"defocus_um": 2.0},
+            "detector": {"shape_px": [shape_px, shape_px], "pixel_size_a": pixel_a, "noise": "poisson",
+                         "mtf": {"a": 0.7, "b": 0.2, "c": 0.1, "alpha": 10, "beta": 40}},
+            "sample": {"ice_thickness_nm": 25, "particles": [{"structure": structure, "random": {"count": count}}]},
+            "simulation": {"slice_thickness_a": 20.0},
+            "tilt_series": {"scheme": "dose_symmetric", "min_deg": -60, "max_deg": 60, "step_deg": 3,
+                            "total_dose_e_per_a2": dose}}
+
+
+def to_contrast(stack: torch.Tensor) -> torch.Tensor:
+    """Counts → positive-for-protein contrast per tilt (protein is dark at underfocus)."""
+    mean = stack.mean(dim=(-2, -1), keepdim=True)
+    return -(stack - mean) / mean
+
+
+def lowpass(volume: torch.Tensor, voxel_a: float, resolution_a: float) -> torch.Tensor:
+    """Gaussian low-pass (amplitude 1/2 at 1/resolution) of a (Z, Y, X) volume."""
+    k = [torch.fft.fftfreq(n, d=voxel_a, dtype=torch.float64) for n in volume.shape]
+    k2 = k[0][:, None, None] ** 2 + k[1][None, :, None] ** 2 + k[2][None, None, :] ** 2
+    g = torch.exp(-k2 * resolution_a**2 * torch.log(torch.tensor(2.0)))
+    return torch.fft.ifftn(torch.fft.fftn(volume.double()) * g).real.float()
+
+
+def denoise_series(stack: torch.Tensor, mtf, steps: int) -> torch.Tensor:
+    """Each tilt denoised through the detector model (Poisson likelihood + TV prior), one exposure each."""
+    from difftem.denoise import denoise
+
+    out = []
+    for img in stack:
+        out.append(denoise(img, mtf, method="poisson", prior="tv", steps=steps, check_alignment=False).denoised)
+    return torch.stack(out)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--structure", default=str(Path(__file__).resolve().parents[2] / "shared" / "data" / "structures"
+                                               / "6z6u_apoferritin.pdb.gz"))
+    ap.add_argument("--count", type=int, default=6)
+    ap.add_argument("--shape-px", type=int, default=128)
+    ap.add_argument("--pixel-a", type=float, default=4.0)
+    ap.add_argument("--dose", type=float, default=200.0, help="total dose over the series (e/Å²)")
+    ap.add_argument("--sirt-iterations", type=int, default=20)
+    ap.add_argument("--denoise-steps", type=int, default=100)
+    ap.add_argument("--lowpass-a", type=float, default=30.0, help="also score NCC after this low-pass (Å)")
+    ap.add_argument("--out", type=Path, default=Path("tomo_demo"))
+    args = ap.parse_args()
+    t0 = time.perf_counter()
+    cfg = difftem.config.config_from_dict(config(args.structure, args.count, args.shape_px, args.pixel_a, args.dose))
+    series = difftem.simulate_tilt_series(cfg)
+    px = series.pixel_size_a
+    truth, voxel = potential_volume(cfg, thickness_a=cfg.sample.ice_thickness_nm * 10)
+    thickness_vox = truth.shape[0]
+    write_mrc(args.out / "tilt_series.mrc", series.tilts.numpy(), px)
+    write_mrc(args.out / "truth.mrc", truth.numpy(), voxel)
+    stacks = {"noisy": series.tilts, "noise-free": series.noiseless}
+    stacks["denoised"] = denoise_series(series.tilts, make_mtf(cfg), args.denoise_steps)
+    rows, curves, volumes = [], {}, {}
+    for name, stack in stacks.items():
+        for method in ("wbp", "sirt"):
+            rec = reconstruct(to_contrast(stack), series.angles_deg, method=method, pixel_size_a=px,
+                              thickness_px=thickness_vox, iterations=args.sirt_iterations, device="cpu")
+            vol = rec.volume.float()
+            f = fsc(vol, truth, voxel)
+            lp = args.lowpass_a
+            rows.append({"input": name, "method": method, "ncc": float(ncc(vol, truth)),
+                         f"ncc_{lp:g}a": float(ncc(lowpass(vol, voxel, lp), lowpass(truth, voxel, lp))),
+                         "fsc_0.5_a": f.resolution_05_a, "fsc_0.143_a": f.resolution_0143_a})
+            curves[f"{name} {method}"] = f
+            write_mrc(args.out / f"vol_{name}_{method}.mrc", vol.numpy(), voxel)
+            volumes[f"{name}_{method}"] = vol
+    plot_fsc(args.out / "fsc.png", curves, "reconstruction vs simulator ground truth")
+    best = max(rows, key=lambda r: r["ncc"])
+    for label, vol in (("truth", truth), (f"{best['input']}_{best['method']}", volumes[f"{best['input']}_{best['method']}"])):
+        write_panel_png(args.out / f"render_{label}.png", vol, render_volume(vol), voxel)
+    lp = args.lowpass_a
+    print(f"{'input':<11} {'method':<6} {'NCC':>7} {f'NCC≤1/{lp:g}Å':>11} {'FSC 0.5 (Å)':>12} {'FSC 0.143 (Å)':>14}")
+    for r in rows:
+        f5 = f"{r['fsc_0.5_a']:.1f}" if r["fsc_0.5_a"] else "–"
+        f1 = f"{r['fsc_0.143_a']:.1f}" if r["fsc_0.143_a"] else "–"
+        print(f"{r['input']:<11} {r['method']:<6} {r['ncc']:>7.3f} {r[f'ncc_{lp:g}a']:>11.3f} {f5:>12} {f1:>14}")
+    write_json(args.out / "scores.json", {"rows": rows, "config": cfg.model_dump(mode="json"),
+                                          "seconds": time.perf_counter() - t0})
+    print(f"wrote {args.out} in {time.perf_counter() - t0:.0f} s")
+
+
+if __name__ == "__main__":
+    main()
