@@ -77,6 +77,7 @@ def scene_config(name: str, size: int) -> dict:
         x0 = -n * rise / 2 - 29.0  # the subunit's own z offset in the file
         base["sample"] = {"ice_thickness_nm": 20, "particles": [{
             "structure": str(SHARED / "structures" / "2om3_tmv_cssmol.pdb.gz"), "models": "first", "centre": "none",
+            "representation": "atoms",  # every copy has its own rotation: the exact per-slice builder
             "positions_a": [[x0 + k * rise, 0.0, 0.0] for k in range(n)],
             "euler_zyz_deg": [[0.0, 90.0, k * twist] for k in range(n)]}]}
     elif name == "apoferritin":
@@ -88,6 +89,7 @@ def scene_config(name: str, size: int) -> dict:
         eulers = rng.uniform([0, 0, 0], [360, 180, 360], size=(len(centres), 3)).tolist()
         base["sample"] = {"ice_thickness_nm": 20, "particles": [{
             "structure": str(SHARED / "structures" / "6z6u_apoferritin.pdb.gz"), "positions_a": centres,
+            "representation": "atoms",
             "euler_zyz_deg": eulers}]}
     else:
         raise SystemExit(f"unknown scene {name!r}: tmv or apoferritin")
@@ -318,7 +320,7 @@ def real(args) -> None:
     topaz_img = topaz_denoise(mic).to(mic.dtype)
     results, images_out = {}, {"noisy": mic, "topaz": topaz_img}
     for label, kw in {"ours": {}, "ours_T": {"extra_observations": topaz_img[None]},
-                      "paper_T": {"method": "paper", "extra_observations": topaz_img[None]}}.items():
+                      "paper_T": {"method": "paper", "n_samples": 4, "extra_observations": topaz_img[None]}}.items():
         if label == "paper_T" and args.no_expensive:
             continue
         t = time.perf_counter()

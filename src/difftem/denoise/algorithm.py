@@ -69,7 +69,7 @@ PAPER_BETAS = (0.8, 0.992)
 # Used when β cannot be validated (a single independent observation); values measured best at the
 # middle of the TMV study's grid (benchmarks/denoise_study.py).
 DEFAULT_WEIGHTS = {"tv": 2.0, "spectral": 1.0, "none": 0.0}
-WEIGHT_GRIDS = {"tv": (0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0), "spectral": (0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0)}
+WEIGHT_GRIDS = {"tv": (0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0), "spectral": (0.25, 1.0, 4.0, 16.0, 64.0, 256.0)}
 Progress = Callable[[str, int, int], None]
 
 
@@ -111,7 +111,8 @@ def as_observation_stack(observations, name: str = "observations") -> torch.Tens
         if len(set(shapes)) > 1:
             raise ConfigError(f"{name}: images have different shapes {shapes}; crop or resample them to one "
                               "(H, W) first (repeated exposures must cover the same field)")
-        stack = torch.stack([im.to(torch.float32) if not im.is_floating_point() else im for im in images])
+        dtype = torch.float64 if any(im.dtype == torch.float64 for im in images) else torch.float32
+        stack = torch.stack([im.to(dtype) for im in images])
     else:
         stack = observations if torch.is_tensor(observations) else torch.as_tensor(np.asarray(observations))
         if stack.ndim == 2:
