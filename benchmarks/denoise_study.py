@@ -202,8 +202,33 @@ def figure(path: Path, rows: list[tuple[str, dict]]) -> None:
     plt.close(fig)
 
 
+def method_names(settings: list[dict]) -> list[str]:
+    """Every method that ran in any setting, in first-seen order (some run only in corner settings)."""
+    names: list[str] = []
+    for s in settings:
+        names += [k for k in s["metrics"] if k not in names]
+    return names
+
+
+def summarise(settings: list[dict]) -> dict:
+    names = method_names(settings)
+    summary = {
+        "psnr_and_ssim_beat_average_everywhere": all(s["checks"]["psnr_beats_average"] and s["checks"]["ssim_beats_average"]
+                                                     for s in settings),
+        "min_ffl_ratio_at_dose_ge_700": min((s["checks"]["ffl_ratio_average_over_ours"] for s in settings
+                                             if s["dose_e_per_nm2"] >= 700), default=None),
+        "settings": len(settings),
+    }
+    for metric in ("psnr", "ssim", "ffl"):
+        summary[f"wins_{metric}"] = {k: sum(s["winners"][metric] == k for s in settings) for k in names}
+    at = [s for s in settings if s["dose_e_per_nm2"] == 100 and s["n_observations"] == 50]
+    if at and "topaz_p" in at[0]["metrics"]:
+        summary["vs_topaz_at_100_50"] = at[0]["checks"]["beats_topaz_psnr_ssim_ffl"]
+    return summary
+
+
 def print_tables(scene: str, settings: list[dict]) -> None:
-    methods = [k for k in settings[0]["metrics"]]
+    methods = method_names(settings)
     for metric in ("psnr", "ssim", "ffl"):
         rows = []
         for s in settings:
@@ -245,18 +270,7 @@ def study(args) -> None:
                 if (dose, n) in expensive_set:
                     fig_rows.append((f"({dose}, {n})", imgs))
         print_tables(scene, settings)
-        summary = {
-            "psnr_and_ssim_beat_average_everywhere": all(s["checks"]["psnr_beats_average"] and s["checks"]["ssim_beats_average"]
-                                                         for s in settings),
-            "min_ffl_ratio_at_dose_ge_700": min((s["checks"]["ffl_ratio_average_over_ours"] for s in settings
-                                                 if s["dose_e_per_nm2"] >= 700), default=None),
-            "wins_psnr": {k: sum(s["winners"]["psnr"] == k for s in settings) for k in settings[0]["metrics"]},
-            "wins_ssim": {k: sum(s["winners"]["ssim"] == k for s in settings) for k in settings[0]["metrics"]},
-            "wins_ffl": {k: sum(s["winners"]["ffl"] == k for s in settings) for k in settings[0]["metrics"]},
-        }
-        at = [s for s in settings if s["dose_e_per_nm2"] == 100 and s["n_observations"] == 50]
-        if at and "topaz_p" in at[0]["metrics"]:
-            summary["vs_topaz_at_100_50"] = at[0]["checks"]["beats_topaz_psnr_ssim_ffl"]
+        summary = summarise(settings)
         print(f"\n{scene} summary: {json.dumps(summary)}")
         report["scenes"][scene] = {"settings": settings, "summary": summary}
         fig_path = RESULTS / f"denoise_study_{scene}.png"
@@ -265,6 +279,14 @@ def study(args) -> None:
     out = RESULTS / (args.name + ".json")
     write_json(out, report)
     print(f"wrote {out}")
+
+
+def reprint(path: str) -> None:
+    """Tables and summaries of a JSON written by an earlier run."""
+    report = json.loads(Path(path).read_text())
+    for scene, data in report["scenes"].items():
+        print_tables(scene, data["settings"])
+        print(f"\n{scene} summary: {json.dumps(summarise(data['settings']))}")
 
 
 def timing(args) -> None:
@@ -362,6 +384,7 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--name", default="denoise_study", help="JSON name in benchmarks/results/")
     p.add_argument("--timing", action="store_true", help="time 1024² × 10 observations")
+    p.add_argument("--from-json", default=None, help="print the tables of an earlier run's JSON and exit")
     p.add_argument("--threads", type=int, default=1, help="torch threads (1 by default: on a shared 2-core "
                    "machine two threads wait on each other, measured 460 ms per step instead of 2 ms at 256²)")
     p.add_argument("--real", dest="real_path", nargs="?", const=str(SHARED / "micrographs" /
@@ -369,7 +392,9 @@ def main() -> None:
     p.add_argument("--real-crop", type=int, default=1024, help="central crop of the real micrograph (px)")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
-    if args.timing:
+    if args.from_json:
+        reprint(args.from_json)
+    elif args.timing:
         timing(args)
     elif args.real_path:
         real(args)

@@ -17,7 +17,7 @@ from difftem.denoise import denoise
 from difftem.denoise import baselines as B
 from difftem.denoise import metrics as M
 from difftem.denoise.algorithm import deconvolve_counts
-from difftem.denoise.align import UnalignedWarning, check_alignment, correlation_peak, measure_shift, shift_image
+from difftem.denoise.align import UnalignedWarning, correlation_peak, measure_shift, shift_image
 from difftem.denoise.detector_params import estimate_gain_per_dqe
 from difftem.denoise.priors import SpectralPrior
 from difftem.errors import ConfigError

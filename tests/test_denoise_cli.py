@@ -10,10 +10,9 @@ import yaml
 from typer.testing import CliRunner
 
 from difftem.cli import app
-from difftem.detector import MTFParams, apply_mtf
 from difftem.io import write_json, write_mrc
 
-from test_denoise import TMV, discs, observe
+from test_denoise import discs, observe
 
 runner = CliRunner()
 MTF_FLAG = "0.7,0.2,0.1,10,40"

@@ -77,7 +77,7 @@ def test_windowed_spectrum_model_predicts_the_measured_nps():
     assert err(predicted) < 0.01 and err(predicted) <= err(naive)
 
 
-@pytest.mark.parametrize("mtf", [TMV, K3])
+@pytest.mark.parametrize("mtf", [pytest.param(TMV, marks=pytest.mark.slow), K3])  # TMV: 45-160 s of fitting
 def test_nps_estimator_recovers_curve(mtf):
     fit = fit_nps(background_crops(mtf, n=20, size=128, counts=20.0))
     assert curve_rms(fit.params, mtf) < 0.01
