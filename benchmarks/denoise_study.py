@@ -184,6 +184,8 @@ def figure(path: Path, rows: list[tuple[str, dict]]) -> None:
         for c, name in enumerate(cols):
             ax = axes[r][c]
             ax.axis("off")
+            if r == 0:
+                ax.set_title(name, fontsize=9)
             if name not in imgs:
                 continue
             a = imgs[name].numpy()
@@ -192,8 +194,6 @@ def figure(path: Path, rows: list[tuple[str, dict]]) -> None:
                 ax.imshow(a, cmap="gray", vmin=lo_n, vmax=hi_n)
             else:
                 ax.imshow(a, cmap="gray", vmin=lo, vmax=hi)
-            if r == 0:
-                ax.set_title(name, fontsize=9)
         axes[r][0].text(-0.08, 0.5, label, transform=axes[r][0].transAxes, rotation=90, va="center", ha="right",
                         fontsize=9)
     fig.tight_layout()
