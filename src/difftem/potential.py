@@ -95,7 +95,43 @@ def antialias_mask(k2: torch.Tensor, pixel_size_a: float, fraction: float = 2.0 
     return torch.where(k <= k_cut - taper, torch.ones_like(k), torch.where(k > k_cut, torch.zeros_like(k), edge))
 
 
-class SlicedPotential:
+class SlicedBase:
+    """Slice bookkeeping shared by every streamed potential: slice k spans [z_start + kΔz, z_start + (k+1)Δz),
+    the ice continuum is uniform inside |z| ≤ thickness/2. Subclasses provide ``slice_patch`` and the
+    attributes ice, z_start_a, slice_thickness_a, n_slices, grid, cdtype, device."""
+
+    def slice_content(self, k: int, with_patch: bool = True) -> SliceContent:
+        half_ice = 0.5 * self.ice.thickness_a
+        z0 = self.z_start_a + k * self.slice_thickness_a
+        z1 = z0 + self.slice_thickness_a
+        ice_t = max(0.0, min(z1, half_ice) - max(z0, -half_ice)) if self.ice.thickness_a > 0 else 0.0
+        return SliceContent(k, z0, self.slice_thickness_a, ice_t, self.slice_patch(k) if with_patch else None)
+
+    def slices(self) -> Iterator[SliceContent]:
+        for k in range(self.n_slices):
+            yield self.slice_content(k)
+
+    def uniform_potential(self, content: SliceContent) -> complex:
+        """Spatially constant part of a slice's projected potential (the ice continuum), V·Å."""
+        return complex(self.ice.mean_potential_v * content.ice_thickness_a,
+                       self.ice.absorption_potential_v * content.ice_thickness_a)
+
+    def total_uniform_potential(self) -> complex:
+        """Σ over slices of the uniform (ice) projected potential, V·Å."""
+        t = self.ice.thickness_a
+        return complex(self.ice.mean_potential_v * t, self.ice.absorption_potential_v * t)
+
+    def project(self) -> torch.Tensor:
+        """Projected potential summed over all slices, complex (H, W) in V·Å (ice included)."""
+        total = torch.zeros(self.grid.shape_px, dtype=self.cdtype, device=self.device)
+        for content in self.slices():
+            total = total + self.uniform_potential(content)
+            if content.patch is not None:
+                total = total + embed(content.patch, self.grid.shape_px, 0.0)
+        return total
+
+
+class SlicedPotential(SlicedBase):
     """Streams the complex projected potential of a specimen, one slice at a time.
 
     Parameters
@@ -267,37 +303,6 @@ class SlicedPotential:
         if hi <= lo:
             return None
         return self._fourier_patch(lo, hi) if self.builder == "fourier" else self._real_space_patch(lo, hi)
-
-    def slice_content(self, k: int, with_patch: bool = True) -> SliceContent:
-        half_ice = 0.5 * self.ice.thickness_a
-        z0 = self.z_start_a + k * self.slice_thickness_a
-        z1 = z0 + self.slice_thickness_a
-        ice_t = max(0.0, min(z1, half_ice) - max(z0, -half_ice)) if self.ice.thickness_a > 0 else 0.0
-        return SliceContent(k, z0, self.slice_thickness_a, ice_t, self.slice_patch(k) if with_patch else None)
-
-    def slices(self) -> Iterator[SliceContent]:
-        for k in range(self.n_slices):
-            yield self.slice_content(k)
-
-    def uniform_potential(self, content: SliceContent) -> complex:
-        """Spatially constant part of a slice's projected potential (the ice continuum), V·Å."""
-        return complex(self.ice.mean_potential_v * content.ice_thickness_a,
-                       self.ice.absorption_potential_v * content.ice_thickness_a)
-
-    def total_uniform_potential(self) -> complex:
-        """Σ over slices of the uniform (ice) projected potential, V·Å."""
-        t = self.ice.thickness_a
-        return complex(self.ice.mean_potential_v * t, self.ice.absorption_potential_v * t)
-
-    def project(self) -> torch.Tensor:
-        """Projected potential summed over all slices, complex (H, W) in V·Å (ice included)."""
-        total = torch.zeros(self.grid.shape_px, dtype=self.cdtype, device=self.device)
-        for content in self.slices():
-            total = total + self.uniform_potential(content)
-            if content.patch is not None:
-                total = total + embed(content.patch, self.grid.shape_px, 0.0)
-        return total
-
 
 def embed(patch: Patch, shape: tuple[int, int], fill: complex | float) -> torch.Tensor:
     """Place a patch into a field of ``shape``, the rest filled with ``fill``."""

@@ -11,14 +11,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Iterator
 
 import numpy as np
 import torch
 
 from .grid import Grid
 from .particle_map import FourierProjector, ParticleMap, sample_slab
-from .potential import IceModel, Patch, SliceContent, SlicedPotential, embed
+from .potential import IceModel, Patch, SlicedBase, SlicedPotential, embed
 
 SUPPORT_MARGIN_A = 24.0  # potential tails sampled beyond the outermost atom
 
@@ -43,7 +42,7 @@ class ProjectionCopies:
     transfer: object = None  # optional isotropic H(|k|), e.g. radiation damage
 
 
-class ScenePotential:
+class ScenePotential(SlicedBase):
     """Slices [z_start, z_start + n·Δz) of a scene: ice continuum + atom-built copies + map-sampled copies."""
 
     def __init__(self, grid: Grid, slice_thickness_a: float, ice: IceModel, *, z_range_a: tuple[float, float],
@@ -92,25 +91,6 @@ class ScenePotential:
     def has_atoms(self, k: int) -> bool:
         return bool(self._occupied[k]) or (self.atoms is not None and self.atoms.has_atoms(k))
 
-    def slice_content(self, k: int, with_patch: bool = True) -> SliceContent:
-        half_ice = 0.5 * self.ice.thickness_a
-        z0 = self.z_start_a + k * self.slice_thickness_a
-        z1 = z0 + self.slice_thickness_a
-        ice_t = max(0.0, min(z1, half_ice) - max(z0, -half_ice)) if self.ice.thickness_a > 0 else 0.0
-        return SliceContent(k, z0, self.slice_thickness_a, ice_t, self.slice_patch(k) if with_patch else None)
-
-    def slices(self) -> Iterator[SliceContent]:
-        for k in range(self.n_slices):
-            yield self.slice_content(k)
-
-    def uniform_potential(self, content: SliceContent) -> complex:
-        return complex(self.ice.mean_potential_v * content.ice_thickness_a,
-                       self.ice.absorption_potential_v * content.ice_thickness_a)
-
-    def total_uniform_potential(self) -> complex:
-        t = self.ice.thickness_a
-        return complex(self.ice.mean_potential_v * t, self.ice.absorption_potential_v * t)
-
     def slice_patch(self, k: int) -> Patch | None:
         atom_patch = self.atoms.slice_patch(k) if self.atoms is not None else None
         if not self._occupied[k]:
@@ -129,15 +109,6 @@ class ScenePotential:
         if atom_patch is not None:
             total = total + embed(atom_patch, self.grid.shape_px, 0.0)
         return Patch(0, 0, total)
-
-    def project(self) -> torch.Tensor:
-        """Projected potential summed over all slices, complex (H, W) in V·Å (ice included)."""
-        total = torch.zeros(self.grid.shape_px, dtype=self.cdtype, device=self.device)
-        for content in self.slices():
-            total = total + self.uniform_potential(content)
-            if content.patch is not None:
-                total = total + embed(content.patch, self.grid.shape_px, 0.0)
-        return total
 
     # ------------------------------------------------------------------ map sampling
     def _scatter(self, field: torch.Tensor, patches: torch.Tensor, corners: torch.Tensor) -> None:
