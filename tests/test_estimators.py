@@ -290,6 +290,52 @@ def test_mean_mtf_parameter_gradient_matches_exact(estimator, kwargs):
     assert z.abs().max() < 4.5
 
 
+# --- the detector's DQE and gain -----------------------------------------------------------------------
+
+def test_expected_mse_with_dqe_and_gain_equals_the_detectors_monte_carlo_mean():
+    """The detector draws Poisson(DQE·λ)/DQE then applies the MTF and the gain (difftem.detector)."""
+    from difftem.detector import shot_noise
+
+    rate = smooth_rate((16, 16), 20.0)
+    dqe, gain = 0.6, 2.5
+    data = gain * observed(rate, TMV, seed=21)
+    draws = 4000
+    counts = shot_noise(rate.expand(draws, 16, 16).contiguous(), dqe, torch.Generator().manual_seed(22))
+    image_loss = ((data - gain * apply_mtf(counts, TMV, normalize_dc=False)) ** 2).mean(dim=(-2, -1))
+    exact = float(expected_mse(rate, data, TMV, dqe=dqe, gain=gain))
+    assert abs(float(image_loss.mean()) - exact) < 4 * float(image_loss.std()) / draws**0.5
+    # the noise term alone scales as gain²/DQE
+    no_noise = float(((data - gain * apply_mtf(rate, TMV, normalize_dc=False)) ** 2).mean())
+    base = float(expected_mse(rate, data, TMV)) - float(((data - apply_mtf(rate, TMV, normalize_dc=False)) ** 2).mean())
+    assert exact - no_noise == pytest.approx(gain**2 / dqe * base, rel=1e-10)
+
+
+@pytest.mark.parametrize("estimator,kwargs", [
+    (surrogate_loss, {"pairing": "image"}),
+    (surrogate_loss_baseline, {"pairing": "image"}),
+    (reparameterised_loss, {}),
+])
+def test_mean_dqe_and_gain_gradients_match_exact(estimator, kwargs):
+    rate = smooth_rate((8, 8), 30.0)
+    data = 1.7 * observed(rate, TMV, seed=23)
+
+    def leaves():
+        return (torch.tensor(0.7, dtype=torch.float64, requires_grad=True),
+                torch.tensor(1.5, dtype=torch.float64, requires_grad=True))
+
+    dqe, gain = leaves()
+    expected_mse(rate, data, TMV, dqe=dqe, gain=gain).backward()
+    exact = torch.stack([dqe.grad, gain.grad])
+    generator = torch.Generator().manual_seed(24)
+    batches = []
+    for _ in range(20):
+        dqe, gain = leaves()
+        estimator(rate, data, TMV, generator, n_samples=200, dqe=dqe, gain=gain, **kwargs).surrogate.backward()
+        batches.append(torch.stack([dqe.grad, gain.grad]))
+    assert float(exact.abs().min()) > 0
+    assert z_scores(torch.stack(batches), exact).abs().max() < 4.5
+
+
 # --- variance reduction, dtypes, batches, randomness ---------------------------------------------------
 
 @pytest.mark.parametrize("mtf,pairing", [(TMV, "image"), (None, "pixel")], ids=["image-tmv", "pixel-identity"])

@@ -23,7 +23,11 @@ from .grid import Grid
 
 @dataclass(frozen=True)
 class Optics:
-    """Lens parameters in SI-friendly units (Å, mm, mrad, eV, degrees)."""
+    """Lens parameters in SI-friendly units (Å, mm, mrad, eV, degrees).
+
+    Any field but ``aperture_mrad`` may be a 0-dim tensor that requires grad (a hard aperture has no
+    useful derivative); such a field is always evaluated, even at zero, so its gradient exists.
+    """
 
     defocus_a: float = 15000.0
     astigmatism_a: float = 0.0
@@ -36,13 +40,24 @@ class Optics:
     phase_shift_deg: float = 0.0
 
 
+def _off(value) -> bool:
+    """True for a plain zero; a tensor that requires grad is never off (its gradient at 0 is wanted)."""
+    if torch.is_tensor(value):
+        return not value.requires_grad and not bool(value)
+    return not value
+
+
+def _radians(deg):
+    return deg * (math.pi / 180.0)
+
+
 def defocus_map_a(ky: torch.Tensor, kx: torch.Tensor, optics: Optics, defocus_a=None):
     """Δf(θ) = Δf + ½ Δf_astig cos 2(θ − θ_astig) (a scalar when there is no astigmatism)."""
     dz = defocus_a if defocus_a is not None else optics.defocus_a
-    if not optics.astigmatism_a:
+    if _off(optics.astigmatism_a):
         return dz
     theta = torch.atan2(ky, kx)
-    return dz + 0.5 * optics.astigmatism_a * torch.cos(2 * (theta - math.radians(optics.astigmatism_angle_deg)))
+    return dz + 0.5 * optics.astigmatism_a * torch.cos(2 * (theta - _radians(optics.astigmatism_angle_deg)))
 
 
 def aberration_phase(grid: Grid, wavelength_a: float, optics: Optics, *, defocus_a=None, device=None,
@@ -66,10 +81,10 @@ def envelopes(grid: Grid, wavelength_a: float, voltage_kv: float, optics: Optics
     k2 = kx**2 + ky**2
     k = torch.sqrt(k2)
     env = torch.ones_like(k2)
-    if optics.cc_mm and optics.energy_spread_ev:
+    if not (_off(optics.cc_mm) or _off(optics.energy_spread_ev)):
         focal_spread_a = optics.cc_mm * 1e7 * optics.energy_spread_ev / (voltage_kv * 1e3)
         env = env * torch.exp(-((0.5 * math.pi * wavelength_a * focal_spread_a * k2) ** 2))
-    if optics.illumination_semiangle_mrad:
+    if not _off(optics.illumination_semiangle_mrad):
         df = defocus_map_a(ky, kx, optics, defocus_a)
         alpha = optics.illumination_semiangle_mrad * 1e-3
         grad = df * k - optics.cs_mm * 1e7 * wavelength_a**2 * k2 * k
@@ -91,10 +106,10 @@ def transfer_function(grid: Grid, wavelength_a: float, voltage_kv: float, optics
     if optics.aperture_mrad is not None:
         k_cut = optics.aperture_mrad * 1e-3 / wavelength_a
         h = h * (grid.k2(device, real) <= k_cut**2)
-    if optics.phase_shift_deg:
-        shift = torch.full_like(chi, math.radians(optics.phase_shift_deg))
-        shift[0, 0] = 0.0
-        h = h * torch.polar(torch.ones_like(chi), shift)
+    if not _off(optics.phase_shift_deg):
+        scattered = torch.ones_like(chi)
+        scattered[0, 0] = 0.0  # the unscattered beam passes the plate's hole
+        h = h * torch.polar(torch.ones_like(chi), _radians(optics.phase_shift_deg) * scattered)
     return h.to(dtype)
 
 

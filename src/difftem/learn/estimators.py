@@ -10,6 +10,8 @@ target is the gradient of the *expected* loss
           \big[\operatorname{mean}_x (R_D - M * I_q)^2(x)\big]
 
 with respect to :math:`\lambda` (and through it anything upstream) and to the MTF parameters.
+Every estimator also takes the detector's DQE and gain (counts :math:`\mathrm{Poisson}(\mathrm{DQE}\,\lambda)/\mathrm{DQE}`,
+image :math:`g\,M * I_q`, as :mod:`difftem.detector` simulates them), floats or tensors with gradients.
 Sampling has no pathwise derivative in :math:`\lambda`, hence the estimators here:
 
 ``surrogate_loss``
@@ -203,17 +205,19 @@ def _check_pairing(pairing: str) -> None:
 
 
 def _sampled_pixel_loss(rate: torch.Tensor, data: torch.Tensor, mtf: MTFLike, generator: torch.Generator,
-                        n_samples: int, pixel_loss: PixelLoss, normalize_dc: bool
+                        n_samples: int, pixel_loss: PixelLoss, normalize_dc: bool, dqe=1.0, gain=1.0
                         ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Draw ``n_samples`` Poisson images; return (per-pixel loss, log pmf), both ``(n, *shape)``.
+    """Draw ``n_samples`` detector images; return (per-pixel loss, log pmf), both ``(n, *shape)``.
 
-    The draws carry no gradient; the log pmf carries the gradient in ``rate``; the loss carries
-    the pathwise gradient in the MTF parameters (and ``data``, if it requires grad).
+    Counts n ~ Poisson(DQE·λ), detected image gain · M * (n/DQE). The draws carry no gradient; the
+    log pmf carries the gradient in ``rate`` (and DQE); the loss carries the pathwise gradient in the
+    MTF parameters, the gain, DQE (through n/DQE) and ``data``, if they require grad.
     """
     shape = torch.broadcast_shapes(rate.shape, data.shape)
-    counts = torch.poisson(rate.detach().expand(n_samples, *shape).contiguous(), generator=generator)
-    log_prob = poisson_log_prob(counts, rate)
-    per_pixel = pixel_loss(apply_detector_mtf(counts, mtf, normalize_dc), data)
+    detected_rate = rate * dqe
+    counts = torch.poisson(detected_rate.detach().expand(n_samples, *shape).contiguous(), generator=generator)
+    log_prob = poisson_log_prob(counts, detected_rate)
+    per_pixel = pixel_loss(gain * apply_detector_mtf(counts / dqe, mtf, normalize_dc), data)
     return per_pixel, log_prob
 
 
@@ -228,7 +232,7 @@ def _score_term(weight: torch.Tensor, log_prob: torch.Tensor, pairing: Pairing) 
 
 def surrogate_loss(rate: torch.Tensor, data: torch.Tensor, mtf: MTFLike, generator: torch.Generator,
                    n_samples: int = 1, *, pairing: Pairing = "image", pixel_loss: PixelLoss = squared_error,
-                   normalize_dc: bool = False) -> EstimatorOutput:
+                   normalize_dc: bool = False, dqe=1.0, gain=1.0) -> EstimatorOutput:
     r"""Score-function (REINFORCE) surrogate of the expected loss (Schulman et al. 2015).
 
     Draws :math:`I_q^{(k)} \sim \mathrm{Poisson}(\lambda)`, k = 1…n (no gradient), computes the
@@ -269,6 +273,9 @@ def surrogate_loss(rate: torch.Tensor, data: torch.Tensor, mtf: MTFLike, generat
         by default.
     normalize_dc : bool
         Divide the MTF by MTF(0) (as ``apply_mtf(..., normalize_dc=True)``).
+    dqe, gain : float or tensor
+        The detector's DQE (counts Poisson(DQE·λ)/DQE: mean λ, variance λ/DQE) and gain (output units
+        per electron; the data are then in those units). Tensors that require grad get gradients.
 
     Returns
     -------
@@ -278,14 +285,16 @@ def surrogate_loss(rate: torch.Tensor, data: torch.Tensor, mtf: MTFLike, generat
     """
     _check_samples(n_samples, 1)
     _check_pairing(pairing)
-    per_pixel, log_prob = _sampled_pixel_loss(rate, data, mtf, generator, n_samples, pixel_loss, normalize_dc)
+    per_pixel, log_prob = _sampled_pixel_loss(rate, data, mtf, generator, n_samples, pixel_loss, normalize_dc,
+                                              dqe, gain)
     surrogate = _score_term(per_pixel, log_prob, pairing) + per_pixel.mean()
     return EstimatorOutput(surrogate, per_pixel.detach().mean())
 
 
 def surrogate_loss_baseline(rate: torch.Tensor, data: torch.Tensor, mtf: MTFLike, generator: torch.Generator,
                             n_samples: int = 4, *, pairing: Pairing = "image",
-                            pixel_loss: PixelLoss = squared_error, normalize_dc: bool = False) -> EstimatorOutput:
+                            pixel_loss: PixelLoss = squared_error, normalize_dc: bool = False,
+                            dqe=1.0, gain=1.0) -> EstimatorOutput:
     r"""Score-function surrogate with a leave-one-out baseline (unbiased, lower variance).
 
     As :func:`surrogate_loss`, but each draw's per-pixel loss in the score term is replaced by its
@@ -311,7 +320,8 @@ def surrogate_loss_baseline(rate: torch.Tensor, data: torch.Tensor, mtf: MTFLike
     """
     _check_samples(n_samples, 2)
     _check_pairing(pairing)
-    per_pixel, log_prob = _sampled_pixel_loss(rate, data, mtf, generator, n_samples, pixel_loss, normalize_dc)
+    per_pixel, log_prob = _sampled_pixel_loss(rate, data, mtf, generator, n_samples, pixel_loss, normalize_dc,
+                                              dqe, gain)
     # The image-mean of the per-pixel advantage is the advantage of the image mean loss, so one
     # expression serves both pairings.
     advantage = (n_samples * per_pixel - per_pixel.sum(dim=0, keepdim=True)) / (n_samples - 1)
@@ -321,7 +331,7 @@ def surrogate_loss_baseline(rate: torch.Tensor, data: torch.Tensor, mtf: MTFLike
 
 def reparameterised_loss(rate: torch.Tensor, data: torch.Tensor, mtf: MTFLike, generator: torch.Generator,
                          n_samples: int = 1, *, pixel_loss: PixelLoss = squared_error,
-                         normalize_dc: bool = False) -> EstimatorOutput:
+                         normalize_dc: bool = False, dqe=1.0, gain=1.0) -> EstimatorOutput:
     r"""Pathwise estimator through the Gaussian approximation of Poisson noise.
 
     :math:`I_q \approx \lambda + \sqrt{\lambda}\,\varepsilon`, :math:`\varepsilon \sim N(0, 1)`
@@ -360,14 +370,14 @@ def reparameterised_loss(rate: torch.Tensor, data: torch.Tensor, mtf: MTFLike, g
     shape = torch.broadcast_shapes(rate.shape, data.shape)
     noise = torch.randn((n_samples, *shape), generator=generator, dtype=rate.dtype, device=rate.device)
     # Clamp only under the sqrt: λ = 0 gets no (infinite) gradient from the noise term.
-    counts = rate + torch.sqrt(rate.clamp_min(torch.finfo(rate.dtype).tiny)) * noise
-    per_pixel = pixel_loss(apply_detector_mtf(counts, mtf, normalize_dc), data)
+    counts = rate + torch.sqrt(rate.clamp_min(torch.finfo(rate.dtype).tiny) / dqe) * noise  # variance λ/DQE
+    per_pixel = pixel_loss(gain * apply_detector_mtf(counts, mtf, normalize_dc), data)
     surrogate = per_pixel.mean()
     return EstimatorOutput(surrogate, surrogate.detach())
 
 
 def expected_mse(rate: torch.Tensor, data: torch.Tensor, mtf: MTFLike = None, *, normalize_dc: bool = False,
-                 reduction: Literal["mean", "sum", "none"] = "mean") -> torch.Tensor:
+                 reduction: Literal["mean", "sum", "none"] = "mean", dqe=1.0, gain=1.0) -> torch.Tensor:
     r"""Exact expected squared error through the MTF under Poisson noise; exact gradients.
 
     For independent :math:`I_q(y) \sim \mathrm{Poisson}(\lambda(y))` and the periodic filter
@@ -392,6 +402,8 @@ def expected_mse(rate: torch.Tensor, data: torch.Tensor, mtf: MTFLike = None, *,
         The detector MTF.
     normalize_dc : bool
         Divide the MTF by MTF(0).
+    dqe, gain : float or tensor
+        As in :func:`surrogate_loss`: the loss is :math:`(R_D - g\,M*\lambda)^2 + (g^2/\mathrm{DQE})\,(h^2)*\lambda`.
     reduction : {"mean", "sum", "none"}
         Mean or sum over all elements (batch and pixels), or the per-pixel expected loss of the
         broadcast shape.
@@ -410,7 +422,8 @@ def expected_mse(rate: torch.Tensor, data: torch.Tensor, mtf: MTFLike = None, *,
         mean_image = irfft2(rate_spectrum * transfer, shape)
         kernel = irfft2(transfer, shape)
         variance = irfft2(rate_spectrum * rfft2(kernel**2), shape)
-    per_pixel = (data - mean_image) ** 2 + variance
+    # counts Poisson(DQE·λ)/DQE have variance λ/DQE; the gain scales the image, its variance by gain²
+    per_pixel = (data - gain * mean_image) ** 2 + (gain**2 / dqe) * variance
     if reduction == "none":
         return per_pixel
     if reduction == "sum":
