@@ -108,6 +108,9 @@ class Multislice:
     def _transmit(self, k: int, wave: torch.Tensor) -> torch.Tensor:
         return wave * self.transmission_field(self.potential.slice_patch(k))
 
+    def _transmit_patch(self, potential: torch.Tensor, wave: torch.Tensor, y0: int, x0: int) -> torch.Tensor:
+        return wave * self.transmission_field(Patch(y0, x0, potential))
+
     def run(self, incident: torch.Tensor | None = None, progress=None) -> torch.Tensor:
         """Exit wave (H, W) complex; the incident wave defaults to a plane wave with |ψ|² = 1."""
         pot = self.potential
@@ -124,7 +127,14 @@ class Multislice:
                     wave = propagate(wave, self._propagator(pending_a))
                     self.stats.n_propagations += 1
                     pending_a = 0.0
-                if self.checkpoint and torch.is_grad_enabled():
+                if self.checkpoint and torch.is_grad_enabled() and getattr(pot, "patch_graph_is_small", False):
+                    # the patch's own graph holds only the atoms (custom backward): keep the patch and the
+                    # incoming wave, rebuild the transmission in the backward pass (two arrays per slice)
+                    patch = pot.slice_patch(k)
+                    wave = torch.utils.checkpoint.checkpoint(self._transmit_patch, patch.potential, wave, patch.y0,
+                                                             patch.x0, use_reentrant=False, preserve_rng_state=False,
+                                                             determinism_check="none")
+                elif self.checkpoint and torch.is_grad_enabled():
                     # keep only the incoming wave per slice; the slice's potential and transmission are
                     # rebuilt from the atoms during the backward pass (memory O(field) per slice)
                     wave = torch.utils.checkpoint.checkpoint(self._transmit, k, wave, use_reentrant=False,

@@ -233,19 +233,6 @@ class SlicedPotential(SlicedBase):
             self._ff_cache[key] = torch.stack([ff_re, ff_im]).to(self.rdtype)
         return self._ff_cache[key]
 
-    def _phase_factors(self, coord_a: torch.Tensor, b_a2: torch.Tensor, weight: torch.Tensor | None,
-                       k: torch.Tensor) -> torch.Tensor:
-        """(N, K) complex factors w_j exp(-B_j k²/4) exp(-2πi k x_j) along one axis.
-
-        The phase is reduced modulo one cycle in float64 before the complex dtype is formed, so
-        complex64 factors keep full precision however far the atom is from the box origin.
-        """
-        cycles = torch.remainder(coord_a.double()[:, None] * k, 1.0).to(self.rdtype)
-        mag = torch.exp(-b_a2.to(self.rdtype)[:, None] * (k.to(self.rdtype) ** 2 / 4))
-        if weight is not None:
-            mag = mag * weight.to(self.rdtype)[:, None]
-        return torch.polar(mag, -2 * math.pi * cycles)
-
     def _fourier_patch(self, lo: int, hi: int) -> Patch:
         x_a, y_a = self._grid_xy_a(self.positions_a[lo:hi])
         y0, x0, my, mx = self._box(x_a, y_a)
@@ -253,16 +240,16 @@ class SlicedPotential(SlicedBase):
         ky = torch.fft.fftfreq(my, d=p, device=self.device, dtype=torch.float64)
         kx = torch.fft.rfftfreq(mx, d=p, device=self.device, dtype=torch.float64)
         b, w = self.b_iso_a2[lo:hi], self.occupancy[lo:hi]
-        ey = self._phase_factors(y_a - y0 * p, b, w, ky).transpose(0, 1)  # (My, N)
-        ex = self._phase_factors(x_a - x0 * p, b, None, kx)  # (N, Mx//2+1)
-        spectrum = torch.zeros((2, my, mx // 2 + 1), dtype=self.cdtype, device=self.device)
         keys = np.stack([self._z[lo:hi], self._in_ice[lo:hi]], 1)
         starts = np.flatnonzero(np.r_[True, np.any(keys[1:] != keys[:-1], axis=1)])
         ends = np.r_[starts[1:], hi - lo]
-        for s, e in zip(starts, ends):
-            # exact structure factor of this element's atoms: Σ_j w_j DW_j(k) exp(-2πi k·r_j)
-            structure_factor = ey[:, s:e] @ ex[s:e]
-            spectrum = spectrum + self._form_factors(int(keys[s, 0]), int(keys[s, 1]), (my, mx)) * structure_factor
+        groups = [(int(s), int(e), self._form_factors(int(keys[s, 0]), int(keys[s, 1]), (my, mx)))
+                  for s, e in zip(starts, ends)]
+        args = (x_a - x0 * p, y_a - y0 * p, b, w, ky, kx, groups, self.cdtype)
+        if torch.is_grad_enabled() and any(t.requires_grad for t in args[:4]):
+            spectrum = _StructureFactors.apply(*args)
+        else:
+            spectrum = _structure_factor_spectrum(*args)
         v = irfft2(spectrum, (my, mx)) / (p * p)  # V·Å
         return Patch(y0, x0, torch.complex(v[0], v[1]))
 
@@ -294,6 +281,12 @@ class SlicedPotential(SlicedBase):
         return Patch(y0, x0, torch.complex(v[0], v[1]))
 
     # ------------------------------------------------------------------ public API
+    @property
+    def patch_graph_is_small(self) -> bool:
+        """The Fourier builder's patches keep only the atoms for their backward (multislice then
+        checkpoints the transmission alone)."""
+        return self.builder == "fourier"
+
     def has_atoms(self, k: int) -> bool:
         return int(self.slice_bounds[k + 1]) > int(self.slice_bounds[k])
 
@@ -303,6 +296,78 @@ class SlicedPotential(SlicedBase):
         if hi <= lo:
             return None
         return self._fourier_patch(lo, hi) if self.builder == "fourier" else self._real_space_patch(lo, hi)
+
+def _axis_factors(coord_a: torch.Tensor, b_a2: torch.Tensor, weight: torch.Tensor | None, k: torch.Tensor,
+                  rdtype: torch.dtype) -> torch.Tensor:
+    """(N, K) complex factors w_j exp(-B_j k²/4) exp(-2πi k x_j) along one axis.
+
+    The phase is reduced modulo one cycle in float64 before the complex dtype is formed, so
+    complex64 factors keep full precision however far the atom is from the box origin.
+    """
+    cycles = torch.remainder(coord_a.detach().double()[:, None] * k, 1.0).to(rdtype)
+    mag = torch.exp(-b_a2.detach().to(rdtype)[:, None] * (k.to(rdtype) ** 2 / 4))
+    if weight is not None:
+        mag = mag * weight.detach().to(rdtype)[:, None]
+    return torch.polar(mag, -2 * math.pi * cycles)
+
+
+def _structure_factor_spectrum(x_a, y_a, b_a2, weight, ky, kx, groups, cdtype) -> torch.Tensor:
+    """(2, My, Kx) spectrum Σ_e FF_e(k) · Σ_{j∈e} w_j DW_j(k) exp(-2πi k·r_j) (real and imaginary potential):
+    per element group, the exact structure factor as one separable complex matrix product."""
+    rdtype = torch.float32 if cdtype == torch.complex64 else torch.float64
+    ey = _axis_factors(y_a, b_a2, weight, ky, rdtype).transpose(0, 1)  # (My, N)
+    ex = _axis_factors(x_a, b_a2, None, kx, rdtype)  # (N, Kx)
+    spectrum = torch.zeros((2, len(ky), len(kx)), dtype=cdtype, device=ky.device)
+    for s, e, ff in groups:
+        spectrum = spectrum + ff * (ey[:, s:e] @ ex[s:e])
+    return spectrum
+
+
+class _StructureFactors(torch.autograd.Function):
+    """:func:`_structure_factor_spectrum` with a hand-written backward that keeps only the atoms' coordinates,
+    B-factors and weights and rebuilds the per-atom factors when the gradient is needed: the graph of a
+    slice's potential costs O(atoms) memory instead of O(atoms × box), and the backward is two matrix
+    products per element plus four matrix-vector reductions, with no per-operation autograd nodes.
+
+    With G the incoming gradient of the spectrum and S_e = EY_e @ EX_e, the gradient of S_e is
+    Σ_c FF_ce G_c; of EY_e, G_S EX_eᴴ; of EX_e, EY_eᴴ G_S. For EY_kj = w_j e^{-B_j k²/4} e^{-2πi k y_j}:
+    ∂L/∂y_j = 2π Σ_k k Im(conj(g_kj) EY_kj), ∂L/∂B_j = −Σ_k (k²/4) Re(conj(g_kj) EY_kj),
+    ∂L/∂w_j = Σ_k Re(conj(g_kj) EY_kj)/w_j (evaluated without the division); likewise along x.
+    """
+
+    @staticmethod
+    def forward(ctx, x_a, y_a, b_a2, weight, ky, kx, groups, cdtype):
+        ctx.save_for_backward(x_a, y_a, b_a2, weight, ky, kx)
+        ctx.groups, ctx.cdtype = groups, cdtype
+        return _structure_factor_spectrum(x_a, y_a, b_a2, weight, ky, kx, groups, cdtype)
+
+    @staticmethod
+    def backward(ctx, grad):
+        x_a, y_a, b_a2, weight, ky, kx = ctx.saved_tensors
+        rdtype = torch.float32 if ctx.cdtype == torch.complex64 else torch.float64
+        ey = _axis_factors(y_a, b_a2, None, ky, rdtype)  # (N, My), without the weights
+        ex = _axis_factors(x_a, b_a2, None, kx, rdtype)  # (N, Kx)
+        w = weight.detach().to(rdtype)
+        g_ey, g_ex = torch.empty_like(ey), torch.empty_like(ex)
+        for s, e, ff in ctx.groups:
+            g_s = ff[0] * grad[0] + ff[1] * grad[1]  # (My, Kx); FF is real
+            g_ey[s:e] = ex[s:e].conj() @ g_s.transpose(0, 1)  # (G_S EX_eᴴ)ᵀ
+            g_ex[s:e] = (ey[s:e] * w[s:e, None]).conj() @ g_s  # EY_eᴴ G_S
+        py = g_ey.conj() * ey  # conj(g)·EY/w per atom and frequency
+        px = g_ex.conj() * ex
+        kyr, kxr = ky.to(rdtype), kx.to(rdtype)
+        d_y = d_x = d_b = d_w = None
+        if ctx.needs_input_grad[1]:
+            d_y = (2 * math.pi) * w * (py.imag @ kyr)
+        if ctx.needs_input_grad[0]:
+            d_x = (2 * math.pi) * (px.imag @ kxr)
+        if ctx.needs_input_grad[2]:
+            d_b = -(w * (py.real @ (kyr**2 / 4)) + px.real @ (kxr**2 / 4))
+        if ctx.needs_input_grad[3]:
+            d_w = py.real.sum(1)
+        cast = lambda g, like: None if g is None else g.to(like.dtype)  # noqa: E731
+        return (cast(d_x, x_a), cast(d_y, y_a), cast(d_b, b_a2), cast(d_w, weight), None, None, None, None)
+
 
 def embed(patch: Patch, shape: tuple[int, int], fill: complex | float) -> torch.Tensor:
     """Place a patch into a field of ``shape``, the rest filled with ``fill``."""
