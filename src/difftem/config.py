@@ -255,11 +255,12 @@ def _resolve_paths(cfg: SimulationConfig, base: Path) -> None:
         cfg.detector.mtf.star = (base / cfg.detector.mtf.star).resolve()
 
 
-def load_config(path: str | Path) -> SimulationConfig:
-    """Read a YAML config file; errors name the file and the field."""
+def read_yaml_mapping(path: str | Path, what: str = "config file",
+                      top_level: str = "a mapping of sections (seed, beam, optics, ...)") -> dict:
+    """A YAML file whose top level is a mapping; errors name the file and, for syntax errors, the line."""
     path = Path(path)
     if not path.exists():
-        raise ConfigError(f"{path}: config file not found")
+        raise ConfigError(f"{path}: {what} not found")
     try:
         data = yaml.safe_load(path.read_text())
     except yaml.YAMLError as exc:
@@ -270,5 +271,12 @@ def load_config(path: str | Path) -> SimulationConfig:
     if data is None:
         data = {}
     if not isinstance(data, dict):
-        raise ConfigError(f"{path}: top level must be a mapping of sections (seed, beam, optics, ...)")
+        raise ConfigError(f"{path}: top level must be {top_level}")
+    return data
+
+
+def load_config(path: str | Path) -> SimulationConfig:
+    """Read a YAML config file; errors name the file and the field."""
+    path = Path(path)
+    data = read_yaml_mapping(path)
     return config_from_dict(data, str(path), path.parent)

@@ -61,7 +61,7 @@ PARAMETERS: dict[str, str] = {
     "mtf": "(a, b, c, alpha, beta) of MTF(ω) = a/(1+αω²) + b/(1+βω²) + c; only with detector.mtf given as a formula",
 }
 
-Estimator = Literal["expected", "surrogate", "surrogate_baseline", "reparameterised"]
+Estimator = Literal["mean", "expected", "surrogate", "surrogate_baseline", "reparameterised"]
 
 
 @dataclass
@@ -226,12 +226,22 @@ class DifferentiableSimulator:
         return DifferentiableOutput(wave, intensity, expected, noiseless, mtf)
 
     def loss(self, data: torch.Tensor, params: Mapping[str, torch.Tensor] | None = None, *,
-             estimator: Estimator = "expected", generator: torch.Generator | None = None,
+             estimator: Estimator = "mean", generator: torch.Generator | None = None,
              n_samples: int = 4) -> torch.Tensor:
-        """Squared error between a detector image ``data`` (H, W) and the simulated *noisy* detector image,
-        in expectation over the shot noise: exact (``expected``), or a stochastic estimate whose gradient
-        is unbiased (``surrogate``: the seed paper's score-function loss, image-paired; ``surrogate_baseline``;
-        ``reparameterised``: Gaussian noise, exact for this loss). Returns the scalar to call backward on."""
+        """A squared-error loss between a detector image ``data`` (H, W) and the simulation; the scalar to
+        call backward on.
+
+        ``mean`` (default): against the noise-free detector image. Its expectation over the data's noise is
+        the squared bias plus a constant, so it is minimised at the true parameters of the image's mean
+        (structure, optics, ice, dose, gain): use it to fit.
+        ``expected``: the exact expectation of the squared error against the simulated *noisy* image (what
+        the seed paper differentiates), adding the model's own noise (gain²/DQE)·(h²)∗λ; minimising it also
+        shrinks that noise (it favours blurring MTFs, low DQE-weighted counts), so it is for studying the
+        estimators, not for fitting noise parameters. ``surrogate`` (the seed paper's score-function loss,
+        image-paired), ``surrogate_baseline`` and ``reparameterised`` are stochastic estimates of the same
+        expectation whose gradients are unbiased. Noise parameters (MTF, DQE) are identified by the noise's
+        statistics: see ``difftem fit-mtf``.
+        """
         from .learn import estimators as est
 
         out = self(params)
@@ -242,6 +252,8 @@ class DifferentiableSimulator:
         if not torch.isfinite(data).all():
             raise ConfigError("data contains NaN or infinite values")
         data = data.to(out.expected_counts.dtype)
+        if estimator == "mean":
+            return torch.mean((data - out.noiseless) ** 2)
         kw = dict(normalize_dc=self.config.detector.normalize_mtf, dqe=p["dqe"], gain=p["gain"])
         rate = out.expected_counts.clamp_min(0)
         if estimator == "expected":
@@ -254,4 +266,5 @@ class DifferentiableSimulator:
             return est.surrogate_loss_baseline(rate, data, out.mtf, generator, max(2, n_samples), **kw).surrogate
         if estimator == "reparameterised":
             return est.reparameterised_loss(rate, data, out.mtf, generator, n_samples, **kw).surrogate
-        raise ConfigError(f"estimator {estimator!r}: choose expected, surrogate, surrogate_baseline or reparameterised")
+        raise ConfigError(f"estimator {estimator!r}: choose mean, expected, surrogate, surrogate_baseline or "
+                          "reparameterised")

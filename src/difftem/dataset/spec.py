@@ -18,10 +18,9 @@ from statistics import NormalDist
 from typing import Any, Literal
 
 import numpy as np
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from ..config import SimulationConfig, config_from_dict, format_validation_error
+from ..config import SimulationConfig, config_from_dict, format_validation_error, read_yaml_mapping
 from ..errors import ConfigError
 
 LAYOUT_VERSION = 1
@@ -381,19 +380,7 @@ def _short(v, limit: int = 60) -> str:
 
 
 def _read_yaml(path: Path, what: str) -> dict:
-    if not path.exists():
-        raise ConfigError(f"{path}: {what} not found")
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        raise ConfigError(f"{path}: malformed YAML{where}: {getattr(exc, 'problem', None) or exc}") from None
-    if data is None:
-        data = {}
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: top level must be a mapping")
-    return data
+    return read_yaml_mapping(path, what, "a mapping")
 
 
 def _absolute_paths(cfg: dict, base: Path) -> dict:
