@@ -33,7 +33,7 @@ import torch
 from .beam import interaction_constant, wavelength_a
 from .config import MTFFormula, MTFStar, SimulationConfig
 from .detector import MTFParams, apply_mtf, expected_counts, read_mtf_star
-from .errors import ConfigError
+from .errors import ConfigError, ResourceError
 from .grid import Grid
 from .multislice import multislice, plan_window
 from .optics import Optics, image_intensity, transfer_function
@@ -85,7 +85,7 @@ class DifferentiableSimulator:
 
     def __init__(self, config: "SimulationConfig | dict | str | Path", *,
                  precision: Literal["single", "double"] = "single", checkpoint: bool = True):
-        from .pipeline import _prepare, resolve_device, scene_of
+        from .pipeline import _prepare, available_memory_bytes, resolve_device, scene_of
 
         self.config = config = _prepare(config)
         if config.tilt_series is not None:
@@ -104,6 +104,13 @@ class DifferentiableSimulator:
                                  else ice_absorption_potential_v(beam.voltage_kv))
         self.table = get_table(config.simulation.parametrization)
         scene = scene_of(config)
+        n_atoms = sum(len(t.atoms) * scene.copies_of(i) for i, t in enumerate(scene.types))
+        need = n_atoms * 96  # coordinates, B, occupancy, element, sort keys, their gradients
+        if need > 0.5 * available_memory_bytes(self.device):
+            raise ResourceError(
+                f"sample.particles: the differentiable simulator holds every atom explicitly ({n_atoms:,} atoms, "
+                f"~{need / 1e9:.1f} GB); reduce the particle count or detector.shape_px, or use difftem.simulate "
+                "(maps, no gradients) for scenes of this size")
         atoms = scene.atoms_of(range(len(scene.types)))
         self.scene = scene
         self.atomic_number = torch.as_tensor(atoms.atomic_number, device=self.device)
