@@ -26,12 +26,7 @@ from difftem.learn.losses import focal_frequency_loss
 TMV = MTFParams(0.7, 0.2, 0.1, 10.0, 40.0)  # the seed paper's TMV detector
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # many small ops (conftest.one_thread)
 
 
 def discs(h=96, w=96, seed=0, contrast=0.15, n=6) -> torch.Tensor:

@@ -18,12 +18,7 @@ runner = CliRunner()
 MTF_FLAG = "0.7,0.2,0.1,10,40"
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # many small ops (conftest.one_thread)
 
 
 @pytest.fixture

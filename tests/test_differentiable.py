@@ -17,12 +17,7 @@ from difftem.errors import ConfigError
 TMV_MTF = {"a": 0.7, "b": 0.2, "c": 0.1, "alpha": 10.0, "beta": 40.0}
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # many small ops (conftest.one_thread)
 
 
 def write_pdb(path, rows):

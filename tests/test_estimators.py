@@ -24,14 +24,7 @@ from difftem.learn.estimators import (
 TMV = MTFParams(0.7, 0.2, 0.1, 10.0, 40.0)
 
 
-@pytest.fixture(autouse=True)
-def single_thread():
-    """These tests run thousands of tiny (8×8) ops: with 2 threads on 2 busy cores each op waits on a
-    descheduled worker (measured 80 ms instead of 0.2 ms per call), so run them on one thread."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # many small ops (conftest.one_thread)
 
 
 def smooth_rate(shape, mean_counts, dtype=torch.float64):
