@@ -30,15 +30,12 @@ from typing import Iterable, Literal, Mapping
 import numpy as np
 import torch
 
-from .beam import interaction_constant, wavelength_a
-from .config import MTFFormula, MTFStar, SimulationConfig
-from .detector import MTFParams, apply_mtf, expected_counts, read_mtf_star
+from .config import MTFFormula, SimulationConfig
+from .detector import MTFParams, apply_mtf, expected_counts
 from .errors import ConfigError, ResourceError
-from .grid import Grid
 from .multislice import multislice, plan_window
 from .optics import Optics, image_intensity, transfer_function
-from .potential import IceModel, Patch, SlicedPotential, embed, ice_absorption_potential_v
-from .scattering import get_table
+from .potential import IceModel, Patch, SlicedPotential, embed
 from .scene_build import SceneView, view_z_range
 
 #: Parameter name → unit and shape (N: the number of atoms of the whole scene).
@@ -62,6 +59,7 @@ PARAMETERS: dict[str, str] = {
 }
 
 Estimator = Literal["mean", "expected", "surrogate", "surrogate_baseline", "reparameterised"]
+ESTIMATORS = ("mean", "expected", "surrogate", "surrogate_baseline", "reparameterised")
 
 
 @dataclass
@@ -85,7 +83,7 @@ class DifferentiableSimulator:
 
     def __init__(self, config: "SimulationConfig | dict | str | Path", *,
                  precision: Literal["single", "double"] = "single", checkpoint: bool = True):
-        from .pipeline import _prepare, available_memory_bytes, resolve_device, scene_of
+        from .pipeline import _prepare, _setup, available_memory_bytes, make_mtf, scene_of
 
         self.config = config = _prepare(config)
         if config.tilt_series is not None:
@@ -93,28 +91,25 @@ class DifferentiableSimulator:
                               "tilt_series section (or build one simulator per tilt)")
         if precision not in ("single", "double"):
             raise ConfigError(f"precision {precision!r}: choose single or double")
-        self.device = resolve_device(config.simulation.device)
         self.rdtype = torch.float32 if precision == "single" else torch.float64
         self.cdtype = torch.complex64 if precision == "single" else torch.complex128
         self.checkpoint = checkpoint
-        det, beam, sample = config.detector, config.beam, config.sample
-        self.grid = Grid(tuple(det.shape_px), det.pixel_size_a)
-        self.wavelength_a, self.sigma = wavelength_a(beam.voltage_kv), interaction_constant(beam.voltage_kv)
-        self.ice_absorption_v = (sample.ice_absorption_potential_v if sample.ice_absorption_potential_v is not None
-                                 else ice_absorption_potential_v(beam.voltage_kv))
-        self.table = get_table(config.simulation.parametrization)
         scene = scene_of(config)
-        n_atoms = sum(len(t.atoms) * scene.copies_of(i) for i, t in enumerate(scene.types))
-        need = n_atoms * 96  # coordinates, B, occupancy, element, sort keys, their gradients
+        # the same device, grid, beam constants, ice and scattering table as simulate()
+        self.device, self.grid, self.wavelength_a, self.sigma, ice, _, cache = _setup(config, scene)
+        self.ice_absorption_v, self.table = ice.absorption_potential_v, cache.table
+        # a measured MTF curve (or none) is fixed: read it once; a formula's parameters are tensors
+        self._fixed_mtf = None if isinstance(config.detector.mtf, MTFFormula) else make_mtf(config)
+        self.n_atoms = sum(len(t.atoms) * scene.copies_of(i) for i, t in enumerate(scene.types))
+        need = self.n_atoms * 96  # coordinates, B, occupancy, element, sort keys, their gradients
         if need > 0.5 * available_memory_bytes(self.device):
             raise ResourceError(
-                f"sample.particles: the differentiable simulator holds every atom explicitly ({n_atoms:,} atoms, "
-                f"~{need / 1e9:.1f} GB); reduce the particle count or detector.shape_px, or use difftem.simulate "
-                "(maps, no gradients) for scenes of this size")
+                f"sample.particles: the differentiable simulator holds every atom explicitly ({self.n_atoms:,} "
+                f"atoms, ~{need / 1e9:.1f} GB); reduce the particle count or detector.shape_px, or use "
+                "difftem.simulate (maps, no gradients) for scenes of this size")
         atoms = scene.atoms_of(range(len(scene.types)))
         self.scene = scene
         self.atomic_number = torch.as_tensor(atoms.atomic_number, device=self.device)
-        self.n_atoms = len(atoms)
         self._defaults = self._initial_values(atoms)
 
     # ------------------------------------------------------------------ parameters
@@ -209,15 +204,12 @@ class DifferentiableSimulator:
         return wave, pot.z_start_a + pot.n_slices * pot.slice_thickness_a
 
     def _mtf(self, p):
-        m = self.config.detector.mtf
-        if isinstance(m, MTFFormula):
-            return MTFParams(*p["mtf"].unbind())
-        if isinstance(m, MTFStar):
-            return read_mtf_star(m.star)
-        return None
+        return MTFParams(*p["mtf"].unbind()) if "mtf" in p else self._fixed_mtf
 
     def __call__(self, params: Mapping[str, torch.Tensor] | None = None) -> DifferentiableOutput:
-        p = self._resolve(params)
+        return self._forward(self._resolve(params))
+
+    def _forward(self, p: dict[str, torch.Tensor]) -> DifferentiableOutput:
         c = self.config
         wave, z_exit_a = self.exit_wave(p)
         optics = Optics(p["defocus_a"], p["astigmatism_a"], p["astigmatism_angle_deg"], p["cs_mm"], p["cc_mm"],
@@ -251,13 +243,15 @@ class DifferentiableSimulator:
         """
         from .learn import estimators as est
 
-        out = self(params)
-        p = self._resolve(params)
+        if estimator not in ESTIMATORS:
+            raise ConfigError(f"estimator {estimator!r}: choose {', '.join(ESTIMATORS)}")
         data = torch.as_tensor(data, device=self.device)
-        if data.shape != out.expected_counts.shape:
-            raise ConfigError(f"data: shape {tuple(data.shape)}, expected the detector's {tuple(out.noiseless.shape)}")
+        if tuple(data.shape) != self.grid.shape_px:
+            raise ConfigError(f"data: shape {tuple(data.shape)}, expected the detector's {self.grid.shape_px}")
         if not torch.isfinite(data).all():
             raise ConfigError("data contains NaN or infinite values")
+        p = self._resolve(params)
+        out = self._forward(p)
         data = data.to(out.expected_counts.dtype)
         if estimator == "mean":
             return torch.mean((data - out.noiseless) ** 2)
@@ -271,7 +265,4 @@ class DifferentiableSimulator:
             return est.surrogate_loss(rate, data, out.mtf, generator, n_samples, **kw).surrogate
         if estimator == "surrogate_baseline":
             return est.surrogate_loss_baseline(rate, data, out.mtf, generator, max(2, n_samples), **kw).surrogate
-        if estimator == "reparameterised":
-            return est.reparameterised_loss(rate, data, out.mtf, generator, n_samples, **kw).surrogate
-        raise ConfigError(f"estimator {estimator!r}: choose mean, expected, surrogate, surrogate_baseline or "
-                          "reparameterised")
+        return est.reparameterised_loss(rate, data, out.mtf, generator, n_samples, **kw).surrogate
