@@ -55,6 +55,12 @@ def transmission(potential_v_a: torch.Tensor, sigma: float) -> torch.Tensor:
     return torch.exp(1j * sigma * potential_v_a)
 
 
+def _checkpoint(fn, *args):
+    """Recompute ``fn`` in the backward pass (deterministic: no RNG state to keep)."""
+    return torch.utils.checkpoint.checkpoint(fn, *args, use_reentrant=False, preserve_rng_state=False,
+                                             determinism_check="none")
+
+
 @dataclass
 class MultisliceStats:
     n_slices: int = 0
@@ -127,18 +133,16 @@ class Multislice:
                     wave = propagate(wave, self._propagator(pending_a))
                     self.stats.n_propagations += 1
                     pending_a = 0.0
-                if self.checkpoint and torch.is_grad_enabled() and getattr(pot, "patch_graph_is_small", False):
-                    # the patch's own graph holds only the atoms (custom backward): keep the patch and the
-                    # incoming wave, rebuild the transmission in the backward pass (two arrays per slice)
-                    patch = pot.slice_patch(k)
-                    wave = torch.utils.checkpoint.checkpoint(self._transmit_patch, patch.potential, wave, patch.y0,
-                                                             patch.x0, use_reentrant=False, preserve_rng_state=False,
-                                                             determinism_check="none")
-                elif self.checkpoint and torch.is_grad_enabled():
-                    # keep only the incoming wave per slice; the slice's potential and transmission are
-                    # rebuilt from the atoms during the backward pass (memory O(field) per slice)
-                    wave = torch.utils.checkpoint.checkpoint(self._transmit, k, wave, use_reentrant=False,
-                                                             preserve_rng_state=False, determinism_check="none")
+                if self.checkpoint and torch.is_grad_enabled():
+                    if getattr(pot, "patch_graph_is_small", False):
+                        # the patch's own graph holds only the atoms (custom backward): keep the patch and
+                        # the incoming wave, rebuild the transmission in the backward pass (two arrays/slice)
+                        patch = pot.slice_patch(k)
+                        wave = _checkpoint(self._transmit_patch, patch.potential, wave, patch.y0, patch.x0)
+                    else:
+                        # keep only the incoming wave per slice; the slice's potential and transmission are
+                        # rebuilt from the atoms during the backward pass (memory O(field) per slice)
+                        wave = _checkpoint(self._transmit, k, wave)
                 else:
                     wave = self._transmit(k, wave)
                 self.stats.n_patches += 1

@@ -99,7 +99,7 @@ def transfer_function(grid: Grid, wavelength_a: float, voltage_kv: float, optics
     Computed in the real precision of ``dtype`` (float32 for complex64: |χ| of a few hundred rad
     keeps ~1e-5 rad accuracy), so a large field costs no float64 temporaries.
     """
-    real = torch.float32 if dtype == torch.complex64 else torch.float64
+    real = dtype.to_real()
     chi = aberration_phase(grid, wavelength_a, optics, defocus_a=defocus_a, device=device, dtype=real)
     h = torch.polar(envelopes(grid, wavelength_a, voltage_kv, optics, defocus_a=defocus_a, device=device,
                               dtype=real), chi)

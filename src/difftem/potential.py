@@ -169,7 +169,7 @@ class SlicedPotential(SlicedBase):
         # the band limit rings over pixels (not Å): at coarse pixels the box must still be wide in pixels
         self.margin_px = max(MIN_BOX_MARGIN_PX, math.ceil(margin_a / grid.pixel_size_a))
         self.cdtype = dtype
-        self.rdtype = torch.float32 if dtype == torch.complex64 else torch.float64
+        self.rdtype = dtype.to_real()
         self.device = positions_a.device
         self.form_factor_filter = form_factor_filter  # H(|k|) (k in 1/Å) on the atoms' form factors, e.g. damage
         if form_factor_filter is not None and builder != "fourier":
@@ -297,6 +297,7 @@ class SlicedPotential(SlicedBase):
             return None
         return self._fourier_patch(lo, hi) if self.builder == "fourier" else self._real_space_patch(lo, hi)
 
+
 def _axis_factors(coord_a: torch.Tensor, b_a2: torch.Tensor, weight: torch.Tensor | None, k: torch.Tensor,
                   rdtype: torch.dtype) -> torch.Tensor:
     """(N, K) complex factors w_j exp(-B_j k²/4) exp(-2πi k x_j) along one axis.
@@ -314,7 +315,7 @@ def _axis_factors(coord_a: torch.Tensor, b_a2: torch.Tensor, weight: torch.Tenso
 def _structure_factor_spectrum(x_a, y_a, b_a2, weight, ky, kx, groups, cdtype) -> torch.Tensor:
     """(2, My, Kx) spectrum Σ_e FF_e(k) · Σ_{j∈e} w_j DW_j(k) exp(-2πi k·r_j) (real and imaginary potential):
     per element group, the exact structure factor as one separable complex matrix product."""
-    rdtype = torch.float32 if cdtype == torch.complex64 else torch.float64
+    rdtype = cdtype.to_real()
     ey = _axis_factors(y_a, b_a2, weight, ky, rdtype).transpose(0, 1)  # (My, N)
     ex = _axis_factors(x_a, b_a2, None, kx, rdtype)  # (N, Kx)
     spectrum = torch.zeros((2, len(ky), len(kx)), dtype=cdtype, device=ky.device)
@@ -344,7 +345,7 @@ class _StructureFactors(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad):
         x_a, y_a, b_a2, weight, ky, kx = ctx.saved_tensors
-        rdtype = torch.float32 if ctx.cdtype == torch.complex64 else torch.float64
+        rdtype = ctx.cdtype.to_real()
         ey = _axis_factors(y_a, b_a2, None, ky, rdtype)  # (N, My), without the weights
         ex = _axis_factors(x_a, b_a2, None, kx, rdtype)  # (N, Kx)
         w = weight.detach().to(rdtype)

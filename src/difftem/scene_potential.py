@@ -57,7 +57,7 @@ class ScenePotential(SlicedBase):
         self.periodic = periodic
         self.device = torch.device(device or "cpu")
         self.cdtype = dtype
-        self.rdtype = torch.float32 if dtype == torch.complex64 else torch.float64
+        self.rdtype = dtype.to_real()
         self.max_samples = max_samples_per_batch
         if atoms is not None:
             self.z_start_a, self.n_slices = atoms.z_start_a, atoms.n_slices
