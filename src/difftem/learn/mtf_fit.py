@@ -10,7 +10,7 @@ Estimators
 - ``fit_nps``: the noise power spectrum of the crops. Shot noise is white, and the detector filters
   the counts by the MTF, so the background's NPS is s·MTF(ω)² with an unknown scale s (dose, DQE,
   gain). Fitting the shape of the measured NPS with the model is a regression on all the crops'
-  spectral samples instead of a stochastic image match, and needs no dose or gain. As it now is:
+  spectral samples instead of a stochastic image match, and needs no dose or gain. Its steps:
   * each crop minus its least-squares plane. That changes only the spectrum's lines kx = 0 and
     ky = 0, which are left out (so slow background gradients of real data go, exactly), as are the
     bins within 3 of zero frequency: few, and in real micrographs dominated by what is not shot noise
@@ -181,14 +181,6 @@ MIN_FIT_BINS = 3
 LOSSES = ("whittle", "log")
 
 
-def _hann2d(shape: tuple[int, int]) -> torch.Tensor:
-    """Separable Hann window scaled to mean(w²) = 1 (so white noise keeps its power)."""
-    wy = torch.hann_window(shape[0], periodic=False, dtype=torch.float64)
-    wx = torch.hann_window(shape[1], periodic=False, dtype=torch.float64)
-    w = wy[:, None] * wx[None, :]
-    return w / torch.sqrt(torch.mean(w**2))
-
-
 def _tukey(n: int, fraction: float) -> torch.Tensor:
     """Tapered cosine: raised-cosine ramps over ``fraction``·n/2 samples at each end, flat between."""
     x = torch.arange(n, dtype=torch.float64) / (n - 1)
@@ -198,13 +190,16 @@ def _tukey(n: int, fraction: float) -> torch.Tensor:
 
 
 def _window2d(shape: tuple[int, int], window) -> torch.Tensor | None:
+    """Separable Hann or Tukey window scaled to mean(w²) = 1 (so white noise keeps its power); None for none."""
     window = _check_choice("window", {True: "hann", False: "none"}.get(window, window), WINDOWS)
+    if window == "none":
+        return None
     if window == "hann":
-        return _hann2d(shape)
-    if window == "tukey":
-        w = _tukey(shape[0], TUKEY_FRACTION)[:, None] * _tukey(shape[1], TUKEY_FRACTION)[None, :]
-        return w / torch.sqrt(torch.mean(w**2))
-    return None
+        wy, wx = (torch.hann_window(n, periodic=False, dtype=torch.float64) for n in shape)
+    else:
+        wy, wx = (_tukey(n, TUKEY_FRACTION) for n in shape)
+    w = wy[:, None] * wx[None, :]
+    return w / torch.sqrt(torch.mean(w**2))
 
 
 def _check_choice(name: str, value, choices) -> str:
@@ -350,13 +345,13 @@ class _NPSLikelihood:
         self.mask = _fit_mask(shape, window, detrend, min_omega)
         self.p = noise_power_spectrum(crops, window, detrend)[self.mask].clamp_min(1e-30)
         self.log_p = torch.log(self.p)
-        self.u = _rfft_weight(shape)[self.mask]
-        self.u = self.u / self.u.sum()
+        weight = _rfft_weight(shape)[self.mask]
+        usum = float(weight.sum())
+        self.u = weight / usum
         self.omega = radial_frequency_per_px(shape, dtype=torch.float64)[self.mask]
         self.windowed = WindowedSpectrum(shape, window)
         self.omega2_big = self.windowed.omega_big**2
         n = crops.shape[0]
-        usum = float(_rfft_weight(shape)[self.mask].sum())
         self.n_eff = n * usum  # independent periodogram samples
         trigamma = float(torch.special.polygamma(1, torch.tensor(float(n), dtype=torch.float64)))
         self.nll_per_unit = self.n_eff if loss == "whittle" else usum / (2 * trigamma)
