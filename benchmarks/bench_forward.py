@@ -41,7 +41,7 @@ def difftem_runner(n: int, window: str, whole: bool):
     import torch
 
     from difftem.config import config_from_dict
-    from difftem.pipeline import simulate
+    from difftem.simulate.pipeline import simulate
 
     cfg = config_from_dict({
         "beam": {"voltage_kv": 300, "dose_e_per_a2": 40},
@@ -52,12 +52,12 @@ def difftem_runner(n: int, window: str, whole: bool):
     if whole:
         return lambda: simulate(cfg).micrograph
 
-    from difftem.beam import interaction_constant, wavelength_a
-    from difftem.grid import Grid
-    from difftem.multislice import multislice, plan_window
-    from difftem.pipeline import scene_atoms
-    from difftem.potential import IceModel, SlicedPotential, atoms_to_tensors
-    from difftem.scattering import get_table
+    from difftem.core.grid import Grid
+    from difftem.forward.beam import interaction_constant, wavelength_a
+    from difftem.forward.multislice import multislice, plan_window
+    from difftem.forward.potential import IceModel, SlicedPotential, atoms_to_tensors
+    from difftem.forward.scattering import get_table
+    from difftem.specimen.build import scene_atoms
 
     atoms = scene_atoms(cfg)  # structure reading is not timed (as for abTEM)
     lam, sigma = wavelength_a(300), interaction_constant(300)
@@ -73,7 +73,7 @@ def difftem_runner(n: int, window: str, whole: bool):
         with torch.no_grad():
             wave = multislice(pot, lam, sigma)
         if win is not None:
-            from difftem.potential import Patch, embed
+            from difftem.forward.potential import Patch, embed
 
             wave = embed(Patch(win.y0, win.x0, wave), (n, n), 1.0)
         return wave
@@ -86,8 +86,8 @@ def abtem_runner(n: int):
     import numpy as np
     from ase import Atoms as AseAtoms
 
-    from difftem.scattering import element_symbol
-    from difftem.structure import read_structure
+    from difftem.forward.scattering import element_symbol
+    from difftem.specimen.structure import read_structure
 
     abtem.config.set({"precision": "float32", "diagnostics.progress_bar": False})
     atoms = read_structure(STRUCTURE)

@@ -44,7 +44,7 @@ def zika_config(n: int, shape_px: int = 4096, device: str = "auto") -> dict:
 def virion_spikes(n_virions: int, spikes_per_virion: int, radius_a: float, field_a: float, ice_a: float,
                   rng: np.random.Generator):
     """Spike positions and Euler angles on spheres: each spike's 3-fold axis (z) along the local normal."""
-    from difftem.scene import euler_zyz_from_matrix
+    from difftem.core.rotations import euler_zyz_from_matrix
 
     centres = []
     while len(centres) < n_virions:  # non-overlapping virion centres in the field, mid-plane of the ice

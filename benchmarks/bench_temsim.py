@@ -160,15 +160,15 @@ def worker(inp: Path, out: Path, threads: int, placement: str) -> None:
     import torch
 
     torch.set_num_threads(threads)
-    from difftem.cli import run_and_write
-    from difftem.io import write_json
+    from difftem.io.files import write_json
+    from difftem.simulate.output import run_and_write
     from difftem.temsim import load_inp
 
     t = time.perf_counter()
     cfg = load_inp(inp).config
     if placement != "translated":
         cfg.simulation.map_placement = placement
-    run = run_and_write(cfg, out, set(), "bench")
+    run = run_and_write(cfg, out, set())
     write_json(out / "bench_worker.json", {"translate_and_total_s": time.perf_counter() - t, "timings": run["timings"],
                                            "particle_types": run.get("particle_types"), "device": run["device"],
                                            "threads": threads, "map_placement": cfg.simulation.map_placement})
@@ -278,7 +278,7 @@ def main() -> None:
               "counts and of contrast (std)")
     print(f"inputs and outputs of both programs: {work}")
     print("timings on a shared machine are noisy: re-measure on an idle one")
-    from difftem.io import write_json
+    from difftem.io.files import write_json
 
     write_json(args.out, record)
     print(f"wrote {args.out}")

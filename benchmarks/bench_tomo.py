@@ -147,7 +147,7 @@ def main() -> None:
               f"{nc:>8.3f}  {note}")
     out = ROOT / "benchmarks" / "results" / f"tomo_{args.size}.json"
     sys.path.insert(0, str(ROOT / "src"))
-    from difftem.io import write_json
+    from difftem.io.files import write_json
 
     write_json(out, {"size": args.size, "n_tilts": args.tilts, "iterations": args.iterations,
                      "threads": args.threads, "python": sys.version.split()[0], "results": rows,

@@ -38,13 +38,13 @@ RESULTS = ROOT / "benchmarks" / "results"
 sys.path.insert(0, str(ROOT / "src"))
 
 import difftem  # noqa: E402
-from difftem.detector import MTFParams, apply_mtf, expected_counts  # noqa: E402
 from difftem.denoise import baselines as B  # noqa: E402
 from difftem.denoise import metrics as M  # noqa: E402
 from difftem.denoise.algorithm import denoise  # noqa: E402
 from difftem.denoise.metrics import format_table  # noqa: E402
 from difftem.denoise.topaz_model import topaz_available, topaz_denoise  # noqa: E402
-from difftem.io import atomic_path, write_json  # noqa: E402
+from difftem.forward.detector import MTFParams, apply_mtf, expected_counts  # noqa: E402
+from difftem.io.files import atomic_path, write_json  # noqa: E402
 
 TMV_MTF = MTFParams(0.7, 0.2, 0.1, 10.0, 40.0)
 DOSES_FULL = (100, 200, 300, 500, 700, 1000, 1500, 2000)

@@ -33,8 +33,8 @@ from pathlib import Path
 
 import torch
 
-from difftem.detector import MTFParams, apply_mtf
-from difftem.learn.estimators import (
+from difftem.forward.detector import MTFParams, apply_mtf
+from difftem.forward.estimators import (
     LearnableMTF,
     expected_mse,
     reparameterised_loss,

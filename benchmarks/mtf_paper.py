@@ -31,15 +31,16 @@ ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data"
 sys.path.insert(0, str(ROOT / "src"))
 
-from difftem.beam import interaction_constant, wavelength_a  # noqa: E402
-from difftem.detector import MTFParams, apply_mtf, expected_counts  # noqa: E402
-from difftem.grid import Grid  # noqa: E402
+from difftem.core.grid import Grid  # noqa: E402
+from difftem.core.rotations import rotation_zyz_deg  # noqa: E402
+from difftem.forward.beam import interaction_constant, wavelength_a  # noqa: E402
+from difftem.forward.detector import MTFParams, apply_mtf, expected_counts  # noqa: E402
+from difftem.forward.multislice import multislice  # noqa: E402
+from difftem.forward.optics import Optics, image_intensity, transfer_function  # noqa: E402
+from difftem.forward.potential import IceModel, SlicedPotential, atoms_to_tensors  # noqa: E402
+from difftem.forward.scattering import get_table  # noqa: E402
 from difftem.learn.mtf_fit import curve_rms, fit_algorithm1, fit_nps, normalised_curve  # noqa: E402
-from difftem.multislice import multislice  # noqa: E402
-from difftem.optics import Optics, image_intensity, transfer_function  # noqa: E402
-from difftem.potential import IceModel, SlicedPotential, atoms_to_tensors  # noqa: E402
-from difftem.scattering import get_table  # noqa: E402
-from difftem.structure import Atoms, read_structure, rotation_zyz_deg  # noqa: E402
+from difftem.specimen.structure import Atoms, read_structure  # noqa: E402
 
 SETS = {
     "TMV": MTFParams(0.7, 0.2, 0.1, 10, 40),
@@ -98,8 +99,8 @@ def band_errors(truth: MTFParams, fit: MTFParams) -> list[float]:
 
 def band_contribution(image: torch.Tensor) -> list[float]:
     """Fraction of the projection's spectral magnitude in each band (the paper's 'contribution')."""
-    from difftem.detector import radial_frequency_per_px
-    from difftem.fft import rfft2
+    from difftem.core.fft import rfft2
+    from difftem.forward.detector import radial_frequency_per_px
 
     mag = rfft2(image - image.mean()).abs()
     w = radial_frequency_per_px(tuple(image.shape))

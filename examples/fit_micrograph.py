@@ -47,7 +47,7 @@ def main() -> int:
         expected = sim(truth).expected_counts
         dqe, gain = float(truth["dqe"]), float(truth["gain"])
         counts = torch.poisson(expected * dqe, generator=torch.Generator().manual_seed(1)) / dqe
-        from difftem.detector import MTFParams, apply_mtf
+        from difftem.forward.detector import MTFParams, apply_mtf
 
         data = apply_mtf(counts, MTFParams(*truth["mtf"].tolist()), True) * gain
     start = {k: truth[k] - off for k, (off, _) in FIT.items()}

@@ -17,8 +17,9 @@ from pathlib import Path
 import torch
 
 import difftem
-from difftem.io import write_json, write_mrc
-from difftem.pipeline import make_mtf, potential_volume
+from difftem.forward.detector import make_mtf
+from difftem.io.files import write_json, write_mrc
+from difftem.simulate.pipeline import potential_volume
 from difftem.tomo import fsc, ncc, reconstruct
 from difftem.tomo.render import render_volume, write_panel_png
 from difftem.tomo.scores import plot_fsc

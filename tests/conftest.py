@@ -21,7 +21,7 @@ def shared_data() -> Path:
 
 @pytest.fixture(scope="session")
 def ubiquitin(shared_data):
-    from difftem.structure import read_structure
+    from difftem.specimen.structure import read_structure
 
     return read_structure(STRUCTURES / "1ubi_ubiquitin.pdb.gz")
 

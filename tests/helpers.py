@@ -1,10 +1,10 @@
 import numpy as np
 import torch
 
-from difftem.grid import Grid
-from difftem.potential import IceModel, SlicedPotential, atoms_to_tensors
-from difftem.scattering import get_table
-from difftem.structure import Atoms
+from difftem.core.grid import Grid
+from difftem.forward.potential import IceModel, SlicedPotential, atoms_to_tensors
+from difftem.forward.scattering import get_table
+from difftem.specimen.structure import Atoms
 
 
 def single_atom(z=6, xyz=(0.0, 0.0, 0.0), b=0.0, occ=1.0) -> Atoms:

@@ -8,13 +8,12 @@ for it, so part of the difference is abTEM's own smoothing (see report_abtem_cro
 import numpy as np
 import pytest
 import torch
-
-from difftem.beam import interaction_constant, wavelength_a
-from difftem.multislice import multislice
-from difftem.structure import Atoms
-
 from conftest import STRUCTURES
 from helpers import rel, sliced
+
+from difftem.forward.beam import interaction_constant, wavelength_a
+from difftem.forward.multislice import multislice
+from difftem.specimen.structure import Atoms
 
 abtem = pytest.importorskip("abtem")
 pytestmark = pytest.mark.abtem
@@ -23,10 +22,11 @@ pytestmark = pytest.mark.abtem
 def run_pair(parametrization, pixel_a, n, slice_a=2.0, b_a2=0.0):
     """Our and abTEM's projected potential and exit waves; ``b_a2`` is one B-factor for every atom
     (abTEM applies it per element as exp(-2π²σ²k²), σ² = B / 8π²)."""
-    from ase import Atoms as AseAtoms
     from abtem.parametrizations import KirklandParametrization, PengParametrization
-    from difftem.scattering import element_symbol
-    from difftem.structure import read_structure
+    from ase import Atoms as AseAtoms
+
+    from difftem.forward.scattering import element_symbol
+    from difftem.specimen.structure import read_structure
 
     u = read_structure(STRUCTURES / "1ubi_ubiquitin.pdb.gz")
     atoms = Atoms(u.atomic_number, u.positions_a, np.full(len(u), b_a2), np.ones(len(u)))

@@ -2,7 +2,7 @@ import math
 
 import pytest
 
-from difftem.beam import POTENTIAL_CONSTANT_V_A2, interaction_constant, wavelength_a
+from difftem.forward.beam import POTENTIAL_CONSTANT_V_A2, interaction_constant, wavelength_a
 
 # Independent route: λ = hc / sqrt(E (E + 2 mc²)) with E in eV, hc and mc² from CODATA in eV units;
 # σ = (2π / (λ V)) (mc² + eV) / (2 mc² + eV)  (Kirkland, Advanced Computing in EM, eq. 5.6).

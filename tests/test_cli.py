@@ -8,11 +8,10 @@ import mrcfile
 import numpy as np
 import pytest
 import yaml
+from conftest import STRUCTURES
 from typer.testing import CliRunner
 
 from difftem.cli import app
-
-from conftest import STRUCTURES
 
 runner = CliRunner()
 

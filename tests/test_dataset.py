@@ -20,12 +20,11 @@ pytest.importorskip("zarr", reason="the dataset stage needs the `dataset` extra 
 from difftem import simulate  # noqa: E402
 from difftem.cli import app  # noqa: E402
 from difftem.config import config_from_dict  # noqa: E402
+from difftem.core.errors import ConfigError, DifftemError  # noqa: E402
+from difftem.core.rotations import rotation_zyz_deg  # noqa: E402
 from difftem.dataset import DatasetReader, build, collate_items, load_spec, spec_from_dict  # noqa: E402
-from difftem.dataset.spec import (item_seed, parameter_rng, parse_distribution, parse_only,  # noqa: E402
-                                  random_rotations_zyz_deg)
+from difftem.dataset.spec import item_seed, parameter_rng, parse_distribution, parse_only, random_rotations_zyz_deg  # noqa: E402
 from difftem.dataset.store import Store, jsonable  # noqa: E402
-from difftem.errors import ConfigError, DifftemError  # noqa: E402
-from difftem.structure import rotation_zyz_deg  # noqa: E402
 
 runner = CliRunner()
 
@@ -280,7 +279,7 @@ def test_mrc_store_matches_zarr_store(tmp_path):
 
 def test_tilt_series_items(tmp_path):
     """A config with tilt_series gives (n_tilts, H, W) stacks, one CTF entry per tilt, an IMOD .tlt (MRC)."""
-    from difftem.pipeline import simulate_tilt_series
+    from difftem.simulate.pipeline import simulate_tilt_series
 
     base = json.loads(json.dumps(BASE))
     base["tilt_series"] = {"scheme": "list", "angles_deg": [0, -30, 30], "total_dose_e_per_a2": 60}
@@ -408,9 +407,9 @@ def test_existing_scheduler_address(tmp_path):
 
 
 def test_worker_allocator_thresholds_can_be_set():
-    from difftem.dataset.build import set_malloc_thresholds
-
     import platform
+
+    from difftem.dataset.build import set_malloc_thresholds
 
     if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
         pytest.skip("mallopt thresholds are a glibc feature")

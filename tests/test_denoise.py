@@ -12,15 +12,15 @@ import numpy as np
 import pytest
 import torch
 
-from difftem.detector import MTFParams, apply_mtf, mtf_transfer
-from difftem.denoise import denoise
+from difftem.core.errors import ConfigError
 from difftem.denoise import baselines as B
+from difftem.denoise import denoise
 from difftem.denoise import metrics as M
 from difftem.denoise.algorithm import deconvolve_counts
 from difftem.denoise.align import UnalignedWarning, correlation_peak, measure_shift, shift_image
 from difftem.denoise.detector_params import estimate_gain_per_dqe
 from difftem.denoise.priors import SpectralPrior
-from difftem.errors import ConfigError
+from difftem.forward.detector import MTFParams, apply_mtf, mtf_transfer
 from difftem.learn.losses import focal_frequency_loss
 
 TMV = MTFParams(0.7, 0.2, 0.1, 10.0, 40.0)  # the seed paper's TMV detector

@@ -7,12 +7,11 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from test_denoise import discs, observe
 from typer.testing import CliRunner
 
 from difftem.cli import app
-from difftem.io import write_json, write_mrc
-
-from test_denoise import discs, observe
+from difftem.io.files import write_json, write_mrc
 
 runner = CliRunner()
 MTF_FLAG = "0.7,0.2,0.1,10,40"

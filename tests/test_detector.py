@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from difftem.detector import MTFParams, apply_mtf, expected_counts, read_mtf_star, shot_noise
-from difftem.errors import ConfigError
+from difftem.core.errors import ConfigError
+from difftem.forward.detector import MTFParams, apply_mtf, expected_counts, read_mtf_star, shot_noise
 
 
 def test_mtf_formula_values():

@@ -9,10 +9,10 @@ import torch
 from torch.autograd import gradcheck
 
 from difftem import DifferentiableSimulator, simulate
-from difftem.beam import interaction_constant
-from difftem.detector import MTFParams, apply_mtf
-from difftem.differentiable import PARAMETERS
-from difftem.errors import ConfigError
+from difftem.core.errors import ConfigError
+from difftem.forward.beam import interaction_constant
+from difftem.forward.detector import MTFParams, apply_mtf
+from difftem.simulate.differentiable import PARAMETERS
 
 TMV_MTF = {"a": 0.7, "b": 0.2, "c": 0.1, "alpha": 10.0, "beta": 40.0}
 

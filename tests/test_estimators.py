@@ -10,8 +10,8 @@ replica an independent problem whose gradient is ``replicas ×`` its share of th
 import pytest
 import torch
 
-from difftem.detector import MTFParams, MeasuredMTF, apply_mtf
-from difftem.learn.estimators import (
+from difftem.forward.detector import MeasuredMTF, MTFParams, apply_mtf
+from difftem.forward.estimators import (
     LearnableMTF,
     apply_detector_mtf,
     expected_mse,
@@ -287,7 +287,7 @@ def test_mean_mtf_parameter_gradient_matches_exact(estimator, kwargs):
 
 def test_expected_mse_with_dqe_and_gain_equals_the_detectors_monte_carlo_mean():
     """The detector draws Poisson(DQE·λ)/DQE then applies the MTF and the gain (difftem.detector)."""
-    from difftem.detector import shot_noise
+    from difftem.forward.detector import shot_noise
 
     rate = smooth_rate((16, 16), 20.0)
     dqe, gain = 0.6, 2.5

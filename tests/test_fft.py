@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from difftem import fft
+from difftem.core import fft
 
 
 def rel(a, b):

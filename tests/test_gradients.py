@@ -3,13 +3,13 @@
 import torch
 from torch.autograd import gradcheck
 
-from difftem.beam import interaction_constant, wavelength_a
-from difftem.detector import expected_counts
-from difftem.grid import Grid
-from difftem.multislice import fresnel_propagator, multislice, propagate
-from difftem.optics import Optics, image_intensity, transfer_function
-from difftem.potential import IceModel, SlicedPotential
-from difftem.scattering import get_table
+from difftem.core.grid import Grid
+from difftem.forward.beam import interaction_constant, wavelength_a
+from difftem.forward.detector import expected_counts
+from difftem.forward.multislice import fresnel_propagator, multislice, propagate
+from difftem.forward.optics import Optics, image_intensity, transfer_function
+from difftem.forward.potential import IceModel, SlicedPotential
+from difftem.forward.scattering import get_table
 
 LAM, SIGMA = wavelength_a(300), interaction_constant(300)
 GRID = Grid((24, 24), 0.5)

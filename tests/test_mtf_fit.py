@@ -5,12 +5,19 @@ import numpy as np
 import pytest
 import torch
 
-from difftem.detector import MTFParams, apply_mtf, read_mtf_star
-from difftem.errors import ConfigError
+from difftem.core.errors import ConfigError
+from difftem.forward.detector import MTFParams, apply_mtf, read_mtf_star
+from difftem.forward.estimators import LearnableMTF
 from difftem.learn.losses import focal_frequency_loss
-from difftem.learn.estimators import LearnableMTF
-from difftem.learn.mtf_fit import (curve_rms, extract_crops, fit_algorithm1, fit_curve, fit_nps,
-                                   noise_power_spectrum, select_background_crops)
+from difftem.learn.mtf_fit import (
+    curve_rms,
+    extract_crops,
+    fit_algorithm1,
+    fit_curve,
+    fit_nps,
+    noise_power_spectrum,
+    select_background_crops,
+)
 
 TMV = MTFParams(0.7, 0.2, 0.1, 10, 40)
 K3 = MTFParams(0.6, 1.24, -0.84, 0.97, 0.97)
@@ -54,7 +61,7 @@ def test_fit_measured_curves(shared_data, name):
 def test_nps_of_white_noise_through_mtf_is_mtf_squared():
     crops = background_crops(TMV, n=40, size=64, counts=50.0)
     nps = noise_power_spectrum(crops, window=False)
-    from difftem.detector import radial_frequency_per_px
+    from difftem.forward.detector import radial_frequency_per_px
 
     omega = radial_frequency_per_px((64, 64))
     expected = 50.0 * TMV(omega) ** 2
@@ -68,7 +75,7 @@ def test_nps_of_white_noise_through_mtf_is_mtf_squared():
 @pytest.mark.parametrize("window,mtf,band", [("hann", K3, (0.6, 1.0)), ("none", K3, (0.6, 1.0)),
                                              ("none", TMV, (3 / 64, 0.1))])
 def test_windowed_spectrum_model_predicts_the_measured_nps(window, mtf, band):
-    from difftem.detector import radial_frequency_per_px
+    from difftem.forward.detector import radial_frequency_per_px
     from difftem.learn.mtf_fit import WindowedSpectrum
 
     crops = background_crops(mtf, n=400, size=64, counts=50.0)
@@ -170,7 +177,7 @@ def test_fit_mtf_cli(tmp_path, shared_data):
     from typer.testing import CliRunner
 
     from difftem.cli import app
-    from difftem.io import write_mrc
+    from difftem.io.files import write_mrc
 
     runner = CliRunner()
     img = background_crops(TMV, n=1, size=1024, counts=25.0)[0].numpy()
@@ -191,7 +198,7 @@ def test_fit_mtf_cli_bad_inputs(tmp_path):
     from typer.testing import CliRunner
 
     from difftem.cli import app
-    from difftem.io import write_mrc
+    from difftem.io.files import write_mrc
 
     runner = CliRunner()
     bad_star = tmp_path / "bad.star"

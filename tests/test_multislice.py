@@ -3,14 +3,13 @@ import math
 import numpy as np
 import pytest
 import torch
-
-from difftem.beam import interaction_constant, wavelength_a
-from difftem.grid import Grid
-from difftem.multislice import fresnel_propagator, multislice, propagate
-from difftem.potential import antialias_mask
-from difftem import fft
-
 from helpers import rel, sliced
+
+from difftem.core import fft
+from difftem.core.grid import Grid
+from difftem.forward.beam import interaction_constant, wavelength_a
+from difftem.forward.multislice import fresnel_propagator, multislice, propagate
+from difftem.forward.potential import antialias_mask
 
 LAM, SIGMA = wavelength_a(300), interaction_constant(300)
 
@@ -55,7 +54,7 @@ def test_weak_phase_object_intensity_spectrum():
 
 
 def test_multislice_of_vacuum_is_plane_wave():
-    from difftem.structure import Atoms
+    from difftem.specimen.structure import Atoms
 
     empty = Atoms(np.zeros(0, np.int64), np.zeros((0, 3)), np.zeros(0), np.zeros(0))
     wave = multislice(sliced(empty, (32, 32), 1.0), LAM, SIGMA)

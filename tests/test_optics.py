@@ -3,15 +3,14 @@ import math
 import numpy as np
 import pytest
 import torch
-
-from difftem import fft
-from difftem.beam import interaction_constant, wavelength_a
-from difftem.grid import Grid
-from difftem.multislice import fresnel_propagator, propagate
-from difftem.optics import Optics, aberration_phase, ctf_1d, envelopes, image_intensity, transfer_function
-
 from helpers import rel
 from test_multislice import bandlimited_noise
+
+from difftem.core import fft
+from difftem.core.grid import Grid
+from difftem.forward.beam import interaction_constant, wavelength_a
+from difftem.forward.multislice import fresnel_propagator, propagate
+from difftem.forward.optics import Optics, aberration_phase, ctf_1d, envelopes, image_intensity, transfer_function
 
 LAM, SIGMA = wavelength_a(300), interaction_constant(300)
 COHERENT = dict(cc_mm=0.0, energy_spread_ev=0.0, illumination_semiangle_mrad=0.0)

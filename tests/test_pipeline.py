@@ -3,11 +3,10 @@
 import numpy as np
 import pytest
 import torch
+from conftest import STRUCTURES
 
 from difftem import simulate
 from difftem.config import config_from_dict
-
-from conftest import STRUCTURES
 
 
 def cfg(**over):
@@ -81,7 +80,7 @@ def test_vacuum_counts_equal_dose(shared_data):
 
 
 def test_ice_attenuation_matches_absorption_potential(shared_data):
-    from difftem.beam import interaction_constant
+    from difftem.forward.beam import interaction_constant
 
     c = cfg(sample__ice_thickness_nm=50)
     c.sample.particles = []

@@ -5,14 +5,13 @@ import math
 import numpy as np
 import pytest
 import torch
-
-from difftem import fft
-from difftem.grid import Grid
-from difftem.potential import IceModel
-from difftem.scattering import get_table
-from difftem.structure import Atoms
-
 from helpers import rel, single_atom, sliced
+
+from difftem.core import fft
+from difftem.core.grid import Grid
+from difftem.forward.potential import IceModel
+from difftem.forward.scattering import get_table
+from difftem.specimen.structure import Atoms
 
 
 @pytest.mark.parametrize("table", ["kirkland", "peng_s2", "peng_s6"])
@@ -92,8 +91,8 @@ def test_ice_slab_and_displacement():
     np.testing.assert_allclose(v.real.numpy(), 487.75, rtol=1e-12)
     np.testing.assert_allclose(v.imag.numpy(), 75.91, rtol=1e-12)
     # one oxygen inside the ice: excess potential = C f(0) − U·(displaced volume)
-    from difftem.potential import PROTEIN_VOLUME_A3_PER_DA
-    from difftem.structure import atomic_mass_da
+    from difftem.core.elements import atomic_mass_da
+    from difftem.forward.potential import PROTEIN_VOLUME_A3_PER_DA
 
     ox = sliced(single_atom(8, b=10), (64, 64), 0.5, ice=ice, absorption_ratio=0.0).project()
     area = 64 * 64 * 0.25

@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from difftem.scattering import MAX_Z, PARAMETRIZATIONS, _load_tables, atomic_number, get_table
+from difftem.core.elements import MAX_Z
+from difftem.forward.scattering import PARAMETRIZATIONS, _load_tables, atomic_number, get_table
 
 
 def test_every_element_in_every_table():

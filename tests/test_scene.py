@@ -3,21 +3,26 @@
 import numpy as np
 import pytest
 import torch
+from conftest import STRUCTURES
 
 from difftem import simulate
 from difftem.config import config_from_dict
-from difftem.errors import ConfigError
-from difftem.grid import Grid
-from difftem.particle_map import build_fourier_projector, build_particle_map, sample_slab
-from difftem.pipeline import scene_of
-from difftem.potential import IceModel, SlicedPotential, antialias_mask, atoms_to_tensors
-from difftem.scattering import get_table
-from difftem.scene import (Placement, bounding_capsule, euler_zyz_from_matrix, helical_assembly, overlapping_pairs,
-                           random_rotations, relion_angles, relion_matrix, segment_distances)
-from difftem.fft import fft2, ifft2
-from difftem.structure import read_structure, rotation_zyz_deg
-
-from conftest import STRUCTURES
+from difftem.core.errors import ConfigError
+from difftem.core.fft import fft2, ifft2
+from difftem.core.grid import Grid
+from difftem.core.rotations import (
+    euler_zyz_from_matrix,
+    random_rotations,
+    relion_angles,
+    relion_matrix,
+    rotation_zyz_deg,
+)
+from difftem.forward.particle_map import build_fourier_projector, build_particle_map, sample_slab
+from difftem.forward.potential import IceModel, SlicedPotential, antialias_mask, atoms_to_tensors
+from difftem.forward.scattering import get_table
+from difftem.specimen.build import scene_of
+from difftem.specimen.scene import bounding_capsule, helical_assembly, overlapping_pairs, segment_distances
+from difftem.specimen.structure import read_structure
 
 UBI = "builtin:1ubi"
 
@@ -146,7 +151,7 @@ def test_config_errors_name_the_field():
 # ------------------------------------------------------------------------------------------------ maps
 @pytest.fixture(scope="module")
 def ubiquitin():
-    from difftem.pipeline import builtin_structure
+    from difftem.specimen.build import builtin_structure
 
     return read_structure(builtin_structure("1ubi"), centre="mass")
 
@@ -231,8 +236,8 @@ def test_ground_truth_poses_reproduce_the_image():
     r = simulate(cfg, keep_potential=True)
     rows = r.metadata["particles"]
     assert len(rows) == 8
-    from difftem.pipeline import builtin_structure
-    from difftem.structure import Atoms
+    from difftem.specimen.build import builtin_structure
+    from difftem.specimen.structure import Atoms
 
     ubi = read_structure(builtin_structure("1ubi"), centre="mass")
     parts = []
@@ -270,7 +275,7 @@ def test_tiled_equals_untiled():
 def test_potential_volume_is_the_scene_in_3d():
     """The ground-truth volume: a particle's mass centre where it was placed, and its integral equal to the
     projected potential's (both net of the ice the particle displaces)."""
-    from difftem.pipeline import potential_volume
+    from difftem.simulate.pipeline import potential_volume
 
     cfg = base(detector={"shape_px": [96, 96], "pixel_size_a": 4.0},
                sample={"ice_thickness_nm": 20, "particles": [{"structure": UBI, "positions_a": [[20, -12, 15]]}]})

@@ -2,11 +2,12 @@ import gzip
 
 import numpy as np
 import pytest
-
-from difftem.errors import StructureError
-from difftem.structure import atomic_mass_da, read_structure, rotation_zyz_deg
-
 from conftest import STRUCTURES
+
+from difftem.core.elements import atomic_mass_da
+from difftem.core.errors import StructureError
+from difftem.core.rotations import rotation_zyz_deg
+from difftem.specimen.structure import read_structure
 
 
 def test_pdb_gz_counts_and_waters(shared_data):

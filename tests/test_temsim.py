@@ -14,9 +14,17 @@ from typer.testing import CliRunner
 
 from difftem.cli import app
 from difftem.config import load_config
-from difftem.errors import ConfigError
-from difftem.temsim import (InpError, load_inp, parse_inp_text, read_table, read_transforms_file, rotation_zxz_deg,
-                            temsim_ice_absorption_v, carbon_loss_fraction)
+from difftem.core.errors import ConfigError
+from difftem.core.rotations import rotation_zxz_deg
+from difftem.temsim import (
+    InpError,
+    carbon_loss_fraction,
+    load_inp,
+    parse_inp_text,
+    read_table,
+    read_transforms_file,
+    temsim_ice_absorption_v,
+)
 
 runner = CliRunner()
 UBQ = Path(str(resources.files("difftem").joinpath("data", "1ubi_ubiquitin.pdb.gz")))
@@ -291,8 +299,7 @@ def test_random_and_grid_placement(tmp_path):
 # ---------------------------------------------------------------------------------------------- conventions
 def test_particle_euler_angles_convert_to_the_same_rotation():
     """TEM-simulator's R = Rz(ψ)Rx(θ)Rz(φ), written as our (φ', θ', ψ') z-y-z pose, is the same matrix."""
-    from difftem.scene import euler_zyz_from_matrix
-    from difftem.structure import rotation_zyz_deg
+    from difftem.core.rotations import euler_zyz_from_matrix, rotation_zyz_deg
 
     rng = np.random.default_rng(3)
     angles = np.column_stack([rng.uniform(-180, 180, 20), rng.uniform(5, 175, 20), rng.uniform(-180, 180, 20)])
@@ -311,7 +318,7 @@ def test_particle_euler_angles_convert_to_the_same_rotation():
 
 def test_tilt_axis_convention_matches_temsimulator():
     """TEM-simulator tilts the sample by Rz(α)Rx(θ)Rz(−α) (axis α from x); ours turns about y rotated by α − 90°."""
-    from difftem.tilt import tilt_rotation
+    from difftem.core.rotations import tilt_rotation
 
     def rz(a):
         a = math.radians(a)
@@ -335,9 +342,8 @@ def test_transform_file_formats_agree_and_build_the_particle(tmp_path):
     np.testing.assert_allclose(ops6, ops4, atol=1e-12)
 
     from difftem.config import Particle
-    from difftem.pipeline import resolve_structure
-    from difftem.scene import load_particle_type
-    from difftem.structure import read_structure
+    from difftem.specimen.build import load_particle_type, resolve_structure
+    from difftem.specimen.structure import read_structure
 
     single = read_structure(UBQ, centre="none", remove_waters=False)
     ptype = load_particle_type(Particle(structure=str(UBQ), transforms_file=str(six), centre="none",
@@ -349,8 +355,8 @@ def test_transform_file_formats_agree_and_build_the_particle(tmp_path):
 def test_ice_absorption_reproduces_temsimulator_values():
     """No aperture: every scattered electron lost → TEM-simulator's ice absorption potential (0.8245 V at 200 kV,
     0.7591 V at 300 kV). With an aperture, only what scatters outside it: 40 nm at 300 kV, 16.7 mrad → I/I0 = 0.972."""
-    from difftem.beam import interaction_constant
-    from difftem.potential import ice_absorption_potential_v
+    from difftem.forward.beam import interaction_constant
+    from difftem.forward.potential import ice_absorption_potential_v
 
     for kv in (200.0, 300.0):
         assert temsim_ice_absorption_v(kv, None) == pytest.approx(ice_absorption_potential_v(kv), rel=2e-3)
@@ -362,7 +368,7 @@ def test_ice_absorption_reproduces_temsimulator_values():
 def test_screened_cross_sections_are_consistent():
     """The numerically integrated inelastic cross-section inside a wide cone reaches the closed-form total; the
     elastic share inside α is α²/(θ₀² + α²); the lost fraction falls from 1 (no aperture) towards 0."""
-    from difftem.beam import wavelength_a
+    from difftem.forward.beam import wavelength_a
     from difftem.temsim import BOHR_RADIUS_A, screened_cross_sections_a2
 
     for z in (1, 6, 8):
@@ -378,8 +384,8 @@ def test_screened_cross_sections_are_consistent():
 
 def test_ice_only_dose_level(tmp_path):
     """An empty sample (no particleset): counts = dose/image · pixel area · gain · TEM-simulator's ice transmission."""
-    from difftem.beam import interaction_constant
-    from difftem.pipeline import simulate_tilt_series
+    from difftem.forward.beam import interaction_constant
+    from difftem.simulate.pipeline import simulate_tilt_series
 
     head, tail = EVERY_SECTION.split("=== particle UBQ ===")
     text = head + "=== geometry ===" + tail.split("=== geometry ===")[1]  # no particle, no particleset
@@ -493,7 +499,7 @@ def test_same_images_as_temsimulator(tmp_path):
     import mrcfile
     from scipy.ndimage import gaussian_filter
 
-    from difftem.pipeline import simulate_tilt_series
+    from difftem.simulate.pipeline import simulate_tilt_series
 
     (tmp_path / "ubq.pdb").write_bytes(gzip.decompress(UBQ.read_bytes()))
     text = EVERY_SECTION.replace("ubq.pdb.gz", "ubq.pdb").replace("use_quantization = yes", "use_quantization = no")

@@ -12,15 +12,16 @@ from typer.testing import CliRunner
 from difftem import simulate_tilt_series
 from difftem.cli import app
 from difftem.config import TiltSeries, config_from_dict
-from difftem.errors import ConfigError
-from difftem.grid import Grid
-from difftem.pipeline import builtin_structure
-from difftem.potential import IceModel
-from difftem.scattering import get_table
-from difftem.scene import Placement, ParticleType, Scene, bounding_capsule
-from difftem.scene_build import SceneView, TypeCache, build_view_potential, view_z_range
-from difftem.structure import Atoms, read_structure
-from difftem.tilt import acquisition_angles, critical_exposure_e_per_a2, exposure_filter, plan_tilts, tilt_rotation
+from difftem.core.errors import ConfigError
+from difftem.core.grid import Grid
+from difftem.core.rotations import tilt_rotation
+from difftem.forward.potential import IceModel
+from difftem.forward.scattering import get_table
+from difftem.forward.scene_build import SceneView, TypeCache, build_view_potential, view_z_range
+from difftem.forward.tilt import acquisition_angles, critical_exposure_e_per_a2, exposure_filter, plan_tilts
+from difftem.specimen.build import builtin_structure
+from difftem.specimen.scene import ParticleType, Placement, Scene, bounding_capsule
+from difftem.specimen.structure import Atoms, read_structure
 
 
 def ts(**kw):
@@ -145,7 +146,7 @@ def test_tilt_series_result_and_damage():
     assert sum(row["difftemDoseEPerA2"] for row in r.tilt_rows) == pytest.approx(50)
     assert r.metadata["particle_types"][0]["copies"] == 4
     # mean counts: dose per tilt (10 e/Å² × 9 Å²) × the ice's absorption along the tilted path t / cos θ
-    from difftem.beam import interaction_constant
+    from difftem.forward.beam import interaction_constant
 
     sigma = interaction_constant(300.0)
     for img, angle in zip(r.noiseless, r.angles_deg):

@@ -10,7 +10,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from difftem.cli import app
-from difftem.io import write_mrc
+from difftem.io.files import write_mrc
 from difftem.tomo import parse_tlt, project, write_tlt
 
 runner = CliRunner()

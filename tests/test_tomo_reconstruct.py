@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from difftem.errors import DifftemError
+from difftem.core.errors import DifftemError
 from difftem.tomo import TomoError, bin_stack, ncc, project, reconstruct, sirt, weighted_backprojection
 
 SHAPE = (32, 24, 64)  # (Z, Y, X)

@@ -12,7 +12,7 @@ from typing import Literal, Union
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from .errors import ConfigError
+from .core.errors import ConfigError
 
 
 class _Model(BaseModel):

@@ -24,9 +24,9 @@ from typing import Callable, Iterable
 
 import numpy as np
 
-from .. import __version__
 from ..config import SimulationConfig, config_from_dict
-from ..errors import ConfigError, DifftemError
+from ..core.errors import ConfigError, DifftemError
+from ..core.version import __version__
 from .spec import TILT_OUTPUTS, DatasetSpec, load_spec, validate_items
 from .store import ITEMS, Store, array_file, item_name
 
@@ -57,7 +57,7 @@ def simulate_item(config: SimulationConfig, outputs: Iterable[str] = ("micrograp
     A config with ``tilt_series`` gives a tilt series: ``micrograph`` and ``noiseless`` are then
     (n_tilts, H, W) stacks ordered by angle, and the ground truth holds one CTF entry per tilt.
     """
-    from .. import pipeline
+    from ..simulate import pipeline
 
     outputs = list(outputs)
     if getattr(config, "tilt_series", None) is not None:
@@ -266,7 +266,7 @@ def default_workers(spec_shape_px, device: str) -> int:
     import psutil
     import torch
 
-    from ..pipeline import estimate_memory_bytes
+    from ..simulate.pipeline import estimate_memory_bytes
 
     if device != "cpu" and torch.cuda.is_available():
         return torch.cuda.device_count()

@@ -8,7 +8,7 @@ from typing import Callable, Iterable
 import torch
 from torch.utils.data import Dataset
 
-from ..errors import ConfigError
+from ..core.errors import ConfigError
 from .store import Store
 
 

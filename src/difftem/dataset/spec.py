@@ -21,7 +21,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from ..config import SimulationConfig, config_from_dict, format_validation_error, read_yaml_mapping
-from ..errors import ConfigError
+from ..core.errors import ConfigError
 
 LAYOUT_VERSION = 1
 OUTPUT_CHOICES = ("micrograph", "noiseless", "intensity", "potential", "exit_wave")

@@ -29,8 +29,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import ConfigError, DifftemError
-from ..io import _json_default, atomic_path, write_json
+from ..core.errors import ConfigError, DifftemError
+from ..io.files import _json_default, atomic_path, write_json
 
 ITEMS, FAILED, PARTIAL, LOCK = "items", "failed", ".partial", ".lock"
 ATTR_KEY = "difftem_dataset"
@@ -213,7 +213,7 @@ class Store:
 
             group = zarr.open_group(str(path), mode="r")
             return {n: np.asarray(group[n][...]) for n in names}, attrs
-        from ..io import read_mrc
+        from ..io.files import read_mrc
 
         out = {}
         for n in names:
@@ -287,7 +287,7 @@ def array_file(name: str, arr: np.ndarray, fmt: str) -> str:
 
 
 def _write_mrc_item(tmp: Path, arrays: dict[str, np.ndarray], attrs: dict, pixel_size_a: float) -> None:
-    from ..io import write_mrc, write_npy
+    from ..io.files import write_mrc, write_npy
 
     tmp.mkdir(parents=True)
     for name, arr in arrays.items():

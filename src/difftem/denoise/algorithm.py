@@ -53,10 +53,10 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
-from ..detector import apply_mtf, mtf_transfer
-from ..errors import ConfigError
-from ..fft import fft2, ifft2, irfft2, rfft2
-from ..learn.estimators import expected_mse, poisson_log_prob, surrogate_loss_baseline
+from ..core.errors import ConfigError
+from ..core.fft import fft2, ifft2, irfft2, rfft2
+from ..forward.detector import apply_mtf, mtf_transfer
+from ..forward.estimators import expected_mse, poisson_log_prob, surrogate_loss_baseline
 from ..learn.losses import minmax_normalise
 from .align import check_alignment as _check_alignment
 from .priors import PRIORS, SpectralPrior, total_variation, tv_eps, tv_weight

@@ -24,7 +24,7 @@ from typing import NamedTuple
 
 import torch
 
-from ..fft import fft2, ifft2
+from ..core.fft import fft2, ifft2
 
 __all__ = ["ShiftMeasurement", "UnalignedWarning", "align_to", "check_alignment", "correlation_peak", "measure_shift",
            "shift_image"]

@@ -14,8 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..errors import ConfigError
-from ..fft import irfft2, rfft2
+from ..core.errors import ConfigError
+from ..core.fft import irfft2, rfft2
 from .algorithm import as_observation_stack
 
 __all__ = ["BASELINES", "N2NUNet", "average", "gaussian_lowpass", "noise2noise", "topaz_pretrained"]

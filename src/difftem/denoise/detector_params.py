@@ -16,9 +16,9 @@ from pathlib import Path
 
 import torch
 
-from ..detector import MTFParams, MeasuredMTF
-from ..errors import ConfigError
-from ..fft import rfft2
+from ..core.errors import ConfigError
+from ..core.fft import rfft2
+from ..forward.detector import MeasuredMTF, MTFParams
 from .algorithm import deconvolve_counts
 
 __all__ = ["DetectorSettings", "estimate_gain_per_dqe", "settings_from_config", "settings_from_mtf_fit"]
@@ -50,7 +50,7 @@ class DetectorSettings:
 def settings_from_config(path: str | Path) -> DetectorSettings:
     """Detector and dose from a simulation config (YAML)."""
     from ..config import load_config
-    from ..pipeline import make_mtf
+    from ..forward.detector import make_mtf
 
     cfg = load_config(path)
     det = cfg.detector

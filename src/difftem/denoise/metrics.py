@@ -21,7 +21,7 @@ from typing import Mapping
 
 import torch
 
-from ..errors import ConfigError
+from ..core.errors import ConfigError
 from ..learn.losses import focal_frequency_loss, minmax_normalise
 
 NORMALISATIONS = ("reference", "minmax", None)

@@ -25,7 +25,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from ..fft import fft2, rfft2
+from ..core.fft import fft2, rfft2
 
 PRIORS = ("none", "tv", "spectral")
 

@@ -11,8 +11,8 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
-from ..errors import ConfigError
-from ..io import atomic_path, read_mrc, write_json, write_mrc
+from ..core.errors import ConfigError
+from ..io.files import atomic_path, read_mrc, write_json, write_mrc
 from .algorithm import METHODS, PRIORS, DenoiseResult, as_observation_stack, denoise
 from .align import MIN_AGREEMENT, UnalignedWarning, check_alignment, correlation_peak, measure_shift, shift_image
 from .detector_params import DetectorSettings, estimate_gain_per_dqe, settings_from_config, settings_from_mtf_fit

@@ -21,7 +21,7 @@ from functools import lru_cache
 
 import torch
 
-from ..errors import ConfigError
+from ..core.errors import ConfigError
 
 __all__ = ["TOPAZ_MODELS", "TopazUnavailableError", "load_topaz_model", "topaz_available", "topaz_denoise"]
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from ..fft import fft2
+from ..core.fft import fft2
 
 
 def focal_frequency_loss(pred: torch.Tensor, target: torch.Tensor, alpha: float = 1.0) -> torch.Tensor:

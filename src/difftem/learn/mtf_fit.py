@@ -49,10 +49,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..detector import MTFParams, radial_frequency_per_px
-from ..errors import ConfigError
-from ..fft import irfft2, rfft2
-from .estimators import LearnableMTF
+from ..core.errors import ConfigError
+from ..core.fft import irfft2, rfft2
+from ..forward.detector import MTFParams, radial_frequency_per_px
+from ..forward.estimators import LearnableMTF
 from .losses import focal_frequency_loss, minmax_normalise
 
 MIN_CROP_PX = 32

@@ -8,11 +8,19 @@ from typing import Callable
 import numpy as np
 import torch
 
-from ..detector import MTFParams, read_mtf_star
-from ..errors import ConfigError
-from ..io import atomic_path, read_mrc, write_json, write_mtf_star
-from .mtf_fit import (MTFFit, curve_rms, extract_crops, fit_algorithm1, fit_curve, fit_nps, normalised_curve,
-                      select_background_crops)
+from ..core.errors import ConfigError
+from ..forward.detector import MTFParams, read_mtf_star
+from ..io.files import atomic_path, read_mrc, write_json, write_mtf_star
+from .mtf_fit import (
+    MTFFit,
+    curve_rms,
+    extract_crops,
+    fit_algorithm1,
+    fit_curve,
+    fit_nps,
+    normalised_curve,
+    select_background_crops,
+)
 
 
 def parse_reference(text: str | None):

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from .errors import TomoError
-from .geometry import rotate_inplane
+from .geometry import rotate_inplane, turned_frame
 
 
 def _astra():
@@ -80,12 +80,11 @@ def astra_slices(sinograms: np.ndarray, angles_deg, thickness_px: int, n_x: int,
 def astra_reconstruct(stack: torch.Tensor, angles_deg, thickness_px: int, *, method: str = "sirt",
                       tilt_axis_deg: float = 0.0, iterations: int = 20, relaxation: float = 1.0) -> torch.Tensor:
     """(T, H, W) → (Z, H, W) through ASTRA; the in-plane turn for α ≠ 0 is difftem's."""
-    from .reconstruct import _frame
 
     if relaxation != 1.0:
         raise TomoError("backend astra: only relaxation 1.0 is supported")
     image_yx = tuple(stack.shape[-2:])
-    frame, det_w = _frame(image_yx, image_yx, tilt_axis_deg)
+    frame, det_w = turned_frame(image_yx, image_yx, tilt_axis_deg)
     turned = rotate_inplane(stack.detach(), tilt_axis_deg, (frame[0], det_w), padding_mode="border")
     sino = turned.permute(1, 0, 2).cpu().numpy()  # (rows, T, W)
     slices = astra_slices(sino, np.asarray(angles_deg, dtype=np.float64), thickness_px, frame[1], method=method,

@@ -1,6 +1,6 @@
 """Input errors of the tomography stage (one-line messages naming the argument and the fix)."""
 
-from ..errors import DifftemError
+from ..core.errors import DifftemError
 
 
 class TomoError(DifftemError):

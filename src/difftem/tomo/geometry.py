@@ -87,3 +87,12 @@ def angular_weights_rad(angles_deg: torch.Tensor) -> torch.Tensor:
     out = torch.empty_like(w)
     out[order] = w
     return out
+
+
+def turned_frame(volume_yx: tuple[int, int], image_yx: tuple[int, int], tilt_axis_deg: float):
+    """Grids of the turned (α = 0) problem: (rows, volume width) holding the volume, and the detector width
+    holding the images."""
+    if tilt_axis_deg == 0.0:
+        return volume_yx, max(volume_yx[1], image_yx[1])
+    vol = covering_shape(volume_yx, tilt_axis_deg)
+    return vol, max(vol[1], covering_shape(image_yx, tilt_axis_deg)[1])

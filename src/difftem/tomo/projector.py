@@ -18,7 +18,7 @@ import warnings
 import torch
 import torch.nn.functional as F
 
-from .geometry import covering_shape, pixel_coordinate_px, rotate_inplane
+from .geometry import pixel_coordinate_px, rotate_inplane, turned_frame
 
 
 def _csr(crow, col, val, shape, index_dtype):
@@ -146,14 +146,6 @@ class TiltProjector:
     __call__ = forward
 
 
-def _frames(volume_yx, image_yx, tilt_axis_deg):
-    """Grids of the turned problem: (rows, volume width) holding the volume, detector width holding the images."""
-    if tilt_axis_deg == 0.0:
-        return volume_yx, max(volume_yx[1], image_yx[1])
-    vol = covering_shape(volume_yx, tilt_axis_deg)
-    return vol, max(vol[1], covering_shape(image_yx, tilt_axis_deg)[1])
-
-
 def project(volume: torch.Tensor, angles_deg, tilt_axis_deg: float = 0.0, *,
             shape_yx: tuple[int, int] | None = None) -> torch.Tensor:
     """Tilt series of ``volume`` (..., Z, Y, X) in the difftem geometry: (..., T, H, W), ray sums in voxel units.
@@ -163,7 +155,7 @@ def project(volume: torch.Tensor, angles_deg, tilt_axis_deg: float = 0.0, *,
     """
     n_z, n_y, n_x = volume.shape[-3:]
     out_shape = tuple(shape_yx) if shape_yx is not None else (n_y, n_x)
-    frame, det_w = _frames((n_y, n_x), out_shape, tilt_axis_deg)
+    frame, det_w = turned_frame((n_y, n_x), out_shape, tilt_axis_deg)
     turned = rotate_inplane(volume, tilt_axis_deg, frame)  # V_s(s) = V(Rz(α) s)
     op = TiltProjector(angles_deg, (n_z, frame[1]), det_w, dtype=volume.dtype, device=volume.device)
     return rotate_inplane(op(turned), -tilt_axis_deg, out_shape)  # I(x') = J(Rz(−α) x')
@@ -178,7 +170,7 @@ def backproject(projections: torch.Tensor, angles_deg, thickness_px: int, tilt_a
     """
     image_shape = tuple(projections.shape[-2:])
     out_shape = tuple(shape_yx) if shape_yx is not None else image_shape
-    frame, det_w = _frames(out_shape, image_shape, tilt_axis_deg)
+    frame, det_w = turned_frame(out_shape, image_shape, tilt_axis_deg)
     turned = rotate_inplane(projections, tilt_axis_deg, (frame[0], det_w))
     op = TiltProjector(angles_deg, (int(thickness_px), frame[1]), det_w, dtype=projections.dtype,
                        device=projections.device)

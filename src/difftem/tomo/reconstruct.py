@@ -28,10 +28,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .. import fft as dfft
-from ..errors import ResourceError
+from ..core import fft as dfft
+from ..core.device import available_memory_bytes, resolve_device
+from ..core.errors import ConfigError, ResourceError
 from .errors import TomoError
-from .geometry import angular_weights_rad, covering_shape, rotate_inplane
+from .geometry import angular_weights_rad, rotate_inplane, turned_frame
 from .projector import TiltProjector
 
 METHODS = ("wbp", "sirt")
@@ -52,19 +53,6 @@ class Reconstruction:
 
 
 # ----------------------------------------------------------------------------------------------- inputs
-def resolve_device(device: str | torch.device | None) -> torch.device:
-    if isinstance(device, torch.device):
-        return device
-    name = (device or "auto").lower()
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise TomoError("device: cuda requested but no CUDA device is available; use --device auto or cpu")
-    if name != "cpu" and not name.startswith("cuda"):
-        raise TomoError(f"device: unknown device {device!r}; use auto, cpu or cuda")
-    return torch.device(name)
-
-
 def check_angles(angles_deg, n_tilts: int | None = None) -> torch.Tensor:
     """Angles as float64 (T,); errors for a count that differs from the stack, non-finite or |θ| > 90°."""
     ang = torch.as_tensor(np.asarray(angles_deg, dtype=np.float64) if not torch.is_tensor(angles_deg)
@@ -198,14 +186,6 @@ def padded_length(width_px: int) -> int:
 
 
 # ----------------------------------------------------------------------------------------------- solvers
-def _frame(out_yx: tuple[int, int], image_yx: tuple[int, int], tilt_axis_deg: float):
-    """Rows, volume width and detector width of the turned (α = 0) problem."""
-    if tilt_axis_deg == 0.0:
-        return out_yx, max(out_yx[1], image_yx[1])
-    vol = covering_shape(out_yx, tilt_axis_deg)
-    return vol, max(vol[1], covering_shape(image_yx, tilt_axis_deg)[1])
-
-
 def weighted_backprojection(stack: torch.Tensor, angles_deg, thickness_px: int, *, tilt_axis_deg: float = 0.0,
                             shape_yx: tuple[int, int] | None = None, filter: str = "ramp",
                             apodization: str = "none", cutoff: float | None = None, falloff: float = 0.05,
@@ -214,7 +194,7 @@ def weighted_backprojection(stack: torch.Tensor, angles_deg, thickness_px: int, 
     angles = torch.as_tensor(angles_deg, dtype=torch.float64).reshape(-1).cpu()
     image_yx = tuple(stack.shape[-2:])
     out_yx = tuple(shape_yx) if shape_yx is not None else image_yx
-    frame, det_w = _frame(out_yx, image_yx, tilt_axis_deg)
+    frame, det_w = turned_frame(out_yx, image_yx, tilt_axis_deg)
     turned = rotate_inplane(stack, tilt_axis_deg, (frame[0], det_w), padding_mode="border")
     filt = wbp_filter(padded_length(det_w), angles, filter=filter, apodization=apodization, cutoff=cutoff,
                       falloff=falloff, thickness_px=int(thickness_px), width_px=frame[1],
@@ -235,7 +215,7 @@ def sirt(stack: torch.Tensor, angles_deg, thickness_px: int, *, iterations: int 
     angles = torch.as_tensor(angles_deg, dtype=torch.float64).reshape(-1).cpu()
     image_yx = tuple(stack.shape[-2:])
     out_yx = tuple(shape_yx) if shape_yx is not None else image_yx
-    frame, det_w = _frame(out_yx, image_yx, tilt_axis_deg)
+    frame, det_w = turned_frame(out_yx, image_yx, tilt_axis_deg)
     dtype, device = stack.dtype, stack.device
     op = TiltProjector(angles, (int(thickness_px), frame[1]), det_w, dtype=dtype, device=device)
     b = rotate_inplane(stack, tilt_axis_deg, (frame[0], det_w))
@@ -265,7 +245,7 @@ def sirt(stack: torch.Tensor, angles_deg, thickness_px: int, *, iterations: int 
 # ----------------------------------------------------------------------------------------------- front door
 def estimate_memory_bytes(n_tilts: int, image_yx, out_yx, thickness_px: int, tilt_axis_deg: float,
                           method: str) -> int:
-    frame, det_w = _frame(tuple(out_yx), tuple(image_yx), tilt_axis_deg)
+    frame, det_w = turned_frame(tuple(out_yx), tuple(image_yx), tilt_axis_deg)
     entries = 2 * n_tilts * thickness_px * frame[1]
     build = entries * 48  # float64 positions, int64 indices and weights while the matrix is assembled
     matrix = entries * 2 * 8  # A and Aᵀ, float32 values + int32 indices
@@ -343,9 +323,11 @@ def reconstruct(stack, angles_deg: Sequence[float] | torch.Tensor, *, method: st
     if int(thickness_px) != thickness_px or thickness_px < 1:
         raise TomoError(f"thickness: {thickness_px} voxels must be a positive integer")
     thickness_px = int(thickness_px)
-    dev = resolve_device(device)
+    try:
+        dev = resolve_device(device, field="device")
+    except ConfigError as exc:
+        raise TomoError(str(exc)) from None
 
-    from ..pipeline import available_memory_bytes
 
     need = estimate_memory_bytes(stack.shape[0], out_yx, out_yx, thickness_px, tilt_axis_deg, method)
     limit = max_memory_gb * 1e9 if max_memory_gb else 0.8 * available_memory_bytes(dev)

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .. import fft as dfft
+from ..core import fft as dfft
 from .errors import TomoError
 
 
@@ -132,7 +132,7 @@ def plot_fsc(path: str | Path, curves: dict[str, FSCResult], title: str = "") ->
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from ..io import atomic_path
+    from ..io.files import atomic_path
 
     fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=100)
     for label, res in curves.items():

@@ -1,0 +1,71 @@
+"""What the command line shows: one console on stderr, one-line errors, progress that also reaches log files."""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Callable, Iterator
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+console = Console(stderr=True)
+
+#: Seconds between progress lines when stderr is not a terminal (a log file or a batch system's output).
+LOG_INTERVAL_S = 30.0
+
+
+def fail(msg: str) -> None:
+    """Print ``msg`` as one red line and exit with code 2 (no traceback)."""
+    console.print(f"[bold red]error:[/] {escape(msg)}", soft_wrap=True, highlight=False)
+    raise typer.Exit(code=2)
+
+
+def note(kind: str, msg: str) -> None:
+    colour = "yellow" if kind in ("warning", "note") else "cyan"
+    console.print(f"[{colour}]{kind}:[/] {escape(msg)}", soft_wrap=True, highlight=False)
+
+
+@contextlib.contextmanager
+def progress(label: str, unit: str, *, interval_s: float = LOG_INTERVAL_S) -> Iterator[Callable[..., None]]:
+    """Yield ``update(done, total, description=None)``: a live bar on a terminal; otherwise one plain line
+    every ``interval_s`` seconds and at the end, so a run whose output goes to a log file still says how far
+    it is."""
+    if console.is_terminal:
+        with Progress(TextColumn(f"[bold]{escape(label)}"), TextColumn("{task.description}"), BarColumn(),
+                      TextColumn("{task.completed}/{task.total} " + unit), TimeElapsedColumn(),
+                      TimeRemainingColumn(), console=console, transient=True) as bar:
+            task = bar.add_task("", total=None)
+
+            def update(done: int, total: int | None, description: str | None = None) -> None:
+                bar.update(task, completed=done, total=total,
+                           **({"description": escape(description)} if description else {}))
+
+            yield update
+        return
+    t0 = last = time.monotonic()
+    state: dict = {}
+
+    def update(done: int, total: int | None, description: str | None = None) -> None:
+        nonlocal last
+        state.update(done=done, total=total, description=description or state.get("description"))
+        now = time.monotonic()
+        if now - last >= interval_s:
+            last = now
+            _log_line(label, unit, state, now - t0)
+
+    yield update
+    if state:
+        _log_line(label, unit, state, time.monotonic() - t0)
+
+
+def _log_line(label: str, unit: str, state: dict, elapsed_s: float) -> None:
+    done, total, what = state.get("done", 0), state.get("total"), state.get("description")
+    of = f"/{total}" if total else ""
+    eta = ""
+    if total and done:
+        eta = f", about {elapsed_s * (total - done) / done:.0f} s left"
+    console.print(f"{label}{' ' + what if what else ''}: {done}{of} {unit} after {elapsed_s:.0f} s{eta}",
+                  soft_wrap=True, highlight=False, markup=False)

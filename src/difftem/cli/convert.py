@@ -1,0 +1,37 @@
+"""`difftem convert`: a TEM-simulator input file as a commented difftem YAML config."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from ..core.errors import DifftemError
+from ..io.files import write_text
+from ..temsim import load_inp, to_yaml
+from ._console import console, fail, note
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("convert")
+    def convert_cmd(
+        inp: Path = typer.Argument(..., help="TEM-simulator 1.3 input file (.inp)"),
+        out: Optional[Path] = typer.Option(None, "--out", "-o", help="YAML config to write; default: print it"),
+    ):
+        """Translate a TEM-simulator input file into a difftem YAML config; every field is commented with the
+        TEM-simulator parameter(s) it comes from, and approximations are listed."""
+        try:
+            result = load_inp(inp)
+            text = to_yaml(result)
+            if out is not None:
+                write_text(out, text)
+        except DifftemError as exc:
+            fail(str(exc))
+        for n in result.notes:
+            note("note", n)
+        if out is None:
+            typer.echo(text, nl=False)
+        else:
+            console.print(f"wrote {out} ({sum(1 for m in result.mapping if m.field)} parameters mapped, "
+                          f"{len(result.notes)} notes)")

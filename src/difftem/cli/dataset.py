@@ -1,0 +1,104 @@
+"""`difftem dataset`: generate a dataset store from a SPEC on a Dask cluster."""
+
+from __future__ import annotations
+
+import signal
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("dataset")
+    def dataset(
+        spec: Path = typer.Argument(..., help="dataset SPEC (YAML): seed, n_items, base config, vary, outputs, store"),
+        out: Path = typer.Option(..., "--out", "-o", help="store folder (created; rerun the same command to resume)"),
+        workers: Optional[int] = typer.Option(
+            None, help="local Dask workers (default: sized to the machine; 0: run in this process)"),
+        scheduler: Optional[str] = typer.Option(None, help="address of a running Dask scheduler (tcp://host:port)"),
+        only: Optional[str] = typer.Option(
+            None, help="only these items, e.g. 17 or 3,5-8 (same result as in a full run)"),
+        overwrite: bool = typer.Option(False, help="replace a store that was written from a different SPEC"),
+        threads_per_item: int = typer.Option(1, help="torch threads per item (results are bit-identical only "
+                                                     "between runs with the same value)"),
+        connect_timeout: float = typer.Option(10.0, help="seconds to wait for --scheduler"),
+        resources: Optional[str] = typer.Option(
+            None, help="Dask resources each item needs, e.g. GPU=1 (workers started with --resources GPU=1)"),
+    ):
+        """Simulate a dataset described by SPEC into the store OUT (Zarr or MRC + STAR, with a manifest)."""
+        from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+        from ..core.errors import DifftemError
+        from ..dataset.build import build
+        from ..dataset.spec import load_spec, parse_only
+        from ._console import console, fail
+
+        if workers is not None and scheduler is not None:
+            fail("--workers and --scheduler exclude each other: --workers starts a local cluster, "
+                  "--scheduler uses a running one")
+        if workers is not None and workers < 0:
+            fail(f"--workers must be >= 0 (0: run in this process), got {workers}")
+        previous = signal.getsignal(signal.SIGTERM)
+
+        def _terminate(signum, frame):  # batch systems stop jobs with SIGTERM: stop as cleanly as Ctrl-C
+            raise KeyboardInterrupt
+
+        progress = Progress(TextColumn("[bold]dataset"), BarColumn(), TextColumn("{task.completed}/{task.total} items"),
+                            TextColumn("{task.fields[rate]} items/s"), TextColumn("[red]{task.fields[failed]}"),
+                            TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(), console=console,
+                            transient=True)
+        task = None
+
+        def on_progress(state: dict) -> None:
+            nonlocal task
+            if task is None:
+                task = progress.add_task("items", total=state["total"], rate="-", failed="")
+            progress.update(task, completed=state["completed"], total=state["total"],
+                            rate=f"{state['items_per_s']:.2f}",
+                            failed=f"{state['failed']} failed" if state["failed"] else "")
+
+        try:
+            needs = _parse_resources(resources) if resources else None
+            signal.signal(signal.SIGTERM, _terminate)
+            spec_obj = load_spec(spec)
+            selection = parse_only(only, spec_obj.n_items) if only else None
+            with progress:
+                report = build(spec_obj, out, workers=workers, scheduler=scheduler, only=selection,
+                               overwrite=overwrite, threads_per_item=threads_per_item, resources=needs,
+                               connect_timeout_s=connect_timeout, progress=on_progress,
+                               log=lambda msg: console.print(msg, soft_wrap=True, highlight=False))
+        except KeyboardInterrupt:
+            console.print(f"[yellow]interrupted:[/] the store {out} is consistent (complete items only); "
+                          "rerun the same command to resume", soft_wrap=True, highlight=False)
+            raise typer.Exit(code=130)
+        except DifftemError as exc:
+            fail(str(exc))
+        finally:
+            signal.signal(signal.SIGTERM, previous)
+        n = len(report.done) + len(report.failed)
+        rate = n / report.seconds if report.seconds > 0 else 0.0
+        console.print(f"{out}: {len(report.done)} items written, {report.skipped} already there, "
+                      f"{len(report.failed)} failed, {report.seconds:.1f} s ({rate:.2f} items/s); "
+                      f"manifest {report.manifest.name if report.manifest else '-'}", soft_wrap=True, highlight=False)
+        for index, error in sorted(report.failed.items())[:10]:
+            console.print(f"[red]item {index} failed:[/] {error}", soft_wrap=True, highlight=False)
+        if report.failed:
+            console.print("failed items are listed in the manifest and failed/; rerun to retry them",
+                          soft_wrap=True, highlight=False)
+            raise typer.Exit(code=1)
+
+
+def _parse_resources(text: str) -> dict[str, float]:
+    from ..core.errors import ConfigError
+
+    out = {}
+    for part in (p.strip() for p in text.split(",") if p.strip()):
+        name, _, value = part.partition("=")
+        try:
+            out[name.strip()] = float(value)
+        except ValueError:
+            raise ConfigError(f"--resources: cannot read '{part}'; give NAME=AMOUNT pairs such as GPU=1") from None
+        if not name.strip() or out[name.strip()] <= 0:
+            raise ConfigError(f"--resources: '{part}' needs a name and a positive amount, e.g. GPU=1")
+    return out

@@ -1,0 +1,78 @@
+"""`difftem denoise`: registered on the main typer app by ``difftem.cli`` (heavy imports stay inside)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("denoise")
+    def denoise_command(
+        inputs: list[Path] = typer.Argument(..., help="MRC image(s) (.gz ok): one micrograph, repeated exposures "
+                                            "(several files or one stack), or a tilt-series stack"),
+        out: Path = typer.Option(..., "--out", "-o", help="output folder"),
+        mode: str = typer.Option("auto", help="auto (stack/several files = repeated exposures), repeats, "
+                                 "tilt-series (denoise each tilt with its aligned neighbours)"),
+        config: Optional[Path] = typer.Option(None, help="simulation config YAML: detector MTF, DQE, gain, dose"),
+        mtf_fit: Optional[Path] = typer.Option(None, help="fit-mtf result (mtf_fit.json): the MTF shape"),
+        mtf: Optional[str] = typer.Option(None, help="MTF as 'a,b,c,alpha,beta' or a RELION STAR file"),
+        no_mtf: bool = typer.Option(False, "--no-mtf", help="the images have no MTF (MTF ≡ 1)"),
+        dqe: Optional[float] = typer.Option(None, help="detector DQE in (0, 1] (default: config, else 1)"),
+        gain: Optional[float] = typer.Option(None, help="image units per electron (default: config, else "
+                                             "estimated from the shot noise)"),
+        dose: Optional[float] = typer.Option(None, help="dose per exposure (e/Å²), checked > 0"),
+        method: str = typer.Option("poisson", help="poisson (default), expected, surrogate, or paper "
+                                   "(Algorithm 2 as published)"),
+        prior: str = typer.Option("tv", help="tv, spectral or none"),
+        prior_weight: str = typer.Option("auto", help="prior weight β, or auto (hold-out validation)"),
+        steps: Optional[int] = typer.Option(None, help="optimiser steps (default 200; paper 300)"),
+        lr: Optional[float] = typer.Option(None, help="learning rate (default: scaled to the noise; paper 1.0)"),
+        topaz: bool = typer.Option(False, "--topaz", help="add Topaz-Denoise (pretrained) outputs as extra "
+                                   "observations (the paper's T augmentation; needs topaz-em)"),
+        topaz_model: str = typer.Option("unet", help="Topaz pretrained model: unet, unet-small, fcnn, affine"),
+        neighbours: int = typer.Option(1, help="tilt-series: neighbours used on each side"),
+        align: bool = typer.Option(False, "--align", help="repeats: align the exposures to the first "
+                                   "(low-pass cross-correlation)"),
+        baselines: str = typer.Option("", help="also write baselines, comma-separated: average,lowpass,n2n,topaz"),
+        pairwise: bool = typer.Option(False, "--pairwise", help="write the pairwise SSIM/PSNR/MSE/FFL table "
+                                      "(the paper's Table 4) of input, baselines and result"),
+        seed: int = typer.Option(0, help="random seed"),
+    ):
+        """Denoise micrographs through the detector model and write MRC, PNG and denoise.json into OUT."""
+        from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+        from ..core.errors import DifftemError
+        from ._console import console, fail
+
+        try:
+            from ..denoise.run import resolve_detector, run_denoise
+
+            weight: float | str = prior_weight
+            if prior_weight != "auto":
+                try:
+                    weight = float(prior_weight)
+                except ValueError:
+                    raise DifftemError(f"--prior-weight {prior_weight!r}: give a number ≥ 0 or 'auto'") from None
+            detector = resolve_detector(config=config, mtf_fit=mtf_fit, mtf=mtf, dqe=dqe, gain=gain,
+                                        dose_e_per_a2=dose, no_mtf=no_mtf)
+            names = [b.strip() for b in baselines.split(",") if b.strip()]
+            with Progress(TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+                          TimeElapsedColumn(), console=console, transient=True) as bar:
+                task = bar.add_task("denoise", total=None)
+                report = run_denoise(list(inputs), out, mode=mode, detector=detector, method=method, prior=prior,
+                                     prior_weight=weight, steps=steps, lr=lr, topaz=topaz, topaz_model=topaz_model,
+                                     neighbours=neighbours, align=align, baselines=names, pairwise=pairwise,
+                                     seed=seed,
+                                     progress=lambda d, i, n: bar.update(task, description=d, completed=i, total=n))
+        except DifftemError as exc:
+            fail(str(exc))
+        for warning in report.get("warnings", []):
+            console.print(f"[yellow]warning:[/] {warning}", soft_wrap=True, highlight=False)
+        s = report.get("settings") or report["tilts"][0]["settings"]
+        console.print(f"{report['mode']}: {report['shape'][0]} image(s) {report['shape'][1]}x{report['shape'][2]}, "
+                      f"method {s['method']}, prior {s['prior']} (weight {s['prior_weight']:.3g}), "
+                      f"{report['seconds']:.1f} s")
+        console.print(f"wrote {', '.join(report['outputs'])} to {out}")

@@ -1,0 +1,26 @@
+"""`difftem info`: versions, devices, threads."""
+
+from __future__ import annotations
+
+import sys
+
+import typer
+
+from ..core.version import __version__
+from ._console import console
+
+
+def register(app: typer.Typer) -> None:
+    @app.command()
+    def info():
+        """Print versions, devices and thread settings."""
+        import torch
+
+        console.print(f"difftem {__version__}")
+        console.print(f"python {sys.version.split()[0]}, torch {torch.__version__}, threads {torch.get_num_threads()}")
+        cuda = torch.cuda.is_available()
+        console.print(f"cuda available: {cuda}")
+        if cuda:
+            for i in range(torch.cuda.device_count()):
+                p = torch.cuda.get_device_properties(i)
+                console.print(f"  cuda:{i} {p.name} {p.total_memory / 2**30:.1f} GiB")

@@ -1,0 +1,207 @@
+"""`difftem reconstruct`, `difftem render` and `difftem score` (registered by difftem.cli)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from ..core.errors import DifftemError
+
+
+def _ui():
+    from ._console import console, fail  # late: difftem.cli imports this module while it loads
+
+    return fail, console
+
+
+def _sidecar(path: Path, suffix: str) -> Path:
+    return path.with_name(path.stem + suffix)
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("reconstruct")
+    def reconstruct_cmd(
+        tilts: Path = typer.Argument(..., help="tilt series: MRC stack (n_tilts, H, W), pixel size in the header"),
+        tlt: Path = typer.Option(..., "--tlt", help="tilt angles (deg), one per line in stack order (IMOD .tlt)"),
+        out: Path = typer.Option(..., "--out", "-o", help="output volume (MRC, voxel size in the header)"),
+        method: str = typer.Option("wbp", help="wbp (weighted back-projection) or sirt"),
+        iterations: int = typer.Option(20, help="SIRT iterations"),
+        relaxation: float = typer.Option(1.0, help="SIRT relaxation λ in (0, 2)"),
+        nonnegative: bool = typer.Option(False, "--nonnegative", help="SIRT: clip iterates at 0"),
+        filter: str = typer.Option("ramp", "--filter", help="WBP filter: ramp or sirt-like"),
+        sirt_like_iterations: int = typer.Option(10, help="sirt-like filter: SIRT iterations to imitate"),
+        apodization: str = typer.Option("none", help="WBP window: none, cosine, hamming or shepp-logan"),
+        cutoff: Optional[float] = typer.Option(None, help="WBP radial cutoff (fraction of Nyquist), Gaussian roll-off"),
+        falloff: float = typer.Option(0.05, help="σ of the roll-off past --cutoff (fraction of Nyquist)"),
+        tilt_axis_deg: float = typer.Option(0.0, help="tilt-axis angle α (deg): axis = +y turned by α about +z"),
+        thickness_vox: Optional[int] = typer.Option(None, help="volume thickness in voxels (after binning)"),
+        thickness_a: Optional[float] = typer.Option(None, help="volume thickness in Å (or --thickness-vox)"),
+        binning: int = typer.Option(1, help="average the stack over binning × binning pixels first"),
+        pixel_size: Optional[float] = typer.Option(None, help="pixel size (Å); overrides the MRC header"),
+        invert: bool = typer.Option(False, "--invert", help="negate the stack first (protein dark → bright)"),
+        device: str = typer.Option("auto", help="auto, cpu or cuda"),
+        backend: str = typer.Option("torch", help="torch, or astra (optional package, for comparison)"),
+        reference: Optional[Path] = typer.Option(None, help="ground-truth volume (MRC, same grid): FSC/NCC + plot"),
+    ):
+        """Reconstruct TILTS into a volume (WBP or SIRT): OUT, a .json record beside it, with --reference a FSC plot."""
+        fail, console = _ui()
+        from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+        from ..io.files import write_json, write_mrc
+        from ..io.tlt import read_tlt, read_volume_mrc
+        from ..tomo.reconstruct import reconstruct
+
+        try:
+            stack, px = read_volume_mrc(tilts, "tilt series", pixel_size)
+            angles = read_tlt(tlt)
+            ref = None
+            if reference is not None:
+                ref, ref_px = read_volume_mrc(reference, "--reference", None, required=False)
+            if invert:
+                stack = -stack
+            with Progress(TextColumn(f"[bold]{method}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+                          TimeElapsedColumn(), console=console, transient=True) as bar:
+                task = bar.add_task(method, total=iterations if method == "sirt" else None)
+                result = reconstruct(stack, angles, method=method, pixel_size_a=px, tilt_axis_deg=tilt_axis_deg,
+                                     thickness_px=thickness_vox, thickness_a=thickness_a, binning=binning,
+                                     filter=filter, apodization=apodization, cutoff=cutoff, falloff=falloff,
+                                     sirt_like_iterations=sirt_like_iterations, iterations=iterations,
+                                     relaxation=relaxation, nonnegative=nonnegative, device=device, backend=backend,
+                                     progress=lambda done, total: bar.update(task, completed=done, total=total))
+            volume = result.volume.detach().cpu().numpy()
+            record = {"input": str(tilts), "tlt": str(tlt), "invert": invert, **result.info}
+            outputs = [out, _sidecar(out, ".json")]
+            plot = None
+            if ref is not None:
+                scores, plot = _score_against(volume, ref, result.voxel_size_a, ref_px, reference,
+                                              _sidecar(out, "_fsc.png"), f"{method} vs {reference.name}")
+                record["scores"] = scores
+                outputs.append(plot[0])
+        except DifftemError as exc:
+            fail(str(exc))
+        write_mrc(out, volume, result.voxel_size_a)
+        if plot is not None:
+            plot[1]()
+        write_json(outputs[1], record)
+        msg = (f"{method}: volume {tuple(volume.shape)} at {result.voxel_size_a:g} Å/voxel in "
+               f"{result.info['timings']['reconstruct_s']:.1f} s on {result.info['device']}")
+        if result.residuals:
+            msg += f", residual {result.residuals[0]:.3g} → {result.residuals[-1]:.3g}"
+        if ref is not None:
+            s = record["scores"]
+            msg += f"; NCC {s['ncc']:.3f}, FSC 0.143: {_res(s['fsc']['resolution_0143_a'], result.voxel_size_a)}"
+        console.print(msg, highlight=False)
+        console.print(f"wrote {', '.join(str(p) for p in outputs)}", highlight=False)
+
+    @app.command("render")
+    def render_cmd(
+        volume: Path = typer.Argument(..., help="volume (MRC, Z sections)"),
+        out: Path = typer.Option(..., "--out", "-o", help="output PNG"),
+        azimuth_deg: float = typer.Option(30.0, help="view: turn about the volume's y axis (deg, tilt sense)"),
+        elevation_deg: float = typer.Option(20.0, help="view: then turn about x (deg)"),
+        threshold: Optional[float] = typer.Option(None, help="transfer function: transparent at or below this value"),
+        threshold_percentile: float = typer.Option(90.0, help="threshold percentile if no --threshold"),
+        top_percentile: float = typer.Option(99.9, help="values above this percentile get full opacity and colour"),
+        opacity: float = typer.Option(0.1, help="alpha of one voxel length at full density, in (0, 1)"),
+        colormap: str = typer.Option("inferno", help="matplotlib colour map"),
+        invert: bool = typer.Option(False, "--invert", help="negate the volume first (protein dark in the data)"),
+        mode: str = typer.Option("ea", help="ea (emission–absorption) or mip (maximum intensity)"),
+        size: int = typer.Option(256, help="render size (px, square)"),
+        layout: str = typer.Option("panel", help="panel (render + XY/XZ/YZ central sections, 1200×800 px) or "
+                                                 "render (the render alone, size × size px)"),
+        turntable: int = typer.Option(0, help="also write a GIF of this many views once round (0: none)"),
+        gif: Optional[Path] = typer.Option(None, help="turntable GIF path (default: OUT with .gif)"),
+        pixel_size: Optional[float] = typer.Option(None, help="voxel size (Å) when the MRC header has none"),
+        device: str = typer.Option("auto", help="auto, cpu or cuda"),
+    ):
+        """Render VOL (emission–absorption ray casting) into a PNG panel with central orthoslices; optional GIF."""
+        fail, console = _ui()
+        import numpy as np
+        import torch
+        from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+        from ..core.device import resolve_device
+        from ..io.tlt import read_volume_mrc
+        from ..tomo.errors import TomoError
+        from ..tomo.render import render_volume, turntable_frames, write_gif, write_panel_png, write_render_png
+
+        try:
+            if layout not in ("panel", "render"):
+                raise TomoError(f"--layout: unknown layout {layout!r}; choose panel or render")
+            if turntable < 0 or turntable == 1:
+                raise TomoError(f"--turntable: {turntable} frames; give 0 (none) or at least 2")
+            data, vx = read_volume_mrc(volume, "volume", pixel_size, required=False)  # None: axes in voxels
+            vol = torch.as_tensor(np.ascontiguousarray(data)).to(resolve_device(device, field="--device"))
+            kw = dict(elevation_deg=elevation_deg, size_px=size, threshold=threshold,
+                      threshold_percentile=threshold_percentile, top_percentile=top_percentile, opacity=opacity,
+                      colormap=colormap, invert=invert, mode=mode)
+            with torch.no_grad():
+                image = render_volume(vol, azimuth_deg=azimuth_deg, **kw)
+                frames = []
+                if turntable:
+                    with Progress(TextColumn("[bold]turntable"), BarColumn(), TimeElapsedColumn(), console=console,
+                                  transient=True) as bar:
+                        bar.add_task("turntable", total=None)
+                        frames = turntable_frames(vol, turntable, azimuth_deg=azimuth_deg, **kw)
+        except DifftemError as exc:
+            fail(str(exc))
+        written = []
+        if layout == "panel":
+            title = f"{volume.name}: azimuth {azimuth_deg:g}°, elevation {elevation_deg:g}°, {mode}"
+            written.append(write_panel_png(out, vol, image, vx, title, invert=invert))
+        else:
+            written.append(write_render_png(out, image))
+        if frames:
+            written.append(write_gif(gif or out.with_suffix(".gif"), frames))
+        console.print(f"wrote {', '.join(str(p) for p in written)}", highlight=False)
+
+    @app.command("score")
+    def score_cmd(
+        volume: Path = typer.Argument(..., help="volume to score (MRC)"),
+        reference: Path = typer.Argument(..., help="reference / ground-truth volume on the same grid (MRC)"),
+        out: Path = typer.Option(..., "--out", "-o", help="FSC plot (PNG); the numbers go beside it as .json"),
+        pixel_size: Optional[float] = typer.Option(None, help="voxel size (Å) when the MRC headers have none"),
+    ):
+        """FSC (curve, 0.143 / 0.5 resolutions) and NCC of VOLUME against REFERENCE; writes a PNG and a JSON."""
+        fail, console = _ui()
+        from ..io.files import write_json
+        from ..io.tlt import read_volume_mrc
+
+        try:
+            vol, vx = read_volume_mrc(volume, "volume", pixel_size)
+            ref, rx = read_volume_mrc(reference, "reference", pixel_size, required=False)
+            scores, plot = _score_against(vol, ref, vx, rx, reference, out, f"{volume.name} vs {reference.name}",
+                                          "reference")
+        except DifftemError as exc:
+            fail(str(exc))
+        plot[1]()
+        json_path = write_json(_sidecar(out, ".json"), {"volume": str(volume), "reference": str(reference), **scores})
+        console.print(f"NCC {scores['ncc']:.4f}; FSC 0.143: {_res(scores['fsc']['resolution_0143_a'], vx)}, "
+                      f"0.5: {_res(scores['fsc']['resolution_05_a'], vx)}", highlight=False)
+        console.print(f"wrote {out}, {json_path}", highlight=False)
+
+
+def _res(value: float | None, voxel_a: float) -> str:
+    return f"{value:.2f} Å" if value else f"beyond Nyquist ({2 * voxel_a:.2f} Å)"
+
+
+def _score_against(vol, ref, voxel_a: float, ref_voxel_a: float | None, ref_path: Path, plot_path: Path, title: str,
+                   what: str = "--reference"):
+    """Scores of ``vol`` against ``ref`` and a deferred plot writer (outputs are written after all checks)."""
+    import torch
+
+    from ..tomo.errors import TomoError
+    from ..tomo.scores import fsc, ncc, plot_fsc
+
+    if ref_voxel_a is not None and abs(ref_voxel_a - voxel_a) > 1e-3 * voxel_a:  # None: header without a size
+        raise TomoError(f"{what}: {ref_path} has voxel size {ref_voxel_a:g} Å but the volume has {voxel_a:g} Å; "
+                        f"resample one onto the other's grid")
+    if tuple(ref.shape) != tuple(vol.shape):
+        raise TomoError(f"{what}: {ref_path} has shape {tuple(ref.shape)} but the volume is {tuple(vol.shape)} "
+                        f"(Z, Y, X); match the reconstruction's size (thickness, binning) to the reference")
+    a, b = torch.as_tensor(vol, dtype=torch.float64), torch.as_tensor(ref, dtype=torch.float64)
+    curve = fsc(a, b, voxel_a)
+    scores = {"ncc": float(ncc(a, b)), "fsc": curve.as_dict()}
+    return scores, (plot_path, lambda: plot_fsc(plot_path, {"volume": curve}, title))

@@ -1,0 +1,26 @@
+"""Errors a user can act on: each message names the offending field or file and the fix."""
+
+
+class DifftemError(Exception):
+    """Base class; the CLI prints these as one line, without a traceback."""
+
+
+class ConfigError(DifftemError):
+    """A configuration value is invalid (field name and fix in the message)."""
+
+
+class StructureError(DifftemError):
+    """An atomic model cannot be read or contains something we cannot simulate."""
+
+
+class ResourceError(DifftemError):
+    """The requested simulation would not fit in memory (estimate given up front)."""
+
+
+class FormatError(DifftemError):
+    """A file cannot be read: the message names the file (and line, where there is one) and what was expected."""
+
+    def __init__(self, message: str, *, file=None, line: int | None = None):
+        self.message, self.file, self.line = message, (str(file) if file else None), line
+        where = f"{file}:{line}: " if file and line else f"{file}: " if file else ""
+        super().__init__(where + message)

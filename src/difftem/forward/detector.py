@@ -1,0 +1,138 @@
+"""Detector: dose → expected counts, shot noise with a DQE, MTF, gain.
+
+Order (as the seed paper and TEM-simulator): expected counts λ = dose · pixel area · I;
+shot noise counts ~ Poisson(DQE·λ) / DQE (mean λ, variance λ/DQE, so DQE(0) = SNR²_out/SNR²_in);
+then the MTF acts on the counts in Fourier space (noise power ∝ MTF²); then the gain.
+The noise-free image is the same chain without the Poisson draw, i.e. its expectation.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..core.errors import ConfigError
+from ..core.fft import irfft2, rfft2
+
+
+@dataclass(frozen=True)
+class MTFParams:
+    """The seed paper's MTF(ω) = a/(1+αω²) + b/(1+βω²) + c, ω in cycles/pixel."""
+
+    a: float
+    b: float
+    c: float
+    alpha: float
+    beta: float
+
+    def __call__(self, omega: torch.Tensor) -> torch.Tensor:
+        w2 = omega**2
+        return self.a / (1 + self.alpha * w2) + self.b / (1 + self.beta * w2) + self.c
+
+
+@dataclass(frozen=True)
+class MeasuredMTF:
+    """A tabulated MTF curve (e.g. RELION STAR), linearly interpolated, held constant past its end."""
+
+    frequency_per_px: np.ndarray
+    value: np.ndarray
+    source: str = ""
+
+    def __call__(self, omega: torch.Tensor) -> torch.Tensor:
+        f = torch.as_tensor(self.frequency_per_px, dtype=omega.dtype, device=omega.device)
+        v = torch.as_tensor(self.value, dtype=omega.dtype, device=omega.device)
+        w = omega.clamp(min=float(f[0]), max=float(f[-1]))
+        i = torch.searchsorted(f, w.contiguous(), right=True).clamp(1, len(f) - 1)
+        f0, f1, v0, v1 = f[i - 1], f[i], v[i - 1], v[i]
+        return v0 + (v1 - v0) * (w - f0) / (f1 - f0)
+
+
+def read_mtf_star(path: str | Path) -> MeasuredMTF:
+    """Read a RELION MTF STAR file (``_rlnResolutionInversePixel``, ``_rlnMtfValue``)."""
+    path = Path(path)
+    if not path.exists():
+        raise ConfigError(f"detector.mtf.star: {path} not found")
+    cols: list[str] = []
+    rows: list[list[float]] = []
+    for line in path.read_text().splitlines():
+        s = line.strip()
+        if not s or s.startswith("#") or s.startswith("data_") or s == "loop_":
+            continue
+        if s.startswith("_"):
+            cols.append(s.split()[0])
+            continue
+        try:
+            rows.append([float(v) for v in s.split()])
+        except ValueError:
+            raise ConfigError(f"detector.mtf.star: {path}: cannot parse row {s!r}") from None
+    try:
+        fi, vi = cols.index("_rlnResolutionInversePixel"), cols.index("_rlnMtfValue")
+    except ValueError:
+        raise ConfigError(f"detector.mtf.star: {path} lacks _rlnResolutionInversePixel/_rlnMtfValue columns") from None
+    arr = np.asarray(rows, dtype=np.float64)
+    order = np.argsort(arr[:, fi])
+    if len(arr) < 2:
+        raise ConfigError(f"detector.mtf.star: {path} has fewer than two rows")
+    return MeasuredMTF(arr[order, fi], arr[order, vi], str(path))
+
+
+def radial_frequency_per_px(shape: tuple[int, int], device=None, dtype=torch.float64) -> torch.Tensor:
+    """|ω| in cycles/pixel on the rfft half-spectrum layout of an (H, W) image."""
+    fy = torch.fft.fftfreq(shape[0], device=device, dtype=dtype)[:, None]
+    fx = torch.fft.rfftfreq(shape[1], device=device, dtype=dtype)[None, :]
+    return torch.sqrt(fy**2 + fx**2)
+
+
+def mtf_transfer(mtf, shape: tuple[int, int], *, device=None, dtype=torch.float64,
+                 normalize_dc: bool = False) -> torch.Tensor | None:
+    """The MTF sampled on the rfft half-spectrum of an (H, W) image (None for the identity).
+
+    ``mtf`` maps |ω| (cycles/pixel) to values, or has such a ``curve`` method (a learnable MTF module,
+    whose parameters then receive gradients). ``normalize_dc`` divides by MTF(0) so counts are kept.
+    """
+    if mtf is None:
+        return None
+    curve = getattr(mtf, "curve", mtf)
+    omega = radial_frequency_per_px(tuple(shape), device)
+    transfer = curve(omega)
+    if normalize_dc:
+        transfer = transfer / curve(torch.zeros((), dtype=omega.dtype, device=omega.device))
+    return transfer.to(dtype)
+
+
+def apply_mtf(image: torch.Tensor, mtf, normalize_dc: bool = True) -> torch.Tensor:
+    """Filter (..., H, W) images by MTF(|ω|) in Fourier space (periodic boundaries)."""
+    shape = tuple(image.shape[-2:])
+    transfer = mtf_transfer(mtf, shape, device=image.device, dtype=image.dtype, normalize_dc=normalize_dc)
+    if transfer is None:
+        return image
+    return irfft2(rfft2(image) * transfer, shape)
+
+
+def expected_counts(intensity: torch.Tensor, dose_e_per_a2: float, pixel_size_a: float) -> torch.Tensor:
+    """Mean electrons per pixel: dose (e/Å²) × pixel area (Å²) × relative intensity."""
+    return intensity * (dose_e_per_a2 * pixel_size_a**2)
+
+
+def shot_noise(expected: torch.Tensor, dqe: float = 1.0, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Counts ~ Poisson(DQE·λ)/DQE: mean λ, variance λ/DQE."""
+    if not 0 < dqe <= 1:
+        raise ConfigError(f"detector.dqe must be in (0, 1], got {dqe}")
+    rate = (expected * dqe).clamp(min=0)
+    return torch.poisson(rate, generator=generator) / dqe
+
+
+def make_mtf(config) -> "MTFParams | MeasuredMTF | None":
+    """The detector MTF a config asks for: the formula's parameters, a measured curve read from its STAR file, or
+    none."""
+    from ..config import MTFFormula, MTFStar
+
+    mtf = config.detector.mtf
+    if isinstance(mtf, MTFFormula):
+        return MTFParams(mtf.a, mtf.b, mtf.c, mtf.alpha, mtf.beta)
+    if isinstance(mtf, MTFStar):
+        return read_mtf_star(mtf.star)
+    return None

@@ -1,0 +1,200 @@
+"""Multislice propagation of a plane wave through a sliced potential.
+
+Conventions (numpy/torch FFT sign: the forward transform has e^{-2πi k·x}):
+- transmission t = exp(iσ (V + i V_im)): an attractive potential advances the phase and the
+  imaginary part attenuates;
+- Fresnel propagator over Δz: P(k) = exp(-iπ λ Δz k²);
+- each slice: ψ ← P ∗ (t · ψ); the exit wave is at the bottom of the last slice.
+Anti-aliasing: both t and P are limited to |k| ≤ 2/3 Nyquist, so the product t·ψ never wraps
+around the grid. t is band-limited in the box that holds the slice's atoms (``"box"``, cheap:
+t − 1 vanishes outside it) or over the whole field (``"field"``, two more full-size FFTs).
+Consecutive slices holding only the ice continuum are merged exactly (a constant transmission
+commutes with propagation), so thick ice costs nothing extra.
+
+Windowing: outside the specimen's footprint the wave is the plane wave times the ice's uniform
+transmission. When the atoms occupy a small part of the field, multislice runs on a window
+around them (margin = the potential's tails + the Fresnel spread λ·T·k_max over the specimen
+thickness T, doubled) and the result is placed into the field: cost and memory follow the
+specimen, not the field.
+"""
+
+from __future__ import annotations
+
+import cmath
+import math
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+import torch.utils.checkpoint
+
+from ..core.fft import fft2, ifft2
+from ..core.grid import Grid, centred_span
+from .potential import Patch, SlicedPotential, antialias_mask, embed
+
+Bandlimit = Literal["box", "field", "none"]
+
+
+def fresnel_propagator(grid: Grid, wavelength_a: float, distance_a: float, *, antialias_fraction: float | None = 2 / 3,
+                       device=None, dtype=torch.complex64, taper_fraction: float = 0.04) -> torch.Tensor:
+    """P(k) = exp(-iπ λ Δz k²) on the grid's FFT layout, times the anti-aliasing aperture."""
+    k2 = grid.k2(device, torch.float64)
+    prop = torch.polar(torch.ones_like(k2), -torch.pi * wavelength_a * distance_a * k2)
+    if antialias_fraction is not None:
+        prop = prop * antialias_mask(k2, grid.pixel_size_a, antialias_fraction, taper_fraction)
+    return prop.to(dtype)
+
+
+def propagate(wave: torch.Tensor, propagator: torch.Tensor) -> torch.Tensor:
+    """Apply a Fourier-space propagator to (..., H, W) waves."""
+    return ifft2(fft2(wave) * propagator)
+
+
+def transmission(potential_v_a: torch.Tensor, sigma: float) -> torch.Tensor:
+    """t = exp(iσ V) for complex V = V_re + i V_im (V·Å)."""
+    return torch.exp(1j * sigma * potential_v_a)
+
+
+def _checkpoint(fn, *args):
+    """Recompute ``fn`` in the backward pass (deterministic: no RNG state to keep)."""
+    return torch.utils.checkpoint.checkpoint(fn, *args, use_reentrant=False, preserve_rng_state=False,
+                                             determinism_check="none")
+
+
+@dataclass
+class MultisliceStats:
+    n_slices: int = 0
+    n_propagations: int = 0
+    n_patches: int = 0
+
+
+class Multislice:
+    """Plane-wave multislice through a :class:`SlicedPotential`, streamed one slice at a time."""
+
+    def __init__(self, potential: SlicedPotential, wavelength_a: float, sigma: float, *,
+                 antialias_fraction: float | None = 2 / 3, bandlimit: Bandlimit = "box", checkpoint: bool = True,
+                 taper_fraction: float = 0.04):
+        self.potential, self.wavelength_a, self.sigma = potential, wavelength_a, sigma
+        self.taper_fraction = taper_fraction
+        self.checkpoint = checkpoint
+        self.antialias_fraction = antialias_fraction
+        self.bandlimit = bandlimit if antialias_fraction is not None else "none"
+        self._props: dict[float, torch.Tensor] = {}
+        self._apertures: dict[tuple[int, int], torch.Tensor] = {}
+        self.stats = MultisliceStats()
+
+    def _aperture(self, shape: tuple[int, int]) -> torch.Tensor:
+        if shape not in self._apertures:
+            g = Grid(shape, self.potential.grid.pixel_size_a)
+            mask = antialias_mask(g.k2(self.potential.device, torch.float64), g.pixel_size_a, self.antialias_fraction,
+                                  self.taper_fraction)
+            self._apertures[shape] = mask.to(self.potential.rdtype)
+        return self._apertures[shape]
+
+    def _propagator(self, distance_a: float) -> torch.Tensor:
+        key = round(distance_a, 9)
+        if key not in self._props:
+            self._props[key] = fresnel_propagator(self.potential.grid, self.wavelength_a, distance_a,
+                                                  antialias_fraction=self.antialias_fraction,
+                                                  taper_fraction=self.taper_fraction,
+                                                  device=self.potential.device, dtype=self.potential.cdtype)
+        return self._props[key]
+
+    def transmission_field(self, patch: Patch) -> torch.Tensor:
+        """Band-limited transmission function of one slice's atoms over the whole field (ice excluded)."""
+        shape = self.potential.grid.shape_px
+        t_minus_1 = transmission(patch.potential, self.sigma) - 1
+        if self.bandlimit == "box":
+            t_minus_1 = ifft2(fft2(t_minus_1) * self._aperture(tuple(t_minus_1.shape)))
+        t = embed(Patch(patch.y0, patch.x0, t_minus_1), shape, 0.0) + 1
+        if self.bandlimit == "field":
+            t = ifft2(fft2(t) * self._aperture(shape))
+        return t
+
+    def _transmit(self, k: int, wave: torch.Tensor) -> torch.Tensor:
+        return wave * self.transmission_field(self.potential.slice_patch(k))
+
+    def _transmit_patch(self, potential: torch.Tensor, wave: torch.Tensor, y0: int, x0: int) -> torch.Tensor:
+        return wave * self.transmission_field(Patch(y0, x0, potential))
+
+    def run(self, incident: torch.Tensor | None = None, progress=None) -> torch.Tensor:
+        """Exit wave (H, W) complex; the incident wave defaults to a plane wave with |ψ|² = 1."""
+        pot = self.potential
+        wave = torch.ones(pot.grid.shape_px, dtype=pot.cdtype, device=pot.device) if incident is None else incident
+        pending_a = 0.0  # propagation owed by slices merged so far
+
+        for k in range(pot.n_slices):
+            content = pot.slice_content(k, with_patch=False)
+            uniform = pot.uniform_potential(content)
+            if uniform != 0:
+                wave = wave * cmath.exp(1j * self.sigma * uniform)
+            if pot.has_atoms(k):
+                if pending_a > 0:
+                    wave = propagate(wave, self._propagator(pending_a))
+                    self.stats.n_propagations += 1
+                    pending_a = 0.0
+                if self.checkpoint and torch.is_grad_enabled():
+                    if getattr(pot, "patch_graph_is_small", False):
+                        # the patch's own graph holds only the atoms (custom backward): keep the patch and
+                        # the incoming wave, rebuild the transmission in the backward pass (two arrays/slice)
+                        patch = pot.slice_patch(k)
+                        wave = _checkpoint(self._transmit_patch, patch.potential, wave, patch.y0, patch.x0)
+                    else:
+                        # keep only the incoming wave per slice; the slice's potential and transmission are
+                        # rebuilt from the atoms during the backward pass (memory O(field) per slice)
+                        wave = _checkpoint(self._transmit, k, wave)
+                else:
+                    wave = self._transmit(k, wave)
+                self.stats.n_patches += 1
+            pending_a += content.thickness_a
+            self.stats.n_slices += 1
+            if progress is not None:
+                progress(1)
+        if pending_a > 0:
+            wave = propagate(wave, self._propagator(pending_a))
+            self.stats.n_propagations += 1
+        return wave
+
+
+def multislice(potential: SlicedPotential, wavelength_a: float, sigma: float, *, incident: torch.Tensor | None = None,
+               antialias_fraction: float | None = 2 / 3, bandlimit: Bandlimit = "box", checkpoint: bool = True,
+               progress=None, stats: MultisliceStats | None = None, taper_fraction: float = 0.04) -> torch.Tensor:
+    """Functional form of :class:`Multislice` (see there). With gradients enabled and ``checkpoint``,
+    each slice is recomputed in the backward pass instead of stored."""
+    ms = Multislice(potential, wavelength_a, sigma, antialias_fraction=antialias_fraction, bandlimit=bandlimit,
+                    checkpoint=checkpoint, taper_fraction=taper_fraction)
+    if stats is not None:
+        ms.stats = stats
+    return ms.run(incident, progress)
+
+
+@dataclass(frozen=True)
+class Window:
+    y0: int
+    x0: int
+    grid: Grid
+
+
+def plan_window(grid: Grid, positions_a: torch.Tensor, thickness_a: float, wavelength_a: float, *,
+                margin_a: float = 24.0, min_margin_px: int = 64,
+                antialias_fraction: float | None = 2 / 3) -> Window | None:
+    """A window of ``grid`` holding every atom with a safe margin, or None if it would not be smaller.
+
+    The margin covers the atoms' potential tails (``margin_a``), the ringing of the band limit
+    (``min_margin_px``; it decays over pixels, not Å) and twice the Fresnel spread λ·T·k_max.
+    """
+    if positions_a.shape[0] == 0:
+        return None
+    p = grid.pixel_size_a
+    k_max = (antialias_fraction or 1.0) * 0.5 / p
+    margin_px = max(math.ceil(margin_a / p), min_margin_px) + math.ceil(2 * wavelength_a * thickness_a * k_max / p) + 8
+    oy, ox = grid.origin_a
+    spans = []
+    for coord, origin, n in ((positions_a[:, 1], oy, grid.ny), (positions_a[:, 0], ox, grid.nx)):
+        span = centred_span(float(coord.detach().min()) + origin, float(coord.detach().max()) + origin, p,
+                            margin_px, n)
+        if span is None or span[1] * 1.25 > n:
+            return None  # not worth it, or the specimen wraps around the field edge
+        spans.append(span)
+    (y0, my), (x0, mx) = spans
+    return Window(y0, x0, grid.window(y0, x0, (my, mx)))

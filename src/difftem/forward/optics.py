@@ -1,0 +1,125 @@
+"""Objective lens: contrast transfer applied to the exit wave.
+
+Sign convention (RELION/CTFFIND): ``defocus > 0`` is underfocus and
+    χ(k) = π λ Δf(θ) k² − ½ π Cs λ³ k⁴,
+    Δf(θ) = Δf + ½ Δf_astig cos 2(θ − θ_astig).
+With the transmission exp(+iσV) and propagator exp(−iπλzk²) used here, the lens multiplies the
+wave by exp(+iχ): underfocus by Δf is free-space propagation by −Δf (imaging a plane upstream),
+and a weak phase object's image contrast is −2σ V ∗ sin χ, so protein looks dark at low
+resolution. (Kirkland writes the same lens as exp(−iχ_K) with χ_K = −χ.)
+An ideal phase plate adds ``phase_shift`` to every scattered beam (k ≠ 0).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from ..core.fft import fft2, ifft2
+from ..core.grid import Grid
+
+
+@dataclass(frozen=True)
+class Optics:
+    """Lens parameters in SI-friendly units (Å, mm, mrad, eV, degrees).
+
+    Any field but ``aperture_mrad`` may be a 0-dim tensor that requires grad (a hard aperture has no
+    useful derivative); such a field is always evaluated, even at zero, so its gradient exists.
+    """
+
+    defocus_a: float = 15000.0
+    astigmatism_a: float = 0.0
+    astigmatism_angle_deg: float = 0.0
+    cs_mm: float = 2.7
+    cc_mm: float = 2.7
+    energy_spread_ev: float = 0.0
+    illumination_semiangle_mrad: float = 0.0
+    aperture_mrad: float | None = None
+    phase_shift_deg: float = 0.0
+
+
+def _off(value) -> bool:
+    """True for a plain zero; a tensor that requires grad is never off (its gradient at 0 is wanted)."""
+    if torch.is_tensor(value):
+        return not value.requires_grad and not bool(value)
+    return not value
+
+
+def _radians(deg):
+    return deg * (math.pi / 180.0)
+
+
+def defocus_map_a(ky: torch.Tensor, kx: torch.Tensor, optics: Optics, defocus_a=None):
+    """Δf(θ) = Δf + ½ Δf_astig cos 2(θ − θ_astig) (a scalar when there is no astigmatism)."""
+    dz = defocus_a if defocus_a is not None else optics.defocus_a
+    if _off(optics.astigmatism_a):
+        return dz
+    theta = torch.atan2(ky, kx)
+    return dz + 0.5 * optics.astigmatism_a * torch.cos(2 * (theta - _radians(optics.astigmatism_angle_deg)))
+
+
+def aberration_phase(grid: Grid, wavelength_a: float, optics: Optics, *, defocus_a=None, device=None,
+                     dtype=torch.float64) -> torch.Tensor:
+    """χ(k) in radians on the grid's FFT layout (RELION sign; see module docstring)."""
+    ky, kx = grid.frequencies(device, dtype)
+    k2 = kx**2 + ky**2
+    df = defocus_map_a(ky, kx, optics, defocus_a)
+    cs_a = optics.cs_mm * 1e7
+    return math.pi * wavelength_a * df * k2 - 0.5 * math.pi * cs_a * wavelength_a**3 * k2**2
+
+
+def envelopes(grid: Grid, wavelength_a: float, voltage_kv: float, optics: Optics, *, defocus_a=None, device=None,
+              dtype=torch.float64) -> torch.Tensor:
+    """Temporal × spatial partial-coherence envelope (quasi-coherent approximation).
+
+    E_t = exp(−(½ π λ δ k²)²), focal spread δ = Cc ΔE / E;
+    E_s = exp(−(π α)² (Δf(θ) k − Cs λ² k³)²), α the illumination semi-angle.
+    """
+    ky, kx = grid.frequencies(device, dtype)
+    k2 = kx**2 + ky**2
+    k = torch.sqrt(k2)
+    env = torch.ones_like(k2)
+    if not (_off(optics.cc_mm) or _off(optics.energy_spread_ev)):
+        focal_spread_a = optics.cc_mm * 1e7 * optics.energy_spread_ev / (voltage_kv * 1e3)
+        env = env * torch.exp(-((0.5 * math.pi * wavelength_a * focal_spread_a * k2) ** 2))
+    if not _off(optics.illumination_semiangle_mrad):
+        df = defocus_map_a(ky, kx, optics, defocus_a)
+        alpha = optics.illumination_semiangle_mrad * 1e-3
+        grad = df * k - optics.cs_mm * 1e7 * wavelength_a**2 * k2 * k
+        env = env * torch.exp(-((math.pi * alpha * grad) ** 2))
+    return env
+
+
+def transfer_function(grid: Grid, wavelength_a: float, voltage_kv: float, optics: Optics, *, defocus_a=None,
+                      device=None, dtype=torch.complex64) -> torch.Tensor:
+    """H(k) = A(k) E(k) exp(iχ(k)) [· exp(iφ) for k ≠ 0], the lens acting on the exit wave.
+
+    Computed in the real precision of ``dtype`` (float32 for complex64: |χ| of a few hundred rad
+    keeps ~1e-5 rad accuracy), so a large field costs no float64 temporaries.
+    """
+    real = dtype.to_real()
+    chi = aberration_phase(grid, wavelength_a, optics, defocus_a=defocus_a, device=device, dtype=real)
+    h = torch.polar(envelopes(grid, wavelength_a, voltage_kv, optics, defocus_a=defocus_a, device=device,
+                              dtype=real), chi)
+    if optics.aperture_mrad is not None:
+        k_cut = optics.aperture_mrad * 1e-3 / wavelength_a
+        h = h * (grid.k2(device, real) <= k_cut**2)
+    if not _off(optics.phase_shift_deg):
+        scattered = torch.ones_like(chi)
+        scattered[0, 0] = 0.0  # the unscattered beam passes the plate's hole
+        h = h * torch.polar(torch.ones_like(chi), _radians(optics.phase_shift_deg) * scattered)
+    return h.to(dtype)
+
+
+def image_intensity(exit_wave: torch.Tensor, transfer: torch.Tensor) -> torch.Tensor:
+    """|F⁻¹[H · F ψ]|²: image intensity relative to the incident beam (vacuum = 1)."""
+    return ifft2(fft2(exit_wave) * transfer).abs() ** 2
+
+
+def ctf_1d(k_per_a: torch.Tensor, wavelength_a: float, defocus_a: float, cs_mm: float,
+           phase_shift_deg: float = 0.0) -> torch.Tensor:
+    """Weak-phase CTF −sin(χ + φ) along a radius (no envelopes)."""
+    chi = math.pi * wavelength_a * defocus_a * k_per_a**2 - 0.5 * math.pi * cs_mm * 1e7 * wavelength_a**3 * k_per_a**4
+    return -torch.sin(chi + math.radians(phase_shift_deg))

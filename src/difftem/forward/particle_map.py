@@ -1,0 +1,379 @@
+"""A particle type's potential as a cached 3-D map, so that thousands of copies cost samples, not atoms.
+
+The map is the particle's complex potential (V; real = electrostatic minus the ice it displaces,
+imaginary = absorption) on a cubic voxel grid, band-limited to the *image* pixel's Nyquist
+frequency, so that rotated copies can be sampled at pixel spacing without aliasing. It is built
+once per type by gridding (the non-uniform FFT idea): every atom is spread as a small Gaussian
+of variance σ_s² + B/(8π²) on the voxel grid, the grid is Fourier transformed, the spreading
+Gaussian exp(−2π²σ_s²k²) is divided out and the exact per-element form factor C·f_e(|k|) applied.
+What remains is the exact structure factor (with each atom's Debye–Waller factor) up to the
+aliasing of the spreading Gaussian, which is below 1e-3 inside the band.
+
+Copies are placed by trilinear interpolation of the map (``grid_sample``) at pixel centres and
+at z steps of one voxel inside each multislice slab; the map is pre-divided by the mean transfer
+of trilinear interpolation (Π sinc²(k_i v)), so interpolation does not soften it. Voxels are
+``pixel / oversampling`` (2 by default), which keeps the band limit at half the map's Nyquist.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..core.elements import atomic_mass_da
+from ..core.fft import irfft3, rfft3
+from ..specimen.structure import Atoms
+from .potential import PROTEIN_VOLUME_A3_PER_DA, IceModel
+from .scattering import ScatteringTable
+
+SPREAD_SIGMA_VOXELS = 0.8  # σ_s of the spreading Gaussian: aliasing e^{-π²σ²·…} vs deapodisation gain
+SPREAD_HALF_WIDTH = 3  # voxels each side (3.75 σ_s: truncation below 1e-3 of the peak)
+MAP_MARGIN_A = 24.0  # potential tails and the displaced-ice Gaussian beyond the outermost atom
+MAP_MARGIN_PX = 12  # ringing of the band limit's taper decays within this many pixels
+PASSBAND_FRACTION = 2 / 3  # flat band (fraction of Nyquist) = the multislice aperture; a cosine beyond keeps ringing short
+INTERP_POWER = 1
+
+
+@dataclass
+class ParticleMap:
+    """A complex potential map in the particle's own frame, centred on its origin.
+
+    ``volume`` is (2, D, D, D): real and imaginary potential in V; voxel [i, j, k] = (z, y, x)
+    has its centre at ((k − D//2)·v, (j − D//2)·v, (i − D//2)·v) Å.
+    """
+
+    volume: torch.Tensor
+    voxel_a: float
+    radius_a: float  # radius of the sphere (about the origin) outside which the map is ~0
+    band_limit_per_a: float
+
+    @property
+    def size(self) -> int:
+        return int(self.volume.shape[-1])
+
+    @property
+    def nbytes(self) -> int:
+        return self.volume.numel() * self.volume.element_size()
+
+    def filtered(self, transfer) -> "ParticleMap":
+        """A copy with an isotropic filter H(|k|) applied (k in 1/Å), e.g. radiation damage."""
+        d = self.size
+        k2 = _k2_half((d, d, d), self.voxel_a, self.volume.device)
+        spec = rfft3(self.volume.double()) * transfer(torch.sqrt(k2))
+        vol = irfft3(spec, (d, d, d)).to(self.volume.dtype)
+        return ParticleMap(vol, self.voxel_a, self.radius_a, self.band_limit_per_a)
+
+
+def _k2_half(shape, voxel_a, device):
+    kz = torch.fft.fftfreq(shape[0], d=voxel_a, device=device, dtype=torch.float64)
+    ky = torch.fft.fftfreq(shape[1], d=voxel_a, device=device, dtype=torch.float64)
+    kx = torch.fft.rfftfreq(shape[2], d=voxel_a, device=device, dtype=torch.float64)
+    return kz[:, None, None] ** 2 + ky[None, :, None] ** 2 + kx[None, None, :] ** 2
+
+
+def _radial(fn, k: torch.Tensor, k_max: float, n: int = 4096) -> torch.Tensor:
+    """fn(k²) on a grid of |k| values, through a fine 1-D table (linear interpolation) up to k_max; 0 beyond.
+
+    Form factors are smooth in |k| (relative interpolation error < 1e-7 with 4096 nodes), and
+    evaluating them once per node instead of once per voxel makes 3-D maps cheap."""
+    nodes = torch.linspace(0.0, k_max, n, dtype=torch.float64, device=k.device)
+    table = fn(nodes**2)
+    pos = (k / k_max * (n - 1)).clamp(max=n - 1)
+    i0 = pos.floor().long().clamp(max=n - 2)
+    w = pos - i0
+    out = table[i0] * (1 - w) + table[i0 + 1] * w
+    return torch.where(k <= k_max, out, torch.zeros_like(out))
+
+
+def _element_factors(table, z: int, mass_da: float, k: torch.Tensor, k_max: float, absorption_ratio: float,
+                     ice: IceModel | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(real, imaginary) 3-D form factors (V·Å³) of element z on |k| ≤ k_max: C·f_e, minus displaced ice."""
+    def real(k2):
+        ff = table.projected_form_factor(z, k2)
+        if ice is not None:
+            ff = ff - ice.mean_potential_v * mass_da * PROTEIN_VOLUME_A3_PER_DA * torch.exp(-ice.solvent_b_a2 * k2 / 4)
+        return ff
+
+    def imag(k2):
+        ff = absorption_ratio * table.projected_form_factor(z, k2)
+        if ice is not None:
+            ff = ff - ice.absorption_potential_v * mass_da * PROTEIN_VOLUME_A3_PER_DA * torch.exp(-ice.solvent_b_a2 * k2 / 4)
+        return ff
+
+    return _radial(real, k, k_max), _radial(imag, k, k_max)
+
+
+def _bspline_dft(k, voxel_a):
+    return (2 + torch.cos(2 * math.pi * k * voxel_a)) / 3
+
+
+def map_size_voxels(atoms: Atoms, voxel_a: float, pixel_size_a: float) -> tuple[int, float]:
+    """(cube side in voxels, radius in Å) for a map holding the atoms plus the potential's tails and the
+    ringing of the band limit (which decays over a few pixels)."""
+    r = float(np.sqrt((atoms.positions_a**2).sum(1)).max()) if len(atoms) else 0.0
+    radius = r + max(MAP_MARGIN_A, MAP_MARGIN_PX * pixel_size_a)
+    side = 2 * math.ceil(radius / voxel_a) + 2
+    from ..core.fft import good_fft_size
+
+    return good_fft_size(side), radius
+
+
+def _spread(grid_flat: torch.Tensor, pos_vox: torch.Tensor, sigma_vox: torch.Tensor, weight: torch.Tensor,
+            d: int, max_entries: int = 8_000_000) -> None:
+    """Add Σ_j w_j N(r; r_j, σ_j²) (normalised per voxel volume) into a flat (D³,) grid.
+
+    Atoms are taken in order of width, in chunks whose kernels reach 3.75 σ of their widest atom,
+    so narrow kernels stay cheap and no atom loses more than 1e-3 of its weight to truncation.
+    """
+    order = torch.argsort(sigma_vox)
+    pos_vox, sigma_vox, weight = pos_vox[order], sigma_vox[order], weight[order]
+    lo, n = 0, pos_vox.shape[0]
+    while lo < n:
+        half = max(SPREAD_HALF_WIDTH, math.ceil(3.75 * float(sigma_vox[min(n - 1, lo + 1023)])))
+        chunk = max(1024, max_entries // (2 * half + 1) ** 3)
+        hi = min(n, lo + chunk)
+        half = max(SPREAD_HALF_WIDTH, math.ceil(3.75 * float(sigma_vox[hi - 1])))
+        offs = torch.arange(-half, half + 1, device=pos_vox.device)
+        p, s, w = pos_vox[lo:hi], sigma_vox[lo:hi], weight[lo:hi]
+        idx = torch.round(p).long()[:, :, None] + offs  # (n, 3, W) voxel indices, (z, y, x)
+        g = torch.exp(-0.5 * ((idx - p[:, :, None]) / s[:, None, None]) ** 2) / (math.sqrt(2 * math.pi) * s[:, None, None])
+        gz, gy, gx = g[:, 0], g[:, 1], g[:, 2]
+        vals = w[:, None, None, None] * gz[:, :, None, None] * gy[:, None, :, None] * gx[:, None, None, :]
+        iz, iy, ix = torch.remainder(idx, d).unbind(1)  # periodic: far tails wrap instead of overflowing
+        flat = (iz[:, :, None, None] * d + iy[:, None, :, None]) * d + ix[:, None, None, :]
+        grid_flat.index_add_(0, flat.reshape(-1), vals.reshape(-1).to(grid_flat.dtype))
+        lo = hi
+
+
+def build_particle_map(atoms: Atoms, table: ScatteringTable, *, pixel_size_a: float, oversampling: float = 2.0,
+                       passband_fraction: float = PASSBAND_FRACTION, ice: IceModel | None, absorption_ratio: float,
+                       device=None, dtype: torch.dtype = torch.float32) -> ParticleMap:
+    """The complex potential map (V) of ``atoms`` (their own frame, origin at the map centre).
+
+    Voxels are ``pixel_size_a / oversampling``. The band is flat up to ``passband_fraction`` × the
+    pixel's Nyquist frequency (the multislice aperture) and falls to zero at Nyquist with a raised
+    cosine: a smooth edge keeps the band limit's ringing short, so a small cube holds it.
+    ``ice``: when given (and thicker than 0), each atom displaces the ice of its volume, as in
+    :class:`~difftem.potential.SlicedPotential`; ``absorption_ratio``: atoms' imaginary/real potential.
+    """
+    device = torch.device(device or "cpu")
+    voxel_a = pixel_size_a / oversampling
+    nyquist = 0.5 / pixel_size_a
+    d, radius = map_size_voxels(atoms, voxel_a, pixel_size_a)
+    centre = d // 2
+    pos_vox = torch.as_tensor(atoms.positions_a[:, ::-1].copy(), dtype=torch.float64, device=device) / voxel_a + centre
+    b = torch.as_tensor(atoms.b_iso_a2, dtype=torch.float64, device=device)
+    sigma_s = SPREAD_SIGMA_VOXELS
+    weight = torch.as_tensor(atoms.occupancy, dtype=torch.float64, device=device)
+    z_all = np.asarray(atoms.atomic_number)
+    k2 = _k2_half((d, d, d), voxel_a, device)
+    k = torch.sqrt(k2)
+    # divide out the spreading Gaussian and the mean trilinear-interpolation transfer; keep the band
+    deapodise = torch.exp(2 * math.pi**2 * (sigma_s * voxel_a) ** 2 * k2)
+    kz = torch.fft.fftfreq(d, d=voxel_a, device=device, dtype=torch.float64)
+    kx = torch.fft.rfftfreq(d, d=voxel_a, device=device, dtype=torch.float64)
+    # cubic B-spline coefficients: divide by the sampled spline's transfer (2 + cos 2πkv)/3 per axis
+    interp = _bspline_dft(kz, voxel_a)[:, None, None] * _bspline_dft(kz, voxel_a)[None, :, None] \
+        * _bspline_dft(kx, voxel_a)[None, None, :]
+    band = _soft_band(k, passband_fraction * nyquist, nyquist)
+    common = deapodise * band / interp  # DFT of the spread grid × this ≈ Σ_j w_j e^{-B_j k²/4} e^{-2πik·r_j}
+    spectrum = torch.zeros((2,) + k2.shape, dtype=torch.complex128, device=device)
+    masses = atomic_mass_da(np.arange(0, 93))
+    displace = ice is not None and ice.thickness_a > 0
+    for z in np.unique(z_all):
+        sel = torch.as_tensor(np.flatnonzero(z_all == z), device=device)
+        # the element's smallest B goes to Fourier space; only the excess widens the spread kernels
+        b_floor = float(b[sel].min())
+        sigma_vox = torch.sqrt(sigma_s**2 + (b[sel] - b_floor) / (8 * math.pi**2) / voxel_a**2)
+        grid = torch.zeros(d * d * d, dtype=torch.float64, device=device)
+        _spread(grid, pos_vox[sel], sigma_vox, weight[sel], d)
+        structure = rfft3(grid.reshape(d, d, d)) * (common * torch.exp(-b_floor * k2 / 4))
+        ff_re, ff_im = _element_factors(table, int(z), float(masses[z]), k, nyquist, absorption_ratio,
+                                        ice if displace else None)
+        spectrum[0] += ff_re * structure
+        spectrum[1] += ff_im * structure
+    vol = irfft3(spectrum, (d, d, d)) / voxel_a**3
+    return ParticleMap(vol.to(dtype), voxel_a, radius, nyquist)
+
+
+def _soft_band(k: torch.Tensor, k_pass: float, k_stop: float) -> torch.Tensor:
+    """1 up to k_pass, raised cosine down to 0 at k_stop."""
+    edge = 0.5 * (1 + torch.cos(torch.pi * (k - k_pass) / max(k_stop - k_pass, 1e-12)))
+    return torch.where(k <= k_pass, torch.ones_like(k), torch.where(k >= k_stop, torch.zeros_like(k), edge))
+
+
+def cubic_bspline_sample(coeffs: torch.Tensor, index_xyz: torch.Tensor) -> torch.Tensor:
+    """Cubic B-spline interpolation of a (C, D, H, W) coefficient volume at fractional voxel indices
+    (..., 3) ordered (x, y, z), as 8 trilinear look-ups (each axis' four weights folded into two
+    linear fetches, one ``grid_sample`` call for all eight); returns (C, ...). Outside the volume the
+    coefficients are zero."""
+    dt = coeffs.dtype
+    x = index_xyz.to(dt)
+    i = torch.floor(x)
+    a = x - i
+    a2, a3 = a * a, a * a * a
+    w0, w1 = (1 - a) ** 3 / 6, (4 - 6 * a2 + 3 * a3) / 6
+    w2, w3 = (1 + 3 * a + 3 * a2 - 3 * a3) / 6, a3 / 6
+    g = torch.stack([w0 + w1, w2 + w3])  # (2, ..., 3): weights of the two fetches per axis
+    h = torch.stack([i - 1 + w1 / g[0], i + 1 + w3 / g[1]])  # their positions (voxel index)
+    half = torch.tensor(coeffs.shape[:0:-1], dtype=dt, device=coeffs.device) / 2  # (W, H, D) / 2
+    h = (h + 0.5) / half - 1  # align_corners=False: voxel centres
+    sel = torch.tensor([[(c >> 0) & 1, (c >> 1) & 1, (c >> 2) & 1] for c in range(8)], device=coeffs.device)
+    ax = torch.arange(3, device=coeffs.device)
+    shape = index_xyz.shape[:-1]
+    flat_h = h.reshape(2, -1, 3)
+    flat_g = g.reshape(2, -1, 3)
+    grid = flat_h[sel, :, ax].permute(0, 2, 1)  # (8, M, 3): per combination, per point, per axis
+    wgt = flat_g[sel, :, ax].prod(1)  # (8, M)
+    m = grid.shape[1]
+    out = F.grid_sample(coeffs[None], grid.reshape(1, 8, m, 1, 3), mode="bilinear", padding_mode="zeros",
+                        align_corners=False)[0, :, :, :, 0]  # (C, 8, M)
+    return (out * wgt).sum(1).reshape((coeffs.shape[0],) + shape)
+
+
+def sample_slab(pmap: ParticleMap, rotations: torch.Tensor, centres_px: torch.Tensor, pixel_size_a: float,
+                z0_a: float, z1_a: float, box_px: int, n_z: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Projected potential (V·Å) of copies of ``pmap`` inside the slab z ∈ [z0, z1), per copy on a box.
+
+    rotations: (B, 3, 3) active rotations (particle frame → scene); centres_px: (B, 3) copy centres
+    as (x, y) in field pixels (fractional) and z in Å. Returns (patches (B, 2, box, box) real/imag,
+    corners (B, 2) integer (y0, x0) field pixel of each box's [0, 0]).
+    """
+    dev = pmap.volume.device
+    nb = rotations.shape[0]
+    v = pmap.voxel_a
+    # z steps of at most one pixel: the map holds no frequency above the pixel's Nyquist, so the
+    # midpoint sum is exact for whole copies and close for the slab's share of one
+    nz = n_z or max(1, math.ceil((z1_a - z0_a) / pixel_size_a - 1e-9))
+    dz = (z1_a - z0_a) / nz
+    zs = z0_a + (torch.arange(nz, device=dev, dtype=torch.float64) + 0.5) * dz  # (nz,) absolute z, Å
+    corner = torch.floor(centres_px[:, :2] - box_px / 2 + 0.5).long()  # (B, 2) as (x0, y0)
+    j = torch.arange(box_px, device=dev, dtype=torch.float64)
+    # scene-frame offsets (Å) of each sample from the copy centre
+    dx = (corner[:, 0:1].double() + j[None, :] - centres_px[:, 0:1]) * pixel_size_a  # (B, box)
+    dy = (corner[:, 1:2].double() + j[None, :] - centres_px[:, 1:2]) * pixel_size_a
+    dzs = zs[None, :] - centres_px[:, 2:3]  # (B, nz)
+    rel = torch.stack(torch.broadcast_tensors(dx[:, None, None, :], dy[:, None, :, None], dzs[:, :, None, None]), -1)
+    # particle frame: r_p = Rᵀ r  (row vectors: r_p = r @ R)
+    local = rel.reshape(nb, -1, 3) @ rotations.double()  # (B, nz·box², 3) in Å, (x, y, z)
+    samples = cubic_bspline_sample(pmap.volume, (local / v + pmap.size // 2).reshape(1, nb * nz, box_px, box_px, 3))
+    proj = samples.reshape(2, nb, nz, box_px, box_px).sum(2) * dz
+    return proj.transpose(0, 1), torch.stack([corner[:, 1], corner[:, 0]], 1)
+
+
+# ---------------------------------------------------------------------------------------------- projections
+@dataclass
+class FourierProjector:
+    """Whole-particle projections by the Fourier-slice theorem, for copies thin enough (in units of the
+    Fresnel spread) to sit in one multislice slice.
+
+    ``coeffs`` (C, N, N, N): cubic B-spline coefficients of the particle's 3-D Fourier transform
+    V̂(k) (V·Å³; channels Re/Im of the real potential's transform, then — C = 4 — of the
+    absorption's), on a grid of spacing 1/(N·p) with k = 0 at index N//2: the transform of the map
+    zero-padded to twice its support, so that interpolating it is accurate. When atoms and ice
+    absorb in the same proportion the absorption is ``absorption_ratio`` × the potential and C = 2.
+    A copy's projected potential is the central slice V̂(Rᵀk) on the half plane kx ≥ 0 (the
+    potential is real), times a phase ramp for its sub-pixel position, inverse-transformed.
+    """
+
+    coeffs: torch.Tensor
+    pixel_size_a: float
+    support_a: float  # radius holding the particle's potential (atoms + tails)
+    absorption_ratio: float | None = None  # set when C = 2
+
+    @property
+    def size(self) -> int:
+        return int(self.coeffs.shape[-1])
+
+    @property
+    def nbytes(self) -> int:
+        return self.coeffs.numel() * self.coeffs.element_size()
+
+    def box_px(self) -> int:
+        from ..core.fft import good_fft_size
+
+        return good_fft_size(2 * math.ceil(self.support_a / self.pixel_size_a) + 4)
+
+    def project(self, rotations: torch.Tensor, offsets_a: torch.Tensor, box_px: int,
+                transfer=None) -> torch.Tensor:
+        """(B, 2, box, box) projected potential (V·Å; real, imaginary) of B copies.
+
+        rotations (B, 3, 3) type → scene; offsets_a (B, 2) (x, y) of each copy centre from its box's
+        pixel [0, 0], in Å. ``transfer``: optional isotropic H(|k|) (e.g. radiation damage).
+        """
+        from ..core.fft import irfft2
+
+        dev = self.coeffs.device
+        p, n = self.pixel_size_a, self.size
+        ky, kx = torch.meshgrid(torch.fft.fftfreq(box_px, d=p, device=dev, dtype=torch.float64),
+                                torch.fft.rfftfreq(box_px, d=p, device=dev, dtype=torch.float64), indexing="ij")
+        k_scene = torch.stack([kx, ky, torch.zeros_like(kx)], -1)  # (box, box//2+1, 3) (x, y, z)
+        k_type = torch.einsum("yxi,bij->byxj", k_scene, rotations.double())  # Rᵀk as row vectors: k @ R
+        c = cubic_bspline_sample(self.coeffs, k_type * (n * p) + n // 2).double()  # (C, B, box, half)
+        spec = torch.complex(c[0::2], c[1::2]).transpose(0, 1)  # (B, C/2, box, half)
+        if transfer is not None:
+            spec = spec * transfer(torch.sqrt(kx**2 + ky**2))
+        phase = torch.exp(-2j * math.pi * (kx[None] * offsets_a[:, 0, None, None] + ky[None] * offsets_a[:, 1, None, None]))
+        out = irfft2((spec * phase[:, None]).to(torch.complex64), (box_px, box_px)) / (p * p)
+        if out.shape[1] == 1:
+            out = torch.cat([out, self.absorption_ratio * out], 1)
+        return out
+
+
+def build_fourier_projector(atoms: Atoms, table: ScatteringTable, *, pixel_size_a: float,
+                            passband_fraction: float = PASSBAND_FRACTION, ice: IceModel | None, absorption_ratio: float,
+                            device=None, pad: float = 2.0) -> FourierProjector:
+    """The particle's 3-D transform on a padded cube of voxel = pixel (see :class:`FourierProjector`).
+
+    Gridding as in :func:`build_particle_map` but with a wider spreading Gaussian (σ = 1 voxel:
+    aliasing below 2e-3 up to the pass band at one voxel per pixel)."""
+    from ..core.fft import good_fft_size
+
+    device = torch.device(device or "cpu")
+    p = pixel_size_a
+    nyquist = 0.5 / p
+    r = float(np.sqrt((atoms.positions_a**2).sum(1)).max()) if len(atoms) else 0.0
+    support = r + max(MAP_MARGIN_A, 8 * p)
+    n = good_fft_size(math.ceil(pad * (2 * support / p + 2)))
+    sigma_s = 1.0
+    pos_vox = torch.as_tensor(atoms.positions_a[:, ::-1].copy(), dtype=torch.float64, device=device) / p
+    b = torch.as_tensor(atoms.b_iso_a2, dtype=torch.float64, device=device)
+    weight = torch.as_tensor(atoms.occupancy, dtype=torch.float64, device=device)
+    f = torch.fft.fftfreq(n, d=p, device=device, dtype=torch.float64)
+    k2 = f[:, None, None] ** 2 + f[None, :, None] ** 2 + f[None, None, :] ** 2
+    k = torch.sqrt(k2)
+    band = _soft_band(k, passband_fraction * nyquist, nyquist)
+    common = band * torch.exp(2 * math.pi**2 * (sigma_s * p) ** 2 * k2)
+    spectrum = torch.zeros((2, n, n, n), dtype=torch.complex128, device=device)
+    masses = atomic_mass_da(np.arange(0, 93))
+    z_all = np.asarray(atoms.atomic_number)
+    displace = ice is not None and ice.thickness_a > 0
+    proportional = not displace or abs(ice.absorption_ratio - absorption_ratio) < 1e-12
+    for z in np.unique(z_all):
+        sel = torch.as_tensor(np.flatnonzero(z_all == z), device=device)
+        b_floor = float(b[sel].min())
+        sigma_vox = torch.sqrt(sigma_s**2 + (b[sel] - b_floor) / (8 * math.pi**2) / p**2)
+        grid = torch.zeros(n * n * n, dtype=torch.float64, device=device)
+        _spread(grid, pos_vox[sel], sigma_vox, weight[sel], n)  # origin at voxel 0, periodic
+        structure = torch.fft.fftn(grid.reshape(n, n, n)) * (common * torch.exp(-b_floor * k2 / 4))
+        ff_re, ff_im = _element_factors(table, int(z), float(masses[z]), k, nyquist, absorption_ratio,
+                                        ice if displace else None)
+        spectrum[0] += ff_re * structure
+        spectrum[1] += ff_im * structure
+    del grid, structure
+    # cubic B-spline prefilter along k = division by the sampled spline's transform in the dual (real) domain
+    m = torch.arange(n, device=device, dtype=torch.float64)
+    bhat = (2 + torch.cos(2 * math.pi * m / n)) / 3
+    dual = torch.fft.ifftn(spectrum, dim=(-3, -2, -1))
+    dual = dual / (bhat[:, None, None] * bhat[None, :, None] * bhat[None, None, :])
+    spectrum = torch.fft.fftshift(torch.fft.fftn(dual, dim=(-3, -2, -1)), dim=(-3, -2, -1))
+    del dual
+    if proportional:  # the absorption is a multiple of the potential: keep one complex channel
+        coeffs = torch.stack([spectrum[0].real, spectrum[0].imag]).float()
+        return FourierProjector(coeffs.contiguous(), p, support, absorption_ratio)
+    coeffs = torch.stack([spectrum[0].real, spectrum[0].imag, spectrum[1].real, spectrum[1].imag]).float()
+    return FourierProjector(coeffs.contiguous(), p, support)

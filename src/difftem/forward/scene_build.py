@@ -1,0 +1,203 @@
+"""From a scene and one view of it (tilt, dose history) to the :class:`ScenePotential` of a field or tile.
+
+Each particle type is simulated in one of three ways, chosen per type:
+
+* ``atoms`` — every atom of every copy through the exact per-slice builder (few copies);
+* ``projection`` — a cached 3-D Fourier transform per type; each copy is one central slice,
+  placed whole in the slice holding its centre. Its error is the defocus spread inside the
+  particle: a phase of at most π λ R k_max² at the band edge (R: particle radius), used by
+  ``auto`` when that is ≤ 0.03 rad (coarse pixels or small particles, e.g. virions at 1 nm/px);
+* ``slab`` — a cached real-space map per type, sampled slab by slab at each copy's pose.
+
+Maps are built once per type and device and reused by every tile, tilt and copy.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from ..core.grid import Grid
+from ..specimen.scene import Placement, Scene
+from ..specimen.structure import Atoms
+from .particle_map import build_fourier_projector, build_particle_map
+from .potential import IceModel, SlicedPotential, atoms_to_tensors
+from .scattering import ScatteringTable
+from .scene_potential import SUPPORT_MARGIN_A, MapCopies, ProjectionCopies, ScenePotential
+
+#: projection placement when the defocus phase across a particle, π λ R k_max², is at most this (rad)
+PROJECTION_PHASE_LIMIT_RAD = 0.03
+#: "auto" representation: a map once a type's copies hold this many atoms in all (below, the exact
+#: atom path is cheaper than building a map)
+MAP_MIN_ATOMS = 200_000
+SLAB_MIN_ATOMS = 50_000_000
+
+
+@dataclass
+class SceneView:
+    """One exposure: the scene turned rigidly by ``rotation`` (a tilt), the ice crossed along the beam,
+    and an optional isotropic filter H(|k|) of the specimen's potential (radiation damage so far)."""
+
+    rotation: np.ndarray = field(default_factory=lambda: np.eye(3))
+    ice_thickness_a: float = 0.0
+    transfer: object = None
+
+
+@dataclass
+class TypeCache:
+    """Per-type maps and projectors, built on first use."""
+
+    table: ScatteringTable
+    pixel_size_a: float
+    ice: IceModel
+    absorption_ratio: float
+    device: torch.device
+    maps: dict = field(default_factory=dict)
+
+    def projector(self, t: int, atoms: Atoms):
+        key = ("projection", t)
+        if key not in self.maps:
+            self.maps[key] = build_fourier_projector(atoms, self.table, pixel_size_a=self.pixel_size_a, ice=self.ice,
+                                                     absorption_ratio=self.absorption_ratio, device=self.device)
+        return self.maps[key]
+
+    def slab_map(self, t: int, atoms: Atoms, transfer=None, transfer_key=None):
+        key = ("slab", t)
+        if key not in self.maps:
+            self.maps[key] = build_particle_map(atoms, self.table, pixel_size_a=self.pixel_size_a, ice=self.ice,
+                                                absorption_ratio=self.absorption_ratio, device=self.device)
+        if transfer is None:
+            return self.maps[key]
+        fkey = ("slab", t, transfer_key)
+        if fkey not in self.maps:
+            self.maps[fkey] = self.maps[key].filtered(transfer)
+        return self.maps[fkey]
+
+    @property
+    def nbytes(self) -> int:
+        return sum(m.nbytes for m in self.maps.values())
+
+
+def choose_modes(scene: Scene, *, representation_default: str, placement: str, pixel_size_a: float,
+                 wavelength_a: float, antialias_fraction: float) -> list[str]:
+    """'atoms', 'projection' or 'slab' per particle type."""
+    k_max = antialias_fraction * 0.5 / pixel_size_a
+    modes = []
+    for t, ptype in enumerate(scene.types):
+        rep = ptype.representation if ptype.representation != "auto" else representation_default
+        thin = math.pi * wavelength_a * ptype.radius_a * k_max**2 <= PROJECTION_PHASE_LIMIT_RAD
+        total = scene.copies_of(t) * len(ptype.atoms)
+        if rep == "auto":
+            # projections are far cheaper than atoms; slab sampling is not (measured: 254 TMV segments at 2 Å/px,
+            # atoms 1.7 s, slab maps > 300 s), so slabs only once the atoms would not fit in memory
+            wanted = placement if placement != "auto" else ("projection" if thin else "slab")
+            rep = "map" if total >= (MAP_MIN_ATOMS if wanted == "projection" else SLAB_MIN_ATOMS) else "atoms"
+        if rep == "atoms":
+            modes.append("atoms")
+            continue
+        if placement != "auto":
+            modes.append(placement)
+            continue
+        modes.append("projection" if thin else "slab")
+    return modes
+
+
+def view_z_range(scene: Scene, view: SceneView) -> tuple[float, float]:
+    """z extent (Å) of every copy's potential in this view, and of the ice."""
+    half = 0.5 * view.ice_thickness_a
+    if len(scene.placement) == 0:
+        return -half, half
+    pl = scene.placement.transformed(view.rotation)
+    ext = np.array([t.radius_a for t in scene.types])[pl.type_index] + SUPPORT_MARGIN_A
+    return min(-half, float((pl.positions_a[:, 2] - ext).min())), max(half, float((pl.positions_a[:, 2] + ext).max()))
+
+
+def _images_in_window(placement: Placement, extents_a: np.ndarray, field_grid: Grid, window: Grid | None) -> Placement:
+    """Copies (and periodic images of copies across the field's edges) that reach into ``window``."""
+    if window is None:
+        return placement
+    p = field_grid.pixel_size_a
+    wx, wy = field_grid.nx * p, field_grid.ny * p
+    oy_w, ox_w = window.origin_a  # window-grid coordinates of the scene origin
+    x_lo, y_lo = -ox_w, -oy_w  # scene coordinates of the window's pixel [0, 0]
+    x_hi, y_hi = x_lo + window.nx * p, y_lo + window.ny * p
+    parts = []
+    for sy in (-1, 0, 1):
+        for sx in (-1, 0, 1):
+            pos = placement.positions_a + np.array([sx * wx, sy * wy, 0.0])
+            ok = ((pos[:, 0] + extents_a > x_lo) & (pos[:, 0] - extents_a < x_hi)
+                  & (pos[:, 1] + extents_a > y_lo) & (pos[:, 1] - extents_a < y_hi))
+            if ok.any():
+                parts.append(Placement(placement.type_index[ok], pos[ok], placement.rotations[ok]))
+    return Placement.concatenate(parts)
+
+
+def build_view_potential(scene: Scene, view: SceneView, modes: list[str], cache: TypeCache, *, field_grid: Grid,
+                         window: Grid | None, slice_thickness_a: float, ice: IceModel, z_range_a: tuple[float, float],
+                         builder: str = "fourier", absorption_ratio: float | None = None) -> ScenePotential:
+    """The potential of ``scene`` seen in ``view`` on ``window`` (a tile or window of the field) or the field."""
+    grid = window or field_grid
+    dev = cache.device
+    pl = scene.placement.transformed(view.rotation)
+    # reach of a copy's potential patch (a projector's box is wider than the atoms' sphere)
+    reach = max(SUPPORT_MARGIN_A, 8 * grid.pixel_size_a) + 4 * grid.pixel_size_a
+    extents = np.array([t.radius_a for t in scene.types] or [0.0])[pl.type_index] + reach
+    pl = _images_in_window(pl, extents, field_grid, window)
+    atom_types = [t for t, m in enumerate(modes) if m == "atoms"]
+    atoms_potential = None
+    atoms = scene.atoms_of(atom_types, pl) if atom_types else None
+    if atoms is not None and len(atoms):
+        atoms_potential = SlicedPotential(*atoms_to_tensors(atoms, device=dev), grid, cache.table, slice_thickness_a,
+                                          ice, absorption_ratio=absorption_ratio, builder=builder,
+                                          z_range_a=z_range_a, form_factor_filter=view.transfer)
+    map_copies, projection_copies = [], []
+    for t, mode in enumerate(modes):
+        sel = np.flatnonzero(pl.type_index == t)
+        if mode == "atoms" or sel.size == 0:
+            continue
+        rots = torch.as_tensor(pl.rotations[sel], dtype=torch.float64, device=dev)
+        centres = torch.as_tensor(pl.positions_a[sel], dtype=torch.float64, device=dev)
+        if mode == "projection":
+            projection_copies.append(ProjectionCopies(cache.projector(t, scene.types[t].atoms), rots, centres,
+                                                      view.transfer))
+        else:
+            pmap = cache.slab_map(t, scene.types[t].atoms, view.transfer, id(view.transfer))
+            map_copies.append(MapCopies(pmap, rots, centres, scene.types[t].radius_a + SUPPORT_MARGIN_A))
+    return ScenePotential(grid, slice_thickness_a, ice, z_range_a=z_range_a, atoms=atoms_potential,
+                          map_copies=map_copies, projection_copies=projection_copies, periodic=window is None,
+                          device=dev)
+
+
+@dataclass(frozen=True)
+class Tile:
+    core_y0: int
+    core_x0: int
+    core_shape: tuple[int, int]
+    window: Grid  # the tile's grid (core + margins), in the field's scene frame
+    y0: int  # field pixel of the window's [0, 0] (may be negative: the field is periodic)
+    x0: int
+
+
+def plan_tiles(grid: Grid, tile_px: int, margin_px: int) -> list[Tile]:
+    """Cores of ``tile_px`` covering the field, each simulated on a window ``margin_px`` wider each side."""
+    from ..core.fft import good_fft_size
+
+    tiles = []
+    for cy in range(0, grid.ny, tile_px):
+        for cx in range(0, grid.nx, tile_px):
+            h, w = min(tile_px, grid.ny - cy), min(tile_px, grid.nx - cx)
+            wy, wx = good_fft_size(h + 2 * margin_px), good_fft_size(w + 2 * margin_px)
+            y0 = cy - (wy - h) // 2
+            x0 = cx - (wx - w) // 2
+            tiles.append(Tile(cy, cx, (h, w), grid.window(y0, x0, (wy, wx)), y0, x0))
+    return tiles
+
+
+def auto_tile_margin_px(pixel_size_a: float, thickness_a: float, wavelength_a: float,
+                        antialias_fraction: float | None) -> int:
+    """Potential tails + band-limit ringing + twice the Fresnel spread over the specimen thickness."""
+    k_max = (antialias_fraction or 1.0) * 0.5 / pixel_size_a
+    return max(math.ceil(24.0 / pixel_size_a), 64) + math.ceil(2 * wavelength_a * thickness_a * k_max / pixel_size_a) + 8

@@ -1,0 +1,156 @@
+"""The potential of a whole scene, streamed slice by slice: atoms where exactness is cheap, cached
+per-type maps (:mod:`difftem.particle_map`) placed at every copy's pose where copies are many.
+
+:class:`ScenePotential` has the interface :class:`~difftem.multislice.Multislice` consumes
+(``slice_patch``, ``slice_content``, ``uniform_potential``, …), so multislice, windows and tiles
+work the same for both representations. Cost per slice is the samples of the copies that cross
+the slice; memory is one field-sized slice, independent of the number of copies.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from ..core.grid import Grid
+from .particle_map import FourierProjector, ParticleMap, sample_slab
+from .potential import IceModel, Patch, SlicedBase, SlicedPotential, embed
+
+SUPPORT_MARGIN_A = 24.0  # potential tails sampled beyond the outermost atom
+
+
+@dataclass
+class MapCopies:
+    """Copies of one particle type drawn from its map: rotations (M, 3, 3), centres (M, 3) Å (scene frame)."""
+
+    pmap: ParticleMap
+    rotations: torch.Tensor
+    centres_a: torch.Tensor
+    support_a: float  # sampling radius about each copy centre
+
+
+@dataclass
+class ProjectionCopies:
+    """Copies projected whole (Fourier slice) into the slice that holds their centre."""
+
+    projector: FourierProjector
+    rotations: torch.Tensor
+    centres_a: torch.Tensor
+    transfer: object = None  # optional isotropic H(|k|), e.g. radiation damage
+
+
+class ScenePotential(SlicedBase):
+    """Slices [z_start, z_start + n·Δz) of a scene: ice continuum + atom-built copies + map-sampled copies."""
+
+    def __init__(self, grid: Grid, slice_thickness_a: float, ice: IceModel, *, z_range_a: tuple[float, float],
+                 atoms: SlicedPotential | None = None, map_copies: list[MapCopies] = (),
+                 projection_copies: list[ProjectionCopies] = (), periodic: bool = True,
+                 device=None, dtype: torch.dtype = torch.complex64, max_samples_per_batch: int = 4_000_000):
+        self.grid, self.ice = grid, ice
+        self.slice_thickness_a = float(slice_thickness_a)
+        self.atoms = atoms
+        self.map_copies = [m for m in map_copies if m.centres_a.shape[0] > 0]
+        self.projection_copies = [m for m in projection_copies if m.centres_a.shape[0] > 0]
+        self.periodic = periodic
+        self.device = torch.device(device or "cpu")
+        self.cdtype = dtype
+        self.rdtype = dtype.to_real()
+        self.max_samples = max_samples_per_batch
+        if atoms is not None:
+            self.z_start_a, self.n_slices = atoms.z_start_a, atoms.n_slices
+        else:
+            lo, hi = z_range_a
+            half = 0.5 * ice.thickness_a
+            lo, hi = min(lo, -half), max(hi, half)
+            if hi <= lo:
+                hi = lo + self.slice_thickness_a
+            self.z_start_a = lo
+            self.n_slices = max(1, math.ceil((hi - lo) / self.slice_thickness_a - 1e-9))
+        # which slices each map copy crosses
+        self._slices_of: list[tuple[np.ndarray, np.ndarray]] = []
+        occupied = np.zeros(self.n_slices, bool)
+        for mc in self.map_copies:
+            z = mc.centres_a[:, 2].detach().cpu().double().numpy()
+            k_lo = np.clip(np.floor((z - mc.support_a - self.z_start_a) / self.slice_thickness_a), 0, self.n_slices - 1)
+            k_hi = np.clip(np.floor((z + mc.support_a - self.z_start_a) / self.slice_thickness_a), 0, self.n_slices - 1)
+            self._slices_of.append((k_lo.astype(np.int64), k_hi.astype(np.int64)))
+            for a, b in zip(k_lo.astype(np.int64), k_hi.astype(np.int64)):
+                occupied[a:b + 1] = True
+        self._slice_of_projection = []
+        for pc in self.projection_copies:
+            z = pc.centres_a[:, 2].detach().cpu().double().numpy()
+            k = np.clip(np.floor((z - self.z_start_a) / self.slice_thickness_a), 0, self.n_slices - 1).astype(np.int64)
+            self._slice_of_projection.append(k)
+            occupied[k] = True
+        self._occupied = occupied
+
+    # ------------------------------------------------------------------ the interface multislice uses
+    def has_atoms(self, k: int) -> bool:
+        return bool(self._occupied[k]) or (self.atoms is not None and self.atoms.has_atoms(k))
+
+    def slice_patch(self, k: int) -> Patch | None:
+        atom_patch = self.atoms.slice_patch(k) if self.atoms is not None else None
+        if not self._occupied[k]:
+            return atom_patch
+        field = torch.zeros((2, self.grid.ny * self.grid.nx), dtype=self.rdtype, device=self.device)
+        z0 = self.z_start_a + k * self.slice_thickness_a
+        for mc, (k_lo, k_hi) in zip(self.map_copies, self._slices_of):
+            sel = np.flatnonzero((k_lo <= k) & (k_hi >= k))
+            if sel.size:
+                self._add_copies(field, mc, torch.as_tensor(sel, device=self.device), z0, z0 + self.slice_thickness_a)
+        for pc, ks in zip(self.projection_copies, self._slice_of_projection):
+            sel = np.flatnonzero(ks == k)
+            if sel.size:
+                self._add_projections(field, pc, torch.as_tensor(sel, device=self.device))
+        total = torch.complex(field[0], field[1]).reshape(self.grid.shape_px).to(self.cdtype)
+        if atom_patch is not None:
+            total = total + embed(atom_patch, self.grid.shape_px, 0.0)
+        return Patch(0, 0, total)
+
+    # ------------------------------------------------------------------ map sampling
+    def _scatter(self, field: torch.Tensor, patches: torch.Tensor, corners: torch.Tensor) -> None:
+        """Add (B, 2, box, box) patches whose pixel [0, 0] sits at field pixel corners (B, 2) = (y0, x0)."""
+        ny, nx = self.grid.shape_px
+        box = patches.shape[-1]
+        j = torch.arange(box, device=self.device)
+        iy = corners[:, 0:1] + j[None, :]  # (B, box)
+        ix = corners[:, 1:2] + j[None, :]
+        vals = patches.to(self.rdtype)
+        if self.periodic:
+            iy, ix = torch.remainder(iy, ny), torch.remainder(ix, nx)
+        else:  # a window or tile: what falls outside belongs to a neighbour, not wrapped in
+            keep = ((iy >= 0) & (iy < ny))[:, :, None] & ((ix >= 0) & (ix < nx))[:, None, :]
+            iy, ix = iy.clamp(0, ny - 1), ix.clamp(0, nx - 1)
+            vals = vals * keep[:, None]
+        flat = (iy[:, :, None] * nx + ix[:, None, :]).reshape(-1)
+        field.index_add_(1, flat, vals.permute(1, 0, 2, 3).reshape(2, -1))
+
+    def _add_projections(self, field: torch.Tensor, pc: ProjectionCopies, sel: torch.Tensor) -> None:
+        p = self.grid.pixel_size_a
+        oy, ox = self.grid.origin_a
+        box = pc.projector.box_px()
+        batch = max(1, self.max_samples // (8 * box * box))
+        for lo in range(0, sel.numel(), batch):
+            idx = sel[lo:lo + batch]
+            c = pc.centres_a[idx].double()
+            cx, cy = (c[:, 0] + ox) / p, (c[:, 1] + oy) / p  # fractional field pixels
+            x0, y0 = torch.floor(cx - box / 2 + 0.5), torch.floor(cy - box / 2 + 0.5)
+            offsets = torch.stack([(cx - x0) * p, (cy - y0) * p], 1)
+            patches = pc.projector.project(pc.rotations[idx], offsets, box, transfer=pc.transfer)
+            self._scatter(field, patches, torch.stack([y0.long(), x0.long()], 1))
+
+    def _add_copies(self, field: torch.Tensor, mc: MapCopies, sel: torch.Tensor, z0_a: float, z1_a: float) -> None:
+        p = self.grid.pixel_size_a
+        oy, ox = self.grid.origin_a
+        box = 2 * math.ceil(mc.support_a / p) + 3
+        nz = max(1, math.ceil((z1_a - z0_a) / p - 1e-9))
+        batch = max(1, self.max_samples // (nz * box * box))
+        for lo in range(0, sel.numel(), batch):
+            idx = sel[lo:lo + batch]
+            c = mc.centres_a[idx].double()
+            centres_px = torch.stack([(c[:, 0] + ox) / p, (c[:, 1] + oy) / p, c[:, 2]], 1)
+            patches, corners = sample_slab(mc.pmap, mc.rotations[idx], centres_px, p, z0_a, z1_a, box, n_z=nz)
+            self._scatter(field, patches, corners)

@@ -1,0 +1,1 @@
+"""The specimen: atomic structures, particle types (assemblies, helices), their placement, ground truth."""

@@ -1,0 +1,117 @@
+"""The specimen a config describes: particle types read from their files, and every copy's pose."""
+
+from __future__ import annotations
+
+from importlib import resources
+from pathlib import Path
+
+import numpy as np
+
+from ..config import SimulationConfig
+from ..core.errors import ConfigError
+from ..core.rotations import rotation_zyz_deg
+from ..io.tables import read_transforms_file
+from .scene import (
+    ParticleType,
+    Placement,
+    Scene,
+    bounding_capsule,
+    helical_assembly,
+    overlapping_pairs,
+    random_placement,
+)
+from .structure import Atoms, read_structure
+
+
+def builtin_structure(name: str) -> Path:
+    files = {"1ubi": "1ubi_ubiquitin.pdb.gz"}
+    if name not in files:
+        raise ConfigError(f"sample.particles.structure: unknown builtin:{name}; available: {sorted(files)}")
+    return Path(str(resources.files("difftem").joinpath("data", files[name])))
+
+
+def resolve_structure(structure: str) -> Path:
+    return builtin_structure(structure.split(":", 1)[1]) if structure.startswith("builtin:") else Path(structure)
+
+
+def scene_of(config: SimulationConfig) -> Scene:
+    return build_scene(config, resolve_structure)
+
+
+def scene_atoms(config: SimulationConfig) -> Atoms:
+    """All atoms of the sample in scene coordinates (Å; origin at field centre / ice mid-plane)."""
+    scene = scene_of(config)
+    return scene.atoms_of(range(len(scene.types)))
+
+
+def load_particle_type(particle, resolve_structure) -> ParticleType:
+    """Read one ``sample.particles`` entry's structure and apply its assembly or helical symmetry."""
+    path = resolve_structure(particle.structure)
+    centre = particle.centre
+    atoms = read_structure(path, assembly=particle.assembly, models=particle.models,
+                           remove_waters=particle.remove_waters, remove_hydrogens=particle.remove_hydrogens,
+                           remove_hetero=particle.remove_hetero,
+                           centre="none" if (particle.helix or particle.transforms_file) else centre)
+    if particle.transforms_file is not None:
+        ops = read_transforms_file(particle.transforms_file)  # (n, 3, 4): rotation | translation (Å)
+        parts = [atoms.transformed(op[:, :3], op[:, 3]) for op in ops]
+        atoms = Atoms.concatenate(parts).centred(centre)
+        atoms.notes.append(f"{len(ops)} copies from {Path(particle.transforms_file).name}")
+    if particle.helix is not None:
+        h = particle.helix
+        atoms = helical_assembly(atoms, h.rise_a, h.twist_deg, h.count(), h.axis, h.axis_point_a).centred(centre)
+    if particle.extra_b_a2:
+        atoms.b_iso_a2 = atoms.b_iso_a2 + particle.extra_b_a2
+    name = particle.name or Path(str(path)).name.split(".")[0]
+    shape = particle.random.bounding if particle.random is not None else "auto"
+    return ParticleType(name, atoms, bounding_capsule(atoms.positions_a, shape), particle.representation)
+
+
+def build_scene(config, resolve_structure) -> Scene:
+    """Particle types and every copy's pose for a :class:`~difftem.config.SimulationConfig`.
+
+    Random placements draw from a generator seeded by (config.seed, "placement"), so the scene is
+    the same whatever else changes (dose, optics, noise).
+    """
+    types, explicit, counts, random_orient, gaps = [], [], [], [], []
+    det = config.detector
+    field_a = (det.shape_px[1] * det.pixel_size_a, det.shape_px[0] * det.pixel_size_a)
+    ice_a = config.sample.ice_thickness_nm * 10.0
+    for t, particle in enumerate(config.sample.particles):
+        ptype = load_particle_type(particle, resolve_structure)
+        if any(p.name == ptype.name for p in types):  # unique names in the ground truth
+            ptype.name = f"{ptype.name}_{t}"
+        types.append(ptype)
+        positions = particle.explicit_positions()
+        eulers = particle.euler_zyz_deg * (len(positions) if len(particle.euler_zyz_deg) == 1 else 1)
+        if positions:
+            rots = np.stack([rotation_zyz_deg(*e) for e in eulers[:len(positions)]])
+            explicit.append(Placement(np.full(len(positions), t, np.int64), np.asarray(positions, np.float64), rots))
+        rnd = particle.random
+        if rnd is None:
+            counts.append(0)
+        elif rnd.count is not None:
+            counts.append(rnd.count)
+        else:
+            volume_um3 = field_a[0] * field_a[1] * max(ice_a, 2 * ptype.bounds.extent_a) * 1e-12
+            counts.append(int(round(rnd.density_per_um3 * volume_um3)))
+        random_orient.append(rnd is None or rnd.orientation == "uniform")
+        gaps.append(rnd.min_gap_a if rnd is not None else 0.0)
+    placement = Placement.concatenate(explicit)
+    warnings = []
+    bounds = [t.bounds for t in types]
+    pairs = overlapping_pairs(bounds, placement) if 1 < len(placement) <= 2000 else []
+    if pairs:
+        listed = ", ".join(f"#{i}/#{j} ({types[placement.type_index[i]].name}/{types[placement.type_index[j]].name},"
+                           f" {o:.0f} Å)" for i, j, o in pairs[:5])
+        more = f" and {len(pairs) - 5} more" if len(pairs) > 5 else ""
+        warnings.append(f"explicit placements overlap (bounding shapes interpenetrate): {listed}{more}; check "
+                        "sample.particles.positions_a")
+    if any(counts):
+        rng = np.random.default_rng(np.random.SeedSequence([config.seed, 0x5CE4E]))
+        gap = max(gaps) if gaps else 0.0
+        placed = random_placement(bounds, counts, field_a=field_a, ice_thickness_a=ice_a, rng=rng,
+                                  names=[t.name for t in types], gap_a=gap, random_orientation=random_orient,
+                                  existing=placement)
+        placement = Placement.concatenate([placement, placed])
+    return Scene(types, placement, warnings)

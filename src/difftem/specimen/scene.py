@@ -1,0 +1,290 @@
+"""Scenes: particle types (structure + symmetry), their placement in the ice, ground truth, tilts.
+
+A particle *type* is an atomic model in its own frame (centred), built once: the deposited
+atoms, a biological assembly from the file, or a helical rod generated from a subunit. A
+*placement* is one rigid pose per copy, r_scene = R · r_type + t, with R = Rz(φ)·Ry(θ)·Rz(ψ)
+(active, the convention of :func:`~difftem.structure.rotation_zyz_deg`). Random placement draws
+uniform rotations (Haar measure on SO(3)) and non-overlapping positions inside the field and
+the ice slab, testing bounding capsules (a sphere is a capsule of zero length), so rods pack
+like rods.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ..core.elements import atomic_mass_da
+from ..core.errors import ConfigError
+from ..core.rotations import euler_zyz_from_matrix, random_rotations, relion_angles, rotation_about_axis
+from .structure import Atoms
+
+
+# ---------------------------------------------------------------------------------------------- rotations
+# ---------------------------------------------------------------------------------------------- types
+def helical_assembly(subunit: Atoms, rise_a: float, twist_deg: float, n_subunits: int,
+                     axis=(0.0, 0.0, 1.0), axis_point_a=(0.0, 0.0, 0.0)) -> Atoms:
+    """Copies i = 0…n−1 of ``subunit`` turned by i·twist about the helix axis and moved i·rise along it."""
+    if n_subunits < 1:
+        raise ConfigError("helix.n_subunits: must be ≥ 1")
+    u = np.asarray(axis, dtype=np.float64)
+    if np.linalg.norm(u) == 0:
+        raise ConfigError("helix.axis: must be a non-zero vector")
+    u = u / np.linalg.norm(u)
+    p0 = np.asarray(axis_point_a, dtype=np.float64)
+    i = np.arange(n_subunits)
+    rots = rotation_about_axis(u, np.radians(twist_deg) * i)  # (n, 3, 3)
+    rel = subunit.positions_a - p0
+    pos = np.einsum("nij,aj->nai", rots, rel) + p0 + (rise_a * i)[:, None, None] * u
+    n = len(subunit)
+    out = Atoms(np.tile(subunit.atomic_number, n_subunits), pos.reshape(-1, 3), np.tile(subunit.b_iso_a2, n_subunits),
+                np.tile(subunit.occupancy, n_subunits), subunit.source, list(subunit.notes))
+    out.notes.append(f"helix: {n_subunits} subunits of {n} atoms, rise {rise_a:g} Å, twist {twist_deg:g}°")
+    return out
+
+
+@dataclass
+class Bounds:
+    """A bounding capsule in the type frame: the segment centre ± half_length·axis, swept by radius."""
+
+    centre_a: np.ndarray
+    axis: np.ndarray
+    half_length_a: float
+    radius_a: float
+
+    @property
+    def extent_a(self) -> float:
+        """Radius of the sphere about the type origin that holds the capsule."""
+        return float(np.linalg.norm(self.centre_a)) + self.half_length_a + self.radius_a
+
+
+def bounding_capsule(positions_a: np.ndarray, shape: str = "auto") -> Bounds:
+    """Smallest-ish capsule around the atoms along their principal axis (or a sphere)."""
+    if len(positions_a) == 0:
+        return Bounds(np.zeros(3), np.array([0.0, 0.0, 1.0]), 0.0, 0.0)
+    c = positions_a.mean(0)
+    rel = positions_a - c
+    sphere = Bounds(c, np.array([0.0, 0.0, 1.0]), 0.0, float(np.sqrt((rel**2).sum(1)).max()))
+    if shape == "sphere":
+        return sphere
+    w, v = np.linalg.eigh(rel.T @ rel)
+    axis = v[:, -1]
+    t = rel @ axis
+    mid = 0.5 * (t.max() + t.min())
+    c2 = c + mid * axis
+    t = t - mid
+    radius = float(np.sqrt(np.maximum((rel - (t + mid)[:, None] * axis) ** 2, 0).sum(1)).max())
+    # shorten the segment so the caps still cover the ends
+    half = max(0.0, float(np.abs(t).max()) - radius)
+    capsule = Bounds(c2, axis, half, radius)
+    if shape == "capsule":
+        return capsule
+    vol_sphere = sphere.radius_a**3
+    vol_capsule = radius**2 * (radius + 0.75 * 2 * half)
+    return capsule if vol_capsule < 0.7 * vol_sphere else sphere
+
+
+@dataclass
+class ParticleType:
+    name: str
+    atoms: Atoms  # type frame, centred
+    bounds: Bounds
+    representation: str = "auto"  # "atoms" | "map" | "auto"
+
+    @property
+    def radius_a(self) -> float:
+        """Distance of the farthest atom from the type origin (Å)."""
+        return float(np.sqrt((self.atoms.positions_a**2).sum(1)).max()) if len(self.atoms) else 0.0
+
+    @property
+    def mass_da(self) -> float:
+        return float((atomic_mass_da(self.atoms.atomic_number) * self.atoms.occupancy).sum())
+
+
+# ---------------------------------------------------------------------------------------------- placement
+@dataclass
+class Placement:
+    """Poses of every copy: type index, centre (Å, scene frame) and rotation (type frame → scene)."""
+
+    type_index: np.ndarray  # (M,) int
+    positions_a: np.ndarray  # (M, 3)
+    rotations: np.ndarray  # (M, 3, 3)
+
+    def __len__(self) -> int:
+        return int(self.type_index.shape[0])
+
+    @staticmethod
+    def empty() -> "Placement":
+        return Placement(np.zeros(0, np.int64), np.zeros((0, 3)), np.zeros((0, 3, 3)))
+
+    @staticmethod
+    def concatenate(parts: list["Placement"]) -> "Placement":
+        parts = [p for p in parts if len(p)]
+        if not parts:
+            return Placement.empty()
+        return Placement(np.concatenate([p.type_index for p in parts]), np.concatenate([p.positions_a for p in parts]),
+                         np.concatenate([p.rotations for p in parts]))
+
+    def transformed(self, rotation: np.ndarray) -> "Placement":
+        """The scene turned rigidly by ``rotation`` about the origin (e.g. a specimen tilt)."""
+        return Placement(self.type_index, self.positions_a @ rotation.T, np.einsum("ij,mjk->mik", rotation, self.rotations))
+
+
+def _segments(bounds: list[Bounds], placement: Placement) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Scene-frame capsule segments (M, 3) ends a, b and radii (M,)."""
+    if len(placement) == 0:
+        return np.zeros((0, 3)), np.zeros((0, 3)), np.zeros(0)
+    c = np.stack([bounds[t].centre_a for t in placement.type_index])
+    ax = np.stack([bounds[t].axis * bounds[t].half_length_a for t in placement.type_index])
+    c = np.einsum("mij,mj->mi", placement.rotations, c) + placement.positions_a
+    ax = np.einsum("mij,mj->mi", placement.rotations, ax)
+    r = np.array([bounds[t].radius_a for t in placement.type_index])
+    return c - ax, c + ax, r
+
+
+def segment_distances(p1, q1, p2, q2) -> np.ndarray:
+    """Closest distances between segments [p1, q1] and [p2, q2] (broadcast over leading dims)."""
+    d1, d2, r = q1 - p1, q2 - p2, p1 - p2
+    a = (d1 * d1).sum(-1)
+    e = (d2 * d2).sum(-1)
+    f = (d2 * r).sum(-1)
+    c = (d1 * r).sum(-1)
+    b = (d1 * d2).sum(-1)
+    denom = a * e - b * b
+    eps = 1e-12
+    s = np.where(denom > eps, np.clip((b * f - c * e) / np.maximum(denom, eps), 0, 1), 0.0)
+    s = np.where(a > eps, s, 0.0)
+    t = np.where(e > eps, (b * s + f) / np.maximum(e, eps), 0.0)
+    # clamp t, then recompute s for the clamped t
+    t_c = np.clip(t, 0, 1)
+    s = np.where(a > eps, np.clip((b * t_c - c) / np.maximum(a, eps), 0, 1), 0.0)
+    t = t_c
+    cp1 = p1 + s[..., None] * d1
+    cp2 = p2 + t[..., None] * d2
+    return np.sqrt(((cp1 - cp2) ** 2).sum(-1))
+
+
+def overlapping_pairs(bounds: list[Bounds], placement: Placement, gap_a: float = 0.0) -> list[tuple[int, int, float]]:
+    """(i, j, overlap Å) for every pair of copies whose bounding capsules come closer than ``gap_a``."""
+    a, b, r = _segments(bounds, placement)
+    out = []
+    for i in range(len(placement) - 1):
+        d = segment_distances(a[i], b[i], a[i + 1:], b[i + 1:])
+        over = r[i] + r[i + 1:] + gap_a - d
+        for j in np.flatnonzero(over > 1e-6):
+            out.append((i, i + 1 + int(j), float(over[j])))
+    return out
+
+
+def random_placement(bounds: list[Bounds], counts: list[int], *, field_a: tuple[float, float], ice_thickness_a: float,
+                     rng: np.random.Generator, names: list[str], gap_a: float = 5.0, random_orientation: list[bool],
+                     existing: Placement | None = None, max_failures: int = 2000) -> Placement:
+    """Random sequential addition of ``counts[t]`` copies of each type, largest first.
+
+    Every copy lies inside the field (x, y) and — if there is ice — inside the ice slab (z), with
+    uniform orientation (or the identity) and no bounding capsule closer than ``gap_a`` to another.
+    Gives up on a type after ``max_failures`` consecutive rejected draws, naming what was achieved.
+    """
+    existing = existing or Placement.empty()
+    ea, eb, er = _segments(bounds, existing)
+    seg_a, seg_b, seg_r = [ea], [eb], [er]
+    placed: list[Placement] = []
+    wx, wy = field_a
+    order = sorted(range(len(counts)), key=lambda t: -bounds[t].extent_a)
+    for t in order:
+        if counts[t] <= 0:
+            continue
+        bd = bounds[t]
+        got_pos, got_rot = [], []
+        fails = 0
+        all_a, all_b, all_r = (np.concatenate(seg_a), np.concatenate(seg_b), np.concatenate(seg_r))
+        new_a, new_b, new_r = [], [], []
+        while len(got_pos) < counts[t]:
+            if fails >= max_failures:
+                raise ConfigError(
+                    f"sample.particles[{names[t]}].random: placed only {len(got_pos)} of {counts[t]} copies without "
+                    f"overlap in a {wx / 10:g} × {wy / 10:g} nm field and {ice_thickness_a / 10:g} nm of ice; lower "
+                    "the count or min_gap_a, or enlarge detector.shape_px / sample.ice_thickness_nm")
+            rot = random_rotations(1, rng)[0] if random_orientation[t] else np.eye(3)
+            c = rot @ bd.centre_a
+            ax = rot @ bd.axis * bd.half_length_a
+            reach = np.abs(c) + np.abs(ax) + bd.radius_a  # per-axis half extent about the copy origin
+            lo_x, hi_x = -wx / 2 + reach[0], wx / 2 - reach[0]
+            lo_y, hi_y = -wy / 2 + reach[1], wy / 2 - reach[1]
+            half_ice = ice_thickness_a / 2
+            lo_z, hi_z = (-half_ice + reach[2], half_ice - reach[2]) if ice_thickness_a > 0 else (0.0, 0.0)
+            if hi_x < lo_x or hi_y < lo_y or hi_z < lo_z:
+                fails += 1
+                continue
+            pos = np.array([rng.uniform(lo_x, hi_x), rng.uniform(lo_y, hi_y), rng.uniform(lo_z, hi_z)])
+            a, b = pos + c - ax, pos + c + ax
+            ok = True
+            for sa, sb, sr in ((all_a, all_b, all_r), (np.array(new_a).reshape(-1, 3), np.array(new_b).reshape(-1, 3),
+                                                       np.array(new_r))):
+                if len(sr) and np.any(segment_distances(a, b, sa, sb) < sr + bd.radius_a + gap_a):
+                    ok = False
+                    break
+            if not ok:
+                fails += 1
+                continue
+            fails = 0
+            got_pos.append(pos)
+            got_rot.append(rot)
+            new_a.append(a)
+            new_b.append(b)
+            new_r.append(bd.radius_a)
+        seg_a.append(np.array(new_a).reshape(-1, 3))
+        seg_b.append(np.array(new_b).reshape(-1, 3))
+        seg_r.append(np.array(new_r))
+        placed.append(Placement(np.full(len(got_pos), t, np.int64), np.array(got_pos).reshape(-1, 3),
+                                np.array(got_rot).reshape(-1, 3, 3)))
+    return Placement.concatenate(placed)
+
+
+# ---------------------------------------------------------------------------------------------- ground truth
+def ground_truth_rows(types: list[ParticleType], placement: Placement, *, shape_px: tuple[int, int],
+                      pixel_size_a: float, micrograph: str = "micrograph.mrc") -> list[dict]:
+    """One dict per copy: type, centre (Å and image pixels), RELION angles and our ZYZ angles."""
+    ny, nx = shape_px
+    relion = relion_angles(placement.rotations) if len(placement) else np.zeros((0, 3))
+    zyz = euler_zyz_from_matrix(placement.rotations) if len(placement) else np.zeros((0, 3))
+    rows = []
+    for i in range(len(placement)):
+        x, y, z = placement.positions_a[i]
+        rows.append({
+            "rlnMicrographName": micrograph,
+            "rlnCoordinateX": x / pixel_size_a + nx // 2,
+            "rlnCoordinateY": y / pixel_size_a + ny // 2,
+            "rlnAngleRot": relion[i, 0], "rlnAngleTilt": relion[i, 1], "rlnAnglePsi": relion[i, 2],
+            "difftemParticleType": types[placement.type_index[i]].name,
+            "difftemPositionXA": x, "difftemPositionYA": y, "difftemPositionZA": z,
+            "difftemEulerZyzPhi": zyz[i, 0], "difftemEulerZyzTheta": zyz[i, 1], "difftemEulerZyzPsi": zyz[i, 2],
+        })
+    return rows
+
+
+# ---------------------------------------------------------------------------------------------- from a config
+@dataclass
+class Scene:
+    types: list[ParticleType]
+    placement: Placement
+    warnings: list[str] = field(default_factory=list)
+
+    def atoms_of(self, type_indices, placement: "Placement | None" = None) -> Atoms:
+        """All atoms of the copies of the given types, in scene coordinates (optionally of another placement)."""
+        pl = placement if placement is not None else self.placement
+        parts = []
+        wanted = set(int(t) for t in type_indices)
+        for i in range(len(pl)):
+            t = int(pl.type_index[i])
+            if t in wanted:
+                parts.append(self.types[t].atoms.transformed(pl.rotations[i], pl.positions_a[i]))
+        return Atoms.concatenate(parts)
+
+    def copies_of(self, t: int) -> int:
+        return int((self.placement.type_index == t).sum())
+
+    @property
+    def notes(self) -> list[str]:
+        return [n for t in self.types for n in t.atoms.notes]
