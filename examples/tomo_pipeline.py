@@ -5,7 +5,7 @@
 
 Prints an FSC/NCC table (WBP and SIRT, with and without denoising) and writes the tilt series,
 volumes, ground truth, FSC plot and renders into --out. Ground truth is the scene's potential
-sampled by the simulator itself (`difftem.pipeline.potential_volume`), not a separate code path.
+sampled by the simulator itself (`difftem.simulate.pipeline.potential_volume`), not a separate code path.
 """
 
 from __future__ import annotations

@@ -266,7 +266,7 @@ def default_workers(spec_shape_px, device: str) -> int:
     import psutil
     import torch
 
-    from ..simulate.pipeline import estimate_memory_bytes
+    from ..simulate.setup import estimate_memory_bytes
 
     if device != "cpu" and torch.cuda.is_available():
         return torch.cuda.device_count()

@@ -125,6 +125,35 @@ def shot_noise(expected: torch.Tensor, dqe: float = 1.0, generator: torch.Genera
     return torch.poisson(rate, generator=generator) / dqe
 
 
+@dataclass(frozen=True)
+class Detector:
+    """A detector: pixel size (Å), DQE at zero frequency, gain (output units per electron), MTF (a formula, a
+    measured curve or None), whether the MTF is normalised to 1 at zero frequency, and the noise ("poisson" or
+    "none"). DQE and gain may be 0-dim tensors that require grad."""
+
+    pixel_size_a: float
+    dqe: float = 1.0
+    gain: float = 1.0
+    mtf: MTFParams | MeasuredMTF | None = None
+    normalize_mtf: bool = True
+    noise: str = "poisson"
+
+    @classmethod
+    def from_config(cls, config) -> Detector:
+        """From a config's ``detector`` section; a measured MTF curve is read here, once."""
+        det = config.detector
+        return cls(det.pixel_size_a, det.dqe, det.gain, make_mtf(config), det.normalize_mtf, det.noise)
+
+    def noiseless(self, expected: torch.Tensor) -> torch.Tensor:
+        """The expected image: MTF and gain applied to the expected counts."""
+        return apply_mtf(expected, self.mtf, self.normalize_mtf) * self.gain
+
+    def detect(self, expected: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        """One detected image: shot noise (unless ``noise`` is "none"), then MTF and gain."""
+        counts = shot_noise(expected, self.dqe, generator) if self.noise == "poisson" else expected
+        return apply_mtf(counts, self.mtf, self.normalize_mtf) * self.gain
+
+
 def make_mtf(config) -> "MTFParams | MeasuredMTF | None":
     """The detector MTF a config asks for: the formula's parameters, a measured curve read from its STAR file, or
     none."""

@@ -39,6 +39,15 @@ class Optics:
     aperture_mrad: float | None = None
     phase_shift_deg: float = 0.0
 
+    @classmethod
+    def from_config(cls, optics, defocus_um: float | None = None) -> Optics:
+        """From the config's ``optics`` section (µm → Å); ``defocus_um`` overrides its defocus (a tilt's)."""
+        return cls(defocus_a=(optics.defocus_um if defocus_um is None else defocus_um) * 1e4,
+                   astigmatism_a=optics.astigmatism_um * 1e4, astigmatism_angle_deg=optics.astigmatism_angle_deg,
+                   cs_mm=optics.cs_mm, cc_mm=optics.cc_mm, energy_spread_ev=optics.energy_spread_ev,
+                   illumination_semiangle_mrad=optics.illumination_semiangle_mrad,
+                   aperture_mrad=optics.aperture_mrad, phase_shift_deg=optics.phase_shift_deg)
+
 
 def _off(value) -> bool:
     """True for a plain zero; a tensor that requires grad is never off (its gradient at 0 is wanted)."""

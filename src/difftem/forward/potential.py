@@ -117,6 +117,11 @@ class SlicedBase:
         return complex(self.ice.mean_potential_v * content.ice_thickness_a,
                        self.ice.absorption_potential_v * content.ice_thickness_a)
 
+    @property
+    def exit_plane_a(self) -> float:
+        """z of the plane the wave leaves through (Å below the ice mid-plane): the bottom of the last slice."""
+        return self.z_start_a + self.n_slices * self.slice_thickness_a
+
     def total_uniform_potential(self) -> complex:
         """Σ over slices of the uniform (ice) projected potential, V·Å."""
         t = self.ice.thickness_a

@@ -22,8 +22,7 @@ Multislice keeps one wave per slice and rebuilds each slice's potential in the b
 
 from __future__ import annotations
 
-import cmath
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Iterable, Literal, Mapping
 
@@ -31,12 +30,16 @@ import numpy as np
 import torch
 
 from ..config import MTFFormula, SimulationConfig
+from ..core.device import available_memory_bytes
 from ..core.errors import ConfigError, ResourceError
-from ..forward.detector import MTFParams, apply_mtf, expected_counts
-from ..forward.multislice import multislice, plan_window
-from ..forward.optics import Optics, image_intensity, transfer_function
-from ..forward.potential import IceModel, Patch, SlicedPotential, embed
+from ..forward.detector import Detector, MTFParams
+from ..forward.exit_wave import windowed_exit_wave
+from ..forward.image import expose
+from ..forward.multislice import plan_window
+from ..forward.optics import Optics
+from ..forward.potential import IceModel, SlicedPotential
 from ..forward.scene_build import SceneView, view_z_range
+from .setup import Setup, prepare_config
 
 #: Parameter name → unit and shape (N: the number of atoms of the whole scene).
 PARAMETERS: dict[str, str] = {
@@ -83,12 +86,7 @@ class DifferentiableSimulator:
 
     def __init__(self, config: "SimulationConfig | dict | str | Path", *,
                  precision: Literal["single", "double"] = "single", checkpoint: bool = True):
-        from ..core.device import available_memory_bytes
-        from ..forward.detector import make_mtf
-        from ..specimen.build import scene_of
-        from .pipeline import _prepare, _setup
-
-        self.config = config = _prepare(config)
+        self.config = config = prepare_config(config)
         if config.tilt_series is not None:
             raise ConfigError("tilt_series: the differentiable simulator makes single micrographs; remove the "
                               "tilt_series section (or build one simulator per tilt)")
@@ -97,13 +95,15 @@ class DifferentiableSimulator:
         self.rdtype = torch.float32 if precision == "single" else torch.float64
         self.cdtype = torch.complex64 if precision == "single" else torch.complex128
         self.checkpoint = checkpoint
-        scene = scene_of(config)
-        # the same device, grid, beam constants, ice and scattering table as simulate()
-        self.device, self.grid, self.wavelength_a, self.sigma, ice, _, cache = _setup(config, scene)
-        self.ice_absorption_v, self.table = ice.absorption_potential_v, cache.table
-        # a measured MTF curve (or none) is fixed: read it once; a formula's parameters are tensors
-        self._fixed_mtf = None if isinstance(config.detector.mtf, MTFFormula) else make_mtf(config)
-        self.n_atoms = sum(len(t.atoms) * scene.copies_of(i) for i, t in enumerate(scene.types))
+        # the same scene, device, grid, beam constants, ice and scattering table as simulate()
+        setup = Setup.build(config)
+        scene = setup.scene
+        self.device, self.grid, self.wavelength_a, self.sigma = setup.device, setup.grid, setup.wavelength_a, setup.sigma
+        self.ice_absorption_v, self.table = setup.ice.absorption_potential_v, setup.cache.table
+        # the detector as simulate() builds it (a measured MTF curve is read once); a formula's parameters,
+        # DQE and gain are replaced by the parameter tensors in each forward pass
+        self._detector = Detector.from_config(config)
+        self.n_atoms = setup.n_atoms
         need = self.n_atoms * 96  # coordinates, B, occupancy, element, sort keys, their gradients
         if need > 0.5 * available_memory_bytes(self.device):
             raise ResourceError(
@@ -187,45 +187,43 @@ class DifferentiableSimulator:
             extent = float(positions[:, 2].detach().max() - positions[:, 2].detach().min()) + 2.0
             window = plan_window(self.grid, positions.detach(), max(extent, ice.thickness_a), self.wavelength_a,
                                  antialias_fraction=sim.antialias_fraction)
-        grid = window.grid if window else self.grid
         # the scene's slicing, as simulate() uses (it widens itself if atoms move outside it)
         z_range = view_z_range(self.scene, SceneView(np.eye(3), ice.thickness_a, None))
-        pot = SlicedPotential(self.atomic_number, positions, p["b_iso_a2"].to(self.rdtype),
-                              p["occupancy"].to(self.rdtype), grid, self.table, sim.slice_thickness_a, ice,
-                              absorption_ratio=c.sample.absorption_ratio, builder=sim.builder, dtype=self.cdtype,
-                              z_range_a=z_range)
-        wave = multislice(pot, self.wavelength_a, self.sigma, antialias_fraction=sim.antialias_fraction,
-                          bandlimit=sim.bandlimit, checkpoint=self.checkpoint,
-                          taper_fraction=sim.antialias_taper_fraction)
-        if window is not None:  # outside the window: the plane wave through the uniform ice
-            uniform = pot.total_uniform_potential()
-            wave = embed(Patch(window.y0, window.x0, wave), self.grid.shape_px, cmath.exp(1j * self.sigma * uniform))
+
+        def build(grid):
+            return SlicedPotential(self.atomic_number, positions, p["b_iso_a2"].to(self.rdtype),
+                                   p["occupancy"].to(self.rdtype), grid or self.grid, self.table,
+                                   sim.slice_thickness_a, ice, absorption_ratio=c.sample.absorption_ratio,
+                                   builder=sim.builder, dtype=self.cdtype, z_range_a=z_range)
+
+        ew = windowed_exit_wave(build, self.grid, window, self.wavelength_a, self.sigma, sim,
+                                checkpoint=self.checkpoint)
+        wave = ew.wave
         # the ice's uniform transmission is a constant factor in every slice (it commutes with everything), so
         # the wave's dependence on the thickness is this factor, exactly (value 1 at the built thickness)
         u = complex(c.sample.ice_mean_potential_v, self.ice_absorption_v)
         wave = wave * torch.exp(1j * self.sigma * u * (thickness - thickness.detach())).to(self.cdtype)
-        return wave, pot.z_start_a + pot.n_slices * pot.slice_thickness_a
+        return wave, ew.exit_plane_a
 
-    def _mtf(self, p):
-        return MTFParams(*p["mtf"].unbind()) if "mtf" in p else self._fixed_mtf
+    def _detector_of(self, p) -> Detector:
+        mtf = MTFParams(*p["mtf"].unbind()) if "mtf" in p else self._detector.mtf
+        return replace(self._detector, dqe=p["dqe"], gain=p["gain"], mtf=mtf)
 
     def __call__(self, params: Mapping[str, torch.Tensor] | None = None) -> DifferentiableOutput:
         return self._forward(self._resolve(params))
 
     def _forward(self, p: dict[str, torch.Tensor]) -> DifferentiableOutput:
         c = self.config
-        wave, z_exit_a = self.exit_wave(p)
-        optics = Optics(p["defocus_a"], p["astigmatism_a"], p["astigmatism_angle_deg"], p["cs_mm"], p["cc_mm"],
-                        p["energy_spread_ev"], p["illumination_semiangle_mrad"], c.optics.aperture_mrad,
-                        p["phase_shift_deg"])
-        # defocus is given at the ice mid-plane; the wave leaves the specimen z_exit below it
-        h = transfer_function(self.grid, self.wavelength_a, c.beam.voltage_kv, optics,
-                              defocus_a=p["defocus_a"] + z_exit_a, device=self.device, dtype=self.cdtype)
-        intensity = image_intensity(wave, h)
-        expected = expected_counts(intensity, p["dose_e_per_a2"], self.grid.pixel_size_a)
-        mtf = self._mtf(p)
-        noiseless = apply_mtf(expected, mtf, c.detector.normalize_mtf) * p["gain"]
-        return DifferentiableOutput(wave, intensity, expected, noiseless, mtf)
+        wave, exit_plane_a = self.exit_wave(p)
+        optics = Optics(defocus_a=p["defocus_a"], astigmatism_a=p["astigmatism_a"],
+                        astigmatism_angle_deg=p["astigmatism_angle_deg"], cs_mm=p["cs_mm"], cc_mm=p["cc_mm"],
+                        energy_spread_ev=p["energy_spread_ev"],
+                        illumination_semiangle_mrad=p["illumination_semiangle_mrad"],
+                        aperture_mrad=c.optics.aperture_mrad, phase_shift_deg=p["phase_shift_deg"])
+        detector = self._detector_of(p)
+        image = expose(wave, self.grid, self.wavelength_a, c.beam.voltage_kv, optics, detector,
+                       exit_plane_a=exit_plane_a, dose_e_per_a2=p["dose_e_per_a2"])
+        return DifferentiableOutput(wave, image.intensity, image.expected_counts, image.noiseless, detector.mtf)
 
     def loss(self, data: torch.Tensor, params: Mapping[str, torch.Tensor] | None = None, *,
              estimator: Estimator = "mean", generator: torch.Generator | None = None,
