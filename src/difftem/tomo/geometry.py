@@ -14,13 +14,12 @@ import math
 import torch
 import torch.nn.functional as F
 
+from ..core import rotations
+
 
 def tilt_rotation(angle_deg: float, tilt_axis_deg: float = 0.0, *, dtype=torch.float64) -> torch.Tensor:
-    """3×3 active right-handed rotation by ``angle_deg`` about u = (−sin α, cos α, 0) (Rodrigues)."""
-    a, t = math.radians(tilt_axis_deg), math.radians(angle_deg)
-    u = torch.tensor([-math.sin(a), math.cos(a), 0.0], dtype=dtype)
-    ux = torch.tensor([[0.0, -u[2], u[1]], [u[2], 0.0, -u[0]], [-u[1], u[0], 0.0]], dtype=dtype)
-    return math.cos(t) * torch.eye(3, dtype=dtype) + math.sin(t) * ux + (1 - math.cos(t)) * torch.outer(u, u)
+    """:func:`difftem.core.rotations.tilt_rotation` as a 3×3 tensor."""
+    return torch.as_tensor(rotations.tilt_rotation(angle_deg, tilt_axis_deg), dtype=dtype)
 
 
 def project_points(xyz_a: torch.Tensor, angles_deg, tilt_axis_deg: float = 0.0) -> torch.Tensor:
