@@ -7,7 +7,7 @@ Relative paths inside a config file are resolved against the file's folder.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal, Union
+from typing import Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -54,7 +54,7 @@ class Detector(_Model):
     noise: Literal["poisson", "none"] = "poisson"
     dqe: float = Field(1.0, gt=0, le=1, description="detective quantum efficiency at zero frequency")
     gain: float = Field(1.0, gt=0, description="output units per electron")
-    mtf: Union[MTFFormula, MTFStar, None] = None
+    mtf: MTFFormula | MTFStar | None = None
     normalize_mtf: bool = Field(True, description="divide the MTF by MTF(0) so mean counts are preserved")
 
     @field_validator("shape_px")
@@ -181,12 +181,14 @@ class TiltSeries(_Model):
     start_deg: float = Field(0.0, ge=-90, le=90, description="bidirectional: first angle; the branch to max goes first")
     group_size: int = Field(2, ge=1, description="dose_symmetric: tilts per side before switching (Hagen scheme)")
     tilt_axis_deg: float = Field(0.0, description="tilt axis: the image y axis turned by this angle about +z")
-    total_dose_e_per_a2: float | None = Field(None, ge=0, description="split equally over tilts; null: beam dose per tilt")
+    total_dose_e_per_a2: float | None = Field(
+        None, ge=0, description="split equally over tilts; null: beam dose per tilt")
     dose_per_tilt_e_per_a2: list[float] | None = Field(None, description="per tilt in acquisition order (overrides)")
     defocus_um: list[float] | None = Field(None, description="per tilt in acquisition order; null: optics.defocus_um")
     damage: Literal["none", "exposure_filter", "b_factor"] = Field(
         "exposure_filter", description="cumulative radiation damage: Grant–Grigorieff critical exposure, or a B-factor")
-    b_factor_a2_per_e_per_a2: float | None = Field(None, ge=0, description="damage b_factor: B added per e/Å² of prior dose")
+    b_factor_a2_per_e_per_a2: float | None = Field(
+        None, ge=0, description="damage b_factor: B added per e/Å² of prior dose")
 
     @field_validator("angles_deg")
     @classmethod

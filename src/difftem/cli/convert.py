@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
 
 import typer
 
@@ -17,7 +16,7 @@ def register(app: typer.Typer) -> None:
     @app.command("convert")
     def convert_cmd(
         inp: Path = typer.Argument(..., help="TEM-simulator 1.3 input file (.inp)"),
-        out: Optional[Path] = typer.Option(None, "--out", "-o", help="YAML config to write; default: print it"),
+        out: Path | None = typer.Option(None, "--out", "-o", help="YAML config to write; default: print it"),
     ):
         """Translate a TEM-simulator input file into a difftem YAML config; every field is commented with the
         TEM-simulator parameter(s) it comes from, and approximations are listed."""

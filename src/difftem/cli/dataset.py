@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import signal
 from pathlib import Path
-from typing import Optional
 
 import typer
 
@@ -14,16 +13,16 @@ def register(app: typer.Typer) -> None:
     def dataset(
         spec: Path = typer.Argument(..., help="dataset SPEC (YAML): seed, n_items, base config, vary, outputs, store"),
         out: Path = typer.Option(..., "--out", "-o", help="store folder (created; rerun the same command to resume)"),
-        workers: Optional[int] = typer.Option(
+        workers: int | None = typer.Option(
             None, help="local Dask workers (default: sized to the machine; 0: run in this process)"),
-        scheduler: Optional[str] = typer.Option(None, help="address of a running Dask scheduler (tcp://host:port)"),
-        only: Optional[str] = typer.Option(
+        scheduler: str | None = typer.Option(None, help="address of a running Dask scheduler (tcp://host:port)"),
+        only: str | None = typer.Option(
             None, help="only these items, e.g. 17 or 3,5-8 (same result as in a full run)"),
         overwrite: bool = typer.Option(False, help="replace a store that was written from a different SPEC"),
         threads_per_item: int = typer.Option(1, help="torch threads per item (results are bit-identical only "
                                                      "between runs with the same value)"),
         connect_timeout: float = typer.Option(10.0, help="seconds to wait for --scheduler"),
-        resources: Optional[str] = typer.Option(
+        resources: str | None = typer.Option(
             None, help="Dask resources each item needs, e.g. GPU=1 (workers started with --resources GPU=1)"),
     ):
         """Simulate a dataset described by SPEC into the store OUT (Zarr or MRC + STAR, with a manifest)."""
@@ -71,7 +70,7 @@ def register(app: typer.Typer) -> None:
         except KeyboardInterrupt:
             console.print(f"[yellow]interrupted:[/] the store {out} is consistent (complete items only); "
                           "rerun the same command to resume", soft_wrap=True, highlight=False)
-            raise typer.Exit(code=130)
+            raise typer.Exit(code=130) from None
         except DifftemError as exc:
             fail(str(exc))
         finally:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
 
 import typer
 
@@ -16,20 +15,20 @@ def register(app: typer.Typer) -> None:
         out: Path = typer.Option(..., "--out", "-o", help="output folder"),
         mode: str = typer.Option("auto", help="auto (stack/several files = repeated exposures), repeats, "
                                  "tilt-series (denoise each tilt with its aligned neighbours)"),
-        config: Optional[Path] = typer.Option(None, help="simulation config YAML: detector MTF, DQE, gain, dose"),
-        mtf_fit: Optional[Path] = typer.Option(None, help="fit-mtf result (mtf_fit.json): the MTF shape"),
-        mtf: Optional[str] = typer.Option(None, help="MTF as 'a,b,c,alpha,beta' or a RELION STAR file"),
+        config: Path | None = typer.Option(None, help="simulation config YAML: detector MTF, DQE, gain, dose"),
+        mtf_fit: Path | None = typer.Option(None, help="fit-mtf result (mtf_fit.json): the MTF shape"),
+        mtf: str | None = typer.Option(None, help="MTF as 'a,b,c,alpha,beta' or a RELION STAR file"),
         no_mtf: bool = typer.Option(False, "--no-mtf", help="the images have no MTF (MTF ≡ 1)"),
-        dqe: Optional[float] = typer.Option(None, help="detector DQE in (0, 1] (default: config, else 1)"),
-        gain: Optional[float] = typer.Option(None, help="image units per electron (default: config, else "
+        dqe: float | None = typer.Option(None, help="detector DQE in (0, 1] (default: config, else 1)"),
+        gain: float | None = typer.Option(None, help="image units per electron (default: config, else "
                                              "estimated from the shot noise)"),
-        dose: Optional[float] = typer.Option(None, help="dose per exposure (e/Å²), checked > 0"),
+        dose: float | None = typer.Option(None, help="dose per exposure (e/Å²), checked > 0"),
         method: str = typer.Option("poisson", help="poisson (default), expected, surrogate, or paper "
                                    "(Algorithm 2 as published)"),
         prior: str = typer.Option("tv", help="tv, spectral or none"),
         prior_weight: str = typer.Option("auto", help="prior weight β, or auto (hold-out validation)"),
-        steps: Optional[int] = typer.Option(None, help="optimiser steps (default 200; paper 300)"),
-        lr: Optional[float] = typer.Option(None, help="learning rate (default: scaled to the noise; paper 1.0)"),
+        steps: int | None = typer.Option(None, help="optimiser steps (default 200; paper 300)"),
+        lr: float | None = typer.Option(None, help="learning rate (default: scaled to the noise; paper 1.0)"),
         topaz: bool = typer.Option(False, "--topaz", help="add Topaz-Denoise (pretrained) outputs as extra "
                                    "observations (the paper's T augmentation; needs topaz-em)"),
         topaz_model: str = typer.Option("unet", help="Topaz pretrained model: unet, unet-small, fcnn, affine"),
@@ -59,8 +58,9 @@ def register(app: typer.Typer) -> None:
             detector = resolve_detector(config=config, mtf_fit=mtf_fit, mtf=mtf, dqe=dqe, gain=gain,
                                         dose_e_per_a2=dose, no_mtf=no_mtf)
             names = [b.strip() for b in baselines.split(",") if b.strip()]
-            with Progress(TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
-                          TimeElapsedColumn(), console=console, transient=True) as bar:
+            with Progress(TextColumn("[bold]{task.description}"), BarColumn(),
+                          TextColumn("{task.completed}/{task.total}"), TimeElapsedColumn(),
+                          console=console, transient=True) as bar:
                 task = bar.add_task("denoise", total=None)
                 report = run_denoise(list(inputs), out, mode=mode, detector=detector, method=method, prior=prior,
                                      prior_weight=weight, steps=steps, lr=lr, topaz=topaz, topaz_model=topaz_model,

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
 
 import typer
 
@@ -14,19 +13,20 @@ from ._console import console, fail, progress
 def register(app: typer.Typer) -> None:
     @app.command("fit-mtf")
     def fit_mtf(
-        micrographs: list[Path] = typer.Argument(None, help="micrographs (MRC, .gz ok) whose background crops are fitted"),
+        micrographs: list[Path] = typer.Argument(
+            None, help="micrographs (MRC, .gz ok) whose background crops are fitted"),
         out: Path = typer.Option(..., "--out", "-o", help="output folder"),
-        curve: Optional[Path] = typer.Option(None, help="fit the model to a measured curve (RELION STAR)"),
+        curve: Path | None = typer.Option(None, help="fit the model to a measured curve (RELION STAR)"),
         method: str = typer.Option("nps", help="nps (noise power spectrum), algorithm1 (seed paper) or both"),
         crop_size: int = typer.Option(128, help="background crop size (px)"),
         n_crops: int = typer.Option(20, help="background crops per micrograph (chosen automatically)"),
-        boxes: Optional[Path] = typer.Option(None, help="file of 'y x' crop corners instead of automatic choice"),
-        background_counts: Optional[float] = typer.Option(
+        boxes: Path | None = typer.Option(None, help="file of 'y x' crop corners instead of automatic choice"),
+        background_counts: float | None = typer.Option(
             None, help="noise-free counts per pixel before the MTF (micrograph in counts): fixes the NPS fit's scale "
                        "and is Algorithm 1's Ĩ"),
         alpha: float = typer.Option(1.0, help="Algorithm 1: focal-frequency-loss exponent (negative: MSE only)"),
         steps: int = typer.Option(300, help="Algorithm 1: Adam iterations"),
-        reference: Optional[str] = typer.Option(None, help="reference curve: STAR path or 'a,b,c,alpha,beta'"),
+        reference: str | None = typer.Option(None, help="reference curve: STAR path or 'a,b,c,alpha,beta'"),
         seed: int = typer.Option(0, help="random seed (Algorithm 1)"),
     ):
         """Estimate the detector MTF (5-parameter model) and write mtf_fit.json/.star/.png into OUT."""
@@ -36,8 +36,8 @@ def register(app: typer.Typer) -> None:
             with progress("fit-mtf", "") as update:
                 report = run_fit_mtf(list(micrographs or []), out, curve=curve, method=method, crop_px=crop_size,
                                      n_crops=n_crops, boxes=boxes, background_counts=background_counts,
-                                     ffl_alpha=None if alpha < 0 else alpha, steps=steps, reference=reference, seed=seed,
-                                     progress=lambda d, i, n: update(i, n, d))
+                                     ffl_alpha=None if alpha < 0 else alpha, steps=steps, reference=reference,
+                                     seed=seed, progress=lambda d, i, n: update(i, n, d))
         except DifftemError as exc:
             fail(str(exc))
         for name, fit in report["fits"].items():

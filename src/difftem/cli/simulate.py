@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from importlib import resources
 from pathlib import Path
-from typing import Optional
 
 import typer
 
@@ -56,8 +55,8 @@ def register(app: typer.Typer) -> None:
         config: Path = typer.Argument(..., help="YAML configuration file, or a TEM-simulator 1.3 input file (.inp)"),
         out: Path = typer.Option(..., "--out", "-o", help="output folder (created if missing)"),
         save: str = typer.Option("", help="extra outputs, comma-separated: potential,exit_wave"),
-        device: Optional[str] = typer.Option(None, help="override simulation.device: auto, cpu or cuda"),
-        seed: Optional[int] = typer.Option(None, help="override the config's seed"),
+        device: str | None = typer.Option(None, help="override simulation.device: auto, cpu or cuda"),
+        seed: int | None = typer.Option(None, help="override the config's seed"),
     ):
         """Simulate a micrograph (or a tilt series) from CONFIG and write MRC images, STAR ground truth, a preview
         and run.json into OUT."""
@@ -76,7 +75,7 @@ def register(app: typer.Typer) -> None:
 
     @app.command()
     def demo(out: Path = typer.Option(Path("difftem_demo"), "--out", "-o", help="output folder"),
-             device: Optional[str] = typer.Option(None, help="auto, cpu or cuda")):
+             device: str | None = typer.Option(None, help="auto, cpu or cuda")):
         """Simulate the bundled example (five ubiquitins in ice) and say where the outputs are."""
         import yaml
 

@@ -37,7 +37,7 @@ class Grid:
         oy, ox = self.origin_px if self.origin_px is not None else (self.ny // 2, self.nx // 2)
         return oy * self.pixel_size_a, ox * self.pixel_size_a
 
-    def window(self, y0: int, x0: int, shape_px: tuple[int, int]) -> "Grid":
+    def window(self, y0: int, x0: int, shape_px: tuple[int, int]) -> Grid:
         """The sub-grid of shape ``shape_px`` whose pixel [0, 0] is this grid's pixel [y0, x0]."""
         oy, ox = self.origin_px if self.origin_px is not None else (self.ny // 2, self.nx // 2)
         return Grid(tuple(shape_px), self.pixel_size_a, (oy - y0, ox - x0))

@@ -18,9 +18,9 @@ import time
 import traceback
 import uuid
 import warnings
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable
 
 import numpy as np
 
@@ -98,7 +98,7 @@ def ground_truth(config: SimulationConfig, metadata: dict, tilt_rows: list[dict]
         for kind, part in enumerate(config.sample.particles):
             positions = part.positions_a if part.positions_a is not None else [(0.0, 0.0, 0.0)]
             eulers = part.euler_zyz_deg * (len(positions) if len(part.euler_zyz_deg) == 1 else 1)
-            for pos, euler in zip(positions, eulers):
+            for pos, euler in zip(positions, eulers, strict=False):
                 particles.append({
                     "type": kind, "structure": part.structure, "centre": part.centre,
                     "position_a": list(pos), "euler_zyz_deg": list(euler),
@@ -346,7 +346,7 @@ class _Cluster:
         self._owned = False
 
 
-def build(spec: "DatasetSpec | dict | str | Path", out: str | Path, client=None, *, workers: int | None = None,
+def build(spec: DatasetSpec | dict | str | Path, out: str | Path, client=None, *, workers: int | None = None,
           scheduler: str | None = None, only: Iterable[int] | None = None, overwrite: bool = False,
           threads_per_item: int = 1, resources: dict | None = None, max_in_flight: int = 1000,
           connect_timeout_s: float = 10.0, progress: Callable[[dict], None] | None = None,
@@ -374,32 +374,14 @@ def build(spec: "DatasetSpec | dict | str | Path", out: str | Path, client=None,
     record = {"layout": 1, "format": spec.store, "fingerprint": spec.fingerprint, "n_items": spec.n_items,
               "spec": spec.to_dict(), "difftem_version": __version__}
     existing = Store.inspect(out)  # read-only; refuses folders that are not dataset stores
-    replace = False
-    if existing is not None:
-        if existing.get("fingerprint") != spec.fingerprint or existing.get("format") != spec.store:
-            if not overwrite:
-                raise ConfigError(
-                    f"--out {out}: this store was written from a different SPEC (store fingerprint "
-                    f"{existing.get('fingerprint')}, {existing.get('format')}; this spec {spec.fingerprint}, "
-                    f"{spec.store}); use --overwrite to replace it, or choose another --out")
-            replace = True
-        else:
-            beyond = [i for i in Store(out, spec.store).done_indices() if i >= spec.n_items]
-            if beyond:
-                raise ConfigError(f"--out {out}: holds item {max(beyond)} but the spec has n_items {spec.n_items}; "
-                                  "raise n_items (a store can grow), or use another --out")
+    replace = _must_replace(existing, spec, out, overwrite)
 
     cluster = _Cluster(client, workers, scheduler, connect_timeout_s, plan[0][0], log)
     try:
         cl = cluster.client
         if cl is not None and cluster.remote:
             _check_workers(cl, out)
-        store = Store(out, spec.store)
-        if replace:
-            with store.lock():
-                store.remove()
-        if replace or existing is None:
-            store.create(record)
+        store = _open_store(out, spec, record, existing, replace)
         with store.lock():
             if existing is not None and not replace and existing.get("n_items") != spec.n_items:
                 store.write_record(record)  # the store grows
@@ -415,11 +397,7 @@ def build(spec: "DatasetSpec | dict | str | Path", out: str | Path, client=None,
                 f"{'this process' if cl is None else f'{report.workers} workers'}")
             tasks = (_task(spec, plan, i, out, threads_per_item) for i in todo)
             try:
-                if cl is None:
-                    for task in tasks:
-                        run.finish(run_item(task))
-                else:
-                    _run_dask(cl, tasks, run, resources, max_in_flight)
+                _run_items(cl, tasks, run, resources, max_in_flight)
             except KeyboardInterrupt:
                 report.interrupted = True
                 raise
@@ -431,6 +409,48 @@ def build(spec: "DatasetSpec | dict | str | Path", out: str | Path, client=None,
     finally:
         cluster.close()
     return report
+
+
+def _must_replace(existing: dict | None, spec: DatasetSpec, out: Path, overwrite: bool) -> bool:
+    """Whether the store found at ``out`` (its record, or None) is to be replaced by one for ``spec``.
+
+    A store written from another spec is an error unless ``overwrite``; one of this spec may grow but
+    not shrink (items beyond ``n_items`` are an error).
+    """
+    if existing is None:
+        return False
+    if existing.get("fingerprint") != spec.fingerprint or existing.get("format") != spec.store:
+        if not overwrite:
+            raise ConfigError(
+                f"--out {out}: this store was written from a different SPEC (store fingerprint "
+                f"{existing.get('fingerprint')}, {existing.get('format')}; this spec {spec.fingerprint}, "
+                f"{spec.store}); use --overwrite to replace it, or choose another --out")
+        return True
+    beyond = [i for i in Store(out, spec.store).done_indices() if i >= spec.n_items]
+    if beyond:
+        raise ConfigError(f"--out {out}: holds item {max(beyond)} but the spec has n_items {spec.n_items}; "
+                          "raise n_items (a store can grow), or use another --out")
+    return False
+
+
+def _open_store(out: Path, spec: DatasetSpec, record: dict, existing: dict | None, replace: bool) -> Store:
+    """The store at ``out``: removed first when ``replace``, created (with ``record``) when new."""
+    store = Store(out, spec.store)
+    if replace:
+        with store.lock():
+            store.remove()
+    if replace or existing is None:
+        store.create(record)
+    return store
+
+
+def _run_items(client, tasks, run: _Run, resources: dict | None, max_in_flight: int) -> None:
+    """Run the tasks in this process (``client`` None) or on the Dask cluster, recording each result."""
+    if client is None:
+        for task in tasks:
+            run.finish(run_item(task))
+    else:
+        _run_dask(client, tasks, run, resources, max_in_flight)
 
 
 def _check_workers(client, out: Path) -> None:
@@ -454,7 +474,7 @@ def _task(spec: DatasetSpec, plan: dict, index: int, out: Path, threads: int) ->
             "format": spec.store, "fingerprint": spec.fingerprint, "dataset_seed": spec.seed, "threads": threads}
 
 
-def _run_dask(client, tasks, run: "_Run", resources: dict | None, max_in_flight: int) -> None:
+def _run_dask(client, tasks, run: _Run, resources: dict | None, max_in_flight: int) -> None:
     """Keep at most ``max_in_flight`` items queued (enough for adaptive clusters to see the backlog)."""
     from distributed import as_completed
 

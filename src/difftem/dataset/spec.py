@@ -433,7 +433,7 @@ def spec_from_dict(data: dict, source: str = "spec", base_dir: Path | None = Non
     return spec
 
 
-def load_spec(spec: "DatasetSpec | dict | str | Path") -> DatasetSpec:
+def load_spec(spec: DatasetSpec | dict | str | Path) -> DatasetSpec:
     """A spec object, a mapping, or a YAML path (relative paths inside resolve against its folder)."""
     if isinstance(spec, DatasetSpec):
         return spec

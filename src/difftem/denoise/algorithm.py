@@ -47,8 +47,8 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -167,7 +167,7 @@ class _Data:
     def mean_counts(self) -> float:
         return max(float(self.counts.mean()), 1e-6)
 
-    def crop(self, box: tuple[int, int, int, int], rows: Sequence[int] | None = None) -> "_Data":
+    def crop(self, box: tuple[int, int, int, int], rows: Sequence[int] | None = None) -> _Data:
         y0, y1, x0, x1 = box
         idx = list(range(self.n)) if rows is None else list(rows)
         return _Data(self.y[idx, y0:y1, x0:x1], self.counts[idx, y0:y1, x0:x1], self.mtf, self.normalize_dc)
@@ -347,6 +347,81 @@ def _default_lr(method: str, prior: str, n: int, mean_counts: float) -> float:
     return min(0.05, (0.03 if prior == "spectral" else 0.3) * relative_noise)
 
 
+def _check_choices(method: str, prior: str, dqe: float, gain: float) -> None:
+    if method not in METHODS:
+        raise ConfigError(f"method {method!r}: choose one of {', '.join(METHODS)}")
+    if prior not in PRIORS:
+        raise ConfigError(f"prior {prior!r}: choose one of {', '.join(PRIORS)}")
+    if not (0 < dqe <= 1):
+        raise ConfigError(f"dqe must be in (0, 1], got {dqe}")
+    if not gain > 0:
+        raise ConfigError(f"gain must be > 0, got {gain}")
+
+
+def _observation_stack(observations, extra_observations, check_alignment: bool):
+    """The observations with any extra ones appended, the number of (non-extra) observations, and their
+    measured shifts (None when not checked); refuses mismatched shapes and a non-positive mean."""
+    obs = as_observation_stack(observations, "observations")
+    n_obs = obs.shape[0]
+    shifts = _check_alignment(obs) if check_alignment and n_obs > 1 else None
+    if extra_observations is not None:
+        extra = as_observation_stack(extra_observations, "extra_observations").to(obs.device, obs.dtype)
+        if extra.shape[-2:] != obs.shape[-2:]:
+            raise ConfigError(f"extra_observations: shape {tuple(extra.shape[-2:])} differs from the observations' "
+                              f"{tuple(obs.shape[-2:])}")
+        obs = torch.cat([obs, extra])
+    mean_level = float(obs[:n_obs].mean())
+    if not mean_level > 0:
+        raise ConfigError(f"observations: mean value {mean_level:g} ≤ 0: there is no dose (zero or negative counts); "
+                          "pass images in counts × gain with a positive dose (subtract no background)")
+    return obs, n_obs, shifts
+
+
+def _prior_weight(method: str, prior: str, prior_weight: float | str, data: _Data, n_independent: int,
+                  settings: dict, *, steps: int, lr: float | None, init: str, generator: torch.Generator,
+                  n_samples: int, crop_px: int, progress: Progress | None) -> float:
+    """β: as given, or ("auto") validated on the first ``n_independent`` observations when there are ≥ 2,
+    else the prior's default; the choice is recorded in ``settings["weight_selection"]``."""
+    if prior_weight != "auto":
+        beta = float(prior_weight)
+        if beta < 0:
+            raise ConfigError(f"prior_weight must be ≥ 0 or 'auto', got {prior_weight}")
+        return beta
+    if n_independent < 2:
+        beta = DEFAULT_WEIGHTS[prior]
+        settings["weight_selection"] = {"chosen": beta, "note": "one independent observation: no hold-out "
+                                        "validation possible, default weight used"}
+        return beta
+    cb = (lambda i, n: progress("select prior weight", i, n)) if progress else None
+    # The weight belongs to the objective, not to its gradient estimator: the sampling
+    # method is validated with the exact expected loss it estimates (far cheaper).
+    independent = data.crop((0, data.y.shape[-2], 0, data.y.shape[-1]), range(n_independent))
+    beta, table = select_prior_weight("expected" if method == "surrogate" else method, independent, prior,
+                                      WEIGHT_GRIDS[prior], steps=steps, lr=lr, init=init, generator=generator,
+                                      n_samples=n_samples, crop_px=crop_px, progress=cb)
+    settings["weight_selection"] = table
+    return beta
+
+
+def _fit_paper_rescaled(data: _Data, settings: dict, *, steps: int, lr: float, generator: torch.Generator,
+                        n_samples: int, progress: Callable[[int, int], None] | None):
+    """Algorithm 2 as published, mapped back to counts: (rate, blurred rate, loss history)."""
+    mtf, normalize_mtf = data.mtf, data.normalize_dc
+    rate_eff, history = _fit_paper(data, steps=steps, lr=lr, generator=generator, n_samples=n_samples,
+                                   progress=progress)
+    blurred = _blur(rate_eff, mtf, normalize_mtf)
+    # Normalisation lost the count scale: map back by the least-squares affine fit to the mean observation.
+    ybar = data.y.mean(0)
+    xc, yc = blurred - blurred.mean(), ybar - ybar.mean()
+    slope = float((xc * yc).sum() / (xc * xc).sum().clamp_min(1e-30))
+    offset = float(ybar.mean()) - slope * float(blurred.mean())
+    blurred = slope * blurred + offset
+    dc = mtf_transfer(mtf, (1, 1), dtype=torch.float64, normalize_dc=normalize_mtf)
+    rate_eff = slope * rate_eff + offset / (float(dc[0, 0]) if dc is not None else 1.0)  # M maps c to MTF(0)·c
+    settings["rescale_slope_offset"] = [slope, offset]
+    return rate_eff, blurred, history
+
+
 def denoise(observations, mtf=None, *, method: str = "poisson", prior: str = "tv",
             prior_weight: float | str = "auto", steps: int | None = None, lr: float | None = None,
             dqe: float = 1.0, gain: float = 1.0, normalize_mtf: bool = True, extra_observations=None,
@@ -400,27 +475,8 @@ def denoise(observations, mtf=None, *, method: str = "poisson", prior: str = "tv
     DenoiseResult
     """
     t0 = time.perf_counter()
-    if method not in METHODS:
-        raise ConfigError(f"method {method!r}: choose one of {', '.join(METHODS)}")
-    if prior not in PRIORS:
-        raise ConfigError(f"prior {prior!r}: choose one of {', '.join(PRIORS)}")
-    if not (0 < dqe <= 1):
-        raise ConfigError(f"dqe must be in (0, 1], got {dqe}")
-    if not gain > 0:
-        raise ConfigError(f"gain must be > 0, got {gain}")
-    obs = as_observation_stack(observations, "observations")
-    n_obs = obs.shape[0]
-    shifts = _check_alignment(obs) if check_alignment and n_obs > 1 else None
-    if extra_observations is not None:
-        extra = as_observation_stack(extra_observations, "extra_observations").to(obs.device, obs.dtype)
-        if extra.shape[-2:] != obs.shape[-2:]:
-            raise ConfigError(f"extra_observations: shape {tuple(extra.shape[-2:])} differs from the observations' "
-                              f"{tuple(obs.shape[-2:])}")
-        obs = torch.cat([obs, extra])
-    mean_level = float(obs[:n_obs].mean())
-    if not mean_level > 0:
-        raise ConfigError(f"observations: mean value {mean_level:g} ≤ 0: there is no dose (zero or negative counts); "
-                          "pass images in counts × gain with a positive dose (subtract no background)")
+    _check_choices(method, prior, dqe, gain)
+    obs, n_obs, shifts = _observation_stack(observations, extra_observations, check_alignment)
     steps = _default_steps(method) if steps is None else int(steps)
     if steps < 1 or (lr is not None and not lr > 0):
         raise ConfigError(f"steps must be ≥ 1 and lr > 0, got steps={steps}, lr={lr}")
@@ -447,40 +503,15 @@ def denoise(observations, mtf=None, *, method: str = "poisson", prior: str = "tv
     beta = 0.0
     if method != "paper" and prior != "none":
         n_ind = n_obs if independent is None else int(independent)
-        if prior_weight == "auto":
-            if n_ind >= 2:
-                cb = (lambda i, n: progress("select prior weight", i, n)) if progress else None
-                # The weight belongs to the objective, not to its gradient estimator: the sampling
-                # method is validated with the exact expected loss it estimates (far cheaper).
-                beta, table = select_prior_weight(
-                    "expected" if method == "surrogate" else method, data.crop((0, obs.shape[-2], 0, obs.shape[-1]), range(n_ind)), prior,
-                    WEIGHT_GRIDS[prior], steps=cv_steps or min(steps, 150), lr=user_lr, init=init, generator=generator,
-                    n_samples=n_samples, crop_px=cv_crop_px, progress=cb)
-                settings["weight_selection"] = table
-            else:
-                beta = DEFAULT_WEIGHTS[prior]
-                settings["weight_selection"] = {"chosen": beta, "note": "one independent observation: no hold-out "
-                                                "validation possible, default weight used"}
-        else:
-            beta = float(prior_weight)
-            if beta < 0:
-                raise ConfigError(f"prior_weight must be ≥ 0 or 'auto', got {prior_weight}")
+        beta = _prior_weight(method, prior, prior_weight, data, n_ind, settings, steps=cv_steps or min(steps, 150),
+                             lr=user_lr, init=init, generator=generator, n_samples=n_samples, crop_px=cv_crop_px,
+                             progress=progress)
     settings["prior_weight"] = beta
 
     cb = (lambda i, n: progress("optimise", i, n)) if progress else None
     if method == "paper":
-        rate_eff, history = _fit_paper(data, steps=steps, lr=lr, generator=generator, n_samples=n_samples,
-                                       progress=cb)
-        blurred = _blur(rate_eff, mtf, normalize_mtf)
-        # Normalisation lost the count scale: map back by the least-squares affine fit to the mean observation.
-        ybar = data.y.mean(0)
-        xc, yc = blurred - blurred.mean(), ybar - ybar.mean()
-        slope = float((xc * yc).sum() / (xc * xc).sum().clamp_min(1e-30))
-        offset = float(ybar.mean()) - slope * float(blurred.mean())
-        blurred = slope * blurred + offset
-        dc = mtf_transfer(mtf, (1, 1), dtype=torch.float64, normalize_dc=normalize_mtf)
-        rate_eff = slope * rate_eff + offset / (float(dc[0, 0]) if dc is not None else 1.0)  # M maps c to MTF(0)·c
-        settings["rescale_slope_offset"] = [slope, offset]
+        rate_eff, blurred, history = _fit_paper_rescaled(data, settings, steps=steps, lr=lr, generator=generator,
+                                                         n_samples=n_samples, progress=cb)
     else:
         rate_eff, history = _fit(method, data, settings["prior"], beta, steps=steps, lr=lr, init=init,
                                  generator=generator, n_samples=n_samples, progress=cb)

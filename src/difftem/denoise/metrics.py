@@ -17,7 +17,7 @@ setting; ``data_range`` always passed), FFL from :func:`difftem.learn.losses.foc
 from __future__ import annotations
 
 import math
-from typing import Mapping
+from collections.abc import Mapping
 
 import torch
 
@@ -111,4 +111,4 @@ def format_table(rows: list[dict], columns: list[str], floatfmt: str = "{:.4g}")
         cells.append([floatfmt.format(row[c]) if isinstance(row.get(c), float) else str(row.get(c, ""))
                       for c in columns])
     widths = [max(len(r[i]) for r in cells) for i in range(len(columns))]
-    return "\n".join("  ".join(v.rjust(w) for v, w in zip(r, widths)) for r in cells)
+    return "\n".join("  ".join(v.rjust(w) for v, w in zip(r, widths, strict=True)) for r in cells)

@@ -5,8 +5,9 @@ from __future__ import annotations
 import math
 import time
 import warnings
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -106,13 +107,7 @@ def _neighbour_observations(stack: torch.Tensor, i: int, neighbours: int) -> tup
     return torch.stack(obs), shifts
 
 
-def run_denoise(inputs: Sequence[Path], out: Path, *, mode: str = "auto", detector: DetectorSettings,
-                method: str = "poisson", prior: str = "tv", prior_weight: float | str = "auto",
-                steps: int | None = None, lr: float | None = None, topaz: bool = False, topaz_model: str = "unet",
-                neighbours: int = 1, align: bool = False, baselines: Sequence[str] = (), pairwise: bool = False,
-                seed: int = 0, progress: Progress | None = None) -> dict:
-    """Denoise the inputs and write ``denoised.mrc``, ``rate.mrc``, ``before_after.png`` and ``denoise.json``."""
-    t0 = time.perf_counter()
+def _check_choices(method: str, prior: str, mode: str, baselines: Sequence[str], neighbours: int) -> None:
     if method not in METHODS:
         raise ConfigError(f"--method {method!r}: choose one of {', '.join(METHODS)}")
     if prior not in PRIORS:
@@ -124,19 +119,20 @@ def run_denoise(inputs: Sequence[Path], out: Path, *, mode: str = "auto", detect
         raise ConfigError(f"--baselines: unknown {sorted(unknown)}; choose from {', '.join(BASELINE_CHOICES)}")
     if neighbours < 1:
         raise ConfigError(f"--neighbours must be ≥ 1, got {neighbours}")
-    images, pixel_a = load_images(list(inputs))
-    stack = as_observation_stack(torch.from_numpy(images), "input images")
-    mode = ("repeats" if stack.shape[0] > 1 else "single") if mode == "auto" else mode
-    if mode == "tilt-series" and stack.shape[0] < 2:
-        raise ConfigError("--mode tilt-series needs a stack of ≥ 2 tilts")
-    if mode == "repeats" and stack.shape[0] == 1:
-        mode = "single"
-    if topaz or "topaz" in baselines:
-        from .topaz_model import load_topaz_model
 
-        load_topaz_model(topaz_model)  # fail early, with the install line, before any long work
-    report: dict = {"inputs": [str(p) for p in inputs], "mode": mode, "pixel_size_a": pixel_a,
-                    "shape": list(stack.shape), "detector": detector.describe()}
+
+def _resolve_mode(mode: str, n_images: int) -> str:
+    """"auto" and "repeats" of one image become "single"; a tilt series needs ≥ 2 tilts."""
+    mode = ("repeats" if n_images > 1 else "single") if mode == "auto" else mode
+    if mode == "tilt-series" and n_images < 2:
+        raise ConfigError("--mode tilt-series needs a stack of ≥ 2 tilts")
+    if mode == "repeats" and n_images == 1:
+        mode = "single"
+    return mode
+
+
+def _gain_and_dqe(detector: DetectorSettings, stack: torch.Tensor, mode: str, report: dict) -> tuple[float, float]:
+    """The detector's gain and DQE; without a gain, gain/DQE estimated from the shot noise (and DQE 1)."""
     gain, dqe = detector.gain, detector.dqe
     if gain is None:
         per_dqe = estimate_gain_per_dqe(stack[: min(2, stack.shape[0])] if mode != "tilt-series" else stack[:1],
@@ -144,48 +140,98 @@ def run_denoise(inputs: Sequence[Path], out: Path, *, mode: str = "auto", detect
         gain, dqe = per_dqe, 1.0
         report["gain_estimated_from_noise"] = {"gain_per_dqe": per_dqe, "note": "variance/mean of the "
                                                "deconvolved counts; pass --gain (and --dqe) if known"}
+    return gain, dqe
+
+
+class _Denoised(NamedTuple):
+    denoised: torch.Tensor
+    rate: torch.Tensor
+    noisy_shown: torch.Tensor  # the input shown in before_after.png
+    ours_shown: torch.Tensor  # the denoised image shown beside it
+    references: dict[str, torch.Tensor]  # "noisy" and the baselines
+
+
+def _denoise_tilts(stack: torch.Tensor, detector: DetectorSettings, common: dict, *, neighbours: int,
+                   topaz_model: str | None, progress: Progress | None, report: dict) -> _Denoised:
+    """Each tilt denoised with its aligned ±``neighbours`` tilts as further observations."""
+    results, extra_info = [], []
+    for i in range(stack.shape[0]):
+        obs, shifts = _neighbour_observations(stack, i, neighbours)
+        extras = _topaz_extra(obs, topaz_model) if topaz_model is not None else None
+        cb = (lambda d, k, n, i=i: progress(f"tilt {i + 1}/{stack.shape[0]}: {d}", k, n)) if progress else None
+        results.append(denoise(obs, detector.mtf, extra_observations=extras, progress=cb, **common))
+        extra_info.append({"tilt": i, "neighbour_shifts": shifts})
+    denoised = torch.stack([r.denoised for r in results])
+    rate = torch.stack([r.rate for r in results])
+    report["tilts"] = [{**e, "settings": r.settings, "loss_history": r.loss_history}
+                       for e, r in zip(extra_info, results, strict=True)]
+    shown = stack.shape[0] // 2
+    return _Denoised(denoised, rate, stack[shown], denoised[shown], {})
+
+
+def _aligned_repeats(obs: torch.Tensor, align: bool, report: dict) -> torch.Tensor:
+    """Repeated exposures shifted onto the first (``align``), or only checked (shifts and warnings reported)."""
+    if obs.shape[0] <= 1:
+        return obs
+    if align:
+        shifts = [[0.0, 0.0]] + [list(measure_shift(obs[0], obs[k])) for k in range(1, obs.shape[0])]
+        obs = torch.stack([obs[0]] + [shift_image(obs[k], (-shifts[k][0], -shifts[k][1]))
+                                      for k in range(1, obs.shape[0])])
+        report["alignment_shifts_px"] = shifts
+    else:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", UnalignedWarning)
+            report["measured_shifts_px"] = check_alignment(obs)
+        report["warnings"] = [str(w.message) for w in caught]
+    return obs
+
+
+def _denoise_repeats(stack: torch.Tensor, detector: DetectorSettings, common: dict, *, align: bool,
+                     topaz_model: str | None, baselines: Sequence[str], baseline_topaz_model: str, seed: int,
+                     progress: Progress | None, report: dict) -> _Denoised:
+    """One image or repeated exposures of one field, denoised together; the requested baselines beside."""
+    obs = _aligned_repeats(stack, align, report)
+    extras = _topaz_extra(obs, topaz_model) if topaz_model is not None else None
+    cb = (lambda d, k, n: progress(d, k, n)) if progress else None
+    result: DenoiseResult = denoise(obs, detector.mtf, extra_observations=extras, progress=cb, **common)
+    report["settings"], report["loss_history"] = result.settings, result.loss_history
+    references = {"noisy": obs[0]}
+    if obs.shape[0] > 1:
+        references["average"] = obs.mean(0)
+    if extras is not None:
+        references["topaz"] = extras.mean(0)
+    references.update(_baselines(obs, baselines, baseline_topaz_model, seed, progress, report))
+    return _Denoised(result.denoised, result.rate, obs[0], result.denoised, references)
+
+
+def run_denoise(inputs: Sequence[Path], out: Path, *, mode: str = "auto", detector: DetectorSettings,
+                method: str = "poisson", prior: str = "tv", prior_weight: float | str = "auto",
+                steps: int | None = None, lr: float | None = None, topaz: bool = False, topaz_model: str = "unet",
+                neighbours: int = 1, align: bool = False, baselines: Sequence[str] = (), pairwise: bool = False,
+                seed: int = 0, progress: Progress | None = None) -> dict:
+    """Denoise the inputs and write ``denoised.mrc``, ``rate.mrc``, ``before_after.png`` and ``denoise.json``."""
+    t0 = time.perf_counter()
+    _check_choices(method, prior, mode, baselines, neighbours)
+    images, pixel_a = load_images(list(inputs))
+    stack = as_observation_stack(torch.from_numpy(images), "input images")
+    mode = _resolve_mode(mode, stack.shape[0])
+    if topaz or "topaz" in baselines:
+        from .topaz_model import load_topaz_model
+
+        load_topaz_model(topaz_model)  # fail early, with the install line, before any long work
+    report: dict = {"inputs": [str(p) for p in inputs], "mode": mode, "pixel_size_a": pixel_a,
+                    "shape": list(stack.shape), "detector": detector.describe()}
+    gain, dqe = _gain_and_dqe(detector, stack, mode, report)
     common = dict(method=method, prior=prior, prior_weight=prior_weight, steps=steps, lr=lr, dqe=dqe, gain=gain,
                   normalize_mtf=detector.normalize_mtf, seed=seed, check_alignment=False)
     if mode == "tilt-series":
-        results, extra_info = [], []
-        for i in range(stack.shape[0]):
-            obs, shifts = _neighbour_observations(stack, i, neighbours)
-            extras = _topaz_extra(obs, topaz_model) if topaz else None
-            cb = (lambda d, k, n, i=i: progress(f"tilt {i + 1}/{stack.shape[0]}: {d}", k, n)) if progress else None
-            results.append(denoise(obs, detector.mtf, extra_observations=extras, progress=cb, **common))
-            extra_info.append({"tilt": i, "neighbour_shifts": shifts})
-        denoised = torch.stack([r.denoised for r in results])
-        rate = torch.stack([r.rate for r in results])
-        report["tilts"] = [{**e, "settings": r.settings, "loss_history": r.loss_history}
-                           for e, r in zip(extra_info, results)]
-        shown = stack.shape[0] // 2
-        noisy_shown, ours_shown = stack[shown], denoised[shown]
-        references: dict[str, torch.Tensor] = {}
+        res = _denoise_tilts(stack, detector, common, neighbours=neighbours, topaz_model=topaz_model if topaz else None,
+                             progress=progress, report=report)
     else:
-        obs = stack
-        if obs.shape[0] > 1:
-            if align:
-                shifts = [[0.0, 0.0]] + [list(measure_shift(obs[0], obs[k])) for k in range(1, obs.shape[0])]
-                obs = torch.stack([obs[0]] + [shift_image(obs[k], (-shifts[k][0], -shifts[k][1]))
-                                              for k in range(1, obs.shape[0])])
-                report["alignment_shifts_px"] = shifts
-            else:
-                with warnings.catch_warnings(record=True) as caught:
-                    warnings.simplefilter("always", UnalignedWarning)
-                    report["measured_shifts_px"] = check_alignment(obs)
-                report["warnings"] = [str(w.message) for w in caught]
-        extras = _topaz_extra(obs, topaz_model) if topaz else None
-        cb = (lambda d, k, n: progress(d, k, n)) if progress else None
-        result: DenoiseResult = denoise(obs, detector.mtf, extra_observations=extras, progress=cb, **common)
-        denoised, rate = result.denoised, result.rate
-        report["settings"], report["loss_history"] = result.settings, result.loss_history
-        noisy_shown, ours_shown = obs[0], denoised
-        references = {"noisy": obs[0]}
-        if obs.shape[0] > 1:
-            references["average"] = obs.mean(0)
-        if extras is not None:
-            references["topaz"] = extras.mean(0)
-        references.update(_baselines(obs, baselines, topaz_model, seed, progress, report))
+        res = _denoise_repeats(stack, detector, common, align=align, topaz_model=topaz_model if topaz else None,
+                               baselines=baselines, baseline_topaz_model=topaz_model, seed=seed, progress=progress,
+                               report=report)
+    denoised, rate, noisy_shown, ours_shown, references = res
     out.mkdir(parents=True, exist_ok=True)
     written = [write_mrc(out / "denoised.mrc", denoised.cpu().numpy(), pixel_a),
                write_mrc(out / "rate.mrc", rate.cpu().numpy(), pixel_a)]
@@ -256,7 +302,7 @@ def write_before_after(path: Path, panels: dict[str, torch.Tensor], loss_history
 
     n = len(panels) + (1 if loss_history else 0)
     fig, axes = plt.subplots(1, n, figsize=(4 * n, 4.3), squeeze=False)
-    for ax, (name, image) in zip(axes[0], panels.items()):
+    for ax, (name, image) in zip(axes[0], panels.items(), strict=False):
         a = image.detach().cpu().numpy().astype(np.float64)
         lo, hi = np.percentile(a, [0.5, 99.5])
         ax.imshow(a, cmap="gray", vmin=lo, vmax=hi if hi > lo else lo + 1)

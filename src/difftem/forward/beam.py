@@ -40,5 +40,6 @@ def lorentz_factor(voltage_kv: float) -> float:
 def interaction_constant(voltage_kv: float) -> float:
     """σ = 2π γ m0 e λ / h² in rad/(V·Å): phase per unit projected potential."""
     lam_m = wavelength_a(voltage_kv) * 1e-10
-    sigma_per_v_m = 2 * math.pi * lorentz_factor(voltage_kv) * ELECTRON_MASS_KG * ELEMENTARY_CHARGE_C * lam_m / PLANCK_J_S**2
+    sigma_per_v_m = (2 * math.pi * lorentz_factor(voltage_kv) * ELECTRON_MASS_KG * ELEMENTARY_CHARGE_C * lam_m
+                     / PLANCK_J_S**2)
     return sigma_per_v_m * 1e-10

@@ -10,8 +10,9 @@ target is the gradient of the *expected* loss
           \big[\operatorname{mean}_x (R_D - M * I_q)^2(x)\big]
 
 with respect to :math:`\lambda` (and through it anything upstream) and to the MTF parameters.
-Every estimator also takes the detector's DQE and gain (counts :math:`\mathrm{Poisson}(\mathrm{DQE}\,\lambda)/\mathrm{DQE}`,
-image :math:`g\,M * I_q`, as :mod:`difftem.detector` simulates them), floats or tensors with gradients.
+Every estimator also takes the detector's DQE and gain
+(counts :math:`\mathrm{Poisson}(\mathrm{DQE}\,\lambda)/\mathrm{DQE}`, image :math:`g\,M * I_q`,
+as :mod:`difftem.detector` simulates them), floats or tensors with gradients.
 Sampling has no pathwise derivative in :math:`\lambda`, hence the estimators here:
 
 ``surrogate_loss``
@@ -54,7 +55,8 @@ call's noise 0.01–0.5 × the gradient's norm at 1000–10 counts).
 from __future__ import annotations
 
 import math
-from typing import Callable, Literal, NamedTuple, Union
+from collections.abc import Callable
+from typing import Literal, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -161,7 +163,7 @@ class LearnableMTF(nn.Module):
         return apply_detector_mtf(image, self, normalize_dc=False)
 
     @classmethod
-    def from_params(cls, params: MTFParams, **kwargs) -> "LearnableMTF":
+    def from_params(cls, params: MTFParams, **kwargs) -> LearnableMTF:
         """Start from a :class:`difftem.detector.MTFParams`; ``kwargs`` go to the constructor."""
         return cls(params.a, params.b, params.c, params.alpha, params.beta, **kwargs)
 
@@ -175,7 +177,7 @@ class LearnableMTF(nn.Module):
         return f"a={p.a:.6g}, b={p.b:.6g}, c={p.c:.6g}, alpha={p.alpha:.6g}, beta={p.beta:.6g}"
 
 
-MTFLike = Union[None, MTFParams, LearnableMTF, Callable[[torch.Tensor], torch.Tensor]]
+MTFLike = MTFParams | LearnableMTF | Callable[[torch.Tensor], torch.Tensor] | None
 
 
 def apply_detector_mtf(image: torch.Tensor, mtf: MTFLike, normalize_dc: bool = False) -> torch.Tensor:

@@ -36,7 +36,7 @@ def canonical_parametrization(name: str) -> str:
     return key
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _load_tables() -> dict[str, dict[int, tuple[str, tuple[float, ...]]]]:
     text = resources.files("difftem").joinpath("data/scattering_factors.csv").read_text()
     rows = csv.reader(line for line in io.StringIO(text) if not line.startswith("#"))
@@ -87,10 +87,11 @@ class ScatteringTable:
         p = self.params(z)
         if self.is_gaussian:
             s2 = k2 / 4
-            return sum(a * torch.exp(-b * s2) for a, b in zip(p[0:5], p[5:10]))
+            return sum(a * torch.exp(-b * s2) for a, b in zip(p[0:5], p[5:10], strict=True))
         a, b = p[0:6:2], p[1:6:2]
         c, d = p[6:12:2], p[7:12:2]
-        return sum(ai / (k2 + bi) for ai, bi in zip(a, b)) + sum(ci * torch.exp(-di * k2) for ci, di in zip(c, d))
+        return (sum(ai / (k2 + bi) for ai, bi in zip(a, b, strict=True))
+                + sum(ci * torch.exp(-di * k2) for ci, di in zip(c, d, strict=True)))
 
     def projected_form_factor(self, z: int, k2: torch.Tensor) -> torch.Tensor:
         """2-D Fourier transform of one atom's projected potential, C·f_e(k), in V·Å³."""

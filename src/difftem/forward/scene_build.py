@@ -200,4 +200,5 @@ def auto_tile_margin_px(pixel_size_a: float, thickness_a: float, wavelength_a: f
                         antialias_fraction: float | None) -> int:
     """Potential tails + band-limit ringing + twice the Fresnel spread over the specimen thickness."""
     k_max = (antialias_fraction or 1.0) * 0.5 / pixel_size_a
-    return max(math.ceil(24.0 / pixel_size_a), 64) + math.ceil(2 * wavelength_a * thickness_a * k_max / pixel_size_a) + 8
+    spread_px = math.ceil(2 * wavelength_a * thickness_a * k_max / pixel_size_a)
+    return max(math.ceil(24.0 / pixel_size_a), 64) + spread_px + 8

@@ -77,7 +77,7 @@ class ScenePotential(SlicedBase):
             k_lo = np.clip(np.floor((z - mc.support_a - self.z_start_a) / self.slice_thickness_a), 0, self.n_slices - 1)
             k_hi = np.clip(np.floor((z + mc.support_a - self.z_start_a) / self.slice_thickness_a), 0, self.n_slices - 1)
             self._slices_of.append((k_lo.astype(np.int64), k_hi.astype(np.int64)))
-            for a, b in zip(k_lo.astype(np.int64), k_hi.astype(np.int64)):
+            for a, b in zip(k_lo.astype(np.int64), k_hi.astype(np.int64), strict=True):
                 occupied[a:b + 1] = True
         self._slice_of_projection = []
         for pc in self.projection_copies:
@@ -97,11 +97,11 @@ class ScenePotential(SlicedBase):
             return atom_patch
         field = torch.zeros((2, self.grid.ny * self.grid.nx), dtype=self.rdtype, device=self.device)
         z0 = self.z_start_a + k * self.slice_thickness_a
-        for mc, (k_lo, k_hi) in zip(self.map_copies, self._slices_of):
+        for mc, (k_lo, k_hi) in zip(self.map_copies, self._slices_of, strict=True):
             sel = np.flatnonzero((k_lo <= k) & (k_hi >= k))
             if sel.size:
                 self._add_copies(field, mc, torch.as_tensor(sel, device=self.device), z0, z0 + self.slice_thickness_a)
-        for pc, ks in zip(self.projection_copies, self._slice_of_projection):
+        for pc, ks in zip(self.projection_copies, self._slice_of_projection, strict=True):
             sel = np.flatnonzero(ks == k)
             if sel.size:
                 self._add_projections(field, pc, torch.as_tensor(sel, device=self.device))

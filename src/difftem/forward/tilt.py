@@ -39,7 +39,8 @@ def acquisition_angles(ts) -> list[float]:
         if not ts.min_deg <= ts.start_deg <= ts.max_deg:
             raise ConfigError(f"tilt_series.start_deg {ts.start_deg} lies outside [min_deg, max_deg]")
         up = _arange(ts.start_deg, ts.max_deg, ts.step_deg)
-        down = [round(ts.start_deg - ts.step_deg * (i + 1), 9) for i in range(int((ts.start_deg - ts.min_deg) / ts.step_deg + 1e-9))]
+        n_down = int((ts.start_deg - ts.min_deg) / ts.step_deg + 1e-9)
+        down = [round(ts.start_deg - ts.step_deg * (i + 1), 9) for i in range(n_down)]
         return up + down
     # dose-symmetric (Hagen et al. 2017): 0, then groups alternating between the two sides
     pos = [a for a in _arange(0.0, ts.max_deg, ts.step_deg) if a > 0]
@@ -131,5 +132,5 @@ def plan_tilts(config) -> TiltPlan:
         raise ConfigError(f"tilt_series: angles {bad} are at or beyond ±90°; the specimen would be edge-on")
     doses = doses_per_tilt(ts, len(angles), config.beam.dose_e_per_a2)
     prior = list(np.concatenate([[0.0], np.cumsum(doses)[:-1]]))
-    return TiltPlan(angles, doses, [float(p) for p in prior], defoci_per_tilt(ts, len(angles), config.optics.defocus_um),
-                    ts.tilt_axis_deg)
+    return TiltPlan(angles, doses, [float(p) for p in prior],
+                    defoci_per_tilt(ts, len(angles), config.optics.defocus_um), ts.tilt_axis_deg)

@@ -22,9 +22,10 @@ Multislice keeps one wave per slice and rebuilds each slice's potential in the b
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Iterable, Literal, Mapping
+from typing import Literal
 
 import numpy as np
 import torch
@@ -84,7 +85,7 @@ class DifferentiableSimulator:
     and finite-difference comparisons). ``checkpoint``: rebuild each slice in the backward pass.
     """
 
-    def __init__(self, config: "SimulationConfig | dict | str | Path", *,
+    def __init__(self, config: SimulationConfig | dict | str | Path, *,
                  precision: Literal["single", "double"] = "single", checkpoint: bool = True):
         self.config = config = prepare_config(config)
         if config.tilt_series is not None:
@@ -98,7 +99,8 @@ class DifferentiableSimulator:
         # the same scene, device, grid, beam constants, ice and scattering table as simulate()
         setup = Setup.build(config)
         scene = setup.scene
-        self.device, self.grid, self.wavelength_a, self.sigma = setup.device, setup.grid, setup.wavelength_a, setup.sigma
+        self.device, self.grid = setup.device, setup.grid
+        self.wavelength_a, self.sigma = setup.wavelength_a, setup.sigma
         self.ice_absorption_v, self.table = setup.ice.absorption_potential_v, setup.cache.table
         # the detector as simulate() builds it (a measured MTF curve is read once); a formula's parameters,
         # DQE and gain are replaced by the parameter tensors in each forward pass

@@ -93,7 +93,8 @@ def view_exit_wave(setup: Setup, view: SceneView, *, keep_potential: bool = Fals
         pl = scene.placement.transformed(view.rotation)
         ext = np.array([t.radius_a for t in scene.types])[pl.type_index][:, None]
         corners = np.concatenate([pl.positions_a - ext, pl.positions_a + ext])
-        window = plan_window(grid, torch.as_tensor(corners), thickness_a, lam, antialias_fraction=sim.antialias_fraction)
+        window = plan_window(grid, torch.as_tensor(corners), thickness_a, lam,
+                             antialias_fraction=sim.antialias_fraction)
     return windowed_exit_wave(build, grid, window, lam, setup.sigma, sim, **common)
 
 
@@ -224,7 +225,7 @@ def simulate_tilt_series(config: SimulationConfig | dict | str | Path, *,
                             [plan.angles_deg[i] for i in order], grid.pixel_size_a, config, rows, meta)
 
 
-def potential_volume(config: "SimulationConfig | dict | str | Path", *, voxel_size_a: float | None = None,
+def potential_volume(config: SimulationConfig | dict | str | Path, *, voxel_size_a: float | None = None,
                      thickness_a: float | None = None, include_ice: bool = False,
                      scene: Scene | None = None) -> tuple[torch.Tensor, float]:
     """The scene's (untilted) electrostatic potential as a (Z, Y, X) volume in V, the ground truth for tomography.

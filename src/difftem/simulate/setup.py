@@ -89,7 +89,8 @@ class Setup:
         return scene_warnings(self.scene, self.grid, self.ice.thickness_a)
 
 
-def estimate_memory_bytes(shape_px: tuple[int, int], n_atoms: int, max_atoms_per_slice: int, extra_bytes: int = 0) -> int:
+def estimate_memory_bytes(shape_px: tuple[int, int], n_atoms: int, max_atoms_per_slice: int,
+                          extra_bytes: int = 0) -> int:
     """Peak estimate: ~12 complex64 field-sized arrays + the structure-factor factors of one slice + atoms
     (+ ``extra_bytes``: per-type maps and their sampling buffers)."""
     field_bytes = shape_px[0] * shape_px[1] * 8

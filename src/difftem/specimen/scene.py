@@ -115,20 +115,21 @@ class Placement:
         return int(self.type_index.shape[0])
 
     @staticmethod
-    def empty() -> "Placement":
+    def empty() -> Placement:
         return Placement(np.zeros(0, np.int64), np.zeros((0, 3)), np.zeros((0, 3, 3)))
 
     @staticmethod
-    def concatenate(parts: list["Placement"]) -> "Placement":
+    def concatenate(parts: list[Placement]) -> Placement:
         parts = [p for p in parts if len(p)]
         if not parts:
             return Placement.empty()
         return Placement(np.concatenate([p.type_index for p in parts]), np.concatenate([p.positions_a for p in parts]),
                          np.concatenate([p.rotations for p in parts]))
 
-    def transformed(self, rotation: np.ndarray) -> "Placement":
+    def transformed(self, rotation: np.ndarray) -> Placement:
         """The scene turned rigidly by ``rotation`` about the origin (e.g. a specimen tilt)."""
-        return Placement(self.type_index, self.positions_a @ rotation.T, np.einsum("ij,mjk->mik", rotation, self.rotations))
+        return Placement(self.type_index, self.positions_a @ rotation.T,
+                         np.einsum("ij,mjk->mik", rotation, self.rotations))
 
 
 def _segments(bounds: list[Bounds], placement: Placement) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -271,7 +272,7 @@ class Scene:
     placement: Placement
     warnings: list[str] = field(default_factory=list)
 
-    def atoms_of(self, type_indices, placement: "Placement | None" = None) -> Atoms:
+    def atoms_of(self, type_indices, placement: Placement | None = None) -> Atoms:
         """All atoms of the copies of the given types, in scene coordinates (optionally of another placement)."""
         pl = placement if placement is not None else self.placement
         parts = []

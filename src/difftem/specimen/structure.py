@@ -32,14 +32,14 @@ class Atoms:
     def __len__(self) -> int:
         return int(self.atomic_number.shape[0])
 
-    def transformed(self, rotation: np.ndarray, translation_a: np.ndarray | None = None) -> "Atoms":
+    def transformed(self, rotation: np.ndarray, translation_a: np.ndarray | None = None) -> Atoms:
         """Copy with positions r' = R r + t."""
         pos = self.positions_a @ np.asarray(rotation, dtype=np.float64).T
         if translation_a is not None:
             pos = pos + np.asarray(translation_a, dtype=np.float64)
         return Atoms(self.atomic_number, pos, self.b_iso_a2, self.occupancy, self.source, list(self.notes))
 
-    def centred(self, how: CentrePolicy = "mass") -> "Atoms":
+    def centred(self, how: CentrePolicy = "mass") -> Atoms:
         """Copy moved so that its centre (occupancy-weighted mass centre or bounding-box centre) is at 0."""
         if how == "none" or len(self) == 0:
             return self
@@ -52,7 +52,7 @@ class Atoms:
                      list(self.notes))
 
     @staticmethod
-    def concatenate(parts: list["Atoms"]) -> "Atoms":
+    def concatenate(parts: list[Atoms]) -> Atoms:
         if not parts:
             return Atoms(np.zeros(0, np.int64), np.zeros((0, 3)), np.zeros(0), np.zeros(0))
         return Atoms(
@@ -76,6 +76,73 @@ def _open(path: Path):
     if len(st) == 0 or st[0].count_atom_sites() == 0:
         raise StructureError(f"{path}: no atoms found; is this a PDB or mmCIF coordinate file?")
     return st
+
+
+@dataclass
+class _Sites:
+    """Per-atom columns gathered from the chosen models, in file order."""
+
+    z: list[int] = field(default_factory=list)
+    pos: list[tuple[float, float, float]] = field(default_factory=list)
+    b: list[float] = field(default_factory=list)
+    occ: list[float] = field(default_factory=list)
+    chain: list[str] = field(default_factory=list)
+    subchain: list[str] = field(default_factory=list)
+    model: list[int] = field(default_factory=list)
+
+
+def _keep_residue(res, remove_waters: bool, remove_hetero: bool) -> bool:
+    if (remove_waters or remove_hetero) and res.is_water():
+        return False
+    return not (remove_hetero and res.het_flag == "H")
+
+
+def _unknown_element(path: Path, at, ch, res) -> StructureError:
+    return StructureError(
+        f"{path}: atom {at.serial} {at.name!r} in chain {ch.name} {res.name}{res.seqid.num}: "
+        f"unknown element {at.element.name!r} (supported Z=1..{MAX_Z}); "
+        "fix the element column (PDB columns 77-78 / _atom_site.type_symbol) or remove the atom"
+    )
+
+
+def _collect_sites(path: Path, chosen, *, remove_waters: bool, remove_hydrogens: bool,
+                   remove_hetero: bool) -> _Sites:
+    """The kept atoms of the chosen models (unknown elements are errors)."""
+    sites = _Sites()
+    for mi, model in enumerate(chosen):
+        for ch in model:
+            for res in ch:
+                if not _keep_residue(res, remove_waters, remove_hetero):
+                    continue
+                for at in res:
+                    zz = at.element.atomic_number
+                    if remove_hydrogens and zz == 1:
+                        continue
+                    if zz < 1 or zz > MAX_Z:
+                        raise _unknown_element(path, at, ch, res)
+                    sites.z.append(zz)
+                    p = at.pos
+                    sites.pos.append((p.x, p.y, p.z))
+                    sites.b.append(at.b_iso)
+                    sites.occ.append(at.occ)
+                    sites.chain.append(ch.name)
+                    sites.subchain.append(res.subchain)
+                    sites.model.append(mi)
+    return sites
+
+
+def _model_weighted_occupancy(sites: _Sites, n_models: int, models: ModelPolicy, notes: list[str]) -> np.ndarray:
+    """Occupancies, divided by the number of models for an ensemble (``models`` policy); notes what was done."""
+    occ_arr = np.asarray(sites.occ, dtype=np.float64)
+    if n_models > 1 and models in ("auto", "ensemble"):
+        sites_first = max(int(np.sum(np.asarray(sites.model) == 0)), 1)
+        per_site = occ_arr.sum() / sites_first
+        if models == "ensemble" or per_site > 1.05:
+            occ_arr = occ_arr / n_models
+            notes.append(f"{n_models} models averaged as an ensemble (weight occupancy/{n_models})")
+        else:
+            notes.append(f"{n_models} models used with their occupancies (sum {per_site:.2f} per site)")
+    return occ_arr
 
 
 def read_structure(
@@ -103,58 +170,25 @@ def read_structure(
     """
     path = Path(path)
     st = _open(path)
-    notes: list[str] = []
     st.setup_entities()
 
     chosen = [st[0]] if models == "first" else list(st)
-    z_list, pos, b, occ, chain, subchain, model_idx = [], [], [], [], [], [], []
-    for mi, model in enumerate(chosen):
-        for ch in model:
-            for res in ch:
-                if (remove_waters or remove_hetero) and res.is_water():
-                    continue
-                if remove_hetero and res.het_flag == "H":
-                    continue
-                for at in res:
-                    zz = at.element.atomic_number
-                    if remove_hydrogens and zz == 1:
-                        continue
-                    if zz < 1 or zz > MAX_Z:
-                        raise StructureError(
-                            f"{path}: atom {at.serial} {at.name!r} in chain {ch.name} {res.name}{res.seqid.num}: "
-                            f"unknown element {at.element.name!r} (supported Z=1..{MAX_Z}); "
-                            "fix the element column (PDB columns 77-78 / _atom_site.type_symbol) or remove the atom"
-                        )
-                    z_list.append(zz)
-                    p = at.pos
-                    pos.append((p.x, p.y, p.z))
-                    b.append(at.b_iso)
-                    occ.append(at.occ)
-                    chain.append(ch.name)
-                    subchain.append(res.subchain)
-                    model_idx.append(mi)
-    if not z_list:
+    sites = _collect_sites(path, chosen, remove_waters=remove_waters, remove_hydrogens=remove_hydrogens,
+                           remove_hetero=remove_hetero)
+    if not sites.z:
         raise StructureError(f"{path}: no atoms left after removing waters/hydrogens/hetero groups")
-    occ_arr = np.asarray(occ, dtype=np.float64)
-    n_models = len(chosen)
-    if n_models > 1 and models in ("auto", "ensemble"):
-        sites_first = max(int(np.sum(np.asarray(model_idx) == 0)), 1)
-        per_site = occ_arr.sum() / sites_first
-        if models == "ensemble" or per_site > 1.05:
-            occ_arr = occ_arr / n_models
-            notes.append(f"{n_models} models averaged as an ensemble (weight occupancy/{n_models})")
-        else:
-            notes.append(f"{n_models} models used with their occupancies (sum {per_site:.2f} per site)")
+    notes: list[str] = []
+    occ_arr = _model_weighted_occupancy(sites, len(chosen), models, notes)
     atoms = Atoms(
-        np.asarray(z_list, dtype=np.int64),
-        np.asarray(pos, dtype=np.float64),
-        np.asarray(b, dtype=np.float64),
+        np.asarray(sites.z, dtype=np.int64),
+        np.asarray(sites.pos, dtype=np.float64),
+        np.asarray(sites.b, dtype=np.float64),
         occ_arr,
         str(path),
         notes,
     )
     if assembly is not None:
-        atoms = _apply_assembly(st, assembly, atoms, np.asarray(chain), np.asarray(subchain), path)
+        atoms = _apply_assembly(st, assembly, atoms, np.asarray(sites.chain), np.asarray(sites.subchain), path)
     return atoms.centred(centre)
 
 
@@ -169,10 +203,7 @@ def _apply_assembly(st, name: str, atoms: Atoms, chain: np.ndarray, subchain: np
     parts: list[Atoms] = []
     n_ops = 0
     for gen in matches[0].generators:
-        if gen.chains:
-            mask = np.isin(chain, list(gen.chains))
-        else:
-            mask = np.isin(subchain, list(gen.subchains))
+        mask = np.isin(chain, list(gen.chains)) if gen.chains else np.isin(subchain, list(gen.subchains))
         if not mask.any():
             continue
         sub = Atoms(atoms.atomic_number[mask], atoms.positions_a[mask], atoms.b_iso_a2[mask], atoms.occupancy[mask],

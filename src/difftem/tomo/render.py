@@ -209,7 +209,7 @@ def write_panel_png(path: str | Path, volume: torch.Tensor, image: torch.Tensor,
                "XZ": (-(n_x // 2) * v, (n_x - 1 - n_x // 2) * v, (n_z - 1 - n_z // 2) * v, -(n_z // 2) * v),
                "YZ": (-(n_y // 2) * v, (n_y - 1 - n_y // 2) * v, (n_z - 1 - n_z // 2) * v, -(n_z // 2) * v)}
     labels = {"XY": ("x", "y", "z = 0"), "XZ": ("x", "z", "y = 0"), "YZ": ("y", "z", "x = 0")}
-    for (name, sl), cell in zip(slices.items(), (grid[0, 1:], grid[1, 1], grid[1, 2])):
+    for (name, sl), cell in zip(slices.items(), (grid[0, 1:], grid[1, 1], grid[1, 2]), strict=True):
         a = fig.add_subplot(cell)
         a.imshow(sl, cmap="gray", vmin=lo, vmax=hi, extent=extents[name], aspect="equal")
         h, vv, where = labels[name]
