@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
 
 import typer
 
@@ -21,10 +20,17 @@ def _sidecar(path: Path, suffix: str) -> Path:
 
 
 def register(app: typer.Typer) -> None:
+    _register_reconstruct(app)
+    _register_render(app)
+    _register_score(app)
+
+
+def _register_reconstruct(app: typer.Typer) -> None:
     @app.command("reconstruct")
     def reconstruct_cmd(
         tilts: Path = typer.Argument(..., help="tilt series: MRC stack (n_tilts, H, W), pixel size in the header"),
-        tlt: Path = typer.Option(..., "--tlt", help="tilt angles (deg), one per line in stack order (IMOD .tlt)"),
+        tlt: Path | None = typer.Option(None, "--tlt", help="tilt angles (deg), one per line in stack order "
+                                           "(IMOD .tlt); default: <stem>.tlt, else tilts.star, beside TILTS"),
         out: Path = typer.Option(..., "--out", "-o", help="output volume (MRC, voxel size in the header)"),
         method: str = typer.Option("wbp", help="wbp (weighted back-projection) or sirt"),
         iterations: int = typer.Option(20, help="SIRT iterations"),
@@ -33,45 +39,48 @@ def register(app: typer.Typer) -> None:
         filter: str = typer.Option("ramp", "--filter", help="WBP filter: ramp or sirt-like"),
         sirt_like_iterations: int = typer.Option(10, help="sirt-like filter: SIRT iterations to imitate"),
         apodization: str = typer.Option("none", help="WBP window: none, cosine, hamming or shepp-logan"),
-        cutoff: Optional[float] = typer.Option(None, help="WBP radial cutoff (fraction of Nyquist), Gaussian roll-off"),
+        cutoff: float | None = typer.Option(None, help="WBP radial cutoff (fraction of Nyquist), Gaussian roll-off"),
         falloff: float = typer.Option(0.05, help="σ of the roll-off past --cutoff (fraction of Nyquist)"),
-        tilt_axis_deg: float = typer.Option(0.0, help="tilt-axis angle α (deg): axis = +y turned by α about +z"),
-        thickness_vox: Optional[int] = typer.Option(None, help="volume thickness in voxels (after binning)"),
-        thickness_a: Optional[float] = typer.Option(None, help="volume thickness in Å (or --thickness-vox)"),
+        tilt_axis_deg: float | None = typer.Option(
+            None, "--tilt-axis-deg", "--tilt-axis", help="tilt-axis angle α (deg): axis = +y turned by α about +z; "
+            "default: from tilts.star or run.json beside TILTS, else 0"),
+        thickness_vox: int | None = typer.Option(None, help="volume thickness in voxels (after binning)"),
+        thickness_a: float | None = typer.Option(None, help="volume thickness in Å (or --thickness-vox)"),
         binning: int = typer.Option(1, help="average the stack over binning × binning pixels first"),
-        pixel_size: Optional[float] = typer.Option(None, help="pixel size (Å); overrides the MRC header"),
+        pixel_size: float | None = typer.Option(None, help="pixel size (Å); overrides the MRC header"),
         invert: bool = typer.Option(False, "--invert", help="negate the stack first (protein dark → bright)"),
         device: str = typer.Option("auto", help="auto, cpu or cuda"),
         backend: str = typer.Option("torch", help="torch, or astra (optional package, for comparison)"),
-        reference: Optional[Path] = typer.Option(None, help="ground-truth volume (MRC, same grid): FSC/NCC + plot"),
+        reference: Path | None = typer.Option(None, help="ground-truth volume (MRC, same grid): FSC/NCC + plot"),
     ):
         """Reconstruct TILTS into a volume (WBP or SIRT): OUT, a .json record beside it, with --reference a FSC plot."""
         fail, console = _ui()
         from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
         from ..io.files import write_json, write_mrc
-        from ..io.tlt import read_tlt, read_volume_mrc
         from ..tomo.reconstruct import reconstruct
+        from ._console import note
 
         try:
-            stack, px = read_volume_mrc(tilts, "tilt series", pixel_size)
-            angles = read_tlt(tlt)
+            stack, px = _read_mrc(tilts, "tilt series", pixel_size)
+            angles, tlt_source, axis, axis_source = _tilt_geometry(tilts, tlt, tilt_axis_deg, note)
             ref = None
             if reference is not None:
-                ref, ref_px = read_volume_mrc(reference, "--reference", None, required=False)
+                ref, ref_px = _read_mrc(reference, "--reference", None, required=False)
             if invert:
                 stack = -stack
             with Progress(TextColumn(f"[bold]{method}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
                           TimeElapsedColumn(), console=console, transient=True) as bar:
                 task = bar.add_task(method, total=iterations if method == "sirt" else None)
-                result = reconstruct(stack, angles, method=method, pixel_size_a=px, tilt_axis_deg=tilt_axis_deg,
+                result = reconstruct(stack, angles, method=method, pixel_size_a=px, tilt_axis_deg=axis,
                                      thickness_px=thickness_vox, thickness_a=thickness_a, binning=binning,
                                      filter=filter, apodization=apodization, cutoff=cutoff, falloff=falloff,
                                      sirt_like_iterations=sirt_like_iterations, iterations=iterations,
                                      relaxation=relaxation, nonnegative=nonnegative, device=device, backend=backend,
                                      progress=lambda done, total: bar.update(task, completed=done, total=total))
             volume = result.volume.detach().cpu().numpy()
-            record = {"input": str(tilts), "tlt": str(tlt), "invert": invert, **result.info}
+            record = {"input": str(tilts), "tlt": str(tlt_source), "tilt_axis_source": axis_source, "invert": invert,
+                      **result.info}
             outputs = [out, _sidecar(out, ".json")]
             plot = None
             if ref is not None:
@@ -95,13 +104,15 @@ def register(app: typer.Typer) -> None:
         console.print(msg, highlight=False)
         console.print(f"wrote {', '.join(str(p) for p in outputs)}", highlight=False)
 
+
+def _register_render(app: typer.Typer) -> None:
     @app.command("render")
     def render_cmd(
         volume: Path = typer.Argument(..., help="volume (MRC, Z sections)"),
         out: Path = typer.Option(..., "--out", "-o", help="output PNG"),
         azimuth_deg: float = typer.Option(30.0, help="view: turn about the volume's y axis (deg, tilt sense)"),
         elevation_deg: float = typer.Option(20.0, help="view: then turn about x (deg)"),
-        threshold: Optional[float] = typer.Option(None, help="transfer function: transparent at or below this value"),
+        threshold: float | None = typer.Option(None, help="transfer function: transparent at or below this value"),
         threshold_percentile: float = typer.Option(90.0, help="threshold percentile if no --threshold"),
         top_percentile: float = typer.Option(99.9, help="values above this percentile get full opacity and colour"),
         opacity: float = typer.Option(0.1, help="alpha of one voxel length at full density, in (0, 1)"),
@@ -112,8 +123,8 @@ def register(app: typer.Typer) -> None:
         layout: str = typer.Option("panel", help="panel (render + XY/XZ/YZ central sections, 1200×800 px) or "
                                                  "render (the render alone, size × size px)"),
         turntable: int = typer.Option(0, help="also write a GIF of this many views once round (0: none)"),
-        gif: Optional[Path] = typer.Option(None, help="turntable GIF path (default: OUT with .gif)"),
-        pixel_size: Optional[float] = typer.Option(None, help="voxel size (Å) when the MRC header has none"),
+        gif: Path | None = typer.Option(None, help="turntable GIF path (default: OUT with .gif)"),
+        pixel_size: float | None = typer.Option(None, help="voxel size (Å) when the MRC header has none"),
         device: str = typer.Option("auto", help="auto, cpu or cuda"),
     ):
         """Render VOL (emission–absorption ray casting) into a PNG panel with central orthoslices; optional GIF."""
@@ -123,7 +134,6 @@ def register(app: typer.Typer) -> None:
         from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
         from ..core.device import resolve_device
-        from ..io.tlt import read_volume_mrc
         from ..tomo.errors import TomoError
         from ..tomo.render import render_volume, turntable_frames, write_gif, write_panel_png, write_render_png
 
@@ -132,7 +142,7 @@ def register(app: typer.Typer) -> None:
                 raise TomoError(f"--layout: unknown layout {layout!r}; choose panel or render")
             if turntable < 0 or turntable == 1:
                 raise TomoError(f"--turntable: {turntable} frames; give 0 (none) or at least 2")
-            data, vx = read_volume_mrc(volume, "volume", pixel_size, required=False)  # None: axes in voxels
+            data, vx = _read_mrc(volume, "volume", pixel_size, required=False)  # None: axes in voxels
             vol = torch.as_tensor(np.ascontiguousarray(data)).to(resolve_device(device, field="--device"))
             kw = dict(elevation_deg=elevation_deg, size_px=size, threshold=threshold,
                       threshold_percentile=threshold_percentile, top_percentile=top_percentile, opacity=opacity,
@@ -157,21 +167,22 @@ def register(app: typer.Typer) -> None:
             written.append(write_gif(gif or out.with_suffix(".gif"), frames))
         console.print(f"wrote {', '.join(str(p) for p in written)}", highlight=False)
 
+
+def _register_score(app: typer.Typer) -> None:
     @app.command("score")
     def score_cmd(
         volume: Path = typer.Argument(..., help="volume to score (MRC)"),
         reference: Path = typer.Argument(..., help="reference / ground-truth volume on the same grid (MRC)"),
         out: Path = typer.Option(..., "--out", "-o", help="FSC plot (PNG); the numbers go beside it as .json"),
-        pixel_size: Optional[float] = typer.Option(None, help="voxel size (Å) when the MRC headers have none"),
+        pixel_size: float | None = typer.Option(None, help="voxel size (Å) when the MRC headers have none"),
     ):
         """FSC (curve, 0.143 / 0.5 resolutions) and NCC of VOLUME against REFERENCE; writes a PNG and a JSON."""
         fail, console = _ui()
         from ..io.files import write_json
-        from ..io.tlt import read_volume_mrc
 
         try:
-            vol, vx = read_volume_mrc(volume, "volume", pixel_size)
-            ref, rx = read_volume_mrc(reference, "reference", pixel_size, required=False)
+            vol, vx = _read_mrc(volume, "volume", pixel_size)
+            ref, rx = _read_mrc(reference, "reference", pixel_size, required=False)
             scores, plot = _score_against(vol, ref, vx, rx, reference, out, f"{volume.name} vs {reference.name}",
                                           "reference")
         except DifftemError as exc:
@@ -181,6 +192,54 @@ def register(app: typer.Typer) -> None:
         console.print(f"NCC {scores['ncc']:.4f}; FSC 0.143: {_res(scores['fsc']['resolution_0143_a'], vx)}, "
                       f"0.5: {_res(scores['fsc']['resolution_05_a'], vx)}", highlight=False)
         console.print(f"wrote {out}, {json_path}", highlight=False)
+
+
+def _read_mrc(path: Path, what: str, pixel_size: float | None, required: bool = True):
+    """:func:`difftem.io.tlt.read_volume_mrc` with the --pixel-size option named in its errors."""
+    import math
+
+    from ..core.errors import FormatError
+    from ..io.tlt import MissingPixelSizeError, read_volume_mrc
+
+    if pixel_size is not None and not (pixel_size > 0 and math.isfinite(pixel_size)):
+        raise FormatError(f"--pixel-size: {pixel_size} Å must be a positive number")
+    try:
+        return read_volume_mrc(path, what, pixel_size, required=required)
+    except MissingPixelSizeError as exc:
+        raise FormatError(f"{exc} (--pixel-size)") from None
+
+
+def _tilt_geometry(tilts: Path, tlt: Path | None, tilt_axis_deg: float | None, note):
+    """(angles, where they came from, tilt axis in degrees, where it came from): the options when given, else the
+    files a simulated series has beside its stack (``note`` says which were used)."""
+    from ..core.errors import FormatError
+    from ..io.tlt import angles_beside, read_tlt, tilt_axis_beside
+
+    if tlt is not None:
+        try:
+            angles, tlt_source = read_tlt(tlt), tlt
+        except FormatError as exc:
+            raise FormatError(f"--tlt: {exc}") from None
+    else:
+        try:
+            found = angles_beside(tilts)
+        except FormatError as exc:
+            raise FormatError(f"{exc}; or pass --tlt") from None
+        if found is None:
+            raise FormatError(f"--tlt: no tilt angles given, and neither {tilts.with_suffix('.tlt').name} nor "
+                              f"tilts.star lies beside {tilts}; pass --tlt ANGLES.tlt")
+        angles, tlt_source = found
+        note("note", f"tilt angles from {tlt_source} (no --tlt given)")
+    if tilt_axis_deg is not None:
+        return angles, tlt_source, float(tilt_axis_deg), "--tilt-axis-deg"
+    try:
+        found = tilt_axis_beside(tilts)
+    except FormatError as exc:
+        raise FormatError(f"{exc}; or pass --tilt-axis-deg") from None
+    if found is None:
+        return angles, tlt_source, 0.0, "default"
+    note("note", f"tilt axis {found[0]:g}° from {found[1]} (no --tilt-axis-deg given)")
+    return angles, tlt_source, found[0], str(found[1])
 
 
 def _res(value: float | None, voxel_a: float) -> str:

@@ -5,6 +5,7 @@ STORE/
   zarr.json            root group; attributes.difftem_dataset = spec, fingerprint, n_items  (zarr)
   dataset.json         the same record                                                       (mrc)
   items/000017/        one item: a Zarr group (arrays + attributes) or a folder of MRC + item.json
+                       (+ particles.star; a tilt series also tilts.tlt and tilts.star)                     (mrc)
   failed/000017.json   the error of an item that failed (removed when it later succeeds)
   manifest.csv         one row per item: index, status, seed, sampled parameters, error, timing
   micrographs.star     RELION micrograph table with CTF parameters                           (mrc)
@@ -31,6 +32,8 @@ import numpy as np
 
 from ..core.errors import ConfigError, DifftemError
 from ..io.files import _json_default, atomic_path, write_json
+from ..io.star import write_star
+from ..io.tlt import write_tlt
 
 ITEMS, FAILED, PARTIAL, LOCK = "items", "failed", ".partial", ".lock"
 ATTR_KEY = "difftem_dataset"
@@ -122,25 +125,22 @@ class Store:
     @contextlib.contextmanager
     def lock(self):
         """Exclusive advisory lock for the whole run; the kernel releases it if the process dies."""
-        path = self.root / LOCK
-        fh = open(path, "a+")
-        try:
-            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            fh.seek(0)
-            holder = fh.read().strip() or "?"
-            fh.close()
-            raise StoreBusyError(f"--out {self.root}: another `difftem dataset` run (pid {holder}) is writing this "
-                                 "store; wait for it to finish or choose another --out") from None
-        try:
-            fh.seek(0)
-            fh.truncate()
-            fh.write(str(os.getpid()))
-            fh.flush()
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
-            fh.close()
+        with open(self.root / LOCK, "a+") as fh:
+            try:
+                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                fh.seek(0)
+                holder = fh.read().strip() or "?"
+                raise StoreBusyError(f"--out {self.root}: another `difftem dataset` run (pid {holder}) is writing "
+                                     "this store; wait for it to finish or choose another --out") from None
+            try:
+                fh.seek(0)
+                fh.truncate()
+                fh.write(str(os.getpid()))
+                fh.flush()
+                yield
+            finally:
+                fcntl.flock(fh, fcntl.LOCK_UN)
 
     # --- state ---------------------------------------------------------------------------------------
     def item_path(self, index: int) -> Path:
@@ -257,17 +257,19 @@ class Store:
         return []
 
     def write_star(self, rows: list[dict]) -> Path:
-        """RELION micrograph table (CTF per micrograph, defocus in Å at the ice mid-plane) for the MRC layout."""
-        labels = ["_rlnMicrographName", "_rlnMicrographPixelSize", "_rlnVoltage", "_rlnSphericalAberration",
-                  "_rlnDefocusU", "_rlnDefocusV", "_rlnDefocusAngle", "_rlnPhaseShift"]
-        lines = ["# written by difftem dataset", "", "data_micrographs", "", "loop_"]
-        lines += [f"{lab} #{k + 1}" for k, lab in enumerate(labels)]
-        for r in rows:
-            lines.append("\t".join(str(v) for v in r.values()))
-        path = self.root / "micrographs.star"
-        with atomic_path(path) as tmp:
-            tmp.write_text("\n".join(lines) + "\n")
-        return path
+        """RELION micrograph table (CTF per micrograph, defocus in Å at the ice mid-plane) for the MRC layout;
+        ``rows`` hold the values in the order of :data:`MICROGRAPH_LABELS`."""
+        import pandas as pd
+
+        table = pd.DataFrame([list(r.values()) for r in rows], columns=list(MICROGRAPH_LABELS))
+        return write_star(self.root / "micrographs.star", {"micrographs": table},
+                          "written by difftem dataset: one row per item image; pixel size in A, voltage in kV, "
+                          "Cs in mm, defocus in A at the ice mid-plane, angles and phase shift in degrees")
+
+
+#: The columns of micrographs.star, in the order of the values of each row given to :meth:`Store.write_star`.
+MICROGRAPH_LABELS = ("rlnMicrographName", "rlnMicrographPixelSize", "rlnVoltage", "rlnSphericalAberration",
+                     "rlnDefocusU", "rlnDefocusV", "rlnDefocusAngle", "rlnPhaseShift")
 
 
 def _write_zarr_item(tmp: Path, arrays: dict[str, np.ndarray], attrs: dict) -> None:
@@ -297,25 +299,33 @@ def _write_mrc_item(tmp: Path, arrays: dict[str, np.ndarray], attrs: dict, pixel
         else:
             write_npy(tmp / file, arr)
     truth = attrs.get("ground_truth", {})
-    if truth.get("tilt_angles_deg"):  # IMOD-style: one angle per line, in stack order
-        with atomic_path(tmp / "tilts.tlt") as t:
-            t.write_text("".join(f"{a:.2f}\n" for a in truth["tilt_angles_deg"]))
+    image = next((n for n in ("micrograph", "noiseless") if n in arrays), None)
+    if truth.get("tilt_angles_deg"):  # IMOD-style: one angle per line, in stack order; RELION-style per-tilt table
+        write_tlt(tmp / "tilts.tlt", truth["tilt_angles_deg"])
+        if image:
+            write_star(tmp / "tilts.star", {"tilts": _tilt_rows(truth, f"{image}.mrc")},
+                       "written by difftem dataset: one row per image of the stack, ordered by angle; angles in "
+                       "degrees, doses in e/A^2, defocus in A at the ice mid-plane, pixel size in A")
     rows = truth.get("particles") or []
     if rows and all("rlnCoordinateX" in r for r in rows):  # RELION coordinates, relative to the store
-        image = next((n for n in ("micrograph", "noiseless") if n in arrays), None)
         name = f"{ITEMS}/{tmp.name.split('.')[0]}/{image}.mrc" if image else ""
-        _write_star_loop(tmp / "particles.star", "particles", [{**r, "rlnMicrographName": name} for r in rows])
+        write_star(tmp / "particles.star", {"particles": [{**r, "rlnMicrographName": name} for r in rows]},
+                   "written by difftem dataset")
     write_json(tmp / "item.json", attrs)
 
 
-def _write_star_loop(path: Path, block: str, rows: list[dict]) -> None:
-    keys = list(dict.fromkeys(k for r in rows for k in r))
-    lines = ["# written by difftem dataset", "", f"data_{block}", "", "loop_"]
-    lines += [f"_{k} #{i + 1}" for i, k in enumerate(keys)]
-    for r in rows:
-        lines.append("\t".join(f"{r[k]:.6f}" if isinstance(r.get(k), float) else str(r.get(k, "")) for k in keys))
-    with atomic_path(path) as t:
-        t.write_text("\n".join(lines) + "\n")
+def _tilt_rows(truth: dict, stack: str) -> list[dict]:
+    """tilts.star rows of a tilt-series item, with the labels of a simulated series' tilts.star."""
+    rows = []
+    for j, c in enumerate(truth.get("ctf") or []):
+        rows.append({"rlnMicrographName": f"{j + 1}@{stack}", "rlnTomoNominalStageTiltAngle": c["tilt_deg"],
+                     "rlnTomoNominalTiltAxisAngle": truth.get("tilt_axis_deg", 0.0),
+                     "rlnMicrographPreExposure": c.get("pre_exposure_e_per_a2", 0.0),
+                     "difftemDoseEPerA2": c["dose_e_per_a2"],
+                     "rlnDefocusU": c["defocus_u_um"] * 1e4, "rlnDefocusV": c["defocus_v_um"] * 1e4,
+                     "rlnDefocusAngle": c["astigmatism_angle_deg"], "rlnMicrographPixelSize": truth["pixel_size_a"],
+                     "rlnVoltage": c["voltage_kv"], "rlnSphericalAberration": c["cs_mm"]})
+    return rows
 
 
 def _cell(v):

@@ -16,6 +16,7 @@ import torch
 
 from ..core.errors import ConfigError
 from ..core.fft import irfft2, rfft2
+from ..io.star import read_mtf_curve
 
 
 @dataclass(frozen=True)
@@ -51,32 +52,9 @@ class MeasuredMTF:
 
 
 def read_mtf_star(path: str | Path) -> MeasuredMTF:
-    """Read a RELION MTF STAR file (``_rlnResolutionInversePixel``, ``_rlnMtfValue``)."""
-    path = Path(path)
-    if not path.exists():
-        raise ConfigError(f"detector.mtf.star: {path} not found")
-    cols: list[str] = []
-    rows: list[list[float]] = []
-    for line in path.read_text().splitlines():
-        s = line.strip()
-        if not s or s.startswith("#") or s.startswith("data_") or s == "loop_":
-            continue
-        if s.startswith("_"):
-            cols.append(s.split()[0])
-            continue
-        try:
-            rows.append([float(v) for v in s.split()])
-        except ValueError:
-            raise ConfigError(f"detector.mtf.star: {path}: cannot parse row {s!r}") from None
-    try:
-        fi, vi = cols.index("_rlnResolutionInversePixel"), cols.index("_rlnMtfValue")
-    except ValueError:
-        raise ConfigError(f"detector.mtf.star: {path} lacks _rlnResolutionInversePixel/_rlnMtfValue columns") from None
-    arr = np.asarray(rows, dtype=np.float64)
-    order = np.argsort(arr[:, fi])
-    if len(arr) < 2:
-        raise ConfigError(f"detector.mtf.star: {path} has fewer than two rows")
-    return MeasuredMTF(arr[order, fi], arr[order, vi], str(path))
+    """The measured MTF of a RELION MTF STAR file (``_rlnResolutionInversePixel``, ``_rlnMtfValue``), read by
+    :func:`difftem.io.star.read_mtf_curve`."""
+    return MeasuredMTF(*read_mtf_curve(path), str(path))
 
 
 def radial_frequency_per_px(shape: tuple[int, int], device=None, dtype=torch.float64) -> torch.Tensor:
@@ -154,7 +132,7 @@ class Detector:
         return apply_mtf(counts, self.mtf, self.normalize_mtf) * self.gain
 
 
-def make_mtf(config) -> "MTFParams | MeasuredMTF | None":
+def make_mtf(config) -> MTFParams | MeasuredMTF | None:
     """The detector MTF a config asks for: the formula's parameters, a measured curve read from its STAR file, or
     none."""
     from ..config import MTFFormula, MTFStar

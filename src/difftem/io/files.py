@@ -32,12 +32,11 @@ def write_mrc(path: str | Path, data: np.ndarray, pixel_size_a: float) -> Path:
     import mrcfile
 
     arr = np.ascontiguousarray(np.asarray(data, dtype=np.float32))
-    with atomic_path(path) as tmp:
-        with mrcfile.new(tmp, overwrite=True) as mrc:
-            mrc.set_data(arr)
-            mrc.voxel_size = pixel_size_a
-            if arr.ndim == 3:
-                mrc.set_image_stack()
+    with atomic_path(path) as tmp, mrcfile.new(tmp, overwrite=True) as mrc:
+        mrc.set_data(arr)
+        mrc.voxel_size = pixel_size_a
+        if arr.ndim == 3:
+            mrc.set_image_stack()
     return Path(path)
 
 
@@ -55,32 +54,8 @@ def write_json(path: str | Path, obj) -> Path:
 
 
 def write_npy(path: str | Path, data: np.ndarray) -> Path:
-    with atomic_path(path) as tmp:
-        with open(tmp, "wb") as fh:
-            np.save(fh, data)
-    return Path(path)
-
-
-def write_preview_png(path: str | Path, image: np.ndarray, title: str = "", pixel_size_a: float | None = None) -> Path:
-    """Grey-scale PNG clipped to the 0.5–99.5 percentiles, with a scale in Å when the pixel size is known."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    lo, hi = np.percentile(image, [0.5, 99.5])
-    h, w = image.shape
-    fig, ax = plt.subplots(figsize=(6, 6 * h / w), dpi=100)
-    extent = None if pixel_size_a is None else (0, w * pixel_size_a, h * pixel_size_a, 0)
-    ax.imshow(image, cmap="gray", vmin=lo, vmax=hi if hi > lo else lo + 1, extent=extent)
-    ax.set_title(title, fontsize=9)
-    if pixel_size_a is not None:
-        ax.set_xlabel("x (Å)")
-        ax.set_ylabel("y (Å)")
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png")
-    plt.close(fig)
+    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+        np.save(fh, data)
     return Path(path)
 
 
@@ -92,15 +67,6 @@ def _json_default(o):
     if isinstance(o, Path):
         return str(o)
     raise TypeError(f"not JSON serialisable: {type(o)}")
-
-
-def write_mtf_star(path: str | Path, frequency_per_px: np.ndarray, value: np.ndarray, name: str = "mtf") -> Path:
-    """RELION MTF STAR (``_rlnResolutionInversePixel``, ``_rlnMtfValue``)."""
-    lines = [f"data_{name}", "", "loop_", "_rlnResolutionInversePixel", "_rlnMtfValue"]
-    lines += [f"{f:.9f}\t{v:.9f}" for f, v in zip(frequency_per_px, value)]
-    with atomic_path(path) as tmp:
-        tmp.write_text("\n".join(lines) + "\n")
-    return Path(path)
 
 
 def write_text(path: str | Path, text: str) -> Path:

@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
 
 from ..core.errors import ConfigError
 from ..forward.detector import MTFParams, read_mtf_star
-from ..io.files import atomic_path, read_mrc, write_json, write_mtf_star
+from ..io.files import atomic_path, read_mrc, write_json
+from ..io.star import write_mtf_star
 from .mtf_fit import (
     MTFFit,
     curve_rms,
@@ -69,24 +70,7 @@ def run_fit_mtf(micrographs: list[Path], out: Path, *, curve: Path | None = None
         fits["curve"] = fit_curve(c.frequency_per_px, c.value)
         if ref is None:
             ref = c
-    crops_all = []
-    overlays = []
-    for path in micrographs:
-        if not Path(path).exists():
-            raise ConfigError(f"{path}: micrograph not found")
-        try:
-            img, px = read_mrc(path)
-        except Exception as exc:
-            raise ConfigError(f"{path}: cannot read as MRC ({exc})") from None
-        img = np.asarray(img, dtype=np.float64)
-        if img.ndim == 3 and img.shape[0] == 1:
-            img = img[0]
-        if img.ndim != 2:
-            raise ConfigError(f"{path}: expected a single 2-D micrograph, got shape {img.shape}")
-        corners = read_boxes(boxes) if boxes else select_background_crops(img, crop_px, n_crops)
-        crops_all.append(extract_crops(img, corners, crop_px))
-        overlays.append((Path(path).name, img, corners))
-        report.setdefault("crops", {})[str(path)] = {"pixel_size_a": px, "corners_yx": corners}
+    crops_all, overlays = _read_crops(micrographs, crop_px, n_crops, boxes, report)
     if crops_all:
         crops = torch.cat(crops_all)
         if method in ("nps", "both"):
@@ -106,16 +90,46 @@ def run_fit_mtf(micrographs: list[Path], out: Path, *, curve: Path | None = None
                 report["fits"][k]["rms_vs_reference_normalised"] = curve_rms(f.params, ref)
     primary = fits.get("nps") or fits.get("algorithm1") or fits["curve"]
     report["primary"] = primary.method
+    _write_outputs(out, report, primary, fits, ref, overlays, crop_px)
+    return report
+
+
+def _write_outputs(out: Path, report: dict, primary: MTFFit, fits: dict[str, MTFFit], ref, overlays,
+                   crop_px: int) -> None:
+    """mtf_fit.star (the primary fit, normalised), mtf_fit.png, crops.png (with micrographs) and mtf_fit.json."""
     omega = np.linspace(0, 0.5, 101)
     values = normalised_curve(primary.params, torch.as_tensor(omega)).numpy()
     out.mkdir(parents=True, exist_ok=True)
-    write_mtf_star(out / "mtf_fit.star", omega, values, name="mtf_fit")
+    write_mtf_star(out / "mtf_fit.star", omega, values, name="mtf_fit",
+                   comment=f"difftem fit-mtf ({primary.method}): frequency in cycles/pixel, MTF / MTF(0)")
     _plot(out / "mtf_fit.png", fits, ref)
     if overlays:
         _plot_crops(out / "crops.png", overlays, crop_px)
     report["outputs"] = ["mtf_fit.json", "mtf_fit.star", "mtf_fit.png"] + (["crops.png"] if overlays else [])
     write_json(out / "mtf_fit.json", report)
-    return report
+
+
+def _read_crops(micrographs: list[Path], crop_px: int, n_crops: int, boxes: Path | None, report: dict):
+    """Background crops of each micrograph (given boxes or chosen automatically) and (name, image, corners) for the
+    crops plot; the corners go into ``report``."""
+    crops_all, overlays = [], []
+    for path in micrographs:
+        if not Path(path).exists():
+            raise ConfigError(f"{path}: micrograph not found")
+        try:
+            img, px = read_mrc(path)
+        except Exception as exc:
+            raise ConfigError(f"{path}: cannot read as MRC ({exc})") from None
+        img = np.asarray(img, dtype=np.float64)
+        if img.ndim == 3 and img.shape[0] == 1:
+            img = img[0]
+        if img.ndim != 2:
+            raise ConfigError(f"{path}: expected a single 2-D micrograph, got shape {img.shape}")
+        corners = read_boxes(boxes) if boxes else select_background_crops(img, crop_px, n_crops)
+        crops_all.append(extract_crops(img, corners, crop_px))
+        overlays.append((Path(path).name, img, corners))
+        report.setdefault("crops", {})[str(path)] = {"pixel_size_a": px, "corners_yx": corners}
+    return crops_all, overlays
 
 
 def _plot(path: Path, fits: dict[str, MTFFit], ref) -> None:
@@ -129,7 +143,7 @@ def _plot(path: Path, fits: dict[str, MTFFit], ref) -> None:
     if ref is not None:
         r = ref(omega) / ref(torch.zeros((), dtype=torch.float64))
         a1.plot(omega, r, "k--", lw=2, label="reference")
-    for name, f in fits.items():
+    for f in fits.values():
         a1.plot(omega, normalised_curve(f.params, omega), label=f"{f.method}")
         if f.loss_history:
             a2.semilogy(np.abs(f.loss_history) + 1e-30, label=f.method)
@@ -156,7 +170,7 @@ def _plot_crops(path: Path, overlays, crop_px: int) -> None:
 
     n = len(overlays)
     fig, axes = plt.subplots(1, n, figsize=(5 * n, 5), squeeze=False)
-    for ax, (name, img, corners) in zip(axes[0], overlays):
+    for ax, (name, img, corners) in zip(axes[0], overlays, strict=True):
         lo, hi = np.percentile(img, [1, 99])
         ax.imshow(img, cmap="gray", vmin=lo, vmax=hi)
         for y, x in corners:
