@@ -24,7 +24,7 @@ from typing import NamedTuple
 
 import torch
 
-from ..core.fft import fft2, ifft2
+from ..core.fft import fft2, freq_grid_per_px, freq_index, ifft2
 
 __all__ = ["ShiftMeasurement", "UnalignedWarning", "align_to", "check_alignment", "correlation_peak", "measure_shift",
            "shift_image"]
@@ -35,12 +35,6 @@ MIN_AGREEMENT = 0.75
 
 class UnalignedWarning(UserWarning):
     """Repeated exposures that are measurably shifted against each other."""
-
-
-def _frequencies(shape: tuple[int, int], device, dtype=torch.float64) -> tuple[torch.Tensor, torch.Tensor]:
-    fy = torch.fft.fftfreq(shape[0], device=device, dtype=dtype)[:, None]
-    fx = torch.fft.fftfreq(shape[1], device=device, dtype=dtype)[None, :]
-    return fy, fx
 
 
 def _taper(shape: tuple[int, int], device, dtype, fraction: float = 0.1) -> torch.Tensor:
@@ -82,7 +76,7 @@ def _peak_shift(reference: torch.Tensor, moving: torch.Tensor, lowpass_cycles_pe
     win = _taper(shape, reference.device, dtype)
     a = (reference.to(dtype) - reference.to(dtype).mean()) * win
     b = (moving.to(dtype) - moving.to(dtype).mean()) * win
-    fy, fx = _frequencies(shape, reference.device)
+    fy, fx = freq_grid_per_px(shape, device=reference.device)  # cycles/px
     lowpass = torch.exp(-0.5 * (fy**2 + fx**2) / lowpass_cycles_per_px**2)
     # The taper is fixed in the frame, so the correlation is multiplied by the taper's own
     # autocorrelation (1 at zero shift, falling with |shift|), which pulls the peak towards zero:
@@ -91,8 +85,8 @@ def _peak_shift(reference: torch.Tensor, moving: torch.Tensor, lowpass_cycles_pe
     overlap = (overlap / overlap[0, 0]).clamp_min(0.05)
     cc = ifft2(fft2(a).conj() * fft2(b) * lowpass).real / overlap  # peaks at the shift of b relative to a
     h, w = shape
-    dy = torch.fft.fftfreq(h, d=1.0 / h, device=cc.device, dtype=dtype)[:, None]
-    dx = torch.fft.fftfreq(w, d=1.0 / w, device=cc.device, dtype=dtype)[None, :]
+    dy = freq_index(h, device=cc.device, dtype=dtype)[:, None]  # the periodic shift of each sample, px
+    dx = freq_index(w, device=cc.device, dtype=dtype)[None, :]
     limit = max_shift_px if max_shift_px is not None else min(h, w) / 4  # beyond, too little overlap is left
     cc = torch.where(dy**2 + dx**2 <= limit**2, cc, torch.full_like(cc, -math.inf))
     iy, ix = divmod(int(torch.argmax(cc)), w)
@@ -149,7 +143,7 @@ def measure_shift(reference: torch.Tensor, moving: torch.Tensor, lowpass_cycles_
 def shift_image(image: torch.Tensor, shift_px: tuple[float, float]) -> torch.Tensor:
     """Translate ``(..., H, W)`` images by (dy, dx) pixels: out(r) = image(r − shift), periodic."""
     shape = tuple(image.shape[-2:])
-    fy, fx = _frequencies(shape, image.device)
+    fy, fx = freq_grid_per_px(shape, device=image.device)  # cycles/px
     ramp = torch.exp(-2j * math.pi * (fy * shift_px[0] + fx * shift_px[1]))
     complex_dtype = torch.complex128 if image.dtype == torch.float64 else torch.complex64
     return ifft2(fft2(image.to(complex_dtype)) * ramp.to(complex_dtype)).real.to(image.dtype)

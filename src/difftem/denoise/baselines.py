@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..core.errors import ConfigError
-from ..core.fft import irfft2, rfft2
+from ..core.fft import freq_grid_per_px, irfft2, rfft2
 from .algorithm import as_observation_stack
 
 __all__ = ["BASELINES", "N2NUNet", "average", "gaussian_lowpass", "noise2noise", "topaz_pretrained"]
@@ -33,8 +33,7 @@ def _gaussian_filter(image: torch.Tensor, sigma_px: float) -> torch.Tensor:
     if sigma_px <= 0:
         return image
     shape = tuple(image.shape[-2:])
-    fy = torch.fft.fftfreq(shape[0], device=image.device, dtype=image.dtype)[:, None]
-    fx = torch.fft.rfftfreq(shape[1], device=image.device, dtype=image.dtype)[None, :]
+    fy, fx = freq_grid_per_px(shape, half=True, device=image.device, dtype=image.dtype)
     transfer = torch.exp(-2 * math.pi**2 * sigma_px**2 * (fy**2 + fx**2))
     return irfft2(rfft2(image) * transfer, shape)
 

@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 from ..core.errors import ConfigError
-from ..core.fft import rfft2
+from ..core.fft import radial_freq_per_px, rfft2
 from ..forward.detector import MeasuredMTF, MTFParams
 from .algorithm import deconvolve_counts
 
@@ -102,9 +102,7 @@ def estimate_gain_per_dqe(observations: torch.Tensor, mtf=None, normalize_mtf: b
     else:
         shape = tuple(counts.shape[-2:])
         spec = rfft2(counts[0] - counts[0].mean())
-        fy = torch.fft.fftfreq(shape[0], dtype=torch.float64)[:, None]
-        fx = torch.fft.rfftfreq(shape[1], dtype=torch.float64)[None, :]
-        w = torch.sqrt(fy**2 + fx**2)
+        w = radial_freq_per_px(shape, half=True, dtype=torch.float64)
         sel = (w >= band[0]) & (w <= band[1])
         variance = float((spec.abs()[sel] ** 2).mean()) / (shape[0] * shape[1])  # white noise: E|F|²/N = σ²
     ratio = variance / mean

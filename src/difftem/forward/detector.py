@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from ..core.errors import ConfigError
-from ..core.fft import irfft2, rfft2
+from ..core.fft import irfft2, radial_freq_per_px, rfft2
 from ..io.star import read_mtf_curve
 
 
@@ -59,9 +59,7 @@ def read_mtf_star(path: str | Path) -> MeasuredMTF:
 
 def radial_frequency_per_px(shape: tuple[int, int], device=None, dtype=torch.float64) -> torch.Tensor:
     """|ω| in cycles/pixel on the rfft half-spectrum layout of an (H, W) image."""
-    fy = torch.fft.fftfreq(shape[0], device=device, dtype=dtype)[:, None]
-    fx = torch.fft.rfftfreq(shape[1], device=device, dtype=dtype)[None, :]
-    return torch.sqrt(fy**2 + fx**2)
+    return radial_freq_per_px(shape, half=True, device=device, dtype=dtype)
 
 
 def mtf_transfer(mtf, shape: tuple[int, int], *, device=None, dtype=torch.float64,

@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from ..core.elements import atomic_mass_da
-from ..core.fft import irfft3, rfft3
+from ..core.fft import fft3, fftshift, freq_per_a, ifft3, irfft3, k2_per_a2, rfft3
 from ..specimen.structure import Atoms
 from .potential import PROTEIN_VOLUME_A3_PER_DA, IceModel
 from .scattering import ScatteringTable
@@ -62,17 +62,10 @@ class ParticleMap:
     def filtered(self, transfer) -> "ParticleMap":
         """A copy with an isotropic filter H(|k|) applied (k in 1/Å), e.g. radiation damage."""
         d = self.size
-        k2 = _k2_half((d, d, d), self.voxel_a, self.volume.device)
+        k2 = k2_per_a2((d, d, d), self.voxel_a, half=True, device=self.volume.device)
         spec = rfft3(self.volume.double()) * transfer(torch.sqrt(k2))
         vol = irfft3(spec, (d, d, d)).to(self.volume.dtype)
         return ParticleMap(vol, self.voxel_a, self.radius_a, self.band_limit_per_a)
-
-
-def _k2_half(shape, voxel_a, device):
-    kz = torch.fft.fftfreq(shape[0], d=voxel_a, device=device, dtype=torch.float64)
-    ky = torch.fft.fftfreq(shape[1], d=voxel_a, device=device, dtype=torch.float64)
-    kx = torch.fft.rfftfreq(shape[2], d=voxel_a, device=device, dtype=torch.float64)
-    return kz[:, None, None] ** 2 + ky[None, :, None] ** 2 + kx[None, None, :] ** 2
 
 
 def _radial(fn, k: torch.Tensor, k_max: float, n: int = 4096) -> torch.Tensor:
@@ -170,12 +163,12 @@ def build_particle_map(atoms: Atoms, table: ScatteringTable, *, pixel_size_a: fl
     sigma_s = SPREAD_SIGMA_VOXELS
     weight = torch.as_tensor(atoms.occupancy, dtype=torch.float64, device=device)
     z_all = np.asarray(atoms.atomic_number)
-    k2 = _k2_half((d, d, d), voxel_a, device)
+    k2 = k2_per_a2((d, d, d), voxel_a, half=True, device=device)
     k = torch.sqrt(k2)
     # divide out the spreading Gaussian and the mean trilinear-interpolation transfer; keep the band
     deapodise = torch.exp(2 * math.pi**2 * (sigma_s * voxel_a) ** 2 * k2)
-    kz = torch.fft.fftfreq(d, d=voxel_a, device=device, dtype=torch.float64)
-    kx = torch.fft.rfftfreq(d, d=voxel_a, device=device, dtype=torch.float64)
+    kz = freq_per_a(d, voxel_a, device=device)
+    kx = freq_per_a(d, voxel_a, half=True, device=device)
     # cubic B-spline coefficients: divide by the sampled spline's transfer (2 + cos 2πkv)/3 per axis
     interp = _bspline_dft(kz, voxel_a)[:, None, None] * _bspline_dft(kz, voxel_a)[None, :, None] \
         * _bspline_dft(kx, voxel_a)[None, None, :]
@@ -309,8 +302,8 @@ class FourierProjector:
 
         dev = self.coeffs.device
         p, n = self.pixel_size_a, self.size
-        ky, kx = torch.meshgrid(torch.fft.fftfreq(box_px, d=p, device=dev, dtype=torch.float64),
-                                torch.fft.rfftfreq(box_px, d=p, device=dev, dtype=torch.float64), indexing="ij")
+        ky, kx = torch.meshgrid(freq_per_a(box_px, p, device=dev), freq_per_a(box_px, p, half=True, device=dev),
+                                indexing="ij")
         k_scene = torch.stack([kx, ky, torch.zeros_like(kx)], -1)  # (box, box//2+1, 3) (x, y, z)
         k_type = torch.einsum("yxi,bij->byxj", k_scene, rotations.double())  # Rᵀk as row vectors: k @ R
         c = cubic_bspline_sample(self.coeffs, k_type * (n * p) + n // 2).double()  # (C, B, box, half)
@@ -343,8 +336,7 @@ def build_fourier_projector(atoms: Atoms, table: ScatteringTable, *, pixel_size_
     pos_vox = torch.as_tensor(atoms.positions_a[:, ::-1].copy(), dtype=torch.float64, device=device) / p
     b = torch.as_tensor(atoms.b_iso_a2, dtype=torch.float64, device=device)
     weight = torch.as_tensor(atoms.occupancy, dtype=torch.float64, device=device)
-    f = torch.fft.fftfreq(n, d=p, device=device, dtype=torch.float64)
-    k2 = f[:, None, None] ** 2 + f[None, :, None] ** 2 + f[None, None, :] ** 2
+    k2 = k2_per_a2((n, n, n), p, device=device)
     k = torch.sqrt(k2)
     band = _soft_band(k, passband_fraction * nyquist, nyquist)
     common = band * torch.exp(2 * math.pi**2 * (sigma_s * p) ** 2 * k2)
@@ -359,7 +351,7 @@ def build_fourier_projector(atoms: Atoms, table: ScatteringTable, *, pixel_size_
         sigma_vox = torch.sqrt(sigma_s**2 + (b[sel] - b_floor) / (8 * math.pi**2) / p**2)
         grid = torch.zeros(n * n * n, dtype=torch.float64, device=device)
         _spread(grid, pos_vox[sel], sigma_vox, weight[sel], n)  # origin at voxel 0, periodic
-        structure = torch.fft.fftn(grid.reshape(n, n, n)) * (common * torch.exp(-b_floor * k2 / 4))
+        structure = fft3(grid.reshape(n, n, n)) * (common * torch.exp(-b_floor * k2 / 4))
         ff_re, ff_im = _element_factors(table, int(z), float(masses[z]), k, nyquist, absorption_ratio,
                                         ice if displace else None)
         spectrum[0] += ff_re * structure
@@ -368,9 +360,9 @@ def build_fourier_projector(atoms: Atoms, table: ScatteringTable, *, pixel_size_
     # cubic B-spline prefilter along k = division by the sampled spline's transform in the dual (real) domain
     m = torch.arange(n, device=device, dtype=torch.float64)
     bhat = (2 + torch.cos(2 * math.pi * m / n)) / 3
-    dual = torch.fft.ifftn(spectrum, dim=(-3, -2, -1))
+    dual = ifft3(spectrum)
     dual = dual / (bhat[:, None, None] * bhat[None, :, None] * bhat[None, None, :])
-    spectrum = torch.fft.fftshift(torch.fft.fftn(dual, dim=(-3, -2, -1)), dim=(-3, -2, -1))
+    spectrum = fftshift(fft3(dual), dim=(-3, -2, -1))
     del dual
     if proportional:  # the absorption is a multiple of the potential: keep one complex channel
         coeffs = torch.stack([spectrum[0].real, spectrum[0].imag]).float()

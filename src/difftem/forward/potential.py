@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from ..core.elements import atomic_mass_da
-from ..core.fft import irfft2
+from ..core.fft import freq_per_a, irfft2
 from ..core.grid import Grid, centred_span
 from ..specimen.structure import Atoms
 from .scattering import ScatteringTable
@@ -243,8 +243,8 @@ class SlicedPotential(SlicedBase):
         x_a, y_a = self._grid_xy_a(self.positions_a[lo:hi])
         y0, x0, my, mx = self._box(x_a, y_a)
         p = self.grid.pixel_size_a
-        ky = torch.fft.fftfreq(my, d=p, device=self.device, dtype=torch.float64)
-        kx = torch.fft.rfftfreq(mx, d=p, device=self.device, dtype=torch.float64)
+        ky = freq_per_a(my, p, device=self.device)
+        kx = freq_per_a(mx, p, half=True, device=self.device)
         b, w = self.b_iso_a2[lo:hi], self.occupancy[lo:hi]
         keys = np.stack([self._z[lo:hi], self._in_ice[lo:hi]], 1)
         starts = np.flatnonzero(np.r_[True, np.any(keys[1:] != keys[:-1], axis=1)])

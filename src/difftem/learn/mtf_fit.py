@@ -50,7 +50,7 @@ import torch
 import torch.nn.functional as F
 
 from ..core.errors import ConfigError
-from ..core.fft import irfft2, rfft2
+from ..core.fft import freq_grid_per_px, freq_index, irfft2, rfft2
 from ..forward.detector import MTFParams, radial_frequency_per_px
 from ..forward.estimators import LearnableMTF
 from .losses import focal_frequency_loss, minmax_normalise
@@ -268,8 +268,8 @@ def noise_power_spectrum(crops: torch.Tensor, window="none", detrend: str = "mea
 def _fit_mask(shape: tuple[int, int], window: str, detrend: str, min_omega: float | None = None) -> torch.Tensor:
     """Bins of the rfft layout that detrending leaves untouched, from ``min_omega`` (default
     ``MIN_FIT_BINS`` bins) up to the corner."""
-    ky = torch.fft.fftfreq(shape[0], d=1 / shape[0]).abs()[:, None]
-    kx = torch.fft.rfftfreq(shape[1], d=1 / shape[1])[None, :]
+    ky = freq_index(shape[0]).abs()[:, None]  # bins
+    kx = freq_index(shape[1], half=True)[None, :]
     omega = radial_frequency_per_px(shape, dtype=torch.float64)
     keep = (omega <= 0.5 * math.sqrt(2)) & (omega >= (MIN_FIT_BINS / min(shape) if min_omega is None else min_omega))
     if detrend == "plane":  # a taper's main lobe (±2 bins) spreads the removed components
@@ -623,8 +623,7 @@ def select_background_crops(image: np.ndarray, crop_px: int, n_crops: int, *, ed
         raise ConfigError(f"micrograph {h}x{w} px holds no {crop_px} px crop away from the edges; "
                           "use a smaller --crop-size")
     t = torch.as_tensor(img)
-    fy = torch.fft.fftfreq(h, dtype=torch.float64)[:, None]
-    fx = torch.fft.rfftfreq(w, dtype=torch.float64)[None, :]
+    fy, fx = freq_grid_per_px((h, w), half=True, dtype=torch.float64)
     g = torch.exp(-2 * (math.pi * lowpass_px) ** 2 * (fy**2 + fx**2))
     low = irfft2(rfft2(t) * g, (h, w)).numpy()
     cand = []

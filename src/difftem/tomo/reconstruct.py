@@ -118,7 +118,7 @@ def ramp_response(n_pad: int, *, dtype=torch.float64, device=None) -> torch.Tens
     n = torch.where(n > n_pad // 2, n - n_pad, n)  # circular offsets
     kernel = torch.where(n.remainder(2) == 1, -1.0 / (math.pi * n.abs().clamp(min=1.0)) ** 2, torch.zeros_like(n))
     kernel = torch.where(n == 0, torch.full_like(n, 0.25), kernel)
-    return dfft.rfft2(kernel.reshape(1, -1))[0].real.to(dtype)
+    return dfft.rfft(kernel).real.to(dtype)
 
 
 def apodization_window(freq_per_px: torch.Tensor, kind: str = "none", cutoff: float | None = None,
@@ -157,7 +157,7 @@ def wbp_filter(n_pad: int, angles_deg: torch.Tensor, *, filter: str = "ramp", ap
                sirt_like_iterations: int = 10, relaxation: float = 1.0, dtype=torch.float32,
                device=None) -> torch.Tensor:
     """(T, n_pad//2+1) filter for each tilt: ramp × angular interval (rad) × window [× SIRT-like gain]."""
-    freq = torch.fft.rfftfreq(n_pad, dtype=torch.float64)
+    freq = dfft.freq_per_px(n_pad, half=True, dtype=torch.float64)
     filt = (ramp_response(n_pad)[None, :] * angular_weights_rad(angles_deg)[:, None]
             * apodization_window(freq, apodization, cutoff, falloff)[None, :])
     if filter == "sirt-like":
@@ -175,9 +175,9 @@ def filter_projections(projections: torch.Tensor, filt: torch.Tensor) -> torch.T
     lead = projections.shape[:-3]
     rows = projections.reshape(-1, n_h, n_w)  # (B·T, H, W): replicate padding along W only
     rows = F.pad(rows, (left, n_pad - n_w - left), mode="replicate")
-    spec = dfft.rfft2(rows.reshape(-1, n_t, n_h, 1, n_pad))  # 1-D transforms along x
-    spec = spec * filt.reshape(1, n_t, 1, 1, -1).to(spec.dtype)
-    out = dfft.irfft2(spec, (1, n_pad))[..., 0, left:left + n_w]
+    spec = dfft.rfft(rows.reshape(-1, n_t, n_h, n_pad))  # 1-D transforms along x
+    spec = spec * filt.reshape(1, n_t, 1, -1).to(spec.dtype)
+    out = dfft.irfft(spec, n_pad)[..., left:left + n_w]
     return out.reshape(*lead, n_t, n_h, n_w)
 
 

@@ -97,10 +97,7 @@ def fsc(vol_a, vol_b, voxel_size_a: float, *, mask=None) -> FSCResult:
     shape = a.shape
     with torch.no_grad():
         fa, fb = spectrum_3d(a.detach().to(torch.float64)), spectrum_3d(b.detach().to(torch.float64))
-        kz = torch.fft.fftfreq(shape[0], dtype=torch.float64, device=a.device)[:, None, None]
-        ky = torch.fft.fftfreq(shape[1], dtype=torch.float64, device=a.device)[None, :, None]
-        kx = torch.fft.rfftfreq(shape[2], dtype=torch.float64, device=a.device)[None, None, :]
-        radius_px = torch.sqrt(kz**2 + ky**2 + kx**2)  # cycles/voxel
+        radius_px = dfft.radial_freq_per_px(tuple(shape), half=True, device=a.device)  # cycles/voxel
         n_max = max(shape)
         shell = torch.round(radius_px * n_max).long()
         n_shells = n_max // 2 + 1
