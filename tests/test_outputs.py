@@ -180,3 +180,19 @@ def test_tlt_files_agree(series, dataset, tmp_path):
     assert simulated == "-30.00\n0.00\n30.00\n"
     write_tlt(tmp_path / "a.tlt", [-60.004, 1.5])
     assert (tmp_path / "a.tlt").read_text() == "-60.00\n1.50\n"
+
+
+def test_dataset_tilt_series_keeps_the_astigmatism(tmp_path):
+    """Per-tilt CTF ground truth of an astigmatic tilt series: mean defocus as configured, U − V = astigmatism,
+    the same as the tilt rows the simulator writes."""
+    pytest.importorskip("zarr", reason="the dataset stage needs the `dataset` extra")
+    from difftem.dataset import DatasetReader, build, spec_from_dict
+
+    spec = {"seed": 1, "n_items": 1, "base": _cfg(), "vary": {}, "outputs": ["micrograph"], "store": "mrc"}
+    build(spec_from_dict(spec), tmp_path / "store", workers=0)
+    ctf = DatasetReader(tmp_path / "store")[0]["ground_truth"]["ctf"]
+    assert [c["defocus_um"] for c in ctf] == pytest.approx([1.5] * 3)
+    assert [c["defocus_u_um"] - c["defocus_v_um"] for c in ctf] == pytest.approx([0.2] * 3)
+    tilts = read_star(tmp_path / "store" / "items" / "000000" / "tilts.star")["tilts"]
+    np.testing.assert_allclose(tilts["rlnDefocusU"] - tilts["rlnDefocusV"], 2000.0)
+    np.testing.assert_allclose(tilts["rlnDefocusAngle"], 30.0)

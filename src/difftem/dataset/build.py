@@ -116,7 +116,8 @@ def ground_truth(config: SimulationConfig, metadata: dict, tilt_rows: list[dict]
 
     ctf = metadata.get("ctf")
     if ctf is None and tilt_rows is not None:  # defocus per tilt at the ice mid-plane, sorted by angle
-        ctf = [entry(r["rlnTomoNominalStageTiltAngle"], r["rlnDefocusU"] * 1e-4, r["difftemDoseEPerA2"],
+        ctf = [entry(r["rlnTomoNominalStageTiltAngle"], (r["rlnDefocusU"] + r["rlnDefocusV"]) * 0.5e-4,
+                     r["difftemDoseEPerA2"],
                      pre_exposure_e_per_a2=r["rlnMicrographPreExposure"],
                      acquisition_order=r["difftemAcquisitionOrder"]) for r in tilt_rows]
     elif ctf is None:
