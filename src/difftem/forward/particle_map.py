@@ -34,7 +34,8 @@ SPREAD_SIGMA_VOXELS = 0.8  # σ_s of the spreading Gaussian: aliasing e^{-π²σ
 SPREAD_HALF_WIDTH = 3  # voxels each side (3.75 σ_s: truncation below 1e-3 of the peak)
 MAP_MARGIN_A = 24.0  # potential tails and the displaced-ice Gaussian beyond the outermost atom
 MAP_MARGIN_PX = 12  # ringing of the band limit's taper decays within this many pixels
-PASSBAND_FRACTION = 2 / 3  # flat band (fraction of Nyquist) = the multislice aperture; a cosine beyond keeps ringing short
+# flat band (fraction of Nyquist) = the multislice aperture; a cosine beyond keeps ringing short
+PASSBAND_FRACTION = 2 / 3
 INTERP_POWER = 1
 
 
@@ -59,7 +60,7 @@ class ParticleMap:
     def nbytes(self) -> int:
         return self.volume.numel() * self.volume.element_size()
 
-    def filtered(self, transfer) -> "ParticleMap":
+    def filtered(self, transfer) -> ParticleMap:
         """A copy with an isotropic filter H(|k|) applied (k in 1/Å), e.g. radiation damage."""
         d = self.size
         k2 = k2_per_a2((d, d, d), self.voxel_a, half=True, device=self.volume.device)
@@ -94,7 +95,8 @@ def _element_factors(table, z: int, mass_da: float, k: torch.Tensor, k_max: floa
     def imag(k2):
         ff = absorption_ratio * table.projected_form_factor(z, k2)
         if ice is not None:
-            ff = ff - ice.absorption_potential_v * mass_da * PROTEIN_VOLUME_A3_PER_DA * torch.exp(-ice.solvent_b_a2 * k2 / 4)
+            displaced_a3 = mass_da * PROTEIN_VOLUME_A3_PER_DA
+            ff = ff - ice.absorption_potential_v * displaced_a3 * torch.exp(-ice.solvent_b_a2 * k2 / 4)
         return ff
 
     return _radial(real, k, k_max), _radial(imag, k, k_max)
@@ -133,7 +135,8 @@ def _spread(grid_flat: torch.Tensor, pos_vox: torch.Tensor, sigma_vox: torch.Ten
         offs = torch.arange(-half, half + 1, device=pos_vox.device)
         p, s, w = pos_vox[lo:hi], sigma_vox[lo:hi], weight[lo:hi]
         idx = torch.round(p).long()[:, :, None] + offs  # (n, 3, W) voxel indices, (z, y, x)
-        g = torch.exp(-0.5 * ((idx - p[:, :, None]) / s[:, None, None]) ** 2) / (math.sqrt(2 * math.pi) * s[:, None, None])
+        sd = s[:, None, None]
+        g = torch.exp(-0.5 * ((idx - p[:, :, None]) / sd) ** 2) / (math.sqrt(2 * math.pi) * sd)
         gz, gy, gx = g[:, 0], g[:, 1], g[:, 2]
         vals = w[:, None, None, None] * gz[:, :, None, None] * gy[:, None, :, None] * gx[:, None, None, :]
         iz, iy, ix = torch.remainder(idx, d).unbind(1)  # periodic: far tails wrap instead of overflowing
@@ -310,7 +313,8 @@ class FourierProjector:
         spec = torch.complex(c[0::2], c[1::2]).transpose(0, 1)  # (B, C/2, box, half)
         if transfer is not None:
             spec = spec * transfer(torch.sqrt(kx**2 + ky**2))
-        phase = torch.exp(-2j * math.pi * (kx[None] * offsets_a[:, 0, None, None] + ky[None] * offsets_a[:, 1, None, None]))
+        shift = kx[None] * offsets_a[:, 0, None, None] + ky[None] * offsets_a[:, 1, None, None]
+        phase = torch.exp(-2j * math.pi * shift)
         out = irfft2((spec * phase[:, None]).to(torch.complex64), (box_px, box_px)) / (p * p)
         if out.shape[1] == 1:
             out = torch.cat([out, self.absorption_ratio * out], 1)

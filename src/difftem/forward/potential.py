@@ -19,8 +19,9 @@ pixel averages, erf form); it is a cross-check and an option, not the default.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Iterator, Literal
+from typing import Literal
 
 import numpy as np
 import torch
@@ -250,7 +251,7 @@ class SlicedPotential(SlicedBase):
         starts = np.flatnonzero(np.r_[True, np.any(keys[1:] != keys[:-1], axis=1)])
         ends = np.r_[starts[1:], hi - lo]
         groups = [(int(s), int(e), self._form_factors(int(keys[s, 0]), int(keys[s, 1]), (my, mx)))
-                  for s, e in zip(starts, ends)]
+                  for s, e in zip(starts, ends, strict=True)]
         args = (x_a - x0 * p, y_a - y0 * p, b, w, ky, kx, groups, self.cdtype)
         if torch.is_grad_enabled() and any(t.requires_grad for t in args[:4]):
             spectrum = _StructureFactors.apply(*args)
@@ -272,7 +273,7 @@ class SlicedPotential(SlicedBase):
                 if sel.size == 0:
                     continue
                 amps, widths = self.table.gaussian_terms(int(z))
-                terms = [(a, self.absorption_ratio * a, w) for a, w in zip(amps, widths)]
+                terms = [(a, self.absorption_ratio * a, w) for a, w in zip(amps, widths, strict=True)]
                 if ice_flag:
                     v = self._volume_a3[int(z)]
                     terms.append((-self.ice.mean_potential_v * v, -self.ice.absorption_potential_v * v,
@@ -399,7 +400,7 @@ def _pixel_integrated_gaussians(x_a, y_a, b_a2, weight, shape, pixel_size_a, n_s
     for chunk in torch.split(torch.arange(len(x_a), device=x_a.device), max(1, 2_000_000 // (len(offs) ** 2))):
         s = sigma[chunk][:, None] * math.sqrt(2.0)
 
-        def axis(c):
+        def axis(c, chunk=chunk, s=s):
             centre = torch.round(c.double()[chunk] / p)
             idx = centre[:, None] + offs  # pixel indices
             lo = (idx - 0.5) * p - c.double()[chunk][:, None]

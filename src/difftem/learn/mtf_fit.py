@@ -161,13 +161,13 @@ def fit_curve(frequency_per_px, values, *, inits=_INITS) -> MTFFit:
     best = None
     for init in [grid_init(f, v), *inits]:
         model = LearnableMTF.from_params(init)
-        hist = _lbfgs(model, lambda: torch.mean((model.curve(f) - v) ** 2))
+        hist = _lbfgs(model, lambda model=model: torch.mean((model.curve(f) - v) ** 2))
         if best is None or hist[-1] < best[1][-1]:
             best = (model.to_params(), hist)
     params, hist = best
     rms = float(torch.sqrt(torch.mean((params(f) - v) ** 2)))
-    return MTFFit(params, "curve", hist, time.perf_counter() - t0, {"rms_fit_error": rms,
-                                                                      "max_abs_fit_error": float((params(f) - v).abs().max())})
+    extra = {"rms_fit_error": rms, "max_abs_fit_error": float((params(f) - v).abs().max())}
+    return MTFFit(params, "curve", hist, time.perf_counter() - t0, extra)
 
 
 WINDOWS = ("none", "tukey", "hann")
@@ -564,8 +564,12 @@ def fit_nps(crops: torch.Tensor, *, counts_per_px: float | None = None, inits=_I
                    "window": used, "detrend": detrend, "loss": loss, **extra})
 
 
+#: Algorithm 1's starting MTF (the seed paper's initial values).
+ALGORITHM1_START = MTFParams(0.5, 0.3, 0.2, 5.0, 20.0)
+
+
 def fit_algorithm1(crops: torch.Tensor, background_counts: float, *, ffl_alpha: float | None = 1.0,
-                   steps: int = 300, lr: float = 0.1, init: MTFParams = MTFParams(0.5, 0.3, 0.2, 5.0, 20.0),
+                   steps: int = 300, lr: float = 0.1, init: MTFParams = ALGORITHM1_START,
                    generator: torch.Generator | None = None, progress=None) -> MTFFit:
     """The seed paper's Algorithm 1: match MTF(Poisson(Ĩ)) to the real crops after min-max normalisation.
 

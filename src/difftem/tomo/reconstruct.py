@@ -21,8 +21,8 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Callable, Optional, Sequence
 
 import numpy as np
 import torch
@@ -206,7 +206,7 @@ def weighted_backprojection(stack: torch.Tensor, angles_deg, thickness_px: int, 
 
 def sirt(stack: torch.Tensor, angles_deg, thickness_px: int, *, iterations: int = 20, relaxation: float = 1.0,
          tilt_axis_deg: float = 0.0, shape_yx: tuple[int, int] | None = None, nonnegative: bool = False,
-         progress: Optional[Callable[[int, int], None]] = None) -> tuple[torch.Tensor, list[float]]:
+         progress: Callable[[int, int], None] | None = None) -> tuple[torch.Tensor, list[float]]:
     """SIRT of (..., T, H, W) → ((..., Z, Y, X), relative residuals ‖b − A x‖/‖b‖ per iterate, N + 1 values).
 
     ``nonnegative`` clips every iterate at 0 (a projection onto x ≥ 0, as ASTRA's MinConstraint): for
@@ -263,7 +263,7 @@ def reconstruct(stack, angles_deg: Sequence[float] | torch.Tensor, *, method: st
                 sirt_like_iterations: int = 10, iterations: int = 20, relaxation: float = 1.0,
                 nonnegative: bool = False, device: str | torch.device | None = "auto", backend: str = "torch",
                 max_memory_gb: float | None = None,
-                progress: Optional[Callable[[int, int], None]] = None) -> Reconstruction:
+                progress: Callable[[int, int], None] | None = None) -> Reconstruction:
     """Reconstruct a tilt series (n_tilts, H, W) into a volume (Z, H/binning, W/binning).
 
     Parameters
@@ -281,29 +281,9 @@ def reconstruct(stack, angles_deg: Sequence[float] | torch.Tensor, *, method: st
     device : "auto", "cpu" or "cuda". backend : "torch" or "astra" (optional package, WBP/SIRT per slice).
     """
     t_start = time.perf_counter()
-    if method not in METHODS:
-        raise TomoError(f"method: unknown method {method!r}; choose from {list(METHODS)}")
-    if backend not in BACKENDS:
-        raise TomoError(f"backend: unknown backend {backend!r}; choose from {list(BACKENDS)}")
-    if filter not in FILTERS:
-        raise TomoError(f"filter: unknown filter {filter!r}; choose from {list(FILTERS)}")
-    if apodization not in APODIZATIONS:
-        raise TomoError(f"apodization: unknown window {apodization!r}; choose from {list(APODIZATIONS)}")
-    if cutoff is not None and not 0 < cutoff <= 1:
-        raise TomoError(f"cutoff: {cutoff} is not a fraction of Nyquist in (0, 1]")
-    if falloff <= 0:
-        raise TomoError(f"falloff: {falloff} must be > 0 (fraction of Nyquist)")
-    if not (pixel_size_a and pixel_size_a > 0 and math.isfinite(pixel_size_a)):
-        raise TomoError(f"pixel size: {pixel_size_a} Å is not a positive number; give the stack's pixel size "
-                        f"(--pixel-size, or set the MRC header's voxel size)")
-    if int(binning) != binning or binning < 1:
-        raise TomoError(f"binning: {binning} must be a positive integer")
-    if int(iterations) < 0 or int(sirt_like_iterations) < 1:
-        raise TomoError("iterations: SIRT iterations must be ≥ 0 and sirt_like_iterations ≥ 1")
-    if not 0 < relaxation < 2:
-        raise TomoError(f"relaxation: λ = {relaxation} must lie in (0, 2) for SIRT to converge")
-    if not math.isfinite(tilt_axis_deg):
-        raise TomoError("tilt axis angle: not a finite number")
+    _check_options(method=method, backend=backend, filter=filter, apodization=apodization, cutoff=cutoff,
+                   falloff=falloff, pixel_size_a=pixel_size_a, binning=binning, iterations=iterations,
+                   sirt_like_iterations=sirt_like_iterations, relaxation=relaxation, tilt_axis_deg=tilt_axis_deg)
     stack = check_stack(stack)
     angles = check_angles(angles_deg, stack.shape[0])
     binning = int(binning)
@@ -312,32 +292,19 @@ def reconstruct(stack, angles_deg: Sequence[float] | torch.Tensor, *, method: st
                         f"use a smaller factor")
     voxel_a = float(pixel_size_a) * binning
     out_yx = (stack.shape[-2] // binning, stack.shape[-1] // binning)
-    if thickness_px is not None and thickness_a is not None:
-        raise TomoError("thickness: give the thickness in voxels or in Å, not both")
-    if thickness_a is not None:
-        if not thickness_a > 0:
-            raise TomoError(f"thickness: {thickness_a} Å must be > 0")
-        thickness_px = max(1, int(round(thickness_a / voxel_a)))
-    if thickness_px is None:
-        thickness_px = max(1, min(out_yx) // 4)
-    if int(thickness_px) != thickness_px or thickness_px < 1:
-        raise TomoError(f"thickness: {thickness_px} voxels must be a positive integer")
-    thickness_px = int(thickness_px)
+    thickness_px = _thickness_px(thickness_px, thickness_a, voxel_a, out_yx)
     try:
         dev = resolve_device(device, field="device")
     except ConfigError as exc:
         raise TomoError(str(exc)) from None
-
-
     need = estimate_memory_bytes(stack.shape[0], out_yx, out_yx, thickness_px, tilt_axis_deg, method)
     limit = max_memory_gb * 1e9 if max_memory_gb else 0.8 * available_memory_bytes(dev)
     if need > limit:
         raise ResourceError(f"reconstruction needs about {need / 1e9:.1f} GB but {limit / 1e9:.1f} GB is available on "
-                            f"{dev}; raise --binning or lower --thickness")
+                            f"{dev}; raise the binning or lower the thickness")
 
-    data = stack.to(dev)
     t0 = time.perf_counter()
-    data = bin_stack(data, binning)
+    data = bin_stack(stack.to(dev), binning)
     timings = {"bin_s": time.perf_counter() - t0}
     t0 = time.perf_counter()
     residuals: list[float] = []
@@ -369,3 +336,47 @@ def reconstruct(stack, angles_deg: Sequence[float] | torch.Tensor, *, method: st
     else:
         info.update(iterations=int(iterations), relaxation=relaxation, nonnegative=nonnegative, residuals=residuals)
     return Reconstruction(volume, voxel_a, method, residuals, info)
+
+
+def _check_choice(name: str, value, choices, what: str) -> None:
+    if value not in choices:
+        raise TomoError(f"{name}: unknown {what} {value!r}; choose from {list(choices)}")
+
+
+def _check_options(*, method, backend, filter, apodization, cutoff, falloff, pixel_size_a, binning, iterations,
+                   sirt_like_iterations, relaxation, tilt_axis_deg) -> None:
+    """One-line errors, naming the argument, for every reconstruction option out of its range."""
+    _check_choice("method", method, METHODS, "method")
+    _check_choice("backend", backend, BACKENDS, "backend")
+    _check_choice("filter", filter, FILTERS, "filter")
+    _check_choice("apodization", apodization, APODIZATIONS, "window")
+    if cutoff is not None and not 0 < cutoff <= 1:
+        raise TomoError(f"cutoff: {cutoff} is not a fraction of Nyquist in (0, 1]")
+    if falloff <= 0:
+        raise TomoError(f"falloff: {falloff} must be > 0 (fraction of Nyquist)")
+    if not (pixel_size_a and pixel_size_a > 0 and math.isfinite(pixel_size_a)):
+        raise TomoError(f"pixel size: {pixel_size_a} Å is not a positive number; give the stack's pixel size "
+                        f"(or set the MRC header's voxel size)")
+    if int(binning) != binning or binning < 1:
+        raise TomoError(f"binning: {binning} must be a positive integer")
+    if int(iterations) < 0 or int(sirt_like_iterations) < 1:
+        raise TomoError("iterations: SIRT iterations must be ≥ 0 and sirt_like_iterations ≥ 1")
+    if not 0 < relaxation < 2:
+        raise TomoError(f"relaxation: λ = {relaxation} must lie in (0, 2) for SIRT to converge")
+    if not math.isfinite(tilt_axis_deg):
+        raise TomoError("tilt axis angle: not a finite number")
+
+
+def _thickness_px(thickness_px, thickness_a, voxel_a: float, out_yx: tuple[int, int]) -> int:
+    """The volume's thickness in voxels, from voxels or Å (default: a quarter of the smaller image side)."""
+    if thickness_px is not None and thickness_a is not None:
+        raise TomoError("thickness: give the thickness in voxels or in Å, not both")
+    if thickness_a is not None:
+        if not thickness_a > 0:
+            raise TomoError(f"thickness: {thickness_a} Å must be > 0")
+        thickness_px = max(1, int(round(thickness_a / voxel_a)))
+    if thickness_px is None:
+        thickness_px = max(1, min(out_yx) // 4)
+    if int(thickness_px) != thickness_px or thickness_px < 1:
+        raise TomoError(f"thickness: {thickness_px} voxels must be a positive integer")
+    return int(thickness_px)
