@@ -44,10 +44,11 @@ def to_contrast(stack: torch.Tensor) -> torch.Tensor:
 
 def lowpass(volume: torch.Tensor, voxel_a: float, resolution_a: float) -> torch.Tensor:
     """Gaussian low-pass (amplitude 1/2 at 1/resolution) of a (Z, Y, X) volume."""
-    k = [torch.fft.fftfreq(n, d=voxel_a, dtype=torch.float64) for n in volume.shape]
-    k2 = k[0][:, None, None] ** 2 + k[1][None, :, None] ** 2 + k[2][None, None, :] ** 2
+    from difftem.core.fft import fft3, ifft3, k2_per_a2
+
+    k2 = k2_per_a2(tuple(volume.shape), voxel_a)
     g = torch.exp(-k2 * resolution_a**2 * torch.log(torch.tensor(2.0)))
-    return torch.fft.ifftn(torch.fft.fftn(volume.double()) * g).real.float()
+    return ifft3(fft3(volume.double()) * g).real.float()
 
 
 def denoise_series(stack: torch.Tensor, mtf, steps: int) -> torch.Tensor:

@@ -170,6 +170,14 @@ class Simulation(_Model):
     tile_margin_px: int | None = Field(None, ge=0, description="tile overlap each side (px); null: automatic")
 
 
+EDGE_ON_RULE = "tilt angles must lie strictly between -90 and 90 degrees (at ±90° the specimen is edge-on)"
+
+
+def edge_on_angles(angles_deg) -> list[float]:
+    """The angles a tilt series cannot have: at or beyond ±90° the slab is edge-on (its path t/cos θ diverges)."""
+    return [a for a in angles_deg if not abs(a) < 90]
+
+
 class TiltSeries(_Model):
     """A tilt series: the specimen turned about an in-plane axis, one exposure per angle."""
 
@@ -196,9 +204,9 @@ class TiltSeries(_Model):
         if v is not None:
             if not v:
                 raise ValueError("give at least one angle")
-            bad = [a for a in v if abs(a) >= 90]
+            bad = edge_on_angles(v)
             if bad:
-                raise ValueError(f"tilt angles must lie strictly between -90 and 90 degrees; got {bad}")
+                raise ValueError(f"{EDGE_ON_RULE}; got {bad}")
         return v
 
     @model_validator(mode="after")
@@ -209,8 +217,8 @@ class TiltSeries(_Model):
             raise ValueError(f"angles_deg is only used with scheme list (scheme is {self.scheme})")
         if self.min_deg > self.max_deg:
             raise ValueError(f"min_deg {self.min_deg} > max_deg {self.max_deg}")
-        if max(abs(self.min_deg), abs(self.max_deg)) >= 90:
-            raise ValueError("tilt angles must lie strictly between -90 and 90 degrees")
+        if edge_on_angles([self.min_deg, self.max_deg]):
+            raise ValueError(EDGE_ON_RULE)
         if self.damage == "b_factor" and self.b_factor_a2_per_e_per_a2 is None:
             raise ValueError("damage b_factor needs b_factor_a2_per_e_per_a2")
         return self

@@ -11,15 +11,20 @@ from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
+from ..core.errors import ArgumentError
+
 console = Console(stderr=True)
 
 #: Seconds between progress lines when stderr is not a terminal (a log file or a batch system's output).
 LOG_INTERVAL_S = 30.0
 
 
-def fail(msg: str) -> None:
-    """Print ``msg`` as one red line and exit with code 2 (no traceback)."""
-    console.print(f"[bold red]error:[/] {escape(msg)}", soft_wrap=True, highlight=False)
+def fail(error: str | Exception) -> None:
+    """Print ``error`` as one red line and exit with code 2 (no traceback). A library
+    :class:`~difftem.core.errors.ArgumentError` is shown with its argument as the command's flag."""
+    if isinstance(error, ArgumentError):
+        error = f"--{error.argument.replace('_', '-')}{error.detail}"
+    console.print(f"[bold red]error:[/] {escape(str(error))}", soft_wrap=True, highlight=False)
     raise typer.Exit(code=2)
 
 

@@ -26,7 +26,7 @@ def register(app: typer.Typer) -> None:
             if out is not None:
                 write_text(out, text)
         except DifftemError as exc:
-            fail(str(exc))
+            fail(exc)
         for n in result.notes:
             note("note", n)
         if out is None:

@@ -72,7 +72,7 @@ def register(app: typer.Typer) -> None:
                           "rerun the same command to resume", soft_wrap=True, highlight=False)
             raise typer.Exit(code=130) from None
         except DifftemError as exc:
-            fail(str(exc))
+            fail(exc)
         finally:
             signal.signal(signal.SIGTERM, previous)
         n = len(report.done) + len(report.failed)

@@ -68,7 +68,7 @@ def register(app: typer.Typer) -> None:
                                      seed=seed,
                                      progress=lambda d, i, n: bar.update(task, description=d, completed=i, total=n))
         except DifftemError as exc:
-            fail(str(exc))
+            fail(exc)
         for warning in report.get("warnings", []):
             console.print(f"[yellow]warning:[/] {warning}", soft_wrap=True, highlight=False)
         s = report.get("settings") or report["tilts"][0]["settings"]

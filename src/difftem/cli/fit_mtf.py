@@ -39,7 +39,7 @@ def register(app: typer.Typer) -> None:
                                      ffl_alpha=None if alpha < 0 else alpha, steps=steps, reference=reference,
                                      seed=seed, progress=lambda d, i, n: update(i, n, d))
         except DifftemError as exc:
-            fail(str(exc))
+            fail(exc)
         for name, fit in report["fits"].items():
             p = fit["params"]
             extra = "".join(f", {k} {fit[k]:.4f}" for k in ("rms_fit_error", "rms_vs_reference_normalised") if k in fit)

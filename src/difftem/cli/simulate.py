@@ -68,7 +68,7 @@ def register(app: typer.Typer) -> None:
                 cfg.seed = seed
             run = run_and_write(cfg, out, _parse_save(save), "simulate")
         except DifftemError as exc:
-            fail(str(exc))
+            fail(exc)
         except ValueError as exc:  # pydantic assignment validation of --device/--seed
             fail(str(exc).splitlines()[0] if str(exc) else repr(exc))
         console.print(f"wrote {', '.join(run['outputs'])} to {out} in {run['timings']['total_s']:.1f} s")
@@ -88,7 +88,7 @@ def register(app: typer.Typer) -> None:
                 cfg.simulation.device = device
             run = run_and_write(cfg, out, {"potential"}, "demo")
         except DifftemError as exc:
-            fail(str(exc))
+            fail(exc)
         console.print(f"demo: {run['n_atoms']} atoms, {run['n_slices']} slices, {run['timings']['total_s']:.1f} s "
                       f"on {run['device']}")
         console.print(f"outputs in {out.resolve()}: {', '.join(run['outputs'])}")

@@ -89,7 +89,7 @@ def _register_reconstruct(app: typer.Typer) -> None:
                 record["scores"] = scores
                 outputs.append(plot[0])
         except DifftemError as exc:
-            fail(str(exc))
+            fail(exc)
         write_mrc(out, volume, result.voxel_size_a)
         if plot is not None:
             plot[1]()
@@ -156,7 +156,7 @@ def _register_render(app: typer.Typer) -> None:
                         bar.add_task("turntable", total=None)
                         frames = turntable_frames(vol, turntable, azimuth_deg=azimuth_deg, **kw)
         except DifftemError as exc:
-            fail(str(exc))
+            fail(exc)
         written = []
         if layout == "panel":
             title = f"{volume.name}: azimuth {azimuth_deg:g}°, elevation {elevation_deg:g}°, {mode}"
@@ -186,7 +186,7 @@ def _register_score(app: typer.Typer) -> None:
             scores, plot = _score_against(vol, ref, vx, rx, reference, out, f"{volume.name} vs {reference.name}",
                                           "reference")
         except DifftemError as exc:
-            fail(str(exc))
+            fail(exc)
         plot[1]()
         json_path = write_json(_sidecar(out, ".json"), {"volume": str(volume), "reference": str(reference), **scores})
         console.print(f"NCC {scores['ncc']:.4f}; FSC 0.143: {_res(scores['fsc']['resolution_0143_a'], vx)}, "

@@ -24,3 +24,14 @@ class FormatError(DifftemError):
         self.message, self.file, self.line = message, (str(file) if file else None), line
         where = f"{file}:{line}: " if file and line else f"{file}: " if file else ""
         super().__init__(where + message)
+
+
+class ArgumentError(ConfigError):
+    """A function argument is out of range: ``argument`` names it, ``detail`` says what is wrong and the fix.
+
+    The message reads ``"<argument><detail>"`` (e.g. ``method 'magic': choose one of …``); the command line shows
+    the same with the argument as its flag (``--method 'magic': …``)."""
+
+    def __init__(self, argument: str, detail: str):
+        self.argument, self.detail = argument, detail
+        super().__init__(f"{argument}{detail}")

@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from ..core.errors import ConfigError, DifftemError
-from ..io.files import _json_default, atomic_path, write_json
+from ..io.files import _json_default, atomic_path, read_mrc, write_json, write_mrc, write_npy
 from ..io.star import write_star
 from ..io.tlt import write_tlt
 
@@ -213,7 +213,6 @@ class Store:
 
             group = zarr.open_group(str(path), mode="r")
             return {n: np.asarray(group[n][...]) for n in names}, attrs
-        from ..io.files import read_mrc
 
         out = {}
         for n in names:
@@ -289,8 +288,6 @@ def array_file(name: str, arr: np.ndarray, fmt: str) -> str:
 
 
 def _write_mrc_item(tmp: Path, arrays: dict[str, np.ndarray], attrs: dict, pixel_size_a: float) -> None:
-    from ..io.files import write_mrc, write_npy
-
     tmp.mkdir(parents=True)
     for name, arr in arrays.items():
         file = array_file(name, arr, "mrc")

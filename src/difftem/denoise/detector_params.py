@@ -16,9 +16,10 @@ from pathlib import Path
 
 import torch
 
-from ..core.errors import ConfigError
+from ..config import load_config
+from ..core.errors import ArgumentError, ConfigError
 from ..core.fft import radial_freq_per_px, rfft2
-from ..forward.detector import MeasuredMTF, MTFParams
+from ..forward.detector import MeasuredMTF, MTFParams, make_mtf
 from .algorithm import deconvolve_counts
 
 __all__ = ["DetectorSettings", "estimate_gain_per_dqe", "settings_from_config", "settings_from_mtf_fit"]
@@ -49,9 +50,6 @@ class DetectorSettings:
 
 def settings_from_config(path: str | Path) -> DetectorSettings:
     """Detector and dose from a simulation config (YAML)."""
-    from ..config import load_config
-    from ..forward.detector import make_mtf
-
     cfg = load_config(path)
     det = cfg.detector
     return DetectorSettings(make_mtf(cfg), det.dqe, det.gain, det.normalize_mtf, cfg.beam.dose_e_per_a2,
@@ -62,7 +60,7 @@ def settings_from_mtf_fit(path: str | Path) -> DetectorSettings:
     """MTF shape from a ``difftem fit-mtf`` result (``mtf_fit.json``: its primary fit)."""
     path = Path(path)
     if not path.exists():
-        raise ConfigError(f"--mtf-fit {path}: file not found")
+        raise ArgumentError("mtf_fit", f" {path}: file not found")
     try:
         report = json.loads(path.read_text())
         fits = report["fits"]
@@ -71,11 +69,11 @@ def settings_from_mtf_fit(path: str | Path) -> DetectorSettings:
         p = fit["params"]
         params = MTFParams(float(p["a"]), float(p["b"]), float(p["c"]), float(p["alpha"]), float(p["beta"]))
     except (ValueError, KeyError, StopIteration, TypeError) as exc:
-        raise ConfigError(f"--mtf-fit {path}: not a fit-mtf result (mtf_fit.json with fits.<name>.params): "
+        raise ArgumentError("mtf_fit", f" {path}: not a fit-mtf result (mtf_fit.json with fits.<name>.params): "
                           f"{type(exc).__name__} {exc}") from None
     if not params(torch.zeros((), dtype=torch.float64)) > 0:
-        raise ConfigError(f"--mtf-fit {path}: the fitted MTF(0) = {float(params(torch.zeros(()))):.3g} ≤ 0 "
-                          "cannot be normalised; refit (e.g. --method nps)")
+        raise ArgumentError("mtf_fit", f" {path}: the fitted MTF(0) = {float(params(torch.zeros(()))):.3g} ≤ 0 "
+                          "cannot be normalised; refit (e.g. with the nps method)")
     return DetectorSettings(params, normalize_mtf=True, sources=[f"fit-mtf {path} ({primary})"])
 
 
@@ -95,7 +93,7 @@ def estimate_gain_per_dqe(observations: torch.Tensor, mtf=None, normalize_mtf: b
     mean = float(obs.mean())
     if not mean > 0:
         raise ConfigError("cannot estimate the gain: the images' mean is ≤ 0 (no dose, or a background was "
-                          "subtracted); pass --gain")
+                          "subtracted); give the gain")
     if obs.shape[0] >= 2:
         diff = counts[1:] - counts[:-1]
         variance = float(diff.var()) / 2
@@ -107,5 +105,5 @@ def estimate_gain_per_dqe(observations: torch.Tensor, mtf=None, normalize_mtf: b
         variance = float((spec.abs()[sel] ** 2).mean()) / (shape[0] * shape[1])  # white noise: E|F|²/N = σ²
     ratio = variance / mean
     if not (ratio > 0 and math.isfinite(ratio)):
-        raise ConfigError("cannot estimate the gain from the noise (no noise found); pass --gain")
+        raise ConfigError("cannot estimate the gain from the noise (no noise found); give the gain")
     return ratio

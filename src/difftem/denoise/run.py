@@ -12,11 +12,14 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
-from ..core.errors import ConfigError
+from ..core.errors import ArgumentError, ConfigError
 from ..io.files import atomic_path, read_mrc, write_json, write_mrc
+from ..learn.mtf_run import parse_reference
+from . import baselines as B
 from .algorithm import METHODS, PRIORS, DenoiseResult, as_observation_stack, denoise
 from .align import MIN_AGREEMENT, UnalignedWarning, check_alignment, correlation_peak, measure_shift, shift_image
 from .detector_params import DetectorSettings, estimate_gain_per_dqe, settings_from_config, settings_from_mtf_fit
+from .metrics import pairwise_table
 
 __all__ = ["load_images", "resolve_detector", "run_denoise", "write_before_after"]
 
@@ -54,8 +57,6 @@ def load_images(paths: Sequence[Path]) -> tuple[np.ndarray, float]:
 
 
 def _parse_mtf(text: str):
-    from ..learn.mtf_run import parse_reference  # STAR path or 'a,b,c,alpha,beta'
-
     return parse_reference(text)
 
 
@@ -70,25 +71,26 @@ def resolve_detector(*, config: Path | None = None, mtf_fit: Path | None = None,
         settings.sources += fit.sources
     if mtf:
         settings.mtf, settings.normalize_mtf = _parse_mtf(mtf), True
-        settings.sources.append(f"--mtf {mtf}")
+        settings.sources.append(f"mtf {mtf}")
     if no_mtf:
         settings.mtf = None
     if dqe is not None:
         if not 0 < dqe <= 1:
-            raise ConfigError(f"--dqe must be in (0, 1], got {dqe}")
+            raise ArgumentError("dqe", f" must be in (0, 1], got {dqe}")
         settings.dqe = dqe
     if gain is not None:
         if not gain > 0:
-            raise ConfigError(f"--gain must be > 0, got {gain}")
+            raise ArgumentError("gain", f" must be > 0, got {gain}")
         settings.gain = gain
     if dose_e_per_a2 is not None:
         settings.dose_e_per_a2 = dose_e_per_a2
     if settings.dose_e_per_a2 is not None and not settings.dose_e_per_a2 > 0:
         raise ConfigError(f"dose {settings.dose_e_per_a2} e/Å²: a zero dose records no electrons, there is "
-                          "nothing to denoise; give the exposure's dose (--dose or beam.dose_e_per_a2)")
+                          "nothing to denoise; give the exposure's dose (dose_e_per_a2, or the config's "
+                          "beam.dose_e_per_a2)")
     if settings.mtf is None and not no_mtf:
-        raise ConfigError("no detector MTF given: pass --config CONFIG.yaml, --mtf-fit mtf_fit.json, "
-                          "--mtf 'a,b,c,alpha,beta' (or a STAR file), or --no-mtf")
+        raise ArgumentError("mtf", ": no detector MTF given; give a config (detector.mtf), a fit-mtf result "
+                                   "(mtf_fit.json), the curve ('a,b,c,alpha,beta' or a STAR file), or no_mtf")
     return settings
 
 
@@ -109,23 +111,23 @@ def _neighbour_observations(stack: torch.Tensor, i: int, neighbours: int) -> tup
 
 def _check_choices(method: str, prior: str, mode: str, baselines: Sequence[str], neighbours: int) -> None:
     if method not in METHODS:
-        raise ConfigError(f"--method {method!r}: choose one of {', '.join(METHODS)}")
+        raise ArgumentError("method", f" {method!r}: choose one of {', '.join(METHODS)}")
     if prior not in PRIORS:
-        raise ConfigError(f"--prior {prior!r}: choose one of {', '.join(PRIORS)}")
+        raise ArgumentError("prior", f" {prior!r}: choose one of {', '.join(PRIORS)}")
     if mode not in MODES:
-        raise ConfigError(f"--mode {mode!r}: choose one of {', '.join(MODES)}")
+        raise ArgumentError("mode", f" {mode!r}: choose one of {', '.join(MODES)}")
     unknown = set(baselines) - set(BASELINE_CHOICES)
     if unknown:
-        raise ConfigError(f"--baselines: unknown {sorted(unknown)}; choose from {', '.join(BASELINE_CHOICES)}")
+        raise ArgumentError("baselines", f": unknown {sorted(unknown)}; choose from {', '.join(BASELINE_CHOICES)}")
     if neighbours < 1:
-        raise ConfigError(f"--neighbours must be ≥ 1, got {neighbours}")
+        raise ArgumentError("neighbours", f" must be ≥ 1, got {neighbours}")
 
 
 def _resolve_mode(mode: str, n_images: int) -> str:
     """"auto" and "repeats" of one image become "single"; a tilt series needs ≥ 2 tilts."""
     mode = ("repeats" if n_images > 1 else "single") if mode == "auto" else mode
     if mode == "tilt-series" and n_images < 2:
-        raise ConfigError("--mode tilt-series needs a stack of ≥ 2 tilts")
+        raise ArgumentError("mode", " tilt-series needs a stack of ≥ 2 tilts")
     if mode == "repeats" and n_images == 1:
         mode = "single"
     return mode
@@ -139,7 +141,7 @@ def _gain_and_dqe(detector: DetectorSettings, stack: torch.Tensor, mode: str, re
                                         detector.mtf, detector.normalize_mtf)
         gain, dqe = per_dqe, 1.0
         report["gain_estimated_from_noise"] = {"gain_per_dqe": per_dqe, "note": "variance/mean of the "
-                                               "deconvolved counts; pass --gain (and --dqe) if known"}
+                                               "deconvolved counts; give the gain (and DQE) if known"}
     return gain, dqe
 
 
@@ -243,8 +245,6 @@ def run_denoise(inputs: Sequence[Path], out: Path, *, mode: str = "auto", detect
     panels["denoised (ours)"] = ours_shown
     written.append(write_before_after(out / "before_after.png", panels, report.get("loss_history"), pixel_a))
     if pairwise and mode != "tilt-series":
-        from .metrics import pairwise_table
-
         report["pairwise"] = _json_safe(pairwise_table({**references, "ours": denoised}))
     report["seconds"] = time.perf_counter() - t0
     report["outputs"] = [p.name for p in written] + ["denoise.json"]
@@ -262,8 +262,6 @@ def _topaz_extra(obs: torch.Tensor, model: str) -> torch.Tensor:
 
 def _baselines(obs: torch.Tensor, names: Sequence[str], topaz_model: str, seed: int, progress: Progress | None,
                report: dict) -> dict[str, torch.Tensor]:
-    from . import baselines as B
-
     out: dict[str, torch.Tensor] = {}
     for name in names:
         t = time.perf_counter()

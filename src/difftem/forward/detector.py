@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..config import MTFFormula, MTFStar
 from ..core.errors import ConfigError
 from ..core.fft import irfft2, radial_freq_per_px, rfft2
 from ..io.star import read_mtf_curve
@@ -133,8 +134,6 @@ class Detector:
 def make_mtf(config) -> MTFParams | MeasuredMTF | None:
     """The detector MTF a config asks for: the formula's parameters, a measured curve read from its STAR file, or
     none."""
-    from ..config import MTFFormula, MTFStar
-
     mtf = config.detector.mtf
     if isinstance(mtf, MTFFormula):
         return MTFParams(mtf.a, mtf.b, mtf.c, mtf.alpha, mtf.beta)

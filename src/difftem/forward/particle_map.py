@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from ..core.elements import atomic_mass_da
-from ..core.fft import fft3, fftshift, freq_per_a, ifft3, irfft3, k2_per_a2, rfft3
+from ..core.fft import fft3, fftshift, freq_per_a, good_fft_size, ifft3, irfft2, irfft3, k2_per_a2, rfft3
 from ..specimen.structure import Atoms
 from .potential import PROTEIN_VOLUME_A3_PER_DA, IceModel
 from .scattering import ScatteringTable
@@ -112,8 +112,6 @@ def map_size_voxels(atoms: Atoms, voxel_a: float, pixel_size_a: float) -> tuple[
     r = float(np.sqrt((atoms.positions_a**2).sum(1)).max()) if len(atoms) else 0.0
     radius = r + max(MAP_MARGIN_A, MAP_MARGIN_PX * pixel_size_a)
     side = 2 * math.ceil(radius / voxel_a) + 2
-    from ..core.fft import good_fft_size
-
     return good_fft_size(side), radius
 
 
@@ -290,8 +288,6 @@ class FourierProjector:
         return self.coeffs.numel() * self.coeffs.element_size()
 
     def box_px(self) -> int:
-        from ..core.fft import good_fft_size
-
         return good_fft_size(2 * math.ceil(self.support_a / self.pixel_size_a) + 4)
 
     def project(self, rotations: torch.Tensor, offsets_a: torch.Tensor, box_px: int,
@@ -301,8 +297,6 @@ class FourierProjector:
         rotations (B, 3, 3) type → scene; offsets_a (B, 2) (x, y) of each copy centre from its box's
         pixel [0, 0], in Å. ``transfer``: optional isotropic H(|k|) (e.g. radiation damage).
         """
-        from ..core.fft import irfft2
-
         dev = self.coeffs.device
         p, n = self.pixel_size_a, self.size
         ky, kx = torch.meshgrid(freq_per_a(box_px, p, device=dev), freq_per_a(box_px, p, half=True, device=dev),
@@ -328,8 +322,6 @@ def build_fourier_projector(atoms: Atoms, table: ScatteringTable, *, pixel_size_
 
     Gridding as in :func:`build_particle_map` but with a wider spreading Gaussian (σ = 1 voxel:
     aliasing below 2e-3 up to the pass band at one voxel per pixel)."""
-    from ..core.fft import good_fft_size
-
     device = torch.device(device or "cpu")
     p = pixel_size_a
     nyquist = 0.5 / p

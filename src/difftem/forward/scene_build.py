@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from ..core.fft import good_fft_size
 from ..core.grid import Grid
 from ..specimen.scene import Placement, Scene
 from ..specimen.structure import Atoms
@@ -183,8 +184,6 @@ class Tile:
 
 def plan_tiles(grid: Grid, tile_px: int, margin_px: int) -> list[Tile]:
     """Cores of ``tile_px`` covering the field, each simulated on a window ``margin_px`` wider each side."""
-    from ..core.fft import good_fft_size
-
     tiles = []
     for cy in range(0, grid.ny, tile_px):
         for cx in range(0, grid.nx, tile_px):

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from ..config import EDGE_ON_RULE, edge_on_angles
 from ..core.errors import ConfigError
 
 
@@ -127,9 +128,9 @@ def plan_tilts(config) -> TiltPlan:
     angles = acquisition_angles(ts)
     if not angles:
         raise ConfigError("tilt_series: the scheme gives no angles; check min_deg, max_deg and step_deg")
-    bad = [a for a in angles if abs(a) >= 90]
+    bad = edge_on_angles(angles)
     if bad:
-        raise ConfigError(f"tilt_series: angles {bad} are at or beyond ±90°; the specimen would be edge-on")
+        raise ConfigError(f"tilt_series: angles {bad} from the scheme; {EDGE_ON_RULE}")
     doses = doses_per_tilt(ts, len(angles), config.beam.dose_e_per_a2)
     prior = list(np.concatenate([[0.0], np.cumsum(doses)[:-1]]))
     return TiltPlan(angles, doses, [float(p) for p in prior],

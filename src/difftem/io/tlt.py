@@ -8,6 +8,8 @@ from pathlib import Path
 import numpy as np
 
 from ..core.errors import FormatError
+from .files import read_mrc, write_text
+from .star import read_star
 
 
 def parse_tlt(text: str, source: str = ".tlt") -> np.ndarray:
@@ -57,16 +59,12 @@ def tlt_text(angles_deg) -> str:
 
 def write_tlt(path: str | Path, angles_deg) -> Path:
     """Write :func:`tlt_text` of ``angles_deg`` to ``path`` atomically."""
-    from .files import write_text
-
     return write_text(path, tlt_text(angles_deg))
 
 
 def _tilts_star_rows(path: Path):
     """The per-tilt table of a difftem/RELION tilts.star (the first loop with a stage tilt angle column)."""
     import pandas as pd
-
-    from .star import read_star
 
     for block in read_star(path).values():
         if isinstance(block, pd.DataFrame) and "rlnTomoNominalStageTiltAngle" in block.columns:
@@ -133,8 +131,6 @@ def read_volume_mrc(path: str | Path, what: str, pixel_size_a: float | None = No
                     required: bool = True) -> tuple[np.ndarray, float | None]:
     """(array, pixel size Å) of an MRC file; a voxel size of 0 in the header needs ``pixel_size_a``
     (or gives None when not ``required``; else :class:`MissingPixelSizeError`). ``what`` names the input in errors."""
-    from .files import read_mrc
-
     path = Path(path)
     if not path.exists():
         raise FormatError(f"{what}: file {path} not found")

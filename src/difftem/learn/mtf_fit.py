@@ -49,7 +49,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..core.errors import ConfigError
+from ..core.errors import ArgumentError, ConfigError
 from ..core.fft import freq_grid_per_px, freq_index, irfft2, rfft2
 from ..forward.detector import MTFParams, radial_frequency_per_px
 from ..forward.estimators import LearnableMTF
@@ -293,7 +293,7 @@ def _check_crops(crops: torch.Tensor) -> torch.Tensor:
         raise ConfigError(f"crops must be a (N, H, W) stack, got shape {tuple(crops.shape)}")
     if min(crops.shape[-2:]) < MIN_CROP_PX:
         raise ConfigError(f"crops are {tuple(crops.shape[-2:])} px; at least {MIN_CROP_PX}x{MIN_CROP_PX} px are "
-                          "needed to resolve the MTF (use a larger --crop-size)")
+                          "needed to resolve the MTF (use larger crops)")
     if not torch.isfinite(crops).all():
         raise ConfigError("crops contain NaN or infinite values; check the micrograph")
     return crops
@@ -618,14 +618,14 @@ def select_background_crops(image: np.ndarray, crop_px: int, n_crops: int, *, ed
     if not np.isfinite(img).all():
         raise ConfigError("micrograph contains NaN or infinite values")
     if crop_px < MIN_CROP_PX:
-        raise ConfigError(f"--crop-size {crop_px} px is too small; use at least {MIN_CROP_PX}")
+        raise ArgumentError("crop_size", f" {crop_px} px is too small; use at least {MIN_CROP_PX}")
     edge = crop_px // 4 if edge_px is None else edge_px
     h, w = img.shape
     ys = list(range(edge, h - edge - crop_px + 1, crop_px))
     xs = list(range(edge, w - edge - crop_px + 1, crop_px))
     if not ys or not xs:
         raise ConfigError(f"micrograph {h}x{w} px holds no {crop_px} px crop away from the edges; "
-                          "use a smaller --crop-size")
+                          "use smaller crops")
     t = torch.as_tensor(img)
     fy, fx = freq_grid_per_px((h, w), half=True, dtype=torch.float64)
     g = torch.exp(-2 * (math.pi * lowpass_px) ** 2 * (fy**2 + fx**2))

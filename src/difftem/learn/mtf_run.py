@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..core.errors import ConfigError
+from ..core.errors import ArgumentError, ConfigError
 from ..forward.detector import MTFParams, read_mtf_star
 from ..io.files import atomic_path, read_mrc, write_json
 from ..io.star import write_mtf_star
@@ -46,10 +46,10 @@ def read_boxes(path: Path) -> list[tuple[int, int]]:
             try:
                 y, x = (int(float(v)) for v in s.split()[:2])
             except ValueError:
-                raise ConfigError(f"--boxes {path}: cannot read line {line!r} (expected 'y x')") from None
+                raise ArgumentError("boxes", f" {path}: cannot read line {line!r} (expected 'y x')") from None
             out.append((y, x))
     if not out:
-        raise ConfigError(f"--boxes {path}: no boxes found")
+        raise ArgumentError("boxes", f" {path}: no boxes found")
     return out
 
 
@@ -59,9 +59,9 @@ def run_fit_mtf(micrographs: list[Path], out: Path, *, curve: Path | None = None
                 reference: str | None = None, seed: int = 0,
                 progress: Callable[[str, int, int], None] | None = None) -> dict:
     if not micrographs and curve is None:
-        raise ConfigError("give micrographs (MRC) and/or --curve STAR to fit")
+        raise ArgumentError("curve", ": give micrographs (MRC) and/or a measured curve (STAR) to fit")
     if method not in ("nps", "algorithm1", "both"):
-        raise ConfigError(f"--method {method!r}: choose nps, algorithm1 or both")
+        raise ArgumentError("method", f" {method!r}: choose nps, algorithm1 or both")
     ref = parse_reference(reference)
     fits: dict[str, MTFFit] = {}
     report: dict = {"inputs": {"micrographs": [str(m) for m in micrographs], "curve": str(curve) if curve else None}}
@@ -79,7 +79,8 @@ def run_fit_mtf(micrographs: list[Path], out: Path, *, curve: Path | None = None
             level = background_counts if background_counts is not None else float(crops.mean())
             if background_counts is None:
                 report["background_counts_note"] = ("background counts per pixel taken from the crops' mean "
-                                                    "(assumes the micrograph is in counts); pass --background-counts")
+                                                    "(assumes the micrograph is in counts); give "
+                                                    "background_counts if known")
             cb = (lambda i, n: progress("algorithm 1", i, n)) if progress else None
             fits["algorithm1"] = fit_algorithm1(crops, level, ffl_alpha=ffl_alpha, steps=steps,
                                                 generator=torch.Generator().manual_seed(seed), progress=cb)

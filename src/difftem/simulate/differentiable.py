@@ -33,6 +33,7 @@ import torch
 from ..config import MTFFormula, SimulationConfig
 from ..core.device import available_memory_bytes
 from ..core.errors import ConfigError, ResourceError
+from ..forward import estimators as est
 from ..forward.detector import Detector, MTFParams
 from ..forward.exit_wave import windowed_exit_wave
 from ..forward.image import expose
@@ -244,8 +245,6 @@ class DifferentiableSimulator:
         expectation whose gradients are unbiased. Noise parameters (MTF, DQE) are identified by the noise's
         statistics: see ``difftem fit-mtf``.
         """
-        from ..forward import estimators as est
-
         if estimator not in ESTIMATORS:
             raise ConfigError(f"estimator {estimator!r}: choose {', '.join(ESTIMATORS)}")
         data = torch.as_tensor(data, device=self.device)

@@ -15,7 +15,7 @@ from ..io.files import write_json, write_mrc, write_npy
 from ..io.preview import write_panels_png
 from ..io.star import STAR_CONVENTION, write_star
 from ..io.tlt import write_tlt
-from .pipeline import SimulationResult, TiltSeriesResult
+from .pipeline import SimulationResult, TiltSeriesResult, simulate, simulate_tilt_series
 
 #: Optional outputs of a single micrograph.
 SAVE_CHOICES = frozenset({"potential", "exit_wave"})
@@ -110,8 +110,6 @@ def _tilt_panels(result: TiltSeriesResult) -> list[tuple[np.ndarray, str]]:
 def run_and_write(config, out: str | Path, save: set[str] | frozenset = frozenset(), progress=None) -> dict:
     """Simulate ``config`` (a micrograph, or a tilt series when ``tilt_series`` is set) and write it into ``out``.
     ``progress(done, total)`` counts slices (micrograph) or tilts (series)."""
-    from .pipeline import simulate, simulate_tilt_series
-
     if config.tilt_series is not None:
         return write_tilt_series(simulate_tilt_series(config, progress=progress), out)
     return write_simulation(simulate(config, keep_potential="potential" in save, progress=progress), out, save)

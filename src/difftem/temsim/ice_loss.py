@@ -9,6 +9,8 @@ import math
 
 import numpy as np
 
+from ..forward.beam import interaction_constant, wavelength_a
+
 ICE_MOLECULES_PER_A3 = 0.0335  # TEM-simulator's vitreous ice: 33.5 molecules per nm³
 BOHR_RADIUS_A = 0.529177
 ELECTRON_REST_ENERGY_EV = 510998.95
@@ -22,8 +24,6 @@ def screened_cross_sections_a2(z: int, voltage_kv: float, max_angle_rad: float =
     dσ_in/dΩ = 4 Z γ² / (k⁴ a₀² (θ² + θ_E²)²) · (1 − 1/(1 + θ²/θ₀²)²),
     θ₀ = Z^{1/3} / (k a₀), θ_E = 13.5 eV · Z / (4 E), k = 2π/λ, γ = 1 + E/(m₀c²).
     """
-    from ..forward.beam import wavelength_a
-
     k = 2 * math.pi / wavelength_a(voltage_kv)
     gamma = 1 + voltage_kv * 1e3 / ELECTRON_REST_ENERGY_EV
     t02 = z ** (2 / 3) / (k * BOHR_RADIUS_A) ** 2
@@ -52,8 +52,6 @@ def temsim_ice_absorption_v(voltage_kv: float, aperture_semiangle_mrad: float | 
     (TEM-simulator returns the electrons scattered inside the aperture to the image, blurred; difftem's
     imaginary potential removes electrons, |t|² = exp(−2σ_int V t).) Without an aperture every scattered
     electron is lost and this is TEM-simulator's own ice absorption potential."""
-    from ..forward.beam import interaction_constant
-
     alpha = math.inf if aperture_semiangle_mrad is None else aperture_semiangle_mrad * 1e-3
     loss = 0.0
     for z, count in ((8, 1), (1, 2)):

@@ -20,7 +20,9 @@ from typing import NamedTuple
 
 import numpy as np
 
+from ..config import SimulationConfig
 from ..core.rotations import euler_zyz_from_matrix, random_rotations, rotation_zxz_deg
+from ..forward.beam import wavelength_a
 from .ice_loss import carbon_loss_fraction, temsim_ice_absorption_v
 from .parser import (
     OUTPUT_KEYS,
@@ -722,8 +724,6 @@ def _single_image_field(f: str | None) -> str | None:
 
 
 def _wavelength_a(voltage_kv: float) -> float:
-    from ..forward.beam import wavelength_a
-
     return wavelength_a(voltage_kv)
 
 
@@ -762,7 +762,6 @@ def translate(sections: list[Section], source: str | Path = "input.inp", notes: 
     ``source``'s folder (then the working directory, as TEM-simulator does)."""
     from pydantic import ValidationError
 
-    from ..config import SimulationConfig
 
     source = Path(source)
     notes = list(notes or [])

@@ -23,7 +23,7 @@ def _astra():
         import astra
     except ImportError:
         raise TomoError("backend astra: the astra-toolbox package is not installed (pip install astra-toolbox); "
-                        "use --backend torch") from None
+                        "use the torch backend") from None
     return astra
 
 

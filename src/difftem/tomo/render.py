@@ -24,6 +24,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..io.files import atomic_path
 from .errors import TomoError
 
 MODES = ("ea", "mip")
@@ -169,7 +170,6 @@ def orthoslices(volume: torch.Tensor) -> dict[str, np.ndarray]:
 def _png_bytes_rgb(image: np.ndarray, path: Path) -> Path:
     from PIL import Image
 
-    from ..io.files import atomic_path
 
     arr = (np.clip(image, 0, 1) * 255 + 0.5).astype(np.uint8)
     with atomic_path(path) as tmp:
@@ -190,7 +190,6 @@ def write_panel_png(path: str | Path, volume: torch.Tensor, image: torch.Tensor,
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from ..io.files import atomic_path
 
     dpi = 100
     fig = plt.figure(figsize=(figure_px[1] / dpi, figure_px[0] / dpi), dpi=dpi)
@@ -247,7 +246,6 @@ def turntable_frames(volume, n_frames: int, **kwargs) -> list[torch.Tensor]:
 def write_gif(path: str | Path, frames: list[torch.Tensor], duration_ms: int = 80) -> Path:
     from PIL import Image
 
-    from ..io.files import atomic_path
 
     images = [Image.fromarray((np.clip(f.detach().cpu().numpy(), 0, 1) * 255 + 0.5).astype(np.uint8), mode="RGB")
               for f in frames]

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from ..core import fft as dfft
+from ..io.files import atomic_path
 from .errors import TomoError
 
 
@@ -129,7 +130,6 @@ def plot_fsc(path: str | Path, curves: dict[str, FSCResult], title: str = "") ->
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from ..io.files import atomic_path
 
     fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=100)
     for label, res in curves.items():
