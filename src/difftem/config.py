@@ -2,59 +2,153 @@
 
 Unknown fields are errors (``extra="forbid"``) so a typo never silently falls back to a default.
 Relative paths inside a config file are resolved against the file's folder.
+
+Every number is finite (``allow_inf_nan=False``) and inside physical bounds chosen so that no real experiment is
+refused but absurd values (a 1e-300 Å slice, 10⁶ tilts, a copy 10²⁰ Å away) fail here, up front, with one line
+naming the field, instead of hanging or exhausting memory later. Each bound is stated in its field's description.
 """
 
 from __future__ import annotations
 
+import math
+import re
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
+import numpy as np
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    Tag,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from .core.errors import ConfigError
 
+# bounds shared by several fields (generous: no real experiment comes near them)
+MAX_POSITION_A = 1e6  # |x|, |y|, |z| of any copy, helix point or axis: 100 µm
+FIELD_REACH = 10.0  # an explicit copy may lie at most this many field widths from the field centre
+MAX_DEFOCUS_UM = 100.0
+MAX_DOSE_E_PER_A2 = 1e5
+MAX_COPIES = 1_000_000  # copies of all particle entries together (explicit positions and random)
+MAX_RANDOM_COPIES = 100_000  # randomly placed copies (placed one after another)
+MAX_PARTICLE_ENTRIES = 1000
+MAX_HELIX_SUBUNITS = 100_000
+MAX_SLICES = 100_000  # multislice slices through the thickest path (ice at the highest tilt, or the copies)
+MAX_TILTS = 1000
+MAX_ANGLE_DEG = 1e5  # particle Euler angles (any real angle; the bound only keeps them finite and precise)
+MAX_PATH_CHARS = 4096
+MAX_YAML_BYTES = 10 * 1024 * 1024
+MAX_YAML_DEPTH = 100
+MAX_YAML_NODES = 10_000_000  # after YAML aliases are expanded (a "billion laughs" file is refused)
+
+
+class FieldProblem(ValueError):
+    """A validator's complaint about a named field (relative to the model it checks): errors show that field."""
+
+    def __init__(self, field: str, detail: str):
+        self.field = field
+        super().__init__(detail)
+
+
+def _path_text(v: str | None, what: str = "path") -> str | None:
+    if v is None:
+        return v
+    if "\x00" in v:
+        raise ValueError(f"the {what} contains a NUL byte")
+    if len(v) > MAX_PATH_CHARS:
+        raise ValueError(f"the {what} is {len(v)} characters long (at most {MAX_PATH_CHARS})")
+    return v
+
 
 class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
+
+
+Position = Annotated[float, Field(ge=-MAX_POSITION_A, le=MAX_POSITION_A)]
+Angle = Annotated[float, Field(ge=-MAX_ANGLE_DEG, le=MAX_ANGLE_DEG)]
+Defocus = Annotated[float, Field(ge=-MAX_DEFOCUS_UM, le=MAX_DEFOCUS_UM)]
+Dose = Annotated[float, Field(ge=0, le=MAX_DOSE_E_PER_A2)]
 
 
 class Beam(_Model):
-    voltage_kv: float = Field(300.0, gt=0, le=3000, description="accelerating voltage (kV)")
-    dose_e_per_a2: float = Field(40.0, ge=0, description="electron dose per image (e/Å²)")
+    voltage_kv: float = Field(300.0, ge=1, le=3000, description="accelerating voltage (kV), 1…3000")
+    dose_e_per_a2: float = Field(40.0, ge=0, le=MAX_DOSE_E_PER_A2,
+                                 description="electron dose per image (e/Å²), 0…1e5")
 
 
 class OpticsConfig(_Model):
-    defocus_um: float = Field(1.5, description="defocus (µm), positive = underfocus, at the ice mid-plane")
-    astigmatism_um: float = Field(0.0, description="defocus difference u − v (µm)")
-    astigmatism_angle_deg: float = Field(0.0, description="direction of the larger defocus u (deg from x)")
-    cs_mm: float = Field(2.7, ge=0, description="spherical aberration (mm)")
-    cc_mm: float = Field(2.7, ge=0, description="chromatic aberration (mm)")
-    energy_spread_ev: float = Field(0.8, ge=0, description="energy spread of the source (eV)")
-    illumination_semiangle_mrad: float = Field(0.02, ge=0, description="beam convergence semi-angle (mrad)")
-    aperture_mrad: float | None = Field(None, gt=0, description="objective aperture semi-angle (mrad); null: none")
-    phase_shift_deg: float = Field(0.0, description="phase-plate shift of the scattered beams (deg)")
+    defocus_um: float = Field(1.5, ge=-MAX_DEFOCUS_UM, le=MAX_DEFOCUS_UM,
+                              description="defocus (µm), positive = underfocus, at the ice mid-plane; |·| ≤ 100")
+    astigmatism_um: float = Field(0.0, ge=-MAX_DEFOCUS_UM, le=MAX_DEFOCUS_UM,
+                                  description="defocus difference u − v (µm); |·| ≤ 100")
+    astigmatism_angle_deg: float = Field(0.0, ge=-360, le=360,
+                                         description="direction of the larger defocus u (deg from x), −360…360")
+    cs_mm: float = Field(2.7, ge=0, le=100, description="spherical aberration (mm), 0…100")
+    cc_mm: float = Field(2.7, ge=0, le=100, description="chromatic aberration (mm), 0…100")
+    energy_spread_ev: float = Field(0.8, ge=0, le=100, description="energy spread of the source (eV), 0…100")
+    illumination_semiangle_mrad: float = Field(0.02, ge=0, le=100,
+                                               description="beam convergence semi-angle (mrad), 0…100")
+    aperture_mrad: float | None = Field(None, gt=0, le=1000,
+                                        description="objective aperture semi-angle (mrad), ≤ 1000; null: none")
+    phase_shift_deg: float = Field(0.0, ge=-360, le=360,
+                                   description="phase-plate shift of the scattered beams (deg), −360…360")
 
 
 class MTFFormula(_Model):
-    a: float
-    b: float
-    c: float
-    alpha: float = Field(gt=0)
-    beta: float = Field(gt=0)
+    """MTF(ω) = a/(1 + α ω²) + b/(1 + β ω²) + c (ω in cycles/px); MTF(0) = a + b + c must be positive."""
+
+    a: float = Field(ge=-1e6, le=1e6, description="|a| ≤ 1e6")
+    b: float = Field(ge=-1e6, le=1e6, description="|b| ≤ 1e6")
+    c: float = Field(ge=-1e6, le=1e6, description="|c| ≤ 1e6")
+    alpha: float = Field(gt=0, le=1e9, description="0 < alpha ≤ 1e9")
+    beta: float = Field(gt=0, le=1e9, description="0 < beta ≤ 1e9")
+
+    @model_validator(mode="after")
+    def _positive_at_zero(self):
+        dc = self.a + self.b + self.c
+        if not dc > 0:
+            raise FieldProblem("c", f"MTF(0) = a + b + c = {dc:g} must be positive (a detector passes the mean "
+                                    "count); check a, b and c")
+        if abs(self.a) + abs(self.b) + abs(self.c) > 1e3 * dc:
+            raise FieldProblem("c", f"MTF(0) = a + b + c = {dc:g} is tiny against |a| + |b| + |c|; normalised to "
+                                    "MTF(0) = 1 the curve would exceed 1000: check a, b and c")
+        return self
 
 
 class MTFStar(_Model):
-    star: Path
+    star: Path = Field(description="RELION MTF STAR file (path ≤ 4096 characters)")
+
+    @field_validator("star", mode="before")
+    @classmethod
+    def _path(cls, v):
+        return _path_text(v) if isinstance(v, str) else v
+
+
+def _mtf_kind(v) -> str:
+    """Which MTF a value describes: a STAR file when it names one, otherwise the formula (errors then list its
+    parameters instead of both alternatives')."""
+    if isinstance(v, MTFStar) or (isinstance(v, dict) and "star" in v):
+        return "MTFStar"
+    return "MTFFormula"
+
+
+MTF = Annotated[Annotated[MTFFormula, Tag("MTFFormula")] | Annotated[MTFStar, Tag("MTFStar")],
+                Discriminator(_mtf_kind)]
 
 
 class Detector(_Model):
     shape_px: tuple[int, int] = Field((256, 256), description="(height, width) in pixels")
-    pixel_size_a: float = Field(1.0, gt=0, description="pixel size at the specimen (Å)")
+    pixel_size_a: float = Field(1.0, ge=0.01, le=100, description="pixel size at the specimen (Å), 0.01…100")
     noise: Literal["poisson", "none"] = "poisson"
     dqe: float = Field(1.0, gt=0, le=1, description="detective quantum efficiency at zero frequency")
-    gain: float = Field(1.0, gt=0, description="output units per electron")
-    mtf: MTFFormula | MTFStar | None = None
+    gain: float = Field(1.0, gt=0, le=1e6, description="output units per electron, ≤ 1e6")
+    mtf: MTF | None = None
     normalize_mtf: bool = Field(True, description="divide the MTF by MTF(0) so mean counts are preserved")
 
     @field_validator("shape_px")
@@ -64,16 +158,25 @@ class Detector(_Model):
             raise ValueError("each side must be between 16 and 65536 pixels")
         return v
 
+    @property
+    def field_a(self) -> tuple[float, float]:
+        """(width, height) of the field at the specimen (Å)."""
+        return self.shape_px[1] * self.pixel_size_a, self.shape_px[0] * self.pixel_size_a
+
 
 class Helix(_Model):
     """Helical symmetry generated from the structure's atoms (the asymmetric unit, in the file's frame)."""
 
-    rise_a: float = Field(description="translation along the axis per subunit (Å)")
-    twist_deg: float = Field(description="rotation about the axis per subunit (deg)")
-    n_subunits: int | None = Field(None, ge=1, description="number of subunits; or give length_a")
-    length_a: float | None = Field(None, gt=0, description="rod length (Å): n_subunits = round(length / rise)")
-    axis: tuple[float, float, float] = Field((0.0, 0.0, 1.0), description="helix axis direction, file frame")
-    axis_point_a: tuple[float, float, float] = Field((0.0, 0.0, 0.0), description="a point on the axis (Å)")
+    rise_a: float = Field(ge=-1e4, le=1e4, description="translation along the axis per subunit (Å), |·| ≤ 1e4")
+    twist_deg: float = Field(ge=-360, le=360, description="rotation about the axis per subunit (deg), −360…360")
+    n_subunits: int | None = Field(None, ge=1, le=MAX_HELIX_SUBUNITS,
+                                   description="number of subunits, 1…1e5; or give length_a")
+    length_a: float | None = Field(None, gt=0, le=MAX_POSITION_A,
+                                   description="rod length (Å), ≤ 1e6: n_subunits = round(length / rise)")
+    axis: tuple[Position, Position, Position] = Field((0.0, 0.0, 1.0),
+                                                      description="helix axis direction, file frame (non-zero)")
+    axis_point_a: tuple[Position, Position, Position] = Field(
+        (0.0, 0.0, 0.0), description="a point on the axis (Å), |x|, |y|, |z| ≤ 1e6")
 
     @model_validator(mode="after")
     def _count(self):
@@ -81,6 +184,16 @@ class Helix(_Model):
             raise ValueError("give exactly one of n_subunits or length_a")
         if self.rise_a == 0 and self.length_a is not None:
             raise ValueError("length_a needs a non-zero rise_a")
+        if not any(self.axis):
+            raise FieldProblem("axis", "must be a non-zero vector")
+        n = self.count()
+        if n > MAX_HELIX_SUBUNITS:
+            raise FieldProblem("length_a", f"{self.length_a:g} Å at a rise of {abs(self.rise_a):g} Å makes {n} "
+                                           f"subunits (at most {MAX_HELIX_SUBUNITS}); shorten the rod")
+        if n * abs(self.rise_a) > MAX_POSITION_A:
+            raise FieldProblem("n_subunits" if self.n_subunits is not None else "length_a",
+                               f"{n} subunits × {abs(self.rise_a):g} Å make a rod {n * abs(self.rise_a):g} Å "
+                               f"long (at most {MAX_POSITION_A:g} Å)")
         return self
 
     def count(self) -> int:
@@ -90,10 +203,11 @@ class Helix(_Model):
 class RandomPlacement(_Model):
     """Copies at random, non-overlapping positions inside the field and the ice slab."""
 
-    count: int | None = Field(None, ge=0, description="number of copies")
-    density_per_um3: float | None = Field(None, ge=0, description="copies per µm³ of ice in the field")
+    count: int | None = Field(None, ge=0, le=MAX_RANDOM_COPIES, description="number of copies, ≤ 1e5")
+    density_per_um3: float | None = Field(
+        None, ge=0, le=1e9, description="copies per µm³ of ice in the field, ≤ 1e9 (at most 1e5 copies in all)")
     orientation: Literal["uniform", "fixed"] = Field("uniform", description="uniform on SO(3), or as euler_zyz_deg")
-    min_gap_a: float = Field(5.0, ge=0, description="minimum distance between bounding shapes (Å)")
+    min_gap_a: float = Field(5.0, ge=0, le=1e5, description="minimum distance between bounding shapes (Å), ≤ 1e5")
     bounding: Literal["auto", "sphere", "capsule"] = Field("auto", description="shape tested for overlaps")
 
     @model_validator(mode="after")
@@ -104,17 +218,22 @@ class RandomPlacement(_Model):
 
 
 class Particle(_Model):
-    name: str | None = Field(None, description="particle type name in the ground truth; default: file stem")
-    structure: str = Field(description="PDB/mmCIF path (.gz allowed) or builtin:1ubi")
-    assembly: str | None = Field(None, description="biological assembly name, e.g. '1'; null: deposited atoms")
+    name: str | None = Field(None, max_length=256,
+                             description="particle type name in the ground truth (≤ 256 characters); default: "
+                                         "the file stem")
+    structure: str = Field(description="PDB/mmCIF path (.gz allowed; ≤ 4096 characters) or builtin:1ubi")
+    assembly: str | None = Field(None, max_length=256,
+                                 description="biological assembly name, e.g. '1'; null: deposited atoms")
     helix: Helix | None = Field(None, description="build a helical rod from the structure's subunit")
     transforms_file: str | None = Field(
         None, description="copies of the structure making one particle: a TEM-simulator pdb_transf_file_in file")
-    positions_a: list[tuple[float, float, float]] | None = Field(
-        None, description="centres (x, y, z) in Å, scene frame; default one copy at the origin unless random")
-    euler_zyz_deg: list[tuple[float, float, float]] = Field(
-        default_factory=lambda: [(0.0, 0.0, 0.0)],
-        description="(φ, θ, ψ) per copy: r' = Rz(φ)·Ry(θ)·Rz(ψ)·r; one triple applies to every copy")
+    positions_a: list[tuple[Position, Position, Position]] | None = Field(
+        None, max_length=MAX_COPIES,
+        description="centres (x, y, z) in Å, scene frame, |·| ≤ 1e6 and x, y within 10 field widths of the centre; "
+                    "at most 1e6 copies; default one copy at the origin unless random")
+    euler_zyz_deg: list[tuple[Angle, Angle, Angle]] = Field(
+        default_factory=lambda: [(0.0, 0.0, 0.0)], min_length=1, max_length=MAX_COPIES,
+        description="(φ, θ, ψ) per copy: r' = Rz(φ)·Ry(θ)·Rz(ψ)·r; one triple applies to every copy; |·| ≤ 1e5°")
     random: RandomPlacement | None = Field(None, description="random non-overlapping copies (instead of positions_a)")
     representation: Literal["auto", "atoms", "map"] = Field(
         "auto", description="atoms: exact per slice; map: cached 3-D map placed per copy; auto: map for many copies")
@@ -123,7 +242,19 @@ class Particle(_Model):
     remove_hydrogens: bool = False
     remove_hetero: bool = False
     centre: Literal["mass", "bbox", "none"] = "mass"
-    extra_b_a2: float = Field(0.0, ge=0, description="added to every atom's B-factor (Å²)")
+    extra_b_a2: float = Field(0.0, ge=0, le=1e4, description="added to every atom's B-factor (Å²), 0…1e4")
+
+    @field_validator("structure", "transforms_file")
+    @classmethod
+    def _paths(cls, v):
+        return _path_text(v)
+
+    @field_validator("name", "assembly")
+    @classmethod
+    def _printable(cls, v):
+        if v is not None and not v.isprintable():
+            raise ValueError("must not contain control characters (newlines, tabs, NUL)")
+        return v
 
     @model_validator(mode="after")
     def _lengths(self):
@@ -141,16 +272,21 @@ class Particle(_Model):
 
 
 class Sample(_Model):
-    ice_thickness_nm: float = Field(30.0, ge=0, description="vitreous ice slab thickness (nm); 0: vacuum")
-    ice_mean_potential_v: float = Field(4.8775, ge=0)
-    ice_absorption_potential_v: float | None = Field(None, ge=0, description="null: tabulated value for the voltage")
-    absorption_ratio: float | None = Field(None, ge=0,
-                                           description="atoms' imaginary/real potential; null: same as ice")
-    particles: list[Particle] = Field(default_factory=list)
+    ice_thickness_nm: float = Field(30.0, ge=0, le=1e4,
+                                    description="vitreous ice slab thickness (nm), 0…1e4 (10 µm); 0: vacuum")
+    ice_mean_potential_v: float = Field(4.8775, ge=0, le=100, description="0…100 V")
+    ice_absorption_potential_v: float | None = Field(
+        None, ge=0, le=100, description="0…100 V; null: tabulated value for the voltage")
+    absorption_ratio: float | None = Field(None, ge=0, le=100,
+                                           description="atoms' imaginary/real potential, 0…100; null: same as ice")
+    particles: list[Particle] = Field(default_factory=list, max_length=MAX_PARTICLE_ENTRIES,
+                                      description="particle entries, at most 1000")
 
 
 class Simulation(_Model):
-    slice_thickness_a: float = Field(2.0, gt=0, description="multislice slice thickness (Å)")
+    slice_thickness_a: float = Field(
+        2.0, ge=0.1, le=1e5, description="multislice slice thickness (Å), 0.1…1e5; at most 1e5 slices through the "
+                                         "thickest path (ice at the highest tilt, or the spread of the copies)")
     parametrization: Literal["kirkland", "peng", "peng_s2", "peng_s6"] = "kirkland"
     builder: Literal["fourier", "real_space"] = "fourier"
     device: Literal["auto", "cpu", "cuda"] = "auto"
@@ -162,12 +298,15 @@ class Simulation(_Model):
                                         "(tiles agree with the whole field to 1e-4 at 0.15)")
     bandlimit: Literal["box", "field"] = Field(
         "box", description="band-limit each slice's transmission in the box around its atoms, or over the field")
-    max_memory_gb: float | None = Field(None, gt=0, description="refuse runs estimated above this; null: available RAM")
+    max_memory_gb: float | None = Field(None, gt=0, le=1e6,
+                                        description="refuse runs estimated above this (≤ 1e6); null: available RAM")
     map_placement: Literal["auto", "projection", "slab"] = Field(
         "auto", description="map copies: whole projection in the slice of their centre (thin vs the Fresnel "
                             "spread), sampled slab by slab, or auto")
-    tile_px: int | None = Field(None, ge=64, description="run multislice in tiles of this size (px); null: whole field")
-    tile_margin_px: int | None = Field(None, ge=0, description="tile overlap each side (px); null: automatic")
+    tile_px: int | None = Field(None, ge=64, le=65536,
+                                description="run multislice in tiles of this size (px), 64…65536; null: whole field")
+    tile_margin_px: int | None = Field(None, ge=0, le=65536,
+                                       description="tile overlap each side (px), ≤ 65536; null: automatic")
 
 
 EDGE_ON_RULE = "tilt angles must lie strictly between -90 and 90 degrees (at ±90° the specimen is edge-on)"
@@ -182,21 +321,26 @@ class TiltSeries(_Model):
     """A tilt series: the specimen turned about an in-plane axis, one exposure per angle."""
 
     scheme: Literal["list", "uniform", "bidirectional", "dose_symmetric"] = "dose_symmetric"
-    angles_deg: list[float] | None = Field(None, description="scheme list: angles in acquisition order")
+    angles_deg: list[float] | None = Field(None, max_length=MAX_TILTS,
+                                           description="scheme list: angles in acquisition order (at most 1000)")
     min_deg: float = Field(-60.0, ge=-90, le=90)
     max_deg: float = Field(60.0, ge=-90, le=90)
-    step_deg: float = Field(3.0, gt=0)
+    step_deg: float = Field(3.0, ge=0.01, le=180, description="0.01…180°; the scheme may give at most 1000 tilts")
     start_deg: float = Field(0.0, ge=-90, le=90, description="bidirectional: first angle; the branch to max goes first")
-    group_size: int = Field(2, ge=1, description="dose_symmetric: tilts per side before switching (Hagen scheme)")
-    tilt_axis_deg: float = Field(0.0, description="tilt axis: the image y axis turned by this angle about +z")
+    group_size: int = Field(2, ge=1, le=MAX_TILTS,
+                            description="dose_symmetric: tilts per side before switching (Hagen scheme), ≤ 1000")
+    tilt_axis_deg: float = Field(0.0, ge=-360, le=360,
+                                 description="tilt axis: the image y axis turned by this angle about +z, −360…360")
     total_dose_e_per_a2: float | None = Field(
-        None, ge=0, description="split equally over tilts; null: beam dose per tilt")
-    dose_per_tilt_e_per_a2: list[float] | None = Field(None, description="per tilt in acquisition order (overrides)")
-    defocus_um: list[float] | None = Field(None, description="per tilt in acquisition order; null: optics.defocus_um")
+        None, ge=0, le=MAX_DOSE_E_PER_A2, description="split equally over tilts, 0…1e5; null: beam dose per tilt")
+    dose_per_tilt_e_per_a2: list[Dose] | None = Field(
+        None, max_length=MAX_TILTS, description="per tilt in acquisition order (overrides), each 0…1e5")
+    defocus_um: list[Defocus] | None = Field(
+        None, max_length=MAX_TILTS, description="per tilt in acquisition order, |·| ≤ 100; null: optics.defocus_um")
     damage: Literal["none", "exposure_filter", "b_factor"] = Field(
         "exposure_filter", description="cumulative radiation damage: Grant–Grigorieff critical exposure, or a B-factor")
     b_factor_a2_per_e_per_a2: float | None = Field(
-        None, ge=0, description="damage b_factor: B added per e/Å² of prior dose")
+        None, ge=0, le=1e4, description="damage b_factor: B added per e/Å² of prior dose, 0…1e4")
 
     @field_validator("angles_deg")
     @classmethod
@@ -221,11 +365,23 @@ class TiltSeries(_Model):
             raise ValueError(EDGE_ON_RULE)
         if self.damage == "b_factor" and self.b_factor_a2_per_e_per_a2 is None:
             raise ValueError("damage b_factor needs b_factor_a2_per_e_per_a2")
+        if self.scheme != "list":
+            lo = min(self.min_deg, self.start_deg) if self.scheme == "bidirectional" else self.min_deg
+            n = math.floor((self.max_deg - lo) / self.step_deg) + 2  # an upper bound for every scheme
+            if n > MAX_TILTS:
+                raise FieldProblem("step_deg", f"{self.step_deg:g}° from {lo:g}° to {self.max_deg:g}° gives about "
+                                               f"{n} tilts (at most {MAX_TILTS}); use a larger step")
         return self
+
+    def max_abs_angle_deg(self) -> float:
+        """The highest |tilt| the series may reach (an upper bound for the schemes that step)."""
+        if self.scheme == "list":
+            return max(abs(a) for a in self.angles_deg)
+        return max(abs(self.min_deg), abs(self.max_deg))
 
 
 class SimulationConfig(_Model):
-    seed: int = Field(0, ge=0)
+    seed: int = Field(0, ge=0, lt=2**63, description="random seed, 0 ≤ seed < 2^63")
     beam: Beam = Field(default_factory=Beam)
     optics: OpticsConfig = Field(default_factory=OpticsConfig)
     detector: Detector = Field(default_factory=Detector)
@@ -233,15 +389,89 @@ class SimulationConfig(_Model):
     simulation: Simulation = Field(default_factory=Simulation)
     tilt_series: TiltSeries | None = Field(None, description="simulate a tilt series instead of one micrograph")
 
+    @model_validator(mode="after")
+    def _sizes(self):
+        """Bounds that involve several sections: copies near the field, copy counts, the number of slices."""
+        width_a, height_a = self.detector.field_a
+        ice_a = self.sample.ice_thickness_nm * 10.0
+        explicit = random = 0
+        z_lo = z_hi = 0.0
+        reach = 0.0  # the farthest copy from the tilt axis's plane, in (x, y)
+        for i, p in enumerate(self.sample.particles):
+            where = f"sample.particles.{i}"
+            if p.positions_a:
+                explicit += len(p.positions_a)
+                pos = np.asarray(p.positions_a, dtype=np.float64)
+                far = (np.abs(pos[:, 0]) > FIELD_REACH * width_a) | (np.abs(pos[:, 1]) > FIELD_REACH * height_a)
+                if far.any():
+                    j = int(np.flatnonzero(far)[0])
+                    x, y, z = pos[j]
+                    raise FieldProblem(
+                        f"{where}.positions_a.{j}",
+                        f"({x:g}, {y:g}, {z:g}) Å lies more than {FIELD_REACH:g} field widths from the centre "
+                        f"of the {width_a:g} × {height_a:g} Å field; move it into the field or enlarge "
+                        "detector.shape_px / detector.pixel_size_a")
+                z_lo, z_hi = min(z_lo, float(pos[:, 2].min())), max(z_hi, float(pos[:, 2].max()))
+                reach = max(reach, float(np.hypot(pos[:, 0], pos[:, 1]).max()))
+            elif p.positions_a is not None:
+                pass  # an empty list: no copies
+            elif p.random is None:
+                explicit += 1
+            elif p.random.count is not None:
+                random += p.random.count
+            else:  # at least this many: the ice volume (a copy thicker than the ice adds more)
+                n = p.random.density_per_um3 * width_a * height_a * ice_a * 1e-12
+                if n > MAX_RANDOM_COPIES:
+                    raise FieldProblem(f"{where}.random.density_per_um3",
+                                       f"{p.random.density_per_um3:g} per µm³ in the {width_a:g} × {height_a:g} × "
+                                       f"{ice_a:g} Å ice makes {n:.3g} copies (at most {MAX_RANDOM_COPIES}); "
+                                       "lower the density")
+                random += round(n)
+        if random > MAX_RANDOM_COPIES:
+            raise FieldProblem("sample.particles", f"{random} randomly placed copies in all (at most "
+                                                   f"{MAX_RANDOM_COPIES}); lower random.count")
+        if explicit + random > MAX_COPIES:
+            raise FieldProblem("sample.particles", f"{explicit + random} copies in all (at most {MAX_COPIES}); "
+                                                   "give fewer positions_a or a lower random.count")
+        # slices: the ice along the steepest tilted path, or the spread of the copies' centres
+        tilt = self.tilt_series.max_abs_angle_deg() if self.tilt_series is not None else 0.0
+        cos_t = math.cos(math.radians(tilt))
+        sin_t = math.sin(math.radians(tilt))
+        spread_a = (z_hi - z_lo) + 2 * reach * sin_t
+        thickness_a = max(ice_a / cos_t, spread_a)
+        n_slices = thickness_a / self.simulation.slice_thickness_a
+        if n_slices > MAX_SLICES:
+            what = (f"{ice_a:g} Å of ice" + (f" at {tilt:g}° tilt ({ice_a / cos_t:.4g} Å path)" if tilt else "")
+                    if ice_a / cos_t >= spread_a else f"copies spread over {spread_a:.4g} Å in z")
+            raise FieldProblem("simulation.slice_thickness_a",
+                               f"{self.simulation.slice_thickness_a:g} Å slices through {what} make {n_slices:.3g} "
+                               f"slices (at most {MAX_SLICES}); use thicker slices, thinner ice, lower tilts or "
+                               "copies closer to the ice")
+        return self
 
-def format_validation_error(exc: ValidationError, source: str) -> str:
+
+_PYDANTIC_LOC = re.compile(r"^(MTFFormula|MTFStar)$|^(function-(after|before|wrap|plain)|tagged-union|union|nullable"
+                           r"|json-or-python|lax-or-strict|chain)\[")
+
+
+def format_validation_error(exc: ValidationError, source: str, max_errors: int = 10) -> str:
+    """One line: ``source: field: problem; field: problem …`` (at most ``max_errors`` shown)."""
     parts = []
-    for err in exc.errors():
-        loc = ".".join(str(p) for p in err["loc"]) or "(top level)"
+    errors = exc.errors()
+    for err in errors[:max_errors]:
+        # drop pydantic's names of union members and validator functions: the path is the config's
+        loc = [str(p) for p in err["loc"] if not (isinstance(p, str) and _PYDANTIC_LOC.match(p))]
         msg = err["msg"]
+        problem = (err.get("ctx") or {}).get("error")
+        if isinstance(problem, ValueError):  # a validator's own words, without pydantic's "Value error, "
+            msg = str(problem)
+        if isinstance(problem, FieldProblem):  # ... naming the field it checked
+            loc.append(problem.field)
         if err["type"] == "extra_forbidden":
             msg = "unknown field (check spelling; see `difftem simulate --help` or the README for valid names)"
-        parts.append(f"{loc}: {msg}")
+        parts.append(f"{'.'.join(loc) or '(top level)'}: {' '.join(str(msg).split())}")
+    if len(errors) > max_errors:
+        parts.append(f"and {len(errors) - max_errors} more")
     return f"{source}: " + "; ".join(parts)
 
 
@@ -265,23 +495,80 @@ def _resolve_paths(cfg: SimulationConfig, base: Path) -> None:
         cfg.detector.mtf.star = (base / cfg.detector.mtf.star).resolve()
 
 
+def shown_path(path) -> str:
+    """A path as errors show it: printable, and shortened when absurdly long."""
+    text = repr(str(path))[1:-1] if not str(path).isprintable() else str(path)
+    return text if len(text) <= 200 else f"{text[:120]}…{text[-40:]} ({len(text)} characters)"
+
+
+def _check_tree(data, where: str) -> None:
+    """Refuse nesting deeper than MAX_YAML_DEPTH and (alias-expanded) trees of more than MAX_YAML_NODES nodes."""
+    stack, nodes = [(data, 1)], 0
+    while stack:
+        node, depth = stack.pop()
+        nodes += 1
+        if nodes > MAX_YAML_NODES:
+            raise ConfigError(f"{where}: more than {MAX_YAML_NODES} values once YAML aliases are expanded; "
+                              "write the values out or use fewer aliases")
+        if isinstance(node, dict | list):
+            if depth > MAX_YAML_DEPTH:
+                raise ConfigError(f"{where}: nested more than {MAX_YAML_DEPTH} levels deep")
+            children = node.values() if isinstance(node, dict) else node
+            stack.extend((child, depth + 1) for child in children)
+
+
+def _read_text(path: str | Path, what: str) -> str:
+    """The UTF-8 text of a small file; every failure a one-line ConfigError naming the file."""
+    if "\x00" in str(path):
+        raise ConfigError(f"{shown_path(path)}: the {what} path contains a NUL byte")
+    if len(str(path)) > MAX_PATH_CHARS:
+        raise ConfigError(f"{shown_path(path)}: the {what} path is longer than {MAX_PATH_CHARS} characters")
+    path = Path(path)
+    try:
+        if not path.exists():
+            raise ConfigError(f"{shown_path(path)}: {what} not found")
+        if path.is_dir():
+            raise ConfigError(f"{shown_path(path)}: {what} is a folder; name a YAML file")
+        with path.open("rb") as fh:
+            raw = fh.read(MAX_YAML_BYTES + 1)
+    except OSError as exc:
+        raise ConfigError(f"{shown_path(path)}: cannot read the {what} ({exc.strerror or exc})") from None
+    if len(raw) > MAX_YAML_BYTES:
+        raise ConfigError(f"{shown_path(path)}: {what} is larger than {MAX_YAML_BYTES // 2**20} MB; is this the right "
+                          "file?")
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw[:exc.start].count(b"\n") + 1
+        raise ConfigError(f"{shown_path(path)}: {what} is not UTF-8 text (byte {exc.start}, line {line}); "
+                          "save it as UTF-8") from None
+
+
 def read_yaml_mapping(path: str | Path, what: str = "config file",
                       top_level: str = "a mapping of sections (seed, beam, optics, ...)") -> dict:
-    """A YAML file whose top level is a mapping; errors name the file and, for syntax errors, the line."""
+    """A YAML file whose top level is a mapping; errors name the file and, for syntax errors, the line.
+
+    Refused with a one-line ConfigError: a path with a NUL byte or over 4096 characters, a missing or unreadable
+    file, one over 10 MB, bytes that are not UTF-8, nesting deeper than 100 levels, aliases expanding past 10⁷
+    values, and a top level that is not a mapping.
+    """
+    text = _read_text(path, what)
     path = Path(path)
-    if not path.exists():
-        raise ConfigError(f"{path}: {what} not found")
     try:
-        data = yaml.safe_load(path.read_text())
+        data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        raise ConfigError(f"{path}: malformed YAML{where}: {problem}") from None
+        raise ConfigError(f"{shown_path(path)}: malformed YAML{where}: {' '.join(str(problem).split())}") from None
+    except RecursionError:
+        raise ConfigError(f"{shown_path(path)}: {what} is nested too deeply (at most {MAX_YAML_DEPTH} "
+                          "levels)") from None
     if data is None:
         data = {}
     if not isinstance(data, dict):
-        raise ConfigError(f"{path}: top level must be {top_level}")
+        raise ConfigError(f"{shown_path(path)}: top level must be {top_level}")
+    _check_tree(data, shown_path(path))
     return data
 
 

@@ -111,17 +111,32 @@ def k2_per_a2(shape: tuple[int, ...], pixel_size_a: float, *, half: bool = False
     return _sum_of_squares(freq_grid_per_a(shape, pixel_size_a, half=half, device=device, dtype=dtype))
 
 
+GOOD_FFT_SIZE_MAX = 2**31
+"""The largest size :func:`good_fft_size` is asked for: beyond it no transform could be allocated."""
+
+
 def good_fft_size(n: int) -> int:
-    """Smallest integer ≥ n whose prime factors are 2, 3 and 5 (fast FFT sizes)."""
-    m = max(int(n), 1)
-    while True:
-        k = m
-        for p in (2, 3, 5):
-            while k % p == 0:
-                k //= p
-        if k == 1:
-            return m
-        m += 1
+    """Smallest integer ≥ n whose prime factors are 2, 3 and 5 (fast FFT sizes).
+
+    O(log² n): for every 3^b·5^c below the answer, the smallest power of two that lifts it to n. Sizes above
+    :data:`GOOD_FFT_SIZE_MAX` (and non-finite ``n``) raise ``ValueError`` rather than search astronomically far.
+    """
+    try:
+        m = max(int(n), 1)
+    except (OverflowError, ValueError):  # inf, NaN
+        raise ValueError(f"good_fft_size: size {n} is not a finite number") from None
+    if m > GOOD_FFT_SIZE_MAX:
+        raise ValueError(f"good_fft_size: size {m} exceeds the largest supported transform ({GOOD_FFT_SIZE_MAX})")
+    best = 1 << (m - 1).bit_length()  # the smallest power of two ≥ m
+    p5 = 1
+    while p5 < best:
+        p35 = p5
+        while p35 < best:
+            q = -(-m // p35)  # ceil(m / p35): the power of two must reach it
+            best = min(best, p35 << (q - 1).bit_length())
+            p35 *= 3
+        p5 *= 5
+    return best
 
 
 def rfft3(x: torch.Tensor) -> torch.Tensor:

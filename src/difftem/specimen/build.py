@@ -6,9 +6,11 @@ from importlib import resources
 from pathlib import Path
 
 import numpy as np
+import torch
 
-from ..config import SimulationConfig
-from ..core.errors import ConfigError
+from ..config import MAX_RANDOM_COPIES, SimulationConfig
+from ..core.device import available_memory_bytes
+from ..core.errors import ConfigError, ResourceError
 from ..core.rotations import rotation_zyz_deg
 from ..io.tables import read_transforms_file
 from .scene import (
@@ -20,7 +22,9 @@ from .scene import (
     overlapping_pairs,
     random_placement,
 )
-from .structure import Atoms, read_structure
+from .structure import MAX_ATOMS, Atoms, check_positions, read_structure
+
+BYTES_PER_ATOM_BUILT = 128  # a type's arrays (48 B/atom) and the temporaries of building a helix or copies
 
 
 def builtin_structure(name: str) -> Path:
@@ -44,8 +48,24 @@ def scene_atoms(config: SimulationConfig) -> Atoms:
     return scene.atoms_of(range(len(scene.types)))
 
 
-def load_particle_type(particle, resolve_structure) -> ParticleType:
-    """Read one ``sample.particles`` entry's structure and apply its assembly or helical symmetry."""
+def _check_type_size(n_atoms: int, field: str, max_bytes: float | None) -> None:
+    """Refuse a particle type of more than MAX_ATOMS atoms, or whose arrays would not fit, before building it."""
+    limit = max_bytes if max_bytes is not None else 0.8 * available_memory_bytes(torch.device("cpu"))
+    need = n_atoms * BYTES_PER_ATOM_BUILT
+    if n_atoms > MAX_ATOMS or need > limit:
+        raise ResourceError(
+            f"{field}: this particle type would have {n_atoms} atoms, needing about {need / 1e9:.1f} GB to build "
+            f"(at most {MAX_ATOMS} atoms and {limit / 1e9:.1f} GB allowed); use fewer copies or subunits, or raise "
+            "simulation.max_memory_gb")
+
+
+def load_particle_type(particle, resolve_structure, *, field: str = "sample.particles",
+                       max_bytes: float | None = None) -> ParticleType:
+    """Read one ``sample.particles`` entry's structure and apply its assembly or helical symmetry.
+
+    ``field`` names the entry in errors; a type that would exceed ``max_bytes`` (default: 80 % of the host's
+    available memory) or MAX_ATOMS atoms is refused before it is built.
+    """
     path = resolve_structure(particle.structure)
     centre = particle.centre
     atoms = read_structure(path, assembly=particle.assembly, models=particle.models,
@@ -54,10 +74,15 @@ def load_particle_type(particle, resolve_structure) -> ParticleType:
                            centre="none" if (particle.helix or particle.transforms_file) else centre)
     if particle.transforms_file is not None:
         ops = read_transforms_file(particle.transforms_file)  # (n, 3, 4): rotation | translation (Å)
+        _check_type_size(len(ops) * len(atoms), f"{field}.transforms_file", max_bytes)
         parts = [atoms.transformed(op[:, :3], op[:, 3]) for op in ops]
-        atoms = Atoms.concatenate(parts).centred(centre)
+        atoms = Atoms.concatenate(parts)
+        check_positions(atoms.positions_a, f"{field}.transforms_file {particle.transforms_file}", ConfigError,
+                        "check the file's translations (Å) and rotations")
+        atoms = atoms.centred(centre)
         atoms.notes.append(f"{len(ops)} copies from {Path(particle.transforms_file).name}")
     if particle.helix is not None:
+        _check_type_size(particle.helix.count() * len(atoms), f"{field}.helix.n_subunits", max_bytes)
         h = particle.helix
         atoms = helical_assembly(atoms, h.rise_a, h.twist_deg, h.count(), h.axis, h.axis_point_a).centred(centre)
     if particle.extra_b_a2:
@@ -77,15 +102,19 @@ def build_scene(config, resolve_structure) -> Scene:
     det = config.detector
     field_a = (det.shape_px[1] * det.pixel_size_a, det.shape_px[0] * det.pixel_size_a)
     ice_a = config.sample.ice_thickness_nm * 10.0
+    max_gb = config.simulation.max_memory_gb
     for t, particle in enumerate(config.sample.particles):
-        ptype = load_particle_type(particle, resolve_structure)
+        ptype = load_particle_type(particle, resolve_structure, field=f"sample.particles.{t}",
+                                   max_bytes=max_gb * 1e9 if max_gb else None)
         if any(p.name == ptype.name for p in types):  # unique names in the ground truth
             ptype.name = f"{ptype.name}_{t}"
         types.append(ptype)
         positions = particle.explicit_positions()
-        eulers = particle.euler_zyz_deg * (len(positions) if len(particle.euler_zyz_deg) == 1 else 1)
         if positions:
-            rots = np.stack([rotation_zyz_deg(*e) for e in eulers[:len(positions)]])
+            if len(particle.euler_zyz_deg) == 1:  # one triple for every copy: one matrix, repeated
+                rots = np.repeat(rotation_zyz_deg(*particle.euler_zyz_deg[0])[None], len(positions), axis=0)
+            else:
+                rots = np.stack([rotation_zyz_deg(*e) for e in particle.euler_zyz_deg[:len(positions)]])
             explicit.append(Placement(np.full(len(positions), t, np.int64), np.asarray(positions, np.float64), rots))
         rnd = particle.random
         if rnd is None:
@@ -94,9 +123,17 @@ def build_scene(config, resolve_structure) -> Scene:
             counts.append(rnd.count)
         else:
             volume_um3 = field_a[0] * field_a[1] * max(ice_a, 2 * ptype.bounds.extent_a) * 1e-12
-            counts.append(int(round(rnd.density_per_um3 * volume_um3)))
+            n = rnd.density_per_um3 * volume_um3
+            if n > MAX_RANDOM_COPIES:
+                raise ConfigError(f"sample.particles.{t}.random.density_per_um3: {rnd.density_per_um3:g} per µm³ "
+                                  f"in {volume_um3:.3g} µm³ makes {n:.3g} copies (at most {MAX_RANDOM_COPIES}); "
+                                  "lower the density")
+            counts.append(int(round(n)))
         random_orient.append(rnd is None or rnd.orientation == "uniform")
         gaps.append(rnd.min_gap_a if rnd is not None else 0.0)
+    if sum(counts) > MAX_RANDOM_COPIES:
+        raise ConfigError(f"sample.particles: {sum(counts)} randomly placed copies in all (at most "
+                          f"{MAX_RANDOM_COPIES}); lower random.count or random.density_per_um3")
     placement = Placement.concatenate(explicit)
     warnings = []
     bounds = [t.bounds for t in types]

@@ -16,9 +16,9 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..core.elements import atomic_mass_da
-from ..core.errors import ConfigError
+from ..core.errors import ConfigError, StructureError
 from ..core.rotations import euler_zyz_from_matrix, random_rotations, relion_angles, rotation_about_axis
-from .structure import Atoms
+from .structure import MAX_ATOMS, Atoms, check_positions
 
 
 # ---------------------------------------------------------------------------------------------- rotations
@@ -28,15 +28,21 @@ def helical_assembly(subunit: Atoms, rise_a: float, twist_deg: float, n_subunits
     """Copies i = 0…n−1 of ``subunit`` turned by i·twist about the helix axis and moved i·rise along it."""
     if n_subunits < 1:
         raise ConfigError("helix.n_subunits: must be ≥ 1")
+    if n_subunits * len(subunit) > MAX_ATOMS:
+        raise ConfigError(f"helix.n_subunits: {n_subunits} subunits of {len(subunit)} atoms make "
+                          f"{n_subunits * len(subunit)} atoms (at most {MAX_ATOMS}); use fewer subunits")
+    if not (np.isfinite(rise_a) and np.isfinite(twist_deg) and np.isfinite(axis_point_a).all()):
+        raise ConfigError("helix: rise_a, twist_deg and axis_point_a must be finite numbers")
     u = np.asarray(axis, dtype=np.float64)
-    if np.linalg.norm(u) == 0:
-        raise ConfigError("helix.axis: must be a non-zero vector")
+    if not np.isfinite(u).all() or np.linalg.norm(u) == 0:
+        raise ConfigError("helix.axis: must be a finite non-zero vector")
     u = u / np.linalg.norm(u)
     p0 = np.asarray(axis_point_a, dtype=np.float64)
     i = np.arange(n_subunits)
     rots = rotation_about_axis(u, np.radians(twist_deg) * i)  # (n, 3, 3)
     rel = subunit.positions_a - p0
     pos = np.einsum("nij,aj->nai", rots, rel) + p0 + (rise_a * i)[:, None, None] * u
+    check_positions(pos.reshape(-1, 3), "helix", ConfigError, "check rise_a, axis_point_a and n_subunits")
     n = len(subunit)
     out = Atoms(np.tile(subunit.atomic_number, n_subunits), pos.reshape(-1, 3), np.tile(subunit.b_iso_a2, n_subunits),
                 np.tile(subunit.occupancy, n_subunits), subunit.source, list(subunit.notes))
@@ -63,6 +69,8 @@ def bounding_capsule(positions_a: np.ndarray, shape: str = "auto") -> Bounds:
     """Smallest-ish capsule around the atoms along their principal axis (or a sphere)."""
     if len(positions_a) == 0:
         return Bounds(np.zeros(3), np.array([0.0, 0.0, 1.0]), 0.0, 0.0)
+    if not np.isfinite(positions_a).all():  # the structure reader refuses these; atoms built by hand may not
+        raise StructureError("atom positions are not all finite; a bounding shape needs finite coordinates")
     c = positions_a.mean(0)
     rel = positions_a - c
     sphere = Bounds(c, np.array([0.0, 0.0, 1.0]), 0.0, float(np.sqrt((rel**2).sum(1)).max()))
@@ -178,6 +186,46 @@ def overlapping_pairs(bounds: list[Bounds], placement: Placement, gap_a: float =
     return out
 
 
+class _CellGrid:
+    """Placed capsules binned by their segment midpoints in cubes of side ``cell_a``.
+
+    With ``cell_a`` ≥ 2·max(half length + radius) + gap, a capsule can only touch capsules whose midpoints lie in
+    its own or the 26 neighbouring cubes (farther midpoints are more than ``cell_a`` apart), so each test looks at
+    a few neighbours instead of every copy: the same decisions as testing all pairs, in time independent of the
+    number of copies placed.
+    """
+
+    _OFFSETS = [(dx, dy, dz) for dx in (-1, 0, 1) for dy in (-1, 0, 1) for dz in (-1, 0, 1)]
+
+    def __init__(self, cell_a: float, capacity: int):
+        self.cell_a = cell_a if cell_a > 0 else 1.0
+        self.a = np.zeros((capacity, 3))
+        self.b = np.zeros((capacity, 3))
+        self.r = np.zeros(capacity)
+        self.n = 0
+        self.cells: dict[tuple[int, int, int], list[int]] = {}
+
+    def _key(self, a: np.ndarray, b: np.ndarray) -> tuple[int, int, int]:
+        k = np.floor(0.5 * (a + b) / self.cell_a)
+        return int(k[0]), int(k[1]), int(k[2])
+
+    def add(self, a: np.ndarray, b: np.ndarray, r: float) -> None:
+        i = self.n
+        self.a[i], self.b[i], self.r[i] = a, b, r
+        self.cells.setdefault(self._key(a, b), []).append(i)
+        self.n += 1
+
+    def collides(self, a: np.ndarray, b: np.ndarray, r: float, gap_a: float) -> bool:
+        kx, ky, kz = self._key(a, b)
+        near: list[int] = []
+        for dx, dy, dz in self._OFFSETS:
+            near.extend(self.cells.get((kx + dx, ky + dy, kz + dz), ()))
+        if not near:
+            return False
+        idx = np.asarray(near)
+        return bool(np.any(segment_distances(a, b, self.a[idx], self.b[idx]) < self.r[idx] + r + gap_a))
+
+
 def random_placement(bounds: list[Bounds], counts: list[int], *, field_a: tuple[float, float], ice_thickness_a: float,
                      rng: np.random.Generator, names: list[str], gap_a: float = 5.0, random_orientation: list[bool],
                      existing: Placement | None = None, max_failures: int = 2000) -> Placement:
@@ -186,10 +234,16 @@ def random_placement(bounds: list[Bounds], counts: list[int], *, field_a: tuple[
     Every copy lies inside the field (x, y) and — if there is ice — inside the ice slab (z), with
     uniform orientation (or the identity) and no bounding capsule closer than ``gap_a`` to another.
     Gives up on a type after ``max_failures`` consecutive rejected draws, naming what was achieved.
+    Overlap tests look only at neighbouring copies (a cell grid), so the time grows with the number of copies,
+    not its square.
     """
     existing = existing or Placement.empty()
     ea, eb, er = _segments(bounds, existing)
-    seg_a, seg_b, seg_r = [ea], [eb], [er]
+    extents = [float(np.linalg.norm(bq - ap)) / 2 + rr for ap, bq, rr in zip(ea, eb, er, strict=True)]
+    extents += [bounds[t].half_length_a + bounds[t].radius_a for t in range(len(counts)) if counts[t] > 0]
+    grid = _CellGrid(2 * max(extents, default=0.0) + gap_a, len(existing) + sum(max(c, 0) for c in counts))
+    for ap, bq, rr in zip(ea, eb, er, strict=True):
+        grid.add(ap, bq, float(rr))
     placed: list[Placement] = []
     wx, wy = field_a
     order = sorted(range(len(counts)), key=lambda t: -bounds[t].extent_a)
@@ -199,8 +253,6 @@ def random_placement(bounds: list[Bounds], counts: list[int], *, field_a: tuple[
         bd = bounds[t]
         got_pos, got_rot = [], []
         fails = 0
-        all_a, all_b, all_r = (np.concatenate(seg_a), np.concatenate(seg_b), np.concatenate(seg_r))
-        new_a, new_b, new_r = [], [], []
         while len(got_pos) < counts[t]:
             if fails >= max_failures:
                 raise ConfigError(
@@ -220,24 +272,13 @@ def random_placement(bounds: list[Bounds], counts: list[int], *, field_a: tuple[
                 continue
             pos = np.array([rng.uniform(lo_x, hi_x), rng.uniform(lo_y, hi_y), rng.uniform(lo_z, hi_z)])
             a, b = pos + c - ax, pos + c + ax
-            ok = True
-            for sa, sb, sr in ((all_a, all_b, all_r), (np.array(new_a).reshape(-1, 3), np.array(new_b).reshape(-1, 3),
-                                                       np.array(new_r))):
-                if len(sr) and np.any(segment_distances(a, b, sa, sb) < sr + bd.radius_a + gap_a):
-                    ok = False
-                    break
-            if not ok:
+            if grid.collides(a, b, bd.radius_a, gap_a):
                 fails += 1
                 continue
             fails = 0
             got_pos.append(pos)
             got_rot.append(rot)
-            new_a.append(a)
-            new_b.append(b)
-            new_r.append(bd.radius_a)
-        seg_a.append(np.array(new_a).reshape(-1, 3))
-        seg_b.append(np.array(new_b).reshape(-1, 3))
-        seg_r.append(np.array(new_r))
+            grid.add(a, b, bd.radius_a)
         placed.append(Placement(np.full(len(got_pos), t, np.int64), np.array(got_pos).reshape(-1, 3),
                                 np.array(got_rot).reshape(-1, 3, 3)))
     return Placement.concatenate(placed)

@@ -1,6 +1,8 @@
 """Atomic models: read PDB/mmCIF (plain or .gz) through gemmi into flat arrays.
 
-Positions are in Å, B-factors in Å², occupancies are weights on each atom's potential.
+Positions are in Å, B-factors in Å², occupancies are weights on each atom's potential. Atoms the simulation cannot
+use are refused here, naming the file and the atom: non-finite or astronomic coordinates (|x|, |y|, |z| ≤ 1e6 Å),
+B-factors outside 0…1e4 Å², occupancies outside 0…100.
 """
 
 from __future__ import annotations
@@ -11,11 +13,21 @@ from typing import Literal
 
 import numpy as np
 
+from ..config import MAX_POSITION_A, shown_path
 from ..core.elements import MAX_Z, atomic_mass_da
 from ..core.errors import StructureError
 
 ModelPolicy = Literal["auto", "first", "all", "ensemble"]
 CentrePolicy = Literal["mass", "bbox", "none"]
+
+MAX_B_A2 = 1e4  # B-factor bound (Å²): real models stay below ~1000; 1e4 already blurs an atom over ~10 Å
+MAX_OCCUPANCY = 100.0  # occupancies are weights ≤ 1 in practice
+MAX_ATOMS = 100_000_000  # atoms in one particle type (a file, its assembly, helix or transforms): ~5 GB of arrays
+
+
+def one_line(text) -> str:
+    """A message on one line (gemmi's and file contents may hold newlines)."""
+    return " ".join(str(text).split())
 
 
 @dataclass
@@ -43,11 +55,14 @@ class Atoms:
         """Copy moved so that its centre (occupancy-weighted mass centre or bounding-box centre) is at 0."""
         if how == "none" or len(self) == 0:
             return self
-        if how == "bbox":
-            centre = 0.5 * (self.positions_a.min(0) + self.positions_a.max(0))
-        else:
-            w = atomic_mass_da(self.atomic_number) * self.occupancy
-            centre = (self.positions_a * w[:, None]).sum(0) / max(w.sum(), 1e-30)
+        lo, hi = self.positions_a.min(0), self.positions_a.max(0)
+        centre = 0.5 * (lo + hi)
+        if how == "mass":
+            # weights ≥ 0 keep the centre inside the atoms' box (a negative occupancy could throw it anywhere);
+            # with no weight at all the box centre stands in
+            w = atomic_mass_da(self.atomic_number) * np.clip(self.occupancy, 0.0, None)
+            if w.sum() > 0:
+                centre = np.clip((self.positions_a * w[:, None]).sum(0) / w.sum(), lo, hi)
         return Atoms(self.atomic_number, self.positions_a - centre, self.b_iso_a2, self.occupancy, self.source,
                      list(self.notes))
 
@@ -67,12 +82,22 @@ class Atoms:
 def _open(path: Path):
     import gemmi
 
-    if not path.exists():
-        raise StructureError(f"{path}: file not found (check `structure:` in the config)")
+    if "\x00" in str(path):
+        raise StructureError(f"{shown_path(path)}: the structure path contains a NUL byte (check `structure:` in the "
+                             "config)")
+    try:
+        if not path.exists():
+            raise StructureError(f"{shown_path(path)}: file not found (check `structure:` in the config)")
+        if path.is_dir():
+            raise StructureError(f"{shown_path(path)}: is a folder, not a PDB or mmCIF file (check `structure:` in "
+                                 "the config)")
+    except OSError as exc:  # a name too long for the file system, no permission
+        raise StructureError(f"{shown_path(path)}: cannot open the structure file "
+                             f"({one_line(exc.strerror or exc)})") from None
     try:
         st = gemmi.read_structure(str(path))
     except Exception as exc:  # gemmi raises RuntimeError/ValueError with a parser message
-        raise StructureError(f"{path}: cannot read as PDB or mmCIF ({exc})") from None
+        raise StructureError(f"{shown_path(path)}: cannot read as PDB or mmCIF ({one_line(exc)})") from None
     if len(st) == 0 or st[0].count_atom_sites() == 0:
         raise StructureError(f"{path}: no atoms found; is this a PDB or mmCIF coordinate file?")
     return st
@@ -97,12 +122,33 @@ def _keep_residue(res, remove_waters: bool, remove_hetero: bool) -> bool:
     return not (remove_hetero and res.het_flag == "H")
 
 
+def _atom_label(at, ch, res) -> str:
+    return one_line(f"atom {at.serial} {at.name!r} in chain {ch.name} {res.name}{res.seqid.num}")
+
+
 def _unknown_element(path: Path, at, ch, res) -> StructureError:
-    return StructureError(
-        f"{path}: atom {at.serial} {at.name!r} in chain {ch.name} {res.name}{res.seqid.num}: "
+    return StructureError(one_line(
+        f"{path}: {_atom_label(at, ch, res)}: "
         f"unknown element {at.element.name!r} (supported Z=1..{MAX_Z}); "
         "fix the element column (PDB columns 77-78 / _atom_site.type_symbol) or remove the atom"
-    )
+    ))
+
+
+def _bad_atom(path: Path, at, ch, res) -> StructureError | None:
+    """The error for an atom whose coordinates, B-factor or occupancy cannot be simulated (None if it is fine)."""
+    p = at.pos
+    if not (abs(p.x) <= MAX_POSITION_A and abs(p.y) <= MAX_POSITION_A and abs(p.z) <= MAX_POSITION_A):
+        problem = (f"coordinates ({p.x:g}, {p.y:g}, {p.z:g}) Å are not finite or exceed ±{MAX_POSITION_A:g} Å; "
+                   "fix the coordinate columns (PDB 31-54 / _atom_site.Cartn_x, y, z)")
+    elif not 0 <= at.b_iso <= MAX_B_A2:
+        problem = (f"B-factor {at.b_iso:g} Å² is outside 0…{MAX_B_A2:g}; "
+                   "fix the B-factor column (PDB 61-66 / _atom_site.B_iso_or_equiv)")
+    elif not 0 <= at.occ <= MAX_OCCUPANCY:
+        problem = (f"occupancy {at.occ:g} is outside 0…{MAX_OCCUPANCY:g}; "
+                   "fix the occupancy column (PDB 55-60 / _atom_site.occupancy)")
+    else:
+        return None
+    return StructureError(one_line(f"{path}: {_atom_label(at, ch, res)}: {problem}"))
 
 
 def _collect_sites(path: Path, chosen, *, remove_waters: bool, remove_hydrogens: bool,
@@ -120,6 +166,9 @@ def _collect_sites(path: Path, chosen, *, remove_waters: bool, remove_hydrogens:
                         continue
                     if zz < 1 or zz > MAX_Z:
                         raise _unknown_element(path, at, ch, res)
+                    bad = _bad_atom(path, at, ch, res)
+                    if bad is not None:
+                        raise bad
                     sites.z.append(zz)
                     p = at.pos
                     sites.pos.append((p.x, p.y, p.z))
@@ -189,7 +238,19 @@ def read_structure(
     )
     if assembly is not None:
         atoms = _apply_assembly(st, assembly, atoms, np.asarray(sites.chain), np.asarray(sites.subchain), path)
+        check_positions(atoms.positions_a, f"{path}: assembly {assembly!r}", StructureError)
     return atoms.centred(centre)
+
+
+def check_positions(positions_a: np.ndarray, what: str, error=StructureError,
+                    fix: str = "check the operators' translations") -> None:
+    """Raise ``error`` naming ``what`` and the first atom whose position is not finite or beyond ±1e6 Å."""
+    bad = ~(np.abs(positions_a) <= MAX_POSITION_A).all(axis=-1)
+    if bad.any():
+        i = int(np.flatnonzero(bad)[0])
+        x, y, z = positions_a[i]
+        raise error(one_line(f"{what}: atom #{i} lands at ({x:g}, {y:g}, {z:g}) Å, not finite or beyond "
+                             f"±{MAX_POSITION_A:g} Å ({int(bad.sum())} such atoms); {fix}"))
 
 
 def _apply_assembly(st, name: str, atoms: Atoms, chain: np.ndarray, subchain: np.ndarray, path: Path) -> Atoms:
@@ -201,13 +262,17 @@ def _apply_assembly(st, name: str, atoms: Atoms, chain: np.ndarray, subchain: np
             "(set `assembly: null` for the deposited coordinates)"
         )
     parts: list[Atoms] = []
-    n_ops = 0
+    n_ops = n_atoms = 0
     for gen in matches[0].generators:
         mask = np.isin(chain, list(gen.chains)) if gen.chains else np.isin(subchain, list(gen.subchains))
         if not mask.any():
             continue
         sub = Atoms(atoms.atomic_number[mask], atoms.positions_a[mask], atoms.b_iso_a2[mask], atoms.occupancy[mask],
                     atoms.source)
+        n_atoms += int(mask.sum()) * len(gen.operators)
+        if n_atoms > MAX_ATOMS:
+            raise StructureError(f"{path}: assembly {name!r} would have at least {n_atoms} atoms (at most "
+                                 f"{MAX_ATOMS}); use another assembly or `assembly: null`")
         for op in gen.operators:
             rot = np.array(op.transform.mat.tolist())
             vec = np.array(op.transform.vec.tolist())
