@@ -13,7 +13,11 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, Ti
 
 from ..core.errors import ArgumentError
 
-console = Console(stderr=True)
+#: stderr, with no emoji codes: ``:x:`` in a file name or message is text, not a symbol (markup is escaped per call).
+console = Console(stderr=True, emoji=False)
+
+#: The longest error line shown (characters); longer messages are cut with "…".
+MAX_ERROR_CHARS = 2000
 
 #: Seconds between progress lines when stderr is not a terminal (a log file or a batch system's output).
 LOG_INTERVAL_S = 30.0
@@ -21,16 +25,31 @@ LOG_INTERVAL_S = 30.0
 
 def fail(error: str | Exception) -> None:
     """Print ``error`` as one red line and exit with code 2 (no traceback). A library
-    :class:`~difftem.core.errors.ArgumentError` is shown with its argument as the command's flag."""
+    :class:`~difftem.core.errors.ArgumentError` is shown with its argument as the command's flag; a message of
+    several lines becomes one (its lines joined by "; "), markup and emoji codes in it are shown as text."""
     if isinstance(error, ArgumentError):
         error = f"--{error.argument.replace('_', '-')}{error.detail}"
-    console.print(f"[bold red]error:[/] {escape(str(error))}", soft_wrap=True, highlight=False)
+    console.print(f"[bold red]error:[/] {escape(one_line(str(error)))}", soft_wrap=True, highlight=False,
+                  emoji=False)
     raise typer.Exit(code=2)
+
+
+def one_line(message: str, limit: int = MAX_ERROR_CHARS) -> str:
+    """``message`` on one line: its non-blank lines joined by "; ", control characters dropped, cut at ``limit``."""
+    parts = [" ".join(line.split()) for line in message.splitlines()]
+    text = "; ".join(p for p in parts if p) or "(no message)"
+    text = "".join(ch if ch.isprintable() else " " for ch in text)
+    return text if len(text) <= limit else text[:limit] + "…"
+
+
+def say(msg: str) -> None:
+    """Print a plain line (paths and names in it are text: no markup, no emoji codes)."""
+    console.print(msg, soft_wrap=True, highlight=False, markup=False, emoji=False)
 
 
 def note(kind: str, msg: str) -> None:
     colour = "yellow" if kind in ("warning", "note") else "cyan"
-    console.print(f"[{colour}]{kind}:[/] {escape(msg)}", soft_wrap=True, highlight=False)
+    console.print(f"[{colour}]{kind}:[/] {escape(one_line(msg))}", soft_wrap=True, highlight=False, emoji=False)
 
 
 @contextlib.contextmanager

@@ -9,7 +9,7 @@ import typer
 from ..core.errors import DifftemError
 from ..io.files import write_text
 from ..temsim import load_inp, to_yaml
-from ._console import console, fail, note
+from ._console import fail, note, say
 
 
 def register(app: typer.Typer) -> None:
@@ -32,5 +32,5 @@ def register(app: typer.Typer) -> None:
         if out is None:
             typer.echo(text, nl=False)
         else:
-            console.print(f"wrote {out} ({sum(1 for m in result.mapping if m.field)} parameters mapped, "
-                          f"{len(result.notes)} notes)")
+            say(f"wrote {out} ({sum(1 for m in result.mapping if m.field)} parameters mapped, "
+                f"{len(result.notes)} notes)")

@@ -44,17 +44,12 @@ def register(app: typer.Typer) -> None:
         from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
         from ..core.errors import DifftemError
-        from ._console import console, fail
+        from ._console import console, fail, note, say
 
         try:
             from ..denoise.run import resolve_detector, run_denoise
 
-            weight: float | str = prior_weight
-            if prior_weight != "auto":
-                try:
-                    weight = float(prior_weight)
-                except ValueError:
-                    raise DifftemError(f"--prior-weight {prior_weight!r}: give a number ≥ 0 or 'auto'") from None
+            weight = _prior_weight(prior_weight)
             detector = resolve_detector(config=config, mtf_fit=mtf_fit, mtf=mtf, dqe=dqe, gain=gain,
                                         dose_e_per_a2=dose, no_mtf=no_mtf)
             names = [b.strip() for b in baselines.split(",") if b.strip()]
@@ -70,9 +65,26 @@ def register(app: typer.Typer) -> None:
         except DifftemError as exc:
             fail(exc)
         for warning in report.get("warnings", []):
-            console.print(f"[yellow]warning:[/] {warning}", soft_wrap=True, highlight=False)
+            note("warning", warning)
         s = report.get("settings") or report["tilts"][0]["settings"]
-        console.print(f"{report['mode']}: {report['shape'][0]} image(s) {report['shape'][1]}x{report['shape'][2]}, "
-                      f"method {s['method']}, prior {s['prior']} (weight {s['prior_weight']:.3g}), "
-                      f"{report['seconds']:.1f} s")
-        console.print(f"wrote {', '.join(report['outputs'])} to {out}")
+        say(f"{report['mode']}: {report['shape'][0]} image(s) {report['shape'][1]}x{report['shape'][2]}, "
+            f"method {s['method']}, prior {s['prior']} (weight {s['prior_weight']:.3g}), "
+            f"{report['seconds']:.1f} s")
+        say(f"wrote {', '.join(report['outputs'])} to {out}")
+
+
+def _prior_weight(text: str) -> float | str:
+    """--prior-weight: 'auto' or a finite number ≥ 0."""
+    import math
+
+    from ..core.errors import ArgumentError
+
+    if text == "auto":
+        return text
+    try:
+        weight = float(text)
+    except ValueError:
+        weight = math.nan
+    if not (math.isfinite(weight) and weight >= 0):
+        raise ArgumentError("prior_weight", f" {text!r}: give a number ≥ 0 or 'auto'")
+    return weight

@@ -7,7 +7,7 @@ import sys
 import typer
 
 from ..core.version import __version__
-from ._console import console
+from ._console import say
 
 
 def register(app: typer.Typer) -> None:
@@ -16,11 +16,11 @@ def register(app: typer.Typer) -> None:
         """Print versions, devices and thread settings."""
         import torch
 
-        console.print(f"difftem {__version__}")
-        console.print(f"python {sys.version.split()[0]}, torch {torch.__version__}, threads {torch.get_num_threads()}")
+        say(f"difftem {__version__}")
+        say(f"python {sys.version.split()[0]}, torch {torch.__version__}, threads {torch.get_num_threads()}")
         cuda = torch.cuda.is_available()
-        console.print(f"cuda available: {cuda}")
+        say(f"cuda available: {cuda}")
         if cuda:
             for i in range(torch.cuda.device_count()):
                 p = torch.cuda.get_device_properties(i)
-                console.print(f"  cuda:{i} {p.name} {p.total_memory / 2**30:.1f} GiB")
+                say(f"  cuda:{i} {p.name} {p.total_memory / 2**30:.1f} GiB")

@@ -15,6 +15,12 @@ def _ui():
     return fail, console
 
 
+def say(msg: str) -> None:
+    from ._console import say as _say
+
+    _say(msg)
+
+
 def _sidecar(path: Path, suffix: str) -> Path:
     return path.with_name(path.stem + suffix)
 
@@ -101,8 +107,8 @@ def _register_reconstruct(app: typer.Typer) -> None:
         if ref is not None:
             s = record["scores"]
             msg += f"; NCC {s['ncc']:.3f}, FSC 0.143: {_res(s['fsc']['resolution_0143_a'], result.voxel_size_a)}"
-        console.print(msg, highlight=False)
-        console.print(f"wrote {', '.join(str(p) for p in outputs)}", highlight=False)
+        say(msg)
+        say(f"wrote {', '.join(str(p) for p in outputs)}")
 
 
 def _register_render(app: typer.Typer) -> None:
@@ -165,7 +171,7 @@ def _register_render(app: typer.Typer) -> None:
             written.append(write_render_png(out, image))
         if frames:
             written.append(write_gif(gif or out.with_suffix(".gif"), frames))
-        console.print(f"wrote {', '.join(str(p) for p in written)}", highlight=False)
+        say(f"wrote {', '.join(str(p) for p in written)}")
 
 
 def _register_score(app: typer.Typer) -> None:
@@ -189,9 +195,9 @@ def _register_score(app: typer.Typer) -> None:
             fail(exc)
         plot[1]()
         json_path = write_json(_sidecar(out, ".json"), {"volume": str(volume), "reference": str(reference), **scores})
-        console.print(f"NCC {scores['ncc']:.4f}; FSC 0.143: {_res(scores['fsc']['resolution_0143_a'], vx)}, "
-                      f"0.5: {_res(scores['fsc']['resolution_05_a'], vx)}", highlight=False)
-        console.print(f"wrote {out}, {json_path}", highlight=False)
+        say(f"NCC {scores['ncc']:.4f}; FSC 0.143: {_res(scores['fsc']['resolution_0143_a'], vx)}, "
+            f"0.5: {_res(scores['fsc']['resolution_05_a'], vx)}")
+        say(f"wrote {out}, {json_path}")
 
 
 def _read_mrc(path: Path, what: str, pixel_size: float | None, required: bool = True):

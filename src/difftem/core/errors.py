@@ -35,3 +35,9 @@ class ArgumentError(ConfigError):
     def __init__(self, argument: str, detail: str):
         self.argument, self.detail = argument, detail
         super().__init__(f"{argument}{detail}")
+
+
+class DataFileError(FormatError, ConfigError):
+    """A data file that a configuration or an option names (e.g. a measured MTF curve) is malformed: a
+    :class:`FormatError` naming the file and line, and a :class:`ConfigError`, since the setting that points to the
+    file is what must change."""

@@ -17,9 +17,10 @@ from pathlib import Path
 import torch
 
 from ..config import load_config
-from ..core.errors import ArgumentError, ConfigError
+from ..core.errors import ArgumentError, ConfigError, FormatError
 from ..core.fft import radial_freq_per_px, rfft2
 from ..forward.detector import MeasuredMTF, MTFParams, make_mtf
+from ..io.tables import read_text_file
 from .algorithm import deconvolve_counts
 
 __all__ = ["DetectorSettings", "estimate_gain_per_dqe", "settings_from_config", "settings_from_mtf_fit"]
@@ -59,18 +60,24 @@ def settings_from_config(path: str | Path) -> DetectorSettings:
 def settings_from_mtf_fit(path: str | Path) -> DetectorSettings:
     """MTF shape from a ``difftem fit-mtf`` result (``mtf_fit.json``: its primary fit)."""
     path = Path(path)
-    if not path.exists():
-        raise ArgumentError("mtf_fit", f" {path}: file not found")
     try:
-        report = json.loads(path.read_text())
+        text = read_text_file(path, "fit-mtf result")
+    except FormatError as exc:
+        raise ArgumentError("mtf_fit", f" {exc}") from None
+    try:
+        report = json.loads(text)
         fits = report["fits"]
         primary = report.get("primary") or next(iter(fits))
         fit = fits.get(primary) or next(f for f in fits.values() if f.get("method") == primary)
         p = fit["params"]
-        params = MTFParams(float(p["a"]), float(p["b"]), float(p["c"]), float(p["alpha"]), float(p["beta"]))
-    except (ValueError, KeyError, StopIteration, TypeError) as exc:
-        raise ArgumentError("mtf_fit", f" {path}: not a fit-mtf result (mtf_fit.json with fits.<name>.params): "
-                          f"{type(exc).__name__} {exc}") from None
+        values = [float(p[k]) for k in ("a", "b", "c", "alpha", "beta")]
+    except (ValueError, KeyError, StopIteration, TypeError, AttributeError, RecursionError) as exc:
+        why = f"line {exc.lineno}: {exc.msg}" if isinstance(exc, json.JSONDecodeError) else type(exc).__name__
+        raise ArgumentError("mtf_fit", f" {path}: not a fit-mtf result (mtf_fit.json with fits.<name>.params; "
+                                       f"{why})") from None
+    if not all(math.isfinite(v) for v in values):
+        raise ArgumentError("mtf_fit", f" {path}: the fitted MTF parameters are not all finite numbers; refit")
+    params = MTFParams(*values)
     if not params(torch.zeros((), dtype=torch.float64)) > 0:
         raise ArgumentError("mtf_fit", f" {path}: the fitted MTF(0) = {float(params(torch.zeros(()))):.3g} ≤ 0 "
                           "cannot be normalised; refit (e.g. with the nps method)")

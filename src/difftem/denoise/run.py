@@ -12,8 +12,9 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
-from ..core.errors import ArgumentError, ConfigError
-from ..io.files import atomic_path, read_mrc, write_json, write_mrc
+from ..core.errors import ArgumentError, ConfigError, FormatError
+from ..io.files import atomic_path, write_json, write_mrc
+from ..io.tlt import read_mrc_checked
 from ..learn.mtf_run import parse_reference
 from . import baselines as B
 from .algorithm import METHODS, PRIORS, DenoiseResult, as_observation_stack, denoise
@@ -35,19 +36,11 @@ def load_images(paths: Sequence[Path]) -> tuple[np.ndarray, float]:
     images, pixel = [], None
     for path in paths:
         path = Path(path)
-        if not path.exists():
-            raise ConfigError(f"{path}: input not found")
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", RuntimeWarning)  # non-standard headers are read permissively
-                data, px = read_mrc(path)
-        except Exception as exc:  # mrcfile raises ValueError/OSError for unreadable headers
-            raise ConfigError(f"{path}: cannot read as MRC ({exc})") from None
-        data = np.asarray(data, dtype=np.float32)
+        data, px = read_mrc_checked(path, "input image")
         if data.ndim == 2:
             data = data[None]
         if data.ndim != 3:
-            raise ConfigError(f"{path}: expected a 2-D image or an (n, H, W) stack, got shape {data.shape}")
+            raise FormatError(f"expected a 2-D image or an (n, H, W) stack, got shape {data.shape}", file=path)
         if images and data.shape[1:] != images[0].shape[1:]:
             raise ConfigError(f"{path}: images are {data.shape[1:]} but {paths[0]} has {images[0].shape[1:]}; "
                               "all inputs must cover the same field at one size")
@@ -57,7 +50,7 @@ def load_images(paths: Sequence[Path]) -> tuple[np.ndarray, float]:
 
 
 def _parse_mtf(text: str):
-    return parse_reference(text)
+    return parse_reference(text, argument="mtf")
 
 
 def resolve_detector(*, config: Path | None = None, mtf_fit: Path | None = None, mtf: str | None = None,
@@ -89,6 +82,10 @@ def resolve_detector(*, config: Path | None = None, mtf_fit: Path | None = None,
                           "nothing to denoise; give the exposure's dose (dose_e_per_a2, or the config's "
                           "beam.dose_e_per_a2)")
     if settings.mtf is None and not no_mtf:
+        if config:  # the config was given but names no MTF: say so, not "give a config"
+            raise ConfigError(f"{config}: the config has no detector MTF (detector.mtf is null); set detector.mtf in "
+                              "it, or give the MTF separately (mtf: 'a,b,c,alpha,beta' or a STAR file; mtf_fit: a "
+                              "fit-mtf result), or no_mtf if the images have no MTF")
         raise ArgumentError("mtf", ": no detector MTF given; give a config (detector.mtf), a fit-mtf result "
                                    "(mtf_fit.json), the curve ('a,b,c,alpha,beta' or a STAR file), or no_mtf")
     return settings

@@ -1,13 +1,62 @@
-"""Plain-text numeric tables: TEM-simulator's particle coordinate and transform files."""
+"""Plain-text inputs: the checked reader every text file a user names goes through, and TEM-simulator's numeric
+tables (particle coordinates, transforms, tilt geometry, doses, defoci).
+
+Errors name the file and the line and say what was expected; they never quote the file's content (a path given by
+mistake, e.g. a system file, must not be echoed).
+"""
 
 from __future__ import annotations
 
+import math
+import stat
 from pathlib import Path
 
 import numpy as np
 
 from ..core.errors import FormatError
 from ..core.rotations import rotation_zxz_deg
+
+#: The largest text input read (bytes): a TEM-simulator coordinate file of 10⁶ particles is about 70 MB.
+MAX_TEXT_BYTES = 128 * 2**20
+
+
+def read_text_file(path: str | Path, what: str = "file", *, error: type[FormatError] = FormatError,
+                   max_bytes: int = MAX_TEXT_BYTES) -> str:
+    """The text of a user-named file, refused with ``error`` (a :class:`FormatError` or one with its signature)
+    naming the file (and line) when it is missing, not a regular file (a directory, a device or a pipe, which could
+    block), larger than ``max_bytes``, binary (a NUL byte) or not UTF-8."""
+    path = Path(path)
+    try:
+        info = path.stat()
+    except FileNotFoundError:
+        raise error(f"{what} not found", file=path) from None
+    except (OSError, ValueError) as exc:  # a NUL byte or an over-long name in the path, permissions
+        raise error(f"cannot read {what} ({_os_reason(exc)})", file=path) from None
+    if stat.S_ISDIR(info.st_mode):
+        raise error(f"{what} is a directory; give a file", file=path)
+    if not stat.S_ISREG(info.st_mode):
+        raise error(f"{what} is not a regular file (a device or a pipe); give a file", file=path)
+    if info.st_size > max_bytes:
+        raise error(f"{what} holds {info.st_size / 2**20:.0f} MiB, more than the {max_bytes / 2**20:.0f} MiB a text "
+                    "input may hold; is it the right file?", file=path)
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise error(f"cannot read {what} ({_os_reason(exc)})", file=path) from None
+    nul = data.find(b"\0")
+    if nul >= 0:
+        raise error(f"binary content (a NUL byte); a {what} must be plain text", file=path,
+                    line=data.count(b"\n", 0, nul) + 1)
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise error(f"not UTF-8 text (byte 0x{data[exc.start]:02x}); a {what} must be plain text", file=path,
+                    line=data.count(b"\n", 0, exc.start) + 1) from None
+
+
+def _os_reason(exc: Exception) -> str:
+    """An OS error's reason without the file name it repeats (the message names the file once)."""
+    return getattr(exc, "strerror", None) or exc.__class__.__name__
 
 
 def read_table(path: str | Path, *, columns: int | tuple[int, ...] | None = None, rows: int | None = None,
@@ -18,43 +67,65 @@ def read_table(path: str | Path, *, columns: int | tuple[int, ...] | None = None
     the extra rows are not used, as in TEM-simulator). Returns an (m or rows, n) float64 array.
     """
     path = Path(path)
-    try:
-        lines = path.read_text().splitlines()
-    except FileNotFoundError:
-        raise FormatError(f"{what} not found", file=path) from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise FormatError(f"cannot read {what} ({exc})", file=path) from None
-    body = [(i, ln.split()) for i, ln in enumerate(lines, start=1) if ln.strip() and not ln.lstrip().startswith("#")]
-    if not body:
-        raise FormatError(f"{what} has no size line 'rows columns'", file=path)
-    head_line, head = body[0]
-    try:
-        m, n = int(head[0]), int(head[1])
-    except (IndexError, ValueError):
-        raise FormatError(f"the first line must be 'rows columns' (two integers), got {' '.join(head)!r}", file=path,
-                       line=head_line) from None
-    if m < 0 or n < 1:
-        raise FormatError(f"bad size {m} x {n}", file=path, line=head_line)
+    text = read_text_file(path, what)
+    body = ((i, ln) for i, ln in enumerate(text.splitlines(), start=1)
+            if ln.strip() and not ln.lstrip().startswith("#"))
+    head_line, m, n = _size_line(body, path, what)
     allowed = (columns,) if isinstance(columns, int) else columns
     if allowed and n not in allowed:
         raise FormatError(f"{what} must have {' or '.join(map(str, allowed))} columns, the size line says {n}",
-                       file=path, line=head_line)
+                          file=path, line=head_line)
     need = m if rows is None else rows
     if need > m:
         raise FormatError(f"{what} holds {m} rows but {need} are needed", file=path, line=head_line)
-    data = body[1:1 + need]
-    if len(data) < need:
-        raise FormatError(f"{what} declares {m} rows but only {len(data)} follow", file=path,
-                       line=data[-1][0] if data else head_line)
+    if need * n > len(text) // 2 + 1024:  # a number takes a character and a separator: refuse before allocating
+        raise FormatError(f"the size line declares {need} x {n} numbers, more than the {what} can hold", file=path,
+                          line=head_line)
     out = np.empty((need, n), dtype=np.float64)
-    for r, (i, words) in enumerate(data):
-        try:
-            out[r] = [float(w) for w in words[:n]]
-        except ValueError:
-            raise FormatError(f"row {r + 1} is not {n} numbers: {' '.join(words)!r}", file=path, line=i) from None
-        if len(words) < n:
-            raise FormatError(f"row {r + 1} has {len(words)} numbers, {n} expected", file=path, line=i)
+    last = head_line
+    for r in range(need):
+        i, line = next(body, (0, ""))
+        if not i:
+            raise FormatError(f"{what} declares {m} rows but only {r} follow", file=path, line=last)
+        out[r] = _row(line, r, n, path, i)
+        last = i
     return out
+
+
+def _size_line(body, path: Path, what: str) -> tuple[int, int, int]:
+    """(line number, m, n) of a table's size line ``m n``."""
+    head_line, head = next(body, (0, ""))
+    if not head_line:
+        raise FormatError(f"{what} has no size line 'rows columns'", file=path)
+    try:
+        words = head.split()
+        if len(words) < 2:
+            raise ValueError
+        m, n = int(words[0]), int(words[1])
+    except ValueError:
+        raise FormatError(f"the first line of the {what} must be 'rows columns' (two integers)", file=path,
+                          line=head_line) from None
+    if m < 0 or n < 1:
+        raise FormatError(f"bad size {m} x {n} (rows ≥ 0, columns ≥ 1)", file=path, line=head_line)
+    return head_line, m, n
+
+
+def _row(line: str, r: int, n: int, path: Path, lineno: int) -> list[float]:
+    """The first ``n`` numbers of data row ``r`` (0-based), each finite."""
+    words = line.split()
+    if len(words) < n:
+        raise FormatError(f"row {r + 1} has {len(words)} numbers, {n} expected", file=path, line=lineno)
+    values = []
+    for k, word in enumerate(words[:n]):
+        try:
+            value = float(word)
+        except ValueError:
+            raise FormatError(f"row {r + 1} is not {n} numbers: value {k + 1} is not a number", file=path,
+                              line=lineno) from None
+        if not math.isfinite(value):
+            raise FormatError(f"row {r + 1}: value {k + 1} is not a finite number", file=path, line=lineno)
+        values.append(value)
+    return values
 
 
 def read_transforms_file(path: str | Path) -> np.ndarray:

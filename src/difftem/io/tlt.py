@@ -3,17 +3,20 @@
 from __future__ import annotations
 
 import math
+import stat
 from pathlib import Path
 
 import numpy as np
 
 from ..core.errors import FormatError
-from .files import read_mrc, write_text
+from .files import write_text
 from .star import read_star
+from .tables import read_text_file
 
 
 def parse_tlt(text: str, source: str = ".tlt") -> np.ndarray:
-    """Angles (degrees) from .tlt text: one number per line; blank lines and '#' comments are skipped."""
+    """Angles (degrees) from .tlt text: one number per line; blank lines and '#' comments are skipped. Errors name
+    ``source`` and the line, not the line's content."""
     angles = []
     for lineno, raw in enumerate(text.splitlines(), start=1):
         line = raw.split("#", 1)[0].strip()
@@ -21,31 +24,25 @@ def parse_tlt(text: str, source: str = ".tlt") -> np.ndarray:
             continue
         fields = line.replace(",", " ").split()
         if len(fields) != 1:
-            raise FormatError(f"{source}: line {lineno} has {len(fields)} values ({raw.strip()!r}); a .tlt file holds "
-                            f"one tilt angle in degrees per line")
+            raise FormatError(f"line {lineno} has {len(fields)} values; a .tlt file holds one tilt angle in degrees "
+                              "per line", file=source, line=lineno)
         try:
             value = float(fields[0])
         except ValueError:
-            raise FormatError(f"{source}: line {lineno} is not a number ({raw.strip()!r}); a .tlt file holds one tilt "
-                            f"angle in degrees per line") from None
+            raise FormatError(f"line {lineno} is not a number; a .tlt file holds one tilt angle in degrees per line",
+                              file=source, line=lineno) from None
         if not math.isfinite(value):
-            raise FormatError(f"{source}: line {lineno} is not a finite angle ({raw.strip()!r})")
+            raise FormatError(f"line {lineno} is not a finite angle (NaN or inf)", file=source, line=lineno)
         angles.append(value)
     if not angles:
-        raise FormatError(f"{source}: no tilt angles found (one angle in degrees per line expected)")
+        raise FormatError("no tilt angles found (one angle in degrees per line expected)", file=source)
     return np.asarray(angles, dtype=np.float64)
 
 
 def read_tlt(path: str | Path) -> np.ndarray:
     """Angles (degrees) of an IMOD-style .tlt file; errors name the file (callers add their option's name)."""
     path = Path(path)
-    try:
-        text = path.read_text()
-    except FileNotFoundError:
-        raise FormatError(f"{path}: file not found") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise FormatError(f"{path}: cannot read as text ({exc.__class__.__name__})") from None
-    return parse_tlt(text, str(path))
+    return parse_tlt(read_text_file(path, ".tlt file"), str(path))
 
 
 #: Decimals of the angles in every .tlt difftem writes (simulated series and dataset items alike).
@@ -127,17 +124,102 @@ class MissingPixelSizeError(FormatError):
     """An MRC header without a voxel size, and no pixel size given."""
 
 
+#: Bytes per value of the MRC modes (101: 4-bit, two values a byte).
+_MRC_MODE_BYTES = {0: 1.0, 1: 2.0, 2: 4.0, 3: 4.0, 4: 8.0, 6: 2.0, 12: 2.0, 101: 0.5}
+
+
+def _mrc_header(path: Path) -> None:
+    """Check an MRC file's header before it is read: 1024 bytes, the 'MAP ' identifier, a known mode, positive
+    dimensions and (for a plain file) as many bytes as the header declares."""
+    import gzip
+
+    try:
+        with open(path, "rb") as fh:
+            gz = fh.read(2) == b"\x1f\x8b"
+        with (gzip.open(path, "rb") if gz else open(path, "rb")) as fh:
+            head = fh.read(1024)
+    except EOFError:
+        raise FormatError("truncated: the compressed file ends inside the MRC header", file=path) from None
+    except OSError as exc:  # gzip.BadGzipFile is an OSError
+        raise FormatError(f"cannot read an MRC header ({exc.__class__.__name__})", file=path) from None
+    if len(head) < 1024:
+        raise FormatError(f"truncated: {len(head)} bytes, shorter than an MRC header (1024 bytes)", file=path)
+    if head[208:212] != b"MAP ":
+        raise FormatError("not an MRC file (no 'MAP ' identifier at byte 208)", file=path)
+    order = ">" if head[212] == 0x11 else "<"
+    nx, ny, nz, mode = (int(v) for v in np.frombuffer(head[:16], dtype=f"{order}i4"))
+    ext = int(np.frombuffer(head[92:96], dtype=f"{order}i4")[0])
+    if mode not in _MRC_MODE_BYTES:
+        raise FormatError(f"MRC mode {mode} is not a known data type (0, 1, 2, 3, 4, 6, 12, 101)", file=path)
+    if min(nx, ny, nz) < 1:
+        raise FormatError(f"the header declares an empty array ({nx} x {ny} x {nz} values)", file=path)
+    if ext < 0:
+        raise FormatError(f"the header declares a negative extended header ({ext} bytes)", file=path)
+    need = 1024 + ext + math.ceil(nx * ny * nz * _MRC_MODE_BYTES[mode])
+    size = path.stat().st_size
+    if not gz and size < need:
+        raise FormatError(f"truncated: the header declares {nx} x {ny} x {nz} values (mode {mode}) and {ext} "
+                          f"extended-header bytes, {need} bytes in all, but the file holds {size}", file=path)
+
+
+def read_mrc_checked(path: str | Path, what: str = "MRC file") -> tuple[np.ndarray, float]:
+    """(float32 array, voxel size Å or 0.0 when the header has none) of a user-named MRC file (.gz ok).
+
+    Anything but finite real data in a well-formed file raises :class:`FormatError` naming the file: a missing
+    file, a directory, a truncated file or header, a wrong identifier or mode, an empty array, complex values,
+    one-dimensional data (a side of one pixel), NaN or infinite pixels (with their count)."""
+    import warnings
+
+    import mrcfile
+
+    path = Path(path)
+    try:
+        info = path.stat()
+    except FileNotFoundError:
+        raise FormatError(f"{what} not found", file=path) from None
+    except (OSError, ValueError) as exc:  # a NUL byte or an over-long name in the path, permissions
+        raise FormatError(f"cannot read the {what} ({getattr(exc, 'strerror', None) or type(exc).__name__})",
+                          file=path) from None
+    if stat.S_ISDIR(info.st_mode):
+        raise FormatError(f"{what} is a directory; give an MRC file", file=path)
+    if not stat.S_ISREG(info.st_mode):
+        raise FormatError(f"{what} is not a regular file (a device or a pipe); give an MRC file", file=path)
+    _mrc_header(path)
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")  # permissive reading turns problems into warnings
+            with mrcfile.open(path, permissive=True) as mrc:
+                data = None if mrc.data is None else np.asarray(mrc.data).copy()
+                px = float(mrc.voxel_size.x)
+    except EOFError:
+        raise FormatError("truncated: the compressed file ends before the data", file=path) from None
+    except Exception as exc:  # mrcfile/gzip/numpy raise many kinds on a corrupt file
+        raise FormatError(f"not a readable MRC file ({exc.__class__.__name__})", file=path) from None
+    if data is None:
+        why = next((str(w.message).splitlines()[0][:160] for w in caught), "no data block")
+        raise FormatError(f"not a readable MRC file ({why})", file=path)
+    if data.size == 0:
+        raise FormatError("holds an empty array", file=path)
+    if np.iscomplexobj(data):
+        raise FormatError("holds complex values; real images expected", file=path)
+    if data.ndim < 2 or min(data.shape[-2:]) < 2:
+        raise FormatError(f"holds one-dimensional data (shape {data.shape}); images of at least 2 x 2 pixels "
+                          "expected", file=path)
+    data = data.astype(np.float32, copy=False)
+    bad = data.size - int(np.count_nonzero(np.isfinite(data)))
+    if bad:
+        raise FormatError(f"holds {bad} NaN or infinite pixel{'s' if bad > 1 else ''} (of {data.size}); only finite "
+                          "values can be used", file=path)
+    return data, (px if math.isfinite(px) and px > 0 else 0.0)
+
+
 def read_volume_mrc(path: str | Path, what: str, pixel_size_a: float | None = None, ndim: int = 3,
                     required: bool = True) -> tuple[np.ndarray, float | None]:
-    """(array, pixel size Å) of an MRC file; a voxel size of 0 in the header needs ``pixel_size_a``
-    (or gives None when not ``required``; else :class:`MissingPixelSizeError`). ``what`` names the input in errors."""
+    """(array, pixel size Å) of an MRC file (read by :func:`read_mrc_checked`); a voxel size of 0 in the header
+    needs ``pixel_size_a`` (or gives None when not ``required``; else :class:`MissingPixelSizeError`). ``what``
+    names the input in errors."""
     path = Path(path)
-    if not path.exists():
-        raise FormatError(f"{what}: file {path} not found")
-    try:
-        data, header_px = read_mrc(path)
-    except Exception as exc:  # mrcfile raises ValueError/OSError for non-MRC files
-        raise FormatError(f"{what}: {path} is not a readable MRC file ({str(exc).splitlines()[0][:120]})") from None
+    data, header_px = read_mrc_checked(path, what)
     if data.ndim != ndim:
         kind = "a stack (n_tilts, H, W)" if what == "tilt series" else "a 3-D volume (Z, Y, X)"
         raise FormatError(f"{what}: {path} holds an array of shape {data.shape}; expected {kind}")
@@ -145,11 +227,11 @@ def read_volume_mrc(path: str | Path, what: str, pixel_size_a: float | None = No
         if not (pixel_size_a > 0 and math.isfinite(pixel_size_a)):
             raise FormatError(f"pixel size {pixel_size_a} Å for {path}: must be a positive number")
         px = float(pixel_size_a)
-    elif header_px > 0 and math.isfinite(header_px):
+    elif header_px > 0:
         px = header_px
     elif not required:
         px = None
     else:
         raise MissingPixelSizeError(f"{what}: {path} has no pixel size in its header (voxel size {header_px:g}); "
                                     f"give the pixel size in Å")
-    return data.astype(np.float32, copy=False), px
+    return data, px

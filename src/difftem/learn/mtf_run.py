@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from ..core.errors import ArgumentError, ConfigError
+from ..core.errors import ArgumentError, FormatError
 from ..forward.detector import MTFParams, read_mtf_star
-from ..io.files import atomic_path, read_mrc, write_json
+from ..io.files import atomic_path, write_json
 from ..io.star import write_mtf_star
+from ..io.tables import read_text_file
+from ..io.tlt import read_mrc_checked
 from .mtf_fit import (
     MTFFit,
     curve_rms,
@@ -24,32 +27,41 @@ from .mtf_fit import (
 )
 
 
-def parse_reference(text: str | None):
-    """A reference curve: a STAR path, or 'a,b,c,alpha,beta'."""
+def parse_reference(text: str | None, argument: str = "reference"):
+    """A reference curve: a STAR path, or 'a,b,c,alpha,beta' (five finite numbers). ``argument`` names the
+    option in errors."""
     if not text:
         return None
     parts = text.split(",")
-    if len(parts) == 5:
+    if len(parts) == 5 and not Path(text).exists():
         try:
-            return MTFParams(*(float(p) for p in parts))
+            values = [float(p) for p in parts]
         except ValueError:
-            pass
+            raise ArgumentError(argument, f" {text!r}: give 'a,b,c,alpha,beta' (five numbers) or a STAR file") from None
+        if not all(math.isfinite(v) for v in values):
+            raise ArgumentError(argument, f" {text!r}: the MTF parameters must be finite numbers")
+        return MTFParams(*values)
     return read_mtf_star(text)
 
 
 def read_boxes(path: Path) -> list[tuple[int, int]]:
-    """Box file: one 'y x' (top-left corner, pixels) per line; '#' comments allowed."""
+    """Box file: one 'y x' (top-left corner, pixels) per line; '#' comments allowed. Errors name the file and line,
+    not the line's content."""
     out = []
-    for line in Path(path).read_text().splitlines():
+    text = read_text_file(path, "box file")
+    for lineno, line in enumerate(text.splitlines(), start=1):
         s = line.split("#")[0].strip()
         if s:
             try:
-                y, x = (int(float(v)) for v in s.split()[:2])
+                y, x = (float(v) for v in s.split()[:2])
+                if not (abs(y) < 2**31 and abs(x) < 2**31):  # NaN fails too
+                    raise ValueError
             except ValueError:
-                raise ArgumentError("boxes", f" {path}: cannot read line {line!r} (expected 'y x')") from None
-            out.append((y, x))
+                raise FormatError("expected 'y x' (two numbers, the crop's top-left corner in pixels)",
+                                  file=path, line=lineno) from None
+            out.append((int(y), int(x)))
     if not out:
-        raise ArgumentError("boxes", f" {path}: no boxes found")
+        raise FormatError("no boxes found (one 'y x' per line expected)", file=path)
     return out
 
 
@@ -115,17 +127,12 @@ def _read_crops(micrographs: list[Path], crop_px: int, n_crops: int, boxes: Path
     crops plot; the corners go into ``report``."""
     crops_all, overlays = [], []
     for path in micrographs:
-        if not Path(path).exists():
-            raise ConfigError(f"{path}: micrograph not found")
-        try:
-            img, px = read_mrc(path)
-        except Exception as exc:
-            raise ConfigError(f"{path}: cannot read as MRC ({exc})") from None
+        img, px = read_mrc_checked(path, "micrograph")
         img = np.asarray(img, dtype=np.float64)
         if img.ndim == 3 and img.shape[0] == 1:
             img = img[0]
         if img.ndim != 2:
-            raise ConfigError(f"{path}: expected a single 2-D micrograph, got shape {img.shape}")
+            raise FormatError(f"expected a single 2-D micrograph, got shape {img.shape}", file=path)
         corners = read_boxes(boxes) if boxes else select_background_crops(img, crop_px, n_crops)
         crops_all.append(extract_crops(img, corners, crop_px))
         overlays.append((Path(path).name, img, corners))

@@ -36,8 +36,8 @@ class InpError(ConfigError):
         self.file, self.line, self.section, self.key = (str(file) if file else None), line, section, key
         # no square brackets: the CLI prints errors through rich, which would take "[optics]" for markup
         where = [str(file) + (f":{line}" if line else "")] if file else []
-        where += [f'section "{section}"'] if section else []
-        where += [f'key "{key}"'] if key else []
+        where += [f'section "{_short(section, 60, quote=False)}"'] if section else []
+        where += [f'key "{_short(key, 60, quote=False)}"'] if key else []
         super().__init__(", ".join(where) + (": " if where else "") + message)
 
 
@@ -196,6 +196,12 @@ class Section:
         return self.values[key].line if key in self.values else self.line
 
 
+def _short(text: str, limit: int = 40, quote: bool = True) -> str:
+    """A value from the input file as shown in a message: quoted, cut to ``limit`` characters."""
+    cut = text if len(text) <= limit else text[:limit] + "…"
+    return repr(cut) if quote else cut
+
+
 def _parse_value(spec: _Spec, raw: str) -> object:
     if spec.kind == "b":
         if raw not in ("yes", "no"):
@@ -210,23 +216,24 @@ def _parse_value(spec: _Spec, raw: str) -> object:
             except ValueError:
                 f = math.nan
             if not (math.isfinite(f) and f.is_integer()):
-                raise ValueError(f"{raw!r} is not an integer") from None
+                raise ValueError(f"{_short(raw)} is not an integer") from None
             v = int(f)
     elif spec.kind == "d":
         try:
             v = float(raw)
         except ValueError:
-            raise ValueError(f"{raw!r} is not a number") from None
+            raise ValueError(f"{_short(raw)} is not a number") from None
         if not math.isfinite(v):
-            raise ValueError(f"{raw!r} is not a finite number")
+            raise ValueError(f"{_short(raw)} is not a finite number")
     else:
         if spec.choices and raw not in spec.choices:
-            raise ValueError(f"{raw!r} is not one of {', '.join(spec.choices)}")
+            raise ValueError(f"{_short(raw)} is not one of {', '.join(spec.choices)}")
         return raw
     if not spec.lo <= v <= spec.hi:
         lo = "" if spec.lo == -INF else f"{spec.lo:g}"
         hi = "" if spec.hi == INF else f"{spec.hi:g}"
-        raise ValueError(f"{raw} is outside TEM-simulator's allowed range [{lo or '-inf'}, {hi or 'inf'}]")
+        raise ValueError(f"{_short(raw, quote=False)} is outside TEM-simulator's allowed range "
+                         f"[{lo or '-inf'}, {hi or 'inf'}]")
     return v
 
 
@@ -251,8 +258,8 @@ def parse_inp_text(text: str, source: str = "input") -> tuple[list[Section], lis
             sections.append(current)
             continue
         if current is None:
-            raise InpError(f"{s!r} comes before the first component heading (e.g. '=== simulation ===')",
-                           file=source, line=n)
+            raise InpError("text before the first component heading (e.g. '=== simulation ==='); expected a "
+                           "heading, 'parameter = value' lines or '#' comments", file=source, line=n)
         _read_assignment(current, s, source, n, notes)
     _label_sections(sections)
     return sections, notes
@@ -267,7 +274,7 @@ def _heading(s: str, source: str, n: int) -> Section | None:
     if kind == "end":
         return None
     if kind not in PARAMETERS:
-        raise InpError(f"unknown component type {kind!r} (TEM-simulator 1.3 has {', '.join(PARAMETERS)}, end)",
+        raise InpError(f"unknown component type {_short(kind)} (TEM-simulator 1.3 has {', '.join(PARAMETERS)}, end)",
                        file=source, line=n, section=kind)
     return Section(kind, name, n)
 
@@ -276,19 +283,20 @@ def _read_assignment(current: Section, s: str, source: str, n: int, notes: list[
     """Read a ``key = value`` line into ``current`` (a later assignment of the same key wins)."""
     section = _label_guess(current)
     if "=" not in s:
-        raise InpError(f"cannot read {s!r}: expected 'parameter = value'", file=source, line=n, section=section)
+        raise InpError("expected 'parameter = value' (no '=' on the line)", file=source, line=n, section=section)
     key, rest = (part.strip() for part in s.split("=", 1))
     key = key.split()[0] if key else ""
     if not key:
-        raise InpError(f"cannot read {s!r}: no parameter name before '='", file=source, line=n, section=section)
+        raise InpError("expected 'parameter = value' (no parameter name before '=')", file=source, line=n,
+                       section=section)
     table = PARAMETERS[current.kind]
     if key not in table:
         raise InpError(f"unknown TEM-simulator 1.3 parameter (the {current.kind} component has "
                        f"{', '.join(sorted(table))})", file=source, line=n, section=section, key=key)
     raw, trailing = _split_value(rest, source, n, section, key)
     if trailing and not trailing.startswith("#"):
-        notes.append(f"{source}:{n}: [{section}] {key}: text after the value ({trailing!r}) is ignored, as "
-                     "TEM-simulator does")
+        notes.append(f"{source}:{n}: [{section}] {key}: text after the value ({_short(trailing)}) is ignored, "
+                     "as TEM-simulator does")
     try:
         value = _parse_value(table[key], raw)
     except ValueError as exc:

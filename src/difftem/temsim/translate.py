@@ -23,6 +23,7 @@ import numpy as np
 from ..config import SimulationConfig
 from ..core.rotations import euler_zyz_from_matrix, random_rotations, rotation_zxz_deg
 from ..forward.beam import wavelength_a
+from ..io.tables import read_text_file
 from .ice_loss import carbon_loss_fraction, temsim_ice_absorption_v
 from .parser import (
     OUTPUT_KEYS,
@@ -98,10 +99,14 @@ class _Translator:
 
     def path(self, sec: Section, key: str, what: str) -> Path:
         raw = str(sec.get(key))
-        p = Path(raw).expanduser()
-        candidates = [p] if p.is_absolute() else [self.base / p, Path.cwd() / p]
-        for c in candidates:
-            if c.exists():
+        try:
+            p = Path(raw).expanduser()
+            candidates = [p] if p.is_absolute() else [self.base / p, Path.cwd() / p]
+            found = [c.exists() for c in candidates]
+        except (OSError, ValueError, RuntimeError):  # an over-long name, an unknown ~user
+            raise self.err(sec, key, f"{what}: cannot use this path (too long, or not a valid name)") from None
+        for c, exists in zip(candidates, found, strict=True):
+            if exists:
                 if c != candidates[0]:
                     self.notes.append(f"[{sec.label}] {key} = {raw}: not beside the input file; using {c} "
                                       "(relative to the working directory, as TEM-simulator does)")
@@ -781,11 +786,6 @@ def load_inp(path: str | Path) -> TemsimInput:
     for anything malformed or not reproducible by difftem.
     """
     path = Path(path)
-    try:
-        text = path.read_text()
-    except FileNotFoundError:
-        raise InpError("input file not found", file=path) from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise InpError(f"cannot read the input file ({exc})", file=path) from None
+    text = read_text_file(path, "TEM-simulator input file", error=InpError)
     sections, notes = parse_inp_text(text, str(path))
     return translate(sections, path, notes)
