@@ -26,66 +26,89 @@ def register(app: typer.Typer) -> None:
             None, help="Dask resources each item needs, e.g. GPU=1 (workers started with --resources GPU=1)"),
     ):
         """Simulate a dataset described by SPEC into the store OUT (Zarr or MRC + STAR, with a manifest)."""
-        from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+        from ._console import console
 
-        from ..core.errors import DifftemError
-        from ..dataset.build import build
-        from ..dataset.spec import load_spec, parse_only
-        from ._console import console, fail
-
-        if workers is not None and scheduler is not None:
-            fail("--workers and --scheduler exclude each other: --workers starts a local cluster, "
-                  "--scheduler uses a running one")
-        if workers is not None and workers < 0:
-            fail(f"--workers must be >= 0 (0: run in this process), got {workers}")
-        previous = signal.getsignal(signal.SIGTERM)
+        previous = {signum: signal.getsignal(signum) for signum in (signal.SIGINT, signal.SIGTERM)}
 
         def _terminate(signum, frame):  # batch systems stop jobs with SIGTERM: stop as cleanly as Ctrl-C
             raise KeyboardInterrupt
 
-        progress = Progress(TextColumn("[bold]dataset"), BarColumn(), TextColumn("{task.completed}/{task.total} items"),
-                            TextColumn("{task.fields[rate]} items/s"), TextColumn("[red]{task.fields[failed]}"),
-                            TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(), console=console,
-                            transient=True)
-        task = None
-
-        def on_progress(state: dict) -> None:
-            nonlocal task
-            if task is None:
-                task = progress.add_task("items", total=state["total"], rate="-", failed="")
-            progress.update(task, completed=state["completed"], total=state["total"],
-                            rate=f"{state['items_per_s']:.2f}",
-                            failed=f"{state['failed']} failed" if state["failed"] else "")
-
-        try:
-            needs = _parse_resources(resources) if resources else None
+        try:  # from the first moment: a Ctrl-C (or SIGTERM) at any point exits 130 with a consistent store
             signal.signal(signal.SIGTERM, _terminate)
-            spec_obj = load_spec(spec)
-            selection = parse_only(only, spec_obj.n_items) if only else None
-            with progress:
-                report = build(spec_obj, out, workers=workers, scheduler=scheduler, only=selection,
-                               overwrite=overwrite, threads_per_item=threads_per_item, resources=needs,
-                               connect_timeout_s=connect_timeout, progress=on_progress,
-                               log=lambda msg: console.print(msg, soft_wrap=True, highlight=False))
+            report = _run(spec, out, workers, scheduler, only, overwrite, threads_per_item, connect_timeout,
+                          resources)
+            _summary(out, report)
         except KeyboardInterrupt:
-            console.print(f"[yellow]interrupted:[/] the store {out} is consistent (complete items only); "
-                          "rerun the same command to resume", soft_wrap=True, highlight=False)
+            signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut the message short
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)
+            state = (f"the store {out} is consistent (complete items only)" if out.exists()
+                     else f"nothing was written to {out}")
+            console.print(f"[yellow]interrupted:[/] {state}; rerun the same command to resume", soft_wrap=True,
+                          highlight=False)
             raise typer.Exit(code=130) from None
-        except DifftemError as exc:
-            fail(exc)
         finally:
-            signal.signal(signal.SIGTERM, previous)
-        n = len(report.done) + len(report.failed)
-        rate = n / report.seconds if report.seconds > 0 else 0.0
-        console.print(f"{out}: {len(report.done)} items written, {report.skipped} already there, "
-                      f"{len(report.failed)} failed, {report.seconds:.1f} s ({rate:.2f} items/s); "
-                      f"manifest {report.manifest.name if report.manifest else '-'}", soft_wrap=True, highlight=False)
-        for index, error in sorted(report.failed.items())[:10]:
-            console.print(f"[red]item {index} failed:[/] {error}", soft_wrap=True, highlight=False)
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
         if report.failed:
-            console.print("failed items are listed in the manifest and failed/; rerun to retry them",
-                          soft_wrap=True, highlight=False)
             raise typer.Exit(code=1)
+
+
+def _run(spec: Path, out: Path, workers: int | None, scheduler: str | None, only: str | None, overwrite: bool,
+         threads_per_item: int, connect_timeout: float, resources: str | None):
+    """Check the flags, load SPEC and build the store with a progress bar; a library error is one line (exit 2)."""
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    from ..core.errors import DifftemError
+    from ._console import console, fail
+
+    if workers is not None and scheduler is not None:
+        fail("--workers and --scheduler exclude each other: --workers starts a local cluster, "
+             "--scheduler uses a running one")
+    if workers is not None and workers < 0:
+        fail(f"--workers must be >= 0 (0: run in this process), got {workers}")
+    progress = Progress(TextColumn("[bold]dataset"), BarColumn(), TextColumn("{task.completed}/{task.total} items"),
+                        TextColumn("{task.fields[rate]} items/s"), TextColumn("[red]{task.fields[failed]}"),
+                        TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(), console=console,
+                        transient=True)
+    task = None
+
+    def on_progress(state: dict) -> None:
+        nonlocal task
+        if task is None:
+            task = progress.add_task("items", total=state["total"], rate="-", failed="")
+        progress.update(task, completed=state["completed"], total=state["total"],
+                        rate=f"{state['items_per_s']:.2f}",
+                        failed=f"{state['failed']} failed" if state["failed"] else "")
+
+    try:
+        from ..dataset.build import build
+        from ..dataset.spec import load_spec, parse_only
+
+        needs = _parse_resources(resources) if resources else None
+        spec_obj = load_spec(spec)
+        selection = parse_only(only, spec_obj.n_items) if only else None
+        with progress:
+            return build(spec_obj, out, workers=workers, scheduler=scheduler, only=selection,
+                         overwrite=overwrite, threads_per_item=threads_per_item, resources=needs,
+                         connect_timeout_s=connect_timeout, progress=on_progress,
+                         log=lambda msg: console.print(msg, soft_wrap=True, highlight=False))
+    except DifftemError as exc:
+        fail(exc)
+
+
+def _summary(out: Path, report) -> None:
+    from ._console import console
+
+    n = len(report.done) + len(report.failed)
+    rate = n / report.seconds if report.seconds > 0 else 0.0
+    console.print(f"{out}: {len(report.done)} items written, {report.skipped} already there, "
+                  f"{len(report.failed)} failed, {report.seconds:.1f} s ({rate:.2f} items/s); "
+                  f"manifest {report.manifest.name if report.manifest else '-'}", soft_wrap=True, highlight=False)
+    for index, error in sorted(report.failed.items())[:10]:
+        console.print(f"[red]item {index} failed:[/] {error}", soft_wrap=True, highlight=False)
+    if report.failed:
+        console.print("failed items are listed in the manifest and failed/; rerun to retry them",
+                      soft_wrap=True, highlight=False)
 
 
 def _parse_resources(text: str) -> dict[str, float]:

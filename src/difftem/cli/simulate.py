@@ -6,6 +6,7 @@ from importlib import resources
 from pathlib import Path
 
 import typer
+from rich.markup import escape
 
 from ..core.errors import DifftemError
 from ._console import console, fail, note, progress
@@ -35,47 +36,106 @@ def _load_any_config(path: Path):
     return load_config(path)
 
 
-def run_and_write(config, out: Path, save: set[str], label: str) -> dict:
-    """Simulate ``config`` (a micrograph, or a tilt series) with progress, print its warnings, write ``out``."""
+def _override(cfg, flag: str, section: str | None, name: str, value) -> None:
+    """Set a config value from a command-line flag through the config's own validation; a refused value is a
+    one-line error naming the flag."""
+    from pydantic import ValidationError
+
+    target = cfg if section is None else getattr(cfg, section)
+    try:
+        setattr(target, name, value)
+    except ValidationError as exc:
+        errors = exc.errors()
+        fail(f"{flag} {value!r}: {errors[0]['msg'] if errors else 'not accepted'}")
+
+
+def _apply_overrides(cfg, device: str | None, seed: int | None) -> None:
+    if device is not None:
+        choices = ("auto", "cpu", "cuda")
+        if device not in choices:
+            fail(f"--device {device!r}: choose one of {', '.join(choices)}")
+        _override(cfg, "--device", "simulation", "device", device)
+    if seed is not None:
+        if not 0 <= seed < 2**63:
+            fail(f"--seed {seed}: must be between 0 and 2^63 - 1")
+        _override(cfg, "--seed", None, "seed", seed)
+
+
+def _preflight(cfg):
+    """What can be refused before the long part: the scene (structures, placement), the tilt plan and the memory
+    estimate. Returns the scene, which the simulation reuses."""
+    from ..simulate.setup import Setup
+
+    if cfg.tilt_series is not None:
+        from ..forward.tilt import plan_tilts
+
+        plan_tilts(cfg)
+    setup = Setup.build(cfg)
+    setup.check_memory()
+    return setup.scene
+
+
+def _prepare_out(out: Path, overwrite: bool) -> None:
+    from ..simulate.output import prepare_out
+
+    for folder in prepare_out(out, overwrite=overwrite, overwrite_hint="pass --overwrite"):
+        note("note", f"left {folder} alone: a run on another host may still be writing it (delete it if not)")
+
+
+def run_and_write(config, out: Path, save: set[str], label: str, *, overwrite: bool = False) -> dict:
+    """Check ``config`` and ``out``, simulate (a micrograph, or a tilt series) with progress, print its warnings,
+    write ``out`` (all or nothing)."""
     from ..simulate.output import write_simulation, write_tilt_series
     from ..simulate.pipeline import simulate, simulate_tilt_series
 
+    scene = _preflight(config)
+    _prepare_out(out, overwrite)
     series = config.tilt_series is not None
     with progress(label, "tilts" if series else "slices") as update:
-        result = (simulate_tilt_series(config, progress=update) if series
-                  else simulate(config, keep_potential="potential" in save, progress=update))
+        result = (simulate_tilt_series(config, progress=update, scene=scene) if series
+                  else simulate(config, keep_potential="potential" in save, progress=update, scene=scene))
     for warning in result.metadata.get("warnings", []):
         note("warning", warning)
-    return write_tilt_series(result, out) if series else write_simulation(result, out, save)
+    if series:
+        return write_tilt_series(result, out, overwrite=overwrite)
+    return write_simulation(result, out, save, overwrite=overwrite)
+
+
+def _interrupted(out: Path) -> None:
+    """Ctrl-C: the staging folder is removed, so ``out`` holds no partial run; exit code 130 as a shell expects."""
+    console.print(f"[yellow]interrupted:[/] {escape(str(out))} holds no partial run (a run appears only when "
+                  "complete)", soft_wrap=True, highlight=False)
+    raise typer.Exit(code=130)
 
 
 def register(app: typer.Typer) -> None:
     @app.command()
     def simulate(
         config: Path = typer.Argument(..., help="YAML configuration file, or a TEM-simulator 1.3 input file (.inp)"),
-        out: Path = typer.Option(..., "--out", "-o", help="output folder (created if missing)"),
+        out: Path = typer.Option(..., "--out", "-o", help="output folder: new or empty (created; appears only when "
+                                                           "the run is complete)"),
         save: str = typer.Option("", help="extra outputs, comma-separated: potential,exit_wave"),
         device: str | None = typer.Option(None, help="override simulation.device: auto, cpu or cuda"),
         seed: int | None = typer.Option(None, help="override the config's seed"),
+        overwrite: bool = typer.Option(False, "--overwrite", help="replace an --out folder that holds files (the "
+                                                                  "old one is removed once the new run is complete)"),
     ):
         """Simulate a micrograph (or a tilt series) from CONFIG and write MRC images, STAR ground truth, a preview
         and run.json into OUT."""
         try:
             cfg = _load_any_config(config)
-            if device is not None:
-                cfg.simulation.device = device
-            if seed is not None:
-                cfg.seed = seed
-            run = run_and_write(cfg, out, _parse_save(save), "simulate")
+            _apply_overrides(cfg, device, seed)
+            run = run_and_write(cfg, out, _parse_save(save), "simulate", overwrite=overwrite)
         except DifftemError as exc:
             fail(exc)
-        except ValueError as exc:  # pydantic assignment validation of --device/--seed
-            fail(str(exc).splitlines()[0] if str(exc) else repr(exc))
+        except KeyboardInterrupt:
+            _interrupted(out)
         console.print(f"wrote {', '.join(run['outputs'])} to {out} in {run['timings']['total_s']:.1f} s")
 
     @app.command()
-    def demo(out: Path = typer.Option(Path("difftem_demo"), "--out", "-o", help="output folder"),
-             device: str | None = typer.Option(None, help="auto, cpu or cuda")):
+    def demo(out: Path = typer.Option(Path("difftem_demo"), "--out", "-o", help="output folder: new or empty"),
+             device: str | None = typer.Option(None, help="auto, cpu or cuda"),
+             overwrite: bool = typer.Option(False, "--overwrite", help="replace an --out folder that holds files")):
         """Simulate the bundled example (five ubiquitins in ice) and say where the outputs are."""
         import yaml
 
@@ -84,11 +144,12 @@ def register(app: typer.Typer) -> None:
         data = yaml.safe_load(resources.files("difftem").joinpath("data/demo.yaml").read_text())
         try:
             cfg = config_from_dict(data, "builtin demo.yaml")
-            if device is not None:
-                cfg.simulation.device = device
-            run = run_and_write(cfg, out, {"potential"}, "demo")
+            _apply_overrides(cfg, device, None)
+            run = run_and_write(cfg, out, {"potential"}, "demo", overwrite=overwrite)
         except DifftemError as exc:
             fail(exc)
+        except KeyboardInterrupt:
+            _interrupted(out)
         console.print(f"demo: {run['n_atoms']} atoms, {run['n_slices']} slices, {run['timings']['total_s']:.1f} s "
                       f"on {run['device']}")
         console.print(f"outputs in {out.resolve()}: {', '.join(run['outputs'])}")

@@ -276,21 +276,70 @@ def default_workers(spec_shape_px, device: str) -> int:
     return max(1, min(cpus, int(0.8 * psutil.virtual_memory().available // per_worker)))
 
 
+class _HeldSignals:
+    """Ctrl-C (SIGINT) and SIGTERM that arrived while a step must not be cut short; :meth:`deliver` hands them
+    to the handlers that were in place (Python's turns SIGINT into KeyboardInterrupt)."""
+
+    def __init__(self):
+        self.signals: list[int] = []
+        self.previous: dict = {}
+
+    def hold(self, signum, frame) -> None:
+        self.signals.append(signum)
+
+    def deliver(self) -> None:
+        for signum in dict.fromkeys(self.signals):
+            handler = self.previous.get(signum)
+            if callable(handler):
+                self.signals.clear()
+                handler(signum, None)
+
+
 @contextlib.contextmanager
-def _children_ignore_sigint():
-    """Workers spawned meanwhile inherit SIGINT = ignored: Ctrl-C reaches only this process, which then
-    cancels the work and closes the cluster (instead of every worker dying with a traceback)."""
+def _held_signals(*, children_deaf_to_sigint: bool = False):
+    """Hold SIGINT and SIGTERM during a step that must finish (starting the cluster, closing it and writing the
+    manifest); the caller delivers them afterwards, once it can stop cleanly.
+
+    ``children_deaf_to_sigint``: processes started meanwhile (the cluster's workers) inherit SIGINT blocked, so a
+    Ctrl-C sent to the whole process group reaches only this process, which cancels the work and closes the
+    cluster (instead of every worker dying with a traceback). This process blocks SIGINT in its main thread
+    meanwhile (threads started meanwhile inherit that) and collects one that stays pending at the end; other
+    threads hand theirs to the holding handler. A signal is never dropped."""
     import signal
     import threading
 
+    held = _HeldSignals()
     if threading.current_thread() is not threading.main_thread():
-        yield
+        yield held
         return
-    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        if callable(signal.getsignal(signum)):  # left alone when ignored or default (nothing to deliver to)
+            held.previous[signum] = signal.signal(signum, held.hold)
+    if children_deaf_to_sigint:
+        # multiprocessing's resource tracker, started on first use, unblocks SIGINT in the thread that starts it
+        # (a Dask event-loop thread, which then spawns the workers): start it now, while nothing is blocked
+        from multiprocessing import resource_tracker
+
+        resource_tracker.ensure_running()
+    ignored_sigint = children_deaf_to_sigint and signal.SIGINT not in held.previous
+    if ignored_sigint:  # SIG_IGN or SIG_DFL: children inherit ignoring it, as this process does or dies anyway
+        previous_sigint = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT}) if children_deaf_to_sigint else None
     try:
-        yield
+        yield held
     finally:
-        signal.signal(signal.SIGINT, previous)
+        if mask is not None:
+            if signal.SIGINT not in mask and signal.SIGINT in signal.sigpending():
+                held.signals.append(signal.SIGINT)  # taken off the pending set before unblocking:
+                if hasattr(signal, "sigtimedwait"):
+                    signal.sigtimedwait({signal.SIGINT}, 0)
+                else:  # macOS: let it arrive while ignored
+                    signal.signal(signal.SIGINT, signal.SIG_IGN)
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+        if ignored_sigint:
+            signal.signal(signal.SIGINT, previous_sigint)
+        for signum, handler in held.previous.items():
+            signal.signal(signum, handler)
 
 
 class _Cluster:
@@ -325,11 +374,21 @@ class _Cluster:
         import importlib.util
 
         dashboard = ":8787" if importlib.util.find_spec("bokeh") else ":0"
-        with warnings.catch_warnings(), _children_ignore_sigint():
-            warnings.simplefilter("ignore")  # "port 8787 in use" etc.: the link we print is the real one
-            self._local = LocalCluster(n_workers=n, threads_per_worker=1, processes=True,
-                                       dashboard_address=dashboard, silence_logs=logging.ERROR)
-        self.client = Client(self._local, set_as_default=False)
+        held = _HeldSignals()
+        try:  # a Ctrl-C during the start-up (seconds) is held, then stops the run once the cluster can be closed
+            with warnings.catch_warnings(), _held_signals(children_deaf_to_sigint=True) as held:
+                warnings.simplefilter("ignore")  # "port 8787 in use" etc.: the link we print is the real one
+                # workers log connection errors when stopped while still starting up (Ctrl-C): noise, as items
+                # report their own failures
+                self._local = LocalCluster(n_workers=n, threads_per_worker=1, processes=True,
+                                           dashboard_address=dashboard, silence_logs=logging.CRITICAL)
+                self.client = Client(self._local, set_as_default=False)
+            held.deliver()
+        except BaseException:
+            self.close()
+            if held.signals:  # a start-up cut short by the Ctrl-C itself
+                raise KeyboardInterrupt from None
+            raise
         if dashboard != ":0":
             self.link = self.client.dashboard_link
         else:
@@ -340,11 +399,14 @@ class _Cluster:
         return 0 if self.client is None else len(self.client.scheduler_info().get("workers", {}))
 
     def close(self) -> None:
-        if self._owned and self.client is not None:
-            self.client.close()
-            if self._local is not None:
-                self._local.close()
-        self._owned = False
+        with _held_signals() as held:  # a Ctrl-C now would orphan the workers
+            if self._owned:
+                if self.client is not None:
+                    self.client.close()
+                if self._local is not None:
+                    self._local.close()
+            self._owned = False
+        held.deliver()
 
 
 def build(spec: DatasetSpec | dict | str | Path, out: str | Path, client=None, *, workers: int | None = None,
@@ -382,7 +444,9 @@ def build(spec: DatasetSpec | dict | str | Path, out: str | Path, client=None, *
         cl = cluster.client
         if cl is not None and cluster.remote:
             _check_workers(cl, out)
-        store = _open_store(out, spec, record, existing, replace)
+        with _held_signals() as held:  # a Ctrl-C must not leave a store half removed for --overwrite
+            store = _open_store(out, spec, record, existing, replace)
+        held.deliver()
         with store.lock():
             if existing is not None and not replace and existing.get("n_items") != spec.n_items:
                 store.write_record(record)  # the store grows
@@ -403,10 +467,13 @@ def build(spec: DatasetSpec | dict | str | Path, out: str | Path, client=None, *
                 report.interrupted = True
                 raise
             finally:
-                cluster.close()  # local workers stop first, so the state recorded below is final
-                run.rescan()
-                report.manifest = run.write_manifest(force=True)
-                report.seconds = time.perf_counter() - t_start
+                with _held_signals() as held:  # a second Ctrl-C must not cut the manifest short
+                    cluster.close()  # local workers stop first, so the state recorded below is final
+                    run.rescan()
+                    report.manifest = run.write_manifest(force=True)
+                    report.seconds = time.perf_counter() - t_start
+                if not report.interrupted:
+                    held.deliver()
     finally:
         cluster.close()
     return report

@@ -1,30 +1,216 @@
-"""Outputs written atomically: every file appears complete or not at all."""
+"""Outputs written atomically: every file appears complete or not at all, with the permissions the umask allows.
+
+A file is written under a hidden temporary name beside its final one (``.<name>.<random>.part``) and renamed into
+place in one step. An exception removes the temporary file; a SIGKILL (or a power cut) between its creation and the
+rename can leave it behind. Callers that write a whole folder (``difftem simulate``) therefore write into a staging
+folder and rename that into place (:func:`staging_folder`), so such a leftover never reaches the user's folder.
+"""
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import errno
 import json
 import os
+import re
+import shutil
+import socket
+import stat
 import tempfile
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 
+_UMASK: int | None = None
+_UMASK_LOCK = threading.Lock()
+
+
+def umask() -> int:
+    """The process umask, read once: from /proc (no change to the process state) where Linux offers it,
+    otherwise by setting and restoring it under a lock."""
+    global _UMASK
+    with _UMASK_LOCK:
+        if _UMASK is None:
+            _UMASK = _read_umask()
+        return _UMASK
+
+
+def _read_umask() -> int:
+    with contextlib.suppress(OSError, ValueError), open("/proc/self/status") as fh:
+        for line in fh:
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    mask = os.umask(0o022)  # no /proc: the only portable read is a write (another thread may see 022 briefly)
+    os.umask(mask)
+    return mask
+
+
+def file_mode() -> int:
+    """The mode a new file gets from ``open``: 0o666 less the umask (temporary files are created 0o600)."""
+    return 0o666 & ~umask()
+
+
+def folder_mode() -> int:
+    """The mode a new folder gets from ``mkdir``: 0o777 less the umask (``mkdtemp`` creates 0o700)."""
+    return 0o777 & ~umask()
+
 
 @contextlib.contextmanager
-def atomic_path(path: str | Path):
-    """Yield a temporary path beside ``path``; on success it replaces ``path`` in one rename."""
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; on success it replaces ``path`` in one rename, with the mode the
+    umask gives a new file. On an exception the temporary file is removed (a SIGKILL can leave it: see the
+    module's docstring)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
     os.close(fd)
     try:
         yield Path(tmp)
+        os.chmod(tmp, file_mode())  # after the writer: some writers replace the file they are given
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+
+
+# --- whole folders -------------------------------------------------------------------------------------------
+
+_STAGING, _REPLACED = "staging", "replaced"
+
+
+def _host() -> str:
+    return re.sub(r"[^A-Za-z0-9_-]", "_", socket.gethostname() or "host")
+
+
+def _aside_name(folder: Path, kind: str) -> str:
+    return f".{folder.name}.{kind}-{_host()}-{os.getpid()}-"
+
+
+def _normal(folder: str | Path) -> Path:
+    """An absolute path without ``..``; a link to a folder stands for the folder it names."""
+    return Path(os.path.realpath(folder) if os.path.islink(folder) else os.path.abspath(folder))
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # someone else's process
+        return True
+    return True
+
+
+def stale_folders(folder: str | Path) -> tuple[list[Path], list[Path]]:
+    """Staging and set-aside folders left beside ``folder`` by runs that were killed: (this host's, whose
+    process is gone; other hosts', which cannot be checked from here)."""
+    folder = _normal(folder)
+    pattern = re.compile(rf"^\.{re.escape(folder.name)}\.({_STAGING}|{_REPLACED})-(.+)-(\d+)-[^-]*$")
+    dead, foreign = [], []
+    with contextlib.suppress(OSError):
+        for entry in folder.parent.iterdir():
+            m = pattern.match(entry.name)
+            if m is None or not entry.is_dir() or entry.is_symlink():
+                continue
+            if m.group(2) != _host():
+                foreign.append(entry)
+            elif int(m.group(3)) != os.getpid() and not _pid_alive(int(m.group(3))):
+                dead.append(entry)
+    return sorted(dead), sorted(foreign)
+
+
+def clean_stale_folders(folder: str | Path) -> tuple[list[Path], list[Path]]:
+    """Remove what killed runs left beside ``folder`` (their staging folders; a folder set aside to be replaced
+    is put back when ``folder`` itself is missing, i.e. the run died between its two renames). Returns (removed
+    or restored, left alone because another host's run may still be writing them)."""
+    folder = _normal(folder)
+    dead, foreign = stale_folders(folder)
+    for entry in dead:
+        if f".{_REPLACED}-" in entry.name and not os.path.lexists(folder):
+            with contextlib.suppress(OSError):
+                os.rename(entry, folder)
+                continue
+        shutil.rmtree(entry, ignore_errors=True)
+    return dead, foreign
+
+
+def folder_state(folder: str | Path) -> str:
+    """``"missing"``, ``"empty"`` (an empty folder), ``"full"`` (a folder with entries) or ``"other"`` (a file,
+    a link to a file, something else)."""
+    try:
+        st = os.stat(folder)
+    except FileNotFoundError:
+        return "missing"
+    if not stat.S_ISDIR(st.st_mode):
+        return "other"
+    with os.scandir(folder) as it:
+        return "full" if next(it, None) is not None else "empty"
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two paths in one step (Linux ``renameat2(RENAME_EXCHANGE)``); False where that is not available."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        renameat2 = libc.renameat2
+    except (OSError, AttributeError):
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    if renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
+        return False
+    raise OSError(err, os.strerror(err), str(a), None, str(b))
+
+
+@contextlib.contextmanager
+def staging_folder(folder: str | Path, *, overwrite: bool = False) -> Iterator[Path]:
+    """Yield an empty hidden folder beside ``folder`` to write into; on success it becomes ``folder`` in one
+    rename, so ``folder`` is absent (or as it was) until the whole set of files is there. On an exception the
+    staging folder is removed; one left by a SIGKILL is removed by the next run into the same folder
+    (:func:`clean_stale_folders`).
+
+    ``folder`` may be missing or an empty folder; a folder with files is replaced whole when ``overwrite``
+    (swapped with the new one in one step where the system allows, otherwise renamed aside first, then
+    deleted), and is an error (``FileExistsError``) otherwise. The callers check this up front with a message
+    for the user; this check only guards against a folder that appeared meanwhile.
+    """
+    folder = _normal(folder)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    clean_stale_folders(folder)
+    tmp = Path(tempfile.mkdtemp(prefix=_aside_name(folder, _STAGING), dir=folder.parent))
+    try:
+        yield tmp
+        _publish(tmp, folder, overwrite)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def _publish(tmp: Path, folder: Path, overwrite: bool) -> None:
+    state = folder_state(folder)
+    if state == "other":
+        raise FileExistsError(errno.EEXIST, "exists and is not a folder", str(folder))
+    if state == "full" and not overwrite:
+        raise FileExistsError(errno.ENOTEMPTY, "is not empty", str(folder))
+    # an existing (empty or replaced) folder's permissions carry over; a new one gets the umask's
+    os.chmod(tmp, stat.S_IMODE(os.stat(folder).st_mode) if state != "missing" else folder_mode())
+    if state != "full":
+        os.rename(tmp, folder)  # onto a missing or an empty folder: one step
+        return
+    if _exchange(tmp, folder):  # tmp now holds the old run
+        shutil.rmtree(tmp, ignore_errors=True)
+        return
+    # two renames: killed between them, the old folder waits aside and the next run puts it back
+    aside = folder.parent / (_aside_name(folder, _REPLACED) + tmp.name.rsplit("-", 1)[-1])
+    os.rename(folder, aside)
+    os.rename(tmp, folder)
+    shutil.rmtree(aside, ignore_errors=True)
 
 
 def write_mrc(path: str | Path, data: np.ndarray, pixel_size_a: float) -> Path:

@@ -1,17 +1,23 @@
 """Writing a simulation's results into a folder: images, ground truth, a preview and the run record.
 
-Every file goes through a temporary name and one rename; the run record (run.json) is written last and lists
-the outputs, so a folder with a run.json holds a complete run.
+A run's folder is all or nothing: the files are written into a hidden staging folder beside it
+(``.<name>.staging-<host>-<pid>-<random>``) which is renamed into place at the end, so the folder is absent (or
+as it was) until it holds the complete run. The run record (run.json) lists every output. A folder that already
+holds files is refused unless ``overwrite``, which replaces it whole; staging folders left by killed runs are
+removed by the next run into the same folder.
 """
 
 from __future__ import annotations
 
+import contextlib
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 
-from ..io.files import write_json, write_mrc, write_npy
+from ..core.errors import ArgumentError
+from ..io.files import clean_stale_folders, folder_state, staging_folder, write_json, write_mrc, write_npy
 from ..io.preview import write_panels_png
 from ..io.star import STAR_CONVENTION, write_star
 from ..io.tlt import write_tlt
@@ -21,10 +27,56 @@ from .pipeline import SimulationResult, TiltSeriesResult, simulate, simulate_til
 SAVE_CHOICES = frozenset({"potential", "exit_wave"})
 
 
-def write_simulation(result: SimulationResult, out: str | Path, save: set[str] | frozenset = frozenset()) -> dict:
+def prepare_out(out: str | Path, *, overwrite: bool = False,
+                overwrite_hint: str = "pass overwrite=True") -> list[Path]:
+    """Check ``out`` before a run: a missing or empty folder is fine, a folder with files only with ``overwrite``
+    (``overwrite_hint`` says how to ask for it), anything else is an :class:`ArgumentError` naming ``out``.
+    Removes what killed runs left beside ``out``; returns the staging folders of other hosts' runs, left alone."""
+    try:
+        state = folder_state(out)
+        if state == "other":
+            raise ArgumentError("out", f" {out}: exists and is not a folder; name a new or empty folder")
+        if state == "full" and not overwrite:
+            raise ArgumentError("out", f" {out}: is not empty ({_some_entries(Path(out))}); choose a new or empty "
+                                       f"folder, or {overwrite_hint} to replace it whole")
+        return clean_stale_folders(out)[1]
+    except (OSError, ValueError) as exc:  # a NUL byte, a name too long, no permission to look
+        raise ArgumentError("out", f" {str(out)[:200]!r}: cannot use this path ({_reason(exc)})") from None
+
+
+def _some_entries(folder: Path, n: int = 3) -> str:
+    names = sorted(p.name for p in folder.iterdir())
+    return ", ".join(names[:n]) + (f" and {len(names) - n} more" if len(names) > n else "")
+
+
+def _reason(exc: BaseException) -> str:
+    return getattr(exc, "strerror", None) or str(exc).splitlines()[0] or type(exc).__name__
+
+
+@contextlib.contextmanager
+def _staged(out: str | Path, overwrite: bool) -> Iterator[Path]:
+    """A staging folder that becomes ``out`` when the block ends without an exception."""
+    prepare_out(out, overwrite=overwrite)
+    try:
+        with staging_folder(out, overwrite=overwrite) as tmp:
+            yield tmp
+    except FileExistsError:  # appeared while the run was writing
+        prepare_out(out, overwrite=overwrite)
+        raise
+    except OSError as exc:
+        raise ArgumentError("out", f" {out}: cannot write the run there ({_reason(exc)})") from None
+
+
+def write_simulation(result: SimulationResult, out: str | Path, save: set[str] | frozenset = frozenset(), *,
+                     overwrite: bool = False) -> dict:
     """Write a micrograph's images (MRC, pixel size in the header), ground truth (particles.star), a preview
-    and run.json into ``out``; return the run record. ``save``: extra outputs from :data:`SAVE_CHOICES`."""
-    out = Path(out)
+    and run.json into ``out`` (all or nothing: see the module's docstring); return the run record. ``save``:
+    extra outputs from :data:`SAVE_CHOICES`; ``overwrite``: replace a folder that holds files."""
+    with _staged(out, overwrite) as tmp:
+        return _write_simulation(result, tmp, save)
+
+
+def _write_simulation(result: SimulationResult, out: Path, save: set[str] | frozenset) -> dict:
     t = time.perf_counter()
     px = result.pixel_size_a
     written = [write_mrc(out / "micrograph.mrc", result.micrograph.cpu().numpy(), px),
@@ -49,10 +101,15 @@ def write_simulation(result: SimulationResult, out: str | Path, save: set[str] |
     return run
 
 
-def write_tilt_series(result: TiltSeriesResult, out: str | Path) -> dict:
+def write_tilt_series(result: TiltSeriesResult, out: str | Path, *, overwrite: bool = False) -> dict:
     """Write a tilt series (MRC stacks ordered by angle, IMOD .tlt, tilts.star, particles.star, a preview and
-    run.json) into ``out``; return the run record."""
-    out = Path(out)
+    run.json) into ``out`` (all or nothing: see the module's docstring); return the run record.
+    ``overwrite``: replace a folder that holds files."""
+    with _staged(out, overwrite) as tmp:
+        return _write_tilt_series(result, tmp)
+
+
+def _write_tilt_series(result: TiltSeriesResult, out: Path) -> dict:
     px = result.pixel_size_a
     stem = "tilt_series"
     metadata = dict(result.metadata)
@@ -107,9 +164,13 @@ def _tilt_panels(result: TiltSeriesResult) -> list[tuple[np.ndarray, str]]:
     return panels
 
 
-def run_and_write(config, out: str | Path, save: set[str] | frozenset = frozenset(), progress=None) -> dict:
+def run_and_write(config, out: str | Path, save: set[str] | frozenset = frozenset(), progress=None, *,
+                  overwrite: bool = False) -> dict:
     """Simulate ``config`` (a micrograph, or a tilt series when ``tilt_series`` is set) and write it into ``out``.
-    ``progress(done, total)`` counts slices (micrograph) or tilts (series)."""
+    ``progress(done, total)`` counts slices (micrograph) or tilts (series). ``out`` is checked before the
+    simulation starts (see :func:`prepare_out`)."""
+    prepare_out(out, overwrite=overwrite)
     if config.tilt_series is not None:
-        return write_tilt_series(simulate_tilt_series(config, progress=progress), out)
-    return write_simulation(simulate(config, keep_potential="potential" in save, progress=progress), out, save)
+        return write_tilt_series(simulate_tilt_series(config, progress=progress), out, overwrite=overwrite)
+    return write_simulation(simulate(config, keep_potential="potential" in save, progress=progress), out, save,
+                            overwrite=overwrite)

@@ -1,0 +1,160 @@
+"""Ctrl-C at any moment of `difftem dataset` — during the Dask cluster's start-up, just after it, or while items
+run — exits 130 with a consistent store, stops every worker, and a resumed run gives the uninterrupted dataset.
+
+During the start-up the command holds SIGINT (its main thread blocks it, so the workers it spawns inherit it
+blocked and stay deaf to a Ctrl-C sent to the whole process group) and acts on it once the cluster exists and can
+be closed. The tests find that window through /proc (the main thread's blocked-signal mask).
+"""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+import yaml
+
+pytest.importorskip("distributed")
+pytest.importorskip("zarr")
+pytestmark = pytest.mark.skipif(not os.path.exists("/proc/self/status"), reason="needs Linux /proc")
+
+from difftem.dataset import DatasetReader, build, load_spec  # noqa: E402
+from difftem.dataset.store import Store  # noqa: E402
+
+N_ITEMS = 6
+SPEC = {
+    "seed": 5,
+    "n_items": N_ITEMS,
+    "base": {
+        "detector": {"shape_px": [128, 128], "pixel_size_a": 1.0, "noise": "poisson"},
+        "sample": {"ice_thickness_nm": 20, "particles": [
+            {"structure": "builtin:1ubi", "positions_a": [[0, 0, 0], [30, -30, 40], [-30, 30, -40]]}]},
+        "simulation": {"slice_thickness_a": 0.5, "device": "cpu"},
+    },
+    "vary": {"optics.defocus_um": {"uniform": [1.0, 3.0]}, "beam.dose_e_per_a2": {"choice": [20, 40, 60]}},
+    "outputs": ["micrograph", "noiseless"],
+}
+ARRAYS = ("micrograph", "noiseless")
+SIGINT_BIT = 1 << (signal.SIGINT - 1)
+
+
+@pytest.fixture(scope="module")
+def spec_path(tmp_path_factory):
+    path = tmp_path_factory.mktemp("spec") / "spec.yaml"
+    path.write_text(yaml.safe_dump(SPEC))
+    return path
+
+
+@pytest.fixture(scope="module")
+def reference(spec_path, tmp_path_factory):
+    out = tmp_path_factory.mktemp("ref") / "store"
+    report = build(spec_path, out, workers=0)
+    assert len(report.done) == N_ITEMS and not report.failed
+    return out
+
+
+def blocked_mask(pid: int) -> int | None:
+    """The main thread's blocked signals (None once the process is gone)."""
+    try:
+        with open(f"/proc/{pid}/status") as fh:
+            for line in fh:
+                if line.startswith("SigBlk:"):
+                    return int(line.split()[1], 16)
+    except OSError:
+        return None
+    return None
+
+
+def in_start_up(pid: int) -> bool:
+    # SIGINT alone: the start-up window (the instant between fork and exec blocks every signal, not this)
+    return blocked_mask(pid) == SIGINT_BIT
+
+
+def n_done(out) -> int:
+    items = out / "items"
+    return sum(p.name.isdigit() for p in items.iterdir()) if items.exists() else 0
+
+
+def session_processes(sid, wait_s=15.0):
+    psutil = pytest.importorskip("psutil")
+    t0 = time.time()
+    while True:
+        alive = []
+        for p in psutil.process_iter():
+            try:
+                if os.getsid(p.pid) == sid and p.status() != psutil.STATUS_ZOMBIE:
+                    alive.append(p.pid)
+            except (ProcessLookupError, PermissionError, psutil.Error):
+                pass
+        if not alive or time.time() - t0 > wait_s:
+            return alive
+        time.sleep(0.1)
+
+
+def wait_until(proc, condition, what, timeout_s=180.0):
+    t0 = time.time()
+    while not condition():
+        assert proc.poll() is None, f"the run ended before {what}: {proc.stdout.read()}"
+        assert time.time() - t0 < timeout_s, f"no {what} within {timeout_s} s"
+        time.sleep(0.001)
+
+
+def assert_consistent_then_resume(out, reference, spec_path):
+    """The store, if any, holds complete items only and its manifest agrees with them; resuming completes it
+    into the uninterrupted dataset, bit for bit."""
+    import csv
+
+    if out.exists():
+        assert not any((out / ".partial").iterdir())
+        done = Store(out, "zarr").done_indices()
+        if (out / "manifest.csv").exists():
+            with open(out / "manifest.csv", newline="") as fh:
+                rows = list(csv.DictReader(fh))
+            assert {int(r["index"]) for r in rows if r["status"] == "done"} == done
+    else:
+        done = set()
+    report = build(load_spec(spec_path), out, workers=0)
+    assert report.skipped == len(done) and len(report.done) == N_ITEMS - len(done) and not report.failed
+    a, b = DatasetReader(out), DatasetReader(reference)
+    assert a.indices == b.indices == list(range(N_ITEMS))
+    sa, sb = Store(out, "zarr"), Store(reference, "zarr")
+    for i in a.indices:
+        x, y = a.item(i), b.item(i)
+        assert all(torch.equal(x[n], y[n]) for n in ARRAYS), i
+        ax, ay = sa.read_attrs(i), sb.read_attrs(i)
+        ax.pop("record"), ay.pop("record")
+        assert ax == ay, i
+
+
+MOMENTS = {
+    "start-up begins": lambda proc, out: wait_until(proc, lambda: in_start_up(proc.pid), "start-up"),
+    "mid start-up": lambda proc, out: (wait_until(proc, lambda: in_start_up(proc.pid), "start-up"),
+                                       time.sleep(0.3)),
+    "start-up over": lambda proc, out: (wait_until(proc, lambda: in_start_up(proc.pid), "start-up"),
+                                        wait_until(proc, lambda: not in_start_up(proc.pid), "the end of start-up")),
+    "first item done": lambda proc, out: wait_until(proc, lambda: n_done(out) >= 1, "a finished item"),
+}
+
+
+@pytest.mark.parametrize("moment", list(MOMENTS))
+def test_ctrl_c_at_any_moment_exits_130_with_a_consistent_store(spec_path, reference, tmp_path, moment):
+    out = tmp_path / "store"
+    proc = subprocess.Popen([sys.executable, "-m", "difftem.cli", "dataset", str(spec_path), "--out", str(out),
+                             "--workers", "2"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True, env={**os.environ, "COLUMNS": "200"})
+    try:
+        MOMENTS[moment](proc, out)
+        os.killpg(proc.pid, signal.SIGINT)  # what a terminal sends to the whole foreground group
+        text, _ = proc.communicate(timeout=180)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    assert proc.returncode == 130, text
+    assert "interrupted" in text and "rerun the same command to resume" in text, text
+    assert "Traceback" not in text and "Error" not in text, text
+    assert session_processes(proc.pid) == []  # workers were shut down, not orphaned
+    assert n_done(out) < N_ITEMS  # the run was stopped, not finished
+    assert_consistent_then_resume(out, reference, spec_path)
