@@ -145,7 +145,9 @@ def register(app: typer.Typer) -> None:
         try:
             cfg = config_from_dict(data, "builtin demo.yaml")
             _apply_overrides(cfg, device, None)
-            run = run_and_write(cfg, out, {"potential"}, "demo", overwrite=overwrite)
+            # rerunning the demo replaces its own earlier output (a difftem run folder), nothing else
+            again = out.is_dir() and (out / "run.json").is_file() and out == Path("difftem_demo")
+            run = run_and_write(cfg, out, {"potential"}, "demo", overwrite=overwrite or again)
         except DifftemError as exc:
             fail(exc)
         except KeyboardInterrupt:
