@@ -110,7 +110,13 @@ def map_size_voxels(atoms: Atoms, voxel_a: float, pixel_size_a: float) -> tuple[
     """(cube side in voxels, radius in Å) for a map holding the atoms plus the potential's tails and the
     ringing of the band limit (which decays over a few pixels)."""
     r = float(np.sqrt((atoms.positions_a**2).sum(1)).max()) if len(atoms) else 0.0
-    radius = r + max(MAP_MARGIN_A, MAP_MARGIN_PX * pixel_size_a)
+    return map_side_voxels(r, voxel_a, pixel_size_a)
+
+
+def map_side_voxels(radius_a: float, voxel_a: float, pixel_size_a: float) -> tuple[int, float]:
+    """(cube side in voxels, radius in Å) of the map of atoms within ``radius_a`` of its centre (see
+    :func:`map_size_voxels`); the memory estimate sizes maps with it before any is built."""
+    radius = radius_a + max(MAP_MARGIN_A, MAP_MARGIN_PX * pixel_size_a)
     side = 2 * math.ceil(radius / voxel_a) + 2
     return good_fft_size(side), radius
 
@@ -288,7 +294,7 @@ class FourierProjector:
         return self.coeffs.numel() * self.coeffs.element_size()
 
     def box_px(self) -> int:
-        return good_fft_size(2 * math.ceil(self.support_a / self.pixel_size_a) + 4)
+        return projection_box_px(self.support_a, self.pixel_size_a)
 
     def project(self, rotations: torch.Tensor, offsets_a: torch.Tensor, box_px: int,
                 transfer=None) -> torch.Tensor:
@@ -315,6 +321,18 @@ class FourierProjector:
         return out
 
 
+def projector_size(radius_a: float, pixel_size_a: float, pad: float = 2.0) -> tuple[int, float]:
+    """(padded cube side N, support radius in Å) of the projector of atoms within ``radius_a`` of its centre; a
+    copy's projection box is :meth:`FourierProjector.box_px` of that support."""
+    support = radius_a + max(MAP_MARGIN_A, 8 * pixel_size_a)
+    return good_fft_size(math.ceil(pad * (2 * support / pixel_size_a + 2))), support
+
+
+def projection_box_px(support_a: float, pixel_size_a: float) -> int:
+    """The box (px) a copy's projection is computed on."""
+    return good_fft_size(2 * math.ceil(support_a / pixel_size_a) + 4)
+
+
 def build_fourier_projector(atoms: Atoms, table: ScatteringTable, *, pixel_size_a: float,
                             passband_fraction: float = PASSBAND_FRACTION, ice: IceModel | None, absorption_ratio: float,
                             device=None, pad: float = 2.0) -> FourierProjector:
@@ -326,8 +344,7 @@ def build_fourier_projector(atoms: Atoms, table: ScatteringTable, *, pixel_size_
     p = pixel_size_a
     nyquist = 0.5 / p
     r = float(np.sqrt((atoms.positions_a**2).sum(1)).max()) if len(atoms) else 0.0
-    support = r + max(MAP_MARGIN_A, 8 * p)
-    n = good_fft_size(math.ceil(pad * (2 * support / p + 2)))
+    n, support = projector_size(r, p, pad)
     sigma_s = 1.0
     pos_vox = torch.as_tensor(atoms.positions_a[:, ::-1].copy(), dtype=torch.float64, device=device) / p
     b = torch.as_tensor(atoms.b_iso_a2, dtype=torch.float64, device=device)

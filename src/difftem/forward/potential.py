@@ -40,6 +40,8 @@ PROTEIN_VOLUME_A3_PER_DA = 1.66054 / 1.35
 
 ICE_MEAN_POTENTIAL_V = 4.8775
 MIN_BOX_MARGIN_PX = 32
+#: cached per-element form factors of the slices' boxes, beyond those of the current box shape
+FF_CACHE_BYTES = 64_000_000
 _ICE_ABSORPTION_V = {200.0: 0.8245, 300.0: 0.7591}
 
 
@@ -238,7 +240,19 @@ class SlicedPotential(SlicedBase):
                 ff_re = ff_re - self.ice.mean_potential_v * solvent
                 ff_im = ff_im - self.ice.absorption_potential_v * solvent
             self._ff_cache[key] = torch.stack([ff_re, ff_im]).to(self.rdtype)
+            self._trim_ff_cache(shape)
         return self._ff_cache[key]
+
+    def _trim_ff_cache(self, shape: tuple[int, int]) -> None:
+        """Keep the cached form factors under FF_CACHE_BYTES: slices whose boxes differ in shape each add a set,
+        so drop the oldest of other shapes (the current shape's set is always kept)."""
+        total = sum(v.numel() * v.element_size() for v in self._ff_cache.values())
+        for key in list(self._ff_cache):
+            if total <= FF_CACHE_BYTES:
+                break
+            if key[2] != shape:
+                v = self._ff_cache.pop(key)
+                total -= v.numel() * v.element_size()
 
     def _fourier_patch(self, lo: int, hi: int) -> Patch:
         x_a, y_a = self._grid_xy_a(self.positions_a[lo:hi])

@@ -22,6 +22,7 @@ Multislice keeps one wave per slice and rebuilds each slice's potential in the b
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -31,8 +32,7 @@ import numpy as np
 import torch
 
 from ..config import MTFFormula, SimulationConfig
-from ..core.device import available_memory_bytes
-from ..core.errors import ConfigError, ResourceError
+from ..core.errors import ConfigError
 from ..forward import estimators as est
 from ..forward.detector import Detector, MTFParams
 from ..forward.exit_wave import windowed_exit_wave
@@ -40,8 +40,8 @@ from ..forward.image import expose
 from ..forward.multislice import plan_window
 from ..forward.optics import Optics
 from ..forward.potential import IceModel, SlicedPotential
-from ..forward.scene_build import SceneView, view_z_range
-from .setup import Setup, prepare_config
+from ..forward.scene_build import Component, ResourceEstimate, SceneView, view_z_range
+from .setup import Setup, check_estimate, prepare_config
 
 #: Parameter name → unit and shape (N: the number of atoms of the whole scene).
 PARAMETERS: dict[str, str] = {
@@ -107,16 +107,38 @@ class DifferentiableSimulator:
         # DQE and gain are replaced by the parameter tensors in each forward pass
         self._detector = Detector.from_config(config)
         self.n_atoms = setup.n_atoms
-        need = self.n_atoms * 96  # coordinates, B, occupancy, element, sort keys, their gradients
-        if need > 0.5 * available_memory_bytes(self.device):
-            raise ResourceError(
-                f"sample.particles: the differentiable simulator holds every atom explicitly ({self.n_atoms:,} "
-                f"atoms, ~{need / 1e9:.1f} GB); reduce the particle count or detector.shape_px, or use "
-                "difftem.simulate (maps, no gradients) for scenes of this size")
+        self.estimate = self._estimate(setup, checkpoint)
+        check_estimate(self.estimate, config, self.device)
         atoms = scene.atoms_of(range(len(scene.types)))
         self.scene = scene
         self.atomic_number = torch.as_tensor(atoms.atomic_number, device=self.device)
         self._defaults = self._initial_values(atoms)
+
+    @staticmethod
+    def _estimate(setup: Setup, checkpoint: bool) -> ResourceEstimate:
+        """simulate()'s model with every copy's atoms explicit, plus what autograd keeps: per slice with atoms
+        the incoming wave and the slice's potential (checkpointed; without checkpoints every intermediate),
+        and per atom its parameters and their gradients."""
+        est = setup.estimate_of(["atoms"] * len(setup.scene.types))
+        for c in est.components:
+            if c.cause.endswith("on the atom path"):  # no maps here: every atom is a parameter
+                c.fix = ("use fewer particles or a smaller detector.shape_px; difftem.simulate (maps, no gradients) "
+                         "handles scenes of this size")
+        shape, _ = setup.multislice_plan()
+        px = (shape[0] * shape[1]) if shape else setup.grid.ny * setup.grid.nx
+        dz = setup.config.simulation.slice_thickness_a
+        lo, hi = view_z_range(setup.scene, SceneView(np.eye(3), setup.ice.thickness_a, None), setup.radii)
+        crossing = sum(setup.scene.copies_of(t) * (2 * float(setup.radii[t]) / dz + 1)
+                       for t in range(len(setup.scene.types)))
+        busy = int(min(math.ceil((hi - lo) / dz), crossing))
+        per_slice = (2 if checkpoint else 10) * 8 * px
+        est.components.append(Component(
+            f"the gradient graph: {busy:,} slices with atoms × {px:,} px (simulation.slice_thickness_a, "
+            "detector.shape_px), and the parameters of every atom",
+            resident_bytes=busy * per_slice + 40 * setup.n_atoms,
+            fix="use thicker simulation.slice_thickness_a, a smaller detector.shape_px or fewer particles; "
+                "difftem.simulate (maps, no gradients) handles scenes of this size"))
+        return est
 
     # ------------------------------------------------------------------ parameters
     def _initial_values(self, atoms) -> dict[str, torch.Tensor]:

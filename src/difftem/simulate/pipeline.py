@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from ..config import SimulationConfig
-from ..core.errors import ConfigError
+from ..core.errors import ConfigError, ResourceError
 from ..core.grid import Grid
 from ..core.rotations import tilt_rotation
 from ..core.version import __version__
@@ -37,7 +37,7 @@ from ..forward.scene_build import (
 )
 from ..forward.tilt import plan_tilts
 from ..specimen.scene import Scene, ground_truth_rows
-from .setup import Setup, prepare_config
+from .setup import Setup, memory_limit, out_of_memory_guard, prepare_config
 
 
 @dataclass
@@ -74,13 +74,14 @@ def view_exit_wave(setup: Setup, view: SceneView, *, keep_potential: bool = Fals
     config, scene, grid, lam = setup.config, setup.scene, setup.grid, setup.wavelength_a
     sim = config.simulation
     ice = IceModel(view.ice_thickness_a, config.sample.ice_mean_potential_v, setup.cache.ice.absorption_potential_v)
-    z_range = view_z_range(scene, view)
+    z_range = view_z_range(scene, view, setup.radii)
     thickness_a = z_range[1] - z_range[0]
 
     def build(window: Grid | None):
         return build_view_potential(scene, view, setup.modes, setup.cache, field_grid=grid, window=window,
                                     slice_thickness_a=sim.slice_thickness_a, ice=ice, z_range_a=z_range,
-                                    builder=sim.builder, absorption_ratio=config.sample.absorption_ratio)
+                                    builder=sim.builder, absorption_ratio=config.sample.absorption_ratio,
+                                    radii=setup.radii)
 
     common = dict(keep_potential=keep_potential, progress=progress, stats=stats)
     if sim.tile_px is not None and sim.tile_px < max(grid.shape_px):
@@ -91,7 +92,7 @@ def view_exit_wave(setup: Setup, view: SceneView, *, keep_potential: bool = Fals
     window = None
     if sim.window == "auto" and len(scene.placement):
         pl = scene.placement.transformed(view.rotation)
-        ext = np.array([t.radius_a for t in scene.types])[pl.type_index][:, None]
+        ext = setup.radii[pl.type_index][:, None]
         corners = np.concatenate([pl.positions_a - ext, pl.positions_a + ext])
         window = plan_window(grid, torch.as_tensor(corners), thickness_a, lam,
                              antialias_fraction=sim.antialias_fraction)
@@ -100,9 +101,12 @@ def view_exit_wave(setup: Setup, view: SceneView, *, keep_potential: bool = Fals
 
 def _run_metadata(setup: Setup) -> dict:
     config = setup.config
+    est = setup.estimate
     return {"difftem_version": __version__, "torch_version": torch.__version__, "device": str(setup.device),
             "threads": torch.get_num_threads(), "seed": config.seed, "n_copies": len(setup.scene.placement),
-            "particle_types": setup.particle_types()}
+            "particle_types": setup.particle_types(),
+            "time_estimate_s": round(est.seconds, 3) if est is not None else None,
+            "resource_estimate": est.summary() if est is not None else None}
 
 
 def simulate(config: SimulationConfig | dict | str | Path, *, keep_potential: bool = False,
@@ -116,14 +120,20 @@ def simulate(config: SimulationConfig | dict | str | Path, *, keep_potential: bo
     if config.tilt_series is not None:
         raise ConfigError("tilt_series is set: use difftem.simulate_tilt_series (or `difftem simulate`, which "
                           "dispatches on it)")
+    with out_of_memory_guard(config, {}) as held:
+        return _simulate(config, held, keep_potential=keep_potential, progress=progress, scene=scene)
+
+
+def _simulate(config: SimulationConfig, held: dict, *, keep_potential: bool, progress, scene: Scene | None
+              ) -> SimulationResult:
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
-    setup = Setup.build(config, scene)
+    setup = held["setup"] = Setup.build(config, scene)
     scene, grid = setup.scene, setup.grid
     generator = torch.Generator(device=setup.device).manual_seed(config.seed)
     timings["structure_s"] = time.perf_counter() - t0
-    warnings = setup.warnings()
     mem_estimate = setup.check_memory()
+    warnings = setup.warnings()
     done = 0
 
     def tick(n):
@@ -181,12 +191,19 @@ def simulate_tilt_series(config: SimulationConfig | dict | str | Path, *,
     ts = config.tilt_series
     if ts is None:
         raise ConfigError("tilt_series: not set in the config; use difftem.simulate for a single micrograph")
+    with out_of_memory_guard(config, {}) as held:
+        return _simulate_tilt_series(config, held, progress=progress, scene=scene)
+
+
+def _simulate_tilt_series(config: SimulationConfig, held: dict, *, progress, scene: Scene | None
+                          ) -> TiltSeriesResult:
+    ts = config.tilt_series
     t0 = time.perf_counter()
     plan = plan_tilts(config)
-    setup = Setup.build(config, scene)
+    setup = held["setup"] = Setup.build(config, scene)
     scene, grid, ice = setup.scene, setup.grid, setup.ice
-    warnings = setup.warnings()
     mem_estimate = setup.check_memory()
+    warnings = setup.warnings()
     generator = torch.Generator(device=setup.device).manual_seed(config.seed)
     detector = Detector.from_config(config)
     n = len(plan.angles_deg)
@@ -237,7 +254,14 @@ def potential_volume(config: SimulationConfig | dict | str | Path, *, voxel_size
     ((ix − X//2)·v, (iy − Y//2)·v, (iz − Z//2)·v) Å.
     """
     config = prepare_config(config)
-    setup = Setup.build(config, scene)
+    with out_of_memory_guard(config, {}) as held:
+        return _potential_volume(config, held, voxel_size_a=voxel_size_a, thickness_a=thickness_a,
+                                 include_ice=include_ice, scene=scene)
+
+
+def _potential_volume(config: SimulationConfig, held: dict, *, voxel_size_a, thickness_a, include_ice,
+                      scene: Scene | None) -> tuple[torch.Tensor, float]:
+    setup = held["setup"] = Setup.build(config, scene)
     scene, device, ice, modes, cache = setup.scene, setup.device, setup.ice, setup.modes, setup.cache
     v = float(voxel_size_a or config.detector.pixel_size_a)
     det = config.detector
@@ -248,14 +272,21 @@ def potential_volume(config: SimulationConfig | dict | str | Path, *, voxel_size
     grid = Grid(shape, v)
     view = SceneView(np.eye(3), 0.0, None)
     if thickness_a is None:
-        lo, hi = view_z_range(scene, SceneView(np.eye(3), ice.thickness_a, None))
+        lo, hi = view_z_range(scene, SceneView(np.eye(3), ice.thickness_a, None), setup.radii)
         thickness_a = 2 * max(abs(lo), abs(hi))
     nz = max(1, int(round(thickness_a / v)))
+    volume_bytes = 8 * nz * shape[0] * shape[1]  # the volume and the ice added to it (float32)
+    need = volume_bytes + setup.estimate_of(modes).peak_bytes
+    limit, source = memory_limit(config, device)
+    if need > limit:
+        raise ResourceError(f"potential_volume: the {nz}×{shape[0]}×{shape[1]} voxel volume and the scene need about "
+                            f"{need / 1e9:.1f} GB but {limit / 1e9:.1f} GB is allowed ({source}); use a larger "
+                            "voxel_size_a, a smaller thickness_a or a smaller detector.shape_px")
     z0 = -(nz // 2) * v - v / 2  # voxel iz centred at (iz − nz//2)·v
     # the real ice model: atoms displace it as in the images (its uniform part is not in the patches)
     pot = build_view_potential(scene, view, modes, cache, field_grid=grid, window=None, slice_thickness_a=v,
                                ice=ice, z_range_a=(z0, z0 + nz * v), builder=config.simulation.builder,
-                               absorption_ratio=config.sample.absorption_ratio)
+                               absorption_ratio=config.sample.absorption_ratio, radii=setup.radii)
     # the potential's own slicing starts at z0 when every copy lies inside; otherwise index by z
     vol = torch.zeros((nz,) + shape, dtype=torch.float32, device=device)
     with torch.no_grad():

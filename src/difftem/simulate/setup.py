@@ -1,9 +1,18 @@
 """What every simulation of a config shares: the config itself, the scene, the device, the sampling grid, the beam
-constants, the ice, each particle type's representation and the per-type cache, and the up-front memory check."""
+constants, the ice, each particle type's representation and the per-type cache, and the up-front resource check.
+
+The resource check (:meth:`Setup.check_memory`) compares the estimate of :func:`~difftem.forward.scene_build.
+estimate_resources` (memory per component: the field, each type's atoms, atom path, maps and their sampling
+buffers, the copies, the tilt stacks; and time) with the limits, before anything large is allocated, and a
+refusal names the component that dominates and its fix. ``auto`` representations are first moved to whichever
+mode fits. Random placement, which can be the slow part, is checked from the counts before it runs.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import math
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -11,14 +20,38 @@ import torch
 
 from ..config import SimulationConfig, config_from_dict, load_config
 from ..core.device import available_memory_bytes, resolve_device
-from ..core.errors import ResourceError
+from ..core.errors import ConfigError, ResourceError
 from ..core.grid import Grid
 from ..forward.beam import interaction_constant, wavelength_a
-from ..forward.potential import IceModel, ice_absorption_potential_v
+from ..forward.multislice import plan_window
+from ..forward.potential import MIN_BOX_MARGIN_PX, IceModel, ice_absorption_potential_v
 from ..forward.scattering import get_table
-from ..forward.scene_build import TypeCache, choose_modes
-from ..specimen.build import scene_of
+from ..forward.scene_build import (
+    FIELD_BYTES_PER_PX,
+    MULTISLICE_BYTES_PER_PX,
+    ResourceEstimate,
+    SceneView,
+    TypeCache,
+    TypeLoad,
+    auto_mode,
+    auto_tile_margin_px,
+    choose_modes,
+    estimate_resources,
+    map_mode,
+    plan_tiles,
+    type_radii,
+    view_z_range,
+)
+from ..forward.tilt import acquisition_angles
+from ..specimen.build import load_particle_type, resolve_structure, scene_of
 from ..specimen.scene import Scene
+
+#: runs estimated to take longer than this are refused (the time estimate is good to a factor of a few)
+MAX_RUN_HOURS = 24.0
+#: random sequential addition jams near 38 % of the volume (spheres; elongated capsules lower): a count whose
+#: bounding shapes (grown by half the gap) would fill more than this fraction of the field × ice cannot be placed
+RANDOM_FILL_LIMIT = 0.5
+RANDOM_AREA_LIMIT = 0.7  # in a plane (no ice): random disks jam near 55 % of the area
 
 
 def prepare_config(config: SimulationConfig | dict | str | Path) -> SimulationConfig:
@@ -28,6 +61,28 @@ def prepare_config(config: SimulationConfig | dict | str | Path) -> SimulationCo
     if isinstance(config, dict):
         return config_from_dict(config)
     return config
+
+
+def memory_limit(config: SimulationConfig, device: torch.device) -> tuple[float, str]:
+    """(bytes a run may use, where that limit comes from)."""
+    gb = config.simulation.max_memory_gb
+    if gb:
+        return gb * 1e9, f"simulation.max_memory_gb = {gb:g}"
+    return 0.8 * available_memory_bytes(device), f"80 % of the memory free on {device}"
+
+
+def n_views(config: SimulationConfig) -> int:
+    """Exposures a config makes: its tilts, or one."""
+    if config.tilt_series is None:
+        return 1
+    try:
+        return max(1, len(acquisition_angles(config.tilt_series)))
+    except ConfigError:
+        return 1  # the tilt plan refuses it, naming the field
+
+
+def type_label(t: int, name: str) -> str:
+    return f"sample.particles.{t} ({name})"
 
 
 @dataclass
@@ -43,24 +98,36 @@ class Setup:
     ice: IceModel  # the untilted slab
     modes: list[str]  # per particle type: atoms, projection or slab
     cache: TypeCache  # per-type maps, scattering table, absorption ratio
+    estimate: ResourceEstimate | None = None
+    notes: list[str] = field(default_factory=list)  # what the resource check changed (auto modes moved)
+    radii: np.ndarray | None = None  # each type's radius (Å), computed once
+
+    def __post_init__(self):
+        if self.radii is None:
+            self.radii = type_radii(self.scene)
 
     @classmethod
     def build(cls, config: SimulationConfig, scene: Scene | None = None) -> Setup:
-        scene = scene or scene_of(config)
         device = resolve_device(config.simulation.device)
+        if scene is None:
+            check_before_scene(config, device)
+            scene = scene_of(config)
         det, beam, sample = config.detector, config.beam, config.sample
         lam = wavelength_a(beam.voltage_kv)
         absorption_v = (sample.ice_absorption_potential_v if sample.ice_absorption_potential_v is not None
                         else ice_absorption_potential_v(beam.voltage_kv))
         ice = IceModel(sample.ice_thickness_nm * 10.0, sample.ice_mean_potential_v, absorption_v)
         absorption_ratio = sample.absorption_ratio if sample.absorption_ratio is not None else ice.absorption_ratio
+        radii = type_radii(scene)
         modes = choose_modes(scene, representation_default="auto", placement=config.simulation.map_placement,
                              pixel_size_a=det.pixel_size_a, wavelength_a=lam,
-                             antialias_fraction=config.simulation.antialias_fraction or 1.0)
+                             antialias_fraction=config.simulation.antialias_fraction or 1.0, radii=radii)
         cache = TypeCache(get_table(config.simulation.parametrization), det.pixel_size_a, ice, absorption_ratio,
                           device)
-        return cls(config, scene, device, Grid(tuple(det.shape_px), det.pixel_size_a), lam,
-                   interaction_constant(beam.voltage_kv), ice, modes, cache)
+        setup = cls(config, scene, device, Grid(tuple(det.shape_px), det.pixel_size_a), lam,
+                    interaction_constant(beam.voltage_kv), ice, modes, cache, radii=radii)
+        setup._fit_modes()
+        return setup
 
     @property
     def n_atoms(self) -> int:
@@ -70,56 +137,301 @@ class Setup:
         return [{"name": t.name, "atoms": len(t.atoms), "copies": self.scene.copies_of(i), "mode": self.modes[i]}
                 for i, t in enumerate(self.scene.types)]
 
+    # ------------------------------------------------------------------ the resource estimate
+    def type_loads(self) -> list[TypeLoad]:
+        pl, dz = self.scene.placement, self.config.simulation.slice_thickness_a
+        loads = []
+        for t, ptype in enumerate(self.scene.types):
+            sel = pl.type_index == t
+            loads.append(TypeLoad.of(ptype, int(sel.sum()), type_label(t, ptype.name), dz, pl.positions_a[sel, 2],
+                                     pl.rotations[sel], float(self.radii[t])))
+        return loads
+
+    def multislice_plan(self) -> tuple[tuple[int, int] | None, int]:
+        """(the grid multislice runs on, None for the field; tiles per view), as :func:`~difftem.simulate.
+        pipeline.view_exit_wave` chooses them (for a tilt series, at its steepest tilt)."""
+        sim, grid, scene = self.config.simulation, self.grid, self.scene
+        view = SceneView(np.eye(3), self.ice.thickness_a, None)
+        if self.config.tilt_series is not None:
+            from ..core.rotations import tilt_rotation
+
+            try:
+                angles = acquisition_angles(self.config.tilt_series)
+            except ConfigError:
+                angles = [0.0]
+            steep = max(angles or [0.0], key=abs)
+            view = SceneView(tilt_rotation(steep, self.config.tilt_series.tilt_axis_deg),
+                             self.ice.thickness_a / math.cos(math.radians(steep)), None)
+        z_lo, z_hi = view_z_range(scene, view, self.radii)
+        if sim.tile_px is not None and sim.tile_px < max(grid.shape_px):
+            margin = sim.tile_margin_px if sim.tile_margin_px is not None else auto_tile_margin_px(
+                grid.pixel_size_a, z_hi - z_lo, self.wavelength_a, sim.antialias_fraction)
+            tiles = plan_tiles(grid, sim.tile_px, margin)
+            return max((t.window.shape_px for t in tiles), key=lambda s: s[0] * s[1]), len(tiles)
+        if sim.window == "auto" and len(scene.placement):
+            pl = scene.placement.transformed(view.rotation)
+            ext = self.radii[pl.type_index][:, None]
+            corners = np.concatenate([pl.positions_a - ext, pl.positions_a + ext])
+            window = plan_window(grid, torch.as_tensor(corners), z_hi - z_lo, self.wavelength_a,
+                                 antialias_fraction=sim.antialias_fraction)
+            if window is not None:
+                return window.grid.shape_px, 1
+        return None, 1
+
+    def atom_box_px(self, modes: list[str]) -> tuple[int, int] | None:
+        """(rows, columns) the atom-path copies span, with the slice boxes' margins (None: no such copies)."""
+        pl, p = self.scene.placement, self.grid.pixel_size_a
+        sel = np.isin(pl.type_index, [t for t, m in enumerate(modes) if m == "atoms"])
+        if not sel.any():
+            return None
+        r = self.radii[pl.type_index[sel]]
+        c = pl.positions_a[sel]
+        margin = 2 * max(MIN_BOX_MARGIN_PX, math.ceil(24.0 / p))
+        return (math.ceil((float((c[:, 1] + r).max() - (c[:, 1] - r).min())) / p) + margin,
+                math.ceil((float((c[:, 0] + r).max() - (c[:, 0] - r).min())) / p) + margin)
+
+    def estimate_of(self, modes: list[str], loads: list[TypeLoad] | None = None,
+                    plan: tuple | None = None) -> ResourceEstimate:
+        config = self.config
+        shape, n_tiles = plan or self.multislice_plan()
+        damage = config.tilt_series is not None and config.tilt_series.damage != "none"
+        return estimate_resources(loads or self.type_loads(), modes, shape_px=tuple(config.detector.shape_px),
+                                  pixel_size_a=config.detector.pixel_size_a,
+                                  slice_thickness_a=config.simulation.slice_thickness_a,
+                                  ice_thickness_a=self.ice.thickness_a, multislice_shape_px=shape, n_tiles=n_tiles,
+                                  n_views=n_views(config), filtered_views=damage, atom_box_px=self.atom_box_px(modes),
+                                  device_type=self.device.type, threads=torch.get_num_threads())
+
+    def _fit_modes(self) -> None:
+        """Estimate, and move ``auto`` types to their other mode (atoms ↔ map) where the first choice does not fit
+        the memory or time limit and the other fits better."""
+        loads, plan = self.type_loads(), self.multislice_plan()
+        auto = [t for t, ptype in enumerate(self.scene.types)
+                if ptype.representation == "auto" and self.scene.copies_of(t) and len(ptype.atoms)]
+        sim, det = self.config.simulation, self.config.detector
+        other = {t: "atoms" if self.modes[t] != "atoms" else map_mode(
+            float(self.radii[t]), placement=sim.map_placement, pixel_size_a=det.pixel_size_a,
+            wavelength_a=self.wavelength_a, antialias_fraction=sim.antialias_fraction or 1.0) for t in auto}
+        limit, _ = memory_limit(self.config, self.device)
+        self.modes, self.estimate, moved = fit_modes(self.modes, other, lambda m: self.estimate_of(m, loads, plan),
+                                                     limit)
+        self.notes += [f"{loads[t].label}: representation auto chose {m} (the first choice did not fit)"
+                       for t, m in moved]
+
     def check_memory(self) -> int:
-        """The run's peak memory estimate (bytes); refuses runs above the limit before allocating."""
-        scene, p = self.scene, self.config.detector.pixel_size_a
-        n_atoms = sum(len(scene.types[t].atoms) * scene.copies_of(t) for t, m in enumerate(self.modes)
-                      if m == "atoms")
-        per_slice = min(n_atoms, max([len(t.atoms) for t in scene.types] or [0]) * 4)
-        extra = 0
-        for t, m in enumerate(self.modes):
-            if m == "atoms" or not len(scene.types[t].atoms):
-                continue
-            d = 2 * (scene.types[t].radius_a + max(24.0, 12 * p)) / p
-            extra += int((2 * d) ** 3 * (16 + 32) if m == "projection" else (2 * d) ** 3 * 8 * 3)
-        extra += 4_000_000 * 8 * 12  # one batch of copies being sampled
-        return check_memory(self.config, n_atoms, per_slice, self.device, extra)
+        """The run's peak memory estimate (bytes); refuses runs above the memory or time limit before
+        allocating, naming the part of the run that dominates and its fix."""
+        est = self.estimate if self.estimate is not None else self.estimate_of(self.modes)
+        check_estimate(est, self.config, self.device)
+        return est.peak_bytes
 
     def warnings(self) -> list[str]:
-        return scene_warnings(self.scene, self.grid, self.ice.thickness_a)
+        out = scene_warnings(self.scene, self.grid, self.ice.thickness_a, self.radii) + list(self.notes)
+        est = self.estimate
+        if est is not None and est.seconds > 3600:
+            out.append(f"this run is estimated to take about {est.seconds / 3600:.1f} h (mostly "
+                       f"{est.by_time()[0].cause})")
+        return out
 
 
-def estimate_memory_bytes(shape_px: tuple[int, int], n_atoms: int, max_atoms_per_slice: int,
-                          extra_bytes: int = 0) -> int:
-    """Peak estimate: ~12 complex64 field-sized arrays + the structure-factor factors of one slice + atoms
-    (+ ``extra_bytes``: per-type maps and their sampling buffers)."""
-    field_bytes = shape_px[0] * shape_px[1] * 8
-    per_slice = max_atoms_per_slice * (shape_px[0] + shape_px[1]) * 32
-    return 12 * field_bytes + per_slice + n_atoms * 64 + extra_bytes
+def fit_modes(modes: list[str], other: dict[int, str], estimate_of, limit_bytes: float
+              ) -> tuple[list[str], ResourceEstimate, list[tuple[int, str]]]:
+    """Greedily move the types in ``other`` (auto types: index → their other mode) while the estimate is over
+    the memory or time limit and the move lowers what is over, largest part first. Returns (modes, estimate,
+    the moves made)."""
+    modes = list(modes)
+    est = estimate_of(modes)
+    max_s = MAX_RUN_HOURS * 3600
+    moved = []
+
+    def over(e):
+        return e.peak_bytes > limit_bytes or e.seconds > max_s
+
+    if not other or not over(est):
+        return modes, est, moved
+    by_memory = est.peak_bytes > limit_bytes
+    for t in sorted(other, key=lambda t: -sum(c.peak_bytes if by_memory else c.seconds for c in est.components
+                                              if c.type_index == t)):
+        trial = list(modes)
+        trial[t] = other[t]
+        e2 = estimate_of(trial)
+        if est.peak_bytes > limit_bytes:
+            better = e2.peak_bytes < est.peak_bytes and (e2.seconds <= max_s or e2.seconds < est.seconds)
+        else:
+            better = e2.seconds < est.seconds and e2.peak_bytes <= limit_bytes
+        if better:
+            modes, est = trial, e2
+            moved.append((t, other[t]))
+        if not over(est):
+            break
+    return modes, est, moved
 
 
-def check_memory(config: SimulationConfig, n_atoms: int, max_atoms_per_slice: int, device: torch.device,
-                 extra_bytes: int = 0) -> int:
-    need = estimate_memory_bytes(config.detector.shape_px, n_atoms, max_atoms_per_slice, extra_bytes)
-    limit = (config.simulation.max_memory_gb * 1e9 if config.simulation.max_memory_gb
-             else 0.8 * available_memory_bytes(device))
+def _gb(n: float) -> str:
+    return f"{n / 1e9:.1f} GB" if n >= 1e8 else f"{n / 1e9:.2f} GB"
+
+
+def _hours(s: float) -> str:
+    return f"{s / 3600:.0f} h" if s >= 36000 else f"{s / 3600:.1f} h"
+
+
+def check_estimate(est: ResourceEstimate, config: SimulationConfig, device: torch.device) -> None:
+    """Refuse (ResourceError) an estimate over the memory limit or MAX_RUN_HOURS, naming what dominates."""
+    need = est.peak_bytes
+    limit, source = memory_limit(config, device)
     if need > limit:
+        parts = est.by_memory()
+        top = parts[0]
+        rest = "; then " + ", ".join(f"{c.cause} ~{_gb(c.peak_bytes)}" for c in parts[1:3] if c.peak_bytes > 0)
         raise ResourceError(
-            f"detector.shape_px {tuple(config.detector.shape_px)}: this run needs about {need / 1e9:.1f} GB but only "
-            f"{limit / 1e9:.1f} GB is allowed on {device}; reduce detector.shape_px or raise simulation.max_memory_gb")
-    return need
+            f"this run needs about {_gb(need)} but {_gb(limit)} is allowed ({source}): mostly {top.cause}, "
+            f"~{_gb(top.peak_bytes)}{rest if len(parts) > 1 else ''}. To fit: {top.fix}; or raise "
+            "simulation.max_memory_gb (on a machine with that much free)")
+    seconds = est.seconds
+    if seconds > MAX_RUN_HOURS * 3600:
+        top = est.by_time()[0]
+        raise ResourceError(
+            f"this run would take about {_hours(seconds)} on {device} with {torch.get_num_threads()} threads "
+            f"(estimated; runs over {MAX_RUN_HOURS:g} h are refused): mostly {top.cause}, ~{_hours(top.seconds)}. "
+            f"To shorten it: {top.fix}")
 
 
-def scene_warnings(scene: Scene, grid: Grid, ice_thickness_a: float) -> list[str]:
-    """Things that are legal but probably not what the user meant (atoms outside the field or the ice)."""
+def check_before_scene(config: SimulationConfig, device: torch.device) -> None:
+    """What can be refused from the counts before the scene is built: random placements that cannot succeed
+    (their bounding shapes would fill more than the field and the ice hold) and runs whose estimate from the
+    counts is already over the limits. Only entries placed at random are read here (random placement is the
+    slow part of building a scene); the full estimate follows once the scene exists."""
+    entries = [(t, p) for t, p in enumerate(config.sample.particles) if p.random is not None]
+    if not entries:
+        return
+    det, sample, sim = config.detector, config.sample, config.simulation
+    width_a, height_a = det.shape_px[1] * det.pixel_size_a, det.shape_px[0] * det.pixel_size_a
+    ice_a = sample.ice_thickness_nm * 10.0
+    limit, _ = memory_limit(config, device)
+    loads, fills, random_copies = [], [], 0
+    for t, particle in entries:
+        gb = config.simulation.max_memory_gb
+        ptype = load_particle_type(particle, resolve_structure, field=f"sample.particles.{t}",
+                                   max_bytes=gb * 1e9 if gb else None)
+        rnd = particle.random
+        if rnd.count is not None:
+            count = rnd.count
+        else:
+            count = round(rnd.density_per_um3 * width_a * height_a * max(ice_a, 2 * ptype.bounds.extent_a) * 1e-12)
+        if not count or not len(ptype.atoms):
+            continue
+        random_copies += count
+        b, g = ptype.bounds, rnd.min_gap_a / 2
+        r = b.radius_a + g
+        if ice_a > 0:
+            fills.append((count * (math.pi * r * r * 2 * b.half_length_a + 4 / 3 * math.pi * r**3)
+                          / ((width_a + 2 * g) * (height_a + 2 * g) * (ice_a + 2 * g)), t, count, ptype.name))
+        else:
+            fills.append((count * math.pi * r * r / ((width_a + 2 * g) * (height_a + 2 * g)), t, count, ptype.name))
+        loads.append(TypeLoad.of(ptype, count, type_label(t, ptype.name), sim.slice_thickness_a))
+    total = sum(f[0] for f in fills)
+    cap = RANDOM_FILL_LIMIT if ice_a > 0 else RANDOM_AREA_LIMIT
+    if total > cap:
+        share, t, count, name = max(fills)
+        where = (f"the {width_a / 10:g} × {height_a / 10:g} nm field and {ice_a / 10:g} nm of ice" if ice_a > 0
+                 else f"the {width_a / 10:g} × {height_a / 10:g} nm field (no ice: one layer)")
+        raise ConfigError(
+            f"sample.particles.{t}.random.count: {count:,} copies of {name} cannot be placed at random in {where}: "
+            f"their bounding shapes (with half of min_gap_a) would fill {100 * total:.0f} % of it, and random "
+            f"placement jams near {'38' if ice_a > 0 else '55'} %; lower the count, or enlarge detector.shape_px"
+            + (" / sample.ice_thickness_nm" if ice_a > 0 else " or add ice"))
+    lam = wavelength_a(config.beam.voltage_kv)
+    first = [auto_mode(ld.n_atoms * ld.n_copies, map_mode(ld.radius_a, placement=sim.map_placement,
+                                                          pixel_size_a=det.pixel_size_a, wavelength_a=lam,
+                                                          antialias_fraction=sim.antialias_fraction or 1.0))
+             if config.sample.particles[t].representation == "auto" else
+             ("atoms" if config.sample.particles[t].representation == "atoms" else
+              map_mode(ld.radius_a, placement=sim.map_placement, pixel_size_a=det.pixel_size_a, wavelength_a=lam,
+                       antialias_fraction=sim.antialias_fraction or 1.0))
+             for (t, _), ld in zip(entries, loads, strict=True)]
+    other = {i: "atoms" if m != "atoms" else map_mode(loads[i].radius_a, placement=sim.map_placement,
+                                                      pixel_size_a=det.pixel_size_a, wavelength_a=lam,
+                                                      antialias_fraction=sim.antialias_fraction or 1.0)
+             for i, m in enumerate(first) if config.sample.particles[entries[i][0]].representation == "auto"}
+    tiles = sim.tile_px is not None and sim.tile_px < max(det.shape_px)
+
+    def estimate_of(modes):
+        return estimate_resources(loads, modes, shape_px=tuple(det.shape_px), pixel_size_a=det.pixel_size_a,
+                                  slice_thickness_a=sim.slice_thickness_a, ice_thickness_a=ice_a,
+                                  multislice_shape_px=(sim.tile_px, sim.tile_px) if tiles else None,
+                                  n_tiles=math.ceil(det.shape_px[0] / sim.tile_px) * math.ceil(
+                                      det.shape_px[1] / sim.tile_px) if tiles else 1,
+                                  n_views=n_views(config), random_copies=random_copies, device_type=device.type,
+                                  threads=torch.get_num_threads())
+
+    _, est, _ = fit_modes(first, other, estimate_of, limit)
+    check_estimate(est, config, device)
+
+
+def estimate_memory_bytes(shape_px: tuple[int, int], n_atoms: int = 0, max_atoms_per_slice: int = 0,
+                          extra_bytes: int = 0) -> int:
+    """A quick estimate from counts alone (the dataset builder sizes its workers with it): the field-sized
+    arrays, the atom path's arrays and one slice's structure factors (+ ``extra_bytes``). A run's own check uses
+    the full model (:meth:`Setup.check_memory`)."""
+    from ..forward.scene_build import ATOM_PATH_BYTES, SF_BYTES
+
+    px = shape_px[0] * shape_px[1]
+    per_slice = max_atoms_per_slice * (shape_px[0] + shape_px[1] // 2 + 1) * SF_BYTES
+    return int((FIELD_BYTES_PER_PX + MULTISLICE_BYTES_PER_PX) * px + per_slice + n_atoms * ATOM_PATH_BYTES
+               + extra_bytes)
+
+
+_OOM_TEXT = ("can't allocate memory", "cannot allocate memory", "not enough memory", "out of memory")
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """An allocation failure: torch's OutOfMemoryError, Python's MemoryError, or the CPU allocator's RuntimeError."""
+    if isinstance(exc, (torch.OutOfMemoryError, MemoryError)):
+        return True
+    return isinstance(exc, RuntimeError) and any(s in str(exc).lower() for s in _OOM_TEXT)
+
+
+@contextmanager
+def out_of_memory_guard(config: SimulationConfig, holder: dict):
+    """Turn an allocation failure inside the block into a ResourceError naming the estimate and the fix.
+    ``holder["setup"]``, once set, supplies the estimate."""
+    try:
+        yield holder
+    except Exception as exc:
+        if not is_out_of_memory(exc):
+            raise
+        setup = holder.get("setup")
+        device = setup.device if setup is not None else resolve_device(config.simulation.device)
+        try:
+            free = f"{_gb(available_memory_bytes(device))} is free now"
+        except Exception:  # noqa: BLE001 - the message must not fail
+            free = "the free memory is unknown"
+        est = setup.estimate if setup is not None else None
+        what = (f"the estimate was ~{_gb(est.peak_bytes)}, mostly {est.by_memory()[0].cause}"
+                if est is not None else "before the estimate was made")
+        fix = est.by_memory()[0].fix if est is not None else "reduce detector.shape_px or the particle counts"
+        gb = config.simulation.max_memory_gb
+        if gb:
+            hint = (f"simulation.max_memory_gb = {gb:g} allowed more than this machine has ({free}); lower it or "
+                    f"leave it unset (80 % of the free memory), or {fix}")
+        else:
+            hint = f"{free}; {fix}, or free memory for the run"
+        raise ResourceError(f"ran out of memory on {device} ({what}): {hint}") from None
+
+
+def scene_warnings(scene: Scene, grid: Grid, ice_thickness_a: float, radii: np.ndarray | None = None,
+                   max_atoms: int = 4_000_000) -> list[str]:
+    """Things that are legal but probably not what the user meant (atoms outside the field or the ice).
+    Copies of more than ``max_atoms`` atoms are tested on an even subsample (the counts then say "about")."""
     out = list(scene.warnings)
     if len(scene.placement) == 0 or all(len(t.atoms) == 0 for t in scene.types):
         return out + ["the sample has no atoms: the image shows ice (or vacuum) only"]
     n_out_field = n_out_ice = 0
+    approx = False
     oy, ox = grid.origin_a
     wx, wy = grid.nx * grid.pixel_size_a, grid.ny * grid.pixel_size_a
     pl = scene.placement
-    radius = np.array([t.radius_a for t in scene.types])[pl.type_index]
+    radius = (type_radii(scene) if radii is None else radii)[pl.type_index]
     c = pl.positions_a
     # only copies whose bounding sphere crosses an edge can have atoms outside: test those atom by atom
     crosses = ((c[:, 0] + ox - radius < 0) | (c[:, 0] + ox + radius > wx) | (c[:, 1] + oy - radius < 0)
@@ -127,16 +439,19 @@ def scene_warnings(scene: Scene, grid: Grid, ice_thickness_a: float) -> list[str
     if ice_thickness_a > 0:
         crosses |= np.abs(c[:, 2]) + radius > ice_thickness_a / 2
     for i in np.flatnonzero(crosses):
-        ptype = scene.types[pl.type_index[i]]
-        pos = ptype.atoms.positions_a @ pl.rotations[i].T + c[i]
+        atoms = scene.types[pl.type_index[i]].atoms.positions_a
+        step = max(1, math.ceil(len(atoms) / max_atoms))
+        approx |= step > 1
+        pos = atoms[::step] @ pl.rotations[i].T + c[i]
         x, y = pos[:, 0] + ox, pos[:, 1] + oy
-        n_out_field += int((~((x >= 0) & (x < wx) & (y >= 0) & (y < wy))).sum())
+        n_out_field += step * int((~((x >= 0) & (x < wx) & (y >= 0) & (y < wy))).sum())
         if ice_thickness_a > 0:
-            n_out_ice += int((np.abs(pos[:, 2]) > ice_thickness_a / 2).sum())
+            n_out_ice += step * int((np.abs(pos[:, 2]) > ice_thickness_a / 2).sum())
+    about = "about " if approx else ""
     if n_out_field:
-        out.append(f"{n_out_field} atoms lie outside the {grid.ny}x{grid.nx} px field; the field is "
+        out.append(f"{about}{n_out_field} atoms lie outside the {grid.ny}x{grid.nx} px field; the field is "
                    "periodic, so they wrap around to the opposite edge (check sample.particles.positions_a)")
     if n_out_ice:
-        out.append(f"{n_out_ice} atoms stick out of the {ice_thickness_a / 10:g} nm ice slab "
+        out.append(f"{about}{n_out_ice} atoms stick out of the {ice_thickness_a / 10:g} nm ice slab "
                    "(they are simulated in vacuum; raise sample.ice_thickness_nm or move the particles)")
     return out
