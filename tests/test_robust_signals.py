@@ -20,6 +20,8 @@ pytest.importorskip("distributed")
 pytest.importorskip("zarr")
 pytestmark = pytest.mark.skipif(not os.path.exists("/proc/self/status"), reason="needs Linux /proc")
 
+from test_dataset_cluster import n_done, session_processes  # noqa: E402
+
 from difftem.dataset import DatasetReader, build, load_spec  # noqa: E402
 from difftem.dataset.store import Store  # noqa: E402
 
@@ -70,27 +72,6 @@ def blocked_mask(pid: int) -> int | None:
 def in_start_up(pid: int) -> bool:
     # SIGINT alone: the start-up window (the instant between fork and exec blocks every signal, not this)
     return blocked_mask(pid) == SIGINT_BIT
-
-
-def n_done(out) -> int:
-    items = out / "items"
-    return sum(p.name.isdigit() for p in items.iterdir()) if items.exists() else 0
-
-
-def session_processes(sid, wait_s=15.0):
-    psutil = pytest.importorskip("psutil")
-    t0 = time.time()
-    while True:
-        alive = []
-        for p in psutil.process_iter():
-            try:
-                if os.getsid(p.pid) == sid and p.status() != psutil.STATUS_ZOMBIE:
-                    alive.append(p.pid)
-            except (ProcessLookupError, PermissionError, psutil.Error):
-                pass
-        if not alive or time.time() - t0 > wait_s:
-            return alive
-        time.sleep(0.1)
 
 
 def wait_until(proc, condition, what, timeout_s=180.0):

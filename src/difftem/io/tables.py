@@ -8,6 +8,7 @@ mistake, e.g. a system file, must not be echoed).
 from __future__ import annotations
 
 import math
+import os
 import stat
 from pathlib import Path
 
@@ -26,16 +27,7 @@ def read_text_file(path: str | Path, what: str = "file", *, error: type[FormatEr
     naming the file (and line) when it is missing, not a regular file (a directory, a device or a pipe, which could
     block), larger than ``max_bytes``, binary (a NUL byte) or not UTF-8."""
     path = Path(path)
-    try:
-        info = path.stat()
-    except FileNotFoundError:
-        raise error(f"{what} not found", file=path) from None
-    except (OSError, ValueError) as exc:  # a NUL byte or an over-long name in the path, permissions
-        raise error(f"cannot read {what} ({_os_reason(exc)})", file=path) from None
-    if stat.S_ISDIR(info.st_mode):
-        raise error(f"{what} is a directory; give a file", file=path)
-    if not stat.S_ISREG(info.st_mode):
-        raise error(f"{what} is not a regular file (a device or a pipe); give a file", file=path)
+    info = regular_file(path, what, error=error)
     if info.st_size > max_bytes:
         raise error(f"{what} holds {info.st_size / 2**20:.0f} MiB, more than the {max_bytes / 2**20:.0f} MiB a text "
                     "input may hold; is it the right file?", file=path)
@@ -52,6 +44,24 @@ def read_text_file(path: str | Path, what: str = "file", *, error: type[FormatEr
     except UnicodeDecodeError as exc:
         raise error(f"not UTF-8 text (byte 0x{data[exc.start]:02x}); a {what} must be plain text", file=path,
                     line=data.count(b"\n", 0, exc.start) + 1) from None
+
+
+def regular_file(path: Path, what: str = "file", *, error: type[FormatError] = FormatError,
+                 give: str = "a file") -> os.stat_result:
+    """``path``'s stat when it is a regular file; otherwise ``error`` naming the file: missing, unreadable (a NUL
+    byte or an over-long name, permissions), a directory, or a device or pipe (which could block a reader).
+    ``give`` says what to give instead."""
+    try:
+        info = path.stat()
+    except FileNotFoundError:
+        raise error(f"{what} not found", file=path) from None
+    except (OSError, ValueError) as exc:
+        raise error(f"cannot read {what} ({_os_reason(exc)})", file=path) from None
+    if stat.S_ISDIR(info.st_mode):
+        raise error(f"{what} is a directory; give {give}", file=path)
+    if not stat.S_ISREG(info.st_mode):
+        raise error(f"{what} is not a regular file (a device or a pipe); give {give}", file=path)
+    return info
 
 
 def _os_reason(exc: Exception) -> str:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import stat
 from pathlib import Path
 
 import numpy as np
@@ -11,7 +10,7 @@ import numpy as np
 from ..core.errors import FormatError
 from .files import write_text
 from .star import read_star
-from .tables import read_text_file
+from .tables import read_text_file, regular_file
 
 
 def parse_tlt(text: str, source: str = ".tlt") -> np.ndarray:
@@ -69,6 +68,14 @@ def _tilts_star_rows(path: Path):
     raise FormatError(f"{path}: no loop with _rlnTomoNominalStageTiltAngle (one row per tilt)")
 
 
+def _numeric_column(rows, label: str, star: Path) -> np.ndarray:
+    """A STAR column as a writable float64 array; :class:`FormatError` naming the file when it is not numbers."""
+    try:
+        return np.array(rows[label].to_numpy(dtype=np.float64))
+    except (TypeError, ValueError):
+        raise FormatError(f"{star}: _{label} holds values that are not numbers") from None
+
+
 def angles_beside(stack: str | Path) -> tuple[np.ndarray, Path] | None:
     """Tilt angles found next to a stack: ``<stem>.tlt``, else the rows of ``tilts.star``; None when neither."""
     stack = Path(stack)
@@ -77,11 +84,7 @@ def angles_beside(stack: str | Path) -> tuple[np.ndarray, Path] | None:
         return read_tlt(tlt), tlt
     star = stack.with_name("tilts.star")
     if star.is_file():
-        angles = _tilts_star_rows(star)["rlnTomoNominalStageTiltAngle"]
-        try:
-            return np.array(angles.to_numpy(dtype=np.float64)), star  # a writable copy
-        except (TypeError, ValueError):
-            raise FormatError(f"{star}: _rlnTomoNominalStageTiltAngle holds values that are not numbers") from None
+        return _numeric_column(_tilts_star_rows(star), "rlnTomoNominalStageTiltAngle", star), star
     return None
 
 
@@ -95,10 +98,7 @@ def tilt_axis_beside(stack: str | Path) -> tuple[float, Path] | None:
     if star.is_file():
         rows = _tilts_star_rows(star)
         if "rlnTomoNominalTiltAxisAngle" in rows.columns and len(rows):
-            try:
-                axes = rows["rlnTomoNominalTiltAxisAngle"].to_numpy(dtype=np.float64)
-            except (TypeError, ValueError):
-                raise FormatError(f"{star}: _rlnTomoNominalTiltAxisAngle holds values that are not numbers") from None
+            axes = _numeric_column(rows, "rlnTomoNominalTiltAxisAngle", star)
             if not np.allclose(axes, axes[0]) or not math.isfinite(axes[0]):
                 raise FormatError(f"{star}: _rlnTomoNominalTiltAxisAngle differs between tilts ({axes.min():g} to "
                                   f"{axes.max():g}°); one tilt axis per series expected")
@@ -173,17 +173,7 @@ def read_mrc_checked(path: str | Path, what: str = "MRC file") -> tuple[np.ndarr
     import mrcfile
 
     path = Path(path)
-    try:
-        info = path.stat()
-    except FileNotFoundError:
-        raise FormatError(f"{what} not found", file=path) from None
-    except (OSError, ValueError) as exc:  # a NUL byte or an over-long name in the path, permissions
-        raise FormatError(f"cannot read the {what} ({getattr(exc, 'strerror', None) or type(exc).__name__})",
-                          file=path) from None
-    if stat.S_ISDIR(info.st_mode):
-        raise FormatError(f"{what} is a directory; give an MRC file", file=path)
-    if not stat.S_ISREG(info.st_mode):
-        raise FormatError(f"{what} is not a regular file (a device or a pipe); give an MRC file", file=path)
+    regular_file(path, what, give="an MRC file")
     _mrc_header(path)
     try:
         with warnings.catch_warnings(record=True) as caught:

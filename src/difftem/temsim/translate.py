@@ -235,13 +235,20 @@ class _Translator:
         """Dose per image (e/nm²) and how it was given ('total', 'per_image', 'list')."""
         if beam.get("gen_dose"):
             return self.generated_doses_nm2(beam, n, seed)
-        self.need(beam, "dose_file_in", " when gen_dose = no")
-        file = self.path(beam, "dose_file_in", "dose file")
-        table = read_table(file, rows=n, what="dose file")
-        self.map(beam, "gen_dose", None)
-        self.map(beam, "dose_file_in", "tilt_series.dose_per_tilt_e_per_a2")
-        self.map_all(beam, ("total_dose", "dose_per_im", "dose_sd"), None, "not used when gen_dose = no (ignored)")
-        return [float(v) for v in table[:, 0]], "list"
+        doses = self.per_image_file(beam, "gen_dose", "dose_file_in", "dose file", n,
+                                    "tilt_series.dose_per_tilt_e_per_a2", ("total_dose", "dose_per_im", "dose_sd"))
+        return doses, "list"
+
+    def per_image_file(self, sec: Section, gen_key: str, file_key: str, what: str, n: int, field: str,
+                       generator_keys: tuple[str, ...]) -> list[float]:
+        """``gen_... = no``: one value per image from the first column of ``file_key``'s table (mapped to
+        ``field``); the generator's keys are ignored."""
+        self.need(sec, file_key, f" when {gen_key} = no")
+        table = read_table(self.path(sec, file_key, what), rows=n, what=what)
+        self.map(sec, gen_key, None)
+        self.map(sec, file_key, field)
+        self.map_all(sec, generator_keys, None, f"not used when {gen_key} = no (ignored)")
+        return [float(v) for v in table[:, 0]]
 
     def generated_doses_nm2(self, beam: Section, n: int, seed: int) -> tuple[list[float], str]:
         """gen_dose = yes: total_dose split over the images, or dose_per_im; random per image if dose_sd > 0."""
@@ -270,14 +277,9 @@ class _Translator:
     def defoci_um(self, opt: Section, n: int, seed: int) -> list[float]:
         if opt.get("gen_defocus"):
             return self.generated_defoci_um(opt, n, seed)
-        self.need(opt, "defocus_file_in", " when gen_defocus = no")
-        file = self.path(opt, "defocus_file_in", "defocus file")
-        table = read_table(file, rows=n, what="defocus file")
-        self.map(opt, "gen_defocus", None)
-        self.map(opt, "defocus_file_in", "tilt_series.defocus_um")
-        self.map_all(opt, ("defocus_nominal", "defocus_syst_error", "defocus_nonsyst_error"), None,
-                     "not used when gen_defocus = no (ignored)")
-        return [float(v) for v in table[:, 0]]
+        return self.per_image_file(opt, "gen_defocus", "defocus_file_in", "defocus file", n,
+                                   "tilt_series.defocus_um",
+                                   ("defocus_nominal", "defocus_syst_error", "defocus_nonsyst_error"))
 
     def generated_defoci_um(self, opt: Section, n: int, seed: int) -> list[float]:
         """gen_defocus = yes: defocus_nominal, with a systematic and a per-image random error if given."""
