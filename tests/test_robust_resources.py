@@ -30,8 +30,9 @@ from difftem.config import config_from_dict
 from difftem.core.errors import ConfigError, DifftemError, ResourceError
 from difftem.core.grid import Grid
 from difftem.forward.potential import FF_CACHE_BYTES, IceModel, SlicedPotential
+from difftem.forward.resources import Component, ResourceEstimate, most_atoms_in_slab
 from difftem.forward.scattering import get_table
-from difftem.forward.scene_build import Component, ResourceEstimate, TypeCache, most_atoms_in_slab
+from difftem.forward.scene_build import TypeCache
 from difftem.simulate import pipeline
 from difftem.simulate.setup import Setup, fit_modes
 from difftem.specimen.build import builtin_structure

@@ -40,7 +40,8 @@ from ..forward.image import expose
 from ..forward.multislice import plan_window
 from ..forward.optics import Optics
 from ..forward.potential import IceModel, SlicedPotential
-from ..forward.scene_build import Component, ResourceEstimate, SceneView, view_z_range
+from ..forward.resources import Component, ResourceEstimate
+from ..forward.scene_build import SceneView, view_z_range
 from .setup import Setup, check_estimate, prepare_config
 
 #: Parameter name → unit and shape (N: the number of atoms of the whole scene).

@@ -25,18 +25,20 @@ from ..core.grid import Grid
 from ..forward.beam import interaction_constant, wavelength_a
 from ..forward.multislice import plan_window
 from ..forward.potential import MIN_BOX_MARGIN_PX, IceModel, ice_absorption_potential_v
-from ..forward.scattering import get_table
-from ..forward.scene_build import (
+from ..forward.resources import (
     FIELD_BYTES_PER_PX,
     MULTISLICE_BYTES_PER_PX,
     ResourceEstimate,
+    TypeLoad,
+    estimate_resources,
+)
+from ..forward.scattering import get_table
+from ..forward.scene_build import (
     SceneView,
     TypeCache,
-    TypeLoad,
     auto_mode,
     auto_tile_margin_px,
     choose_modes,
-    estimate_resources,
     map_mode,
     plan_tiles,
     type_radii,
@@ -373,7 +375,7 @@ def estimate_memory_bytes(shape_px: tuple[int, int], n_atoms: int = 0, max_atoms
     """A quick estimate from counts alone (the dataset builder sizes its workers with it): the field-sized
     arrays, the atom path's arrays and one slice's structure factors (+ ``extra_bytes``). A run's own check uses
     the full model (:meth:`Setup.check_memory`)."""
-    from ..forward.scene_build import ATOM_PATH_BYTES, SF_BYTES
+    from ..forward.resources import ATOM_PATH_BYTES, SF_BYTES
 
     px = shape_px[0] * shape_px[1]
     per_slice = max_atoms_per_slice * (shape_px[0] + shape_px[1] // 2 + 1) * SF_BYTES
