@@ -292,6 +292,7 @@ def worker(inp: Path, out: Path, threads: int, placement: str) -> None:
     import torch
 
     torch.set_num_threads(threads)
+    import difftem
     from difftem.io.files import write_json
     from difftem.simulate.output import run_and_write
     from difftem.temsim import load_inp
@@ -303,7 +304,8 @@ def worker(inp: Path, out: Path, threads: int, placement: str) -> None:
     run = run_and_write(cfg, out, set(), overwrite=True)
     write_json(out / "bench_worker.json", {"translate_and_total_s": time.perf_counter() - t, "timings": run["timings"],
                                            "particle_types": run.get("particle_types"), "device": run["device"],
-                                           "threads": threads, "map_placement": cfg.simulation.map_placement})
+                                           "threads": threads, "map_placement": cfg.simulation.map_placement,
+                                           "difftem_module": difftem.__file__})
 
 
 def compare(temsim_stack: Path, difftem_stack: Path, bg_sigma_px: float = 20, border_px: int = 40) -> dict:
@@ -357,6 +359,22 @@ def summarize(runs: list[dict]) -> list[dict]:
     return rows
 
 
+def source_info(module: str) -> dict:
+    """Where difftem was imported from: the file, and if that is in a git work tree its commit and the files
+    under the package that differ from it (benchmark a clean tree, or a snapshot of a commit via PYTHONPATH)."""
+    info: dict = {"module": module}
+    folder = Path(module).parent
+    try:
+        head = subprocess.run(["git", "-C", str(folder), "rev-parse", "HEAD"], capture_output=True, text=True,
+                              check=True).stdout.strip()
+        changed = subprocess.run(["git", "-C", str(folder), "status", "--porcelain", "--", "."], capture_output=True,
+                                 text=True, check=True).stdout.splitlines()
+    except (OSError, subprocess.CalledProcessError):
+        return info
+    info.update({"git_head": head, "uncommitted": [line[3:] for line in changed]})
+    return info
+
+
 def parse_threads(text: str) -> list[int]:
     try:
         counts = [int(t) for t in text.split(",") if t.strip()]
@@ -368,14 +386,16 @@ def parse_threads(text: str) -> list[int]:
     return counts
 
 
-def out_path(arg: Path | None, case: str) -> Path:
-    """The JSON file: ``--out`` as given, or the case's file name inside ``--out`` if that is a folder."""
+def out_path(arg: str | None, case: str) -> Path:
+    """The JSON file: ``--out`` as given, or the case's file name inside ``--out`` if that is a folder (an existing
+    one, or a name ending in / or without a .json suffix)."""
     name = CASES[case]["out"]
     if arg is None:
         return ROOT / "benchmarks" / "results" / name
-    if arg.is_dir() or str(arg).endswith(os.sep):
-        return arg / name
-    return arg
+    path = Path(arg)
+    if path.is_dir() or arg.endswith(("/", os.sep)) or path.suffix.lower() != ".json":
+        return path / name
+    return path
 
 
 def run_temsim(binary: Path, inp: Path, work: Path, repeat: int) -> dict:
@@ -477,7 +497,7 @@ def main() -> None:
                     help="difftem runs, comma-separated: 'translated' (the config as load_inp gives it, i.e. difftem "
                          "simulate) and/or a simulation.map_placement override (projection = whole copies per slice, "
                          "as TEM-simulator); default: translated,projection for tmv, translated otherwise")
-    ap.add_argument("--out", type=Path, default=None,
+    ap.add_argument("--out", default=None,
                     help="JSON file, or a folder for the case's file (default: benchmarks/results/temsim.json for tmv, "
                          "benchmarks/results/temsim_<case>.json otherwise)")
     ap.add_argument("--worker", nargs=3, metavar=("INP", "OUT", "PLACEMENT"), help=argparse.SUPPRESS)
@@ -502,6 +522,13 @@ def main() -> None:
         print(f"TEM-simulator not found at {args.temsim}: running difftem only")
     runs = measure(binary, inp, work, args.repeats, args.threads, placements)
     record["load_average_end"] = os.getloadavg()
+    module = next((r["difftem_module"] for r in runs if r.get("difftem_module")), None)
+    if module:
+        record["difftem_source"] = src = source_info(module)
+        print(f"difftem imported from {module}" + (f" (git {src['git_head'][:10]})" if src.get("git_head") else ""))
+        if src.get("uncommitted"):
+            print(f"warning: {len(src['uncommitted'])} file(s) under difftem differ from that commit: "
+                  f"{', '.join(src['uncommitted'][:5])}{' ...' if len(src['uncommitted']) > 5 else ''}")
 
     rows = summarize(runs)
     temsim_row = next((r for r in rows if r["program"] == "TEM-simulator"), None)
