@@ -82,20 +82,25 @@ def wait_until(proc, condition, what, timeout_s=180.0):
         time.sleep(0.001)
 
 
-def assert_consistent_then_resume(out, reference, spec_path):
-    """The store, if any, holds complete items only and its manifest agrees with them; resuming completes it
-    into the uninterrupted dataset, bit for bit."""
+def assert_consistent(out) -> set[int]:
+    """The store, if any, holds complete items only and its manifest agrees with them; its finished items."""
     import csv
 
-    if out.exists():
-        assert not any((out / ".partial").iterdir())
-        done = Store(out, "zarr").done_indices()
-        if (out / "manifest.csv").exists():
-            with open(out / "manifest.csv", newline="") as fh:
-                rows = list(csv.DictReader(fh))
-            assert {int(r["index"]) for r in rows if r["status"] == "done"} == done
-    else:
-        done = set()
+    if not out.exists():
+        return set()
+    assert not any((out / ".partial").iterdir())
+    done = Store(out, "zarr").done_indices()
+    if (out / "manifest.csv").exists():
+        with open(out / "manifest.csv", newline="") as fh:
+            rows = list(csv.DictReader(fh))
+        assert {int(r["index"]) for r in rows if r["status"] == "done"} == done
+    return done
+
+
+def assert_consistent_then_resume(out, reference, spec_path):
+    """The store is consistent (:func:`assert_consistent`); resuming completes it into the uninterrupted dataset,
+    bit for bit."""
+    done = assert_consistent(out)
     report = build(load_spec(spec_path), out, workers=0)
     assert report.skipped == len(done) and len(report.done) == N_ITEMS - len(done) and not report.failed
     a, b = DatasetReader(out), DatasetReader(reference)
@@ -139,3 +144,39 @@ def test_ctrl_c_at_any_moment_exits_130_with_a_consistent_store(spec_path, refer
     assert session_processes(proc.pid) == []  # workers were shut down, not orphaned
     assert n_done(out) < N_ITEMS  # the run was stopped, not finished
     assert_consistent_then_resume(out, reference, spec_path)
+
+
+def test_import_difftem_does_not_import_torch():
+    """The package's names load on first use, so the command's first moments (and a Ctrl-C in them) are light."""
+    code = ("import sys, difftem, difftem.cli; assert 'torch' not in sys.modules and 'typer' not in sys.modules; "
+            "from difftem import simulate, DifferentiableSimulator; import difftem.simulate.output; "
+            "assert callable(difftem.simulate) and simulate is difftem.simulate and 'torch' in sys.modules")
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+@pytest.mark.parametrize("delay_s", [0.05, 0.2, 0.5, 1.0, 2.0])
+def test_ctrl_c_while_the_command_loads_exits_130_without_a_traceback(spec_path, tmp_path, delay_s):
+    """A Ctrl-C while Python still imports typer, torch and Dask (the console script's first seconds) ends as
+    later ones do: one line, exit code 130, no traceback, no worker left, and no store or a consistent one.
+    (Only the interpreter's own start-up, its first ~10 ms before any difftem code runs, is out of reach.)"""
+    script = os.path.join(os.path.dirname(sys.executable), "difftem")
+    if not os.path.exists(script):
+        pytest.skip("the difftem console script is not installed")
+    out = tmp_path / "store"
+    proc = subprocess.Popen([script, "dataset", str(spec_path), "--out", str(out), "--workers", "2"],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
+                            env={**os.environ, "COLUMNS": "200"})
+    try:
+        time.sleep(delay_s)
+        os.killpg(proc.pid, signal.SIGINT)
+        text, _ = proc.communicate(timeout=180)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    assert proc.returncode == 130, text
+    assert "interrupted" in text, text
+    assert "Traceback" not in text and "Error" not in text, text
+    assert session_processes(proc.pid) == []
+    assert n_done(out) < N_ITEMS
+    assert_consistent(out)
