@@ -1,3 +1,5 @@
+# difftem first: it sets OpenMP's passive waiting before torch loads (core/threads.py)
+import difftem  # noqa: F401, I001
 from pathlib import Path
 
 import pytest

@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import ctypes
+import ctypes.util
+import gc
 import gzip
 import json
 import math
@@ -153,10 +156,40 @@ def _one_line(exc: BaseException) -> bool:
     return bool(msg.strip()) and "\n" not in msg.strip()
 
 
-def run_config_case(cfg: dict) -> tuple[str, str]:
-    """(outcome, detail): outcome is error, ran, nonfinite, bad_message, uncaught or hang."""
+CLEAR_REFS = Path("/proc/self/clear_refs")
+CAN_MEASURE_PEAK = CLEAR_REFS.exists() and bool(ctypes.util.find_library("c"))
+
+
+def _status_bytes(key: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(key + ":"):
+            return int(line.split()[1]) * 1024
+    raise KeyError(key)
+
+
+@contextlib.contextmanager
+def _peak_rss_increase():
+    """Measures the peak resident-set increase of the block (``box["bytes"]``; None where Linux's peak reset is
+    unavailable): freed heap returned to the system first, then the kernel's high-water mark restarted."""
+    box: dict = {"bytes": None}
+    if not CAN_MEASURE_PEAK:
+        yield box
+        return
+    gc.collect()
+    ctypes.CDLL(ctypes.util.find_library("c")).malloc_trim(0)
+    base = _status_bytes("VmRSS")
+    CLEAR_REFS.write_text("5")
     try:
-        with _time_limit(HANG_S):
+        yield box
+    finally:
+        box["bytes"] = _status_bytes("VmHWM") - base
+
+
+def run_config_case(cfg: dict, peaks: list | None = None) -> tuple[str, str]:
+    """(outcome, detail): outcome is error, ran, nonfinite, over_estimate (the run's peak RSS increase beyond its
+    memory estimate), bad_message, uncaught or hang. ``peaks`` collects (peak, estimate) of the runs."""
+    try:
+        with _time_limit(HANG_S), _peak_rss_increase() as peak:
             config = config_from_dict(copy.deepcopy(cfg), "fuzz.yaml")
             if config.tilt_series is not None:
                 r = simulate_tilt_series(config)
@@ -170,8 +203,15 @@ def run_config_case(cfg: dict) -> tuple[str, str]:
         return ("error" if _one_line(exc) else "bad_message"), str(exc)[:300]
     except Exception as exc:  # a bug: the outcome the suite exists to find
         return "uncaught", f"{type(exc).__name__}: {str(exc)[:300]}"
-    finite = all(bool(torch.isfinite(t).all()) for t in images)
-    return ("ran" if finite else "nonfinite"), ""
+    if not all(bool(torch.isfinite(t).all()) for t in images):
+        return "nonfinite", ""
+    estimate = r.metadata["memory_estimate_bytes"]
+    if peak["bytes"] is not None:
+        if peaks is not None:
+            peaks.append((peak["bytes"], estimate))
+        if peak["bytes"] > estimate:
+            return "over_estimate", f"peak RSS increase {peak['bytes'] / 2**20:.1f} MiB > {estimate / 2**20:.1f} MiB"
+    return "ran", ""
 
 
 # ------------------------------------------------------------------------------------------------ files
@@ -334,6 +374,11 @@ def test_the_harness_catches_what_it_should():
         time.sleep(1)
         pytest.fail("the time limit did not fire")
     assert not _one_line(DifftemError("two\nlines"))
+    if CAN_MEASURE_PEAK:  # the memory probe sees an allocation of 64 MiB
+        with _peak_rss_increase() as peak:
+            block = np.ones(8 * 2**20)
+            del block
+        assert peak["bytes"] >= 60 * 2**20, peak
 
 
 # ------------------------------------------------------------------------------------------------ long profile
@@ -342,11 +387,11 @@ def test_long_profile(tmp_path):
     """≥ 2,000 mutated configs and ≥ 300 corrupted files; every outcome counted (report in the tmp folder)."""
     rng = random.Random(20261202)
     counts: dict = {"configs": {}, "files": {}}
-    failures = []
+    failures, peaks = [], []
     t0 = time.perf_counter()
     for i in range(2000):
         cfg, changed = mutate_config(rng)
-        outcome, detail = run_config_case(cfg)
+        outcome, detail = run_config_case(cfg, peaks)
         counts["configs"][outcome] = counts["configs"].get(outcome, 0) + 1
         if outcome not in GOOD:
             failures.append({"case": i, "changed": changed, "outcome": outcome, "detail": detail})
@@ -363,7 +408,10 @@ def test_long_profile(tmp_path):
         counts["files"][outcome] = counts["files"].get(outcome, 0) + 1
         if outcome not in GOOD:
             failures.append({"file_case": i, "kind": kind, "outcome": outcome, "detail": detail})
-    report = {"counts": counts, "seconds": time.perf_counter() - t0, "failures": failures[:200]}
+    ratios = sorted(p / e for p, e in peaks)
+    memory = {"runs_measured": len(peaks), "max_peak_mib": max((p for p, _ in peaks), default=0) / 2**20,
+              "peak_over_estimate": {"max": ratios[-1], "median": ratios[len(ratios) // 2]} if ratios else None}
+    report = {"counts": counts, "memory": memory, "seconds": time.perf_counter() - t0, "failures": failures[:200]}
     (tmp_path / "fuzz_report.json").write_text(json.dumps(report, indent=1, default=str))
-    print(f"fuzz report: {tmp_path / 'fuzz_report.json'}: {json.dumps(counts)}")
+    print(f"fuzz report: {tmp_path / 'fuzz_report.json'}: {json.dumps(counts)} {json.dumps(memory)}")
     assert not failures, json.dumps(failures[:10], indent=1, default=str)

@@ -30,11 +30,11 @@ from difftem.config import config_from_dict
 from difftem.core.errors import ConfigError, DifftemError, ResourceError
 from difftem.core.grid import Grid
 from difftem.forward.potential import FF_CACHE_BYTES, IceModel, SlicedPotential
-from difftem.forward.resources import Component, ResourceEstimate, most_atoms_in_slab
+from difftem.forward.resources import ALLOCATOR_SLACK, BASE_BYTES, Component, ResourceEstimate, most_atoms_in_slab
 from difftem.forward.scattering import get_table
 from difftem.forward.scene_build import TypeCache
 from difftem.simulate import pipeline
-from difftem.simulate.setup import Setup, fit_modes
+from difftem.simulate.setup import Setup, cheapest_modes
 from difftem.specimen.build import builtin_structure
 from difftem.specimen.structure import read_structure
 
@@ -83,11 +83,12 @@ def _measured(config: dict) -> dict:
     ({"detector": {"shape_px": [256, 256], "pixel_size_a": 2.0},
       "sample": {"particles": [{"structure": UBI, "random": {"count": 6}, "representation": "map"}]}}, ["slab"]),
 ])
-def test_estimate_is_within_a_factor_of_two_of_the_measured_peak(config, mode):
-    """Measured ratios (estimate / peak) 0.91, 0.68 and 0.88 for these three; allowed 0.5…2."""
+def test_estimate_bounds_the_measured_peak(config, mode):
+    """The estimate is an upper bound, not a wild one: measured ratios (estimate / peak) 1.54–1.57, 1.09–1.16 and
+    1.20–1.38 for these three at 1 and 2 threads; required 1…4."""
     r = _measured(config)
     assert r["mode"] == mode
-    assert 0.5 < r["estimate"] / r["peak"] < 2.0, r
+    assert 1.0 <= r["estimate"] / r["peak"] < 4.0, r
     assert r["seconds"] > 0
 
 
@@ -173,37 +174,44 @@ def test_zika_virions_auto_picks_what_fits(shared_data):
     _one_line(exc, "20 copies × 661,440 atoms on the atom path", "use representation: map", "fewer copies")
 
 
-def test_auto_moves_a_type_to_the_mode_that_fits():
-    """200 ubiquitins at 4 Å: auto's first choice is the atom path (120 k atoms < 200 k); under a limit between the
-    two estimates it takes the projections instead, and says so."""
+def test_auto_takes_the_mode_estimated_fastest():
+    """200 ubiquitins at 4 Å: auto's first choice is the atom path (120 k atoms < 200 k) but projections are
+    estimated faster (measured: 2.1 s vs 4.9 s CPU at one thread), so it takes them, and says so; the estimates
+    of both are in the run's metadata. An explicit representation is never moved."""
     cfg = {"detector": {"shape_px": [512, 512], "pixel_size_a": 4.0},
            "sample": {"particles": [{"structure": UBI, "random": {"count": 200}}]}}
     free = Setup.build(config_from_dict(cfg))
-    assert free.modes == ["atoms"]
-    atoms, proj = free.estimate.peak_bytes, free.estimate_of(["projection"]).peak_bytes
-    assert proj < atoms
-    limit_gb = (atoms + proj) / 2 / 1e9
-    fitted = Setup.build(config_from_dict({**cfg, "simulation": {"max_memory_gb": limit_gb}}), free.scene)
-    assert fitted.modes == ["projection"] and fitted.check_memory() < limit_gb * 1e9
-    assert any("auto chose projection" in w for w in fitted.warnings())
-    # an explicit representation is never moved
+    tried = free.mode_estimates[0]
+    assert set(tried) == {"atoms", "projection"}
+    assert tried["projection"]["seconds"] < tried["atoms"]["seconds"] and free.modes == ["projection"]
+    assert free.particle_types()[0]["mode_estimates"] == tried
+    assert any("auto chose projection" in w for w in free.warnings())
+    limit_gb = (tried["projection"]["memory_bytes"] + tried["atoms"]["memory_bytes"]) / 2 / 1e9
     free.scene.types[0].representation = "atoms"
     pinned = Setup.build(config_from_dict({**cfg, "simulation": {"max_memory_gb": limit_gb}}), free.scene)
-    assert pinned.modes == ["atoms"]
+    assert pinned.modes == ["atoms"] and not pinned.mode_estimates
     with pytest.raises(ResourceError):
         pinned.check_memory()
 
 
-def test_fit_modes_moves_the_largest_part_first():
+def test_cheapest_modes_takes_the_fastest_mode_that_fits():
+    size = {"atoms": [8e9, 1e9], "slab": [2e9, 3e9], "subunits": [1e9, 3e9]}
+    secs = {"atoms": [10.0, 1.0], "slab": [50.0, 9.0], "subunits": [5.0, 9.0]}
+
     def estimate_of(modes):
-        size = {"atoms": [8e9, 1e9], "slab": [2e9, 3e9]}
-        return ResourceEstimate([Component(f"t{t}", resident_bytes=size[m][t], type_index=t)
+        return ResourceEstimate([Component(f"t{t}", resident_bytes=size[m][t], seconds=secs[m][t], type_index=t)
                                  for t, m in enumerate(modes)])
 
-    modes, est, moved = fit_modes(["atoms", "atoms"], {0: "slab", 1: "slab"}, estimate_of, 5e9)
-    assert modes == ["slab", "atoms"] and moved == [(0, "slab")] and est.peak_bytes == 3e9
-    modes, _, moved = fit_modes(["atoms", "atoms"], {0: "slab", 1: "slab"}, estimate_of, 1e10)
-    assert modes == ["atoms", "atoms"] and moved == []
+    both = {0: ["atoms", "slab", "subunits"], 1: ["atoms", "slab"]}
+    modes, est, tried = cheapest_modes(["atoms", "atoms"], both, estimate_of, 1e11)
+    assert modes == ["subunits", "atoms"] and est.seconds == 6.0
+    assert tried[0]["slab"]["seconds"] == 51.0 and set(tried[1]) == {"atoms", "slab"}
+    # memory decides first: atoms for type 0 (8 GB) does not fit 5 GB, the slower slab does only with type 1's atoms
+    modes, est, _ = cheapest_modes(["atoms", "atoms"], {0: ["atoms", "slab"], 1: ["atoms", "slab"]}, estimate_of, 5e9)
+    assert modes == ["slab", "atoms"] and est.peak_bytes == int(BASE_BYTES + ALLOCATOR_SLACK * 3e9)
+    # nothing fits: the least over the limit
+    modes, _, _ = cheapest_modes(["atoms", "atoms"], {0: ["atoms", "slab"]}, estimate_of, 1e9)
+    assert modes == ["slab", "atoms"]
 
 
 # ------------------------------------------------------------------------------------------ allocation failures

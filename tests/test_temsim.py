@@ -119,7 +119,7 @@ sample:
       models: all
       remove_waters: false
       centre: bbox
-      representation: map
+      representation: auto
 simulation: {slice_thickness_a: 25.4}
 tilt_series: {scheme: list, angles_deg: [-30, 0, 30], tilt_axis_deg: -70, damage: none}
 """

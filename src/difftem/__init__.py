@@ -8,7 +8,10 @@ import importlib as _importlib
 import sys as _sys
 import types as _types
 
+from .core.threads import prefer_passive_waiting as _prefer_passive_waiting
 from .core.version import __version__
+
+_prefer_passive_waiting()  # before torch loads: see core/threads.py
 
 #: Each public name and the module that defines it (imported on first access).
 _LAZY = {

@@ -17,7 +17,9 @@ from .particle_map import map_side_voxels, projection_box_px, projector_size
 from .potential import FF_CACHE_BYTES
 from .scene_potential import SUPPORT_MARGIN_A
 
-FIELD_BYTES_PER_PX = 40  # field-sized arrays the lens, detector and exit wave keep (complex64 and float32 images)
+FIELD_BYTES_PER_PX = 48  # field-sized arrays the lens, detector and exit wave keep (complex64 and float32 images)
+BASE_BYTES = 24 * 2**20  # a run's fixed working set: tables, kernels' scratch, the first use of each operator
+ALLOCATOR_SLACK = 1.5  # freed blocks the allocator keeps (per-thread arenas): peak RSS / live bytes 1.0–1.4
 MULTISLICE_BYTES_PER_PX = 40  # per pixel of the multislice grid (field, window or tile): wave, transmission, FFTs
 MAP_SLICE_BYTES_PER_PX = 24  # a slice holding map copies: float32 real/imaginary accumulator + the complex sum
 ATOM_PATH_BYTES = 150  # per atom on the atom path: scene coordinates (+ their parts while joined), tensors, sort keys
@@ -89,6 +91,8 @@ class TypeLoad:
     n_elements: int = 6
     slab_atoms: int = 0  # most atoms of one copy in one slice (0: taken as a solid sphere's)
     copy_z_a: np.ndarray | None = None  # centres' z (Å); None: spread evenly through the ice
+    n_units: int = 1  # subunits per copy (a type made of copies of one unit)
+    unit_radius_a: float | None = None  # the unit's radius (None: not made of units)
 
     @classmethod
     def of(cls, ptype, n_copies: int, label: str, slice_thickness_a: float, copy_z_a: np.ndarray | None = None,
@@ -98,8 +102,10 @@ class TypeLoad:
         atoms = ptype.atoms
         n_el = int((np.bincount(np.asarray(atoms.atomic_number, np.int64)) > 0).sum()) if len(atoms) else 0
         dirs = rotations[:, 2, :] if rotations is not None and 0 < len(rotations) <= 16 else None
+        units = ptype.subunits
         return cls(label, len(atoms), n_copies, ptype.radius_a if radius_a is None else radius_a, n_el,
-                   most_atoms_in_slab(atoms.positions_a, slice_thickness_a, dirs), copy_z_a)
+                   most_atoms_in_slab(atoms.positions_a, slice_thickness_a, dirs), copy_z_a,
+                   len(units) if units is not None else 1, units.radius_a if units is not None else None)
 
     def atoms_per_slice(self, slice_thickness_a: float) -> int:
         if self.slab_atoms:
@@ -131,9 +137,11 @@ class ResourceEstimate:
 
     @property
     def peak_bytes(self) -> int:
-        """Everything resident plus the largest transient (stages that work one after another)."""
-        return int(sum(c.resident_bytes for c in self.components)
-                   + max([c.transient_bytes for c in self.components] or [0.0]))
+        """Everything resident plus the largest transient (stages that work one after another), with the
+        allocator's slack and the fixed working set: an upper bound on the run's peak RSS increase."""
+        live = (sum(c.resident_bytes for c in self.components)
+                + max([c.transient_bytes for c in self.components] or [0.0]))
+        return int(BASE_BYTES + ALLOCATOR_SLACK * live)
 
     @property
     def seconds(self) -> float:
@@ -189,6 +197,28 @@ def _sized(fn, args: tuple, fallback):
         return fallback
 
 
+def _projection_component(load: TypeLoad, mode: str, who: str, p: float, n_views: int, copy_s: float, speed: float,
+                          t: int) -> Component:
+    """Projected copies: the projector of the type (or of its unit, each unit of each copy projected)."""
+    units = mode == "subunits"
+    radius = load.unit_radius_a if units else load.radius_a
+    n_proj = load.n_copies * (load.n_units if units else 1)
+    side, support = _sized(projector_size, (radius, p), (math.ceil(2 * (2 * (radius + 8 * p) / p + 2)), radius + 8 * p))
+    box = _sized(projection_box_px, (support, p), 2 * math.ceil(support / p) + 4)
+    freqs = box * (box // 2 + 1)
+    batch = min(n_proj, max(1, SAMPLES_PER_BATCH // (8 * box * box)))
+    build_s = T_PROJECTOR_BUILD * side**3 * math.log2(side) * max(load.n_elements, 1)
+    what = f"as projections of its {load.n_units} subunits" if units else "as projections"
+    return Component(
+        f"{who} {what} (a {side}³ transform)",
+        resident_bytes=PROJECTOR_KEPT_BYTES * side**3 + (COPY_BYTES * n_proj if units else 0.0),
+        transient_bytes=max(PROJECTOR_BUILD_BYTES * side**3, PROJECT_BYTES * batch * freqs),
+        seconds=(build_s + n_views * (n_proj * freqs * T_PROJECT + math.ceil(n_proj / batch) * T_PROJECT_CALL)) / speed
+        + copy_s * (load.n_units if units else 1),
+        fix=f"use fewer copies, a coarser detector.pixel_size_a or representation: atoms for {load.label}",
+        type_index=t)
+
+
 def estimate_resources(loads: list[TypeLoad], modes: list[str], *, shape_px: tuple[int, int], pixel_size_a: float,
                        slice_thickness_a: float, ice_thickness_a: float, multislice_shape_px: tuple[int, int] | None,
                        n_tiles: int = 1, n_views: int = 1, filtered_views: bool = False, random_copies: int = 0,
@@ -216,8 +246,8 @@ def estimate_resources(loads: list[TypeLoad], modes: list[str], *, shape_px: tup
     span = max(z_hi - z_lo, dz)
     n_slices = math.ceil(span / dz)
     # slices each copy puts content in: a projection only the slice of its centre
-    crossing = sum(ld.n_copies * (1 if m == "projection" else 2 * (ld.radius_a + SUPPORT_MARGIN_A) / dz + 1)
-                   for ld, m in zip(loads, modes, strict=True))
+    crossing = sum(ld.n_copies * {"projection": 1, "subunits": ld.n_units}.get(
+        m, 2 * (ld.radius_a + SUPPORT_MARGIN_A) / dz + 1) for ld, m in zip(loads, modes, strict=True))
     busy = min(n_slices, crossing)
     g = my * mx
     fft = T_FFT_CALL + T_FFT * g * math.log2(max(g, 2))
@@ -259,21 +289,8 @@ def estimate_resources(loads: list[TypeLoad], modes: list[str], *, shape_px: tup
                 seconds=n_views * work + copy_s,
                 fix=f"use representation: map for {load.label}, fewer copies, thinner "
                     "simulation.slice_thickness_a or a smaller detector.shape_px", type_index=t))
-        elif mode == "projection":
-            side, support = _sized(projector_size, (load.radius_a, p),
-                                   (math.ceil(2 * (2 * (load.radius_a + 8 * p) / p + 2)), load.radius_a + 8 * p))
-            box = _sized(projection_box_px, (support, p), 2 * math.ceil(support / p) + 4)
-            freqs = box * (box // 2 + 1)
-            batch = min(load.n_copies, max(1, SAMPLES_PER_BATCH // (8 * box * box)))
-            build_s = T_PROJECTOR_BUILD * side**3 * math.log2(side) * max(load.n_elements, 1)
-            comps.append(Component(
-                f"{who} as projections (a {side}³ transform)",
-                resident_bytes=PROJECTOR_KEPT_BYTES * side**3,
-                transient_bytes=max(PROJECTOR_BUILD_BYTES * side**3, PROJECT_BYTES * batch * freqs),
-                seconds=(build_s + n_views * (load.n_copies * freqs * T_PROJECT
-                                              + math.ceil(load.n_copies / batch) * T_PROJECT_CALL)) / speed + copy_s,
-                fix=f"use fewer copies, a coarser detector.pixel_size_a or representation: atoms for {load.label}",
-                type_index=t))
+        elif mode in ("projection", "subunits"):
+            comps.append(_projection_component(load, mode, who, p, n_views, copy_s, speed, t))
         else:
             side, support = _sized(map_side_voxels, (load.radius_a, p / 2, p),
                                    (2 * math.ceil((load.radius_a + 12 * p) / (p / 2)) + 2, 0.0))

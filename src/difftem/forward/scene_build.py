@@ -7,7 +7,14 @@ Each particle type is simulated in one of three ways, chosen per type:
   placed whole in the slice holding its centre. Its error is the defocus spread inside the
   particle: a phase of at most π λ R k_max² at the band edge (R: particle radius), used by
   ``auto`` when that is ≤ 0.03 rad (coarse pixels or small particles, e.g. virions at 1 nm/px);
-* ``slab`` — a cached real-space map per type, sampled slab by slab at each copy's pose.
+* ``slab`` — a cached real-space map per type, sampled slab by slab at each copy's pose;
+* ``subunits`` — for a type made of copies of one unit (a helix, a transforms file): the unit's projector, each
+  unit of each copy projected whole into the slice holding the unit's centre. The type costs one unit to build,
+  and the projection's error is that of the unit's depth, not the whole type's.
+
+Projection (of a type or a unit) is allowed when its error, the defocus phase across it (π λ R k_max² at the band
+edge, R its radius), is at most PROJECTION_PHASE_LIMIT_RAD or when the particle is no deeper than one slice
+(2R ≤ Δz: the multislice already accepts that error inside every slice).
 
 Maps are built once per type and device and reused by every tile, tilt and copy (a tilt's damage-filtered map
 replaces the previous tilt's). The memory and time these cost are estimated in :mod:`difftem.forward.resources`.
@@ -69,6 +76,14 @@ class TypeCache:
                                                      absorption_ratio=self.absorption_ratio, device=self.device)
         return self.maps[key]
 
+    def unit_projector(self, t: int, atoms: Atoms):
+        """The projector of type ``t``'s asymmetric unit (``subunits`` mode)."""
+        key = ("subunits", t)
+        if key not in self.maps:
+            self.maps[key] = build_fourier_projector(atoms, self.table, pixel_size_a=self.pixel_size_a, ice=self.ice,
+                                                     absorption_ratio=self.absorption_ratio, device=self.device)
+        return self.maps[key]
+
     def slab_map(self, t: int, atoms: Atoms, transfer=None):
         """The type's map, filtered by ``transfer`` when given. Only the latest filtered map of a type is kept
         (one per view: a tilt series' damage filter changes every tilt), and it is keyed by the filter object
@@ -91,14 +106,23 @@ class TypeCache:
         return sum((m[1] if isinstance(m, tuple) else m).nbytes for m in self.maps.values())
 
 
+def projection_allowed(radius_a: float, *, pixel_size_a: float, wavelength_a: float, antialias_fraction: float,
+                       slice_thickness_a: float = 0.0) -> bool:
+    """Whether a particle of ``radius_a`` may be projected whole into one slice (the accuracy rule above)."""
+    k_max = antialias_fraction * 0.5 / pixel_size_a
+    return (math.pi * wavelength_a * radius_a * k_max**2 <= PROJECTION_PHASE_LIMIT_RAD
+            or 2 * radius_a <= slice_thickness_a)
+
+
 def map_mode(radius_a: float, *, placement: str, pixel_size_a: float, wavelength_a: float,
-             antialias_fraction: float) -> str:
-    """How a type drawn from a map is placed: ``placement`` unless auto; then projection when the defocus
-    phase across the particle, π λ R k_max², is at most PROJECTION_PHASE_LIMIT_RAD, else slab."""
+             antialias_fraction: float, slice_thickness_a: float = 0.0) -> str:
+    """How a type drawn from a map is placed: ``placement`` unless auto; then projection when the accuracy rule
+    allows it (:func:`projection_allowed`), else slab."""
     if placement != "auto":
         return placement
-    k_max = antialias_fraction * 0.5 / pixel_size_a
-    return "projection" if math.pi * wavelength_a * radius_a * k_max**2 <= PROJECTION_PHASE_LIMIT_RAD else "slab"
+    return "projection" if projection_allowed(radius_a, pixel_size_a=pixel_size_a, wavelength_a=wavelength_a,
+                                              antialias_fraction=antialias_fraction,
+                                              slice_thickness_a=slice_thickness_a) else "slab"
 
 
 def auto_mode(total_atoms: int, mapped: str) -> str:
@@ -109,20 +133,39 @@ def auto_mode(total_atoms: int, mapped: str) -> str:
     return mapped if total_atoms >= (MAP_MIN_ATOMS if mapped == "projection" else SLAB_MIN_ATOMS) else "atoms"
 
 
+def mode_candidates(representation: str, radius_a: float, unit_radius_a: float | None, *, placement: str,
+                    pixel_size_a: float, wavelength_a: float, antialias_fraction: float,
+                    slice_thickness_a: float) -> list[str]:
+    """The modes a type may take under the accuracy rule: ``representation`` atoms → atoms; map → its map mode
+    (``placement``, or under auto projection if allowed, else slab) and, for a type of subunits under auto,
+    ``subunits`` when the unit may be projected; auto → atoms and those. The setup picks the cheapest by the
+    resource estimate."""
+    if representation == "atoms":
+        return ["atoms"]
+    rule = {"pixel_size_a": pixel_size_a, "wavelength_a": wavelength_a, "antialias_fraction": antialias_fraction,
+            "slice_thickness_a": slice_thickness_a}
+    maps = [map_mode(radius_a, placement=placement, **rule)]
+    if placement == "auto" and unit_radius_a is not None and projection_allowed(unit_radius_a, **rule):
+        maps.append("subunits")
+    return maps if representation == "map" else ["atoms"] + maps
+
+
 def choose_modes(scene: Scene, *, representation_default: str, placement: str, pixel_size_a: float,
-                 wavelength_a: float, antialias_fraction: float, radii: np.ndarray | None = None) -> list[str]:
-    """'atoms', 'projection' or 'slab' per particle type (``radii``: :func:`type_radii`, when known)."""
+                 wavelength_a: float, antialias_fraction: float, slice_thickness_a: float = 0.0,
+                 radii: np.ndarray | None = None) -> list[list[str]]:
+    """Per particle type, its :func:`mode_candidates`, the first choice first (``radii``: :func:`type_radii`)."""
     radii = type_radii(scene) if radii is None else radii
-    modes = []
+    out = []
     for t, ptype in enumerate(scene.types):
         rep = ptype.representation if ptype.representation != "auto" else representation_default
-        mapped = map_mode(float(radii[t]), placement=placement, pixel_size_a=pixel_size_a, wavelength_a=wavelength_a,
-                          antialias_fraction=antialias_fraction)
+        cands = mode_candidates(rep, float(radii[t]), ptype.subunits.radius_a if ptype.subunits else None,
+                                placement=placement, pixel_size_a=pixel_size_a, wavelength_a=wavelength_a,
+                                antialias_fraction=antialias_fraction, slice_thickness_a=slice_thickness_a)
         if rep == "auto":
-            modes.append(auto_mode(scene.copies_of(t) * len(ptype.atoms), mapped))
-        else:
-            modes.append("atoms" if rep == "atoms" else mapped)
-    return modes
+            first = auto_mode(scene.copies_of(t) * len(ptype.atoms), cands[1])
+            cands = [first] + [m for m in cands if m != first]
+        out.append(cands)
+    return out
 
 
 def type_radii(scene: Scene) -> np.ndarray:
@@ -190,6 +233,12 @@ def build_view_potential(scene: Scene, view: SceneView, modes: list[str], cache:
         if mode == "projection":
             projection_copies.append(ProjectionCopies(cache.projector(t, scene.types[t].atoms), rots, centres,
                                                       view.transfer))
+        elif mode == "subunits":
+            units = scene.types[t].subunits
+            unit_rots, unit_centres = units.poses(pl.rotations[sel], pl.positions_a[sel])
+            projection_copies.append(ProjectionCopies(
+                cache.unit_projector(t, units.atoms), torch.as_tensor(unit_rots, dtype=torch.float64, device=dev),
+                torch.as_tensor(unit_centres, dtype=torch.float64, device=dev), view.transfer))
         else:
             pmap = cache.slab_map(t, scene.types[t].atoms, view.transfer)
             radius = float(radii[t]) if radii is not None else scene.types[t].radius_a

@@ -20,6 +20,7 @@ from ..config import SimulationConfig
 from ..core.errors import ConfigError, ResourceError
 from ..core.grid import Grid
 from ..core.rotations import tilt_rotation
+from ..core.threads import wait_policy
 from ..core.version import __version__
 from ..forward.detector import Detector
 from ..forward.exit_wave import ExitWave, tiled_exit_wave, windowed_exit_wave
@@ -103,7 +104,8 @@ def _run_metadata(setup: Setup) -> dict:
     config = setup.config
     est = setup.estimate
     return {"difftem_version": __version__, "torch_version": torch.__version__, "device": str(setup.device),
-            "threads": torch.get_num_threads(), "seed": config.seed, "n_copies": len(setup.scene.placement),
+            "threads": torch.get_num_threads(), "omp_wait_policy": wait_policy(),
+            "seed": config.seed, "n_copies": len(setup.scene.placement),
             "particle_types": setup.particle_types(),
             "time_estimate_s": round(est.seconds, 3) if est is not None else None,
             "resource_estimate": est.summary() if est is not None else None}

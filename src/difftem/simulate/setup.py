@@ -39,7 +39,7 @@ from ..forward.scene_build import (
     auto_mode,
     auto_tile_margin_px,
     choose_modes,
-    map_mode,
+    mode_candidates,
     plan_tiles,
     type_radii,
     view_z_range,
@@ -103,6 +103,7 @@ class Setup:
     estimate: ResourceEstimate | None = None
     notes: list[str] = field(default_factory=list)  # what the resource check changed (auto modes moved)
     radii: np.ndarray | None = None  # each type's radius (Å), computed once
+    mode_estimates: dict = field(default_factory=dict)  # type → {mode: its estimate} where there was a choice
 
     def __post_init__(self):
         if self.radii is None:
@@ -121,14 +122,16 @@ class Setup:
         ice = IceModel(sample.ice_thickness_nm * 10.0, sample.ice_mean_potential_v, absorption_v)
         absorption_ratio = sample.absorption_ratio if sample.absorption_ratio is not None else ice.absorption_ratio
         radii = type_radii(scene)
-        modes = choose_modes(scene, representation_default="auto", placement=config.simulation.map_placement,
-                             pixel_size_a=det.pixel_size_a, wavelength_a=lam,
-                             antialias_fraction=config.simulation.antialias_fraction or 1.0, radii=radii)
+        candidates = choose_modes(scene, representation_default="auto", placement=config.simulation.map_placement,
+                                  pixel_size_a=det.pixel_size_a, wavelength_a=lam,
+                                  antialias_fraction=config.simulation.antialias_fraction or 1.0,
+                                  slice_thickness_a=config.simulation.slice_thickness_a, radii=radii)
+        modes = [c[0] for c in candidates]
         cache = TypeCache(get_table(config.simulation.parametrization), det.pixel_size_a, ice, absorption_ratio,
                           device)
         setup = cls(config, scene, device, Grid(tuple(det.shape_px), det.pixel_size_a), lam,
                     interaction_constant(beam.voltage_kv), ice, modes, cache, radii=radii)
-        setup._fit_modes()
+        setup._fit_modes(candidates)
         return setup
 
     @property
@@ -136,7 +139,9 @@ class Setup:
         return sum(len(t.atoms) * self.scene.copies_of(i) for i, t in enumerate(self.scene.types))
 
     def particle_types(self) -> list[dict]:
-        return [{"name": t.name, "atoms": len(t.atoms), "copies": self.scene.copies_of(i), "mode": self.modes[i]}
+        return [{"name": t.name, "atoms": len(t.atoms), "copies": self.scene.copies_of(i), "mode": self.modes[i],
+                 **({"subunits": len(t.subunits)} if t.subunits is not None else {}),
+                 **({"mode_estimates": self.mode_estimates[i]} if i in self.mode_estimates else {})}
                 for i, t in enumerate(self.scene.types)]
 
     # ------------------------------------------------------------------ the resource estimate
@@ -204,21 +209,18 @@ class Setup:
                                   n_views=n_views(config), filtered_views=damage, atom_box_px=self.atom_box_px(modes),
                                   device_type=self.device.type, threads=torch.get_num_threads())
 
-    def _fit_modes(self) -> None:
-        """Estimate, and move ``auto`` types to their other mode (atoms ↔ map) where the first choice does not fit
-        the memory or time limit and the other fits better."""
+    def _fit_modes(self, candidates: list[list[str]]) -> None:
+        """Estimate, and give each type that has a choice (``candidates``) the mode estimated fastest among those
+        that fit the memory and time limits."""
         loads, plan = self.type_loads(), self.multislice_plan()
-        auto = [t for t, ptype in enumerate(self.scene.types)
-                if ptype.representation == "auto" and self.scene.copies_of(t) and len(ptype.atoms)]
-        sim, det = self.config.simulation, self.config.detector
-        other = {t: "atoms" if self.modes[t] != "atoms" else map_mode(
-            float(self.radii[t]), placement=sim.map_placement, pixel_size_a=det.pixel_size_a,
-            wavelength_a=self.wavelength_a, antialias_fraction=sim.antialias_fraction or 1.0) for t in auto}
+        choice = {t: c for t, c in enumerate(candidates)
+                  if len(c) > 1 and self.scene.copies_of(t) and len(self.scene.types[t].atoms)}
         limit, _ = memory_limit(self.config, self.device)
-        self.modes, self.estimate, moved = fit_modes(self.modes, other, lambda m: self.estimate_of(m, loads, plan),
-                                                     limit)
-        self.notes += [f"{loads[t].label}: representation auto chose {m} (the first choice did not fit)"
-                       for t, m in moved]
+        first = list(self.modes)
+        self.modes, self.estimate, self.mode_estimates = cheapest_modes(
+            self.modes, choice, lambda m: self.estimate_of(m, loads, plan), limit)
+        self.notes += [f"{loads[t].label}: representation auto chose {self.modes[t]} (estimated "
+                       f"{_estimates_text(self.mode_estimates[t])})" for t in choice if self.modes[t] != first[t]]
 
     def check_memory(self) -> int:
         """The run's peak memory estimate (bytes); refuses runs above the memory or time limit before
@@ -236,37 +238,39 @@ class Setup:
         return out
 
 
-def fit_modes(modes: list[str], other: dict[int, str], estimate_of, limit_bytes: float
-              ) -> tuple[list[str], ResourceEstimate, list[tuple[int, str]]]:
-    """Greedily move the types in ``other`` (auto types: index → their other mode) while the estimate is over
-    the memory or time limit and the move lowers what is over, largest part first. Returns (modes, estimate,
-    the moves made)."""
+def cheapest_modes(modes: list[str], candidates: dict[int, list[str]], estimate_of, limit_bytes: float
+                   ) -> tuple[list[str], ResourceEstimate, dict[int, dict]]:
+    """Give each type in ``candidates`` (index → its allowed modes) the mode whose run is estimated fastest
+    among those within the memory and time limits (or, if none is, the least over them), types taken largest
+    share of the estimate first. Returns (modes, estimate, each type's {mode: {seconds, memory_bytes}})."""
     modes = list(modes)
     est = estimate_of(modes)
     max_s = MAX_RUN_HOURS * 3600
-    moved = []
 
-    def over(e):
-        return e.peak_bytes > limit_bytes or e.seconds > max_s
+    def rank(e: ResourceEstimate) -> tuple[float, float]:
+        over = max(e.peak_bytes / limit_bytes, e.seconds / max_s)
+        return (over, e.seconds) if over > 1 else (0.0, e.seconds)
 
-    if not other or not over(est):
-        return modes, est, moved
-    by_memory = est.peak_bytes > limit_bytes
-    for t in sorted(other, key=lambda t: -sum(c.peak_bytes if by_memory else c.seconds for c in est.components
-                                              if c.type_index == t)):
-        trial = list(modes)
-        trial[t] = other[t]
-        e2 = estimate_of(trial)
-        if est.peak_bytes > limit_bytes:
-            better = e2.peak_bytes < est.peak_bytes and (e2.seconds <= max_s or e2.seconds < est.seconds)
-        else:
-            better = e2.seconds < est.seconds and e2.peak_bytes <= limit_bytes
-        if better:
-            modes, est = trial, e2
-            moved.append((t, other[t]))
-        if not over(est):
-            break
-    return modes, est, moved
+    def share(t: int) -> float:
+        return sum(c.seconds + c.peak_bytes / 1e12 for c in est.components if c.type_index == t)
+
+    tried: dict[int, dict] = {}
+    for t in sorted(candidates, key=share, reverse=True):
+        seen = {modes[t]: est}
+        for m in candidates[t]:
+            if m in seen:
+                continue
+            trial = list(modes)
+            trial[t] = m
+            seen[m] = estimate_of(trial)
+        best = min(seen, key=lambda m: rank(seen[m]))
+        modes[t], est = best, seen[best]
+        tried[t] = {m: {"seconds": round(e.seconds, 3), "memory_bytes": e.peak_bytes} for m, e in seen.items()}
+    return modes, est, tried
+
+
+def _estimates_text(estimates: dict) -> str:
+    return ", ".join(f"{m} {e['seconds']:.3g} s / {_gb(e['memory_bytes'])}" for m, e in estimates.items())
 
 
 def _gb(n: float) -> str:
@@ -310,7 +314,7 @@ def check_before_scene(config: SimulationConfig, device: torch.device) -> None:
     width_a, height_a = det.shape_px[1] * det.pixel_size_a, det.shape_px[0] * det.pixel_size_a
     ice_a = sample.ice_thickness_nm * 10.0
     limit, _ = memory_limit(config, device)
-    loads, fills, random_copies = [], [], 0
+    loads, representations, fills, random_copies = [], [], [], 0
     for t, particle in entries:
         gb = config.simulation.max_memory_gb
         ptype = load_particle_type(particle, resolve_structure, field=f"sample.particles.{t}",
@@ -331,6 +335,7 @@ def check_before_scene(config: SimulationConfig, device: torch.device) -> None:
         else:
             fills.append((count * math.pi * r * r / ((width_a + 2 * g) * (height_a + 2 * g)), t, count, ptype.name))
         loads.append(TypeLoad.of(ptype, count, type_label(t, ptype.name), sim.slice_thickness_a))
+        representations.append(particle.representation)
     total = sum(f[0] for f in fills)
     cap = RANDOM_FILL_LIMIT if ice_a > 0 else RANDOM_AREA_LIMIT
     if total > cap:
@@ -343,18 +348,16 @@ def check_before_scene(config: SimulationConfig, device: torch.device) -> None:
             f"placement jams near {'38' if ice_a > 0 else '55'} %; lower the count, or enlarge detector.shape_px"
             + (" / sample.ice_thickness_nm" if ice_a > 0 else " or add ice"))
     lam = wavelength_a(config.beam.voltage_kv)
-    first = [auto_mode(ld.n_atoms * ld.n_copies, map_mode(ld.radius_a, placement=sim.map_placement,
-                                                          pixel_size_a=det.pixel_size_a, wavelength_a=lam,
-                                                          antialias_fraction=sim.antialias_fraction or 1.0))
-             if config.sample.particles[t].representation == "auto" else
-             ("atoms" if config.sample.particles[t].representation == "atoms" else
-              map_mode(ld.radius_a, placement=sim.map_placement, pixel_size_a=det.pixel_size_a, wavelength_a=lam,
-                       antialias_fraction=sim.antialias_fraction or 1.0))
-             for (t, _), ld in zip(entries, loads, strict=True)]
-    other = {i: "atoms" if m != "atoms" else map_mode(loads[i].radius_a, placement=sim.map_placement,
-                                                      pixel_size_a=det.pixel_size_a, wavelength_a=lam,
-                                                      antialias_fraction=sim.antialias_fraction or 1.0)
-             for i, m in enumerate(first) if config.sample.particles[entries[i][0]].representation == "auto"}
+    candidates = {}
+    for i, (representation, ld) in enumerate(zip(representations, loads, strict=True)):
+        cands = mode_candidates(representation, ld.radius_a, ld.unit_radius_a, placement=sim.map_placement,
+                                pixel_size_a=det.pixel_size_a, wavelength_a=lam,
+                                antialias_fraction=sim.antialias_fraction or 1.0,
+                                slice_thickness_a=sim.slice_thickness_a)
+        if representation == "auto":
+            first = auto_mode(ld.n_atoms * ld.n_copies, cands[1])
+            cands = [first] + [m for m in cands if m != first]
+        candidates[i] = cands
     tiles = sim.tile_px is not None and sim.tile_px < max(det.shape_px)
 
     def estimate_of(modes):
@@ -366,7 +369,8 @@ def check_before_scene(config: SimulationConfig, device: torch.device) -> None:
                                   n_views=n_views(config), random_copies=random_copies, device_type=device.type,
                                   threads=torch.get_num_threads())
 
-    _, est, _ = fit_modes(first, other, estimate_of, limit)
+    _, est, _ = cheapest_modes([c[0] for c in candidates.values()],
+                               {i: c for i, c in candidates.items() if len(c) > 1}, estimate_of, limit)
     check_estimate(est, config, device)
 
 

@@ -17,8 +17,10 @@ from .scene import (
     ParticleType,
     Placement,
     Scene,
+    Subunits,
     bounding_capsule,
     helical_assembly,
+    helical_operators,
     overlapping_pairs,
     random_placement,
 )
@@ -72,6 +74,9 @@ def load_particle_type(particle, resolve_structure, *, field: str = "sample.part
                            remove_waters=particle.remove_waters, remove_hydrogens=particle.remove_hydrogens,
                            remove_hetero=particle.remove_hetero,
                            centre="none" if (particle.helix or particle.transforms_file) else centre)
+    if particle.extra_b_a2:
+        atoms.b_iso_a2 = atoms.b_iso_a2 + particle.extra_b_a2
+    units = Subunits.identity(atoms)
     if particle.transforms_file is not None:
         ops = read_transforms_file(particle.transforms_file)  # (n, 3, 4): rotation | translation (Å)
         _check_type_size(len(ops) * len(atoms), f"{field}.transforms_file", max_bytes)
@@ -79,17 +84,26 @@ def load_particle_type(particle, resolve_structure, *, field: str = "sample.part
         atoms = Atoms.concatenate(parts)
         check_positions(atoms.positions_a, f"{field}.transforms_file {particle.transforms_file}", ConfigError,
                         "check the file's translations (Å) and rotations")
-        atoms = atoms.centred(centre)
+        units = units.then(ops[:, :, :3], ops[:, :, 3])
+        atoms, units = _centred(atoms, units, centre)
         atoms.notes.append(f"{len(ops)} copies from {Path(particle.transforms_file).name}")
     if particle.helix is not None:
         _check_type_size(particle.helix.count() * len(atoms), f"{field}.helix.n_subunits", max_bytes)
         h = particle.helix
-        atoms = helical_assembly(atoms, h.rise_a, h.twist_deg, h.count(), h.axis, h.axis_point_a).centred(centre)
-    if particle.extra_b_a2:
-        atoms.b_iso_a2 = atoms.b_iso_a2 + particle.extra_b_a2
+        helix = helical_assembly(atoms, h.rise_a, h.twist_deg, h.count(), h.axis, h.axis_point_a)
+        units = units.then(*helical_operators(h.rise_a, h.twist_deg, h.count(), h.axis, h.axis_point_a))
+        atoms, units = _centred(helix, units, centre)
     name = particle.name or Path(str(path)).name.split(".")[0]
     shape = particle.random.bounding if particle.random is not None else "auto"
-    return ParticleType(name, atoms, bounding_capsule(atoms.positions_a, shape), particle.representation)
+    return ParticleType(name, atoms, bounding_capsule(atoms.positions_a, shape), particle.representation,
+                        units.centred_unit() if len(units) > 1 else None)
+
+
+def _centred(atoms: Atoms, units: Subunits, centre) -> tuple[Atoms, Subunits]:
+    """The type's atoms centred as configured, and its operators moved with them."""
+    moved = atoms.centred(centre)
+    offset = moved.positions_a[0] - atoms.positions_a[0] if len(atoms) else np.zeros(3)
+    return moved, units.shifted(offset)
 
 
 def build_scene(config, resolve_structure) -> Scene:

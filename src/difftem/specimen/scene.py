@@ -23,6 +23,18 @@ from .structure import MAX_ATOMS, Atoms, check_positions
 
 # ---------------------------------------------------------------------------------------------- rotations
 # ---------------------------------------------------------------------------------------------- types
+def helical_operators(rise_a: float, twist_deg: float, n_subunits: int, axis=(0.0, 0.0, 1.0),
+                      axis_point_a=(0.0, 0.0, 0.0)) -> tuple[np.ndarray, np.ndarray]:
+    """The helix as operators x → R_i x + t_i (i·twist about the axis through ``axis_point_a``, i·rise along it),
+    the same :func:`helical_assembly` applies; arguments are checked there."""
+    u = np.asarray(axis, dtype=np.float64)
+    u = u / np.linalg.norm(u)
+    p0 = np.asarray(axis_point_a, dtype=np.float64)
+    i = np.arange(n_subunits)
+    rots = rotation_about_axis(u, np.radians(twist_deg) * i)
+    return rots, p0 - rots @ p0 + (rise_a * i)[:, None] * u
+
+
 def helical_assembly(subunit: Atoms, rise_a: float, twist_deg: float, n_subunits: int,
                      axis=(0.0, 0.0, 1.0), axis_point_a=(0.0, 0.0, 0.0)) -> Atoms:
     """Copies i = 0…n−1 of ``subunit`` turned by i·twist about the helix axis and moved i·rise along it."""
@@ -94,11 +106,64 @@ def bounding_capsule(positions_a: np.ndarray, shape: str = "auto") -> Bounds:
 
 
 @dataclass
+class Subunits:
+    """A type made of copies of one asymmetric unit: type atoms = R_k a + t_k over the operators k, in order.
+
+    ``atoms`` is centred on its own origin (so its maps and projectors are as small as the unit); maps and
+    projections of the type are built from it, not by gridding every atom of every copy."""
+
+    atoms: Atoms
+    rotations: np.ndarray  # (K, 3, 3)
+    translations_a: np.ndarray  # (K, 3)
+
+    def __len__(self) -> int:
+        return int(self.rotations.shape[0])
+
+    @property
+    def radius_a(self) -> float:
+        return float(np.sqrt((self.atoms.positions_a**2).sum(1)).max()) if len(self.atoms) else 0.0
+
+    @classmethod
+    def identity(cls, atoms: Atoms) -> Subunits:
+        return cls(atoms, np.eye(3)[None].copy(), np.zeros((1, 3)))
+
+    def then(self, rotations: np.ndarray, translations_a: np.ndarray) -> Subunits:
+        """The operators followed by (R'_j, t'_j), j-major (x → R'_j x + t'_j applied to every copy so far)."""
+        rots = np.einsum("jab,kbc->jkac", rotations, self.rotations).reshape(-1, 3, 3)
+        trans = (np.einsum("jab,kb->jka", rotations, self.translations_a) + translations_a[:, None, :]).reshape(-1, 3)
+        return Subunits(self.atoms, rots, trans)
+
+    def shifted(self, offset_a: np.ndarray) -> Subunits:
+        return Subunits(self.atoms, self.rotations, self.translations_a + np.asarray(offset_a, np.float64))
+
+    def centred_unit(self) -> Subunits:
+        """The same operators acting on the unit moved to its bounding-box centre s (t_k + R_k s)."""
+        if len(self.atoms) == 0:
+            return self
+        pos = self.atoms.positions_a
+        s = 0.5 * (pos.min(0) + pos.max(0))
+        unit = Atoms(self.atoms.atomic_number, pos - s, self.atoms.b_iso_a2, self.atoms.occupancy, self.atoms.source,
+                     list(self.atoms.notes))
+        return Subunits(unit, self.rotations, self.translations_a + self.rotations @ s)
+
+    def expanded(self) -> Atoms:
+        return Atoms.concatenate([self.atoms.transformed(r, t) for r, t in zip(self.rotations, self.translations_a,
+                                                                                 strict=True)])
+
+    def poses(self, rotations: np.ndarray, positions_a: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Each copy's (M) units as poses of the unit: (M·K, 3, 3) rotations and (M·K, 3) centres, copy-major."""
+        rots = np.einsum("mab,kbc->mkac", rotations, self.rotations).reshape(-1, 3, 3)
+        centres = (np.einsum("mab,kb->mka", rotations, self.translations_a) + positions_a[:, None, :]).reshape(-1, 3)
+        return rots, centres
+
+
+@dataclass
 class ParticleType:
     name: str
     atoms: Atoms  # type frame, centred
     bounds: Bounds
     representation: str = "auto"  # "atoms" | "map" | "auto"
+    subunits: Subunits | None = None  # when the type is copies of one unit (a helix or a transforms file)
 
     @property
     def radius_a(self) -> float:

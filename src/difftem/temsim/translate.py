@@ -513,9 +513,9 @@ class _Translator:
             entry["transforms_file"] = str(tf)
             self.map(psec, "pdb_transf_file_in", f"{field_}.transforms_file")
         # TEM-simulator reads every ATOM/HETATM line weighted by occupancy and centres the particle on its
-        # bounding box; its particle is a potential map
+        # bounding box. Its particle is a potential map; difftem picks atoms, projections or maps by estimated cost
         entry.update({"models": "all", "remove_waters": False, "remove_hydrogens": False, "remove_hetero": False,
-                      "centre": "bbox", "representation": "map"})
+                      "centre": "bbox", "representation": "auto"})
         if first_use:
             self.map_particle_options(psec)
         return entry

@@ -1,0 +1,157 @@
+#!/usr/bin/env python
+"""Threads on a shared machine: each stage's wall and CPU time at 1 and 2 torch threads, with OpenMP's default
+(spinning) and passive waiting, on an idle machine and on one loaded with busy processes.
+
+torch's CPU kernels run on an OpenMP pool; by default its threads spin while they wait for each other, which on a
+loaded machine (dataset workers, CI, shared cluster nodes) makes small parallel stages wait for descheduled peers.
+``OMP_WAIT_POLICY=PASSIVE`` makes them sleep instead; difftem sets it (unless already set) before torch loads.
+This benchmark decides that default from data. Each configuration runs in its own process (the OpenMP runtime
+reads its settings once, when torch loads); configurations are interleaved and repeated; the load is ``--load``
+processes spinning on the CPUs for the whole measurement.
+
+Stages: the optics and detector of one 400² image (``expose``), the multislice of a 400² field through 5 slices of
+projected copies, a 5-tilt series of a ubiquitin helix at 400² (subunit projections), and one 2048² micrograph
+of 10 ubiquitins (large FFTs). Prints a table (min / median wall and median CPU per stage) and writes JSON.
+
+    python benchmarks/bench_threads.py [--repeats 3] [--load 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import multiprocessing as mp
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+UBI = "builtin:1ubi"
+HELIX = {"rise_a": 12.0, "twist_deg": 40.0, "n_subunits": 30, "axis_point_a": [18.0, 0.0, 0.0]}
+
+
+def stages():
+    """name → a callable running the stage once (after one warm-up run)."""
+    import numpy as np
+    import torch
+
+    from difftem import simulate, simulate_tilt_series
+    from difftem.config import config_from_dict
+    from difftem.forward.detector import Detector
+    from difftem.forward.image import expose
+    from difftem.forward.optics import Optics
+    from difftem.forward.scene_build import SceneView
+    from difftem.simulate.pipeline import view_exit_wave
+    from difftem.simulate.setup import Setup
+
+    helix = {"seed": 1, "beam": {"voltage_kv": 300, "dose_e_per_a2": 60},
+             "detector": {"shape_px": [400, 400], "pixel_size_a": 3.0},
+             "sample": {"ice_thickness_nm": 30, "particles": [
+                 {"structure": UBI, "helix": HELIX, "representation": "map",
+                  "positions_a": [[-300, 0, 0], [0, 100, 0], [300, -100, 0]],
+                  "euler_zyz_deg": [[0, 90, 0], [40, 90, 10], [-60, 80, 0]]}]},
+             "simulation": {"slice_thickness_a": 60.0}}
+    cfg = config_from_dict(helix)
+    setup = Setup.build(cfg)
+    view = SceneView(np.eye(3), setup.ice.thickness_a, None)
+    ew = view_exit_wave(setup, view)
+    optics, detector = Optics.from_config(cfg.optics), Detector.from_config(cfg)
+    gen = torch.Generator().manual_seed(0)
+    series = config_from_dict({**helix, "tilt_series": {"scheme": "list", "angles_deg": [-40, -20, 0, 20, 40],
+                                                        "total_dose_e_per_a2": 60}})
+    big = config_from_dict({"seed": 2, "detector": {"shape_px": [2048, 2048], "pixel_size_a": 1.5},
+                            "sample": {"ice_thickness_nm": 20, "particles": [{"structure": UBI,
+                                                                              "random": {"count": 10}}]},
+                            "simulation": {"slice_thickness_a": 20.0}})
+    return {
+        "expose_400": lambda: expose(ew.wave, setup.grid, setup.wavelength_a, cfg.beam.voltage_kv, optics, detector,
+                                     exit_plane_a=ew.exit_plane_a, dose_e_per_a2=60.0, generator=gen),
+        "multislice_400": lambda: view_exit_wave(setup, view),
+        "tilt_series_5x400": lambda: simulate_tilt_series(series, scene=setup.scene),
+        "micrograph_2048": lambda: simulate(big),
+    }
+
+
+def worker(threads: int) -> dict:
+    import torch
+
+    torch.set_num_threads(threads)
+    out = {}
+    for name, fn in stages().items():
+        fn()  # warm-up: kernels, caches, maps
+        t, c = time.perf_counter(), time.process_time()
+        fn()
+        out[name] = {"wall_s": time.perf_counter() - t, "cpu_s": time.process_time() - c}
+    return out
+
+
+def _spin(stop):
+    while not stop.is_set():
+        pass
+
+
+def run_config(threads: int, policy: str) -> dict:
+    env = dict(os.environ)
+    env["OMP_WAIT_POLICY"] = policy
+    out = subprocess.run([sys.executable, __file__, "--worker", str(threads)], env=env, capture_output=True, text=True,
+                         timeout=1800)
+    if out.returncode != 0:
+        raise RuntimeError(out.stderr[-3000:])
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--load", type=int, default=2, help="busy processes for the loaded measurements")
+    ap.add_argument("--threads", default="1,2")
+    ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "threads.json")
+    ap.add_argument("--worker", type=int, help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.worker is not None:
+        print(json.dumps(worker(args.worker)))
+        return
+    configs = [(t, p) for t in map(int, args.threads.split(",")) for p in ("ACTIVE", "PASSIVE")]
+    runs: dict = {}
+    for load in ("idle", "loaded"):
+        stop = mp.Event()
+        spinners = [mp.Process(target=_spin, args=(stop,), daemon=True) for _ in range(args.load if load == "loaded"
+                                                                                      else 0)]
+        for p in spinners:
+            p.start()
+        try:
+            for rep, (threads, policy) in itertools.product(range(args.repeats), configs):
+                res = run_config(threads, policy)
+                runs.setdefault(f"{load}|{threads}|{policy}", []).append(res)
+                print(f"  {load} rep {rep} threads {threads} {policy}: "
+                      + ", ".join(f"{k} {v['wall_s']:.3f}" for k, v in res.items()), flush=True)
+        finally:
+            stop.set()
+            for p in spinners:
+                p.join()
+    table = {}
+    for key, reps in runs.items():
+        table[key] = {name: {"wall_min_s": min(r[name]["wall_s"] for r in reps),
+                             "wall_median_s": statistics.median(r[name]["wall_s"] for r in reps),
+                             "cpu_median_s": statistics.median(r[name]["cpu_s"] for r in reps)}
+                      for name in reps[0]}
+    names = list(next(iter(table.values())))
+    print(f"\n{'load':7s} {'thr':>3s} {'OpenMP wait':11s} " + " ".join(f"{n:>26s}" for n in names))
+    print(f"{'':23s}" + " ".join(f"{'wall min/med, cpu (s)':>26s}" for _ in names))
+    for key, row in table.items():
+        load, threads, policy = key.split("|")
+        print(f"{load:7s} {threads:>3s} {policy:11s} " + " ".join(
+            f"{row[n]['wall_min_s']:8.3f} {row[n]['wall_median_s']:8.3f} {row[n]['cpu_median_s']:8.3f}" for n in names))
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps({"cpu_count": os.cpu_count(), "machine": platform.machine(), "load": args.load,
+                                    "repeats": args.repeats, "table": table, "runs": runs}, indent=1))
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,28 @@
+"""How torch's CPU threads wait for each other, set before torch loads.
+
+torch's CPU kernels share an OpenMP thread pool whose threads, by default, spin while they wait at the end of each
+parallel region. On a loaded machine — dataset workers, CI runners, shared cluster nodes — a spinning thread
+waits for peers the kernel has descheduled, and a small stage becomes many times slower at 2 threads than at 1
+(measured on 2 cores under load: 400² FFT stages 0.79–1.48 s at 2 spinning threads vs 0.08–0.13 s passive and
+0.22–0.36 s at 1 thread; benchmarks/bench_threads.py has the per-stage table). Passive waiting (threads sleep)
+removes that cliff. OpenMP reads the policy once, when its runtime loads with torch, so this must run before the
+first ``import torch``; a policy the user set is kept.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+WAIT_POLICY = "PASSIVE"
+
+
+def prefer_passive_waiting() -> None:
+    """Set ``OMP_WAIT_POLICY`` to passive unless it is set or torch is already loaded (then it has no effect)."""
+    if "torch" not in sys.modules:
+        os.environ.setdefault("OMP_WAIT_POLICY", WAIT_POLICY)
+
+
+def wait_policy() -> str:
+    """The OpenMP wait policy this process asked for (for run metadata)."""
+    return os.environ.get("OMP_WAIT_POLICY", "default").lower()
