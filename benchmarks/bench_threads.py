@@ -5,7 +5,8 @@
 torch's CPU kernels run on an OpenMP pool; by default its threads spin while they wait for each other, which on a
 loaded machine (dataset workers, CI, shared cluster nodes) makes small parallel stages wait for descheduled peers.
 ``OMP_WAIT_POLICY=PASSIVE`` makes them sleep instead; difftem sets it (unless already set) before torch loads.
-This benchmark decides that default from data. Each configuration runs in its own process (the OpenMP runtime
+This benchmark decides that default from data: OpenMP's own default (no variable: spin a while, then sleep),
+passive, and a short spin (``GOMP_SPINCOUNT=10000``). Each configuration runs in its own process (the OpenMP runtime
 reads its settings once, when torch loads); configurations are interleaved and repeated; the load is ``--load``
 processes spinning on the CPUs for the whole measurement.
 
@@ -64,26 +65,31 @@ def stages():
     gen = torch.Generator().manual_seed(0)
     series = config_from_dict({**helix, "tilt_series": {"scheme": "list", "angles_deg": [-40, -20, 0, 20, 40],
                                                         "total_dose_e_per_a2": 60}})
-    big = config_from_dict({"seed": 2, "detector": {"shape_px": [2048, 2048], "pixel_size_a": 1.5},
-                            "sample": {"ice_thickness_nm": 20, "particles": [{"structure": UBI,
-                                                                              "random": {"count": 10}}]},
-                            "simulation": {"slice_thickness_a": 20.0}})
+    def micrograph(n: int):
+        return config_from_dict({"seed": 2, "detector": {"shape_px": [n, n], "pixel_size_a": 1.5},
+                                 "sample": {"ice_thickness_nm": 20, "particles": [{"structure": UBI,
+                                                                                   "random": {"count": 10}}]},
+                                 "simulation": {"slice_thickness_a": 20.0}})
+
+    big, small = micrograph(2048), micrograph(256)
     return {
         "expose_400": lambda: expose(ew.wave, setup.grid, setup.wavelength_a, cfg.beam.voltage_kv, optics, detector,
                                      exit_plane_a=ew.exit_plane_a, dose_e_per_a2=60.0, generator=gen),
         "multislice_400": lambda: view_exit_wave(setup, view),
         "tilt_series_5x400": lambda: simulate_tilt_series(series, scene=setup.scene),
-        "micrograph_2048": lambda: simulate(big),
+        "micrograph_2048": (lambda: simulate(small), lambda: simulate(big)),  # warm-up on a small field
     }
 
 
 def worker(threads: int) -> dict:
-    import torch
+    import torch  # before difftem, so that difftem leaves this process's OpenMP settings as given
+
 
     torch.set_num_threads(threads)
     out = {}
     for name, fn in stages().items():
-        fn()  # warm-up: kernels, caches, maps
+        warm, fn = fn if isinstance(fn, tuple) else (fn, fn)
+        warm()  # kernels, caches, maps
         t, c = time.perf_counter(), time.process_time()
         fn()
         out[name] = {"wall_s": time.perf_counter() - t, "cpu_s": time.process_time() - c}
@@ -95,9 +101,12 @@ def _spin(stop):
         pass
 
 
+POLICIES = {"default": {}, "PASSIVE": {"OMP_WAIT_POLICY": "PASSIVE"}, "spin10k": {"GOMP_SPINCOUNT": "10000"}}
+
+
 def run_config(threads: int, policy: str) -> dict:
-    env = dict(os.environ)
-    env["OMP_WAIT_POLICY"] = policy
+    env = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")}
+    env.update(POLICIES[policy])
     out = subprocess.run([sys.executable, __file__, "--worker", str(threads)], env=env, capture_output=True, text=True,
                          timeout=1800)
     if out.returncode != 0:
@@ -110,13 +119,13 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--load", type=int, default=2, help="busy processes for the loaded measurements")
     ap.add_argument("--threads", default="1,2")
-    ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "threads.json")
+    ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "threads_policies.json")
     ap.add_argument("--worker", type=int, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.worker is not None:
         print(json.dumps(worker(args.worker)))
         return
-    configs = [(t, p) for t in map(int, args.threads.split(",")) for p in ("ACTIVE", "PASSIVE")]
+    configs = [(t, p) for t in map(int, args.threads.split(",")) for p in POLICIES]
     runs: dict = {}
     for load in ("idle", "loaded"):
         stop = mp.Event()

@@ -24,6 +24,10 @@ def test_complex_fft_matches_numpy(n, threads):
         assert rel(got, ref) < 1e-5
         back = fft.ifft2(torch.from_numpy(ref.astype(np.complex64))).numpy()
         assert rel(back, np.fft.ifft2(ref)) < 1e-5
+        kernel = np.exp(-((np.fft.fftfreq(n)[:, None] ** 2 + np.fft.fftfreq(n)[None, :] ** 2) * 40)
+                        + 1j * rng.uniform(0, 6, (n, n)))
+        filtered = fft.filter2(torch.from_numpy(x), torch.from_numpy((kernel / (n * n)).astype(np.complex64)))
+        assert rel(filtered.numpy(), np.fft.ifft2(np.fft.fft2(x.astype(np.complex128)) * kernel)) < 1e-5
     finally:
         torch.set_num_threads(old)
 

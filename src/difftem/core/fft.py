@@ -28,6 +28,12 @@ def ifft2(spectrum: torch.Tensor) -> torch.Tensor:
     return torch.fft.ifft2(spectrum, norm="forward") / n
 
 
+def filter2(x: torch.Tensor, kernel_over_n: torch.Tensor) -> torch.Tensor:
+    """ifft2(fft2(x) · K) for a Fourier-space kernel given already divided by N = H·W (one pass fewer than
+    :func:`ifft2` of the product: the kernel carries the 1/N)."""
+    return torch.fft.ifft2(torch.fft.fft2(x, norm="backward") * kernel_over_n, norm="forward")
+
+
 def rfft2(x: torch.Tensor) -> torch.Tensor:
     """Unnormalised real-to-complex 2-D DFT over the last two dims (half spectrum along the last)."""
     return torch.fft.rfft2(x, norm="backward")

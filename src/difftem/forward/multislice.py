@@ -28,7 +28,7 @@ from typing import Literal
 import torch
 import torch.utils.checkpoint
 
-from ..core.fft import fft2, ifft2
+from ..core.fft import fft2, filter2, ifft2
 from ..core.grid import Grid, centred_span
 from .potential import Patch, SlicedPotential, antialias_mask, embed
 
@@ -51,8 +51,11 @@ def propagate(wave: torch.Tensor, propagator: torch.Tensor) -> torch.Tensor:
 
 
 def transmission(potential_v_a: torch.Tensor, sigma: float) -> torch.Tensor:
-    """t = exp(iσ V) for complex V = V_re + i V_im (V·Å)."""
-    return torch.exp(1j * sigma * potential_v_a)
+    """t = exp(iσ V) for complex V = V_re + i V_im (V·Å), as e^{−σ V_im}·e^{iσ V_re} (a real exponential and a
+    sine/cosine pair: 5–6× faster on CPU than the complex exponential of the product)."""
+    if not potential_v_a.is_complex():
+        return torch.polar(torch.ones_like(potential_v_a), sigma * potential_v_a)
+    return torch.polar(torch.exp(-sigma * potential_v_a.imag), sigma * potential_v_a.real)
 
 
 def _checkpoint(fn, *args):
@@ -84,20 +87,23 @@ class Multislice:
         self.stats = MultisliceStats()
 
     def _aperture(self, shape: tuple[int, int]) -> torch.Tensor:
+        """The anti-aliasing aperture of a (H, W) grid divided by H·W (for :func:`filter2`)."""
         if shape not in self._apertures:
             g = Grid(shape, self.potential.grid.pixel_size_a)
             mask = antialias_mask(g.k2(self.potential.device, torch.float64), g.pixel_size_a, self.antialias_fraction,
                                   self.taper_fraction)
-            self._apertures[shape] = mask.to(self.potential.rdtype)
+            self._apertures[shape] = (mask / (shape[0] * shape[1])).to(self.potential.rdtype)
         return self._apertures[shape]
 
     def _propagator(self, distance_a: float) -> torch.Tensor:
+        """The Fresnel propagator over ``distance_a`` divided by H·W (for :func:`filter2`)."""
         key = round(distance_a, 9)
         if key not in self._props:
-            self._props[key] = fresnel_propagator(self.potential.grid, self.wavelength_a, distance_a,
-                                                  antialias_fraction=self.antialias_fraction,
-                                                  taper_fraction=self.taper_fraction,
-                                                  device=self.potential.device, dtype=self.potential.cdtype)
+            grid = self.potential.grid
+            prop = fresnel_propagator(grid, self.wavelength_a, distance_a, antialias_fraction=self.antialias_fraction,
+                                      taper_fraction=self.taper_fraction, device=self.potential.device,
+                                      dtype=torch.complex128)
+            self._props[key] = (prop / (grid.ny * grid.nx)).to(self.potential.cdtype)
         return self._props[key]
 
     def transmission_field(self, patch: Patch) -> torch.Tensor:
@@ -105,10 +111,10 @@ class Multislice:
         shape = self.potential.grid.shape_px
         t_minus_1 = transmission(patch.potential, self.sigma) - 1
         if self.bandlimit == "box":
-            t_minus_1 = ifft2(fft2(t_minus_1) * self._aperture(tuple(t_minus_1.shape)))
+            t_minus_1 = filter2(t_minus_1, self._aperture(tuple(t_minus_1.shape)))
         t = embed(Patch(patch.y0, patch.x0, t_minus_1), shape, 0.0) + 1
         if self.bandlimit == "field":
-            t = ifft2(fft2(t) * self._aperture(shape))
+            t = filter2(t, self._aperture(shape))
         return t
 
     def _transmit(self, k: int, wave: torch.Tensor) -> torch.Tensor:
@@ -130,7 +136,7 @@ class Multislice:
                 wave = wave * cmath.exp(1j * self.sigma * uniform)
             if pot.has_atoms(k):
                 if pending_a > 0:
-                    wave = propagate(wave, self._propagator(pending_a))
+                    wave = filter2(wave, self._propagator(pending_a))
                     self.stats.n_propagations += 1
                     pending_a = 0.0
                 if self.checkpoint and torch.is_grad_enabled():
@@ -151,7 +157,7 @@ class Multislice:
             if progress is not None:
                 progress(1)
         if pending_a > 0:
-            wave = propagate(wave, self._propagator(pending_a))
+            wave = filter2(wave, self._propagator(pending_a))
             self.stats.n_propagations += 1
         return wave
 

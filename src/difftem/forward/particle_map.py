@@ -259,8 +259,13 @@ def sample_slab(pmap: ParticleMap, rotations: torch.Tensor, centres_px: torch.Te
     dzs = zs[None, :] - centres_px[:, 2:3]  # (B, nz)
     rel = torch.stack(torch.broadcast_tensors(dx[:, None, None, :], dy[:, None, :, None], dzs[:, :, None, None]), -1)
     # particle frame: r_p = Rᵀ r  (row vectors: r_p = r @ R)
-    local = rel.reshape(nb, -1, 3) @ rotations.double()  # (B, nz·box², 3) in Å, (x, y, z)
-    samples = cubic_bspline_sample(pmap.volume, (local / v + pmap.size // 2).reshape(1, nb * nz, box_px, box_px, 3))
+    local = (rel.reshape(nb, -1, 3) @ rotations.double()).reshape(-1, 3)  # (B·nz·box², 3) in Å, (x, y, z)
+    # sample only where the map holds anything (its sphere, plus the spline's reach): a slab cuts caps off
+    # copies, and a sphere fills half its box
+    keep = torch.nonzero((local * local).sum(1) <= (pmap.radius_a + 2 * v) ** 2).squeeze(1)
+    samples = torch.zeros((pmap.volume.shape[0], local.shape[0]), dtype=pmap.volume.dtype, device=dev)
+    if keep.numel():
+        samples[:, keep] = cubic_bspline_sample(pmap.volume, local[keep] / v + pmap.size // 2)
     proj = samples.reshape(2, nb, nz, box_px, box_px).sum(2) * dz
     return proj.transpose(0, 1), torch.stack([corner[:, 1], corner[:, 0]], 1)
 

@@ -125,6 +125,7 @@ class Component:
     seconds: float = 0.0
     fix: str = ""
     type_index: int | None = None  # the particle type (index into the loads) it belongs to
+    per_view: bool = False  # held by each view in flight (the field's arrays), not shared between views
 
     @property
     def peak_bytes(self) -> float:
@@ -146,6 +147,11 @@ class ResourceEstimate:
     @property
     def seconds(self) -> float:
         return float(sum(c.seconds for c in self.components))
+
+    def view_bytes(self) -> int:
+        """What one more view in flight at the same time adds: its field arrays and the largest transient."""
+        return int(ALLOCATOR_SLACK * (sum(c.resident_bytes for c in self.components if c.per_view)
+                                      + max([c.transient_bytes for c in self.components] or [0.0])))
 
     def by_memory(self) -> list[Component]:
         return sorted(self.components, key=lambda c: -c.peak_bytes)
@@ -260,7 +266,8 @@ def estimate_resources(loads: list[TypeLoad], modes: list[str], *, shape_px: tup
         resident_bytes=FIELD_BYTES_PER_PX * h * w + MULTISLICE_BYTES_PER_PX * g,
         transient_bytes=MAP_SLICE_BYTES_PER_PX * g if any(m != "atoms" for m in modes) else 0.0,
         seconds=n_views * per_view / speed,
-        fix="reduce detector.shape_px" + ("" if multislice_shape_px else " or use simulation.tile_px")))
+        fix="reduce detector.shape_px" + ("" if multislice_shape_px else " or use simulation.tile_px"),
+        per_view=True))
 
     # each particle type: its atoms in its own frame, then its copies on the atom path or drawn from a map
     atom_types = [t for t, m in enumerate(modes) if m == "atoms" and loads[t].n_copies and loads[t].n_atoms]

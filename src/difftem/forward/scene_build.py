@@ -96,10 +96,12 @@ class TypeCache:
             return self.maps[key]
         fkey = ("slab", t, "filtered")
         held = self.maps.get(fkey)
-        if held is None or held[0] is not transfer:
-            self.maps.pop(fkey, None)  # free the previous view's map before making this one
-            self.maps[fkey] = (transfer, self.maps[key].filtered(transfer))
-        return self.maps[fkey][1]
+        if held is not None and held[0] is transfer:
+            return held[1]
+        self.maps.pop(fkey, None)  # free the previous view's map before making this one
+        filtered = self.maps[key].filtered(transfer)
+        self.maps[fkey] = (transfer, filtered)
+        return filtered  # this view's own map, whatever a view built at the same time left in the cache
 
     @property
     def nbytes(self) -> int:

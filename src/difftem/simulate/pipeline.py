@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -20,11 +21,11 @@ from ..config import SimulationConfig
 from ..core.errors import ConfigError, ResourceError
 from ..core.grid import Grid
 from ..core.rotations import tilt_rotation
-from ..core.threads import wait_policy
+from ..core.threads import intra_op_threads, threads_for, wait_policy
 from ..core.version import __version__
 from ..forward.detector import Detector
 from ..forward.exit_wave import ExitWave, tiled_exit_wave, windowed_exit_wave
-from ..forward.image import expose
+from ..forward.image import Exposure, expose
 from ..forward.multislice import MultisliceStats, plan_window
 from ..forward.optics import Optics
 from ..forward.potential import IceModel, embed
@@ -122,7 +123,7 @@ def simulate(config: SimulationConfig | dict | str | Path, *, keep_potential: bo
     if config.tilt_series is not None:
         raise ConfigError("tilt_series is set: use difftem.simulate_tilt_series (or `difftem simulate`, which "
                           "dispatches on it)")
-    with out_of_memory_guard(config, {}) as held:
+    with out_of_memory_guard(config, {}) as held, threads_for(_field_pixels(config)):
         return _simulate(config, held, keep_potential=keep_potential, progress=progress, scene=scene)
 
 
@@ -176,6 +177,10 @@ def _simulate(config: SimulationConfig, held: dict, *, keep_potential: bool, pro
                             grid.pixel_size_a, config, ew.projected, meta)
 
 
+def _field_pixels(config: SimulationConfig) -> int:
+    return int(config.detector.shape_px[0]) * int(config.detector.shape_px[1])
+
+
 def defocus_uv_a(defocus_um: float, optics) -> dict[str, float]:
     """RELION's defocus U, V (Å) and angle (degrees) for a mean defocus and the config's astigmatism
     (U − V = astigmatism; the angle of U from the image x axis)."""
@@ -193,11 +198,12 @@ def simulate_tilt_series(config: SimulationConfig | dict | str | Path, *,
     ts = config.tilt_series
     if ts is None:
         raise ConfigError("tilt_series: not set in the config; use difftem.simulate for a single micrograph")
-    with out_of_memory_guard(config, {}) as held:
-        return _simulate_tilt_series(config, held, progress=progress, scene=scene)
+    workers = torch.get_num_threads()
+    with out_of_memory_guard(config, {}) as held, threads_for(_field_pixels(config)):
+        return _simulate_tilt_series(config, held, progress=progress, scene=scene, workers=workers)
 
 
-def _simulate_tilt_series(config: SimulationConfig, held: dict, *, progress, scene: Scene | None
+def _simulate_tilt_series(config: SimulationConfig, held: dict, *, progress, scene: Scene | None, workers: int
                           ) -> TiltSeriesResult:
     ts = config.tilt_series
     t0 = time.perf_counter()
@@ -209,21 +215,27 @@ def _simulate_tilt_series(config: SimulationConfig, held: dict, *, progress, sce
     generator = torch.Generator(device=setup.device).manual_seed(config.seed)
     detector = Detector.from_config(config)
     n = len(plan.angles_deg)
-    images, clean, per_tilt_s = [None] * n, [None] * n, [0.0] * n
-    stats = MultisliceStats()
+    per_tilt_s = [0.0] * n
+
+    def noiseless(i: int) -> Exposure:
+        """Tilt ``i``'s exposure without its shot noise (views are independent: any order, any thread)."""
+        t1 = time.perf_counter()
+        angle = plan.angles_deg[i]
+        view = SceneView(tilt_rotation(angle, plan.axis_deg), ice.thickness_a / math.cos(math.radians(angle)),
+                         plan.transfer(i, ts, config.beam.voltage_kv))
+        ew = view_exit_wave(setup, view)
+        image = expose(ew.wave, grid, setup.wavelength_a, config.beam.voltage_kv,
+                       Optics.from_config(config.optics, defocus_um=plan.defoci_um[i]), detector,
+                       exit_plane_a=ew.exit_plane_a, dose_e_per_a2=plan.doses_e_per_a2[i])
+        per_tilt_s[i] = time.perf_counter() - t1
+        return image
+
+    workers = tilt_workers(setup, workers, n)
     with torch.no_grad():
-        for i, angle in enumerate(plan.angles_deg):
-            t1 = time.perf_counter()
-            view = SceneView(tilt_rotation(angle, plan.axis_deg), ice.thickness_a / math.cos(math.radians(angle)),
-                             plan.transfer(i, ts, config.beam.voltage_kv))
-            ew = view_exit_wave(setup, view, stats=stats)
-            image = expose(ew.wave, grid, setup.wavelength_a, config.beam.voltage_kv,
-                           Optics.from_config(config.optics, defocus_um=plan.defoci_um[i]), detector,
-                           exit_plane_a=ew.exit_plane_a, dose_e_per_a2=plan.doses_e_per_a2[i], generator=generator)
-            images[i], clean[i] = image.detected.float(), image.noiseless.float()
-            per_tilt_s[i] = time.perf_counter() - t1
-            if progress is not None:
-                progress(i + 1, n)
+        exposures = _in_parallel(noiseless, n, workers, progress)
+        # shot noise in acquisition order from one generator: the same images whatever the workers
+        images = [detector.detect(e.expected_counts, generator).float() for e in exposures]
+    clean = [e.noiseless.float() for e in exposures]
     order = plan.order_by_angle
     rows = [{"difftemTiltIndex": j, "rlnTomoNominalStageTiltAngle": plan.angles_deg[i],
              "rlnTomoNominalTiltAxisAngle": plan.axis_deg, "difftemAcquisitionOrder": i,
@@ -237,11 +249,44 @@ def _simulate_tilt_series(config: SimulationConfig, held: dict, *, progress, sce
         "memory_estimate_bytes": mem_estimate, "warnings": warnings, "structure_notes": scene.notes,
         "particles": ground_truth_rows(scene.types, scene.placement, shape_px=grid.shape_px,
                                        pixel_size_a=grid.pixel_size_a, micrograph="tilt_series.mrc"),
+        "tilt_workers": workers,
         "timings": {"total_s": time.perf_counter() - t0, "per_tilt_s": [per_tilt_s[i] for i in order],
                     "map_bytes": setup.cache.nbytes},
     }
     return TiltSeriesResult(torch.stack([images[i] for i in order]), torch.stack([clean[i] for i in order]),
                             [plan.angles_deg[i] for i in order], grid.pixel_size_a, config, rows, meta)
+
+
+def tilt_workers(setup: Setup, threads: int, n_tilts: int) -> int:
+    """How many tilts to simulate at once, each on one torch thread: parallel across tilts where there are
+    threads and memory to spare (independent tilts scale; one tilt's kernels split across threads wait on
+    each other, the more so on a loaded machine), else one at a time."""
+    limit, _ = memory_limit(setup.config, setup.device)
+    est = setup.estimate
+    if setup.device.type != "cpu" or threads <= 1 or n_tilts <= 1 or est is None:
+        return 1
+    spare = max(0.0, limit - est.peak_bytes)
+    return int(max(1, min(threads, n_tilts, 1 + spare // max(est.view_bytes(), 1))))
+
+
+def _in_parallel(fn, n: int, workers: int, progress) -> list:
+    """[fn(0), …, fn(n−1)]: the first alone (it builds the shared maps), the rest on ``workers`` threads with one
+    torch thread each; ``progress(done, n)`` from this thread."""
+    out = [fn(0)] if n else []
+    if progress is not None and n:
+        progress(1, n)
+    if workers <= 1:
+        for i in range(1, n):
+            out.append(fn(i))
+            if progress is not None:
+                progress(i + 1, n)
+        return out
+    with intra_op_threads(1), ThreadPoolExecutor(workers) as pool:
+        futures = [pool.submit(fn, i) for i in range(1, n)]
+        for done, _ in enumerate(as_completed(futures), start=2):
+            if progress is not None:
+                progress(done, n)
+        return out + [f.result() for f in futures]
 
 
 def potential_volume(config: SimulationConfig | dict | str | Path, *, voxel_size_a: float | None = None,
