@@ -45,12 +45,14 @@ T_BUSY_PX = 4e-8  # per pixel of a slice with content: exp, embedding, form fact
 T_PX_SLICE = 5e-9  # per pixel and slice, content or not: the uniform ice phase
 T_SF_MAC = 1.2e-10  # per atom × box rows × half-plane columns: the structure factor's matrix product
 T_SF_AXIS = 1.5e-8  # per atom × (rows + columns): its per-axis phase factors
-T_SAMPLE = 3e-7  # per slab sample point (8 trilinear look-ups of 2 channels)
+T_SAMPLE = 5e-7  # per slab sample point of the copies' boxes (8 trilinear look-ups of 2 channels inside)
 T_SAMPLE_CALL = 2e-3  # per slice a slab type is sampled in
-T_PROJECT = 1.5e-6  # per frequency of a projected copy (look-ups, phase ramp, inverse FFT, scatter)
+T_PROJECT = 8.5e-7  # per frequency of a projected copy (look-ups, phase ramp, inverse FFT, scatter)
 T_PROJECT_CALL = 2e-3  # per batch of projected copies
 T_PROJECTOR_BUILD = 4e-8  # per voxel·log2(side) and element: gridding, 3-D FFTs, B-spline prefilter
 T_MAP_BUILD = 1.5e-8  # per voxel·log2(side) and element
+T_SPREAD_MAP = 2.4e-6  # per atom gridded into a slab map (7³ kernel entries; TMV fragment: 627 k atoms)
+T_SPREAD_PROJECTOR = 5e-6  # per atom gridded into a projector (9³ entries)
 T_MAP_FILTER = 1e-8  # per voxel·log2(side)
 T_COPY = 3e-5  # per copy and view: pose, atoms or batching, ground truth (Python)
 T_RANDOM_COPY = 1e-4  # per randomly placed copy (draws, overlap tests)
@@ -213,7 +215,8 @@ def _projection_component(load: TypeLoad, mode: str, who: str, p: float, n_views
     box = _sized(projection_box_px, (support, p), 2 * math.ceil(support / p) + 4)
     freqs = box * (box // 2 + 1)
     batch = min(n_proj, max(1, SAMPLES_PER_BATCH // (8 * box * box)))
-    build_s = T_PROJECTOR_BUILD * side**3 * math.log2(side) * max(load.n_elements, 1)
+    build_s = (T_PROJECTOR_BUILD * side**3 * math.log2(side) * max(load.n_elements, 1)
+               + T_SPREAD_PROJECTOR * load.n_atoms / (load.n_units if units else 1))
     what = f"as projections of its {load.n_units} subunits" if units else "as projections"
     return Component(
         f"{who} {what} (a {side}³ transform)",
@@ -306,7 +309,7 @@ def estimate_resources(loads: list[TypeLoad], modes: list[str], *, shape_px: tup
             slabs = math.ceil(2 * (load.radius_a + SUPPORT_MARGIN_A) / dz) + 1
             per_copy = box * box * nz * slabs
             batch = min(load.n_copies, max(1, SAMPLES_PER_BATCH // (nz * box * box))) * nz * box * box
-            build_s = T_MAP_BUILD * side**3 * math.log2(side) * max(load.n_elements, 1)
+            build_s = T_MAP_BUILD * side**3 * math.log2(side) * max(load.n_elements, 1) + T_SPREAD_MAP * load.n_atoms
             filter_s = n_views * T_MAP_FILTER * side**3 * math.log2(side) if filtered_views else 0.0
             comps.append(Component(
                 f"{who} as a slab map ({side}³ voxels of {p / 2:g} Å)",
