@@ -39,10 +39,7 @@ def write_panels_png(path: str | Path, panels: Sequence[tuple[np.ndarray, str]],
                      suptitle: str = "", ncols: int | None = None, panel_inches: float = 4.0) -> Path:
     """One grey-scale panel per (image, title): axes in nm or Å, a scale bar, contrast clipped to the 0.5–99.5
     percentiles of each image, and ``suptitle`` over the figure. Written atomically as PNG."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure  # no pyplot: no GUI backend to load, no global figure state
 
     if not panels:
         raise ValueError("write_panels_png: no panels")
@@ -51,8 +48,8 @@ def write_panels_png(path: str | Path, panels: Sequence[tuple[np.ndarray, str]],
     nrows = math.ceil(n / ncols)
     h, w = np.asarray(panels[0][0]).shape[-2:]
     unit, per_unit = length_unit(max(h, w) * pixel_size_a)
-    fig, axes = plt.subplots(nrows, ncols, squeeze=False, dpi=100,
-                             figsize=(panel_inches * ncols, panel_inches * nrows * h / w + (0.6 if suptitle else 0.3)))
+    fig = Figure(dpi=100, figsize=(panel_inches * ncols, panel_inches * nrows * h / w + (0.6 if suptitle else 0.3)))
+    axes = fig.subplots(nrows, ncols, squeeze=False)
     for ax, (image, title) in zip(axes.flat, panels, strict=False):
         image = np.asarray(image, dtype=np.float64)
         ih, iw = image.shape
@@ -69,9 +66,6 @@ def write_panels_png(path: str | Path, panels: Sequence[tuple[np.ndarray, str]],
     if suptitle:
         fig.suptitle(suptitle, fontsize=10)
     fig.tight_layout()
-    try:
-        with atomic_path(path) as tmp:
-            fig.savefig(tmp, format="png")
-    finally:
-        plt.close(fig)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png")
     return Path(path)

@@ -217,6 +217,7 @@ def _simulate_tilt_series(config: SimulationConfig, held: dict, *, progress, sce
     n = len(plan.angles_deg)
     per_tilt_s = [0.0] * n
 
+    @torch.no_grad()  # grad mode is per thread: a worker does not inherit the caller's
     def noiseless(i: int) -> Exposure:
         """Tilt ``i``'s exposure without its shot noise (views are independent: any order, any thread)."""
         t1 = time.perf_counter()
