@@ -69,16 +69,9 @@ class TypeCache:
     device: torch.device
     maps: dict = field(default_factory=dict)
 
-    def projector(self, t: int, atoms: Atoms):
-        key = ("projection", t)
-        if key not in self.maps:
-            self.maps[key] = build_fourier_projector(atoms, self.table, pixel_size_a=self.pixel_size_a, ice=self.ice,
-                                                     absorption_ratio=self.absorption_ratio, device=self.device)
-        return self.maps[key]
-
-    def unit_projector(self, t: int, atoms: Atoms):
-        """The projector of type ``t``'s asymmetric unit (``subunits`` mode)."""
-        key = ("subunits", t)
+    def projector(self, t: int, atoms: Atoms, mode: str = "projection"):
+        """Type ``t``'s projector (``mode`` projection), or that of its asymmetric unit (``mode`` subunits)."""
+        key = (mode, t)
         if key not in self.maps:
             self.maps[key] = build_fourier_projector(atoms, self.table, pixel_size_a=self.pixel_size_a, ice=self.ice,
                                                      absorption_ratio=self.absorption_ratio, device=self.device)
@@ -230,17 +223,15 @@ def build_view_potential(scene: Scene, view: SceneView, modes: list[str], cache:
         sel = np.flatnonzero(pl.type_index == t)
         if mode == "atoms" or sel.size == 0:
             continue
-        rots = torch.as_tensor(pl.rotations[sel], dtype=torch.float64, device=dev)
-        centres = torch.as_tensor(pl.positions_a[sel], dtype=torch.float64, device=dev)
-        if mode == "projection":
-            projection_copies.append(ProjectionCopies(cache.projector(t, scene.types[t].atoms), rots, centres,
-                                                      view.transfer))
-        elif mode == "subunits":
+        rots_np, centres_np, atoms_of_mode = pl.rotations[sel], pl.positions_a[sel], scene.types[t].atoms
+        if mode == "subunits":  # each unit of each copy is a copy of the unit
             units = scene.types[t].subunits
-            unit_rots, unit_centres = units.poses(pl.rotations[sel], pl.positions_a[sel])
-            projection_copies.append(ProjectionCopies(
-                cache.unit_projector(t, units.atoms), torch.as_tensor(unit_rots, dtype=torch.float64, device=dev),
-                torch.as_tensor(unit_centres, dtype=torch.float64, device=dev), view.transfer))
+            (rots_np, centres_np), atoms_of_mode = units.poses(rots_np, centres_np), units.atoms
+        rots = torch.as_tensor(rots_np, dtype=torch.float64, device=dev)
+        centres = torch.as_tensor(centres_np, dtype=torch.float64, device=dev)
+        if mode in ("projection", "subunits"):
+            projection_copies.append(ProjectionCopies(cache.projector(t, atoms_of_mode, mode), rots, centres,
+                                                      view.transfer))
         else:
             pmap = cache.slab_map(t, scene.types[t].atoms, view.transfer)
             radius = float(radii[t]) if radii is not None else scene.types[t].radius_a
