@@ -157,7 +157,9 @@ def _one_line(exc: BaseException) -> bool:
 
 
 CLEAR_REFS = Path("/proc/self/clear_refs")
-CAN_MEASURE_PEAK = CLEAR_REFS.exists() and bool(ctypes.util.find_library("c"))
+_LIBC_NAME = ctypes.util.find_library("c")  # looked up once: each lookup runs ldconfig
+LIBC = ctypes.CDLL(_LIBC_NAME) if _LIBC_NAME else None
+CAN_MEASURE_PEAK = CLEAR_REFS.exists() and LIBC is not None
 
 
 def _status_bytes(key: str) -> int:
@@ -176,7 +178,7 @@ def _peak_rss_increase():
         yield box
         return
     gc.collect()
-    ctypes.CDLL(ctypes.util.find_library("c")).malloc_trim(0)
+    LIBC.malloc_trim(0)
     base = _status_bytes("VmRSS")
     CLEAR_REFS.write_text("5")
     try:

@@ -124,20 +124,28 @@ MOMENTS = {
 }
 
 
-@pytest.mark.parametrize("moment", list(MOMENTS))
-def test_ctrl_c_at_any_moment_exits_130_with_a_consistent_store(spec_path, reference, tmp_path, moment):
-    out = tmp_path / "store"
-    proc = subprocess.Popen([sys.executable, "-m", "difftem.cli", "dataset", str(spec_path), "--out", str(out),
-                             "--workers", "2"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            start_new_session=True, env={**os.environ, "COLUMNS": "200"})
+def interrupt_dataset(command: list[str], spec_path, out, wait) -> tuple[subprocess.Popen, str]:
+    """Start ``command dataset SPEC --out OUT --workers 2`` in its own session, ``wait(proc)``, then send SIGINT to
+    the whole group (what a terminal sends to the foreground group); returns the finished process and its output."""
+    proc = subprocess.Popen([*command, "dataset", str(spec_path), "--out", str(out), "--workers", "2"],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
+                            env={**os.environ, "COLUMNS": "200"})
     try:
-        MOMENTS[moment](proc, out)
-        os.killpg(proc.pid, signal.SIGINT)  # what a terminal sends to the whole foreground group
+        wait(proc)
+        os.killpg(proc.pid, signal.SIGINT)
         text, _ = proc.communicate(timeout=180)
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
+    return proc, text
+
+
+@pytest.mark.parametrize("moment", list(MOMENTS))
+def test_ctrl_c_at_any_moment_exits_130_with_a_consistent_store(spec_path, reference, tmp_path, moment):
+    out = tmp_path / "store"
+    proc, text = interrupt_dataset([sys.executable, "-m", "difftem.cli"], spec_path, out,
+                                   lambda proc: MOMENTS[moment](proc, out))
     assert proc.returncode == 130, text
     assert "interrupted" in text and "rerun the same command to resume" in text, text
     assert "Traceback" not in text and "Error" not in text, text
@@ -163,17 +171,7 @@ def test_ctrl_c_while_the_command_loads_exits_130_without_a_traceback(spec_path,
     if not os.path.exists(script):
         pytest.skip("the difftem console script is not installed")
     out = tmp_path / "store"
-    proc = subprocess.Popen([script, "dataset", str(spec_path), "--out", str(out), "--workers", "2"],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
-                            env={**os.environ, "COLUMNS": "200"})
-    try:
-        time.sleep(delay_s)
-        os.killpg(proc.pid, signal.SIGINT)
-        text, _ = proc.communicate(timeout=180)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+    proc, text = interrupt_dataset([script], spec_path, out, lambda proc: time.sleep(delay_s))
     assert proc.returncode == 130, text
     assert "interrupted" in text, text
     assert "Traceback" not in text and "Error" not in text, text
