@@ -1,0 +1,194 @@
+"""`difftem fit-ctf`: per micrograph, per tilt of a tilt series, or per tilt of a STAR-described set of particle
+images, fit the CTF and write ``ctf.json``, a RELION ``ctf.star`` and Thon-ring figures into an output folder
+(all or nothing)."""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..core.errors import ArgumentError, FormatError
+from ..io.files import staging_folder, write_json
+from ..io.star import read_star, write_star
+from ..io.tlt import angles_beside, read_mrc_checked, read_tlt, tilt_axis_beside
+from ..learn.ctf_fit import CTFFit, fit_ctf, fit_ctf_tiles
+from .plots import thon_figure, tilt_defocus_figure
+
+
+@dataclass
+class Item:
+    """One thing to fit: a micrograph, one tilt of a stack, or the particle images of one tilt."""
+
+    name: str
+    pixel_size_a: float
+    image: np.ndarray | None = None          # (H, W) micrograph or tilt
+    tiles: np.ndarray | None = None          # (T, n, n) particle images
+    tilt_deg: float | None = None
+    tilt_axis_deg: float = 0.0
+    reference: dict | None = None            # defocus the input's own metadata gives (for comparison)
+
+
+def _pixel_size(header_px: float, given: float | None, path: Path) -> float:
+    if given is not None:
+        if not (given > 0 and math.isfinite(given)):
+            raise ArgumentError("pixel_size", f" {given}: give a positive pixel size in Å")
+        return float(given)
+    if header_px > 0:
+        return header_px
+    raise FormatError("has no pixel size in its header; give the pixel size in Å", file=path)
+
+
+def mrc_items(path: Path, pixel_size_a: float | None, tilts: Path | None, tilt_axis_deg: float | None) -> list[Item]:
+    """A 2-D micrograph, or a stack: a tilt series when angles are given or found beside it (``.tlt``,
+    ``tilts.star``), else independent micrographs."""
+    data, header_px = read_mrc_checked(path, "micrograph")
+    px = _pixel_size(header_px, pixel_size_a, path)
+    stem = re.sub(r"(\.mrcs?|\.st|\.ali)?(\.gz)?$", "", path.name)
+    if data.ndim == 2:
+        return [Item(stem, px, image=data)]
+    if data.ndim != 3:
+        raise FormatError(f"holds an array of shape {data.shape}; a micrograph or a stack expected", file=path)
+    angles = None
+    if tilts is not None:
+        angles = read_tlt(tilts)
+    elif (found := angles_beside(path)) is not None:
+        angles = found[0]
+    if angles is not None and len(angles) != data.shape[0]:
+        raise FormatError(f"{len(angles)} tilt angles for {data.shape[0]} images", file=tilts or path)
+    axis = tilt_axis_deg
+    if axis is None:
+        found_axis = tilt_axis_beside(path)
+        axis = found_axis[0] if found_axis else 0.0
+    return [Item(f"{stem}_{i:03d}", px, image=data[i], tilt_deg=None if angles is None else float(angles[i]),
+                 tilt_axis_deg=axis) for i in range(data.shape[0])]
+
+
+def star_items(path: Path, stack: Path | None, pixel_size_a: float | None) -> list[Item]:
+    """Particle images described by a RELION STAR (``rlnImageName`` N@stack, ``rlnMicrographName``): one item per
+    micrograph (tilt), its images pooled; the STAR's own defocus per tilt kept as the reference."""
+    blocks = read_star(path)
+    table = next((b for b in blocks.values() if hasattr(b, "columns") and "rlnImageName" in b.columns), None)
+    if table is None:
+        raise FormatError("no table with rlnImageName (particle images) found", file=path)
+    for col in ("rlnMicrographName",):
+        if col not in table.columns:
+            raise FormatError(f"has no {col} column to group the images by tilt", file=path)
+    names = table["rlnImageName"].astype(str)
+    index = names.str.split("@").str[0].astype(int).to_numpy() - 1
+    files = names.str.split("@").str[1].unique()
+    if stack is None:
+        if len(files) != 1:
+            raise FormatError(f"names {len(files)} image stacks; give the one to read with --stack", file=path)
+        stack = path.parent / files[0]
+    data, header_px = read_mrc_checked(stack, "particle stack")
+    if data.ndim == 2:
+        data = data[None]
+    if index.min() < 0 or index.max() >= data.shape[0]:
+        raise FormatError(f"refers to image {index.max() + 1} but {stack} holds {data.shape[0]}", file=path)
+    px = pixel_size_a
+    if px is None and "rlnImagePixelSize" in table.columns:
+        px = float(table["rlnImagePixelSize"].iloc[0])
+    px = _pixel_size(header_px if header_px != 1.0 else 0.0, px, stack)  # 1.0 Å is a common placeholder
+    items = []
+    for mic, rows in table.groupby("rlnMicrographName", sort=False):
+        ref = None
+        if {"rlnDefocusU", "rlnDefocusV"} <= set(rows.columns):
+            u, v = rows["rlnDefocusU"].astype(float), rows["rlnDefocusV"].astype(float)
+            ref = {"defocus_mean_a": float(((u + v) / 2).mean()), "astigmatism_a": float((u - v).mean())}
+        items.append(Item(str(mic), px, tiles=data[index[rows.index.to_numpy()]], reference=ref))
+    return items
+
+
+def fit_item(item: Item, options: dict) -> CTFFit:
+    if item.tiles is not None:
+        opts = dict(options)
+        opts.pop("tile_px", None)
+        return fit_ctf_tiles(item.tiles, item.pixel_size_a, **opts)
+    return fit_ctf(item.image, item.pixel_size_a, tilt_deg=item.tilt_deg or 0.0, tilt_axis_deg=item.tilt_axis_deg,
+                   **options)
+
+
+def _row(item: Item, fit: CTFFit) -> dict:
+    row = {"name": item.name, "tilt_deg": item.tilt_deg, **fit.as_dict(), "defocus_mean_a": fit.defocus_mean_a,
+           "astigmatism_a": fit.astigmatism_a}
+    if item.reference:
+        row["reference_defocus_mean_a"] = item.reference["defocus_mean_a"]
+        row["reference_astigmatism_a"] = item.reference["astigmatism_a"]
+        row["defocus_error_percent"] = 100 * (fit.defocus_mean_a / item.reference["defocus_mean_a"] - 1)
+    return row
+
+
+def ctf_star_blocks(rows: list[dict]) -> dict:
+    """RELION-style CTF table: one optics group, one row per micrograph."""
+    import pandas as pd
+
+    first = rows[0]
+    optics = pd.DataFrame([{"rlnOpticsGroupName": "opticsGroup1", "rlnOpticsGroup": 1,
+                            "rlnMicrographPixelSize": first["pixel_size_a"], "rlnVoltage": first["voltage_kv"],
+                            "rlnSphericalAberration": first["cs_mm"],
+                            "rlnAmplitudeContrast": first["amplitude_contrast"]}])
+    mics = pd.DataFrame([{"rlnMicrographName": r["name"], "rlnOpticsGroup": 1, "rlnDefocusU": r["defocus_u_a"],
+                          "rlnDefocusV": r["defocus_v_a"], "rlnDefocusAngle": r["defocus_angle_deg"],
+                          "rlnCtfAstigmatism": r["defocus_u_a"] - r["defocus_v_a"],
+                          "rlnPhaseShift": r["phase_shift_deg"], "rlnCtfMaxResolution": r["fit_resolution_a"],
+                          "rlnCtfFigureOfMerit": r["score"]} for r in rows])
+    return {"optics": optics, "micrographs": mics}
+
+
+def run_fit_ctf(inputs: list[Path], out: Path, *, pixel_size_a: float | None = None, stack: Path | None = None,
+                tilts: Path | None = None, tilt_axis_deg: float | None = None, overwrite: bool = False,
+                plots: str = "first", progress: Callable[[str, int, int], None] | None = None, **options) -> dict:
+    """Fit every input; write ``ctf.json``, ``ctf.star`` and figures into ``out``. ``plots``: ``all`` (one
+    Thon figure per fit), ``first`` (the first fit of each input, plus defocus per tilt) or ``none``."""
+    if not inputs:
+        raise ArgumentError("inputs", ": give at least one micrograph, stack or STAR file")
+    if plots not in ("all", "first", "none"):
+        raise ArgumentError("plots", f" {plots!r}: choose all, first or none")
+    groups: list[tuple[Path, list[Item]]] = []
+    for path in inputs:
+        path = Path(path)
+        if path.suffix.lower() == ".star":
+            groups.append((path, star_items(path, stack, pixel_size_a)))
+        else:
+            groups.append((path, mrc_items(path, pixel_size_a, tilts, tilt_axis_deg)))
+    total = sum(len(items) for _, items in groups)
+    rows, figures, done = [], [], 0
+    with staging_folder(out, overwrite=overwrite) as tmp:
+        for path, items in groups:
+            group_rows = []
+            for j, item in enumerate(items):
+                fit = fit_item(item, options)
+                group_rows.append(_row(item, fit))
+                if plots == "all" or (plots == "first" and j == 0):
+                    figures.append(thon_figure(fit, tmp / f"{item.name}_ctf.png", title=item.name).name)
+                done += 1
+                if progress:
+                    progress(item.name, done, total)
+            if len(items) > 1 and plots != "none":
+                stem = re.sub(r"(\.mrcs?|\.star|\.st)?(\.gz)?$", "", path.name)
+                figures.append(tilt_defocus_figure(group_rows, tmp / f"{stem}_defocus.png", title=path.name).name)
+            rows.extend(group_rows)
+        summary = _summary(rows)
+        write_json(tmp / "ctf.json", {"fits": rows, "summary": summary, "inputs": [str(p) for p in inputs]})
+        write_star(tmp / "ctf.star", ctf_star_blocks(rows))
+    return {"fits": rows, "summary": summary, "outputs": ["ctf.json", "ctf.star", *figures]}
+
+
+def _summary(rows: list[dict]) -> dict:
+    errs = [r["defocus_error_percent"] for r in rows if "defocus_error_percent" in r]
+    out = {"n_fits": len(rows)}
+    if errs:
+        a = np.abs(np.asarray(errs))
+        out.update(reference_count=len(errs), abs_error_percent_median=float(np.median(a)),
+                   abs_error_percent_max=float(a.max()), within_5_percent=int((a <= 5).sum()))
+    return out
+
+
+def as_tensor(x) -> torch.Tensor:
+    return torch.as_tensor(np.asarray(x, dtype=np.float64))

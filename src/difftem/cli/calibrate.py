@@ -1,0 +1,76 @@
+"""`difftem fit-ctf` and `difftem calibrate`: fit real data, write the matching simulation config."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from ..core.errors import DifftemError
+from ._console import fail, note, progress, say
+
+
+def _band(text: str | None) -> tuple[float, float] | None:
+    if not text:
+        return None
+    try:
+        lo, hi = (float(v) for v in text.split(","))
+    except ValueError:
+        fail("--band: give 'low,high' in Å, e.g. 30,5")
+    return lo, hi
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("fit-ctf")
+    def fit_ctf(
+        inputs: list[Path] = typer.Argument(..., help="micrographs or tilt-series stacks (MRC, .gz ok), or a STAR "
+                                                      "file of particle images (grouped by rlnMicrographName)"),
+        out: Path = typer.Option(..., "--out", "-o", help="output folder (ctf.json, ctf.star, figures)"),
+        pixel_size: float | None = typer.Option(None, help="pixel size in Å (default: the MRC header)"),
+        voltage: float = typer.Option(300.0, help="acceleration voltage (kV)"),
+        cs: float = typer.Option(2.7, help="spherical aberration (mm)"),
+        amplitude_contrast: float = typer.Option(0.07, help="amplitude contrast (fraction)"),
+        phase_shift: bool = typer.Option(False, help="also fit a phase-plate phase shift"),
+        tile: int = typer.Option(512, help="tile size for the averaged spectrum (px)"),
+        band: str | None = typer.Option(None, help="fit band 'low,high' in Å (default 30,5 within 0.06–0.42 /px)"),
+        defocus_range: str = typer.Option("0.2,8", help="mean-defocus search range 'low,high' in µm"),
+        max_astigmatism: float = typer.Option(0.5, help="largest astigmatism searched, U − V (µm)"),
+        tilts: Path | None = typer.Option(None, help="tilt angles (.tlt) of a stack (default: .tlt or tilts.star "
+                                                     "beside it)"),
+        tilt_axis: float | None = typer.Option(None, help="tilt-axis angle (°; default: recorded beside the stack, "
+                                                          "else 0)"),
+        stack: Path | None = typer.Option(None, help="the image stack a STAR file's rlnImageName refers to"),
+        plots: str = typer.Option("first", help="Thon-ring figures: all, first or none"),
+        bootstrap: int = typer.Option(8, help="tile resamples for the uncertainties (0: none)"),
+        overwrite: bool = typer.Option(False, help="replace an existing output folder"),
+    ):
+        """Fit defocus U/V, astigmatism angle (RELION conventions) and optionally a phase shift to each
+        micrograph or tilt; write ctf.json, a RELION ctf.star and Thon-ring figures into OUT."""
+        from ..calibrate.ctf_run import run_fit_ctf
+
+        try:
+            lo, hi = (float(v) for v in defocus_range.split(","))
+        except ValueError:
+            fail("--defocus-range: give 'low,high' in µm, e.g. 0.2,8")
+        try:
+            with progress("fit-ctf", "fits") as update:
+                report = run_fit_ctf(list(inputs), out, pixel_size_a=pixel_size, stack=stack, tilts=tilts,
+                                     tilt_axis_deg=tilt_axis, overwrite=overwrite, plots=plots,
+                                     progress=lambda d, i, n: update(i, n, d), voltage_kv=voltage, cs_mm=cs,
+                                     amplitude_contrast=amplitude_contrast, fit_phase_shift=phase_shift,
+                                     tile_px=tile, band_a=_band(band), defocus_range_um=(lo, hi),
+                                     max_astigmatism_um=max_astigmatism, bootstrap=bootstrap)
+        except DifftemError as exc:
+            fail(exc)
+        for row in report["fits"][:20]:
+            ref = (f", reference {row['reference_defocus_mean_a']:.0f} Å ({row['defocus_error_percent']:+.1f} %)"
+                   if "reference_defocus_mean_a" in row else "")
+            say(f"{row['name']}: U {row['defocus_u_a']:.0f} Å, V {row['defocus_v_a']:.0f} Å, angle "
+                f"{row['defocus_angle_deg']:.1f}°, fit to {row['fit_resolution_a']:.1f} Å{ref}")
+        if len(report["fits"]) > 20:
+            say(f"... {len(report['fits']) - 20} more in ctf.json")
+        unsure = [r["name"] for r in report["fits"] if r["rings_in_band"] < 2]
+        if unsure:
+            note("warning", f"{len(unsure)} fit(s) saw fewer than two CTF zeros in the band (e.g. {unsure[0]}): "
+                            "their defocus is not determined by the data (pixel too coarse or band too narrow)")
+        say(f"wrote {', '.join(report['outputs'][:6])}{' ...' if len(report['outputs']) > 6 else ''} to {out}")
