@@ -92,3 +92,56 @@ def tilt_defocus_figure(rows: list[dict], path: str | Path, title: str = "") -> 
     if title:
         ax.set_title(title, fontsize=10)
     return _save(fig, Path(path))
+
+
+def report_figure(record: dict, plot: dict, path: str | Path) -> Path:
+    """Real vs calibrated simulation: power spectra per band and their ratio, Thon rings, intensity histograms,
+    and a background crop of each."""
+    from matplotlib.figure import Figure
+
+    bands = record["likeness"]["bands"]
+    fig = Figure(dpi=90, figsize=(15, 8.6))
+    axs = fig.subplots(2, 3)
+    c = np.asarray(bands["band_centres_per_px"])
+    ax = axs[0, 0]
+    ax.semilogy(c, bands["real_power"], "o-", ms=3, label="real")
+    ax.semilogy(c, bands["simulated_power"], "s-", ms=3, label="simulated (calibrated)")
+    ax.set_xlabel("frequency (cycles/px)")
+    ax.set_ylabel("power of background crops (units²/px)")
+    ax.set_title("power spectra (noise + specimen)", fontsize=10)
+    ax.legend(fontsize=8)
+    ax = axs[0, 1]
+    ax.axhspan(0.9, 1.1, color="tab:green", alpha=0.15, label="±10 %")
+    ax.plot(c, bands["ratio"], "o-", ms=3)
+    ax.axhline(1, color="0.4", lw=0.7)
+    ax.set_xlabel("frequency (cycles/px)")
+    ax.set_ylabel("simulated / real")
+    ax.set_title(f"per band: worst {bands['worst_ratio']:.3f} at {bands['worst_band_per_px']:.3f} /px; classifier "
+                 f"accuracy {record['likeness']['classifier']['accuracy']:.2f}", fontsize=10)
+    ax.legend(fontsize=8)
+    ax = axs[0, 2]
+    for fit, label in ((plot["fit"], "real"), (plot.get("sim_fit"), "simulated")):
+        if fit is None:
+            continue
+        d = np.asarray(fit.extras["profile_data"])
+        ax.plot(fit.extras["profile_k_per_a"], d / (np.abs(d).max() or 1), lw=0.8,
+                label=f"{label}: U {fit.defocus_u_a:.0f} V {fit.defocus_v_a:.0f} Å")
+    ax.set_xlabel("spatial frequency (1/Å)")
+    ax.set_ylabel("data − background (normalised)")
+    ax.set_title("Thon rings (equiphase average)", fontsize=10)
+    ax.legend(fontsize=8)
+    ax = axs[1, 0]
+    real, sim = plot["real_crops"].numpy().ravel(), plot["sim_crops"].numpy().ravel()
+    lo, hi = np.percentile(np.concatenate([real, sim]), [0.1, 99.9])
+    ax.hist(real, bins=120, range=(lo, hi), histtype="step", density=True, label="real")
+    ax.hist(sim, bins=120, range=(lo, hi), histtype="step", density=True, label="simulated")
+    ax.set_xlabel("pixel value (data units)")
+    ax.set_title("intensity histograms (background crops)", fontsize=10)
+    ax.legend(fontsize=8)
+    for ax, crops, label in ((axs[1, 1], plot["real_crops"], "real crop"),
+                             (axs[1, 2], plot["sim_crops"], "simulated crop")):
+        ax.imshow(crops[0].numpy(), cmap="gray", vmin=lo, vmax=hi, interpolation="nearest")
+        ax.set_title(label, fontsize=10)
+        ax.axis("off")
+    fig.suptitle(f"{record['name']}: calibrated simulation vs data ({record['pixel_size_a']:.3f} Å/px)", fontsize=11)
+    return _save(fig, Path(path))

@@ -1,0 +1,91 @@
+"""How alike two sets of micrograph crops are: per-band ratio of their mean power spectra, and the cross-validated
+accuracy of a small classifier trained to tell them apart (0.5: indistinguishable)."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from ..core.errors import ArgumentError
+from ..core.fft import radial_freq_per_px
+from ..learn.mtf_fit import noise_power_spectrum
+
+#: The likeness bands: 0.02–0.45 cycles/px in this many equal steps.
+BAND_EDGES_PER_PX = np.linspace(0.02, 0.45, 18)
+
+
+def radial_bands(spectrum: torch.Tensor, edges=BAND_EDGES_PER_PX) -> np.ndarray:
+    """Mean of an rfft-layout spectrum (..., n, n//2 + 1) in each band of radial frequency."""
+    n = spectrum.shape[-2]
+    omega = radial_freq_per_px((n, n), half=True)
+    out = []
+    for lo, hi in zip(edges[:-1], edges[1:], strict=True):
+        m = (omega >= lo) & (omega < hi)
+        out.append(spectrum[..., m].mean(-1))
+    return torch.stack(out, -1).numpy()
+
+
+def band_ratios(real: torch.Tensor, simulated: torch.Tensor) -> dict:
+    """Per band, simulated power / real power of the crops' mean periodograms (plane-detrended)."""
+    pr = radial_bands(noise_power_spectrum(real, detrend="plane"))
+    ps = radial_bands(noise_power_spectrum(simulated, detrend="plane"))
+    ratio = ps / pr
+    worst = int(np.argmax(np.abs(ratio - 1)))
+    centres = 0.5 * (BAND_EDGES_PER_PX[:-1] + BAND_EDGES_PER_PX[1:])
+    return {"band_centres_per_px": centres.tolist(), "real_power": pr.tolist(), "simulated_power": ps.tolist(),
+            "ratio": ratio.tolist(), "worst_band_per_px": float(centres[worst]),
+            "worst_ratio": float(ratio[worst]), "max_abs_deviation": float(abs(ratio[worst] - 1))}
+
+
+def crop_features(crops: torch.Tensor) -> np.ndarray:
+    """Per crop: log power in the likeness bands, and the pixel values' mean, log standard deviation, skewness
+    and excess kurtosis."""
+    x = crops.double()
+    spec = torch.stack([noise_power_spectrum(c[None], detrend="plane") for c in x])
+    logp = np.log(np.maximum(radial_bands(spec), 1e-300))
+    flat = x.reshape(x.shape[0], -1)
+    mu, sd = flat.mean(1), flat.std(1)
+    z = (flat - mu[:, None]) / sd[:, None]
+    moments = torch.stack([mu, sd.log(), (z**3).mean(1), (z**4).mean(1) - 3], 1).numpy()
+    return np.concatenate([logp, moments], 1)
+
+
+def _logistic_fit(x: torch.Tensor, y: torch.Tensor, l2: float, steps: int = 200) -> torch.Tensor:
+    w = torch.zeros(x.shape[1] + 1, dtype=torch.float64, requires_grad=True)
+    opt = torch.optim.LBFGS([w], lr=1, max_iter=steps, line_search_fn="strong_wolfe")
+    xb = torch.cat([x, torch.ones(len(x), 1, dtype=x.dtype)], 1)
+
+    def closure():
+        opt.zero_grad()
+        loss = torch.nn.functional.binary_cross_entropy_with_logits(xb @ w, y) + l2 * (w[:-1] ** 2).sum()
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    return w.detach()
+
+
+def classifier_accuracy(real: torch.Tensor, simulated: torch.Tensor, folds: int = 5, seed: int = 0,
+                        l2: float = 1e-2) -> dict:
+    """Cross-validated accuracy of an L2-regularised logistic regression on :func:`crop_features` telling real
+    from simulated crops (balanced classes; features standardised on each training fold)."""
+    n = min(len(real), len(simulated))
+    if n < folds:
+        raise ArgumentError("crops", f": {n} crops per class; at least {folds} needed for {folds}-fold validation")
+    g = np.random.default_rng(seed)
+    fr = crop_features(real[g.permutation(len(real))[:n]])
+    fs = crop_features(simulated[g.permutation(len(simulated))[:n]])
+    x = torch.as_tensor(np.concatenate([fr, fs]))
+    y = torch.cat([torch.ones(n), torch.zeros(n)]).double()
+    order = torch.as_tensor(g.permutation(2 * n))
+    hits = 0
+    for k in range(folds):
+        test = order[k::folds]
+        train = order[torch.isin(order, test, invert=True)]
+        mu, sd = x[train].mean(0), x[train].std(0).clamp_min(1e-12)
+        w = _logistic_fit((x[train] - mu) / sd, y[train], l2)
+        xt = (x[test] - mu) / sd
+        pred = (torch.cat([xt, torch.ones(len(xt), 1, dtype=xt.dtype)], 1) @ w) > 0
+        hits += int((pred == (y[test] > 0.5)).sum())
+    return {"accuracy": hits / (2 * n), "crops_per_class": n, "folds": folds,
+            "features": "log power in 17 bands 0.02-0.45 /px, mean, log std, skewness, excess kurtosis"}

@@ -1,0 +1,163 @@
+"""`difftem calibrate`: from real micrographs to a simulation config that reproduces their statistics.
+
+Per micrograph: the CTF (fit-ctf), the detector (noise level, MTF shape, gain for a chosen DQE: `stats.py`), the
+dose and ice thickness (tied through the simulator's own transmission), written as ``<name>_calibrated.yaml``; then
+the calibrated config is simulated and compared with the data (power spectra per band, Thon rings, intensity
+histograms, crops side by side, a real-vs-simulated classifier), in ``<name>_report.png`` and ``calibration.json``.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import re
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..config import config_from_dict
+from ..core.errors import ArgumentError
+from ..io.files import staging_folder, write_json, write_text
+from ..io.tlt import read_mrc_checked
+from ..learn.ctf_fit import CTFFit, fit_ctf
+from ..learn.mtf_fit import extract_crops, select_background_crops
+from ..simulate import simulate
+from .likeness import band_ratios, classifier_accuracy
+from .plots import report_figure
+from .stats import DetectorStats, detector_statistics, thickness_from_transmission
+
+#: Thickness probe: the simulator's transmission is measured at this ice thickness (nm) on a small field.
+PROBE_THICKNESS_NM = 100.0
+PROBE_PX = 64
+
+
+def calibrated_config(fit: CTFFit, stats: DetectorStats, *, shape_px: tuple[int, int], dqe: float,
+                      dose_e_per_a2: float, ice_thickness_nm: float, seed: int = 0,
+                      slice_thickness_a: float = 10.0) -> dict:
+    """The simulation config (a dict of the YAML's shape) the fitted values describe. The optics' envelopes and
+    Cc keep the defaults: a single micrograph does not separate them from the specimen's spectrum."""
+    gain, _ = stats.detector(dqe)
+    m = stats.mtf
+    return {
+        "seed": seed,
+        "beam": {"voltage_kv": fit.voltage_kv, "dose_e_per_a2": round(dose_e_per_a2, 4)},
+        "optics": {"defocus_um": round(fit.defocus_mean_a / 1e4, 5),
+                   "astigmatism_um": round(fit.astigmatism_a / 1e4, 5),
+                   "astigmatism_angle_deg": round(fit.defocus_angle_deg, 3), "cs_mm": fit.cs_mm,
+                   "phase_shift_deg": round(fit.phase_shift_deg, 3)},
+        "detector": {"shape_px": list(shape_px), "pixel_size_a": round(fit.pixel_size_a, 6), "noise": "poisson",
+                     "dqe": dqe, "gain": round(gain, 6),
+                     "mtf": {"a": m.a, "b": m.b, "c": m.c, "alpha": m.alpha, "beta": m.beta}},
+        "sample": {"ice_thickness_nm": round(ice_thickness_nm, 3)},
+        "simulation": {"slice_thickness_a": slice_thickness_a},
+    }
+
+
+def transmission(config: dict, thickness_nm: float) -> float:
+    """Mean image intensity (vacuum = 1) of the config's ice alone at ``thickness_nm``, noise-free, in focus, on
+    a small field: the loss the simulator applies, whatever its model."""
+    probe = copy.deepcopy(config)
+    probe["detector"] = {"shape_px": [PROBE_PX, PROBE_PX], "pixel_size_a": config["detector"]["pixel_size_a"],
+                         "noise": "none", "dqe": 1.0, "gain": 1.0}
+    probe["sample"] = {**probe["sample"], "ice_thickness_nm": thickness_nm, "particles": []}
+    probe["optics"] = {**probe["optics"], "defocus_um": 0.0, "astigmatism_um": 0.0}
+    result = simulate(config_from_dict(probe, "thickness probe"))
+    return float(result.intensity.mean())
+
+
+def attenuation_length_nm(config: dict) -> float:
+    return -PROBE_THICKNESS_NM / math.log(transmission(config, PROBE_THICKNESS_NM))
+
+
+def _name(path: Path) -> str:
+    return re.sub(r"(\.mrcs?)?(\.gz)?$", "", path.name)
+
+
+def calibrate_one(path: Path, *, pixel_size_a: float | None, dqe: float, dose_e_per_a2: float | None,
+                  ice_thickness_nm: float | None, field_px: int, crop_px: int, seed: int, fit_options: dict,
+                  log: Callable[[str], None]) -> dict:
+    image, header_px = read_mrc_checked(path, "micrograph")
+    if image.ndim != 2:
+        raise ArgumentError("inputs", f" {path}: holds shape {image.shape}; calibrate takes single micrographs")
+    px = pixel_size_a or header_px
+    if not px:
+        raise ArgumentError("pixel_size", f": {path} has no pixel size in its header; give it in Å")
+    t0 = time.perf_counter()
+    log("CTF")
+    fit = fit_ctf(image, px, **fit_options)
+    log("detector")
+    stats = detector_statistics(image, crop_px=crop_px)
+    gain, counts_px = stats.detector(dqe)
+    shape = (min(field_px, image.shape[0]), min(field_px, image.shape[1]))
+    draft = calibrated_config(fit, stats, shape_px=shape, dqe=dqe, dose_e_per_a2=1.0, ice_thickness_nm=50.0,
+                              seed=seed)
+    log("ice")
+    length_nm = attenuation_length_nm(draft)
+    if dose_e_per_a2 is not None:
+        t = counts_px / (dose_e_per_a2 * px * px)
+        thickness, dose, how = thickness_from_transmission(t, length_nm), dose_e_per_a2, "nominal dose"
+    else:
+        thickness = 50.0 if ice_thickness_nm is None else ice_thickness_nm
+        how = "given" if ice_thickness_nm is not None else "assumed (no nominal dose given)"
+        dose = counts_px / (px * px * math.exp(-thickness / length_nm))
+    config = calibrated_config(fit, stats, shape_px=shape, dqe=dqe, dose_e_per_a2=dose, ice_thickness_nm=thickness,
+                               seed=seed)
+    log("simulate")
+    sim = simulate(config_from_dict(config, "calibrated config")).micrograph.numpy()
+    log("compare")
+    real_crops = extract_crops(image, select_background_crops(image, crop_px, 64), crop_px)
+    sim_crops = extract_crops(sim, select_background_crops(sim, crop_px, 64), crop_px)
+    sim_fit = fit_ctf(sim, px, **{**fit_options, "bootstrap": 0}) if min(sim.shape) >= 512 else None
+    bands = band_ratios(real_crops, sim_crops)
+    clf = classifier_accuracy(real_crops, sim_crops, seed=seed)
+    return {"name": _name(path), "input": str(path), "pixel_size_a": px, "ctf": fit.as_dict(),
+            "detector": {**stats.as_dict(), "dqe_assumed": dqe, "gain_units_per_e": gain,
+                         "counts_per_px": counts_px},
+            "ice": {"thickness_nm": thickness, "thickness_from": how, "attenuation_length_nm": length_nm,
+                    "transmission": math.exp(-thickness / length_nm)},
+            "dose_e_per_a2": dose, "config": config, "likeness": {"bands": bands, "classifier": clf},
+            "simulated_ctf": sim_fit.as_dict() if sim_fit else None, "seconds": time.perf_counter() - t0,
+            "_plot": {"fit": fit, "sim_fit": sim_fit, "real_crops": real_crops, "sim_crops": sim_crops}}
+
+
+def _yaml(config: dict, record: dict) -> str:
+    import yaml
+
+    head = (f"# difftem calibrated config for {record['input']}\n"
+            f"# CTF: U {record['ctf']['defocus_u_a']:.0f} Å, V {record['ctf']['defocus_v_a']:.0f} Å, angle "
+            f"{record['ctf']['defocus_angle_deg']:.1f}°; gain {record['detector']['gain_units_per_e']:.4g} units/e "
+            f"at DQE {record['detector']['dqe_assumed']}; ice {record['ice']['thickness_nm']:.1f} nm "
+            f"({record['ice']['thickness_from']})\n")
+    return head + yaml.safe_dump(config, sort_keys=False)
+
+
+def run_calibrate(inputs: list[Path], out: Path, *, pixel_size_a: float | None = None, dqe: float = 0.8,
+                  dose_e_per_a2: float | None = None, ice_thickness_nm: float | None = None, field_px: int = 1024,
+                  crop_px: int = 256, seed: int = 0, overwrite: bool = False,
+                  log: Callable[[str], None] | None = None, **fit_options) -> dict:
+    """Calibrate every micrograph; write ``<name>_calibrated.yaml`` (``calibrated.yaml`` for one input),
+    ``<name>_report.png`` and ``calibration.json`` into ``out`` (all or nothing)."""
+    if not inputs:
+        raise ArgumentError("inputs", ": give at least one micrograph")
+    log = log or (lambda s: None)
+    records = []
+    with staging_folder(out, overwrite=overwrite) as tmp:
+        for path in inputs:
+            rec = calibrate_one(Path(path), pixel_size_a=pixel_size_a, dqe=dqe, dose_e_per_a2=dose_e_per_a2,
+                                ice_thickness_nm=ice_thickness_nm, field_px=field_px, crop_px=crop_px, seed=seed,
+                                fit_options=fit_options, log=lambda s, p=path: log(f"{Path(p).name}: {s}"))
+            plot = rec.pop("_plot")
+            stem = "calibrated" if len(inputs) == 1 else f"{rec['name']}_calibrated"
+            write_text(tmp / f"{stem}.yaml", _yaml(rec["config"], rec))
+            report_figure(rec, plot, tmp / f"{rec['name']}_report.png")
+            rec["outputs"] = [f"{stem}.yaml", f"{rec['name']}_report.png"]
+            records.append(rec)
+        write_json(tmp / "calibration.json", {"micrographs": records})
+    return {"micrographs": records}
+
+
+def crops_tensor(x) -> torch.Tensor:
+    return torch.as_tensor(np.asarray(x, dtype=np.float64))

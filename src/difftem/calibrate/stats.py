@@ -1,0 +1,78 @@
+"""Detector and ice statistics of a real micrograph, in the simulator's own terms.
+
+The simulator's detector gives, per pixel, mean m = g·λ and noise power NPS(f) = g²·λ/DQE·MTF(f)² (g output units
+per electron, λ expected electrons per pixel, MTF(0) = 1). The noise level at f → 0 of background crops therefore
+measures g/DQE = NPS(0)/m, the MTF's shape comes from the noise spectrum (fit-mtf's NPS estimator), and for a
+chosen DQE the gain and the counts follow: g = DQE·NPS(0)/m, λ = m/g. Dose and ice thickness are tied by the
+transmission T = λ/(dose · pixel area): with a nominal dose, T gives the thickness through the simulator's own
+loss model (measured on a small ice-only simulation, so it is the loss the calibrated config will produce).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+
+from ..core.errors import ArgumentError
+from ..core.fft import radial_freq_per_px
+from ..forward.detector import MTFParams
+from ..learn.mtf_fit import extract_crops, fit_nps, noise_power_spectrum, normalised_curve, select_background_crops
+
+#: Band (cycles/px) where the noise level is read: above most specimen signal, below the MTF's steepest fall.
+NOISE_BAND_PER_PX = (0.15, 0.40)
+
+
+@dataclass(frozen=True)
+class DetectorStats:
+    mean_units: float            # mean of the background crops (data units per pixel)
+    noise_power_zero: float      # NPS extrapolated to f = 0 with the fitted MTF (units² per pixel)
+    gain_over_dqe: float         # NPS(0)/mean: output units per electron over the DQE
+    mtf: MTFParams               # the noise's MTF, normalised to MTF(0) = 1
+    n_crops: int
+    crop_px: int
+
+    def as_dict(self) -> dict:
+        d = asdict(self)
+        d["mtf"] = asdict(self.mtf)
+        return d
+
+    def detector(self, dqe: float) -> tuple[float, float]:
+        """(gain in units per electron, expected electrons per pixel λ) for the chosen DQE."""
+        if not (0 < dqe <= 1):
+            raise ArgumentError("dqe", f" {dqe}: give a DQE in (0, 1]")
+        gain = dqe * self.gain_over_dqe
+        return gain, self.mean_units / gain
+
+
+def background_corners(image: np.ndarray, crop_px: int, n_crops: int) -> list[tuple[int, int]]:
+    return select_background_crops(image, crop_px, n_crops)
+
+
+def detector_statistics(image: np.ndarray, crop_px: int = 128, n_crops: int = 20) -> DetectorStats:
+    """Mean, noise level and MTF shape from the emptiest crops of a micrograph in its own units (fit-mtf's NPS
+    estimator for the shape; the level is the median of NPS/MTF² over the noise band)."""
+    img = np.asarray(image, dtype=np.float64)
+    corners = background_corners(img, crop_px, n_crops)
+    crops = extract_crops(img, corners, crop_px)
+    mean = float(crops.mean())
+    if not mean > 0:
+        raise ArgumentError("micrograph", f": its background mean is {mean:g}; calibration needs positive detector "
+                                          "units (counts or a scaled count), not a normalised image")
+    mtf = fit_nps(crops).params
+    nps = noise_power_spectrum(crops, detrend="plane")
+    omega = radial_freq_per_px((crop_px, crop_px), half=True)
+    band = (omega >= NOISE_BAND_PER_PX[0]) & (omega <= NOISE_BAND_PER_PX[1])
+    nps0 = float(torch.median(nps[band] / normalised_curve(mtf, omega[band]) ** 2))
+    return DetectorStats(mean_units=mean, noise_power_zero=nps0, gain_over_dqe=nps0 / mean, mtf=mtf,
+                         n_crops=len(corners), crop_px=crop_px)
+
+
+def thickness_from_transmission(transmission: float, attenuation_length_nm: float) -> float:
+    """Ice thickness (nm) for a transmitted fraction under Beer–Lambert loss."""
+    if not (0 < transmission <= 1):
+        raise ArgumentError("dose", f": the measured counts are {transmission:.3g} × the nominal dose; the transmitted "
+                                    "fraction must lie in (0, 1] — check the nominal dose or the DQE")
+    return -attenuation_length_nm * math.log(transmission)

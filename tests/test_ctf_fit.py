@@ -1,0 +1,108 @@
+"""fit-ctf: defocus, astigmatism and angle recovered from micrographs of known CTF (RELION conventions, through
+the project's own lens), tilted images, real micrographs' self-consistency, the CLI and its files."""
+
+import json
+import math
+
+import numpy as np
+import pytest
+import starfile
+
+from ctf_helpers import ctf_micrograph
+from difftem.core.errors import ArgumentError
+from difftem.learn.ctf_fit import fit_ctf
+
+CASES = [  # (pixel Å, mean defocus µm, astigmatism µm, angle °, dose e/Å², image px)
+    (1.0, 0.6, 0.05, 10.0, 30.0, 1024),
+    (0.8, 1.2, 0.30, -63.0, 20.0, 1024),
+    (1.0, 2.1, 0.20, 47.0, 15.0, 1024),
+    (1.5, 3.9, 0.12, 88.0, 40.0, 1024),
+    (1.0, 2.8, 0.0, 0.0, 10.0, 2048),  # |U − V| ≥ 0 is biased up by noise: a zero needs more rings averaged
+]
+
+
+@pytest.mark.parametrize("px,df_um,astig_um,angle,dose,n", CASES)
+def test_known_ctf_recovered(px, df_um, astig_um, angle, dose, n, one_thread):
+    u, v = (df_um + astig_um / 2) * 1e4, (df_um - astig_um / 2) * 1e4
+    img = ctf_micrograph(n, px, u, v, angle, dose_e_per_a2=dose, seed=int(df_um * 10))
+    fit = fit_ctf(img, px, bootstrap=0)
+    assert abs(fit.defocus_mean_a / (df_um * 1e4) - 1) < 0.01
+    assert abs(fit.astigmatism_a - astig_um * 1e4) < 20.0
+    if astig_um >= 0.1:  # the angle of a small astigmatism is not defined by the rings
+        assert abs((fit.defocus_angle_deg - angle + 90) % 180 - 90) < 5.0
+    assert fit.rings_in_band >= 2 and fit.fit_resolution_a < 8.0
+
+
+def test_tilted_image_fits_with_its_defocus_gradient(one_thread):
+    """A 40° tilt about an axis at 30°: the defocus changes by ±0.43 µm across the field; the tilt geometry
+    recovers the centre's defocus and the gradient's sign, and the right axis explains the spectra better than a
+    perpendicular one."""
+    u = v = 20000.0
+    img = ctf_micrograph(1024, 1.0, u, v, tilt_deg=40.0, tilt_axis_deg=30.0, dose_e_per_a2=30.0, seed=3)
+    tilted = fit_ctf(img, 1.0, tile_px=256, tilt_deg=40.0, tilt_axis_deg=30.0, bootstrap=0)
+    assert abs(tilted.defocus_mean_a / u - 1) < 0.01
+    assert tilted.gradient_sign == 1
+    wrong_axis = fit_ctf(img, 1.0, tile_px=256, tilt_deg=40.0, tilt_axis_deg=120.0, bootstrap=0)
+    assert tilted.score > wrong_axis.score
+
+
+def test_real_micrographs_fit_consistently(shared_data, one_thread):
+    """Both halves of each real micrograph give the same defocus (within 1 %, within 3 bootstrap SDs), the fit
+    sees several rings and correlates to better than 10 Å."""
+    from difftem.io.tlt import read_mrc_checked
+
+    for name in ("real_micrograph_efccd_crop2048.mrc.gz", "real_micrograph_falcon_epu_crop2048.mrc.gz"):
+        img, px = read_mrc_checked(shared_data / "micrographs" / name)
+        top = fit_ctf(img[:1024], px, bootstrap=4)
+        bottom = fit_ctf(img[1024:], px, bootstrap=4)
+        assert top.rings_in_band >= 4 and top.fit_resolution_a < 10.0, name
+        assert abs(top.defocus_mean_a / bottom.defocus_mean_a - 1) < 0.01, name
+        sd = math.hypot(top.defocus_sd_a, bottom.defocus_sd_a)
+        assert abs(top.defocus_mean_a - bottom.defocus_mean_a) < max(3 * sd, 30.0), name
+
+
+def test_bad_inputs_are_named(one_thread):
+    img = ctf_micrograph(256, 1.0, 15000, 15000, seed=1)
+    with pytest.raises(ArgumentError, match="pixel_size_a"):
+        fit_ctf(img, -1.0)
+    with pytest.raises(ArgumentError, match="band_a"):
+        fit_ctf(img, 1.0, band_a=(5.0, 30.0))
+    bad = img.clone()
+    bad[3, 3] = float("nan")
+    with pytest.raises(ArgumentError, match="NaN"):
+        fit_ctf(bad, 1.0)
+
+
+def test_cli_writes_star_json_and_figures(tmp_path, one_thread):
+    from difftem.cli._app import app
+    from difftem.io.files import write_mrc
+    from typer.testing import CliRunner
+
+    img = ctf_micrograph(1024, 1.0, 16000, 15000, 30.0, seed=5).numpy().astype(np.float32)
+    write_mrc(tmp_path / "mic.mrc", img, 1.0)
+    out = tmp_path / "fit"
+    res = CliRunner().invoke(app, ["fit-ctf", str(tmp_path / "mic.mrc"), "--out", str(out), "--bootstrap", "2"])
+    assert res.exit_code == 0, res.output
+    star = starfile.read(out / "ctf.star", always_dict=True)
+    assert float(star["optics"]["rlnVoltage"][0]) == 300.0
+    row = star["micrographs"].iloc[0]
+    assert abs(row["rlnDefocusU"] - 16000) < 160 and abs(row["rlnDefocusV"] - 15000) < 150
+    assert abs((row["rlnDefocusAngle"] - 30 + 90) % 180 - 90) < 5
+    rec = json.loads((out / "ctf.json").read_text())
+    assert rec["fits"][0]["name"] == "mic" and (out / "mic_ctf.png").stat().st_size > 10_000
+    res = CliRunner().invoke(app, ["fit-ctf", str(tmp_path / "mic.mrc"), "--out", str(out)])
+    assert res.exit_code == 2 and "overwrite" in res.output.lower()
+
+
+def test_particle_star_at_bin8_is_flagged_undetermined(shared_data, tmp_path, one_thread):
+    """The real ribosome tilt set is binned to ~14.6 Å/px (Nyquist 29 Å) while its ~2 µm defocus puts the first
+    CTF zero near 20 Å: no ring lies inside the data, and the fit must say so rather than report a defocus."""
+    from difftem.calibrate.ctf_run import run_fit_ctf
+
+    tilts = shared_data / "tilts"
+    rep = run_fit_ctf([tilts / "ribosome_particle_tilts_bin8.star"], tmp_path / "r",
+                      stack=tilts / "ribosome_particle_tilts_bin8.mrcs.gz", pixel_size_a=14.6, plots="none",
+                      bootstrap=0)
+    assert len(rep["fits"]) == 39
+    assert all(r["rings_in_band"] < 2 for r in rep["fits"])
+    assert all("reference_defocus_mean_a" in r for r in rep["fits"])
