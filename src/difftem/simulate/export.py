@@ -84,9 +84,9 @@ def amplitude_contrast_of(config: dict) -> float:
     return float(w / math.sqrt(1.0 + w * w))
 
 
-def read_run(folder: str | Path) -> SeriesRecord:
+def read_run(folder: str | Path, *, with_stack: bool = True) -> SeriesRecord:
     """A :class:`SeriesRecord` from a tilt-series run folder (run.json, tilt_series.mrc, tilts.star,
-    particles.star)."""
+    particles.star); ``with_stack=False`` leaves the stack out (an empty array)."""
     folder = Path(folder)
     run_path = folder / "run.json"
     try:
@@ -94,9 +94,12 @@ def read_run(folder: str | Path) -> SeriesRecord:
     except (OSError, ValueError):
         raise FormatError("not a readable run record; export needs a tilt-series run folder from difftem simulate",
                           file=run_path) from None
-    if not run.get("config", {}).get("tilt_series"):
+    if not isinstance(run, dict) or not run.get("config", {}).get("tilt_series"):
         raise FormatError("the run is not a tilt series (config.tilt_series is not set)", file=run_path)
-    stack, px = read_volume_mrc(folder / "tilt_series.mrc", "tilt series")
+    if with_stack:
+        stack, px = read_volume_mrc(folder / "tilt_series.mrc", "tilt series")
+    else:
+        stack, px = np.zeros((0, 0, 0), dtype=np.float32), float(run["config"]["detector"]["pixel_size_a"])
     tilts = relion5.read_tilt_series_star(folder / "tilts.star")
     blocks = read_star(folder / "tilts.star")
     rows = next(iter(blocks.values()))
@@ -106,9 +109,10 @@ def read_run(folder: str | Path) -> SeriesRecord:
         np.zeros(len(rows))
     positions, rotations, names = _ground_truth(folder / "particles.star")
     cfg = run["config"]
-    return SeriesRecord(folder.name or "run", stack, px, tilts.angles_deg, tilts.tilt_axis_deg, tilts.defocus_u_a,
-                        tilts.defocus_v_a, tilts.defocus_angle_deg, dose, tilts.pre_exposure_e_per_a2, order,
-                        float(cfg["beam"]["voltage_kv"]), float(cfg["optics"]["cs_mm"]), amplitude_contrast_of(cfg),
+    return SeriesRecord(folder.resolve().name or "run", stack, px, tilts.angles_deg, tilts.tilt_axis_deg,
+                        tilts.defocus_u_a, tilts.defocus_v_a, tilts.defocus_angle_deg, dose,
+                        tilts.pre_exposure_e_per_a2, order, float(cfg["beam"]["voltage_kv"]),
+                        float(cfg["optics"]["cs_mm"]), amplitude_contrast_of(cfg),
                         float(cfg["sample"]["ice_thickness_nm"]) * 10.0, positions, rotations, names)
 
 
