@@ -21,8 +21,8 @@ import difftem
 from difftem.forward.detector import make_mtf
 from difftem.io.files import write_json, write_mrc
 from difftem.io.volume import write_volume_mrc
-from difftem.simulate.pipeline import potential_volume
 from difftem.simulate.export import record_from_result
+from difftem.simulate.pipeline import potential_volume
 from difftem.tomo import fsc, ncc, reconstruct
 from difftem.tomo.ctf import TiltCTF, ctf_correct
 from difftem.tomo.render import render_volume, write_panel_png
@@ -121,11 +121,13 @@ def main() -> None:
     for label, vol in (("truth", truth), (key, volumes[key])):
         write_panel_png(args.out / f"render_{label}.png", vol, render_volume(vol), voxel)
     lp = args.lowpass_a
-    print(f"{'input':<11} {'ctf':<11} {'method':<6} {'NCC':>7} {f'NCC≤1/{lp:g}Å':>11} {'FSC 0.5 (Å)':>12} {'FSC 0.143 (Å)':>14}")
+    print(f"{'input':<11} {'ctf':<11} {'method':<6} {'NCC':>7} {f'NCC≤1/{lp:g}Å':>11} {'FSC 0.5 (Å)':>12} "
+          f"{'FSC 0.143 (Å)':>14}")
     for r in rows:
         f5 = f"{r['fsc_0.5_a']:.1f}" if r["fsc_0.5_a"] else "–"
         f1 = f"{r['fsc_0.143_a']:.1f}" if r["fsc_0.143_a"] else "–"
-        print(f"{r['input']:<11} {r['ctf']:<11} {r['method']:<6} {r['ncc']:>7.3f} {r[f'ncc_{lp:g}a']:>11.3f} {f5:>12} {f1:>14}")
+        print(f"{r['input']:<11} {r['ctf']:<11} {r['method']:<6} {r['ncc']:>7.3f} {r[f'ncc_{lp:g}a']:>11.3f} "
+              f"{f5:>12} {f1:>14}")
     write_json(args.out / "scores.json", {"rows": rows, "config": cfg.model_dump(mode="json"),
                                           "seconds": time.perf_counter() - t0})
     print(f"wrote {args.out} in {time.perf_counter() - t0:.0f} s")
