@@ -81,10 +81,11 @@ def amplitude_contrast_from_ratio(absorption_ratio: float) -> float:
 
 def ctf_2d(shape_yx: tuple[int, int], pixel_size_a: float, defocus_u_a, defocus_v_a, defocus_angle_deg: float,
            voltage_kv: float, cs_mm: float, amplitude_contrast: float, phase_shift_deg: float = 0.0, *,
-           device=None, dtype=torch.float64) -> torch.Tensor:
-    """C(k) = sin(χ(k) + asin A + φ) on the full FFT layout of ``shape_yx``; ``defocus_u_a``/``defocus_v_a`` may
-    be (L,) tensors (one CTF per level: (L, H, W)). Δf(θ) = (U + V)/2 + (U − V)/2 · cos 2(θ − angle)."""
-    ky, kx = dfft.fftfreq_2d(shape_yx, pixel_size_a, device=device, dtype=dtype)
+           half: bool = False, device=None, dtype=torch.float64) -> torch.Tensor:
+    """C(k) = sin(χ(k) + asin A + φ) on the FFT layout of ``shape_yx`` (``half``: the rfft half plane);
+    ``defocus_u_a``/``defocus_v_a`` may be (L,) tensors (one CTF per level: (L, H, W)).
+    Δf(θ) = (U + V)/2 + (U − V)/2 · cos 2(θ − angle)."""
+    ky, kx = dfft.fftfreq_2d(shape_yx, pixel_size_a, half=half, device=device, dtype=dtype)
     k2 = kx**2 + ky**2
     u = torch.as_tensor(defocus_u_a, dtype=dtype, device=device).reshape(-1, 1, 1)
     v = torch.as_tensor(defocus_v_a, dtype=dtype, device=device).reshape(-1, 1, 1)
@@ -151,11 +152,11 @@ def ctf_correct(stack: torch.Tensor, angles_deg, ctf: TiltCTF, pixel_size_a: flo
         levels = torch.arange(lo, hi + 1, device=dev, dtype=torch.float64) * step
         c = ctf_2d((h, w), pixel_size_a, ctf.defocus_u_a[t] + levels, ctf.defocus_v_a[t] + levels,
                    float(ctf.defocus_angle_deg[t]), ctf.voltage_kv, ctf.cs_mm, ctf.amplitude_contrast,
-                   ctf.phase_shift_deg, device=dev)
-        spec = dfft.fft2(stack[t].to(torch.float64))
+                   ctf.phase_shift_deg, half=True, device=dev)
+        spec = dfft.rfft2(stack[t].to(torch.float64))
         tilt = torch.zeros((h, w), dtype=torch.float64, device=dev)
         for j in range(hi - lo + 1):  # one level at a time: memory of one image, not of all levels
-            filtered = dfft.ifft2(spec * correction_filter(c[j], mode, wiener_snr)).real
+            filtered = dfft.irfft2(spec * correction_filter(c[j], mode, wiener_snr), (h, w))
             tilt = torch.where(index == lo + j, filtered, tilt)
         out[t] = tilt.to(stack.dtype)
         levels_per_tilt.append(hi - lo + 1)
