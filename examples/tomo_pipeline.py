@@ -30,7 +30,7 @@ from difftem.tomo.scores import plot_fsc
 
 
 def config(structure: str, count: int, shape_px: int, pixel_a: float, dose: float, defocus_um: float = 2.0,
-           ice_nm: float = 25.0) -> dict:
+           ice_nm: float = 25.0, damage: str = "exposure_filter") -> dict:
     return {"seed": 3, "beam": {"voltage_kv": 300},
             "optics": {"defocus_um": defocus_um},
             "detector": {"shape_px": [shape_px, shape_px], "pixel_size_a": pixel_a, "noise": "poisson",
@@ -38,7 +38,7 @@ def config(structure: str, count: int, shape_px: int, pixel_a: float, dose: floa
             "sample": {"ice_thickness_nm": ice_nm, "particles": [{"structure": structure, "random": {"count": count}}]},
             "simulation": {"slice_thickness_a": 20.0},
             "tilt_series": {"scheme": "dose_symmetric", "min_deg": -60, "max_deg": 60, "step_deg": 3,
-                            "total_dose_e_per_a2": dose}}
+                            "total_dose_e_per_a2": dose, "damage": damage}}
 
 
 def to_contrast(stack: torch.Tensor) -> torch.Tensor:
@@ -81,11 +81,12 @@ def main() -> None:
     ap.add_argument("--wiener-snr", type=float, default=10.0, help="SNR constant of the Wiener correction")
     ap.add_argument("--defocus-um", type=float, default=2.0)
     ap.add_argument("--ice-nm", type=float, default=25.0)
+    ap.add_argument("--damage", default="exposure_filter", help="exposure_filter (default), b_factor or none")
     ap.add_argument("--out", type=Path, default=Path("tomo_demo"))
     args = ap.parse_args()
     t0 = time.perf_counter()
     cfg = difftem.config.config_from_dict(config(args.structure, args.count, args.shape_px, args.pixel_a, args.dose,
-                                                  args.defocus_um, args.ice_nm))
+                                                  args.defocus_um, args.ice_nm, args.damage))
     series = difftem.simulate_tilt_series(cfg)
     px = series.pixel_size_a
     truth, voxel = potential_volume(cfg, thickness_a=cfg.sample.ice_thickness_nm * 10)
