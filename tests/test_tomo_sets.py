@@ -390,3 +390,18 @@ def test_export_command_and_simulate_formats(sim, tmp_path):
     res = runner.invoke(app, ["simulate", str(cfg), "--out", str(tmp_path / "s"), "--formats", "imod"])
     assert res.exit_code == 0, res.output
     assert (tmp_path / "s" / "imod" / "s.mrc.mdoc").is_file() and (tmp_path / "s" / "run.json").is_file()
+
+
+def test_reconstruct_errors_are_one_line(sim, tmp_path):
+    imod_stack = sim["root"] / "exp" / "imod" / "run.mrc"
+    tlt = sim["root"] / "exp" / "imod" / "run.tlt"
+    res = runner.invoke(app, ["reconstruct", str(imod_stack), "--tlt", str(tlt), "--out", str(tmp_path / "v.mrc"),
+                              "--ctf-correction", "phase-flip", "--device", "cpu"])
+    assert res.exit_code == 2 and "no per-tilt defocus known" in res.output and not (tmp_path / "v.mrc").exists()
+    (tmp_path / "m.txt").write_text("x")
+    res = runner.invoke(app, ["reconstruct", str(imod_stack), "--metadata", str(tmp_path / "m.txt"), "--out",
+                              str(tmp_path / "v.mrc")])
+    assert res.exit_code == 2 and "--metadata" in res.output and "unknown metadata file kind" in res.output
+    res = runner.invoke(app, ["reconstruct", str(imod_stack), "--ctf-correction", "magic", "--out",
+                              str(tmp_path / "v.mrc")])
+    assert res.exit_code == 2 and "--ctf-correction: unknown mode 'magic'" in res.output

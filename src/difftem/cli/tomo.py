@@ -286,13 +286,14 @@ def _series_inputs(tilts: Path, tlt: Path | None, tilt_axis_deg: float | None, p
     if meta is None:
         return (*_read_stack(tilts, pixel_size), *_tilt_geometry(tilts, tlt, tilt_axis_deg, note), None)
     stack, px = _stack_for(tilts, meta, metadata, pixel_size, note)
-    angles = meta.angles_deg
-    if tlt is not None:
-        angles = _tilt_geometry(tilts, tlt, 0.0, note)[0]
+    angles, angles_source = meta.angles_deg, meta.sources.get("angles")
+    if tlt is not None:  # --tlt wins over the metadata's angles
+        angles, angles_source = _tilt_geometry(tilts, tlt, 0.0, note)[:2]
     if len(angles) != stack.shape[0]:
-        raise FormatError(f"{meta.sources.get('angles')}: {len(angles)} tilt angles for a stack of {stack.shape[0]} "
-                          "images; one per image, in stack order")
-    note("note", f"tilt angles from {meta.sources.get('angles')}")
+        raise FormatError(f"{angles_source}: {len(angles)} tilt angles for a stack of {stack.shape[0]} images; one "
+                          "per image, in stack order")
+    if tlt is None:
+        note("note", f"tilt angles from {angles_source}")
     axis, axis_source = 0.0, "default"
     if tilt_axis_deg is not None:
         axis, axis_source = float(tilt_axis_deg), "--tilt-axis-deg"
@@ -302,7 +303,7 @@ def _series_inputs(tilts: Path, tlt: Path | None, tilt_axis_deg: float | None, p
     if meta.shifts_px is not None:
         stack = shift_images(torch.as_tensor(np.ascontiguousarray(stack)), meta.shifts_px).numpy()
         note("note", f"per-tilt shifts applied from {meta.sources.get('tilt_axis')}")
-    return stack, px, angles, meta.sources.get("angles"), axis, axis_source, meta
+    return stack, px, angles, angles_source, axis, axis_source, meta
 
 
 def _stack_for(tilts: Path, meta, metadata: Path | None, pixel_size: float | None, note):
