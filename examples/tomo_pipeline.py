@@ -3,7 +3,8 @@
     python examples/tomo_pipeline.py --out tomo_demo     # apoferritin from ../shared/data, a few minutes on 2 cores
     python examples/tomo_pipeline.py --structure builtin:1ubi --count 12 --pixel-a 3   # bundled ubiquitin
 
-Prints an FSC/NCC table (WBP and SIRT, with and without denoising) and writes the tilt series,
+Prints an FSC/NCC table (WBP and SIRT, with and without denoising, without and with per-tilt CTF correction:
+phase flipping and a Wiener filter, in strips along the defocus gradient) and writes the tilt series,
 volumes, ground truth, FSC plot and renders into --out. Ground truth is the scene's potential
 sampled by the simulator itself (`difftem.simulate.pipeline.potential_volume`), not a separate code path.
 """
@@ -19,21 +20,25 @@ import torch
 import difftem
 from difftem.forward.detector import make_mtf
 from difftem.io.files import write_json, write_mrc
+from difftem.io.volume import write_volume_mrc
+from difftem.simulate.export import record_from_result
 from difftem.simulate.pipeline import potential_volume
 from difftem.tomo import fsc, ncc, reconstruct
+from difftem.tomo.ctf import TiltCTF, ctf_correct
 from difftem.tomo.render import render_volume, write_panel_png
 from difftem.tomo.scores import plot_fsc
 
 
-def config(structure: str, count: int, shape_px: int, pixel_a: float, dose: float) -> dict:
+def config(structure: str, count: int, shape_px: int, pixel_a: float, dose: float, defocus_um: float = 2.0,
+           ice_nm: float = 25.0, damage: str = "exposure_filter") -> dict:
     return {"seed": 3, "beam": {"voltage_kv": 300},
-            "optics": {"defocus_um": 2.0},
+            "optics": {"defocus_um": defocus_um},
             "detector": {"shape_px": [shape_px, shape_px], "pixel_size_a": pixel_a, "noise": "poisson",
                          "mtf": {"a": 0.7, "b": 0.2, "c": 0.1, "alpha": 10, "beta": 40}},
-            "sample": {"ice_thickness_nm": 25, "particles": [{"structure": structure, "random": {"count": count}}]},
+            "sample": {"ice_thickness_nm": ice_nm, "particles": [{"structure": structure, "random": {"count": count}}]},
             "simulation": {"slice_thickness_a": 20.0},
             "tilt_series": {"scheme": "dose_symmetric", "min_deg": -60, "max_deg": 60, "step_deg": 3,
-                            "total_dose_e_per_a2": dose}}
+                            "total_dose_e_per_a2": dose, "damage": damage}}
 
 
 def to_contrast(stack: torch.Tensor) -> torch.Tensor:
@@ -72,42 +77,58 @@ def main() -> None:
     ap.add_argument("--sirt-iterations", type=int, default=20)
     ap.add_argument("--denoise-steps", type=int, default=100)
     ap.add_argument("--lowpass-a", type=float, default=30.0, help="also score NCC after this low-pass (Å)")
+    ap.add_argument("--ctf", default="none,phase_flip,wiener", help="CTF corrections to compare (comma list)")
+    ap.add_argument("--wiener-snr", type=float, default=10.0, help="SNR constant of the Wiener correction")
+    ap.add_argument("--defocus-um", type=float, default=2.0)
+    ap.add_argument("--ice-nm", type=float, default=25.0)
+    ap.add_argument("--damage", default="exposure_filter", help="exposure_filter (default), b_factor or none")
     ap.add_argument("--out", type=Path, default=Path("tomo_demo"))
     args = ap.parse_args()
     t0 = time.perf_counter()
-    cfg = difftem.config.config_from_dict(config(args.structure, args.count, args.shape_px, args.pixel_a, args.dose))
+    cfg = difftem.config.config_from_dict(config(args.structure, args.count, args.shape_px, args.pixel_a, args.dose,
+                                                  args.defocus_um, args.ice_nm, args.damage))
     series = difftem.simulate_tilt_series(cfg)
     px = series.pixel_size_a
     truth, voxel = potential_volume(cfg, thickness_a=cfg.sample.ice_thickness_nm * 10)
     thickness_vox = truth.shape[0]
     write_mrc(args.out / "tilt_series.mrc", series.tilts.numpy(), px)
-    write_mrc(args.out / "truth.mrc", truth.numpy(), voxel)
+    write_volume_mrc(args.out / "truth.mrc", truth.numpy(), voxel)
     stacks = {"noisy": series.tilts, "noise-free": series.noiseless}
     stacks["denoised"] = denoise_series(series.tilts, make_mtf(cfg), args.denoise_steps)
+    rec = record_from_result(series)
+    ctf = TiltCTF(rec.defocus_u_a, rec.defocus_v_a, rec.defocus_angle_deg, rec.voltage_kv, rec.cs_mm,
+                  rec.amplitude_contrast)
     rows, curves, volumes = [], {}, {}
     for name, stack in stacks.items():
-        for method in ("wbp", "sirt"):
-            rec = reconstruct(to_contrast(stack), series.angles_deg, method=method, pixel_size_a=px,
-                              thickness_px=thickness_vox, iterations=args.sirt_iterations, device="cpu")
-            vol = rec.volume.float()
-            f = fsc(vol, truth, voxel)
-            lp = args.lowpass_a
-            rows.append({"input": name, "method": method, "ncc": float(ncc(vol, truth)),
-                         f"ncc_{lp:g}a": float(ncc(lowpass(vol, voxel, lp), lowpass(truth, voxel, lp))),
-                         "fsc_0.5_a": f.resolution_05_a, "fsc_0.143_a": f.resolution_0143_a})
-            curves[f"{name} {method}"] = f
-            write_mrc(args.out / f"vol_{name}_{method}.mrc", vol.numpy(), voxel)
-            volumes[f"{name}_{method}"] = vol
+        for mode in args.ctf.split(","):
+            data, _ = ctf_correct(to_contrast(stack), series.angles_deg, ctf, px, tilt_axis_deg=rec.tilt_axis_deg,
+                                  mode=mode, wiener_snr=args.wiener_snr)
+            for method in ("wbp", "sirt"):
+                rec_ = reconstruct(data, series.angles_deg, method=method, pixel_size_a=px,
+                                   tilt_axis_deg=rec.tilt_axis_deg, thickness_px=thickness_vox,
+                                   iterations=args.sirt_iterations, device="cpu")
+                vol = rec_.volume.float()
+                f = fsc(vol, truth, voxel)
+                lp = args.lowpass_a
+                rows.append({"input": name, "ctf": mode, "method": method, "ncc": float(ncc(vol, truth)),
+                             f"ncc_{lp:g}a": float(ncc(lowpass(vol, voxel, lp), lowpass(truth, voxel, lp))),
+                             "fsc_0.5_a": f.resolution_05_a, "fsc_0.143_a": f.resolution_0143_a})
+                curves[f"{name} {mode} {method}"] = f
+                write_volume_mrc(args.out / f"vol_{name}_{mode}_{method}.mrc", vol.numpy(), voxel)
+                volumes[f"{name}_{mode}_{method}"] = vol
     plot_fsc(args.out / "fsc.png", curves, "reconstruction vs simulator ground truth")
     best = max(rows, key=lambda r: r["ncc"])
-    for label, vol in (("truth", truth), (f"{best['input']}_{best['method']}", volumes[f"{best['input']}_{best['method']}"])):
+    key = f"{best['input']}_{best['ctf']}_{best['method']}"
+    for label, vol in (("truth", truth), (key, volumes[key])):
         write_panel_png(args.out / f"render_{label}.png", vol, render_volume(vol), voxel)
     lp = args.lowpass_a
-    print(f"{'input':<11} {'method':<6} {'NCC':>7} {f'NCC≤1/{lp:g}Å':>11} {'FSC 0.5 (Å)':>12} {'FSC 0.143 (Å)':>14}")
+    print(f"{'input':<11} {'ctf':<11} {'method':<6} {'NCC':>7} {f'NCC≤1/{lp:g}Å':>11} {'FSC 0.5 (Å)':>12} "
+          f"{'FSC 0.143 (Å)':>14}")
     for r in rows:
         f5 = f"{r['fsc_0.5_a']:.1f}" if r["fsc_0.5_a"] else "–"
         f1 = f"{r['fsc_0.143_a']:.1f}" if r["fsc_0.143_a"] else "–"
-        print(f"{r['input']:<11} {r['method']:<6} {r['ncc']:>7.3f} {r[f'ncc_{lp:g}a']:>11.3f} {f5:>12} {f1:>14}")
+        print(f"{r['input']:<11} {r['ctf']:<11} {r['method']:<6} {r['ncc']:>7.3f} {r[f'ncc_{lp:g}a']:>11.3f} "
+              f"{f5:>12} {f1:>14}")
     write_json(args.out / "scores.json", {"rows": rows, "config": cfg.model_dump(mode="json"),
                                           "seconds": time.perf_counter() - t0})
     print(f"wrote {args.out} in {time.perf_counter() - t0:.0f} s")

@@ -8,7 +8,7 @@ from pathlib import Path
 import typer
 from rich.markup import escape
 
-from ..core.errors import DifftemError
+from ..core.errors import ArgumentError, DifftemError
 from ._console import console, fail, note, progress
 
 
@@ -119,13 +119,22 @@ def register(app: typer.Typer) -> None:
         seed: int | None = typer.Option(None, help="override the config's seed"),
         overwrite: bool = typer.Option(False, "--overwrite", help="replace an --out folder that holds files (the "
                                                                   "old one is removed once the new run is complete)"),
+        formats: str = typer.Option("", "--formats", help="tilt series: also write these sets into OUT/<format>/, "
+                                                          "comma-separated: imod,relion5,copick"),
     ):
         """Simulate a micrograph (or a tilt series) from CONFIG and write MRC images, STAR ground truth, a preview
         and run.json into OUT."""
+        from ..simulate.export import parse_formats
+        from .export import export_run
+
         try:
             cfg = _load_any_config(config)
             _apply_overrides(cfg, device, seed)
+            if parse_formats(formats) and cfg.tilt_series is None:
+                raise ArgumentError("formats", ": imod, relion5 and copick sets are for tilt series (set tilt_series)")
             run = run_and_write(cfg, out, _parse_save(save), "simulate", overwrite=overwrite)
+            if formats:
+                export_run(out, out, formats)
         except DifftemError as exc:
             fail(exc)
         except KeyboardInterrupt:

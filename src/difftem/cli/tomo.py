@@ -58,23 +58,41 @@ def _register_reconstruct(app: typer.Typer) -> None:
         device: str = typer.Option("auto", help="auto, cpu or cuda"),
         backend: str = typer.Option("torch", help="torch, or astra (optional package, for comparison)"),
         reference: Path | None = typer.Option(None, help="ground-truth volume (MRC, same grid): FSC/NCC + plot"),
+        metadata: Path | None = typer.Option(
+            None, "--metadata", help="file describing the series: RELION-5 tomograms.star or tilt-series STAR, a "
+            "RELION STAR of particle tilt images (rlnGroupName), SerialEM .mdoc, IMOD .xf, run.json; default: the "
+            "simulation's run.json/tilts.star, <stack>.mdoc or <stem>.xf + .tlt beside TILTS"),
+        group: str | None = typer.Option(None, help="particle tilt-image STAR: the rlnGroupName (or its index) to "
+                                                    "reconstruct (default: the first)"),
+        ctf_correction: str = typer.Option(
+            "auto", help="auto (phase-flip when per-tilt defocus is known), none, phase-flip or wiener"),
+        wiener_snr: float = typer.Option(10.0, help="wiener: the SNR constant (C / (C² + 1/SNR))"),
+        defocus_tolerance: float | None = typer.Option(
+            None, help="CTF correction: largest defocus error (Å) allowed within a strip (default p²/λ)"),
     ):
         """Reconstruct TILTS into a volume (WBP or SIRT): OUT, a .json record beside it, with --reference a FSC plot."""
         fail, console = _ui()
         from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-        from ..io.files import write_json, write_mrc
+        from ..io.files import write_json
+        from ..io.volume import write_volume_mrc
         from ..tomo.reconstruct import reconstruct
         from ._console import note
 
         try:
-            stack, px = _read_mrc(tilts, "tilt series", pixel_size)
-            angles, tlt_source, axis, axis_source = _tilt_geometry(tilts, tlt, tilt_axis_deg, note)
+            stack, px, angles, tlt_source, axis, axis_source, meta = _series_inputs(
+                tilts, tlt, tilt_axis_deg, pixel_size, metadata, group, note)
+            if thickness_vox is None and thickness_a is None and meta is not None and meta.thickness_a:
+                thickness_a = meta.thickness_a
+                note("note", f"volume thickness {thickness_a:.0f} Å from {meta.sources.get('thickness', 'metadata')} "
+                             "(no --thickness-a/--thickness-vox given)")
             ref = None
             if reference is not None:
                 ref, ref_px = _read_mrc(reference, "--reference", None, required=False)
             if invert:
                 stack = -stack
+            stack, ctf_record = _ctf_correct(stack, angles, meta, px, axis, ctf_correction, wiener_snr,
+                                             defocus_tolerance, note)
             with Progress(TextColumn(f"[bold]{method}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
                           TimeElapsedColumn(), console=console, transient=True) as bar:
                 task = bar.add_task(method, total=iterations if method == "sirt" else None)
@@ -86,6 +104,7 @@ def _register_reconstruct(app: typer.Typer) -> None:
                                      progress=lambda done, total: bar.update(task, completed=done, total=total))
             volume = result.volume.detach().cpu().numpy()
             record = {"input": str(tilts), "tlt": str(tlt_source), "tilt_axis_source": axis_source, "invert": invert,
+                      "ctf_correction": ctf_record, "metadata_sources": meta.sources if meta is not None else {},
                       **result.info}
             outputs = [out, _sidecar(out, ".json")]
             plot = None
@@ -96,7 +115,7 @@ def _register_reconstruct(app: typer.Typer) -> None:
                 outputs.append(plot[0])
         except DifftemError as exc:
             fail(exc)
-        write_mrc(out, volume, result.voxel_size_a)
+        write_volume_mrc(out, volume, result.voxel_size_a)
         if plot is not None:
             plot[1]()
         write_json(outputs[1], record)
@@ -246,6 +265,102 @@ def _tilt_geometry(tilts: Path, tlt: Path | None, tilt_axis_deg: float | None, n
         return angles, tlt_source, 0.0, "default"
     note("note", f"tilt axis {found[0]:g}° from {found[1]} (no --tilt-axis-deg given)")
     return angles, tlt_source, found[0], str(found[1])
+
+
+def _series_inputs(tilts: Path, tlt: Path | None, tilt_axis_deg: float | None, pixel_size: float | None,
+                   metadata: Path | None, group, note):
+    """(stack, pixel size, angles, their source, tilt axis, its source, SeriesMetadata or None): the options first,
+    then the files describing the series (``--metadata``, else those beside TILTS)."""
+    import numpy as np
+    import torch
+
+    from ..core.errors import FormatError
+    from ..tomo.series import find_metadata, shift_images
+
+    if metadata is None and tlt is not None:
+        return (*_read_stack(tilts, pixel_size), *_tilt_geometry(tilts, tlt, tilt_axis_deg, note), None)
+    try:
+        meta = find_metadata(tilts, metadata, group)
+    except FormatError as exc:
+        raise FormatError(f"{'--metadata: ' if metadata else ''}{exc}") from None
+    if meta is None:
+        return (*_read_stack(tilts, pixel_size), *_tilt_geometry(tilts, tlt, tilt_axis_deg, note), None)
+    stack, px = _stack_for(tilts, meta, metadata, pixel_size, note)
+    angles, angles_source = meta.angles_deg, meta.sources.get("angles")
+    if tlt is not None:  # --tlt wins over the metadata's angles
+        angles, angles_source = _tilt_geometry(tilts, tlt, 0.0, note)[:2]
+    if len(angles) != stack.shape[0]:
+        raise FormatError(f"{angles_source}: {len(angles)} tilt angles for a stack of {stack.shape[0]} images; one "
+                          "per image, in stack order")
+    if tlt is None:
+        note("note", f"tilt angles from {angles_source}")
+    axis, axis_source = 0.0, "default"
+    if tilt_axis_deg is not None:
+        axis, axis_source = float(tilt_axis_deg), "--tilt-axis-deg"
+    elif meta.tilt_axis_deg is not None:
+        axis, axis_source = float(meta.tilt_axis_deg), meta.sources.get("tilt_axis", "metadata")
+        note("note", f"tilt axis {axis:g}° from {axis_source} (no --tilt-axis-deg given)")
+    if meta.shifts_px is not None:
+        stack = shift_images(torch.as_tensor(np.ascontiguousarray(stack)), meta.shifts_px).numpy()
+        note("note", f"per-tilt shifts applied from {meta.sources.get('tilt_axis')}")
+    return stack, px, angles, angles_source, axis, axis_source, meta
+
+
+def _stack_for(tilts: Path, meta, metadata: Path | None, pixel_size: float | None, note):
+    """(stack, pixel size) of a series the metadata describes: a particle's tilt images are picked out of a
+    particle stack (read permissively) at the STAR's pixel size unless --pixel-size."""
+    from ..core.errors import FormatError
+    from ..tomo.series import read_particle_stack
+
+    if meta.image_indices is None:
+        stack, px = _read_mrc(tilts, "tilt series", pixel_size, required=meta.pixel_size_a is None)
+        if px is None:
+            px = meta.pixel_size_a
+            note("note", f"pixel size {px:g} Å from {metadata or 'the metadata'} (the MRC header has none)")
+        return stack, px
+    stack, _ = read_particle_stack(tilts)
+    px = pixel_size if pixel_size is not None else meta.pixel_size_a
+    if not px:
+        raise FormatError(f"--pixel-size: {metadata} gives no pixel size for {tilts}; pass --pixel-size")
+    if meta.image_indices.max() >= stack.shape[0]:
+        raise FormatError(f"--metadata: {metadata} names image {int(meta.image_indices.max()) + 1} but {tilts} "
+                          f"holds {stack.shape[0]}")
+    note("note", f"group {meta.sources.get('group')}: {len(meta.image_indices)} images of {tilts}; pixel size "
+                 f"{px:g} Å (pass --pixel-size for binned images)")
+    return stack[meta.image_indices], px
+
+
+def _read_stack(tilts: Path, pixel_size: float | None):
+    return _read_mrc(tilts, "tilt series", pixel_size)
+
+
+def _ctf_correct(stack, angles, meta, px: float, axis: float, mode: str, wiener_snr: float,
+                 tolerance: float | None, note):
+    """The stack CTF-corrected as ``mode`` asks (auto: phase flip when the metadata gives per-tilt defocus)."""
+    import numpy as np
+    import torch
+
+    from ..tomo.ctf import ctf_correct
+    from ..tomo.errors import TomoError
+
+    choices = {"auto": "auto", "none": "none", "phase-flip": "phase_flip", "phase_flip": "phase_flip",
+               "wiener": "wiener"}
+    if mode not in choices:
+        raise TomoError(f"--ctf-correction: unknown mode {mode!r}; choose auto, none, phase-flip or wiener")
+    mode = choices[mode]
+    ctf = meta.ctf if meta is not None else None
+    if mode == "auto":
+        mode = "phase_flip" if ctf is not None else "none"
+    if mode == "none":
+        return stack, {"mode": "none"}
+    if ctf is None:
+        raise TomoError("--ctf-correction: no per-tilt defocus known for this series; give --metadata (RELION-5 "
+                        "tilt-series STAR, .mdoc, run.json) or --ctf-correction none")
+    out, record = ctf_correct(torch.as_tensor(np.ascontiguousarray(stack)), angles, ctf, px, tilt_axis_deg=axis,
+                              mode=mode, defocus_tolerance_a=tolerance, wiener_snr=wiener_snr)
+    note("note", f"CTF corrected ({mode.replace('_', ' ')}, {max(record['levels_per_tilt'])} defocus strips at most, "
+                 f"tolerance {record['defocus_tolerance_a']:.0f} Å) from {meta.sources.get('ctf')}")
+    return out.numpy(), {**record, "source": meta.sources.get("ctf"), **ctf.as_dict()}
 
 
 def _res(value: float | None, voxel_a: float) -> str:
