@@ -81,7 +81,7 @@ def main() -> None:
     truth, voxel = potential_volume(cfg, thickness_a=cfg.sample.ice_thickness_nm * 10)
     thickness_vox = truth.shape[0]
     write_mrc(args.out / "tilt_series.mrc", series.tilts.numpy(), px)
-    write_mrc(args.out / "truth.mrc", truth.numpy(), voxel)
+    write_mrc(args.out / "truth.mrc", truth.numpy(), voxel, volume=True)
     stacks = {"noisy": series.tilts, "noise-free": series.noiseless}
     stacks["denoised"] = denoise_series(series.tilts, make_mtf(cfg), args.denoise_steps)
     rows, curves, volumes = [], {}, {}
@@ -96,7 +96,7 @@ def main() -> None:
                          f"ncc_{lp:g}a": float(ncc(lowpass(vol, voxel, lp), lowpass(truth, voxel, lp))),
                          "fsc_0.5_a": f.resolution_05_a, "fsc_0.143_a": f.resolution_0143_a})
             curves[f"{name} {method}"] = f
-            write_mrc(args.out / f"vol_{name}_{method}.mrc", vol.numpy(), voxel)
+            write_mrc(args.out / f"vol_{name}_{method}.mrc", vol.numpy(), voxel, volume=True)
             volumes[f"{name}_{method}"] = vol
     plot_fsc(args.out / "fsc.png", curves, "reconstruction vs simulator ground truth")
     best = max(rows, key=lambda r: r["ncc"])

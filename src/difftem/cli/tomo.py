@@ -96,7 +96,7 @@ def _register_reconstruct(app: typer.Typer) -> None:
                 outputs.append(plot[0])
         except DifftemError as exc:
             fail(exc)
-        write_mrc(out, volume, result.voxel_size_a)
+        write_mrc(out, volume, result.voxel_size_a, volume=True)
         if plot is not None:
             plot[1]()
         write_json(outputs[1], record)
