@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import typer
 
-from . import convert, dataset, denoise, fit_mtf, info, simulate, tomo
+from . import convert, dataset, denoise, extract, fit_mtf, info, simulate, tomo
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="difftem: fast, differentiable TEM simulation of biological specimens.")
-for _module in (simulate, fit_mtf, info, convert, tomo, denoise, dataset):
+for _module in (simulate, fit_mtf, info, convert, tomo, denoise, dataset, extract):
     _module.register(app)
 
 __all__ = ["app"]
