@@ -85,9 +85,13 @@ def figure(path: Path, images: np.ndarray, curves: dict, px: float, title: str) 
     ax = fig.add_axes([0.47, 0.14, 0.5, 0.74])
     box = images.shape[-1]
     shells = np.arange(len(next(iter(curves.values()))))
+    styles = {"from the written STAR": dict(lw=2.5, color="tab:blue", zorder=3),
+              "from the in-memory truth": dict(lw=1.2, ls="--", color="black", zorder=4)}
     for label, c in curves.items():
-        ax.plot(shells / (box * px), c, label=label)
+        ax.plot(shells / (box * px), c, label=label, **styles.get(label, dict(lw=1, color="tab:green")))
     ax.axhline(0.143, color="grey", lw=0.8, ls="--")
+    ax.axvline(2 / 3 / (2 * px), color="grey", lw=0.8, ls=":")
+    ax.text(2 / 3 / (2 * px), 0.35, " simulation's\n band limit", fontsize=7, color="grey")
     ax.set_xlabel("spatial frequency (1/Å)")
     ax.set_ylabel("FSC with the true map")
     ax.set_ylim(-0.1, 1.02)
@@ -96,6 +100,11 @@ def figure(path: Path, images: np.ndarray, curves: dict, px: float, title: str) 
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path)
     plt.close(fig)
+
+
+def _title(n: int, structure: str, box: int, px: float, dose: float) -> str:
+    return (f"{n} particles of {Path(structure).name.split('.')[0]}, {box} px at {px:g} Å, "
+            + (f"{dose:g} e/Å²" if dose else "noise-free"))
 
 
 def main() -> None:
@@ -108,7 +117,17 @@ def main() -> None:
     ap.add_argument("--spacing", type=int, default=None, help="grid spacing in pixels (default box + 8)")
     ap.add_argument("--dose", type=float, default=0.0, help="e/Å² (0: noise-free)")
     ap.add_argument("--figure", type=Path, default=Path(__file__).resolve().parents[1] / "docs/img/spa_particles.png")
+    ap.add_argument("--replot", action="store_true", help="only redraw the figure from --out's fsc.json and stack")
     args = ap.parse_args()
+    if args.replot:
+        import mrcfile
+
+        saved = json.loads((args.out / "fsc.json").read_text())
+        images = mrcfile.read(args.out / "particles" / "particles.mrcs")[:6]
+        figure(args.figure, images, {k: np.array(v) for k, v in saved["curves"].items()}, saved["pixel_a"],
+               _title(saved["particles"], saved["structure"], saved["box_px"], saved["pixel_a"],
+                      saved["dose_e_per_a2"]))
+        return
     box, px = args.box, args.pixel_a
     cfg = scene(args.structure, args.n_side, box, px, args.spacing or box + 8, args.dose)
     t0 = time.perf_counter()
@@ -154,9 +173,7 @@ def main() -> None:
         write_volume(args.out / f"{name}.mrc", vol.numpy(), px)
     (args.out / "fsc.json").write_text(json.dumps({**summary, "curves": {k: c.tolist() for k, c in curves.items()}},
                                                   indent=1))
-    figure(args.figure, stack.images[:6].numpy(), curves, px,
-           f"{len(stack)} particles of {Path(args.structure).name.split('.')[0]}, {box} px at {px:g} Å, "
-           + (f"{args.dose:g} e/Å²" if args.dose else "noise-free"))
+    figure(args.figure, stack.images[:6].numpy(), curves, px, _title(len(stack), args.structure, box, px, args.dose))
     print(json.dumps(summary, indent=1))
 
 
