@@ -439,3 +439,14 @@ def test_adenylate_kinase_64px_from_star(tmp_path):
     lp = lambda v: low_pass(v, PX, 8.0)  # noqa: E731
     mirror = torch.roll(torch.flip(truth, [0]), 1, 0)
     assert normalised_correlation(lp(star), lp(truth), mask) > normalised_correlation(lp(star), lp(mirror), mask) + 0.1
+
+
+def test_no_particle_fits_is_one_error():
+    from difftem.core.errors import ArgumentError
+
+    cfg = {"detector": {"shape_px": [64, 64], "pixel_size_a": 1.0},
+           "sample": {"particles": [{"structure": "builtin:1ubi", "positions_a": [[25, 25, 0]]}]}}
+    with pytest.raises(ArgumentError, match="no particle's box lies inside"):
+        extract_particles(np.zeros((64, 64), np.float32), [[25, 25, 0]], np.eye(3)[None], cfg, box_px=32)
+    with pytest.raises(ArgumentError, match="box_px 33"):
+        extract_particles(np.zeros((64, 64), np.float32), [[0, 0, 0]], np.eye(3)[None], cfg, box_px=33)

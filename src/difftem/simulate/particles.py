@@ -195,6 +195,9 @@ def extract_particles(image, positions_a: np.ndarray, rotations: np.ndarray, con
         notes.append(f"{int((~inside).sum())} of {len(inside)} particles skipped: their {box_px}-pixel box leaves "
                      "the micrograph")
     keep = np.flatnonzero(inside)
+    if not len(keep):
+        raise ArgumentError("box_px", f" {box_px}: no particle's box lies inside the {shape[1]} x {shape[0]} "
+                                      f"micrograph ({len(inside)} particles); use a smaller box")
     boxes = cut_boxes(image, centres[keep], box_px)
     boxes = fourier_crop(boxes, out_box)
     if normalise:

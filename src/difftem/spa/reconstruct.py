@@ -23,6 +23,7 @@ import torch
 from ..core.errors import ArgumentError, FormatError
 from ..core.fft import fft2, freq_index, ifft3, rfft3
 from ..core.rotations import relion_matrix
+from ..core.threads import threads_for
 from ..forward.beam import wavelength_a
 
 
@@ -104,6 +105,15 @@ def reconstruct_fourier(images: torch.Tensor, rotations, centres_a, pixel_size_a
     ky, kx = idx[:, None].expand(p, p), idx[None, :].expand(p, p)
     inside = (kx**2 + ky**2) < (p // 2 - 1) ** 2  # a sphere inside the grid: no wrap-around
     k2d = torch.stack([kx[inside], ky[inside]], -1)  # (M, 2) bins
+    # small planes on one thread: measured 1.3 s at 1 thread, 6-13 s at 2 on a loaded 2-core machine (234 × 96²)
+    with threads_for(p * p):
+        _insert_all(images, rot, centres, pixel_size_a, ctf, correction, pad, batch, k2d, inside, idx, num, den)
+    return _invert(num, den, p, b, correction, wiener_epsilon)
+
+
+def _insert_all(images, rot, centres, pixel_size_a, ctf, correction, pad, batch, k2d, inside, idx, num, den) -> None:
+    """Insert every image, ``batch`` at a time, into ``num`` and ``den`` (see :func:`reconstruct_fourier`)."""
+    n, p, device = images.shape[0], pad * images.shape[-1], images.device
     for i0 in range(0, n, batch):
         i1 = min(n, i0 + batch)
         spec = _centred_spectra(images[i0:i1], pad, centres[i0:i1], pixel_size_a)
@@ -119,6 +129,11 @@ def reconstruct_fourier(images: torch.Tensor, rotations, centres_a, pixel_size_a
         a = rot[i0:i1]  # q = Aᵀ (kx, ky, 0) = kx·A[0, :] + ky·A[1, :]
         q = k2d[None, :, 0, None] * a[:, None, 0, :] + k2d[None, :, 1, None] * a[:, None, 1, :]
         _insert(num, den, spec[:, inside].reshape(-1), w[:, inside].reshape(-1), q.reshape(-1, 3) + p // 2, p)
+
+
+def _invert(num, den, p: int, b: int, correction: str, wiener_epsilon: float) -> torch.Tensor:
+    """The central (b, b, b) map of the accumulated padded transform, the trilinear fall-off divided out."""
+    device = num.device
     num = torch.view_as_complex(num).reshape(p, p, p)
     den = den.reshape(p, p, p)
     if correction == "wiener":
