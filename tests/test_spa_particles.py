@@ -264,7 +264,7 @@ def test_defocus_at_depth_by_simulation():
     plus, minus = image(0.0, 1.04), image(0.0, 0.96)
     err_plus = float((deep - plus).norm() / deep.norm())
     err_minus = float((deep - minus).norm() / deep.norm())
-    assert err_plus < 0.05 < err_minus, (err_plus, err_minus)
+    assert err_plus < 0.01 and err_minus > 0.5, (err_plus, err_minus)  # measured 0.00075 and 0.97
 
 
 def _memory_reconstruction(sim, **kw):
