@@ -450,3 +450,17 @@ def test_no_particle_fits_is_one_error():
         extract_particles(np.zeros((64, 64), np.float32), [[25, 25, 0]], np.eye(3)[None], cfg, box_px=32)
     with pytest.raises(ArgumentError, match="box_px 33"):
         extract_particles(np.zeros((64, 64), np.float32), [[0, 0, 0]], np.eye(3)[None], cfg, box_px=33)
+
+
+def test_cs_written_without_cryosparc_tools_reads_the_same(sim, written, tmp_path, monkeypatch):
+    """The numpy fallback (no cryosparc-tools) writes the same fields and values."""
+    import difftem.io.cryosparc as cs
+    from difftem.simulate.particles import cryosparc_columns
+
+    monkeypatch.setattr(cs, "cryosparc_tools_available", lambda: False)
+    cs.write_cs(tmp_path / "np.cs", cryosparc_columns(sim["stack"], "particles.mrcs"))
+    a, b = np.load(tmp_path / "np.cs"), np.load(written / "particles.cs")
+    assert a.dtype.names == b.dtype.names
+    for name in a.dtype.names:
+        if name != "uid":
+            np.testing.assert_array_equal(a[name], b[name], err_msg=name)

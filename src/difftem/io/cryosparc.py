@@ -2,7 +2,7 @@
 
 Written through ``cryosparc-tools`` (``cryosparc.dataset.Dataset``) when it is installed, else with numpy (the
 same bytes: a ``.npy`` array saved under the ``.cs`` name); read back with numpy either way. Fields written:
-uid, blob/path, blob/idx, blob/shape, blob/psize_A, blob/sign, ctf/type, ctf/exp_group_id, ctf/accel_kv,
+uid, blob/path, blob/idx, blob/shape, blob/psize_A, blob/sign, ctf/exp_group_id, ctf/accel_kv,
 ctf/cs_mm, ctf/amp_contrast, ctf/df1_A, ctf/df2_A, ctf/df_angle_rad, ctf/phase_shift_rad, ctf/scale,
 ctf/bfactor, alignments3D/split, alignments3D/shift (px), alignments3D/pose (axis × angle, rad),
 alignments3D/psize_A, location/micrograph_path, location/micrograph_shape, location/center_x_frac,
@@ -21,7 +21,7 @@ from .files import atomic_path
 #: dtypes of the particle fields (strings are object arrays, as cryoSPARC keeps them in memory)
 PARTICLE_FIELDS: dict[str, tuple] = {
     "uid": ("<u8",), "blob/path": ("O",), "blob/idx": ("<u4",), "blob/shape": ("<u4", (2,)),
-    "blob/psize_A": ("<f4",), "blob/sign": ("<f4",), "ctf/type": ("O",), "ctf/exp_group_id": ("<u4",),
+    "blob/psize_A": ("<f4",), "blob/sign": ("<f4",), "ctf/exp_group_id": ("<u4",),
     "ctf/accel_kv": ("<f4",), "ctf/cs_mm": ("<f4",), "ctf/amp_contrast": ("<f4",), "ctf/df1_A": ("<f4",),
     "ctf/df2_A": ("<f4",), "ctf/df_angle_rad": ("<f4",), "ctf/phase_shift_rad": ("<f4",), "ctf/scale": ("<f4",),
     "ctf/bfactor": ("<f4",), "alignments3D/split": ("<u4",), "alignments3D/shift": ("<f4", (2,)),

@@ -293,7 +293,7 @@ def cryosparc_columns(stack: ParticleStack, stack_file: str) -> dict[str, np.nda
         "blob/shape": np.tile(np.array([size, size], np.uint32), (n, 1)),
         "blob/psize_A": full(stack.pixel_size_a, np.float32), "blob/sign": full(1.0 if stack.invert else -1.0,
                                                                                    np.float32),
-        "ctf/type": np.array(["imag"] * n, dtype=object), "ctf/exp_group_id": full(1, np.uint32),
+        "ctf/exp_group_id": full(1, np.uint32),
         "ctf/accel_kv": full(o["rlnVoltage"], np.float32), "ctf/cs_mm": full(o["rlnSphericalAberration"], np.float32),
         "ctf/amp_contrast": full(o["rlnAmplitudeContrast"], np.float32),
         "ctf/df1_A": stack.defocus_u_a.astype(np.float32), "ctf/df2_A": stack.defocus_v_a.astype(np.float32),
