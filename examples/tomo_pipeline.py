@@ -19,8 +19,7 @@ import torch
 
 import difftem
 from difftem.forward.detector import make_mtf
-from difftem.io.files import write_json, write_mrc
-from difftem.io.volume import write_volume_mrc
+from difftem.io.files import write_json, write_mrc, write_volume
 from difftem.simulate.export import record_from_result
 from difftem.simulate.pipeline import potential_volume
 from difftem.tomo import fsc, ncc, reconstruct
@@ -92,7 +91,7 @@ def main() -> None:
     truth, voxel = potential_volume(cfg, thickness_a=cfg.sample.ice_thickness_nm * 10)
     thickness_vox = truth.shape[0]
     write_mrc(args.out / "tilt_series.mrc", series.tilts.numpy(), px)
-    write_volume_mrc(args.out / "truth.mrc", truth.numpy(), voxel)
+    write_volume(args.out / "truth.mrc", truth.numpy(), voxel)
     stacks = {"noisy": series.tilts, "noise-free": series.noiseless}
     stacks["denoised"] = denoise_series(series.tilts, make_mtf(cfg), args.denoise_steps)
     rec = record_from_result(series)
@@ -114,7 +113,7 @@ def main() -> None:
                              f"ncc_{lp:g}a": float(ncc(lowpass(vol, voxel, lp), lowpass(truth, voxel, lp))),
                              "fsc_0.5_a": f.resolution_05_a, "fsc_0.143_a": f.resolution_0143_a})
                 curves[f"{name} {mode} {method}"] = f
-                write_volume_mrc(args.out / f"vol_{name}_{mode}_{method}.mrc", vol.numpy(), voxel)
+                write_volume(args.out / f"vol_{name}_{mode}_{method}.mrc", vol.numpy(), voxel)
                 volumes[f"{name}_{mode}_{method}"] = vol
     plot_fsc(args.out / "fsc.png", curves, "reconstruction vs simulator ground truth")
     best = max(rows, key=lambda r: r["ncc"])

@@ -74,8 +74,7 @@ def _register_reconstruct(app: typer.Typer) -> None:
         fail, console = _ui()
         from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-        from ..io.files import write_json
-        from ..io.volume import write_volume_mrc
+        from ..io.files import write_json, write_volume
         from ..tomo.reconstruct import reconstruct
         from ._console import note
 
@@ -115,7 +114,7 @@ def _register_reconstruct(app: typer.Typer) -> None:
                 outputs.append(plot[0])
         except DifftemError as exc:
             fail(exc)
-        write_volume_mrc(out, volume, result.voxel_size_a)
+        write_volume(out, volume, result.voxel_size_a)
         if plot is not None:
             plot[1]()
         write_json(outputs[1], record)

@@ -108,3 +108,38 @@ def tilt_rotation(theta_deg: float, axis_deg: float = 0.0) -> np.ndarray:
     """The specimen rotation at tilt θ about the axis at α from +y (see the module docstring)."""
     a = math.radians(axis_deg)
     return rotation_about_axis(np.array([-math.sin(a), math.cos(a), 0.0]), math.radians(theta_deg))
+
+
+def rotation_vector(r: np.ndarray) -> np.ndarray:
+    """(…, 3) axis × angle (radians, 0…π) of rotation matrices (…, 3, 3): the exponential-map form cryoSPARC
+    stores. Through the unit quaternion (the largest of its four squares first: accurate at any angle)."""
+    r = np.asarray(r, dtype=np.float64)
+    tr = np.trace(r, axis1=-2, axis2=-1)
+    d = np.stack([tr, r[..., 0, 0], r[..., 1, 1], r[..., 2, 2]], -1)
+    pick = np.argmax(d, -1)
+    w2 = (1 + tr) / 4
+    x2 = (1 + 2 * r[..., 0, 0] - tr) / 4
+    y2 = (1 + 2 * r[..., 1, 1] - tr) / 4
+    z2 = (1 + 2 * r[..., 2, 2] - tr) / 4
+    big = np.sqrt(np.clip(np.choose(pick, [w2, x2, y2, z2]), 1e-300, None))
+    a, b, c = r[..., 2, 1] - r[..., 1, 2], r[..., 0, 2] - r[..., 2, 0], r[..., 1, 0] - r[..., 0, 1]
+    e, f, g = r[..., 0, 1] + r[..., 1, 0], r[..., 0, 2] + r[..., 2, 0], r[..., 1, 2] + r[..., 2, 1]
+    q = np.choose(pick[..., None], [  # (w, x, y, z) from the largest component
+        np.stack([4 * big**2, a, b, c], -1), np.stack([a, 4 * big**2, e, f], -1),
+        np.stack([b, e, 4 * big**2, g], -1), np.stack([c, f, g, 4 * big**2], -1)]) / (4 * big[..., None])
+    q = q * np.where(q[..., :1] < 0, -1.0, 1.0)  # w ≥ 0: angle in 0…π
+    vec_norm = np.linalg.norm(q[..., 1:], axis=-1)
+    angle = 2 * np.arctan2(vec_norm, q[..., 0])
+    return q[..., 1:] * (angle / np.where(vec_norm > 0, vec_norm, 1.0))[..., None]
+
+
+def matrix_from_rotation_vector(v: np.ndarray) -> np.ndarray:
+    """(…, 3, 3) rotation matrices of axis × angle vectors (…, 3) (the inverse of :func:`rotation_vector`)."""
+    v = np.asarray(v, dtype=np.float64)
+    angle = np.linalg.norm(v, axis=-1)
+    axis = v / np.where(angle > 0, angle, 1.0)[..., None]
+    x, y, z = axis[..., 0], axis[..., 1], axis[..., 2]
+    zero = np.zeros_like(x)
+    k = np.stack([np.stack([zero, -z, y], -1), np.stack([z, zero, -x], -1), np.stack([-y, x, zero], -1)], -2)
+    a = angle[..., None, None]
+    return np.eye(3) + np.sin(a) * k + (1 - np.cos(a)) * (k @ k)

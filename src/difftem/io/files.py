@@ -213,17 +213,32 @@ def _publish(tmp: Path, folder: Path, overwrite: bool) -> None:
     shutil.rmtree(aside, ignore_errors=True)
 
 
-def write_mrc(path: str | Path, data: np.ndarray, pixel_size_a: float) -> Path:
-    """float32 MRC with the voxel size (Å) in the header; 2-D images or (n, H, W) stacks."""
+def write_mrc(path: str | Path, data: np.ndarray, pixel_size_a: float, *, volume: bool = False,
+              origin_a: tuple[float, float, float] = (0.0, 0.0, 0.0)) -> Path:
+    """float32 MRC with the voxel size (Å) in x, y and z of the header and the origin (Å, x y z of voxel
+    [0, 0, 0]) set. 2-D arrays are one image; 3-D arrays are an image stack (n, H, W: mz = 1, space group 0)
+    unless ``volume``, then a volume (Z, Y, X: mz = nz, space group 1), so programs that read the z spacing from
+    the cell see the voxel, not nz times it."""
     import mrcfile
 
     arr = np.ascontiguousarray(np.asarray(data, dtype=np.float32))
+    if volume and arr.ndim != 3:
+        raise ValueError(f"a volume is a 3-D array (Z, Y, X); got shape {arr.shape}")
     with atomic_path(path) as tmp, mrcfile.new(tmp, overwrite=True) as mrc:
         mrc.set_data(arr)
-        mrc.voxel_size = pixel_size_a
-        if arr.ndim == 3:
+        if volume:  # before the voxel size: the cell's z length is mz times the voxel
+            mrc.set_volume()
+        elif arr.ndim == 3:
             mrc.set_image_stack()
+        mrc.voxel_size = pixel_size_a
+        mrc.header.origin = tuple(float(v) for v in origin_a)
     return Path(path)
+
+
+def write_volume(path: str | Path, data: np.ndarray, voxel_size_a: float, *,
+                 origin_a: tuple[float, float, float] = (0.0, 0.0, 0.0)) -> Path:
+    """A (Z, Y, X) volume as float32 MRC: mz = nz, space group 1, voxel size in x, y and z (see :func:`write_mrc`)."""
+    return write_mrc(path, data, voxel_size_a, volume=True, origin_a=origin_a)
 
 
 def read_mrc(path: str | Path) -> tuple[np.ndarray, float]:

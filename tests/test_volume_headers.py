@@ -1,0 +1,62 @@
+"""MRC headers: volumes are written as volumes (mz = nz, space group 1, the voxel in x, y and z, origin set) and
+stacks as stacks (mz = 1, space group 0, the pixel in z too), read back with mrcfile."""
+
+from __future__ import annotations
+
+import mrcfile
+import numpy as np
+import pytest
+
+from difftem.io.files import write_mrc, write_volume
+
+
+def test_volume_header_has_the_voxel_in_z():
+    import tempfile
+    from pathlib import Path
+
+    vol = np.random.default_rng(0).standard_normal((6, 8, 10)).astype(np.float32)
+    with tempfile.TemporaryDirectory() as d:
+        path = write_volume(Path(d) / "v.mrc", vol, 3.0, origin_a=(-15.0, -12.0, -9.0))
+        with mrcfile.open(path) as m:
+            assert m.data.shape == (6, 8, 10)
+            np.testing.assert_array_equal(m.data, vol)
+            assert (int(m.header.mx), int(m.header.my), int(m.header.mz)) == (10, 8, 6)
+            assert int(m.header.ispg) == 1
+            assert m.is_volume() and not m.is_image_stack()
+            assert (float(m.voxel_size.x), float(m.voxel_size.y), float(m.voxel_size.z)) == (3.0, 3.0, 3.0)
+            assert tuple(float(v) for v in m.header.origin.tolist()) == (-15.0, -12.0, -9.0)
+
+
+def test_stack_header_is_a_stack_with_the_pixel_in_z(tmp_path):
+    stack = np.ones((5, 8, 10), np.float32)
+    with mrcfile.open(write_mrc(tmp_path / "s.mrcs", stack, 1.5)) as m:
+        assert int(m.header.mz) == 1 and int(m.header.ispg) == 0 and m.is_image_stack()
+        assert float(m.voxel_size.z) == 1.5  # the cell's z is one section, not nz of them
+        assert tuple(float(v) for v in m.header.origin.tolist()) == (0.0, 0.0, 0.0)
+    with mrcfile.open(write_mrc(tmp_path / "i.mrc", stack[0], 1.5)) as m:
+        assert m.is_single_image() and float(m.voxel_size.x) == 1.5
+
+
+def test_a_volume_must_be_three_dimensional(tmp_path):
+    with pytest.raises(ValueError, match="3-D"):
+        write_volume(tmp_path / "bad.mrc", np.zeros((4, 4), np.float32), 1.0)
+
+
+def test_reconstruct_writes_a_volume(tmp_path):
+    """`difftem reconstruct` output: a (Z, Y, X) volume header, the voxel (pixel × binning) in z."""
+    from typer.testing import CliRunner
+
+    from difftem.cli._app import app
+    from difftem.io.tlt import write_tlt
+
+    angles = np.linspace(-60, 60, 9)
+    rng = np.random.default_rng(1)
+    write_mrc(tmp_path / "tilts.mrc", rng.standard_normal((9, 24, 24)).astype(np.float32), 2.0)
+    write_tlt(tmp_path / "tilts.tlt", angles)
+    res = CliRunner().invoke(app, ["reconstruct", str(tmp_path / "tilts.mrc"), "--tlt", str(tmp_path / "tilts.tlt"),
+                                   "--out", str(tmp_path / "vol.mrc"), "--thickness-vox", "8", "--binning", "2"])
+    assert res.exit_code == 0, res.output
+    with mrcfile.open(tmp_path / "vol.mrc") as m:
+        nz = m.data.shape[0]
+        assert int(m.header.mz) == nz == 8 and int(m.header.ispg) == 1
+        assert float(m.voxel_size.z) == float(m.voxel_size.x) == 4.0
