@@ -57,7 +57,7 @@ def aspire(python: str, mrc: Path, px: float) -> dict:
         folder.mkdir()
         (folder / "m.mrc").symlink_to(mrc)
         proc = subprocess.run([python, "-c", ASPIRE_RUNNER, str(folder), str(px), str(Path(d) / "out")],
-                              capture_output=True, text=True, timeout=1800)
+                              capture_output=True, text=True, timeout=1800, cwd=d)
         if proc.returncode:
             return {"error": proc.stderr.strip().splitlines()[-1] if proc.stderr else "failed"}
         r = json.loads(proc.stdout.strip().splitlines()[-1])

@@ -94,22 +94,23 @@ def test_reconstruct_takes_angles_and_tilt_axis_from_beside_the_stack(tmp_path):
         assert res.exit_code == 0, res.output
         return json.loads(out.with_suffix(".json").read_text()), " ".join(res.output.split())
 
-    record, output = rec("vol")
+    record, output = rec("vol")  # the simulation's own record comes first
+    assert record["tilt_axis_deg"] == 30.0 and record["angles_deg"] == ANGLES
+    assert record["tilt_axis_source"].endswith("run.json")
+    assert "tilt axis 30° from" in output
+    assert rec("given", "--tilt-axis", "5")[0]["tilt_axis_deg"] == 5.0  # the option wins
+    (tmp_path / "sim" / "run.json").unlink()  # then the files beside the stack: .tlt angles, tilts.star axis
+    record, output = rec("beside")
     assert record["tilt_axis_deg"] == 30.0 and record["angles_deg"] == ANGLES
     assert record["tilt_axis_source"].endswith("tilts.star") and record["tlt"].endswith("tilt_series.tlt")
-    assert "tilt axis 30° from" in output and "tilt angles from" in output
-    assert rec("given", "--tilt-axis", "5")[0]["tilt_axis_deg"] == 5.0  # the option wins
-    (tmp_path / "sim" / "tilt_series.tlt").unlink()  # angles from tilts.star, axis from run.json
+    assert "tilt angles from" in output
+    (tmp_path / "sim" / "tilt_series.tlt").unlink()
     shutil.move(tmp_path / "sim" / "tilts.star", tmp_path / "tilts.star")
     res = runner.invoke(app, ["reconstruct", str(stack), "--out", str(tmp_path / "x.mrc")])
     assert res.exit_code == 2 and "--tlt: no tilt angles given" in " ".join(res.output.split())
     shutil.move(tmp_path / "tilts.star", tmp_path / "sim" / "tilts.star")
     (tmp_path / "sim" / "tilts.star").write_text((tmp_path / "sim" / "tilts.star").read_text()
                                                  .replace("_rlnTomoNominalTiltAxisAngle", "_difftemAxis"))
-    record, output = rec("fromrun")
-    assert record["tilt_axis_deg"] == 30.0 and record["tilt_axis_source"].endswith("run.json")
-    assert record["tlt"].endswith("tilts.star") and record["angles_deg"] == ANGLES
-    (tmp_path / "sim" / "run.json").unlink()
     assert rec("default")[0]["tilt_axis_deg"] == 0.0
 
 

@@ -24,7 +24,7 @@ from ..io.files import staging_folder, write_json, write_text
 from ..io.tlt import read_mrc_checked
 from ..learn.ctf_fit import CTFFit, fit_ctf
 from ..learn.mtf_fit import extract_crops, select_background_crops
-from ..simulate import simulate
+from ..simulate.pipeline import simulate
 from .likeness import band_ratios, classifier_accuracy
 from .plots import report_figure
 from .stats import DetectorStats, detector_statistics, thickness_from_transmission

@@ -61,13 +61,21 @@ def detector_statistics(image: np.ndarray, crop_px: int = 128, n_crops: int = 20
     if not mean > 0:
         raise ArgumentError("micrograph", f": its background mean is {mean:g}; calibration needs positive detector "
                                           "units (counts or a scaled count), not a normalised image")
-    mtf = fit_nps(crops).params
+    mtf = _merge_twins(fit_nps(crops).params)
     nps = noise_power_spectrum(crops, detrend="plane")
     omega = radial_freq_per_px((crop_px, crop_px), half=True)
     band = (omega >= NOISE_BAND_PER_PX[0]) & (omega <= NOISE_BAND_PER_PX[1])
     nps0 = float(torch.median(nps[band] / normalised_curve(mtf, omega[band]) ** 2))
     return DetectorStats(mean_units=mean, noise_power_zero=nps0, gain_over_dqe=nps0 / mean, mtf=mtf,
                          n_crops=len(corners), crop_px=crop_px)
+
+
+def _merge_twins(p: MTFParams) -> MTFParams:
+    """Two Lorentzians of (nearly) one width are one: a + b over that width. The fit may return them as huge
+    opposite amplitudes that cancel, which the config's sanity check rightly refuses."""
+    if abs(p.alpha - p.beta) <= 1e-2 * max(p.alpha, p.beta):
+        return MTFParams(p.a + p.b, 0.0, p.c, p.alpha, p.alpha)
+    return p
 
 
 def thickness_from_transmission(transmission: float, attenuation_length_nm: float) -> float:

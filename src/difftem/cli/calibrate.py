@@ -74,3 +74,39 @@ def register(app: typer.Typer) -> None:
             note("warning", f"{len(unsure)} fit(s) saw fewer than two CTF zeros in the band (e.g. {unsure[0]}): "
                             "their defocus is not determined by the data (pixel too coarse or band too narrow)")
         say(f"wrote {', '.join(report['outputs'][:6])}{' ...' if len(report['outputs']) > 6 else ''} to {out}")
+
+    @app.command("calibrate")
+    def calibrate(
+        inputs: list[Path] = typer.Argument(..., help="real micrographs (MRC, .gz ok) in detector units"),
+        out: Path = typer.Option(..., "--out", "-o", help="output folder (calibrated.yaml, report PNG, JSON)"),
+        pixel_size: float | None = typer.Option(None, help="pixel size in Å (default: the MRC header)"),
+        voltage: float = typer.Option(300.0, help="acceleration voltage (kV)"),
+        cs: float = typer.Option(2.7, help="spherical aberration (mm)"),
+        dqe: float = typer.Option(0.8, help="detector DQE at zero frequency (the noise fixes gain/DQE only)"),
+        dose: float | None = typer.Option(None, help="nominal dose (e/Å²): with it the ice thickness is measured "
+                                                     "from the transmitted counts"),
+        ice_thickness: float | None = typer.Option(None, help="ice thickness (nm) when no nominal dose is given "
+                                                              "(default 50)"),
+        field: int = typer.Option(1024, help="side of the simulated field (px) compared with the data"),
+        crop: int = typer.Option(256, help="background crop side for the comparison (px)"),
+        seed: int = typer.Option(0, help="random seed of the simulation"),
+        overwrite: bool = typer.Option(False, help="replace an existing output folder"),
+    ):
+        """Fit CTF, detector, dose and ice to real micrographs; write calibrated.yaml (a config that reproduces
+        them), a report (real vs simulated spectra, Thon rings, histograms, crops) and a likeness score."""
+        from ..calibrate.run import run_calibrate
+
+        try:
+            report = run_calibrate(list(inputs), out, pixel_size_a=pixel_size, dqe=dqe, dose_e_per_a2=dose,
+                                   ice_thickness_nm=ice_thickness, field_px=field, crop_px=crop, seed=seed,
+                                   overwrite=overwrite, log=lambda s: note("step", s), voltage_kv=voltage,
+                                   cs_mm=cs, bootstrap=4)
+        except DifftemError as exc:
+            fail(exc)
+        for rec in report["micrographs"]:
+            b, c = rec["likeness"]["bands"], rec["likeness"]["classifier"]
+            say(f"{rec['name']}: defocus {rec['ctf']['defocus_u_a']:.0f}/{rec['ctf']['defocus_v_a']:.0f} Å, gain "
+                f"{rec['detector']['gain_units_per_e']:.4g} units/e (DQE {dqe}), dose {rec['dose_e_per_a2']:.1f} e/Å², "
+                f"ice {rec['ice']['thickness_nm']:.0f} nm; spectra: worst band {b['worst_ratio']:.3f} at "
+                f"{b['worst_band_per_px']:.3f}/px; classifier accuracy {c['accuracy']:.2f}")
+        say(f"wrote calibrated config(s), report(s) and calibration.json to {out}")

@@ -18,7 +18,7 @@ from ..core.errors import FormatError
 from ..core.rotations import relion_matrix
 from ..io import imod, relion5
 from ..io.star import read_star
-from ..io.tlt import angles_beside, read_tlt
+from ..io.tlt import angles_beside, read_tlt, tilt_axis_beside
 from .ctf import TiltCTF
 
 
@@ -201,7 +201,9 @@ def find_metadata(stack: Path, named: Path | None = None, group=None) -> SeriesM
         return from_xf(xf)
     found = angles_beside(stack)
     if found is not None:
-        return SeriesMetadata(found[0], sources={"angles": str(found[1])})
+        axis = tilt_axis_beside(stack)
+        sources = {"angles": str(found[1]), **({"tilt_axis": str(axis[1])} if axis else {})}
+        return SeriesMetadata(found[0], tilt_axis_deg=None if axis is None else axis[0], sources=sources)
     return None
 
 
