@@ -18,6 +18,7 @@ from ..io.files import staging_folder, write_json
 from ..io.star import read_star, write_star
 from ..io.tlt import angles_beside, read_mrc_checked, read_tlt, tilt_axis_beside
 from ..learn.ctf_fit import CTFFit, fit_ctf, fit_ctf_tiles
+from ..simulate.output import prepare_out
 from .plots import thon_figure, tilt_defocus_figure
 
 
@@ -143,13 +144,15 @@ def ctf_star_blocks(rows: list[dict]) -> dict:
 
 def run_fit_ctf(inputs: list[Path], out: Path, *, pixel_size_a: float | None = None, stack: Path | None = None,
                 tilts: Path | None = None, tilt_axis_deg: float | None = None, overwrite: bool = False,
-                plots: str = "first", progress: Callable[[str, int, int], None] | None = None, **options) -> dict:
+                overwrite_hint: str = "pass overwrite=True", plots: str = "first",
+                progress: Callable[[str, int, int], None] | None = None, **options) -> dict:
     """Fit every input; write ``ctf.json``, ``ctf.star`` and figures into ``out``. ``plots``: ``all`` (one
     Thon figure per fit), ``first`` (the first fit of each input, plus defocus per tilt) or ``none``."""
     if not inputs:
         raise ArgumentError("inputs", ": give at least one micrograph, stack or STAR file")
     if plots not in ("all", "first", "none"):
         raise ArgumentError("plots", f" {plots!r}: choose all, first or none")
+    prepare_out(out, overwrite=overwrite, overwrite_hint=overwrite_hint)
     groups: list[tuple[Path, list[Item]]] = []
     for path in inputs:
         path = Path(path)

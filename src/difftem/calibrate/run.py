@@ -24,6 +24,7 @@ from ..io.files import staging_folder, write_json, write_text
 from ..io.tlt import read_mrc_checked
 from ..learn.ctf_fit import CTFFit, fit_ctf
 from ..learn.mtf_fit import extract_crops, select_background_crops
+from ..simulate.output import prepare_out
 from ..simulate.pipeline import simulate
 from .likeness import band_ratios, classifier_accuracy
 from .plots import report_figure
@@ -137,11 +138,13 @@ def _yaml(config: dict, record: dict) -> str:
 def run_calibrate(inputs: list[Path], out: Path, *, pixel_size_a: float | None = None, dqe: float = 0.8,
                   dose_e_per_a2: float | None = None, ice_thickness_nm: float | None = None, field_px: int = 1024,
                   crop_px: int = 256, seed: int = 0, overwrite: bool = False,
-                  log: Callable[[str], None] | None = None, **fit_options) -> dict:
+                  overwrite_hint: str = "pass overwrite=True", log: Callable[[str], None] | None = None,
+                  **fit_options) -> dict:
     """Calibrate every micrograph; write ``<name>_calibrated.yaml`` (``calibrated.yaml`` for one input),
     ``<name>_report.png`` and ``calibration.json`` into ``out`` (all or nothing)."""
     if not inputs:
         raise ArgumentError("inputs", ": give at least one micrograph")
+    prepare_out(out, overwrite=overwrite, overwrite_hint=overwrite_hint)
     log = log or (lambda s: None)
     records = []
     with staging_folder(out, overwrite=overwrite) as tmp:

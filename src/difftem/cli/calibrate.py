@@ -55,7 +55,8 @@ def register(app: typer.Typer) -> None:
         try:
             with progress("fit-ctf", "fits") as update:
                 report = run_fit_ctf(list(inputs), out, pixel_size_a=pixel_size, stack=stack, tilts=tilts,
-                                     tilt_axis_deg=tilt_axis, overwrite=overwrite, plots=plots,
+                                     tilt_axis_deg=tilt_axis, overwrite=overwrite,
+                                     overwrite_hint="pass --overwrite", plots=plots,
                                      progress=lambda d, i, n: update(i, n, d), voltage_kv=voltage, cs_mm=cs,
                                      amplitude_contrast=amplitude_contrast, fit_phase_shift=phase_shift,
                                      tile_px=tile, band_a=_band(band), defocus_range_um=(lo, hi),
@@ -99,7 +100,8 @@ def register(app: typer.Typer) -> None:
         try:
             report = run_calibrate(list(inputs), out, pixel_size_a=pixel_size, dqe=dqe, dose_e_per_a2=dose,
                                    ice_thickness_nm=ice_thickness, field_px=field, crop_px=crop, seed=seed,
-                                   overwrite=overwrite, log=lambda s: note("step", s), voltage_kv=voltage,
+                                   overwrite=overwrite, overwrite_hint="pass --overwrite",
+                                   log=lambda s: note("step", s), voltage_kv=voltage,
                                    cs_mm=cs, bootstrap=4)
         except DifftemError as exc:
             fail(exc)
