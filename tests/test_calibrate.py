@@ -20,7 +20,7 @@ def _flat(gain=3.0, dqe=0.8, dose=40.0, n=1024, seed=3, ice_nm=30.0):
            "detector": {"shape_px": [n, n], "pixel_size_a": 1.0, "dqe": dqe, "gain": gain, "mtf": MTF},
            "sample": {"ice_thickness_nm": ice_nm}, "simulation": {"slice_thickness_a": 50}}
     try:  # a featureless ice field: the structured ice (when the config has it) is not wanted here
-        return difftem.simulate({**cfg, "sample": {**cfg["sample"], "ice_structure": "off"}})
+        return difftem.simulate({**cfg, "sample": {**cfg["sample"], "ice_structure": {"mode": "off"}}})
     except ConfigError:
         return difftem.simulate(cfg)
 

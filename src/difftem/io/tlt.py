@@ -146,8 +146,9 @@ def _mrc_header(path: Path) -> None:
         raise FormatError(f"truncated: {len(head)} bytes, shorter than an MRC header (1024 bytes)", file=path)
     order = ">" if head[212] == 0x11 else "<"
     nx, ny, nz, mode = (int(v) for v in np.frombuffer(head[:16], dtype=f"{order}i4"))
-    if head[208:212] != b"MAP " and not (mode in _MRC_MODE_BYTES and min(nx, ny, nz) > 0 and max(nx, ny, nz) < 2**20):
-        # older writers leave out the identifier (and the machine stamp): accepted when the sizes are plausible
+    plausible = mode in _MRC_MODE_BYTES and min(nx, ny, nz) > 0 and max(nx, ny, nz) < 2**20
+    if head[208:212] != b"MAP " and not (head[208:212] == bytes(4) and plausible):
+        # older writers leave the identifier blank (and the machine stamp): accepted when the sizes are plausible
         raise FormatError("not an MRC file (no 'MAP ' identifier at byte 208)", file=path)
     ext = int(np.frombuffer(head[92:96], dtype=f"{order}i4")[0])
     if mode not in _MRC_MODE_BYTES:
