@@ -271,6 +271,20 @@ class Particle(_Model):
         return list(self.positions_a) if self.positions_a is not None else ([] if self.random else [(0.0, 0.0, 0.0)])
 
 
+class IceStructure(_Model):
+    """The density fluctuations of amorphous ice (forward/ice.py): a seeded Gaussian random field of potential
+    whose spectrum comes from the water structure factor; its mean and absorption stay in the continuum."""
+
+    mode: Literal["auto", "3d", "slices", "off"] = Field(
+        "auto", description="3d: one 3-D realisation sampled by every tilt (tilt-consistent); slices: an independent "
+                            "2-D field per group of slices; auto: 3d for tilt series when it fits in memory, else "
+                            "slices; off: the continuum alone")
+    amplitude: float = Field(1.0, ge=0, le=100, description="scale of the fluctuations (power ∝ amplitude²), 0…100")
+    seed_offset: int = Field(0, ge=0, lt=2**31, description="added to the run's seed for the ice, 0 ≤ · < 2^31")
+    chunk_a: float = Field(10.0, ge=0.1, le=1e4,
+                           description="ice thickness (Å) merged into one field between atom slices, 0.1…1e4")
+
+
 class Sample(_Model):
     ice_thickness_nm: float = Field(30.0, ge=0, le=1e4,
                                     description="vitreous ice slab thickness (nm), 0…1e4 (10 µm); 0: vacuum")
@@ -281,6 +295,8 @@ class Sample(_Model):
                                            description="atoms' imaginary/real potential, 0…100; null: same as ice")
     particles: list[Particle] = Field(default_factory=list, max_length=MAX_PARTICLE_ENTRIES,
                                       description="particle entries, at most 1000")
+    ice_structure: IceStructure = Field(default_factory=IceStructure,
+                                        description="structured (amorphous) ice; mode off: the continuum alone")
 
 
 class Simulation(_Model):
