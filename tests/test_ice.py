@@ -182,3 +182,26 @@ def test_particles_with_structured_ice_run_on_the_whole_field():
     assert r.metadata["multislice_window_px"] is None
     cfg["sample"]["ice_structure"] = {"mode": "off"}
     assert simulate(cfg).metadata["multislice_window_px"] is not None
+
+
+def test_differentiable_simulator_gradient_in_the_ice_amplitude():
+    from difftem import DifferentiableSimulator
+
+    sim = DifferentiableSimulator(_ice_only(shape=(64, 64), pixel_a=1.0, thickness_nm=5.0), precision="double")
+    p = sim.parameters(["ice_amplitude"])
+    out = sim(p).intensity.var()
+    out.backward()
+    h = 1e-4
+
+    def at(a):
+        q = sim.parameters()
+        q["ice_amplitude"] = torch.tensor(a, dtype=torch.float64)
+        with torch.no_grad():
+            return float(sim(q).intensity.var())
+
+    fd = (at(1 + h) - at(1 - h)) / (2 * h)
+    assert abs(float(p["ice_amplitude"].grad) / fd - 1) < 1e-4
+    q = sim.parameters()
+    q["ice_amplitude"] = torch.tensor(0.0, dtype=torch.float64)
+    with torch.no_grad():
+        assert float(sim(q).intensity.std()) < 1e-9  # amplitude 0: the continuum alone
