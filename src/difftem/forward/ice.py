@@ -151,8 +151,12 @@ class ViewIce:
     """
 
     def __init__(self, model: IceStructureModel, field_grid: Grid, view_key, *, volume: IceVolume | None = None,
-                 rotation: np.ndarray | None = None, device=None, rdtype=torch.float32):
+                 rotation: np.ndarray | None = None, device=None, rdtype=torch.float32,
+                 thickness_a: torch.Tensor | None = None):
         self.model, self.field_grid, self.view_key = model, field_grid, view_key
+        # a thickness tensor (the differentiable simulator's parameter): each chunk's field is scaled by
+        # sqrt(its ice thickness at that value / at the built one), 1 in value, its derivative in the gradient
+        self.thickness_a = thickness_a
         self.volume, self.rotation = volume, rotation
         self.device, self.rdtype = torch.device(device or "cpu"), rdtype
         self._filter = None
@@ -198,6 +202,13 @@ class ViewIce:
                 real = real[iy][:, ix]
         self.n_fields += 1
         real = real * self.model.amplitude
+        if self.thickness_a is not None and torch.is_tensor(self.thickness_a) and self.thickness_a.requires_grad:
+            lo, hi = self._z_range(c)
+            half = self.thickness_a / 2
+            z0 = self.z_start_a + c * self.per_chunk * self.dz
+            z1 = self.z_start_a + min(self.n_slices, (c + 1) * self.per_chunk) * self.dz
+            t = torch.clamp(torch.minimum(half, half.new_tensor(z1)) - torch.maximum(-half, half.new_tensor(z0)), min=0)
+            real = real * torch.sqrt(t / max(hi - lo, 1e-12)).to(real.dtype)
         return torch.complex(real, self.model.absorption_ratio * real)
 
     def _slice_realisation(self, c: int, thickness_a: float) -> torch.Tensor:

@@ -13,7 +13,8 @@ What each gradient is
   which commutes with propagation and transmission, so ∂ψ/∂T = iσ(U_ice + i U_abs) ψ exactly; which
   atoms displace ice (inside or outside the slab) and the slicing are held fixed.
 - structured ice (``sample.ice_structure``, per-slice fields here): its amplitude, exactly (the fields are
-  drawn once per seed and scaled by it); the ice's fields are not rebuilt when the thickness changes.
+  drawn once per seed and scaled by it); the thickness scales each chunk's field by the square root of its
+  ice (the outer chunks change), with the slicing and the draws held fixed.
 - optics (defocus, astigmatism and its angle, Cs, Cc, energy spread, illumination, phase shift),
   dose, MTF parameters, gain: through the closed-form transfer and detector expressions.
 - DQE: only the noise depends on it; :meth:`DifferentiableSimulator.loss` carries it (exactly for the
@@ -217,7 +218,7 @@ class DifferentiableSimulator:
         window = ice_fields = None
         if self.ice_model is not None:
             ice_fields = ViewIce(replace(self.ice_model, amplitude=p["ice_amplitude"].to(self.rdtype)), self.grid,
-                                 ("view", 0), device=self.device, rdtype=self.rdtype)
+                                 ("view", 0), device=self.device, rdtype=self.rdtype, thickness_a=thickness)
         elif sim.window == "auto" and self.n_atoms:
             extent = float(positions[:, 2].detach().max() - positions[:, 2].detach().min()) + 2.0
             window = plan_window(self.grid, positions.detach(), max(extent, ice.thickness_a), self.wavelength_a,
