@@ -82,6 +82,21 @@ class Beam(_Model):
                                  description="electron dose per image (e/Å²), 0…1e5")
 
 
+class ElectronLoss(_Model):
+    """How the ice loses electrons (forward/loss.py)."""
+
+    model: Literal["absorption", "explicit"] = Field(
+        "absorption", description="absorption: the ice's imaginary potential (TEM-simulator compatible); explicit: "
+                                  "elastic scattering outside the objective aperture + inelastic scattering, removed "
+                                  "by the energy filter or kept blurred")
+    energy_filter: bool = Field(True, description="explicit: an energy filter's slit removes inelastic electrons")
+    slit_width_ev: float = Field(20.0, gt=0, le=1000, description="explicit: slit width (eV), 0…1000")
+    inelastic_mean_free_path_nm: float | None = Field(
+        None, gt=0, le=1e5, description="explicit: Λ_in of the ice (nm), ≤ 1e5; null: 395 nm at 300 kV, scaled")
+    inelastic_blur_a: float = Field(20.0, ge=0, le=1e4,
+                                    description="explicit, no filter: Gaussian blur of the inelastic image (Å)")
+
+
 class OpticsConfig(_Model):
     defocus_um: float = Field(1.5, ge=-MAX_DEFOCUS_UM, le=MAX_DEFOCUS_UM,
                               description="defocus (µm), positive = underfocus, at the ice mid-plane; |·| ≤ 100")
@@ -98,6 +113,8 @@ class OpticsConfig(_Model):
                                         description="objective aperture semi-angle (mrad), ≤ 1000; null: none")
     phase_shift_deg: float = Field(0.0, ge=-360, le=360,
                                    description="phase-plate shift of the scattered beams (deg), −360…360")
+    electron_loss: ElectronLoss = Field(default_factory=ElectronLoss,
+                                        description="electron loss in the ice: absorption potential or explicit")
 
 
 class MTFFormula(_Model):

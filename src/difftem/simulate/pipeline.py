@@ -161,7 +161,8 @@ def _simulate(config: SimulationConfig, held: dict, *, keep_potential: bool, pro
         t2 = time.perf_counter()
         image = expose(ew.wave, grid, setup.wavelength_a, config.beam.voltage_kv, Optics.from_config(config.optics),
                        Detector.from_config(config), exit_plane_a=ew.exit_plane_a,
-                       dose_e_per_a2=config.beam.dose_e_per_a2, generator=generator)
+                       dose_e_per_a2=config.beam.dose_e_per_a2, generator=generator, loss=setup.electron_loss(),
+                       ice_path_a=setup.ice.thickness_a)
         timings["optics_detector_s"] = time.perf_counter() - t2
     timings["total_s"] = time.perf_counter() - t0
     meta = {
@@ -222,6 +223,7 @@ def _simulate_tilt_series(config: SimulationConfig, held: dict, *, progress, sce
     warnings = setup.warnings()
     generator = torch.Generator(device=setup.device).manual_seed(config.seed)
     detector = Detector.from_config(config)
+    loss = setup.electron_loss()
     n = len(plan.angles_deg)
     per_tilt_s = [0.0] * n
 
@@ -235,7 +237,8 @@ def _simulate_tilt_series(config: SimulationConfig, held: dict, *, progress, sce
         ew = view_exit_wave(setup, view, view_index=i)
         image = expose(ew.wave, grid, setup.wavelength_a, config.beam.voltage_kv,
                        Optics.from_config(config.optics, defocus_um=plan.defoci_um[i]), detector,
-                       exit_plane_a=ew.exit_plane_a, dose_e_per_a2=plan.doses_e_per_a2[i])
+                       exit_plane_a=ew.exit_plane_a, dose_e_per_a2=plan.doses_e_per_a2[i], loss=loss,
+                       ice_path_a=view.ice_thickness_a)
         per_tilt_s[i] = time.perf_counter() - t1
         return image
 

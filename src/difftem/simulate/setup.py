@@ -24,6 +24,7 @@ from ..core.errors import ConfigError, ResourceError
 from ..core.grid import Grid
 from ..forward.beam import interaction_constant, wavelength_a
 from ..forward.ice import IceStructureModel, IceVolume, volume_bytes, volume_shape
+from ..forward.loss import ElectronLoss
 from ..forward.multislice import plan_window
 from ..forward.potential import MIN_BOX_MARGIN_PX, IceModel, ice_absorption_potential_v
 from ..forward.resources import (
@@ -153,6 +154,17 @@ class Setup:
             return self.estimate_of(self.modes)
         return est
 
+    def electron_loss(self) -> ElectronLoss | None:
+        """The explicit electron loss (``optics.electron_loss.model: explicit``), else None."""
+        cfg = self.config.optics.electron_loss
+        if cfg.model != "explicit":
+            return None
+        sim = self.config.simulation
+        band = (sim.antialias_fraction * 0.5 / self.grid.pixel_size_a) if self.ice_mode != "off" else None
+        return ElectronLoss.from_config(cfg, self.config.beam.voltage_kv, self.config.optics.aperture_mrad,
+                                        self.cache.table, band_per_a=band,
+                                        amplitude=self.config.sample.ice_structure.amplitude)
+
     def ice_volume(self) -> IceVolume | None:
         """The run's one 3-D ice realisation (built on first use; build it before tilt workers start)."""
         if self.ice_mode != "3d":
@@ -181,6 +193,8 @@ class Setup:
         lam = wavelength_a(beam.voltage_kv)
         absorption_v = (sample.ice_absorption_potential_v if sample.ice_absorption_potential_v is not None
                         else ice_absorption_potential_v(beam.voltage_kv))
+        if config.optics.electron_loss.model == "explicit":
+            absorption_v = 0.0  # the loss is applied from its causes (forward/loss.py), not by the potential
         ice = IceModel(sample.ice_thickness_nm * 10.0, sample.ice_mean_potential_v, absorption_v)
         absorption_ratio = sample.absorption_ratio if sample.absorption_ratio is not None else ice.absorption_ratio
         radii = type_radii(scene)
