@@ -302,6 +302,19 @@ class IceStructure(_Model):
                            description="ice thickness (Å) merged into one field between atom slices, 0.1…1e4")
 
 
+class IceProfileConfig(_Model):
+    """The ice's thickness across the field (specimen/geometry.py); sample.ice_thickness_nm is the flat value, the
+    hole's centre or the wedge's value at the field centre."""
+
+    kind: Literal["flat", "hole", "wedge"] = Field(
+        "flat", description="flat slab (lamella); hole: t(r) = t_c + (t_e − t_c)(r/R)² inside, t_e outside; wedge")
+    edge_thickness_nm: float = Field(0.0, ge=0, le=1e4, description="hole: thickness at the rim and beyond (nm)")
+    hole_diameter_nm: float = Field(1000.0, gt=0, le=1e6, description="hole: diameter (nm), ≤ 1e6")
+    centre_a: tuple[Position, Position] = Field((0.0, 0.0), description="hole: centre (x, y) in Å")
+    wedge_slope_deg: float = Field(0.0, ge=-80, le=80, description="wedge: angle between its faces' mean and z, ±80")
+    wedge_direction_deg: float = Field(0.0, ge=-360, le=360, description="wedge: thickening direction from +x")
+
+
 class Sample(_Model):
     ice_thickness_nm: float = Field(30.0, ge=0, le=1e4,
                                     description="vitreous ice slab thickness (nm), 0…1e4 (10 µm); 0: vacuum")
@@ -314,6 +327,8 @@ class Sample(_Model):
                                       description="particle entries, at most 1000")
     ice_structure: IceStructure = Field(default_factory=IceStructure,
                                         description="structured (amorphous) ice; mode off: the continuum alone")
+    ice_profile: IceProfileConfig = Field(default_factory=IceProfileConfig,
+                                          description="ice thickness profile: flat, a hole with a meniscus, a wedge")
 
 
 class Simulation(_Model):

@@ -152,19 +152,26 @@ class ViewIce:
 
     def __init__(self, model: IceStructureModel, field_grid: Grid, view_key, *, volume: IceVolume | None = None,
                  rotation: np.ndarray | None = None, device=None, rdtype=torch.float32,
-                 thickness_a: torch.Tensor | None = None):
+                 thickness_a: torch.Tensor | None = None, profile=None, continuum_v: complex = 0j,
+                 max_half_a: float = 0.0, fluctuations: bool = True):
         self.model, self.field_grid, self.view_key = model, field_grid, view_key
         # a thickness tensor (the differentiable simulator's parameter): each chunk's field is scaled by
         # sqrt(its ice thickness at that value / at the built one), 1 in value, its derivative in the gradient
         self.thickness_a = thickness_a
-        self.volume, self.rotation = volume, rotation
+        self.volume, self.rotation = volume, (np.eye(3) if rotation is None else rotation)
         self.device, self.rdtype = torch.device(device or "cpu"), rdtype
+        # a thickness profile (specimen.geometry.IceProfile, not flat): the multislice's uniform ice is the thinnest
+        # part; each chunk adds the continuum (mean + i absorption, V) over the rest of the ice its rays cross
+        self.profile, self.continuum_v, self.max_half_a = profile, continuum_v, max_half_a
+        self.fluctuations = fluctuations
         self._filter = None
         self.n_fields = 0
 
     def plan(self, z_start_a: float, slice_thickness_a: float, n_slices: int, ice_thickness_a: float):
-        self.z_start_a, self.dz, self.n_slices, self.half_ice = z_start_a, slice_thickness_a, n_slices, \
-            0.5 * ice_thickness_a
+        """The view's slicing; ``ice_thickness_a``: the uniform slab the multislice applies itself."""
+        self.z_start_a, self.dz, self.n_slices = z_start_a, slice_thickness_a, n_slices
+        self.uniform_half = 0.5 * ice_thickness_a
+        self.half_ice = max(self.uniform_half, self.max_half_a)
         self.per_chunk = max(1, math.ceil(self.model.chunk_a / slice_thickness_a - 1e-9))
         return self
 
@@ -181,27 +188,50 @@ class ViewIce:
             last -= 1
         return last
 
-    def _z_range(self, c: int) -> tuple[float, float]:
+    def _z_range(self, c: int, half: float | None = None) -> tuple[float, float]:
+        half = self.half_ice if half is None else half
         z0 = self.z_start_a + c * self.per_chunk * self.dz
         z1 = self.z_start_a + min(self.n_slices, (c + 1) * self.per_chunk) * self.dz
-        return max(z0, -self.half_ice), min(z1, self.half_ice)
+        return max(z0, -half), min(z1, half)
+
+    def ice_length(self, c: int, grid: Grid, step_a: float = 1.0) -> torch.Tensor:
+        """(H, W) Å of ice each pixel's ray crosses inside chunk c: per sub-step of at most ``step_a`` along a tilted
+        ray (one step untilted), the overlap of its depths with ±t/(2 cos θ), t the profile's thickness where the
+        ray is at the sub-step's middle (a meniscus can be steep: the faces are found to ~ step·tan θ)."""
+        z0, z1 = self._z_range(c)
+        cos_t = float(self.rotation[2, 2])
+        n_sub = 1 if cos_t > 1 - 1e-12 else max(1, math.ceil((z1 - z0) / step_a))
+        edges = [z0 + (z1 - z0) * j / n_sub for j in range(n_sub + 1)]
+        out = torch.zeros(grid.shape_px, dtype=torch.float64, device=self.device)
+        for a, b in zip(edges[:-1], edges[1:], strict=True):
+            xs, ys, _ = ray_points(self.rotation, grid, 0.5 * (a + b), self.device)
+            half = self.profile.thickness_at(xs, ys) / (2 * cos_t)
+            out += torch.clamp(torch.minimum(half, torch.full_like(half, b)) - torch.maximum(-half, torch.full_like(
+                half, a)), min=0.0)
+        return out
 
     def field(self, c: int, grid: Grid) -> torch.Tensor:
-        """Chunk c's complex projected fluctuation (V·Å) on ``grid`` (a sub-grid of the field)."""
+        """Chunk c's complex projected potential (V·Å) on ``grid`` (a sub-grid of the field): the fluctuations
+        and, with a profile, the continuum beyond the uniform slab."""
         z0, z1 = self._z_range(c)
-        if self.volume is not None:
-            real = self.volume.project(self.rotation, grid, z0, z1, 2 * self.half_ice)
-        else:
-            real = self._slice_realisation(c, z1 - z0)
-            fy, fx = self.field_grid.origin_px or (self.field_grid.ny // 2, self.field_grid.nx // 2)
-            gy, gx = grid.origin_px or (grid.ny // 2, grid.nx // 2)
-            y0, x0 = fy - gy, fx - gx
-            if (y0, x0, grid.shape_px) != (0, 0, self.field_grid.shape_px):
-                iy = torch.remainder(torch.arange(y0, y0 + grid.ny, device=self.device), self.field_grid.ny)
-                ix = torch.remainder(torch.arange(x0, x0 + grid.nx, device=self.device), self.field_grid.nx)
-                real = real[iy][:, ix]
+        length = self.ice_length(c, grid) if self.profile is not None else None
+        real = torch.zeros(grid.shape_px, dtype=self.rdtype, device=self.device)
+        if self.fluctuations:
+            if self.volume is not None:
+                real = self.volume.project(self.rotation, grid, z0, z1, 2 * self.half_ice, profile=self.profile)
+            else:
+                real = self._slice_realisation(c, 1.0 if length is not None else z1 - z0)
+                fy, fx = self.field_grid.origin_px or (self.field_grid.ny // 2, self.field_grid.nx // 2)
+                gy, gx = grid.origin_px or (grid.ny // 2, grid.nx // 2)
+                y0, x0 = fy - gy, fx - gx
+                if (y0, x0, grid.shape_px) != (0, 0, self.field_grid.shape_px):
+                    iy = torch.remainder(torch.arange(y0, y0 + grid.ny, device=self.device), self.field_grid.ny)
+                    ix = torch.remainder(torch.arange(x0, x0 + grid.nx, device=self.device), self.field_grid.nx)
+                    real = real[iy][:, ix]
+                if length is not None:  # variance ∝ the ice crossed
+                    real = real * torch.sqrt(length).to(real.dtype)
+            real = real * self.model.amplitude
         self.n_fields += 1
-        real = real * self.model.amplitude
         if self.thickness_a is not None and torch.is_tensor(self.thickness_a) and self.thickness_a.requires_grad:
             lo, hi = self._z_range(c)
             half = self.thickness_a / 2
@@ -209,7 +239,13 @@ class ViewIce:
             z1 = self.z_start_a + min(self.n_slices, (c + 1) * self.per_chunk) * self.dz
             t = torch.clamp(torch.minimum(half, half.new_tensor(z1)) - torch.maximum(-half, half.new_tensor(z0)), min=0)
             real = real * torch.sqrt(t / max(hi - lo, 1e-12)).to(real.dtype)
-        return torch.complex(real, self.model.absorption_ratio * real)
+        imag = self.model.absorption_ratio * real
+        if length is not None:
+            u0, u1 = self._z_range(c, self.uniform_half)
+            excess = (length - max(0.0, u1 - u0)).to(real.dtype)
+            real = real + self.continuum_v.real * excess
+            imag = imag + self.continuum_v.imag * excess
+        return torch.complex(real, imag)
 
     def _slice_realisation(self, c: int, thickness_a: float) -> torch.Tensor:
         """An independent 2-D realisation over the field with spectrum thickness·P₃(kx, ky, 0) (one inverse FFT)."""
@@ -239,45 +275,43 @@ class IceVolume:
         spec = rfft3(white)
         del white
         kz, ky, kx = freq_grid_per_a(shape_zyx, voxel_a, half=True, device=self.device, dtype=torch.float64)
-        k2 = kz**2 + ky**2 + kx**2
-        band = antialias_mask(k2, model.pixel_size_a, model.antialias_fraction, model.taper_fraction)
 
         def interp_gain(k):  # mean |H|² of linear interpolation at uniformly random offsets
             return 1 - (1 - torch.cos(2 * math.pi * k * voxel_a)) / 3
 
-        gain = interp_gain(kz) * interp_gain(ky) * interp_gain(kx)
-        filt = (torch.sqrt(ice_power_spectrum_3d(k2, model.table) / gain) / voxel_a**1.5 * band).to(torch.float32)
-        spec *= filt
-        del filt, k2, band, gain
-        self.values = irfft3(spec, shape_zyx).to(torch.float16).reshape(-1)  # V
+        ky, kx = ky[0], kx[0]  # (ny, 1), (1, nx//2 + 1)
+        for iz in range(nz):  # plane by plane: the filter's temporaries stay the size of one plane
+            k2 = kz[iz, 0, 0] ** 2 + ky**2 + kx**2
+            band = antialias_mask(k2, model.pixel_size_a, model.antialias_fraction, model.taper_fraction)
+            gain = interp_gain(kz[iz, 0, 0]) * interp_gain(ky) * interp_gain(kx)
+            spec[iz] *= (torch.sqrt(ice_power_spectrum_3d(k2, model.table) / gain) / voxel_a**1.5 * band).to(
+                torch.float32)
+        values = irfft3(spec, shape_zyx)
+        del spec
+        self.values = values.to(torch.float16).reshape(-1)  # V
 
     @property
     def nbytes(self) -> int:
         return self.values.numel() * 2
 
-    def project(self, rotation: np.ndarray, grid: Grid, z0_a: float, z1_a: float, view_ice_a: float
-                ) -> torch.Tensor:
+    def project(self, rotation: np.ndarray, grid: Grid, z0_a: float, z1_a: float, view_ice_a: float,
+                profile=None) -> torch.Tensor:
         """∫ V dz over view depths [z0, z1) (inside the ice) at ``grid``'s pixel centres (V·Å), along the view's
         rays through the real (tilted) slab: view depth z′ maps to specimen depth z′·cos θ, so the view's
-        horizontal slab of thickness T/cos θ is the tilted slab crossed along the beam."""
-        r = torch.as_tensor(np.asarray(rotation), dtype=torch.float64, device=self.device)
-        cos_t = float(r[2, 2])
+        horizontal slab of thickness T/cos θ is the tilted slab crossed along the beam. ``profile``: only where
+        the ray is inside the ice of that thickness profile."""
         p, v = grid.pixel_size_a, self.voxel_a
-        oy, ox = grid.origin_a
         n_sub = max(1, math.ceil((z1_a - z0_a) / p - 1e-9))
-        zs = z0_a + (torch.arange(n_sub, dtype=torch.float64, device=self.device) + 0.5) * (z1_a - z0_a) / n_sub
-        y = (torch.arange(grid.ny, dtype=torch.float64, device=self.device) * p - oy)[:, None]
-        x = (torch.arange(grid.nx, dtype=torch.float64, device=self.device) * p - ox)[None, :]
+        step = (z1_a - z0_a) / n_sub
         out = torch.zeros(grid.shape_px, dtype=torch.float32, device=self.device)
         nz, ny, nx = self.shape
-        for z in zs.tolist():
-            # the true ray depth: specimen z_s = (Rᵀ v)_z = z′ cos θ
-            zt = z - (r[0, 2] * x + r[1, 2] * y) / cos_t
-            xs = r[0, 0] * x + r[1, 0] * y + r[2, 0] * zt  # Rᵀ v
-            ys = r[0, 1] * x + r[1, 1] * y + r[2, 1] * zt
-            zs_ = torch.full_like(xs, z * cos_t)
-            out += self._trilinear(xs / v + nx // 2, ys / v + ny // 2, zs_ / v + nz / 2 - 0.5)
-        return out * ((z1_a - z0_a) / n_sub)
+        for j in range(n_sub):
+            xs, ys, zs = ray_points(rotation, grid, z0_a + (j + 0.5) * step, self.device)
+            sample = self._trilinear(xs / v + nx // 2, ys / v + ny // 2, zs / v + nz / 2 - 0.5)
+            if profile is not None:
+                sample = sample * (2 * zs.abs() <= profile.thickness_at(xs, ys)).float()
+            out += sample
+        return out * step
 
     def _trilinear(self, fx: torch.Tensor, fy: torch.Tensor, fz: torch.Tensor) -> torch.Tensor:
         """Periodic trilinear interpolation at fractional voxel coordinates (x, y, z)."""
@@ -296,6 +330,22 @@ class IceVolume:
         return out
 
 
+def ray_points(rotation: np.ndarray, grid: Grid, z_view_a: float, device=None
+               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Specimen-frame (x, y, z) Å, (H, W) each, where the rays through ``grid``'s pixel centres cross view depth
+    ``z_view_a`` of the tilted slab: the point v = (x, y, z_t) with specimen depth (Rᵀ v)_z = z′ cos θ."""
+    r = torch.as_tensor(np.asarray(rotation), dtype=torch.float64, device=device)
+    p = grid.pixel_size_a
+    oy, ox = grid.origin_a
+    y = (torch.arange(grid.ny, dtype=torch.float64, device=device) * p - oy)[:, None]
+    x = (torch.arange(grid.nx, dtype=torch.float64, device=device) * p - ox)[None, :]
+    cos_t = r[2, 2]
+    zt = z_view_a - (r[0, 2] * x + r[1, 2] * y) / cos_t
+    xs = r[0, 0] * x + r[1, 0] * y + r[2, 0] * zt  # Rᵀ v
+    ys = r[0, 1] * x + r[1, 1] * y + r[2, 1] * zt
+    return xs, ys, torch.full_like(xs, z_view_a) * cos_t
+
+
 def volume_shape(field_shape_px: tuple[int, int], pixel_size_a: float, ice_thickness_a: float,
                  max_tilt_deg: float) -> tuple[tuple[int, int, int], float]:
     """((nz, ny, nx), voxel Å) of the 3-D realisation a tilt series needs: every view's rays through the slab stay
@@ -311,9 +361,15 @@ def volume_shape(field_shape_px: tuple[int, int], pixel_size_a: float, ice_thick
 
 
 def volume_bytes(shape_zyx: tuple[int, int, int]) -> int:
-    """Peak bytes to build the realisation (float32 noise, its complex spectrum, the filter) and keep it (float16)."""
+    """Peak bytes to build the realisation and keep it: float32 noise and its half complex spectrum (≈ 4 + 4 per
+    voxel), then the spectrum and the float32 field, then the field and its float16 copy (kept)."""
     n = shape_zyx[0] * shape_zyx[1] * shape_zyx[2]
-    return int(n * (4 + 4 + 4 + 2))
+    return int(n * (4 + 4 + 2) + 2 * n)
+
+#: bytes per pixel a view's structured ice works with: its complex field, and the ray sampling's float64
+#: coordinates, indices and weights (3d) or the noise and its spectrum (slices)
+ICE_FIELD_BYTES_PER_PX = 16
+ICE_SAMPLING_BYTES_PER_PX = {"3d": 256, "slices": 48}
 
 
 def radial_power_spectrum(image: torch.Tensor, pixel_size_a: float, n_bins: int = 200

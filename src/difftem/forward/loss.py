@@ -105,14 +105,16 @@ class ElectronLoss:
         zl = math.exp(-path_a / self.inelastic_mfp_a)
         return math.exp(-self.elastic_per_a * path_a) * (zl + (1 - zl) * self.pass_fraction)
 
-    def apply(self, intensity: torch.Tensor, grid: Grid, path_a: float) -> torch.Tensor:
-        """The detected intensity from the elastic image ``intensity`` (H, W) through ``path_a`` Å of ice."""
-        zl = math.exp(-path_a / self.inelastic_mfp_a)
+    def apply(self, intensity: torch.Tensor, grid: Grid, path_a) -> torch.Tensor:
+        """The detected intensity from the elastic image ``intensity`` (H, W) through ``path_a`` Å of ice (a number,
+        or an (H, W) map of each pixel's path through a thickness profile)."""
+        path = torch.as_tensor(path_a, dtype=torch.float64, device=intensity.device)
+        zl = torch.exp(-path / self.inelastic_mfp_a).to(intensity.dtype)
         out = zl * intensity
-        if self.pass_fraction > 0 and zl < 1:
+        if self.pass_fraction > 0 and bool((zl < 1).any()):
             k2 = grid.k2(intensity.device, torch.float64)
             g = torch.exp(-2 * math.pi**2 * self.blur_a**2 * k2) / (grid.ny * grid.nx)
             blurred = filter2(intensity.to(torch.complex128 if intensity.dtype == torch.float64
                                            else torch.complex64), g.to(intensity.dtype)).real
             out = out + (1 - zl) * self.pass_fraction * blurred
-        return out * math.exp(-self.elastic_per_a * path_a)
+        return out * torch.exp(-self.elastic_per_a * path).to(intensity.dtype)

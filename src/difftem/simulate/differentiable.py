@@ -113,7 +113,8 @@ class DifferentiableSimulator:
         # DQE and gain are replaced by the parameter tensors in each forward pass
         self._detector = Detector.from_config(config)
         self.n_atoms = setup.n_atoms
-        self.ice_model = setup.ice_model  # structured ice (None: off); drawn per slice chunk, as in simulate()
+        # structured ice (None: off), drawn per slice chunk as in simulate(); thickness profiles are not modelled here
+        self.ice_model = setup.ice_model if setup.ice_mode != "off" else None
         self.estimate = self._estimate(setup, checkpoint)
         check_estimate(self.estimate, config, self.device)
         atoms = scene.atoms_of(range(len(scene.types)))

@@ -11,7 +11,7 @@ import math
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor, as_completed
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -25,7 +25,7 @@ from ..core.threads import intra_op_threads, threads_for, wait_policy
 from ..core.version import __version__
 from ..forward.detector import Detector
 from ..forward.exit_wave import ExitWave, tiled_exit_wave, windowed_exit_wave
-from ..forward.ice import ViewIce
+from ..forward.ice import ViewIce, ray_points
 from ..forward.image import Exposure, expose
 from ..forward.multislice import MultisliceStats, plan_window
 from ..forward.optics import Optics
@@ -79,6 +79,11 @@ def view_exit_wave(setup: Setup, view: SceneView, *, keep_potential: bool = Fals
     config, scene, grid, lam = setup.config, setup.scene, setup.grid, setup.wavelength_a
     sim = config.simulation
     ice = IceModel(view.ice_thickness_a, config.sample.ice_mean_potential_v, setup.cache.ice.absorption_potential_v)
+    path_scale = view.ice_thickness_a / setup.ice.thickness_a if setup.ice.thickness_a > 0 else 1.0  # 1/cos θ
+    thinnest, thickest = setup.profile_thickness_bounds_a()
+    if setup.ice_profile is not None:  # the uniform slab is the thinnest ice; the rest comes with the ice fields
+        ice = replace(ice, thickness_a=thinnest * path_scale)
+        view = replace(view, ice_thickness_a=thickest * path_scale)
     z_range = view_z_range(scene, view, setup.radii)
     thickness_a = z_range[1] - z_range[0]
 
@@ -89,9 +94,11 @@ def view_exit_wave(setup: Setup, view: SceneView, *, keep_potential: bool = Fals
                                     radii=setup.radii)
 
     ice_fields = None
-    if setup.ice_mode != "off":
+    if setup.ice_model is not None:
         ice_fields = ViewIce(setup.ice_model, grid, ("view", view_index), volume=setup.ice_volume(),
-                             rotation=view.rotation, device=setup.device)
+                             rotation=view.rotation, device=setup.device, profile=setup.ice_profile,
+                             continuum_v=complex(ice.mean_potential_v, ice.absorption_potential_v),
+                             max_half_a=thickest * path_scale / 2, fluctuations=setup.ice_mode != "off")
     common = dict(keep_potential=keep_potential, progress=progress, stats=stats, ice=ice_fields)
     if sim.tile_px is not None and sim.tile_px < max(grid.shape_px):
         margin = sim.tile_margin_px if sim.tile_margin_px is not None else auto_tile_margin_px(
@@ -106,6 +113,15 @@ def view_exit_wave(setup: Setup, view: SceneView, *, keep_potential: bool = Fals
         window = plan_window(grid, torch.as_tensor(corners), thickness_a, lam,
                              antialias_fraction=sim.antialias_fraction)
     return windowed_exit_wave(build, grid, window, lam, setup.sigma, sim, **common)
+
+
+def ice_path(setup: Setup, rotation, flat_path_a: float):
+    """The ice path (Å) along the beam: ``flat_path_a`` for a flat slab, else each pixel's path through the thickness
+    profile (its thickness where the ray crosses the mid-plane, / cos θ)."""
+    if setup.ice_profile is None:
+        return flat_path_a
+    xs, ys, _ = ray_points(rotation, setup.grid, 0.0, setup.device)
+    return setup.ice_profile.thickness_at(xs, ys) / float(np.asarray(rotation)[2, 2])
 
 
 def _run_metadata(setup: Setup) -> dict:
@@ -162,7 +178,7 @@ def _simulate(config: SimulationConfig, held: dict, *, keep_potential: bool, pro
         image = expose(ew.wave, grid, setup.wavelength_a, config.beam.voltage_kv, Optics.from_config(config.optics),
                        Detector.from_config(config), exit_plane_a=ew.exit_plane_a,
                        dose_e_per_a2=config.beam.dose_e_per_a2, generator=generator, loss=setup.electron_loss(),
-                       ice_path_a=setup.ice.thickness_a)
+                       ice_path_a=ice_path(setup, np.eye(3), setup.ice.thickness_a))
         timings["optics_detector_s"] = time.perf_counter() - t2
     timings["total_s"] = time.perf_counter() - t0
     meta = {
@@ -238,7 +254,7 @@ def _simulate_tilt_series(config: SimulationConfig, held: dict, *, progress, sce
         image = expose(ew.wave, grid, setup.wavelength_a, config.beam.voltage_kv,
                        Optics.from_config(config.optics, defocus_um=plan.defoci_um[i]), detector,
                        exit_plane_a=ew.exit_plane_a, dose_e_per_a2=plan.doses_e_per_a2[i], loss=loss,
-                       ice_path_a=view.ice_thickness_a)
+                       ice_path_a=ice_path(setup, view.rotation, view.ice_thickness_a) if loss else 0.0)
         per_tilt_s[i] = time.perf_counter() - t1
         return image
 

@@ -23,8 +23,16 @@ from ..core.device import available_memory_bytes, resolve_device
 from ..core.errors import ConfigError, ResourceError
 from ..core.grid import Grid
 from ..forward.beam import interaction_constant, wavelength_a
-from ..forward.ice import IceStructureModel, IceVolume, volume_bytes, volume_shape
+from ..forward.ice import (
+    ICE_FIELD_BYTES_PER_PX,
+    ICE_SAMPLING_BYTES_PER_PX,
+    IceStructureModel,
+    IceVolume,
+    volume_bytes,
+    volume_shape,
+)
 from ..forward.loss import ElectronLoss
+from ..specimen.geometry import IceProfile
 from ..forward.multislice import plan_window
 from ..forward.potential import MIN_BOX_MARGIN_PX, IceModel, ice_absorption_potential_v
 from ..forward.resources import (
@@ -118,6 +126,7 @@ class Setup:
     ice_model: IceStructureModel | None = None
     ice_volume_shape: tuple[int, int, int] | None = None
     ice_voxel_a: float = 0.0
+    ice_profile: IceProfile | None = None  # a non-flat thickness profile
     _ice_volume: IceVolume | None = None
 
     def __post_init__(self):
@@ -128,20 +137,36 @@ class Setup:
     def _plan_ice(self) -> None:
         """Resolve ``sample.ice_structure.mode``: 3d for tilt series (auto) when the volume fits, else slices."""
         cfg, sim = self.config.sample.ice_structure, self.config.simulation
-        if cfg.mode == "off" or self.ice.thickness_a <= 0 or cfg.amplitude == 0:
+        profile = IceProfile.from_config(self.config.sample)
+        self.ice_profile = None if profile.is_flat else profile
+        if (cfg.mode == "off" or self.ice.thickness_a <= 0 or cfg.amplitude == 0) and self.ice_profile is None:
             return
         self.ice_model = IceStructureModel(
             self.cache.table, self.grid.pixel_size_a, (self.config.seed + cfg.seed_offset) % 2**63, cfg.amplitude,
             chunk_a=cfg.chunk_a, absorption_ratio=self.ice.absorption_ratio,
             antialias_fraction=sim.antialias_fraction, taper_fraction=sim.antialias_taper_fraction)
+        if cfg.mode == "off" or self.ice.thickness_a <= 0 or cfg.amplitude == 0:
+            return  # a profile without fluctuations
         ts = self.config.tilt_series
         want_3d = cfg.mode == "3d" or (cfg.mode == "auto" and ts is not None)
         self.ice_mode = "slices"
         if want_3d:
             max_tilt = max((abs(a) for a in _angles(self.config)), default=0.0)
+            thickest = self.ice_profile.bounds_a(self._half_reach_a())[1] if self.ice_profile else self.ice.thickness_a
             self.ice_volume_shape, self.ice_voxel_a = volume_shape(self.grid.shape_px, self.grid.pixel_size_a,
-                                                                   self.ice.thickness_a, max_tilt)
+                                                                   thickest, max_tilt)
             self.ice_mode = "3d"
+
+    def _half_reach_a(self) -> float:
+        """Half the field's diagonal reach in the specimen at the steepest tilt (what the profile bounds cover)."""
+        max_tilt = max((abs(a) for a in _angles(self.config)), default=0.0)
+        return max(self.grid.shape_px) * self.grid.pixel_size_a / 2 / math.cos(math.radians(max_tilt))
+
+    def profile_thickness_bounds_a(self) -> tuple[float, float]:
+        """(thinnest, thickest) ice (Å) any view crosses (the flat slab's thickness twice without a profile)."""
+        if self.ice_profile is None:
+            return self.ice.thickness_a, self.ice.thickness_a
+        return self.ice_profile.bounds_a(self._half_reach_a())
 
     def _ice_fallback(self, est: ResourceEstimate) -> ResourceEstimate:
         """Back to per-slice fields when the 3-D ice would not fit (noted in the run's metadata)."""
@@ -174,7 +199,7 @@ class Setup:
         return self._ice_volume
 
     def ice_metadata(self) -> dict:
-        out = {"mode": self.ice_mode}
+        out = {"mode": self.ice_mode, "profile": self.ice_profile.kind if self.ice_profile else "flat"}
         if self.ice_mode != "off":
             cfg = self.config.sample.ice_structure
             out.update(amplitude=cfg.amplitude, chunk_a=cfg.chunk_a, seed=self.ice_model.seed)
@@ -253,7 +278,7 @@ class Setup:
                 grid.pixel_size_a, z_hi - z_lo, self.wavelength_a, sim.antialias_fraction)
             tiles = plan_tiles(grid, sim.tile_px, margin)
             return max((t.window.shape_px for t in tiles), key=lambda s: s[0] * s[1]), len(tiles)
-        if sim.window == "auto" and len(scene.placement) and self.ice_mode == "off":
+        if sim.window == "auto" and len(scene.placement) and self.ice_mode == "off" and self.ice_profile is None:
             pl = scene.placement.transformed(view.rotation)
             ext = self.radii[pl.type_index][:, None]
             corners = np.concatenate([pl.positions_a - ext, pl.positions_a + ext])
@@ -286,6 +311,13 @@ class Setup:
                                  ice_thickness_a=self.ice.thickness_a, multislice_shape_px=shape, n_tiles=n_tiles,
                                  n_views=n_views(config), filtered_views=damage, atom_box_px=self.atom_box_px(modes),
                                  device_type=self.device.type, threads=torch.get_num_threads())
+        if self.ice_model is not None:
+            px = config.detector.shape_px[0] * config.detector.shape_px[1]
+            mode = self.ice_mode if self.ice_mode != "off" else "slices"
+            est.components.append(Component(
+                "the structured ice's fields and their sampling (sample.ice_structure, sample.ice_profile)",
+                resident_bytes=ICE_FIELD_BYTES_PER_PX * px, transient_bytes=ICE_SAMPLING_BYTES_PER_PX[mode] * px,
+                fix="set sample.ice_structure.mode: off or use a smaller detector.shape_px", per_view=True))
         if self.ice_mode == "3d":
             need = volume_bytes(self.ice_volume_shape)
             keep = 2 * math.prod(self.ice_volume_shape)
