@@ -11,7 +11,6 @@ run's own ``timings.total_s``. Writes JSON to --out.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 from pathlib import Path
 

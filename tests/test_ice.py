@@ -135,8 +135,8 @@ def test_tilt_series_uses_one_volume_and_falls_back_when_it_does_not_fit():
     cfg["simulation"] = {"max_memory_gb": 0.3}
     cfg["detector"]["shape_px"] = [1024, 1024]
     cfg["sample"]["ice_thickness_nm"] = 100
-    from difftem.simulate.setup import Setup
     from difftem.config import config_from_dict
+    from difftem.simulate.setup import Setup
 
     setup = Setup.build(config_from_dict(cfg))
     assert setup.ice_mode == "slices" and any("does not fit" in n for n in setup.notes)

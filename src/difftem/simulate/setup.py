@@ -32,13 +32,12 @@ from ..forward.ice import (
     volume_shape,
 )
 from ..forward.loss import ElectronLoss
-from ..specimen.geometry import IceProfile
 from ..forward.multislice import plan_window
 from ..forward.potential import MIN_BOX_MARGIN_PX, IceModel, ice_absorption_potential_v
 from ..forward.resources import (
     FIELD_BYTES_PER_PX,
-    Component,
     MULTISLICE_BYTES_PER_PX,
+    Component,
     ResourceEstimate,
     TypeLoad,
     estimate_resources,
@@ -57,6 +56,7 @@ from ..forward.scene_build import (
 )
 from ..forward.tilt import acquisition_angles
 from ..specimen.build import load_particle_type, resolve_structure, scene_of
+from ..specimen.geometry import IceProfile
 from ..specimen.scene import Scene
 
 #: runs estimated to take longer than this are refused (the time estimate is good to a factor of a few)
