@@ -78,8 +78,9 @@ def test_gradcheck_every_parameter(tmp_path):
 
 
 def test_ice_thickness_gradient_is_the_absorption_law(tmp_path):
-    """Mean intensity ∝ exp(−2σ U_abs T): d ln<I>/dT = −2σ U_abs, exactly."""
+    """Mean intensity ∝ exp(−2σ U_abs T): d ln<I>/dT = −2σ U_abs, exactly (the continuum: no structured ice)."""
     cfg = tiny_config(tmp_path)
+    cfg["sample"]["ice_structure"] = {"mode": "off"}
     sim = DifferentiableSimulator(cfg, precision="double")
     p = sim.parameters(requires_grad=["ice_thickness_a"])
     mean = sim(p).intensity.mean()

@@ -30,7 +30,8 @@ UBI = "builtin:1ubi"
 def base(**sections):
     d = {"seed": 5, "beam": {"voltage_kv": 300, "dose_e_per_a2": 20},
          "detector": {"shape_px": [256, 256], "pixel_size_a": 2.0, "noise": "none"},
-         "sample": {"ice_thickness_nm": 30, "particles": [{"structure": UBI, "random": {"count": 10}}]},
+         "sample": {"ice_thickness_nm": 30, "particles": [{"structure": UBI, "random": {"count": 10}}],
+                    "ice_structure": {"mode": "off"}},  # the continuum: scenes compared with exact references
          "simulation": {"slice_thickness_a": 10.0}}
     for k, v in sections.items():
         d[k] = {**d.get(k, {}), **v} if isinstance(v, dict) else v

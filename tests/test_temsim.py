@@ -108,6 +108,7 @@ detector: {shape_px: [64, 96], pixel_size_a: 2.0, noise: poisson, dqe: 0.6, gain
            mtf: {a: 0.7, b: 0.2, c: 0.1, alpha: 10, beta: 40}}
 sample:
   ice_thickness_nm: 30
+  ice_structure: {mode: "off"}
   ice_absorption_potential_v: ICE_V
   absorption_ratio: RATIO
   particles:

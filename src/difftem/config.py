@@ -82,6 +82,21 @@ class Beam(_Model):
                                  description="electron dose per image (e/Å²), 0…1e5")
 
 
+class ElectronLoss(_Model):
+    """How the ice loses electrons (forward/loss.py)."""
+
+    model: Literal["absorption", "explicit"] = Field(
+        "absorption", description="absorption: the ice's imaginary potential (TEM-simulator compatible); explicit: "
+                                  "elastic scattering outside the objective aperture + inelastic scattering, removed "
+                                  "by the energy filter or kept blurred")
+    energy_filter: bool = Field(True, description="explicit: an energy filter's slit removes inelastic electrons")
+    slit_width_ev: float = Field(20.0, gt=0, le=1000, description="explicit: slit width (eV), 0…1000")
+    inelastic_mean_free_path_nm: float | None = Field(
+        None, gt=0, le=1e5, description="explicit: Λ_in of the ice (nm), ≤ 1e5; null: 395 nm at 300 kV, scaled")
+    inelastic_blur_a: float = Field(20.0, ge=0, le=1e4,
+                                    description="explicit, no filter: Gaussian blur of the inelastic image (Å)")
+
+
 class OpticsConfig(_Model):
     defocus_um: float = Field(1.5, ge=-MAX_DEFOCUS_UM, le=MAX_DEFOCUS_UM,
                               description="defocus (µm), positive = underfocus, at the ice mid-plane; |·| ≤ 100")
@@ -98,6 +113,8 @@ class OpticsConfig(_Model):
                                         description="objective aperture semi-angle (mrad), ≤ 1000; null: none")
     phase_shift_deg: float = Field(0.0, ge=-360, le=360,
                                    description="phase-plate shift of the scattered beams (deg), −360…360")
+    electron_loss: ElectronLoss = Field(default_factory=ElectronLoss,
+                                        description="electron loss in the ice: absorption potential or explicit")
 
 
 class MTFFormula(_Model):
@@ -271,6 +288,33 @@ class Particle(_Model):
         return list(self.positions_a) if self.positions_a is not None else ([] if self.random else [(0.0, 0.0, 0.0)])
 
 
+class IceStructure(_Model):
+    """The density fluctuations of amorphous ice (forward/ice.py): a seeded Gaussian random field of potential
+    whose spectrum comes from the water structure factor; its mean and absorption stay in the continuum."""
+
+    mode: Literal["auto", "3d", "slices", "off"] = Field(
+        "auto", description="3d: one 3-D realisation sampled by every tilt (tilt-consistent); slices: an independent "
+                            "2-D field per group of slices; auto: 3d for tilt series when it fits in memory, else "
+                            "slices; off: the continuum alone")
+    amplitude: float = Field(1.0, ge=0, le=100, description="scale of the fluctuations (power ∝ amplitude²), 0…100")
+    seed_offset: int = Field(0, ge=0, lt=2**31, description="added to the run's seed for the ice, 0 ≤ · < 2^31")
+    chunk_a: float = Field(10.0, ge=0.1, le=1e4,
+                           description="ice thickness (Å) merged into one field between atom slices, 0.1…1e4")
+
+
+class IceProfileConfig(_Model):
+    """The ice's thickness across the field (specimen/geometry.py); sample.ice_thickness_nm is the flat value, the
+    hole's centre or the wedge's value at the field centre."""
+
+    kind: Literal["flat", "hole", "wedge"] = Field(
+        "flat", description="flat slab (lamella); hole: t(r) = t_c + (t_e − t_c)(r/R)² inside, t_e outside; wedge")
+    edge_thickness_nm: float = Field(0.0, ge=0, le=1e4, description="hole: thickness at the rim and beyond (nm)")
+    hole_diameter_nm: float = Field(1000.0, gt=0, le=1e6, description="hole: diameter (nm), ≤ 1e6")
+    centre_a: tuple[Position, Position] = Field((0.0, 0.0), description="hole: centre (x, y) in Å")
+    wedge_slope_deg: float = Field(0.0, ge=-80, le=80, description="wedge: angle between its faces' mean and z, ±80")
+    wedge_direction_deg: float = Field(0.0, ge=-360, le=360, description="wedge: thickening direction from +x")
+
+
 class Sample(_Model):
     ice_thickness_nm: float = Field(30.0, ge=0, le=1e4,
                                     description="vitreous ice slab thickness (nm), 0…1e4 (10 µm); 0: vacuum")
@@ -281,6 +325,10 @@ class Sample(_Model):
                                            description="atoms' imaginary/real potential, 0…100; null: same as ice")
     particles: list[Particle] = Field(default_factory=list, max_length=MAX_PARTICLE_ENTRIES,
                                       description="particle entries, at most 1000")
+    ice_structure: IceStructure = Field(default_factory=IceStructure,
+                                        description="structured (amorphous) ice; mode off: the continuum alone")
+    ice_profile: IceProfileConfig = Field(default_factory=IceProfileConfig,
+                                          description="ice thickness profile: flat, a hole with a meniscus, a wedge")
 
 
 class Simulation(_Model):

@@ -32,21 +32,31 @@ class ExitWave:
 
 
 def _run(build: Callable[[Grid | None], SlicedBase], grid: Grid | None, wavelength_a: float, sigma: float, sim, *,
-         checkpoint: bool, progress, stats: MultisliceStats | None, keep_potential: bool):
+         checkpoint: bool, progress, stats: MultisliceStats | None, keep_potential: bool, ice=None):
     pot = build(grid)
     wave = multislice(pot, wavelength_a, sigma, antialias_fraction=sim.antialias_fraction, bandlimit=sim.bandlimit,
                       checkpoint=checkpoint, progress=progress, stats=stats,
-                      taper_fraction=sim.antialias_taper_fraction)
-    return pot, wave, (pot.project() if keep_potential else None)
+                      taper_fraction=sim.antialias_taper_fraction, ice=ice)
+    projected = None
+    if keep_potential:
+        projected = pot.project()
+        if ice is not None:  # the structured ice's chunks, as multislice added them
+            ice.plan(pot.z_start_a, pot.slice_thickness_a, pot.n_slices, pot.ice.thickness_a)
+            for c in sorted({ice.chunk_of(k) for k in range(pot.n_slices)} - {None}):
+                projected = projected + ice.field(c, pot.grid).to(projected.dtype)
+    return pot, wave, projected
 
 
 def windowed_exit_wave(build: Callable[[Grid | None], SlicedBase], field_grid: Grid, window: Window | None,
                        wavelength_a: float, sigma: float, sim, *, checkpoint: bool = True, progress=None,
-                       stats: MultisliceStats | None = None, keep_potential: bool = False) -> ExitWave:
+                       stats: MultisliceStats | None = None, keep_potential: bool = False, ice=None) -> ExitWave:
     """Multislice on ``window`` (or the whole field when None), placed into the field; ``sim``: the config's
-    ``simulation`` section (band limit and its taper)."""
+    ``simulation`` section (band limit and its taper). ``ice``: structured ice (needs ``window`` None: outside a
+    window the ice is no longer uniform)."""
+    if ice is not None and window is not None:
+        raise ValueError("structured ice needs the whole field (window None)")
     pot, wave, proj = _run(build, window.grid if window else None, wavelength_a, sigma, sim, checkpoint=checkpoint,
-                           progress=progress, stats=stats, keep_potential=keep_potential)
+                           progress=progress, stats=stats, keep_potential=keep_potential, ice=ice)
     if window is not None:  # outside the window: the plane wave through the uniform ice
         uniform = pot.total_uniform_potential()
         wave = embed(Patch(window.y0, window.x0, wave), field_grid.shape_px, cmath.exp(1j * sigma * uniform))
@@ -59,14 +69,15 @@ def windowed_exit_wave(build: Callable[[Grid | None], SlicedBase], field_grid: G
 def tiled_exit_wave(build: Callable[[Grid | None], SlicedBase], field_grid: Grid, tiles: list[Tile],
                     wavelength_a: float, sigma: float, sim, *, margin_px: int, progress=None,
                     stats: MultisliceStats | None = None, keep_potential: bool = False,
-                    device: torch.device | None = None) -> ExitWave:
-    """Multislice tile by tile (each on its window with margins), keeping each tile's core."""
+                    device: torch.device | None = None, ice=None) -> ExitWave:
+    """Multislice tile by tile (each on its window with margins), keeping each tile's core. ``ice``: structured
+    ice, each tile cut from the same realisation."""
     exit_wave = torch.empty(field_grid.shape_px, dtype=torch.complex64, device=device)
     projected = torch.empty_like(exit_wave) if keep_potential else None
     pot = None
     for tile in tiles:
         pot, wave, proj = _run(build, tile.window, wavelength_a, sigma, sim, checkpoint=True, progress=progress,
-                               stats=stats, keep_potential=keep_potential)
+                               stats=stats, keep_potential=keep_potential, ice=ice)
         (h, w), oy, ox = tile.core_shape, tile.core_y0 - tile.y0, tile.core_x0 - tile.x0
         core = (slice(tile.core_y0, tile.core_y0 + h), slice(tile.core_x0, tile.core_x0 + w))
         exit_wave[core] = wave[oy:oy + h, ox:ox + w]

@@ -21,13 +21,16 @@ class Exposure:
 
 
 def expose(exit_wave: torch.Tensor, grid: Grid, wavelength_a: float, voltage_kv: float, optics: Optics,
-           detector: Detector, *, exit_plane_a: float, dose_e_per_a2, generator: torch.Generator | None = None
-           ) -> Exposure:
+           detector: Detector, *, exit_plane_a: float, dose_e_per_a2, generator: torch.Generator | None = None,
+           loss=None, ice_path_a: float = 0.0) -> Exposure:
     """Image one exit wave. ``optics.defocus_a`` is at the ice mid-plane (z = 0); the wave leaves the specimen
-    ``exit_plane_a`` below it, so the lens sees that much more underfocus."""
+    ``exit_plane_a`` below it, so the lens sees that much more underfocus. ``loss``: the explicit electron loss
+    (:class:`~difftem.forward.loss.ElectronLoss`) through ``ice_path_a`` Å of ice."""
     h = transfer_function(grid, wavelength_a, voltage_kv, optics, defocus_a=optics.defocus_a + exit_plane_a,
                           device=exit_wave.device, dtype=exit_wave.dtype)
     intensity = image_intensity(exit_wave, h)
+    if loss is not None:
+        intensity = loss.apply(intensity, grid, ice_path_a)
     expected = expected_counts(intensity, dose_e_per_a2, detector.pixel_size_a)
     detected = detector.detect(expected, generator) if generator is not None else None
     return Exposure(intensity, expected, detector.noiseless(expected), detected)

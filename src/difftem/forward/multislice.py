@@ -76,8 +76,9 @@ class Multislice:
 
     def __init__(self, potential: SlicedPotential, wavelength_a: float, sigma: float, *,
                  antialias_fraction: float | None = 2 / 3, bandlimit: Bandlimit = "box", checkpoint: bool = True,
-                 taper_fraction: float = 0.04):
+                 taper_fraction: float = 0.04, ice=None):
         self.potential, self.wavelength_a, self.sigma = potential, wavelength_a, sigma
+        self.ice = ice  # structured ice (forward.ice.ViewIce) or None
         self.taper_fraction = taper_fraction
         self.checkpoint = checkpoint
         self.antialias_fraction = antialias_fraction
@@ -117,8 +118,17 @@ class Multislice:
             t = filter2(t, self._aperture(shape))
         return t
 
-    def _transmit(self, k: int, wave: torch.Tensor) -> torch.Tensor:
-        return wave * self.transmission_field(self.potential.slice_patch(k))
+    def _transmit(self, k: int, wave: torch.Tensor, ice_chunk: int | None = None) -> torch.Tensor:
+        return wave * self.transmission_field(self._with_ice(self.potential.slice_patch(k), ice_chunk))
+
+    def _with_ice(self, patch: Patch | None, ice_chunk: int | None) -> Patch:
+        """The slice's patch plus the structured ice of chunk ``ice_chunk`` (over the whole grid)."""
+        if ice_chunk is None:
+            return patch
+        field = self.ice.field(ice_chunk, self.potential.grid).to(self.potential.cdtype)
+        if patch is None:
+            return Patch(0, 0, field)
+        return Patch(0, 0, embed(patch, self.potential.grid.shape_px, 0.0) + field)
 
     def _transmit_patch(self, potential: torch.Tensor, wave: torch.Tensor, y0: int, x0: int) -> torch.Tensor:
         return wave * self.transmission_field(Patch(y0, x0, potential))
@@ -128,29 +138,37 @@ class Multislice:
         pot = self.potential
         wave = torch.ones(pot.grid.shape_px, dtype=pot.cdtype, device=pot.device) if incident is None else incident
         pending_a = 0.0  # propagation owed by slices merged so far
+        ice = self.ice.plan(pot.z_start_a, pot.slice_thickness_a, pot.n_slices, pot.ice.thickness_a) \
+            if self.ice is not None else None
+        ice_done: set[int] = set()
 
         for k in range(pot.n_slices):
             content = pot.slice_content(k, with_patch=False)
             uniform = pot.uniform_potential(content)
             if uniform != 0:
                 wave = wave * cmath.exp(1j * self.sigma * uniform)
-            if pot.has_atoms(k):
+            chunk = ice.chunk_of(k) if ice is not None else None
+            if chunk is not None and (chunk in ice_done or not (pot.has_atoms(k) or k == ice.last_slice(chunk))):
+                chunk = None  # applied already, or waits for the chunk's first atom slice or its last slice
+            if chunk is not None:
+                ice_done.add(chunk)
+            if pot.has_atoms(k) or chunk is not None:
                 if pending_a > 0:
                     wave = filter2(wave, self._propagator(pending_a))
                     self.stats.n_propagations += 1
                     pending_a = 0.0
                 if self.checkpoint and torch.is_grad_enabled():
-                    if getattr(pot, "patch_graph_is_small", False):
+                    if getattr(pot, "patch_graph_is_small", False) or chunk is not None:
                         # the patch's own graph holds only the atoms (custom backward): keep the patch and
                         # the incoming wave, rebuild the transmission in the backward pass (two arrays/slice)
-                        patch = pot.slice_patch(k)
+                        patch = self._with_ice(pot.slice_patch(k), chunk)
                         wave = _checkpoint(self._transmit_patch, patch.potential, wave, patch.y0, patch.x0)
                     else:
                         # keep only the incoming wave per slice; the slice's potential and transmission are
                         # rebuilt from the atoms during the backward pass (memory O(field) per slice)
                         wave = _checkpoint(self._transmit, k, wave)
                 else:
-                    wave = self._transmit(k, wave)
+                    wave = self._transmit(k, wave, chunk)
                 self.stats.n_patches += 1
             pending_a += content.thickness_a
             self.stats.n_slices += 1
@@ -164,11 +182,13 @@ class Multislice:
 
 def multislice(potential: SlicedPotential, wavelength_a: float, sigma: float, *, incident: torch.Tensor | None = None,
                antialias_fraction: float | None = 2 / 3, bandlimit: Bandlimit = "box", checkpoint: bool = True,
-               progress=None, stats: MultisliceStats | None = None, taper_fraction: float = 0.04) -> torch.Tensor:
+               progress=None, stats: MultisliceStats | None = None, taper_fraction: float = 0.04,
+               ice=None) -> torch.Tensor:
     """Functional form of :class:`Multislice` (see there). With gradients enabled and ``checkpoint``,
-    each slice is recomputed in the backward pass instead of stored."""
+    each slice is recomputed in the backward pass instead of stored. ``ice``: structured ice
+    (:class:`~difftem.forward.ice.ViewIce`), added to the slices chunk by chunk."""
     ms = Multislice(potential, wavelength_a, sigma, antialias_fraction=antialias_fraction, bandlimit=bandlimit,
-                    checkpoint=checkpoint, taper_fraction=taper_fraction)
+                    checkpoint=checkpoint, taper_fraction=taper_fraction, ice=ice)
     if stats is not None:
         ms.stats = stats
     return ms.run(incident, progress)

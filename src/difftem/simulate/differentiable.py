@@ -12,6 +12,9 @@ What each gradient is
 - ice thickness: the slab's uniform potential multiplies the wave by a constant in every slice,
   which commutes with propagation and transmission, so ∂ψ/∂T = iσ(U_ice + i U_abs) ψ exactly; which
   atoms displace ice (inside or outside the slab) and the slicing are held fixed.
+- structured ice (``sample.ice_structure``, per-slice fields here): its amplitude, exactly (the fields are
+  drawn once per seed and scaled by it); the thickness scales each chunk's field by the square root of its
+  ice (the outer chunks change), with the slicing and the draws held fixed.
 - optics (defocus, astigmatism and its angle, Cs, Cc, energy spread, illumination, phase shift),
   dose, MTF parameters, gain: through the closed-form transfer and detector expressions.
 - DQE: only the noise depends on it; :meth:`DifferentiableSimulator.loss` carries it (exactly for the
@@ -36,6 +39,7 @@ from ..core.errors import ConfigError
 from ..forward import estimators as est
 from ..forward.detector import Detector, MTFParams
 from ..forward.exit_wave import windowed_exit_wave
+from ..forward.ice import ViewIce
 from ..forward.image import expose
 from ..forward.multislice import plan_window
 from ..forward.optics import Optics
@@ -50,6 +54,7 @@ PARAMETERS: dict[str, str] = {
     "b_iso_a2": "Å², (N,)",
     "occupancy": "(N,)",
     "ice_thickness_a": "Å",
+    "ice_amplitude": "scale of the structured ice's fluctuations (sample.ice_structure.amplitude)",
     "defocus_a": "Å at the ice mid-plane, positive = underfocus",
     "astigmatism_a": "Å (defocus u − v)",
     "astigmatism_angle_deg": "degrees from x",
@@ -108,6 +113,8 @@ class DifferentiableSimulator:
         # DQE and gain are replaced by the parameter tensors in each forward pass
         self._detector = Detector.from_config(config)
         self.n_atoms = setup.n_atoms
+        # structured ice (None: off), drawn per slice chunk as in simulate(); thickness profiles are not modelled here
+        self.ice_model = setup.ice_model if setup.ice_mode != "off" else None
         self.estimate = self._estimate(setup, checkpoint)
         check_estimate(self.estimate, config, self.device)
         atoms = scene.atoms_of(range(len(scene.types)))
@@ -154,6 +161,7 @@ class DifferentiableSimulator:
             "b_iso_a2": torch.as_tensor(atoms.b_iso_a2, dtype=self.rdtype, device=self.device),
             "occupancy": torch.as_tensor(atoms.occupancy, dtype=self.rdtype, device=self.device),
             "ice_thickness_a": scalar(c.sample.ice_thickness_nm * 10.0),
+            "ice_amplitude": scalar(c.sample.ice_structure.amplitude),
             "defocus_a": scalar(oc.defocus_um * 1e4),
             "astigmatism_a": scalar(oc.astigmatism_um * 1e4),
             "astigmatism_angle_deg": scalar(oc.astigmatism_angle_deg),
@@ -208,8 +216,11 @@ class DifferentiableSimulator:
         thickness = p["ice_thickness_a"]
         ice = IceModel(float(thickness.detach()), c.sample.ice_mean_potential_v, self.ice_absorption_v)
         positions = p["positions_a"].to(self.rdtype)
-        window = None
-        if sim.window == "auto" and self.n_atoms:
+        window = ice_fields = None
+        if self.ice_model is not None:
+            ice_fields = ViewIce(replace(self.ice_model, amplitude=p["ice_amplitude"].to(self.rdtype)), self.grid,
+                                 ("view", 0), device=self.device, rdtype=self.rdtype, thickness_a=thickness)
+        elif sim.window == "auto" and self.n_atoms:
             extent = float(positions[:, 2].detach().max() - positions[:, 2].detach().min()) + 2.0
             window = plan_window(self.grid, positions.detach(), max(extent, ice.thickness_a), self.wavelength_a,
                                  antialias_fraction=sim.antialias_fraction)
@@ -223,7 +234,7 @@ class DifferentiableSimulator:
                                    builder=sim.builder, dtype=self.cdtype, z_range_a=z_range)
 
         ew = windowed_exit_wave(build, self.grid, window, self.wavelength_a, self.sigma, sim,
-                                checkpoint=self.checkpoint)
+                                checkpoint=self.checkpoint, ice=ice_fields)
         wave = ew.wave
         # the ice's uniform transmission is a constant factor in every slice (it commutes with everything), so
         # the wave's dependence on the thickness is this factor, exactly (value 1 at the built thickness)

@@ -11,7 +11,7 @@ import math
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor, as_completed
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +25,7 @@ from ..core.threads import intra_op_threads, threads_for, wait_policy
 from ..core.version import __version__
 from ..forward.detector import Detector
 from ..forward.exit_wave import ExitWave, tiled_exit_wave, windowed_exit_wave
+from ..forward.ice import ViewIce, ray_points
 from ..forward.image import Exposure, expose
 from ..forward.multislice import MultisliceStats, plan_window
 from ..forward.optics import Optics
@@ -70,12 +71,19 @@ class TiltSeriesResult:
 
 
 def view_exit_wave(setup: Setup, view: SceneView, *, keep_potential: bool = False, progress=None,
-                   stats: MultisliceStats | None = None) -> ExitWave:
+                   stats: MultisliceStats | None = None, view_index: int = 0) -> ExitWave:
     """The exit wave over the field for one view of the scene: tiles when ``simulation.tile_px`` asks for them,
-    else a window around the specimen when it saves work (``simulation.window: auto``), else the whole field."""
+    else a window around the specimen when it saves work (``simulation.window: auto``; not with structured ice,
+    which makes the field outside any window non-uniform), else the whole field. ``view_index`` seeds the view's
+    own ice fields (structured ice in mode slices)."""
     config, scene, grid, lam = setup.config, setup.scene, setup.grid, setup.wavelength_a
     sim = config.simulation
     ice = IceModel(view.ice_thickness_a, config.sample.ice_mean_potential_v, setup.cache.ice.absorption_potential_v)
+    path_scale = view.ice_thickness_a / setup.ice.thickness_a if setup.ice.thickness_a > 0 else 1.0  # 1/cos θ
+    thinnest, thickest = setup.profile_thickness_bounds_a()
+    if setup.ice_profile is not None:  # the uniform slab is the thinnest ice; the rest comes with the ice fields
+        ice = replace(ice, thickness_a=thinnest * path_scale)
+        view = replace(view, ice_thickness_a=thickest * path_scale)
     z_range = view_z_range(scene, view, setup.radii)
     thickness_a = z_range[1] - z_range[0]
 
@@ -85,20 +93,35 @@ def view_exit_wave(setup: Setup, view: SceneView, *, keep_potential: bool = Fals
                                     builder=sim.builder, absorption_ratio=config.sample.absorption_ratio,
                                     radii=setup.radii)
 
-    common = dict(keep_potential=keep_potential, progress=progress, stats=stats)
+    ice_fields = None
+    if setup.ice_model is not None:
+        ice_fields = ViewIce(setup.ice_model, grid, ("view", view_index), volume=setup.ice_volume(),
+                             rotation=view.rotation, device=setup.device, profile=setup.ice_profile,
+                             continuum_v=complex(ice.mean_potential_v, ice.absorption_potential_v),
+                             max_half_a=thickest * path_scale / 2, fluctuations=setup.ice_mode != "off")
+    common = dict(keep_potential=keep_potential, progress=progress, stats=stats, ice=ice_fields)
     if sim.tile_px is not None and sim.tile_px < max(grid.shape_px):
         margin = sim.tile_margin_px if sim.tile_margin_px is not None else auto_tile_margin_px(
             grid.pixel_size_a, thickness_a, lam, sim.antialias_fraction)
         return tiled_exit_wave(build, grid, plan_tiles(grid, sim.tile_px, margin), lam, setup.sigma, sim,
                                margin_px=margin, device=setup.device, **common)
     window = None
-    if sim.window == "auto" and len(scene.placement):
+    if sim.window == "auto" and len(scene.placement) and ice_fields is None:
         pl = scene.placement.transformed(view.rotation)
         ext = setup.radii[pl.type_index][:, None]
         corners = np.concatenate([pl.positions_a - ext, pl.positions_a + ext])
         window = plan_window(grid, torch.as_tensor(corners), thickness_a, lam,
                              antialias_fraction=sim.antialias_fraction)
     return windowed_exit_wave(build, grid, window, lam, setup.sigma, sim, **common)
+
+
+def ice_path(setup: Setup, rotation, flat_path_a: float):
+    """The ice path (Å) along the beam: ``flat_path_a`` for a flat slab, else each pixel's path through the thickness
+    profile (its thickness where the ray crosses the mid-plane, / cos θ)."""
+    if setup.ice_profile is None:
+        return flat_path_a
+    xs, ys, _ = ray_points(rotation, setup.grid, 0.0, setup.device)
+    return setup.ice_profile.thickness_at(xs, ys) / float(np.asarray(rotation)[2, 2])
 
 
 def _run_metadata(setup: Setup) -> dict:
@@ -154,7 +177,8 @@ def _simulate(config: SimulationConfig, held: dict, *, keep_potential: bool, pro
         t2 = time.perf_counter()
         image = expose(ew.wave, grid, setup.wavelength_a, config.beam.voltage_kv, Optics.from_config(config.optics),
                        Detector.from_config(config), exit_plane_a=ew.exit_plane_a,
-                       dose_e_per_a2=config.beam.dose_e_per_a2, generator=generator)
+                       dose_e_per_a2=config.beam.dose_e_per_a2, generator=generator, loss=setup.electron_loss(),
+                       ice_path_a=ice_path(setup, np.eye(3), setup.ice.thickness_a))
         timings["optics_detector_s"] = time.perf_counter() - t2
     timings["total_s"] = time.perf_counter() - t0
     meta = {
@@ -169,6 +193,7 @@ def _simulate(config: SimulationConfig, held: dict, *, keep_potential: bool, pro
         "memory_estimate_bytes": mem_estimate,
         "structure_notes": scene.notes,
         "warnings": warnings,
+        "ice_structure": setup.ice_metadata(),
         "particles": ground_truth_rows(scene.types, scene.placement, shape_px=grid.shape_px,
                                        pixel_size_a=grid.pixel_size_a),
         "timings": timings,
@@ -214,6 +239,7 @@ def _simulate_tilt_series(config: SimulationConfig, held: dict, *, progress, sce
     warnings = setup.warnings()
     generator = torch.Generator(device=setup.device).manual_seed(config.seed)
     detector = Detector.from_config(config)
+    loss = setup.electron_loss()
     n = len(plan.angles_deg)
     per_tilt_s = [0.0] * n
 
@@ -224,15 +250,17 @@ def _simulate_tilt_series(config: SimulationConfig, held: dict, *, progress, sce
         angle = plan.angles_deg[i]
         view = SceneView(tilt_rotation(angle, plan.axis_deg), ice.thickness_a / math.cos(math.radians(angle)),
                          plan.transfer(i, ts, config.beam.voltage_kv))
-        ew = view_exit_wave(setup, view)
+        ew = view_exit_wave(setup, view, view_index=i)
         image = expose(ew.wave, grid, setup.wavelength_a, config.beam.voltage_kv,
                        Optics.from_config(config.optics, defocus_um=plan.defoci_um[i]), detector,
-                       exit_plane_a=ew.exit_plane_a, dose_e_per_a2=plan.doses_e_per_a2[i])
+                       exit_plane_a=ew.exit_plane_a, dose_e_per_a2=plan.doses_e_per_a2[i], loss=loss,
+                       ice_path_a=ice_path(setup, view.rotation, view.ice_thickness_a) if loss else 0.0)
         per_tilt_s[i] = time.perf_counter() - t1
         return image
 
     workers = tilt_workers(setup, workers, n)
     with torch.no_grad():
+        setup.ice_volume()  # the one 3-D ice every tilt samples, built before the workers share it
         exposures = _in_parallel(noiseless, n, workers, progress)
         # shot noise in acquisition order from one generator: the same images whatever the workers
         images = [detector.detect(e.expected_counts, generator).float() for e in exposures]
@@ -246,6 +274,7 @@ def _simulate_tilt_series(config: SimulationConfig, held: dict, *, progress, sce
              "difftemSeconds": per_tilt_s[i]} for j, i in enumerate(order)]
     meta = {
         **_run_metadata(setup), "n_tilts": n,
+        "ice_structure": setup.ice_metadata(),
         "damage": ts.damage, "tilt_axis_deg": plan.axis_deg, "total_dose_e_per_a2": float(sum(plan.doses_e_per_a2)),
         "memory_estimate_bytes": mem_estimate, "warnings": warnings, "structure_notes": scene.notes,
         "particles": ground_truth_rows(scene.types, scene.placement, shape_px=grid.shape_px,

@@ -23,11 +23,21 @@ from ..core.device import available_memory_bytes, resolve_device
 from ..core.errors import ConfigError, ResourceError
 from ..core.grid import Grid
 from ..forward.beam import interaction_constant, wavelength_a
+from ..forward.ice import (
+    ICE_FIELD_BYTES_PER_PX,
+    ICE_SAMPLING_BYTES_PER_PX,
+    IceStructureModel,
+    IceVolume,
+    volume_bytes,
+    volume_shape,
+)
+from ..forward.loss import ElectronLoss
 from ..forward.multislice import plan_window
 from ..forward.potential import MIN_BOX_MARGIN_PX, IceModel, ice_absorption_potential_v
 from ..forward.resources import (
     FIELD_BYTES_PER_PX,
     MULTISLICE_BYTES_PER_PX,
+    Component,
     ResourceEstimate,
     TypeLoad,
     estimate_resources,
@@ -46,6 +56,7 @@ from ..forward.scene_build import (
 )
 from ..forward.tilt import acquisition_angles
 from ..specimen.build import load_particle_type, resolve_structure, scene_of
+from ..specimen.geometry import IceProfile
 from ..specimen.scene import Scene
 
 #: runs estimated to take longer than this are refused (the time estimate is good to a factor of a few)
@@ -83,6 +94,13 @@ def n_views(config: SimulationConfig) -> int:
         return 1  # the tilt plan refuses it, naming the field
 
 
+def _angles(config: SimulationConfig) -> list[float]:
+    try:
+        return list(acquisition_angles(config.tilt_series)) if config.tilt_series is not None else [0.0]
+    except ConfigError:
+        return [0.0]
+
+
 def type_label(t: int, name: str) -> str:
     return f"sample.particles.{t} ({name})"
 
@@ -104,10 +122,91 @@ class Setup:
     notes: list[str] = field(default_factory=list)  # what the resource check changed (auto modes moved)
     radii: np.ndarray | None = None  # each type's radius (Å), computed once
     mode_estimates: dict = field(default_factory=dict)  # type → {mode: its estimate} where there was a choice
+    ice_mode: str = "off"  # structured ice: off, slices or 3d (sample.ice_structure.mode resolved)
+    ice_model: IceStructureModel | None = None
+    ice_volume_shape: tuple[int, int, int] | None = None
+    ice_voxel_a: float = 0.0
+    ice_profile: IceProfile | None = None  # a non-flat thickness profile
+    _ice_volume: IceVolume | None = None
 
     def __post_init__(self):
         if self.radii is None:
             self.radii = type_radii(self.scene)
+
+    # ------------------------------------------------------------------ structured ice
+    def _plan_ice(self) -> None:
+        """Resolve ``sample.ice_structure.mode``: 3d for tilt series (auto) when the volume fits, else slices."""
+        cfg, sim = self.config.sample.ice_structure, self.config.simulation
+        profile = IceProfile.from_config(self.config.sample)
+        self.ice_profile = None if profile.is_flat else profile
+        if (cfg.mode == "off" or self.ice.thickness_a <= 0 or cfg.amplitude == 0) and self.ice_profile is None:
+            return
+        self.ice_model = IceStructureModel(
+            self.cache.table, self.grid.pixel_size_a, (self.config.seed + cfg.seed_offset) % 2**63, cfg.amplitude,
+            chunk_a=cfg.chunk_a, absorption_ratio=self.ice.absorption_ratio,
+            antialias_fraction=sim.antialias_fraction, taper_fraction=sim.antialias_taper_fraction)
+        if cfg.mode == "off" or self.ice.thickness_a <= 0 or cfg.amplitude == 0:
+            return  # a profile without fluctuations
+        ts = self.config.tilt_series
+        want_3d = cfg.mode == "3d" or (cfg.mode == "auto" and ts is not None)
+        self.ice_mode = "slices"
+        if want_3d:
+            max_tilt = max((abs(a) for a in _angles(self.config)), default=0.0)
+            thickest = self.ice_profile.bounds_a(self._half_reach_a())[1] if self.ice_profile else self.ice.thickness_a
+            self.ice_volume_shape, self.ice_voxel_a = volume_shape(self.grid.shape_px, self.grid.pixel_size_a,
+                                                                   thickest, max_tilt)
+            self.ice_mode = "3d"
+
+    def _half_reach_a(self) -> float:
+        """Half the field's diagonal reach in the specimen at the steepest tilt (what the profile bounds cover)."""
+        max_tilt = max((abs(a) for a in _angles(self.config)), default=0.0)
+        return max(self.grid.shape_px) * self.grid.pixel_size_a / 2 / math.cos(math.radians(max_tilt))
+
+    def profile_thickness_bounds_a(self) -> tuple[float, float]:
+        """(thinnest, thickest) ice (Å) any view crosses (the flat slab's thickness twice without a profile)."""
+        if self.ice_profile is None:
+            return self.ice.thickness_a, self.ice.thickness_a
+        return self.ice_profile.bounds_a(self._half_reach_a())
+
+    def _ice_fallback(self, est: ResourceEstimate) -> ResourceEstimate:
+        """Back to per-slice fields when the 3-D ice would not fit (noted in the run's metadata)."""
+        limit, _ = memory_limit(self.config, self.device)
+        if self.ice_mode == "3d" and est.peak_bytes > limit and self.config.sample.ice_structure.mode == "auto":
+            need = volume_bytes(self.ice_volume_shape)
+            self.notes.append(f"sample.ice_structure: the 3-D ice volume {self.ice_volume_shape} (~{_gb(need)}) does "
+                              "not fit; each view draws independent per-slice ice fields instead (mode slices)")
+            self.ice_mode, self.ice_volume_shape = "slices", None
+            return self.estimate_of(self.modes)
+        return est
+
+    def electron_loss(self) -> ElectronLoss | None:
+        """The explicit electron loss (``optics.electron_loss.model: explicit``), else None."""
+        cfg = self.config.optics.electron_loss
+        if cfg.model != "explicit":
+            return None
+        sim = self.config.simulation
+        band = (sim.antialias_fraction * 0.5 / self.grid.pixel_size_a) if self.ice_mode != "off" else None
+        return ElectronLoss.from_config(cfg, self.config.beam.voltage_kv, self.config.optics.aperture_mrad,
+                                        self.cache.table, band_per_a=band,
+                                        amplitude=self.config.sample.ice_structure.amplitude)
+
+    def ice_volume(self) -> IceVolume | None:
+        """The run's one 3-D ice realisation (built on first use; build it before tilt workers start)."""
+        if self.ice_mode != "3d":
+            return None
+        if self._ice_volume is None:
+            self._ice_volume = IceVolume(self.ice_model, self.ice_volume_shape, self.ice_voxel_a, self.device)
+        return self._ice_volume
+
+    def ice_metadata(self) -> dict:
+        out = {"mode": self.ice_mode, "profile": self.ice_profile.kind if self.ice_profile else "flat"}
+        if self.ice_mode != "off":
+            cfg = self.config.sample.ice_structure
+            out.update(amplitude=cfg.amplitude, chunk_a=cfg.chunk_a, seed=self.ice_model.seed)
+        if self.ice_mode == "3d":
+            out.update(volume_shape_zyx=list(self.ice_volume_shape), voxel_a=self.ice_voxel_a,
+                       volume_bytes=2 * math.prod(self.ice_volume_shape))
+        return out
 
     @classmethod
     def build(cls, config: SimulationConfig, scene: Scene | None = None) -> Setup:
@@ -119,6 +218,8 @@ class Setup:
         lam = wavelength_a(beam.voltage_kv)
         absorption_v = (sample.ice_absorption_potential_v if sample.ice_absorption_potential_v is not None
                         else ice_absorption_potential_v(beam.voltage_kv))
+        if config.optics.electron_loss.model == "explicit":
+            absorption_v = 0.0  # the loss is applied from its causes (forward/loss.py), not by the potential
         ice = IceModel(sample.ice_thickness_nm * 10.0, sample.ice_mean_potential_v, absorption_v)
         absorption_ratio = sample.absorption_ratio if sample.absorption_ratio is not None else ice.absorption_ratio
         radii = type_radii(scene)
@@ -131,7 +232,9 @@ class Setup:
                           device)
         setup = cls(config, scene, device, Grid(tuple(det.shape_px), det.pixel_size_a), lam,
                     interaction_constant(beam.voltage_kv), ice, modes, cache, radii=radii)
+        setup._plan_ice()
         setup._fit_modes(candidates)
+        setup.estimate = setup._ice_fallback(setup.estimate)
         return setup
 
     @property
@@ -175,7 +278,7 @@ class Setup:
                 grid.pixel_size_a, z_hi - z_lo, self.wavelength_a, sim.antialias_fraction)
             tiles = plan_tiles(grid, sim.tile_px, margin)
             return max((t.window.shape_px for t in tiles), key=lambda s: s[0] * s[1]), len(tiles)
-        if sim.window == "auto" and len(scene.placement):
+        if sim.window == "auto" and len(scene.placement) and self.ice_mode == "off" and self.ice_profile is None:
             pl = scene.placement.transformed(view.rotation)
             ext = self.radii[pl.type_index][:, None]
             corners = np.concatenate([pl.positions_a - ext, pl.positions_a + ext])
@@ -202,12 +305,27 @@ class Setup:
         config = self.config
         shape, n_tiles = plan or self.multislice_plan()
         damage = config.tilt_series is not None and config.tilt_series.damage != "none"
-        return estimate_resources(loads or self.type_loads(), modes, shape_px=tuple(config.detector.shape_px),
-                                  pixel_size_a=config.detector.pixel_size_a,
-                                  slice_thickness_a=config.simulation.slice_thickness_a,
-                                  ice_thickness_a=self.ice.thickness_a, multislice_shape_px=shape, n_tiles=n_tiles,
-                                  n_views=n_views(config), filtered_views=damage, atom_box_px=self.atom_box_px(modes),
-                                  device_type=self.device.type, threads=torch.get_num_threads())
+        est = estimate_resources(loads or self.type_loads(), modes, shape_px=tuple(config.detector.shape_px),
+                                 pixel_size_a=config.detector.pixel_size_a,
+                                 slice_thickness_a=config.simulation.slice_thickness_a,
+                                 ice_thickness_a=self.ice.thickness_a, multislice_shape_px=shape, n_tiles=n_tiles,
+                                 n_views=n_views(config), filtered_views=damage, atom_box_px=self.atom_box_px(modes),
+                                 device_type=self.device.type, threads=torch.get_num_threads())
+        if self.ice_model is not None:
+            px = config.detector.shape_px[0] * config.detector.shape_px[1]
+            mode = self.ice_mode if self.ice_mode != "off" else "slices"
+            est.components.append(Component(
+                "the structured ice's fields and their sampling (sample.ice_structure, sample.ice_profile)",
+                resident_bytes=ICE_FIELD_BYTES_PER_PX * px, transient_bytes=ICE_SAMPLING_BYTES_PER_PX[mode] * px,
+                fix="set sample.ice_structure.mode: off or use a smaller detector.shape_px", per_view=True))
+        if self.ice_mode == "3d":
+            need = volume_bytes(self.ice_volume_shape)
+            keep = 2 * math.prod(self.ice_volume_shape)
+            est.components.append(Component(
+                f"the 3-D ice volume {'×'.join(map(str, self.ice_volume_shape))} (sample.ice_structure)",
+                resident_bytes=keep, transient_bytes=need - keep,
+                fix="set sample.ice_structure.mode: slices (independent ice per view), thinner ice or a smaller field"))
+        return est
 
     def _fit_modes(self, candidates: list[list[str]]) -> None:
         """Estimate, and give each type that has a choice (``candidates``) the mode estimated fastest among those

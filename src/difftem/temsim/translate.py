@@ -404,7 +404,8 @@ class _Translator:
         smp = self.single("sample")
         tc, te, dia = smp.get("thickness_center"), smp.get("thickness_edge"), smp.get("diameter")
         ox, oy = abs(smp.get("offset_x")), abs(smp.get("offset_y"))
-        data["sample"] = {"ice_thickness_nm": tc}
+        # TEM-simulator's ice is a continuum: no structured ice
+        data["sample"] = {"ice_thickness_nm": tc, "ice_structure": {"mode": "off"}}
         self.map(smp, "thickness_center", "sample.ice_thickness_nm")
         self.map_all(smp, ("thickness_edge", "diameter", "offset_x", "offset_y"), None)
         # TEM-simulator: t(r) = t_c + (t_e − t_c)·(r/R)² in the hole of radius R, a support film of t_e outside

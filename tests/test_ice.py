@@ -1,0 +1,207 @@
+"""Structured vitreous ice (forward/ice.py): the amorphous-ice ring, variance ∝ thickness, one 3-D ice for all tilts,
+seeding, the amplitude gradient, tiles."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from difftem import simulate, simulate_tilt_series
+from difftem.core.grid import Grid
+from difftem.core.rotations import tilt_rotation
+from difftem.forward.ice import (
+    IceStructureModel,
+    IceVolume,
+    ViewIce,
+    amorphous_ice_structure_factor,
+    projected_ice_power_spectrum,
+    radial_power_spectrum,
+)
+from difftem.forward.multislice import multislice
+from difftem.forward.potential import IceModel, SlicedPotential
+from difftem.forward.scattering import get_table
+
+TABLE = get_table("kirkland")
+
+
+def _ice_only(shape=(512, 512), pixel_a=0.85, thickness_nm=30.0, **ice):
+    return {"seed": 5, "beam": {"voltage_kv": 300, "dose_e_per_a2": 40}, "optics": {"defocus_um": 1.0},
+            "detector": {"shape_px": list(shape), "pixel_size_a": pixel_a, "noise": "none"},
+            "sample": {"ice_thickness_nm": thickness_nm, "ice_structure": ice}}
+
+
+def test_structure_factor_has_the_published_features():
+    q = torch.linspace(0.0, 8.0, 4001, dtype=torch.float64)
+    s = amorphous_ice_structure_factor(q)
+    first = float(q[torch.argmax(s)])
+    assert 1.65 <= first <= 1.75  # LDA's first sharp diffraction peak, d = 2π/q ≈ 3.7 Å
+    assert float(s[0]) < 0.05  # nearly hyperuniform at q → 0
+    assert abs(float(s[-1]) - 1) < 0.02 and float(s.min()) >= 0
+
+
+def test_ice_only_micrograph_shows_the_amorphous_ice_ring():
+    """300 kV, 0.85 Å/px, noise-free, ice only: the radial power spectrum peaks within 3.5–4.2 Å, ≥ 10 % above the
+    bands either side (4.5–6 Å and 3.0–3.3 Å)."""
+    r = simulate(_ice_only())
+    assert r.metadata["ice_structure"]["mode"] == "slices"
+    s, p = radial_power_spectrum(r.noiseless, 0.85, 150)
+    d = np.where(s > 0, 1 / np.maximum(s, 1e-9), np.inf)
+
+    def band(lo, hi):
+        return p[(d >= lo) & (d < hi)].mean()
+
+    ring, outer, inner = band(3.5, 4.2), band(4.5, 6.0), band(3.0, 3.3)
+    assert ring > 1.10 * max(outer, inner), (ring, outer, inner)
+    # the maximum of the smoothed profile between 2.8 and 8 Å lies in the ring
+    sel = (d >= 2.8) & (d <= 8.0)
+    smooth = np.convolve(p, np.ones(7) / 7, mode="same")
+    assert 3.5 <= d[sel][np.argmax(smooth[sel])] <= 4.2
+    # off: a constant image
+    flat = simulate(_ice_only(shape=(128, 128), mode="off")).noiseless
+    assert float(flat.std() / flat.mean()) < 1e-5
+
+
+def _projected_fluctuation(thickness_a, seed=1, shape=(256, 256), pixel_a=1.0, mode="slices", rotation=None):
+    model = IceStructureModel(TABLE, pixel_a, seed, chunk_a=1e4)
+    grid = Grid(shape, pixel_a)
+    volume = None
+    if mode == "3d":
+        from difftem.forward.ice import volume_shape
+
+        vshape, v = volume_shape(shape, pixel_a, thickness_a, 0.0)
+        volume = IceVolume(model, vshape, v)
+    ice = ViewIce(model, grid, 0, volume=volume, rotation=np.eye(3) if rotation is None else rotation)
+    ice.plan(-thickness_a / 2, 2.0, math.ceil(thickness_a / 2.0), thickness_a)
+    return ice.field(0, grid).real.double()
+
+
+def _analytic_variance(thickness_a, pixel_a=1.0, shape=(256, 256)):
+    from difftem.forward.potential import antialias_mask
+
+    g = Grid(shape, pixel_a)
+    k2 = g.k2(dtype=torch.float64)
+    psd = projected_ice_power_spectrum(k2, thickness_a, TABLE) * antialias_mask(k2, pixel_a) ** 2
+    return float(psd.sum() / (shape[0] * shape[1] * pixel_a**2))
+
+
+@pytest.mark.parametrize("mode", ["slices", "3d"])
+def test_projected_variance_grows_linearly_with_thickness(mode):
+    """Per-slice fields and the 3-D realisation (at 0°) both give the analytic T·∫P₃ over the band."""
+    shape, ts, seeds = ((256, 256), [100.0, 200.0, 400.0], (1, 2)) if mode == "slices" else \
+        ((96, 96), [50.0, 100.0, 200.0], (1, 2, 3))
+    var = [float(np.mean([_projected_fluctuation(t, seed=s, mode=mode, shape=shape).var() for s in seeds]))
+           for t in ts]
+    for t, v in zip(ts, var, strict=True):
+        ref = _analytic_variance(t, shape=shape)
+        assert abs(v / ref - 1) < 0.12, (mode, t, v, ref)
+    slope = np.polyfit(np.log(ts), np.log(var), 1)[0]
+    assert abs(slope - 1) < 0.06, slope
+
+
+def test_two_tilts_project_the_same_3d_ice():
+    """Central section: the 1-D projection along x (the kx = 0 line of each view's 2-D transform, along the tilt
+    axis y) over one period of the ice is the same at 0° and at 41.4° (cos θ = 0.75): both are ∫∫ V du dz."""
+    p, thickness = 0.85, 120.0
+    nx_vol, n_x0 = 264, 256
+    v = n_x0 * p / nx_vol  # one period of the volume in x = 256 pixels at 0°, 192 at cos θ = 0.75
+    theta = math.degrees(math.acos(0.75))
+
+    def line(seed, angle):
+        model = IceStructureModel(TABLE, p, seed)
+        vol = IceVolume(model, (math.ceil(thickness / v) + 16, 72, nx_vol), v)
+        nx = n_x0 if angle == 0 else round(n_x0 * 0.75)
+        grid = Grid((48, nx), p)
+        t_view = thickness / math.cos(math.radians(angle))
+        proj = vol.project(tilt_rotation(angle, 0.0), grid, -t_view / 2, t_view / 2, t_view).double()
+        return proj.sum(1) * p  # V·Å² per row
+
+    a0, a1, b1 = line(7, 0.0), line(7, theta), line(8, theta)
+
+    def rel(x, y):
+        x, y = x - x.mean(), y - y.mean()
+        return float((x - y).norm() / x.norm())
+
+    same, independent = rel(a0, a1), rel(a0, b1)
+    assert same < 0.2 and independent > 1.0, (same, independent)
+
+
+def test_tilt_series_uses_one_volume_and_falls_back_when_it_does_not_fit():
+    cfg = _ice_only(shape=(64, 64), pixel_a=1.0, thickness_nm=5.0)
+    cfg["tilt_series"] = {"scheme": "list", "angles_deg": [-30, 0, 30], "damage": "none"}
+    r = simulate_tilt_series(cfg)
+    meta = r.metadata["ice_structure"]
+    assert meta["mode"] == "3d" and meta["volume_shape_zyx"][0] > 50
+    cfg["simulation"] = {"max_memory_gb": 0.3}
+    cfg["detector"]["shape_px"] = [1024, 1024]
+    cfg["sample"]["ice_thickness_nm"] = 100
+    from difftem.config import config_from_dict
+    from difftem.simulate.setup import Setup
+
+    setup = Setup.build(config_from_dict(cfg))
+    assert setup.ice_mode == "slices" and any("does not fit" in n for n in setup.notes)
+
+
+def test_seeded_and_differentiable_in_the_amplitude():
+    a = _projected_fluctuation(50.0, seed=3, shape=(64, 64))
+    assert torch.equal(a, _projected_fluctuation(50.0, seed=3, shape=(64, 64)))
+    assert not torch.equal(a, _projected_fluctuation(50.0, seed=4, shape=(64, 64)))
+
+    grid = Grid((64, 64), 1.0)
+    empty = torch.zeros(0)
+    ice_slab = IceModel(60.0)
+    pot = SlicedPotential(empty.long(), torch.zeros(0, 3), empty, empty, grid, TABLE, 2.0, ice_slab)
+
+    def intensity_var(amp):
+        model = IceStructureModel(TABLE, 1.0, 9, amplitude=amp, absorption_ratio=ice_slab.absorption_ratio)
+        wave = multislice(pot, 0.0197, 6.5e-4, ice=ViewIce(model, grid, 0), checkpoint=True)
+        return (wave.abs() ** 2).var()
+
+    amp = torch.tensor(1.0, dtype=torch.float64, requires_grad=True)
+    out = intensity_var(amp)
+    out.backward()
+    h = 1e-3
+    with torch.no_grad():
+        fd = (intensity_var(1 + h) - intensity_var(1 - h)) / (2 * h)
+    assert float(amp.grad) > 0 and abs(float(amp.grad) / float(fd) - 1) < 1e-2
+
+
+def test_tiles_join_the_same_ice_as_the_whole_field():
+    whole = simulate(_ice_only(shape=(192, 192), pixel_a=1.0, thickness_nm=10.0)).intensity
+    cfg = _ice_only(shape=(192, 192), pixel_a=1.0, thickness_nm=10.0)
+    cfg["simulation"] = {"tile_px": 96, "antialias_taper_fraction": 0.04}
+    tiled = simulate(cfg).intensity
+    err = float((tiled - whole).abs().max() / (whole - whole.mean()).abs().max())
+    assert err < 0.05, err
+
+
+def test_particles_with_structured_ice_run_on_the_whole_field():
+    cfg = _ice_only(shape=(384, 384), pixel_a=1.0, thickness_nm=10.0)
+    cfg["sample"]["particles"] = [{"structure": "builtin:1ubi", "positions_a": [[0, 0, 0]]}]
+    r = simulate(cfg)
+    assert r.metadata["multislice_window_px"] is None
+    cfg["sample"]["ice_structure"] = {"mode": "off"}
+    assert simulate(cfg).metadata["multislice_window_px"] is not None
+
+
+def test_differentiable_simulator_gradient_in_the_ice_amplitude():
+    from difftem import DifferentiableSimulator
+
+    sim = DifferentiableSimulator(_ice_only(shape=(64, 64), pixel_a=1.0, thickness_nm=5.0), precision="double")
+    p = sim.parameters(["ice_amplitude"])
+    out = sim(p).intensity.var()
+    out.backward()
+    h = 1e-4
+
+    def at(a):
+        q = sim.parameters()
+        q["ice_amplitude"] = torch.tensor(a, dtype=torch.float64)
+        with torch.no_grad():
+            return float(sim(q).intensity.var())
+
+    fd = (at(1 + h) - at(1 - h)) / (2 * h)
+    assert abs(float(p["ice_amplitude"].grad) / fd - 1) < 1e-4
+    q = sim.parameters()
+    q["ice_amplitude"] = torch.tensor(0.0, dtype=torch.float64)
+    with torch.no_grad():
+        assert float(sim(q).intensity.std()) < 1e-9  # amplitude 0: the continuum alone
