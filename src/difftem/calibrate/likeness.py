@@ -37,6 +37,38 @@ def band_ratios(real: torch.Tensor, simulated: torch.Tensor) -> dict:
             "worst_ratio": float(ratio[worst]), "max_abs_deviation": float(abs(ratio[worst] - 1))}
 
 
+def grid_crops(image, crop_px: int) -> torch.Tensor:
+    """Every non-overlapping ``crop_px`` tile of an image (row-major), as (N, crop_px, crop_px) float64."""
+    x = torch.as_tensor(np.asarray(image, dtype=np.float64))
+    ny, nx = x.shape[0] // crop_px, x.shape[1] // crop_px
+    if ny * nx == 0:
+        raise ArgumentError("crop", f" {crop_px} px: larger than the image {tuple(x.shape)}")
+    x = x[:ny * crop_px, :nx * crop_px]
+    return x.reshape(ny, crop_px, nx, crop_px).permute(0, 2, 1, 3).reshape(-1, crop_px, crop_px)
+
+
+#: The amorphous-ice ring (Å): its band, and the baselines on either side.
+RING_A = (4.2, 3.4)
+RING_BASELINES_A = ((5.6, 4.6), (3.2, 2.9))
+
+
+def ice_ring_excess(crops: torch.Tensor, pixel_size_a: float) -> float | None:
+    """Mean power in the ice ring's band above the straight line through its two baseline bands (data units²
+    per px); None when the ring lies beyond Nyquist."""
+    if pixel_size_a > RING_A[1] / 2 or pixel_size_a > RING_BASELINES_A[1][1] / 2:
+        return None
+    nps = noise_power_spectrum(crops, detrend="plane")
+    n = crops.shape[-1]
+    k = radial_freq_per_px((n, n), half=True) / pixel_size_a
+
+    def band(lo_a, hi_a):
+        m = (k >= 1 / lo_a) & (k < 1 / hi_a)
+        return float(k[m].mean()), float(nps[m].mean())
+
+    (k1, p1), (k2, p2), (kr, pr) = band(*RING_BASELINES_A[0]), band(*RING_BASELINES_A[1]), band(*RING_A)
+    return pr - (p1 + (p2 - p1) * (kr - k1) / (k2 - k1))
+
+
 def crop_features(crops: torch.Tensor) -> np.ndarray:
     """Per crop: log power in the likeness bands, and the pixel values' mean, log standard deviation, skewness
     and excess kurtosis."""

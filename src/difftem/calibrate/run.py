@@ -23,10 +23,9 @@ from ..core.errors import ArgumentError
 from ..io.files import staging_folder, write_json, write_text
 from ..io.tlt import read_mrc_checked
 from ..learn.ctf_fit import CTFFit, fit_ctf
-from ..learn.mtf_fit import extract_crops, select_background_crops
 from ..simulate.output import prepare_out
 from ..simulate.pipeline import simulate
-from .likeness import band_ratios, classifier_accuracy
+from .likeness import BAND_EDGES_PER_PX, band_ratios, classifier_accuracy, grid_crops, ice_ring_excess
 from .plots import report_figure
 from .stats import DetectorStats, detector_statistics, thickness_from_transmission
 
@@ -36,10 +35,11 @@ PROBE_PX = 64
 
 
 def calibrated_config(fit: CTFFit, stats: DetectorStats, *, shape_px: tuple[int, int], dqe: float,
-                      dose_e_per_a2: float, ice_thickness_nm: float, seed: int = 0,
-                      slice_thickness_a: float = 10.0) -> dict:
-    """The simulation config (a dict of the YAML's shape) the fitted values describe. The optics' envelopes and
-    Cc keep the defaults: a single micrograph does not separate them from the specimen's spectrum."""
+                      dose_e_per_a2: float, ice_thickness_nm: float, energy_filter: bool, seed: int = 0,
+                      slice_thickness_a: float = 10.0, particles: list[dict] | None = None) -> dict:
+    """The simulation config (a dict of the YAML's shape) the fitted values describe: structured ice of the fitted
+    thickness, electron loss from its causes (with or without an energy filter). The optics' envelopes and Cc keep
+    the defaults: a single micrograph does not separate them from the specimen's spectrum."""
     gain, _ = stats.detector(dqe)
     m = stats.mtf
     return {
@@ -48,11 +48,13 @@ def calibrated_config(fit: CTFFit, stats: DetectorStats, *, shape_px: tuple[int,
         "optics": {"defocus_um": round(fit.defocus_mean_a / 1e4, 5),
                    "astigmatism_um": round(fit.astigmatism_a / 1e4, 5),
                    "astigmatism_angle_deg": round(fit.defocus_angle_deg, 3), "cs_mm": fit.cs_mm,
-                   "phase_shift_deg": round(fit.phase_shift_deg, 3)},
+                   "phase_shift_deg": round(fit.phase_shift_deg, 3),
+                   "electron_loss": {"model": "explicit", "energy_filter": energy_filter}},
         "detector": {"shape_px": list(shape_px), "pixel_size_a": round(fit.pixel_size_a, 6), "noise": "poisson",
                      "dqe": dqe, "gain": round(gain, 6),
                      "mtf": {"a": m.a, "b": m.b, "c": m.c, "alpha": m.alpha, "beta": m.beta}},
-        "sample": {"ice_thickness_nm": round(ice_thickness_nm, 3)},
+        "sample": {"ice_thickness_nm": round(ice_thickness_nm, 3), "ice_structure": {"mode": "slices"},
+                   "particles": particles or []},
         "simulation": {"slice_thickness_a": slice_thickness_a},
     }
 
@@ -63,7 +65,8 @@ def transmission(config: dict, thickness_nm: float) -> float:
     probe = copy.deepcopy(config)
     probe["detector"] = {"shape_px": [PROBE_PX, PROBE_PX], "pixel_size_a": config["detector"]["pixel_size_a"],
                          "noise": "none", "dqe": 1.0, "gain": 1.0}
-    probe["sample"] = {**probe["sample"], "ice_thickness_nm": thickness_nm, "particles": []}
+    probe["sample"] = {**probe["sample"], "ice_thickness_nm": thickness_nm, "particles": [],
+                       "ice_structure": {"mode": "off"}}  # the mean loss only: the ring's power is not the point
     probe["optics"] = {**probe["optics"], "defocus_um": 0.0, "astigmatism_um": 0.0}
     result = simulate(config_from_dict(probe, "thickness probe"))
     return float(result.intensity.mean())
@@ -77,9 +80,41 @@ def _name(path: Path) -> str:
     return re.sub(r"(\.mrcs?)?(\.gz)?$", "", path.name)
 
 
+def _counts_to_dose(counts_px: float, px: float, thickness_nm: float, length_nm: float) -> float:
+    return counts_px / (px * px * math.exp(-thickness_nm / length_nm))
+
+
+def _simulate(config: dict) -> np.ndarray:
+    return simulate(config_from_dict(config, "calibrated config")).micrograph.numpy()
+
+
+#: Bands (cycles/px) where the ice amplitude is fitted: above the particles' low-frequency power.
+ICE_FIT_FROM_PER_PX = 0.05
+
+
+def fit_ice_amplitude(real_crops: torch.Tensor, config: dict, crop_px: int) -> tuple[float, dict]:
+    """The structured ice's amplitude a that best matches the data's power spectrum band by band: the simulated
+    band power is N + a²·I (N: noise and continuum, from a simulation at a = 0; I: the ice's power, from a = 1 minus
+    N), so a² is a one-parameter weighted least-squares fit of the ratios to 1 over the bands above
+    ``ICE_FIT_FROM_PER_PX``. The amplitude absorbs what the model does not know apart from the ice: the detector's
+    signal transfer (a CCD passes far less signal than its noise at 3.7 Å) and the structure factor's height."""
+    powers = []
+    for amplitude in (0.0, 1.0):
+        cfg = copy.deepcopy(config)
+        cfg["sample"]["ice_structure"] = {**cfg["sample"]["ice_structure"], "amplitude": amplitude}
+        powers.append(np.asarray(band_ratios(real_crops, grid_crops(_simulate(cfg), crop_px))["simulated_power"]))
+    real = np.asarray(band_ratios(real_crops, real_crops[:1])["real_power"])
+    centres = 0.5 * (BAND_EDGES_PER_PX[:-1] + BAND_EDGES_PER_PX[1:])
+    use = centres >= ICE_FIT_FROM_PER_PX
+    noise, ice = powers[0][use] / real[use], (powers[1] - powers[0])[use] / real[use]
+    a2 = float(np.clip(np.sum(ice * (1 - noise)) / max(np.sum(ice * ice), 1e-300), 0.0, 1e4))
+    return math.sqrt(a2), {"noise_only_ratio": (powers[0] / real).tolist(),
+                           "ice_at_amplitude_1_ratio": ((powers[1] - powers[0]) / real).tolist()}
+
+
 def calibrate_one(path: Path, *, pixel_size_a: float | None, dqe: float, dose_e_per_a2: float | None,
-                  ice_thickness_nm: float | None, field_px: int, crop_px: int, seed: int, fit_options: dict,
-                  log: Callable[[str], None]) -> dict:
+                  ice_thickness_nm: float | None, energy_filter: bool, particles: list[dict] | None,
+                  field_px: int, crop_px: int, seed: int, fit_options: dict, log: Callable[[str], None]) -> dict:
     image, header_px = read_mrc_checked(path, "micrograph")
     if image.ndim != 2:
         raise ArgumentError("inputs", f" {path}: holds shape {image.shape}; calibrate takes single micrographs")
@@ -90,27 +125,32 @@ def calibrate_one(path: Path, *, pixel_size_a: float | None, dqe: float, dose_e_
     log("CTF")
     fit = fit_ctf(image, px, **fit_options)
     log("detector")
-    stats = detector_statistics(image, crop_px=crop_px)
+    stats = detector_statistics(image)
     gain, counts_px = stats.detector(dqe)
     shape = (min(field_px, image.shape[0]), min(field_px, image.shape[1]))
-    draft = calibrated_config(fit, stats, shape_px=shape, dqe=dqe, dose_e_per_a2=1.0, ice_thickness_nm=50.0,
-                              seed=seed)
+    config = calibrated_config(fit, stats, shape_px=shape, dqe=dqe, dose_e_per_a2=1.0, ice_thickness_nm=50.0,
+                               energy_filter=energy_filter, seed=seed, particles=particles)
     log("ice")
-    length_nm = attenuation_length_nm(draft)
+    length_nm = attenuation_length_nm(config)
+    real_crops = grid_crops(image, crop_px)
+    real_excess = ice_ring_excess(real_crops, px)
     if dose_e_per_a2 is not None:
-        t = counts_px / (dose_e_per_a2 * px * px)
-        thickness, dose, how = thickness_from_transmission(t, length_nm), dose_e_per_a2, "nominal dose"
+        thickness = thickness_from_transmission(counts_px / (dose_e_per_a2 * px * px), length_nm)
+        how = "transmission at the nominal dose"
+    elif ice_thickness_nm is not None:
+        thickness, how = ice_thickness_nm, "given"
     else:
-        thickness = 50.0 if ice_thickness_nm is None else ice_thickness_nm
-        how = "given" if ice_thickness_nm is not None else "assumed (no nominal dose given)"
-        dose = counts_px / (px * px * math.exp(-thickness / length_nm))
-    config = calibrated_config(fit, stats, shape_px=shape, dqe=dqe, dose_e_per_a2=dose, ice_thickness_nm=thickness,
-                               seed=seed)
+        thickness, how = 50.0, "assumed (no nominal dose given)"
+    dose = _counts_to_dose(counts_px, px, thickness, length_nm) if dose_e_per_a2 is None else dose_e_per_a2
+    config["sample"]["ice_thickness_nm"] = round(thickness, 3)
+    config["beam"]["dose_e_per_a2"] = round(dose, 4)
+    log("ice structure")
+    amplitude, ice_fit = fit_ice_amplitude(real_crops, config, crop_px)
+    config["sample"]["ice_structure"]["amplitude"] = round(amplitude, 4)
     log("simulate")
-    sim = simulate(config_from_dict(config, "calibrated config")).micrograph.numpy()
+    sim = _simulate(config)
     log("compare")
-    real_crops = extract_crops(image, select_background_crops(image, crop_px, 64), crop_px)
-    sim_crops = extract_crops(sim, select_background_crops(sim, crop_px, 64), crop_px)
+    sim_crops = grid_crops(sim, crop_px)
     sim_fit = fit_ctf(sim, px, **{**fit_options, "bootstrap": 0}) if min(sim.shape) >= 512 else None
     bands = band_ratios(real_crops, sim_crops)
     clf = classifier_accuracy(real_crops, sim_crops, seed=seed)
@@ -118,7 +158,9 @@ def calibrate_one(path: Path, *, pixel_size_a: float | None, dqe: float, dose_e_
             "detector": {**stats.as_dict(), "dqe_assumed": dqe, "gain_units_per_e": gain,
                          "counts_per_px": counts_px},
             "ice": {"thickness_nm": thickness, "thickness_from": how, "attenuation_length_nm": length_nm,
-                    "transmission": math.exp(-thickness / length_nm)},
+                    "transmission": math.exp(-thickness / length_nm), "real_ring_excess": real_excess,
+                    "structure_amplitude": amplitude, "structure_fit": ice_fit,
+                    "energy_filter": energy_filter},
             "dose_e_per_a2": dose, "config": config, "likeness": {"bands": bands, "classifier": clf},
             "simulated_ctf": sim_fit.as_dict() if sim_fit else None, "seconds": time.perf_counter() - t0,
             "_plot": {"fit": fit, "sim_fit": sim_fit, "real_crops": real_crops, "sim_crops": sim_crops}}
@@ -136,8 +178,9 @@ def _yaml(config: dict, record: dict) -> str:
 
 
 def run_calibrate(inputs: list[Path], out: Path, *, pixel_size_a: float | None = None, dqe: float = 0.8,
-                  dose_e_per_a2: float | None = None, ice_thickness_nm: float | None = None, field_px: int = 1024,
-                  crop_px: int = 256, seed: int = 0, overwrite: bool = False,
+                  dose_e_per_a2: float | None = None, ice_thickness_nm: float | None = None,
+                  energy_filter: bool = False, particles: list[dict] | None = None, field_px: int = 1024,
+                  crop_px: int = 128, seed: int = 0, overwrite: bool = False,
                   overwrite_hint: str = "pass overwrite=True", log: Callable[[str], None] | None = None,
                   **fit_options) -> dict:
     """Calibrate every micrograph; write ``<name>_calibrated.yaml`` (``calibrated.yaml`` for one input),
@@ -150,7 +193,8 @@ def run_calibrate(inputs: list[Path], out: Path, *, pixel_size_a: float | None =
     with staging_folder(out, overwrite=overwrite) as tmp:
         for path in inputs:
             rec = calibrate_one(Path(path), pixel_size_a=pixel_size_a, dqe=dqe, dose_e_per_a2=dose_e_per_a2,
-                                ice_thickness_nm=ice_thickness_nm, field_px=field_px, crop_px=crop_px, seed=seed,
+                                ice_thickness_nm=ice_thickness_nm, energy_filter=energy_filter,
+                                particles=particles, field_px=field_px, crop_px=crop_px, seed=seed,
                                 fit_options=fit_options, log=lambda s, p=path: log(f"{Path(p).name}: {s}"))
             plot = rec.pop("_plot")
             stem = "calibrated" if len(inputs) == 1 else f"{rec['name']}_calibrated"

@@ -88,8 +88,12 @@ def register(app: typer.Typer) -> None:
                                                      "from the transmitted counts"),
         ice_thickness: float | None = typer.Option(None, help="ice thickness (nm) when no nominal dose is given "
                                                               "(default 50)"),
+        energy_filter: bool = typer.Option(False, help="the data were taken through an energy filter (inelastic "
+                                                       "electrons removed)"),
+        particles: list[str] = typer.Option(None, help="particles in the calibrated config, STRUCTURE:COUNT "
+                                                       "(PDB/mmCIF path, random copies); repeatable"),
         field: int = typer.Option(1024, help="side of the simulated field (px) compared with the data"),
-        crop: int = typer.Option(256, help="background crop side for the comparison (px)"),
+        crop: int = typer.Option(128, help="crop side for the comparison (px)"),
         seed: int = typer.Option(0, help="random seed of the simulation"),
         overwrite: bool = typer.Option(False, help="replace an existing output folder"),
     ):
@@ -97,9 +101,17 @@ def register(app: typer.Typer) -> None:
         them), a report (real vs simulated spectra, Thon rings, histograms, crops) and a likeness score."""
         from ..calibrate.run import run_calibrate
 
+        entries = []
+        for text in particles or []:
+            structure, _, count = text.rpartition(":")
+            if not structure or not count.isdigit():
+                fail(f"--particles {text!r}: give STRUCTURE:COUNT, e.g. 5a1a_betagal.cif.gz:20")
+            entries.append({"structure": str(Path(structure).resolve()) if not structure.startswith("builtin:")
+                            else structure, "random": {"count": int(count)}})
         try:
             report = run_calibrate(list(inputs), out, pixel_size_a=pixel_size, dqe=dqe, dose_e_per_a2=dose,
-                                   ice_thickness_nm=ice_thickness, field_px=field, crop_px=crop, seed=seed,
+                                   ice_thickness_nm=ice_thickness, energy_filter=energy_filter,
+                                   particles=entries, field_px=field, crop_px=crop, seed=seed,
                                    overwrite=overwrite, overwrite_hint="pass --overwrite",
                                    log=lambda s: note("step", s), voltage_kv=voltage,
                                    cs_mm=cs, bootstrap=4)

@@ -232,13 +232,17 @@ class SlicedPotential(SlicedBase):
             box = Grid(shape, self.grid.pixel_size_a)
             k2 = box.k2(self.device, torch.float64, half=True)
             ff = self.table.projected_form_factor(z, k2)
-            if self.form_factor_filter is not None:
-                ff = ff * self.form_factor_filter(torch.sqrt(k2))
             ff_re, ff_im = ff, self.absorption_ratio * ff
             if in_ice:
                 solvent = self._volume_a3[z] * torch.exp(-self.ice.solvent_b_a2 * k2 / 4)
                 ff_re = ff_re - self.ice.mean_potential_v * solvent
                 ff_im = ff_im - self.ice.absorption_potential_v * solvent
+            if self.form_factor_filter is not None:
+                # the damage filter acts on the contrast the atom makes, protein minus the ice it displaces (as
+                # the per-type maps filter their whole difference); filtering the atom alone left the displaced
+                # ice unfiltered, which then reversed the contrast where damage had removed the protein's signal
+                filt = self.form_factor_filter(torch.sqrt(k2))
+                ff_re, ff_im = ff_re * filt, ff_im * filt
             self._ff_cache[key] = torch.stack([ff_re, ff_im]).to(self.rdtype)
             self._trim_ff_cache(shape)
         return self._ff_cache[key]

@@ -391,8 +391,11 @@ def fit_ctf_tiles(tiles, pixel_size_a: float, *, offsets_a=None, voltage_kv: flo
         p = _replace(problem, offsets_a=offsets * sign)
         if not tilted:  # one averaged spectrum: the same fit, T times cheaper
             p = _replace(p, data=p.data.mean(0, keepdim=True), offsets_a=offsets[:1])
-        df0 = _search_defocus(_replace(p, data=p.data.mean(0, keepdim=True), offsets_a=offsets[:1] * 0), range_a)
-        df1, ac1, as1 = _search_astigmatism(p, df0, max_astigmatism_um * 1e4)
+        averaged = _replace(p, data=p.data.mean(0, keepdim=True), offsets_a=offsets[:1] * 0)
+        df0 = _search_defocus(averaged, range_a)
+        # the grids run on the tiles' mean spectrum (the tilt blurs its rings a little; the refinement below sees
+        # every tile's own defocus): a grid over every tile would cost T times more
+        df1, ac1, as1 = _search_astigmatism(averaged, df0, max_astigmatism_um * 1e4)
         params = _refine(p, (df1, ac1, as1, 0.0), fit_phase_shift)
         loss, coef = _residual_loss(p, ctf_squared(p, *params))
         if best is None or float(loss) < best[0]:
