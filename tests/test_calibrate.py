@@ -57,3 +57,37 @@ def test_thickness_from_transmission_and_its_errors():
     assert math.isclose(thickness_from_transmission(math.exp(-0.5), 300.0), 150.0)
     with pytest.raises(ArgumentError, match="dose"):
         thickness_from_transmission(1.3, 300.0)
+
+
+def test_calibrate_round_trip_recovers_a_known_simulation(tmp_path, one_thread):
+    """A micrograph simulated with structured ice, a known CTF, dose, gain and thickness: calibrate (told the
+    nominal dose, the DQE and the camera's MTF) gives back the defocus, the gain, the thickness and the ice amplitude, and its own
+    simulation matches the input band by band and cannot be told apart by the classifier."""
+    import json
+
+    from difftem.calibrate.run import run_calibrate
+    from difftem.io.files import write_mrc
+
+    truth = {"seed": 11, "beam": {"voltage_kv": 300, "dose_e_per_a2": 40.0},
+             "optics": {"defocus_um": 1.2, "astigmatism_um": 0.1, "astigmatism_angle_deg": 25.0,
+                        "electron_loss": {"model": "explicit", "energy_filter": True}},
+             "detector": {"shape_px": [768, 768], "pixel_size_a": 1.0, "dqe": 0.8, "gain": 3.0, "mtf": MTF},
+             "sample": {"ice_thickness_nm": 40.0, "ice_structure": {"mode": "slices", "amplitude": 0.25}},
+             "simulation": {"slice_thickness_a": 10}}
+    img = difftem.simulate(truth).micrograph.numpy()
+    write_mrc(tmp_path / "mic.mrc", img, 1.0)
+    from difftem.forward.detector import MTFParams
+
+    run_calibrate([tmp_path / "mic.mrc"], tmp_path / "cal", dqe=0.8, dose_e_per_a2=40.0, energy_filter=True,
+                  mtf=MTFParams(**MTF), field_px=768, bootstrap=0)
+    rec = json.loads((tmp_path / "cal" / "calibration.json").read_text())["micrographs"][0]
+    ctf = rec["ctf"]
+    # the ice scatters from every depth symmetrically about the mid-plane, where the config gives the defocus
+    assert abs(0.5 * (ctf["defocus_u_a"] + ctf["defocus_v_a"]) / 12000 - 1) < 0.01
+    assert abs(ctf["defocus_u_a"] - ctf["defocus_v_a"] - 1000) < 250  # a weak, small field: see test_ctf_fit
+    assert abs(rec["detector"]["gain_units_per_e"] / 3.0 - 1) < 0.05
+    assert abs(rec["ice"]["thickness_nm"] / 40.0 - 1) < 0.15
+    assert abs(rec["ice"]["structure_amplitude"] / 0.25 - 1) < 0.3
+    assert rec["likeness"]["bands"]["max_abs_deviation"] < 0.1
+    assert rec["likeness"]["classifier"]["accuracy"] <= 0.75
+    assert (tmp_path / "cal" / "calibrated.yaml").is_file() and (tmp_path / "cal" / "mic_report.png").is_file()

@@ -27,7 +27,7 @@ from ..simulate.output import prepare_out
 from ..simulate.pipeline import simulate
 from .likeness import BAND_EDGES_PER_PX, band_ratios, classifier_accuracy, grid_crops, ice_ring_excess
 from .plots import report_figure
-from .stats import DetectorStats, detector_statistics, thickness_from_transmission
+from .stats import DetectorStats, detector_statistics, mtf_config, thickness_from_transmission
 
 #: Thickness probe: the simulator's transmission is measured at this ice thickness (nm) on a small field.
 PROBE_THICKNESS_NM = 100.0
@@ -41,7 +41,6 @@ def calibrated_config(fit: CTFFit, stats: DetectorStats, *, shape_px: tuple[int,
     thickness, electron loss from its causes (with or without an energy filter). The optics' envelopes and Cc keep
     the defaults: a single micrograph does not separate them from the specimen's spectrum."""
     gain, _ = stats.detector(dqe)
-    m = stats.mtf
     return {
         "seed": seed,
         "beam": {"voltage_kv": fit.voltage_kv, "dose_e_per_a2": round(dose_e_per_a2, 4)},
@@ -51,8 +50,7 @@ def calibrated_config(fit: CTFFit, stats: DetectorStats, *, shape_px: tuple[int,
                    "phase_shift_deg": round(fit.phase_shift_deg, 3),
                    "electron_loss": {"model": "explicit", "energy_filter": energy_filter}},
         "detector": {"shape_px": list(shape_px), "pixel_size_a": round(fit.pixel_size_a, 6), "noise": "poisson",
-                     "dqe": dqe, "gain": round(gain, 6),
-                     "mtf": {"a": m.a, "b": m.b, "c": m.c, "alpha": m.alpha, "beta": m.beta}},
+                     "dqe": dqe, "gain": round(gain, 6), "mtf": mtf_config(stats.mtf)},
         "sample": {"ice_thickness_nm": round(ice_thickness_nm, 3), "ice_structure": {"mode": "slices"},
                    "particles": particles or []},
         "simulation": {"slice_thickness_a": slice_thickness_a},
@@ -114,7 +112,7 @@ def fit_ice_amplitude(real_crops: torch.Tensor, config: dict, crop_px: int) -> t
 
 def calibrate_one(path: Path, *, pixel_size_a: float | None, dqe: float, dose_e_per_a2: float | None,
                   ice_thickness_nm: float | None, energy_filter: bool, particles: list[dict] | None,
-                  field_px: int, crop_px: int, seed: int, fit_options: dict, log: Callable[[str], None]) -> dict:
+                  mtf, field_px: int, crop_px: int, seed: int, fit_options: dict, log: Callable[[str], None]) -> dict:
     image, header_px = read_mrc_checked(path, "micrograph")
     if image.ndim != 2:
         raise ArgumentError("inputs", f" {path}: holds shape {image.shape}; calibrate takes single micrographs")
@@ -125,7 +123,7 @@ def calibrate_one(path: Path, *, pixel_size_a: float | None, dqe: float, dose_e_
     log("CTF")
     fit = fit_ctf(image, px, **fit_options)
     log("detector")
-    stats = detector_statistics(image)
+    stats = detector_statistics(image, mtf=mtf)
     gain, counts_px = stats.detector(dqe)
     shape = (min(field_px, image.shape[0]), min(field_px, image.shape[1]))
     config = calibrated_config(fit, stats, shape_px=shape, dqe=dqe, dose_e_per_a2=1.0, ice_thickness_nm=50.0,
@@ -179,7 +177,8 @@ def _yaml(config: dict, record: dict) -> str:
 
 def run_calibrate(inputs: list[Path], out: Path, *, pixel_size_a: float | None = None, dqe: float = 0.8,
                   dose_e_per_a2: float | None = None, ice_thickness_nm: float | None = None,
-                  energy_filter: bool = False, particles: list[dict] | None = None, field_px: int = 1024,
+                  energy_filter: bool = False, particles: list[dict] | None = None, mtf=None,
+                  field_px: int = 1024,
                   crop_px: int = 128, seed: int = 0, overwrite: bool = False,
                   overwrite_hint: str = "pass overwrite=True", log: Callable[[str], None] | None = None,
                   **fit_options) -> dict:
@@ -194,7 +193,7 @@ def run_calibrate(inputs: list[Path], out: Path, *, pixel_size_a: float | None =
         for path in inputs:
             rec = calibrate_one(Path(path), pixel_size_a=pixel_size_a, dqe=dqe, dose_e_per_a2=dose_e_per_a2,
                                 ice_thickness_nm=ice_thickness_nm, energy_filter=energy_filter,
-                                particles=particles, field_px=field_px, crop_px=crop_px, seed=seed,
+                                particles=particles, mtf=mtf, field_px=field_px, crop_px=crop_px, seed=seed,
                                 fit_options=fit_options, log=lambda s, p=path: log(f"{Path(p).name}: {s}"))
             plot = rec.pop("_plot")
             stem = "calibrated" if len(inputs) == 1 else f"{rec['name']}_calibrated"

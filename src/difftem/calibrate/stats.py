@@ -18,11 +18,12 @@ import torch
 
 from ..core.errors import ArgumentError
 from ..core.fft import radial_freq_per_px
-from ..forward.detector import MTFParams
-from ..learn.mtf_fit import extract_crops, fit_nps, noise_power_spectrum, normalised_curve, select_background_crops
+from ..forward.detector import MeasuredMTF, MTFParams
+from ..learn.mtf_fit import extract_crops, fit_nps, noise_power_spectrum, select_background_crops
 
-#: Band (cycles/px) where the noise level is read: above most specimen signal, below the MTF's steepest fall.
-NOISE_BAND_PER_PX = (0.15, 0.40)
+#: Band (cycles/px) where the noise level is read: beyond 2/3 Nyquist, where the specimen (and the simulator) put
+#: the least signal.
+NOISE_BAND_PER_PX = (0.36, 0.48)
 
 
 @dataclass(frozen=True)
@@ -30,13 +31,13 @@ class DetectorStats:
     mean_units: float            # mean of the background crops (data units per pixel)
     noise_power_zero: float      # NPS extrapolated to f = 0 with the fitted MTF (units² per pixel)
     gain_over_dqe: float         # NPS(0)/mean: output units per electron over the DQE
-    mtf: MTFParams               # the noise's MTF, normalised to MTF(0) = 1
+    mtf: MTFParams | MeasuredMTF  # the noise's MTF (fitted, normalised to MTF(0) = 1, or the one given)
     n_crops: int
     crop_px: int
 
     def as_dict(self) -> dict:
-        d = asdict(self)
-        d["mtf"] = asdict(self.mtf)
+        d = {k: v for k, v in asdict(self).items() if k != "mtf"}
+        d["mtf"] = mtf_config(self.mtf)
         return d
 
     def detector(self, dqe: float) -> tuple[float, float]:
@@ -51,9 +52,19 @@ def background_corners(image: np.ndarray, crop_px: int, n_crops: int) -> list[tu
     return select_background_crops(image, crop_px, n_crops)
 
 
-def detector_statistics(image: np.ndarray, crop_px: int = 128, n_crops: int = 20) -> DetectorStats:
-    """Mean, noise level and MTF shape from the emptiest crops of a micrograph in its own units (fit-mtf's NPS
-    estimator for the shape; the level is the median of NPS/MTF² over the noise band)."""
+def mtf_config(mtf: MTFParams | MeasuredMTF) -> dict:
+    """The config's ``detector.mtf`` for an MTF: the formula's parameters, or the STAR file it was read from."""
+    if isinstance(mtf, MeasuredMTF):
+        return {"star": mtf.source}
+    return {k: float(v) for k, v in asdict(mtf).items()}
+
+
+def detector_statistics(image: np.ndarray, crop_px: int = 128, n_crops: int = 20,
+                        mtf: MTFParams | MeasuredMTF | None = None) -> DetectorStats:
+    """Mean, noise level and MTF shape from the emptiest crops of a micrograph in its own units: the MTF given
+    (your camera's curve) or fit-mtf's NPS estimator for its shape, and the level as the median of NPS/MTF² over
+    the noise band. A specimen with much power (thick or strongly scattering ice at fine pixels) biases the fitted
+    shape; give the camera's MTF then."""
     img = np.asarray(image, dtype=np.float64)
     corners = background_corners(img, crop_px, n_crops)
     crops = extract_crops(img, corners, crop_px)
@@ -61,11 +72,13 @@ def detector_statistics(image: np.ndarray, crop_px: int = 128, n_crops: int = 20
     if not mean > 0:
         raise ArgumentError("micrograph", f": its background mean is {mean:g}; calibration needs positive detector "
                                           "units (counts or a scaled count), not a normalised image")
-    mtf = _merge_twins(fit_nps(crops).params)
+    if mtf is None:
+        mtf = _merge_twins(fit_nps(crops).params)
     nps = noise_power_spectrum(crops, detrend="plane")
     omega = radial_freq_per_px((crop_px, crop_px), half=True)
     band = (omega >= NOISE_BAND_PER_PX[0]) & (omega <= NOISE_BAND_PER_PX[1])
-    nps0 = float(torch.median(nps[band] / normalised_curve(mtf, omega[band]) ** 2))
+    curve = mtf(omega[band]) / mtf(torch.zeros((), dtype=torch.float64))
+    nps0 = float(torch.median(nps[band] / curve**2))
     return DetectorStats(mean_units=mean, noise_power_zero=nps0, gain_over_dqe=nps0 / mean, mtf=mtf,
                          n_crops=len(corners), crop_px=crop_px)
 

@@ -92,6 +92,8 @@ def register(app: typer.Typer) -> None:
                                                        "electrons removed)"),
         particles: list[str] = typer.Option(None, help="particles in the calibrated config, STRUCTURE:COUNT "
                                                        "(PDB/mmCIF path, random copies); repeatable"),
+        mtf: str | None = typer.Option(None, help="the camera's MTF (RELION STAR or 'a,b,c,alpha,beta'); default: "
+                                                  "its shape fitted to the noise"),
         field: int = typer.Option(1024, help="side of the simulated field (px) compared with the data"),
         crop: int = typer.Option(128, help="crop side for the comparison (px)"),
         seed: int = typer.Option(0, help="random seed of the simulation"),
@@ -100,6 +102,7 @@ def register(app: typer.Typer) -> None:
         """Fit CTF, detector, dose and ice to real micrographs; write calibrated.yaml (a config that reproduces
         them), a report (real vs simulated spectra, Thon rings, histograms, crops) and a likeness score."""
         from ..calibrate.run import run_calibrate
+        from ..learn.mtf_run import parse_reference
 
         entries = []
         for text in particles or []:
@@ -110,6 +113,7 @@ def register(app: typer.Typer) -> None:
                             else structure, "random": {"count": int(count)}})
         try:
             report = run_calibrate(list(inputs), out, pixel_size_a=pixel_size, dqe=dqe, dose_e_per_a2=dose,
+                                   mtf=parse_reference(mtf, "mtf"),
                                    ice_thickness_nm=ice_thickness, energy_filter=energy_filter,
                                    particles=entries, field_px=field, crop_px=crop, seed=seed,
                                    overwrite=overwrite, overwrite_hint="pass --overwrite",
