@@ -37,7 +37,7 @@ def _config(axis_deg=AXIS_DEG, noise="none", count=6, shape=64, seed=1):
     return {"seed": seed, "beam": {"voltage_kv": 300},
             "optics": {"defocus_um": 1.5, "astigmatism_um": 0.2, "astigmatism_angle_deg": 30},
             "detector": {"shape_px": [shape, shape], "pixel_size_a": 3.0, "noise": noise, "mtf": None},
-            "sample": {"ice_thickness_nm": 20,
+            "sample": {"ice_thickness_nm": 20, "ice_structure": {"mode": "off"},  # conventions, not the ice
                        "particles": [{"structure": "builtin:1ubi", "random": {"count": count}}]},
             "simulation": {"slice_thickness_a": 10},
             "tilt_series": {"scheme": "dose_symmetric", "min_deg": -40, "max_deg": 40, "step_deg": 10,
@@ -360,7 +360,7 @@ def test_subtomogram_average_at_written_relion5_poses_matches_the_map(tmp_path):
                           wiener_snr=100)
     vol = reconstruct(data, meta.angles_deg, pixel_size_a=3.0, tilt_axis_deg=meta.tilt_axis_deg,
                       thickness_a=meta.thickness_a, device="cpu").volume
-    one = dict(cfg, sample={"ice_thickness_nm": 0, "particles": [{"structure": "builtin:1ubi",
+    one = dict(cfg, sample={"ice_thickness_nm": 0, "ice_structure": {"mode": "off"}, "particles": [{"structure": "builtin:1ubi",
                                                                   "positions_a": [[0, 0, 0]]}]})
     one["detector"] = dict(cfg["detector"], shape_px=[48, 48])
     one.pop("tilt_series")

@@ -86,28 +86,56 @@ def _simulate(config: dict) -> np.ndarray:
     return simulate(config_from_dict(config, "calibrated config")).micrograph.numpy()
 
 
-#: Bands (cycles/px) where the ice amplitude is fitted: above the particles' low-frequency power.
+#: Bands (cycles/px) where the ice amplitude is fitted when no particles are: above the particles' power.
 ICE_FIT_FROM_PER_PX = 0.05
 
 
-def fit_ice_amplitude(real_crops: torch.Tensor, config: dict, crop_px: int) -> tuple[float, dict]:
-    """The structured ice's amplitude a that best matches the data's power spectrum band by band: the simulated
-    band power is N + a²·I (N: noise and continuum, from a simulation at a = 0; I: the ice's power, from a = 1 minus
-    N), so a² is a one-parameter weighted least-squares fit of the ratios to 1 over the bands above
-    ``ICE_FIT_FROM_PER_PX``. The amplitude absorbs what the model does not know apart from the ice: the detector's
-    signal transfer (a CCD passes far less signal than its noise at 3.7 Å) and the structure factor's height."""
-    powers = []
-    for amplitude in (0.0, 1.0):
+def _nonnegative_lsq(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """min ‖A x − b‖ with x ≥ 0 for two or fewer unknowns: the unconstrained solution, else the best with one
+    unknown at zero."""
+    best = None
+    n = a.shape[1]
+    for free in ([list(range(n))] + [[i] for i in range(n)]):
+        x = np.zeros(n)
+        x[free] = np.linalg.lstsq(a[:, free], b, rcond=None)[0]
+        if (x >= 0).all():
+            r = float(np.sum((a @ x - b) ** 2))
+            if best is None or r < best[0]:
+                best = (r, x)
+    return best[1] if best is not None else np.zeros(n)
+
+
+def fit_background(real_crops: torch.Tensor, config: dict, crop_px: int) -> tuple[float, int | None, dict]:
+    """The structured ice's amplitude a (and, with particles, their count) that best match the data's power
+    spectrum band by band. The simulated band power is N + a²·I + s·P: N (noise and continuum) from a simulation
+    without ice structure or particles, I the ice's power at a = 1, P the particles' at the config's count (s
+    scales it), each from its own simulation; (a², s) ≥ 0 by least squares of the ratios to 1. The amplitude
+    absorbs what the model does not know apart from the ice: the detector's signal transfer (a CCD passes far less
+    signal than its noise at 3.7 Å) and the structure factor's height. Returns (a, count or None, the parts)."""
+    parts = config["sample"]["particles"]
+
+    def powers(amplitude: float, with_particles: bool) -> np.ndarray:
         cfg = copy.deepcopy(config)
         cfg["sample"]["ice_structure"] = {**cfg["sample"]["ice_structure"], "amplitude": amplitude}
-        powers.append(np.asarray(band_ratios(real_crops, grid_crops(_simulate(cfg), crop_px))["simulated_power"]))
+        cfg["sample"]["particles"] = parts if with_particles else []
+        return np.asarray(band_ratios(real_crops, grid_crops(_simulate(cfg), crop_px))["simulated_power"])
+
     real = np.asarray(band_ratios(real_crops, real_crops[:1])["real_power"])
+    noise = powers(0.0, False)
+    ice = powers(1.0, False) - noise
+    columns = [ice]
+    if parts:
+        columns.append(powers(0.0, True) - noise)
     centres = 0.5 * (BAND_EDGES_PER_PX[:-1] + BAND_EDGES_PER_PX[1:])
-    use = centres >= ICE_FIT_FROM_PER_PX
-    noise, ice = powers[0][use] / real[use], (powers[1] - powers[0])[use] / real[use]
-    a2 = float(np.clip(np.sum(ice * (1 - noise)) / max(np.sum(ice * ice), 1e-300), 0.0, 1e4))
-    return math.sqrt(a2), {"noise_only_ratio": (powers[0] / real).tolist(),
-                           "ice_at_amplitude_1_ratio": ((powers[1] - powers[0]) / real).tolist()}
+    use = centres >= (0.0 if parts else ICE_FIT_FROM_PER_PX)
+    x = _nonnegative_lsq(np.stack([c[use] / real[use] for c in columns], 1), 1 - noise[use] / real[use])
+    count = None
+    if parts:
+        count = int(round(x[1] * sum(p["random"]["count"] for p in parts)))
+    return math.sqrt(min(float(x[0]), 1e4)), count, {
+        "noise_only_ratio": (noise / real).tolist(), "ice_at_amplitude_1_ratio": (ice / real).tolist(),
+        **({"particles_at_start_count_ratio": (columns[1] / real).tolist(), "count_scale": float(x[1])}
+           if parts else {})}
 
 
 def calibrate_one(path: Path, *, pixel_size_a: float | None, dqe: float, dose_e_per_a2: float | None,
@@ -142,9 +170,13 @@ def calibrate_one(path: Path, *, pixel_size_a: float | None, dqe: float, dose_e_
     dose = _counts_to_dose(counts_px, px, thickness, length_nm) if dose_e_per_a2 is None else dose_e_per_a2
     config["sample"]["ice_thickness_nm"] = round(thickness, 3)
     config["beam"]["dose_e_per_a2"] = round(dose, 4)
-    log("ice structure")
-    amplitude, ice_fit = fit_ice_amplitude(real_crops, config, crop_px)
+    log("ice structure" + (" and particle count" if particles else ""))
+    amplitude, count, ice_fit = fit_background(real_crops, config, crop_px)
     config["sample"]["ice_structure"]["amplitude"] = round(amplitude, 4)
+    if count is not None:  # one entry's count scaled (several entries: each scaled alike)
+        scale = ice_fit["count_scale"]
+        for p in config["sample"]["particles"]:
+            p["random"]["count"] = int(round(p["random"]["count"] * scale))
     log("simulate")
     sim = _simulate(config)
     log("compare")
@@ -157,7 +189,7 @@ def calibrate_one(path: Path, *, pixel_size_a: float | None, dqe: float, dose_e_
                          "counts_per_px": counts_px},
             "ice": {"thickness_nm": thickness, "thickness_from": how, "attenuation_length_nm": length_nm,
                     "transmission": math.exp(-thickness / length_nm), "real_ring_excess": real_excess,
-                    "structure_amplitude": amplitude, "structure_fit": ice_fit,
+                    "structure_amplitude": amplitude, "structure_fit": ice_fit, "particle_count": count,
                     "energy_filter": energy_filter},
             "dose_e_per_a2": dose, "config": config, "likeness": {"bands": bands, "classifier": clf},
             "simulated_ctf": sim_fit.as_dict() if sim_fit else None, "seconds": time.perf_counter() - t0,
