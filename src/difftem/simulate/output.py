@@ -21,6 +21,7 @@ from ..io.files import clean_stale_folders, folder_state, staging_folder, write_
 from ..io.preview import write_panels_png
 from ..io.star import STAR_CONVENTION, write_star
 from ..io.tlt import write_tlt
+from .movie import write_movie
 from .pipeline import SimulationResult, TiltSeriesResult, simulate, simulate_tilt_series
 
 #: Optional outputs of a single micrograph.
@@ -92,6 +93,9 @@ def _write_simulation(result: SimulationResult, out: Path, save: set[str] | froz
     metadata = dict(result.metadata)
     particles = metadata.pop("particles", [])
     written.append(write_star(out / "particles.star", {"particles": particles}, STAR_CONVENTION))
+    if result.movie is not None:
+        written += write_movie(result.movie, out, cfg.movie.formats)
+        metadata["movie"] = result.movie.metadata
     metadata["timings"] = {**metadata.get("timings", {}), "write_s": time.perf_counter() - t}
     run = {"config": result.config.model_dump(mode="json"), **metadata,
            "outputs": [p.name for p in written] + ["run.json"],

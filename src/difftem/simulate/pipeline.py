@@ -39,6 +39,7 @@ from ..forward.scene_build import (
 )
 from ..forward.tilt import plan_tilts
 from ..specimen.scene import Scene, ground_truth_rows
+from .movie import make_movie
 from .setup import Setup, memory_limit, out_of_memory_guard, prepare_config
 
 
@@ -54,6 +55,7 @@ class SimulationResult:
     config: SimulationConfig
     projected_potential: torch.Tensor | None = None  # complex V·Å summed over slices
     metadata: dict = field(default_factory=dict)
+    movie: object | None = None  # a simulate.movie.MovieResult when config.movie is set (frames drawn on demand)
 
 
 @dataclass
@@ -173,8 +175,14 @@ def _simulate(config: SimulationConfig, held: dict, *, keep_potential: bool, pro
                                        pixel_size_a=grid.pixel_size_a),
         "timings": timings,
     }
+    movie = None
+    if config.movie is not None:  # frames of this exposure, from its noise-free image
+        pl = scene.placement
+        centres = pl.positions_a[:, :2] / grid.pixel_size_a + np.array([grid.shape_px[1] // 2, grid.shape_px[0] // 2])
+        movie = make_movie(config, image.intensity, centres, setup.radii[pl.type_index] / grid.pixel_size_a)
+        meta["movie"] = movie.metadata
     return SimulationResult(image.detected.float(), image.noiseless.float(), image.intensity.float(), ew.wave,
-                            grid.pixel_size_a, config, ew.projected, meta)
+                            grid.pixel_size_a, config, ew.projected, meta, movie)
 
 
 def _field_pixels(config: SimulationConfig) -> int:
