@@ -176,7 +176,7 @@ class CameraModel:
             lam = lam * coincidence_factor(lam / self.frame_time_s, c)
         shape = tuple(lam.shape[-2:])
         if self.scale == 2:
-            lam = (fourier_resample(lam, (2 * shape[0], 2 * shape[1])) / 4).clamp(min=0)
+            lam = fourier_resample(lam, (2 * shape[0], 2 * shape[1])).clamp(min=0)  # λ/4 per half-pixel
         q = self.dqe0
         events = torch.poisson(q * lam, generator=generator)
         fshape = tuple(lam.shape[-2:])
@@ -191,7 +191,7 @@ class CameraModel:
             n = rfft2(events) - mean_s
             frame = irfft2(s + (n * noise_t if noise_t is not None else n), fshape)
         if self.scale == 2 and c.bin_super_resolution:
-            frame = fourier_resample(frame, shape) * 4  # counts per (binned) pixel
+            frame = fourier_resample(frame, shape)  # counts per (binned) pixel
         if c.kind == "integrating":
             frame = frame / q * c.gain_adu_per_e + c.offset_adu
             if c.read_noise_adu > 0:
