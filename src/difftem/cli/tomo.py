@@ -58,6 +58,7 @@ def _register_reconstruct(app: typer.Typer) -> None:
         device: str = typer.Option("auto", help="auto, cpu or cuda"),
         backend: str = typer.Option("torch", help="torch, or astra (optional package, for comparison)"),
         reference: Path | None = typer.Option(None, help="ground-truth volume (MRC, same grid): FSC/NCC + plot"),
+        xf: Path | None = typer.Option(None, "--xf", help="IMOD .xf: align each image with its transform first"),
     ):
         """Reconstruct TILTS into a volume (WBP or SIRT): OUT, a .json record beside it, with --reference a FSC plot."""
         fail, console = _ui()
@@ -75,6 +76,10 @@ def _register_reconstruct(app: typer.Typer) -> None:
                 ref, ref_px = _read_mrc(reference, "--reference", None, required=False)
             if invert:
                 stack = -stack
+            if xf is not None:
+                from ..io.xf import read_xf
+                from ..tomo.xf import apply_xf
+                stack = apply_xf(stack, *read_xf(xf)).numpy()
             with Progress(TextColumn(f"[bold]{method}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
                           TimeElapsedColumn(), console=console, transient=True) as bar:
                 task = bar.add_task(method, total=iterations if method == "sirt" else None)
@@ -86,7 +91,7 @@ def _register_reconstruct(app: typer.Typer) -> None:
                                      progress=lambda done, total: bar.update(task, completed=done, total=total))
             volume = result.volume.detach().cpu().numpy()
             record = {"input": str(tilts), "tlt": str(tlt_source), "tilt_axis_source": axis_source, "invert": invert,
-                      **result.info}
+                      "xf": str(xf) if xf is not None else None, **result.info}
             outputs = [out, _sidecar(out, ".json")]
             plot = None
             if ref is not None:

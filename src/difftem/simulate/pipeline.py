@@ -38,6 +38,7 @@ from ..forward.scene_build import (
     view_z_range,
 )
 from ..forward.tilt import plan_tilts
+from ..forward.tilt_errors import draw_tilt_errors
 from ..specimen.scene import Scene, ground_truth_rows
 from .movie import make_movie
 from .setup import Setup, memory_limit, out_of_memory_guard, prepare_config
@@ -224,18 +225,21 @@ def _simulate_tilt_series(config: SimulationConfig, held: dict, *, progress, sce
     detector = Detector.from_config(config)
     n = len(plan.angles_deg)
     per_tilt_s = [0.0] * n
+    errs = draw_tilt_errors(ts.errors, n, config.seed, grid.pixel_size_a) if ts.errors is not None else None
 
     @torch.no_grad()  # grad mode is per thread: a worker does not inherit the caller's
     def noiseless(i: int) -> Exposure:
         """Tilt ``i``'s exposure without its shot noise (views are independent: any order, any thread)."""
         t1 = time.perf_counter()
-        angle = plan.angles_deg[i]
+        angle = plan.angles_deg[i] + (float(errs.angle_offsets_deg[i]) if errs is not None else 0.0)
         view = SceneView(tilt_rotation(angle, plan.axis_deg), ice.thickness_a / math.cos(math.radians(angle)),
                          plan.transfer(i, ts, config.beam.voltage_kv))
         ew = view_exit_wave(setup, view)
         image = expose(ew.wave, grid, setup.wavelength_a, config.beam.voltage_kv,
                        Optics.from_config(config.optics, defocus_um=plan.defoci_um[i]), detector,
                        exit_plane_a=ew.exit_plane_a, dose_e_per_a2=plan.doses_e_per_a2[i])
+        if errs is not None:  # the stage and the optics as they really were at this tilt
+            image = errs.apply_to_exposure(image, i)
         per_tilt_s[i] = time.perf_counter() - t1
         return image
 
@@ -251,7 +255,8 @@ def _simulate_tilt_series(config: SimulationConfig, held: dict, *, progress, sce
              "rlnMicrographPreExposure": plan.prior_doses_e_per_a2[i], "difftemDoseEPerA2": plan.doses_e_per_a2[i],
              **defocus_uv_a(plan.defoci_um[i], config.optics),
              "difftemIceThicknessAlongBeamA": ice.thickness_a / math.cos(math.radians(plan.angles_deg[i])),
-             "difftemSeconds": per_tilt_s[i]} for j, i in enumerate(order)]
+             "difftemSeconds": per_tilt_s[i], **(errs.rows(i) if errs is not None else {})}
+            for j, i in enumerate(order)]
     meta = {
         **_run_metadata(setup), "n_tilts": n,
         "damage": ts.damage, "tilt_axis_deg": plan.axis_deg, "total_dose_e_per_a2": float(sum(plan.doses_e_per_a2)),
@@ -259,6 +264,11 @@ def _simulate_tilt_series(config: SimulationConfig, held: dict, *, progress, sce
         "particles": ground_truth_rows(scene.types, scene.placement, shape_px=grid.shape_px,
                                        pixel_size_a=grid.pixel_size_a, micrograph="tilt_series.mrc"),
         "tilt_workers": workers,
+        **({"tilt_errors": {"xf": [np.concatenate([a.ravel(), d]).tolist() for a, d in (errs.xf(i) for i in order)],
+                            "true_angles_deg": [plan.angles_deg[i] + float(errs.angle_offsets_deg[i]) for i in order],
+                            "convention": "per tilt sorted by angle: IMOD .xf line A11 A12 A21 A22 DX DY aligning "
+                                          "the image (centre pixel [H//2, W//2]); true angle = nominal + offset"}}
+           if errs is not None else {}),
         "timings": {"total_s": time.perf_counter() - t0, "per_tilt_s": [per_tilt_s[i] for i in order],
                     "map_bytes": setup.cache.nbytes},
     }
