@@ -147,3 +147,21 @@ def test_unaligned_sum_is_blurred_and_alignment_recovers_it():
     plain = radial_bands(rfft2(frames.sum(0)).abs() ** 2, (256, 256), edges)[0]
     aligned = radial_bands(rfft2(aligned_sum(frames, truth)).abs() ** 2, (256, 256), edges)[0]
     assert plain < 0.5 * aligned
+
+
+def test_movie_camera_and_tilt_error_fields_vary_in_a_dataset_spec():
+    """The new sections are ordinary config fields: `difftem dataset` varies them by dotted path."""
+    from difftem.dataset.spec import spec_from_dict
+
+    spec = spec_from_dict({"seed": 1, "n_items": 3,
+                           "base": {"detector": {"shape_px": [64, 64], "camera": {"kind": "counting"}},
+                                    "movie": {"n_frames": 8},
+                                    "tilt_series": {"errors": {"shift_sigma_a": 1.0}}},
+                           "vary": {"movie.drift.fast_a": {"uniform": [2.0, 20.0]},
+                                    "movie.n_frames": {"choice": [10, 20]},
+                                    "detector.camera.nps_floor": {"uniform": [0.5, 1.0]},
+                                    "tilt_series.errors.rotation_sigma_deg": {"uniform": [0.0, 2.0]}}})
+    cfgs = [spec.item_config(i)[0] for i in range(3)]
+    assert len({c.movie.drift.fast_a for c in cfgs}) == 3
+    assert all(c.movie.n_frames in (10, 20) and 0.5 <= c.detector.camera.nps_floor <= 1.0 for c in cfgs)
+    assert all(0 <= c.tilt_series.errors.rotation_sigma_deg <= 2 for c in cfgs)

@@ -27,9 +27,18 @@ def aligned_sum(frames: torch.Tensor, shifts_xy_px: np.ndarray) -> torch.Tensor:
     return out
 
 
-def align_frames(frames: torch.Tensor, *, lowpass_cycles_per_px: float = 0.05, iterations: int = 3,
+def align_frames(frames: torch.Tensor, *, lowpass_cycles_per_px: float = 0.05, iterations: int = 5,
                  max_shift_px: float | None = None, group: int = 1) -> np.ndarray:
     """(n, 2) shifts (x, y) px of an (n, H, W) movie's frames relative to its first frame.
+
+    Coarse to fine: the first pass low-pass filters at half ``lowpass_cycles_per_px`` (the first reference, the
+    unaligned sum, is blurred by the drift: only its low frequencies correlate), the others at it; it stops
+    when no shift changes by 0.001 px.
+
+    Precision is noise-limited at 1 e/Å² per frame: on 512² frames of 7 apoferritins (2.5 µm underfocus) one
+    frame against a noise-free reference is off by 0.81 px rms (σ = 0.05 cycles/px; 0.18 px at 0.12), but
+    against the sum of the 39 other frames, even aligned by the true shifts, by 1.4-1.7 px: the reference's own
+    noise dominates, and falls only as the square root of the field's area.
 
     ``group`` > 1 measures each frame with its neighbours (a window of that many frames, summed, as motion
     correction programs group frames at low dose) against the sum of the frames outside the window; the shift
@@ -38,20 +47,19 @@ def align_frames(frames: torch.Tensor, *, lowpass_cycles_per_px: float = 0.05, i
     n = frames.shape[0]
     shifts = np.zeros((n, 2))
     half = max(0, (group - 1) // 2)
-    for _ in range(iterations):
+    schedule = [lowpass_cycles_per_px / 2] + [lowpass_cycles_per_px] * max(1, iterations - 1)
+    for it, lowpass in enumerate(schedule):
         moved = torch.stack([shift_image(f, (-float(s[1]), -float(s[0]))) for f, s in zip(frames, shifts,
                                                                                               strict=True)])
         total = moved.sum(0)
         new = np.zeros_like(shifts)
         for i in range(n):
             lo, hi = max(0, i - half), min(n, i + half + 1)
-            # the window, each frame moved by its own current shift, then back by frame i's: frame i's frame
-            window = moved[lo:hi].sum(0)
-            ref = total - window
-            dy, dx = measure_shift(ref, shift_image(window, (float(shifts[i, 1]), float(shifts[i, 0]))),
-                                   lowpass_cycles_per_px, max_shift_px)
+            window = moved[lo:hi].sum(0)  # aligned; moved back by frame i's shift below
+            dy, dx = measure_shift(total - window, shift_image(window, (float(shifts[i, 1]), float(shifts[i, 0]))),
+                                   lowpass, max_shift_px)
             new[i] = (dx, dy)
-        done = np.abs(new - shifts).max() < 1e-3
+        done = it >= 1 and np.abs(new - shifts).max() < 1e-3
         shifts = new
         if done:
             break
