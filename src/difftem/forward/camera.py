@@ -24,7 +24,7 @@ the defects are listed as MotionCor2-style rectangles ``x y w h`` and as a map (
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -151,6 +151,7 @@ class CameraModel:
     dqe0: float
     pattern: FixedPattern | None
     frame_time_s: float = 1.0
+    _transfers: dict = field(default_factory=dict, repr=False)  # per (shape, device): computed once
 
     @property
     def scale(self) -> int:
@@ -171,7 +172,7 @@ class CameraModel:
     def read(self, expected_e: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         """One frame from the expected electrons per pixel (H, W) of this frame."""
         c = self.camera
-        lam = expected_e.double().clamp(min=0)
+        lam = expected_e.float().clamp(min=0)  # float32: counts of a frame need no more (and it halves the FFTs)
         if c.kind == "counting":
             lam = lam * coincidence_factor(lam / self.frame_time_s, c)
         shape = tuple(lam.shape[-2:])
@@ -180,7 +181,10 @@ class CameraModel:
         q = self.dqe0
         events = torch.poisson(q * lam, generator=generator)
         fshape = tuple(lam.shape[-2:])
-        signal_t, noise_t = transfers(c, self.mtf, fshape, device=lam.device)
+        key = (fshape, str(lam.device))
+        if key not in self._transfers:
+            self._transfers[key] = transfers(c, self.mtf, fshape, device=lam.device)
+        signal_t, noise_t = self._transfers[key]
         if signal_t is None and noise_t is None:
             frame = events
         elif c.nps == "signal":
