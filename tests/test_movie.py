@@ -169,3 +169,12 @@ def test_movie_camera_and_tilt_error_fields_vary_in_a_dataset_spec():
     assert len({c.movie.drift.fast_a for c in cfgs}) == 3
     assert all(c.movie.n_frames in (10, 20) and 0.5 <= c.detector.camera.nps_floor <= 1.0 for c in cfgs)
     assert all(0 <= c.tilt_series.errors.rotation_sigma_deg <= 2 for c in cfgs)
+
+
+def test_a_movie_with_a_tilt_series_is_refused():
+    from difftem.core.errors import ConfigError
+
+    cfg = _config({"n_frames": 4}).model_copy(update={"tilt_series": config_from_dict(
+        {"tilt_series": {"scheme": "list", "angles_deg": [0.0]}}).tilt_series})
+    with pytest.raises(ConfigError, match="movie"):
+        difftem.simulate_tilt_series(cfg)

@@ -207,6 +207,9 @@ def simulate_tilt_series(config: SimulationConfig | dict | str | Path, *,
     ts = config.tilt_series
     if ts is None:
         raise ConfigError("tilt_series: not set in the config; use difftem.simulate for a single micrograph")
+    if config.movie is not None:
+        raise ConfigError("movie: movies are made for single micrographs (the tilt series' damage acts on the "
+                          "potential per tilt); set movie: null for a tilt series")
     workers = torch.get_num_threads()
     with out_of_memory_guard(config, {}) as held, threads_for(_field_pixels(config)):
         return _simulate_tilt_series(config, held, progress=progress, scene=scene, workers=workers)
