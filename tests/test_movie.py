@@ -2,6 +2,7 @@
 exposure's statistics, the ground truth written beside them, and frame alignment recovering the drift."""
 
 import math
+import os
 
 import numpy as np
 import pytest
@@ -109,7 +110,9 @@ def test_motion_truth_files_and_blur(tmp_path):
             "movie_local_motion.npy"} <= set(run["outputs"])
     with mrcfile.open(out / "movie.mrc") as m:
         stack = np.asarray(m.data).copy()
-        assert stack.shape == (10, 128, 128) and m.voxel_size.x == pytest.approx(1.0)
+        assert stack.shape == (10, 128, 128) and m.voxel_size.x == pytest.approx(1.0) and m.is_image_stack()
+        assert m.header.dmax == pytest.approx(stack.max()) and m.header.rms == pytest.approx(stack.std(), rel=1e-4)
+    assert mrcfile.validate(out / "movie.mrc", print_file=open(os.devnull, "w"))  # noqa: SIM115
     with tifffile.TiffFile(out / "movie.tif") as t:
         assert len(t.pages) == 10 and t.pages[0].compression == tifffile.COMPRESSION.LZW
         tif = np.stack([p.asarray() for p in t.pages])

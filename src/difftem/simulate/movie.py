@@ -158,22 +158,33 @@ def write_movie(movie: MovieResult, out: Path, formats=("mrc", "tiff")) -> list[
     with contextlib.ExitStack() as stack:
         tmp = {k: stack.enter_context(atomic_path(paths[k])) for k in ("mrc", "tiff") if k in formats}
         mrc = tif = None
-        if "mrc" in tmp:
-            mrc = stack.enter_context(mrcfile.new_mmap(tmp["mrc"], shape=(movie.n_frames,) + shape, mrc_mode=2,
-                                                       overwrite=True))
+        if "mrc" in tmp:  # frames appended with plain writes: a memory map would count the stack in RSS
+            with mrcfile.new(tmp["mrc"], overwrite=True) as m:
+                m.set_data(np.zeros((1,) + shape, np.float32))
+                m.voxel_size = movie.output_pixel_size_a
+                m.set_image_stack()
+                header = m.header.copy()
+            header.nz = movie.n_frames
+            mrc = stack.enter_context(open(tmp["mrc"], "wb"))  # noqa: SIM115 (closed by the exit stack)
+            mrc.write(header.tobytes())
         if "tiff" in tmp:
             tif = stack.enter_context(tifffile.TiffWriter(tmp["tiff"]))
+        lo, hi, s1, s2 = math.inf, -math.inf, 0.0, 0.0
         for f in range(movie.n_frames):
             frame = first if f == 0 else movie.frame(f).cpu().numpy()
             total += frame
             if mrc is not None:
-                mrc.data[f] = frame
+                mrc.write(np.ascontiguousarray(frame, dtype=np.float32).tobytes())
+                lo, hi = min(lo, float(frame.min())), max(hi, float(frame.max()))
+                s1, s2 = s1 + float(frame.sum(dtype=np.float64)), s2 + float((frame.astype(np.float64) ** 2).sum())
             if tif is not None:  # integer counts, as cameras write them (rounded where not whole)
                 tif.write(np.clip(np.rint(frame), 0, 65535).astype(np.uint16), compression="lzw")
-        if mrc is not None:
-            mrc.voxel_size = movie.output_pixel_size_a
-            mrc.set_image_stack()
-            mrc.update_header_stats()
+        if mrc is not None:  # the header's statistics, from the running sums
+            count = movie.n_frames * frame.size
+            header.dmin, header.dmax, header.dmean = lo, hi, s1 / count
+            header.rms = math.sqrt(max(0.0, s2 / count - (s1 / count) ** 2))
+            mrc.seek(0)
+            mrc.write(header.tobytes())
     written = [paths[k] for k in ("mrc", "tiff") if k in formats]
     written.append(write_mrc(out / "movie_sum.mrc", total.astype(np.float32), movie.output_pixel_size_a))
     gain_name = defect_name = None
