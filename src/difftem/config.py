@@ -159,6 +159,86 @@ MTF = Annotated[Annotated[MTFFormula, Tag("MTFFormula")] | Annotated[MTFStar, Ta
                 Discriminator(_mtf_kind)]
 
 
+class Camera(_Model):
+    """Detector physics beyond the summed-image model: how frames are counted or integrated and what a real
+    camera adds (fixed gain pattern, defects). Counts are detected events (mean DQE(0) × electrons) for
+    counting cameras and ADU for integrating ones."""
+
+    kind: Literal["counting", "integrating"] = Field("counting", description="electron counting or integrating")
+    pixel_mtf: bool = Field(True, description="multiply the signal's MTF by the pixel's sinc(fx)·sinc(fy)")
+    nps: Literal["signal", "curve"] = Field(
+        "curve", description="noise transfer: as the signal (NPS ∝ MTF², DQE flat) or the curve "
+                             "NPS(f) = (1 − nps_floor)/(1 + nps_alpha f²) + nps_floor (f in cycles/px)")
+    nps_floor: float = Field(1.0, gt=0, le=10, description="NPS at high frequency relative to NPS(0) = 1, "
+                                                           "0…10; 1: white noise (a counting camera)")
+    nps_alpha: float = Field(4.0, ge=0, le=1e4, description="NPS curve width parameter (px²), 0…1e4")
+    super_resolution: bool = Field(False, description="count on a 2× finer grid (frames are 2H × 2W)")
+    bin_super_resolution: bool = Field(True, description="Fourier-crop super-resolution frames back to the pixel "
+                                                         "(no aliasing)")
+    coincidence: Literal["none", "non_paralysable", "paralysable"] = Field(
+        "none", description="counting dead-time model for the loss at high dose rate")
+    dead_time_s: float = Field(0.0, ge=0, le=1.0, description="counting dead time per pixel (s), 0…1")
+    read_noise_adu: float = Field(0.0, ge=0, le=1e5, description="integrating: Gaussian read noise (ADU), 0…1e5")
+    gain_adu_per_e: float = Field(1.0, gt=0, le=1e5, description="integrating: ADU per electron, ≤ 1e5")
+    offset_adu: float = Field(0.0, ge=-1e6, le=1e6, description="integrating: bias (ADU), |·| ≤ 1e6")
+    gain_sigma: float = Field(0.0, ge=0, le=0.5, description="per-pixel gain spread (relative), 0…0.5")
+    gain_column_sigma: float = Field(0.0, ge=0, le=0.5, description="per-column gain spread (relative), 0…0.5")
+    dead_pixel_fraction: float = Field(0.0, ge=0, le=0.1, description="fraction of dead pixels, 0…0.1")
+    hot_pixel_fraction: float = Field(0.0, ge=0, le=0.1, description="fraction of hot pixels, 0…0.1")
+    hot_pixel_counts: float = Field(50.0, ge=0, le=1e6, description="mean counts of a hot pixel per frame, ≤ 1e6")
+    dead_columns: int = Field(0, ge=0, le=1000, description="number of dead columns, ≤ 1000")
+    hot_columns: int = Field(0, ge=0, le=1000, description="number of hot columns, ≤ 1000")
+    pattern_seed: int = Field(0, ge=0, lt=2**63, description="seed of the fixed pattern (gain, defects): one "
+                                                             "camera across runs")
+
+
+class Drift(_Model):
+    """Global beam-induced motion: a fast exponential phase then slow linear drift,
+    s(t) = fast_a·(1 − exp(−t/fast_frames))·u + slow_a_per_frame·t·v (t in frames, u, v unit vectors)."""
+
+    fast_a: float = Field(10.0, ge=0, le=1e4, description="amplitude of the fast initial phase (Å), 0…1e4")
+    fast_frames: float = Field(3.0, gt=0, le=1e4, description="decay constant of the fast phase (frames)")
+    slow_a_per_frame: float = Field(0.3, ge=0, le=1e3, description="slow linear drift (Å per frame), 0…1e3")
+    direction_deg: float | None = Field(None, ge=-360, le=360, description="direction u of the fast phase from x "
+                                                                           "(deg); null: random")
+    slow_direction_deg: float | None = Field(None, ge=-360, le=360, description="direction v of the slow drift "
+                                                                                "(deg); null: random")
+
+
+class Movie(_Model):
+    """Dose-fractionated frames of one exposure (the beam dose split equally over the frames)."""
+
+    n_frames: int = Field(40, ge=1, le=10000, description="frames per exposure, 1…10000")
+    exposure_time_s: float = Field(2.0, gt=0, le=1e4, description="exposure time (s): dose rate for coincidence")
+    drift: Drift = Field(default_factory=Drift)
+    local_a: float = Field(0.0, ge=0, le=1e3, description="local (doming) motion: the largest displacement of a "
+                                                           "zero-mean quadratic field at the last frame (Å), 0…1e3")
+    jitter_a: float = Field(0.0, ge=0, le=1e3, description="per-particle random-walk step per frame (Å), 0…1e3")
+    damage: Literal["none", "exposure_filter"] = Field(
+        "exposure_filter", description="per-frame radiation damage on the image contrast (Grant–Grigorieff)")
+    prior_dose_e_per_a2: float = Field(0.0, ge=0, le=MAX_DOSE_E_PER_A2, description="dose before the movie, 0…1e5")
+    formats: list[Literal["mrc", "tiff"]] = Field(["mrc", "tiff"], max_length=2,
+                                                  description="movie files: MRC stack, LZW TIFF (integer counts)")
+
+
+class TiltErrors(_Model):
+    """Acquisition errors per tilt, drawn (seeded) from zero-mean normals or given per tilt in acquisition
+    order; applied about the field centre and written as truth (IMOD .xf and tilts.star)."""
+
+    shift_sigma_a: float = Field(0.0, ge=0, le=1e5, description="per-tilt image shift σ (Å), 0…1e5")
+    rotation_sigma_deg: float = Field(0.0, ge=0, le=180, description="in-plane rotation σ (deg), 0…180")
+    angle_offset_sigma_deg: float = Field(0.0, ge=0, le=30, description="tilt-angle error σ (deg), 0…30")
+    magnification_sigma: float = Field(0.0, ge=0, le=0.5, description="relative magnification change σ, 0…0.5")
+    shifts_a: list[tuple[Position, Position]] | None = Field(None, max_length=MAX_TILTS,
+                                                             description="given (x, y) shifts per tilt (Å)")
+    rotations_deg: list[Angle] | None = Field(None, max_length=MAX_TILTS, description="given rotations per tilt")
+    angle_offsets_deg: list[Annotated[float, Field(ge=-30, le=30)]] | None = Field(
+        None, max_length=MAX_TILTS, description="given tilt-angle errors per tilt (deg), |·| ≤ 30")
+    magnifications: list[Annotated[float, Field(ge=0.5, le=2.0)]] | None = Field(
+        None, max_length=MAX_TILTS, description="given magnifications per tilt, 0.5…2")
+    seed: int | None = Field(None, ge=0, lt=2**63, description="seed of the drawn errors; null: the run's seed")
+
+
 class Detector(_Model):
     shape_px: tuple[int, int] = Field((256, 256), description="(height, width) in pixels")
     pixel_size_a: float = Field(1.0, ge=0.01, le=100, description="pixel size at the specimen (Å), 0.01…100")
@@ -167,6 +247,8 @@ class Detector(_Model):
     gain: float = Field(1.0, gt=0, le=1e6, description="output units per electron, ≤ 1e6")
     mtf: MTF | None = None
     normalize_mtf: bool = Field(True, description="divide the MTF by MTF(0) so mean counts are preserved")
+    camera: Camera | None = Field(None, description="camera physics for movie frames and flat fields (counting or "
+                                                    "integrating, NPS, defects, gain pattern); null: the model above")
 
     @field_validator("shape_px")
     @classmethod
@@ -389,6 +471,8 @@ class TiltSeries(_Model):
         "exposure_filter", description="cumulative radiation damage: Grant–Grigorieff critical exposure, or a B-factor")
     b_factor_a2_per_e_per_a2: float | None = Field(
         None, ge=0, le=1e4, description="damage b_factor: B added per e/Å² of prior dose, 0…1e4")
+    errors: TiltErrors | None = Field(None, description="acquisition errors per tilt (shifts, in-plane rotation, "
+                                                        "angle offsets, magnification), written as truth; null: none")
 
     @field_validator("angles_deg")
     @classmethod
@@ -436,6 +520,8 @@ class SimulationConfig(_Model):
     sample: Sample = Field(default_factory=Sample)
     simulation: Simulation = Field(default_factory=Simulation)
     tilt_series: TiltSeries | None = Field(None, description="simulate a tilt series instead of one micrograph")
+    movie: Movie | None = Field(None, description="also write the exposure as a dose-fractionated movie with "
+                                                  "beam-induced motion (single micrographs); null: no movie")
 
     @model_validator(mode="after")
     def _sizes(self):

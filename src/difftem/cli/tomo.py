@@ -69,6 +69,7 @@ def _register_reconstruct(app: typer.Typer) -> None:
         wiener_snr: float = typer.Option(10.0, help="wiener: the SNR constant (C / (C² + 1/SNR))"),
         defocus_tolerance: float | None = typer.Option(
             None, help="CTF correction: largest defocus error (Å) allowed within a strip (default p²/λ)"),
+        xf: Path | None = typer.Option(None, "--xf", help="IMOD .xf: align each image with its transform first"),
     ):
         """Reconstruct TILTS into a volume (WBP or SIRT): OUT, a .json record beside it, with --reference a FSC plot."""
         fail, console = _ui()
@@ -90,6 +91,10 @@ def _register_reconstruct(app: typer.Typer) -> None:
                 ref, ref_px = _read_mrc(reference, "--reference", None, required=False)
             if invert:
                 stack = -stack
+            if xf is not None:
+                from ..io.xf import read_xf
+                from ..tomo.xf import apply_xf
+                stack = apply_xf(stack, *read_xf(xf)).numpy()
             stack, ctf_record = _ctf_correct(stack, angles, meta, px, axis, ctf_correction, wiener_snr,
                                              defocus_tolerance, note)
             with Progress(TextColumn(f"[bold]{method}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
@@ -103,8 +108,8 @@ def _register_reconstruct(app: typer.Typer) -> None:
                                      progress=lambda done, total: bar.update(task, completed=done, total=total))
             volume = result.volume.detach().cpu().numpy()
             record = {"input": str(tilts), "tlt": str(tlt_source), "tilt_axis_source": axis_source, "invert": invert,
-                      "ctf_correction": ctf_record, "metadata_sources": meta.sources if meta is not None else {},
-                      **result.info}
+                      "ctf_correction": ctf_record, "xf": str(xf) if xf is not None else None,
+                      "metadata_sources": meta.sources if meta is not None else {}, **result.info}
             outputs = [out, _sidecar(out, ".json")]
             plot = None
             if ref is not None:

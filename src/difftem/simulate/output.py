@@ -21,6 +21,8 @@ from ..io.files import clean_stale_folders, folder_state, staging_folder, write_
 from ..io.preview import write_panels_png
 from ..io.star import STAR_CONVENTION, write_star
 from ..io.tlt import write_tlt
+from ..io.xf import write_xf
+from .movie import write_movie
 from .pipeline import SimulationResult, TiltSeriesResult, simulate, simulate_tilt_series
 
 #: Optional outputs of a single micrograph.
@@ -92,6 +94,9 @@ def _write_simulation(result: SimulationResult, out: Path, save: set[str] | froz
     metadata = dict(result.metadata)
     particles = metadata.pop("particles", [])
     written.append(write_star(out / "particles.star", {"particles": particles}, STAR_CONVENTION))
+    if result.movie is not None:
+        written += write_movie(result.movie, out, cfg.movie.formats)
+        metadata["movie"] = result.movie.metadata
     metadata["timings"] = {**metadata.get("timings", {}), "write_s": time.perf_counter() - t}
     run = {"config": result.config.model_dump(mode="json"), **metadata,
            "outputs": [p.name for p in written] + ["run.json"],
@@ -128,6 +133,12 @@ def _write_tilt_series(result: TiltSeriesResult, out: Path) -> dict:
                           "direction of U from x\npixel size in A, voltage in kV, Cs in mm"),
                write_star(out / "particles.star", {"particles": metadata.pop("particles", [])},
                           STAR_CONVENTION + "\npositions and angles are in the untilted specimen frame")]
+    if "tilt_errors" in metadata:  # the truth of the acquisition errors, as IMOD alignment writes it
+        xf = np.asarray(metadata["tilt_errors"]["xf"])
+        # named apart from an alignment .xf: these are the errors alone (identity for a perfect tilt), which
+        # reconstruct applies with --xf; an IMOD alignment .xf beside the stack also turns the tilt axis
+        written += [write_xf(out / "tilt_errors.xf", xf[:, :4].reshape(-1, 2, 2), xf[:, 4:]),
+                    write_tlt(out / f"{stem}_true.tlt", metadata["tilt_errors"]["true_angles_deg"])]
     written.append(write_panels_png(out / "preview.png", _tilt_panels(result), px, _acquisition_title(
         cfg, f"dose {_total_dose(result):g} e/Å² in {len(result.angles_deg)} tilts, "
              f"tilt axis {metadata.get('tilt_axis_deg', 0.0):g}°")))

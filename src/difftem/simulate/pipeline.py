@@ -39,7 +39,9 @@ from ..forward.scene_build import (
     view_z_range,
 )
 from ..forward.tilt import plan_tilts
+from ..forward.tilt_errors import draw_tilt_errors
 from ..specimen.scene import Scene, ground_truth_rows
+from .movie import make_movie
 from .setup import Setup, memory_limit, out_of_memory_guard, prepare_config
 
 
@@ -55,6 +57,7 @@ class SimulationResult:
     config: SimulationConfig
     projected_potential: torch.Tensor | None = None  # complex V·Å summed over slices
     metadata: dict = field(default_factory=dict)
+    movie: object | None = None  # a simulate.movie.MovieResult when config.movie is set (frames drawn on demand)
 
 
 @dataclass
@@ -198,8 +201,14 @@ def _simulate(config: SimulationConfig, held: dict, *, keep_potential: bool, pro
                                        pixel_size_a=grid.pixel_size_a),
         "timings": timings,
     }
+    movie = None
+    if config.movie is not None:  # frames of this exposure, from its noise-free image
+        pl = scene.placement
+        centres = pl.positions_a[:, :2] / grid.pixel_size_a + np.array([grid.shape_px[1] // 2, grid.shape_px[0] // 2])
+        movie = make_movie(config, image.intensity, centres, setup.radii[pl.type_index] / grid.pixel_size_a)
+        meta["movie"] = movie.metadata
     return SimulationResult(image.detected.float(), image.noiseless.float(), image.intensity.float(), ew.wave,
-                            grid.pixel_size_a, config, ew.projected, meta)
+                            grid.pixel_size_a, config, ew.projected, meta, movie)
 
 
 def _field_pixels(config: SimulationConfig) -> int:
@@ -223,6 +232,9 @@ def simulate_tilt_series(config: SimulationConfig | dict | str | Path, *,
     ts = config.tilt_series
     if ts is None:
         raise ConfigError("tilt_series: not set in the config; use difftem.simulate for a single micrograph")
+    if config.movie is not None:
+        raise ConfigError("movie: movies are made for single micrographs (the tilt series' damage acts on the "
+                          "potential per tilt); set movie: null for a tilt series")
     workers = torch.get_num_threads()
     with out_of_memory_guard(config, {}) as held, threads_for(_field_pixels(config)):
         return _simulate_tilt_series(config, held, progress=progress, scene=scene, workers=workers)
@@ -242,12 +254,13 @@ def _simulate_tilt_series(config: SimulationConfig, held: dict, *, progress, sce
     loss = setup.electron_loss()
     n = len(plan.angles_deg)
     per_tilt_s = [0.0] * n
+    errs = draw_tilt_errors(ts.errors, n, config.seed, grid.pixel_size_a) if ts.errors is not None else None
 
     @torch.no_grad()  # grad mode is per thread: a worker does not inherit the caller's
     def noiseless(i: int) -> Exposure:
         """Tilt ``i``'s exposure without its shot noise (views are independent: any order, any thread)."""
         t1 = time.perf_counter()
-        angle = plan.angles_deg[i]
+        angle = plan.angles_deg[i] + (float(errs.angle_offsets_deg[i]) if errs is not None else 0.0)
         view = SceneView(tilt_rotation(angle, plan.axis_deg), ice.thickness_a / math.cos(math.radians(angle)),
                          plan.transfer(i, ts, config.beam.voltage_kv))
         ew = view_exit_wave(setup, view, view_index=i)
@@ -255,6 +268,8 @@ def _simulate_tilt_series(config: SimulationConfig, held: dict, *, progress, sce
                        Optics.from_config(config.optics, defocus_um=plan.defoci_um[i]), detector,
                        exit_plane_a=ew.exit_plane_a, dose_e_per_a2=plan.doses_e_per_a2[i], loss=loss,
                        ice_path_a=ice_path(setup, view.rotation, view.ice_thickness_a) if loss else 0.0)
+        if errs is not None:  # the stage and the optics as they really were at this tilt
+            image = errs.apply_to_exposure(image, i)
         per_tilt_s[i] = time.perf_counter() - t1
         return image
 
@@ -271,7 +286,8 @@ def _simulate_tilt_series(config: SimulationConfig, held: dict, *, progress, sce
              "rlnMicrographPreExposure": plan.prior_doses_e_per_a2[i], "difftemDoseEPerA2": plan.doses_e_per_a2[i],
              **defocus_uv_a(plan.defoci_um[i], config.optics),
              "difftemIceThicknessAlongBeamA": ice.thickness_a / math.cos(math.radians(plan.angles_deg[i])),
-             "difftemSeconds": per_tilt_s[i]} for j, i in enumerate(order)]
+             "difftemSeconds": per_tilt_s[i], **(errs.rows(i) if errs is not None else {})}
+            for j, i in enumerate(order)]
     meta = {
         **_run_metadata(setup), "n_tilts": n,
         "ice_structure": setup.ice_metadata(),
@@ -280,6 +296,11 @@ def _simulate_tilt_series(config: SimulationConfig, held: dict, *, progress, sce
         "particles": ground_truth_rows(scene.types, scene.placement, shape_px=grid.shape_px,
                                        pixel_size_a=grid.pixel_size_a, micrograph="tilt_series.mrc"),
         "tilt_workers": workers,
+        **({"tilt_errors": {"xf": [np.concatenate([a.ravel(), d]).tolist() for a, d in (errs.xf(i) for i in order)],
+                            "true_angles_deg": [plan.angles_deg[i] + float(errs.angle_offsets_deg[i]) for i in order],
+                            "convention": "per tilt sorted by angle: IMOD .xf line A11 A12 A21 A22 DX DY aligning "
+                                          "the image (centre pixel [H//2, W//2]); true angle = nominal + offset"}}
+           if errs is not None else {}),
         "timings": {"total_s": time.perf_counter() - t0, "per_tilt_s": [per_tilt_s[i] for i in order],
                     "map_bytes": setup.cache.nbytes},
     }

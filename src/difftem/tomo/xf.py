@@ -1,0 +1,20 @@
+"""Applying an IMOD transform file (.xf) to a tilt series before reconstruction, as IMOD's newstack does: image i
+is moved by its line's (A, D) about the centre pixel [H//2, W//2] (see :mod:`difftem.io.xf`)."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from ..forward.tilt_errors import transform_image
+from .errors import TomoError
+
+
+def apply_xf(stack, matrices, shifts_px) -> torch.Tensor:
+    """The (T, H, W) stack with each image moved by its transform (T matrices (2, 2), T shifts (DX, DY) px)."""
+    stack = torch.as_tensor(stack)
+    a = np.asarray(matrices, dtype=np.float64).reshape(-1, 2, 2)
+    d = np.asarray(shifts_px, dtype=np.float64).reshape(-1, 2)
+    if len(a) != stack.shape[0] or len(d) != stack.shape[0]:
+        raise TomoError(f"apply_xf: {len(a)} transforms for {stack.shape[0]} images; give one line per image")
+    return torch.stack([transform_image(img, a[i], d[i]) for i, img in enumerate(stack)])
