@@ -91,3 +91,38 @@ def test_calibrate_round_trip_recovers_a_known_simulation(tmp_path, one_thread):
     assert rec["likeness"]["bands"]["max_abs_deviation"] < 0.1
     assert rec["likeness"]["classifier"]["accuracy"] <= 0.75
     assert (tmp_path / "cal" / "calibrated.yaml").is_file() and (tmp_path / "cal" / "mic_report.png").is_file()
+
+
+def test_tilt_series_doses_and_defoci_per_tilt(tmp_path, one_thread):
+    """A simulated tilt series (stack + .tlt + tilts.star beside it): calibrate gives each tilt's dose (through
+    the ice's path t/cos θ) and defocus, and writes them as the calibrated config's tilt series."""
+    import json
+
+    import yaml
+
+    from difftem.calibrate.run import run_calibrate
+    from difftem.cli._app import app
+    from difftem.forward.detector import MTFParams
+    from typer.testing import CliRunner
+
+    cfg = {"seed": 5, "beam": {"voltage_kv": 300, "dose_e_per_a2": 40.0},
+           "optics": {"defocus_um": 1.5, "electron_loss": {"model": "explicit", "energy_filter": True}},
+           "detector": {"shape_px": [512, 512], "pixel_size_a": 1.0, "dqe": 0.8, "gain": 2.0, "mtf": MTF},
+           "sample": {"ice_thickness_nm": 60.0, "ice_structure": {"mode": "slices"}},
+           "simulation": {"slice_thickness_a": 10},
+           "tilt_series": {"scheme": "list", "angles_deg": [0.0, 30.0, -45.0],
+                           "dose_per_tilt_e_per_a2": [30.0, 20.0, 40.0]}}
+    (tmp_path / "ts.yaml").write_text(yaml.safe_dump(cfg))
+    res = CliRunner().invoke(app, ["simulate", str(tmp_path / "ts.yaml"), "--out", str(tmp_path / "sim")])
+    assert res.exit_code == 0, res.output
+    run_calibrate([tmp_path / "sim" / "tilt_series.mrc"], tmp_path / "cal", dqe=0.8, dose_e_per_a2=30.0,
+                  energy_filter=True, mtf=MTFParams(**MTF), field_px=512, bootstrap=0)
+    rec = json.loads((tmp_path / "cal" / "calibration.json").read_text())["micrographs"][0]
+    by_angle = {round(t["tilt_deg"]): t for t in rec["tilts"]}
+    for angle, dose in ((0, 30.0), (30, 20.0), (-45, 40.0)):
+        assert abs(by_angle[angle]["dose_e_per_a2"] / dose - 1) < 0.08, (angle, by_angle[angle])
+        mean = 0.5 * (by_angle[angle]["defocus_u_a"] + by_angle[angle]["defocus_v_a"])
+        assert abs(mean / 15000 - 1) < 0.03, (angle, mean)
+    written = yaml.safe_load((tmp_path / "cal" / "calibrated.yaml").read_text())
+    assert written["tilt_series"]["angles_deg"] == sorted([0.0, 30.0, -45.0])
+    assert len(written["tilt_series"]["dose_per_tilt_e_per_a2"]) == 3

@@ -21,13 +21,13 @@ import torch
 from ..config import config_from_dict
 from ..core.errors import ArgumentError
 from ..io.files import staging_folder, write_json, write_text
-from ..io.tlt import read_mrc_checked
+from ..io.tlt import angles_beside, read_mrc_checked, tilt_axis_beside
 from ..learn.ctf_fit import CTFFit, fit_ctf
 from ..simulate.output import prepare_out
 from ..simulate.pipeline import simulate
 from .likeness import BAND_EDGES_PER_PX, band_ratios, classifier_accuracy, grid_crops, ice_ring_excess
 from .plots import report_figure
-from .stats import DetectorStats, detector_statistics, mtf_config, thickness_from_transmission
+from .stats import DetectorStats, detector_statistics, mtf_config, thickness_from_transmission, tilt_doses
 
 #: Thickness probe: the simulator's transmission is measured at this ice thickness (nm) on a small field.
 PROBE_THICKNESS_NM = 100.0
@@ -142,8 +142,16 @@ def calibrate_one(path: Path, *, pixel_size_a: float | None, dqe: float, dose_e_
                   ice_thickness_nm: float | None, energy_filter: bool, particles: list[dict] | None,
                   mtf, field_px: int, crop_px: int, seed: int, fit_options: dict, log: Callable[[str], None]) -> dict:
     image, header_px = read_mrc_checked(path, "micrograph")
-    if image.ndim != 2:
-        raise ArgumentError("inputs", f" {path}: holds shape {image.shape}; calibrate takes single micrographs")
+    stack = angles = None
+    if image.ndim == 3:  # a tilt series: calibrate on the tilt nearest 0°, then dose and defocus per tilt
+        found = angles_beside(path)
+        if found is None or len(found[0]) != image.shape[0]:
+            raise ArgumentError("inputs", f" {path}: a stack without one tilt angle per image beside it (.tlt or "
+                                          "tilts.star); calibrate takes micrographs or tilt series")
+        stack, angles = image, np.asarray(found[0], dtype=np.float64)
+        image = stack[int(np.argmin(np.abs(angles)))]
+    elif image.ndim != 2:
+        raise ArgumentError("inputs", f" {path}: holds shape {image.shape}; micrographs or tilt series expected")
     px = pixel_size_a or header_px
     if not px:
         raise ArgumentError("pixel_size", f": {path} has no pixel size in its header; give it in Å")
@@ -177,8 +185,25 @@ def calibrate_one(path: Path, *, pixel_size_a: float | None, dqe: float, dose_e_
         scale = ice_fit["count_scale"]
         for p in config["sample"]["particles"]:
             p["random"]["count"] = int(round(p["random"]["count"] * scale))
+    tilts = series = None
+    if stack is not None:
+        log("tilts")
+        axis = tilt_axis_beside(path)
+        doses = tilt_doses(stack.reshape(len(stack), -1).mean(1), angles, gain, px, thickness, length_nm)
+        fits = [fit_ctf(im, px, tilt_deg=float(a), tilt_axis_deg=axis[0] if axis else 0.0,
+                        **{**fit_options, "bootstrap": 0}) for im, a in zip(stack, angles, strict=True)]
+        tilts = [{**d, "defocus_u_a": f.defocus_u_a, "defocus_v_a": f.defocus_v_a,
+                  "defocus_angle_deg": f.defocus_angle_deg, "rings_in_band": f.rings_in_band}
+                 for d, f in zip(doses, fits, strict=True)]
+        series = {  # in stack order (a stack with its .tlt does not say the acquisition order)
+            "scheme": "list", "angles_deg": [float(a) for a in angles],
+            "tilt_axis_deg": float(axis[0]) if axis else 0.0,
+            "dose_per_tilt_e_per_a2": [round(t["dose_e_per_a2"], 4) for t in tilts],
+            "defocus_um": [round(0.5 * (t["defocus_u_a"] + t["defocus_v_a"]) / 1e4, 5) for t in tilts]}
     log("simulate")
     sim = _simulate(config)
+    if series is not None:  # the micrograph compared above is the untilted one; the config makes the series
+        config["tilt_series"] = series
     log("compare")
     sim_crops = grid_crops(sim, crop_px)
     sim_fit = fit_ctf(sim, px, **{**fit_options, "bootstrap": 0}) if min(sim.shape) >= 512 else None
@@ -191,7 +216,7 @@ def calibrate_one(path: Path, *, pixel_size_a: float | None, dqe: float, dose_e_
                     "transmission": math.exp(-thickness / length_nm), "real_ring_excess": real_excess,
                     "structure_amplitude": amplitude, "structure_fit": ice_fit, "particle_count": count,
                     "energy_filter": energy_filter},
-            "dose_e_per_a2": dose, "config": config, "likeness": {"bands": bands, "classifier": clf},
+            "dose_e_per_a2": dose, "tilts": tilts, "config": config, "likeness": {"bands": bands, "classifier": clf},
             "simulated_ctf": sim_fit.as_dict() if sim_fit else None, "seconds": time.perf_counter() - t0,
             "_plot": {"fit": fit, "sim_fit": sim_fit, "real_crops": real_crops, "sim_crops": sim_crops}}
 

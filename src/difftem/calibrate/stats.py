@@ -97,3 +97,16 @@ def thickness_from_transmission(transmission: float, attenuation_length_nm: floa
         raise ArgumentError("dose", f": the measured counts are {transmission:.3g} × the nominal dose; the transmitted "
                                     "fraction must lie in (0, 1] — check the nominal dose or the DQE")
     return -attenuation_length_nm * math.log(transmission)
+
+
+def tilt_doses(means_units, angles_deg, gain_units_per_e: float, pixel_size_a: float, thickness_nm: float,
+               attenuation_length_nm: float) -> list[dict]:
+    """Per tilt of a series: the detected electrons per pixel (mean / gain) and the dose that gives them through
+    the ice's path t/cos θ at the tilt (the same loss law as the untilted image)."""
+    out = []
+    for m, a in zip(means_units, angles_deg, strict=True):
+        counts = float(m) / gain_units_per_e
+        path_nm = thickness_nm / math.cos(math.radians(float(a)))
+        dose = counts / (pixel_size_a**2 * math.exp(-path_nm / attenuation_length_nm))
+        out.append({"tilt_deg": float(a), "counts_per_px": counts, "ice_path_nm": path_nm, "dose_e_per_a2": dose})
+    return out

@@ -387,10 +387,10 @@ def fit_ctf_tiles(tiles, pixel_size_a: float, *, offsets_a=None, voltage_kv: flo
     range_a = (defocus_range_um[0] * 1e4, defocus_range_um[1] * 1e4)
 
     best = None
-    for sign in ((1, -1) if tilted else (0,)):
+    for sign in ((1, -1, 0) if tilted else (0,)):  # 0 too: a specimen whose depth does not follow the tilt plane
         p = _replace(problem, offsets_a=offsets * sign)
-        if not tilted:  # one averaged spectrum: the same fit, T times cheaper
-            p = _replace(p, data=p.data.mean(0, keepdim=True), offsets_a=offsets[:1])
+        if not tilted:  # one averaged spectrum: the same fit, T times cheaper (tilted: every tile, so the three
+            p = _replace(p, data=p.data.mean(0, keepdim=True), offsets_a=offsets[:1])  # losses compare)
         averaged = _replace(p, data=p.data.mean(0, keepdim=True), offsets_a=offsets[:1] * 0)
         df0 = _search_defocus(averaged, range_a)
         # the grids run on the tiles' mean spectrum (the tilt blurs its rings a little; the refinement below sees
