@@ -67,8 +67,9 @@ def aspire(python: str, mrc: Path, px: float) -> dict:
 def ours(img, px: float) -> dict:
     t = time.perf_counter()
     f = fit_ctf(img, px, bootstrap=4)
-    return {"u": f.defocus_u_a, "v": f.defocus_v_a, "angle_deg": f.defocus_angle_deg, "seconds": time.perf_counter() - t,
-            "sd_mean": f.defocus_sd_a, "sd_astig": f.astigmatism_sd_a, "fit_resolution_a": f.fit_resolution_a}
+    return {"u": f.defocus_u_a, "v": f.defocus_v_a, "angle_deg": f.defocus_angle_deg,
+            "seconds": time.perf_counter() - t, "sd_mean": f.defocus_sd_a, "sd_astig": f.astigmatism_sd_a,
+            "fit_resolution_a": f.fit_resolution_a}
 
 
 def main() -> None:
