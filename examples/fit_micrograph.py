@@ -30,7 +30,8 @@ def config(n: int, pixel_a: float) -> dict:
             "optics": {"defocus_um": 1.2, "astigmatism_um": 0.02, "astigmatism_angle_deg": 25.0},
             "detector": {"shape_px": [n, n], "pixel_size_a": pixel_a, "dqe": 0.7, "gain": 2.0,
                          "mtf": {"a": 0.7, "b": 0.2, "c": 0.1, "alpha": 10.0, "beta": 40.0}},
-            "sample": {"ice_thickness_nm": 20.0, "particles": [
+            "sample": {"ice_thickness_nm": 20.0, "ice_structure": {"mode": "off"},  # as the docs' numbers
+                       "particles": [
                 {"structure": "builtin:1ubi", "positions_a": [[-40, -30, 0], [35, 25, 10], [30, -45, -20]]}]},
             "simulation": {"slice_thickness_a": 4.0}}
 

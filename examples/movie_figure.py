@@ -33,7 +33,8 @@ def movie_config(size: int) -> dict:
     return {"seed": 1, "beam": {"dose_e_per_a2": 40}, "optics": {"defocus_um": 2.5},
             "detector": {"shape_px": [size, size], "pixel_size_a": 1.0, "dqe": 0.8,
                          "mtf": {"a": 0.6, "b": 1.24, "c": -0.84, "alpha": 0.97, "beta": 0.97}},
-            "sample": {"ice_thickness_nm": 20, "particles": [particle]},
+            "sample": {"ice_thickness_nm": 20, "ice_structure": {"mode": "off"},  # as the docs' numbers
+                       "particles": [particle]},
             "simulation": {"map_placement": "projection"},
             "movie": {"n_frames": 40, "damage": "none", "drift": {"fast_a": 12, "slow_a_per_frame": 0.2}}}
 

@@ -52,7 +52,8 @@ def scene(structure: str, n_side: int, box: int, px: float, spacing: int, dose: 
             "optics": {"defocus_um": 1.5, "astigmatism_um": 0.5, "astigmatism_angle_deg": 30},
             "detector": {"shape_px": [field, field], "pixel_size_a": px, "noise": "poisson" if dose else "none",
                          "mtf": None},
-            "sample": {"ice_thickness_nm": 80, "particles": [{"structure": structure, "positions_a": pos.tolist(),
+            "sample": {"ice_thickness_nm": 80, "ice_structure": {"mode": "off"},  # as the docs' numbers
+                       "particles": [{"structure": structure, "positions_a": pos.tolist(),
                                                               "euler_zyz_deg": eul.tolist()}]}}
 
 

@@ -26,7 +26,8 @@ from difftem.tomo.ctf import TiltCTF, ctf_correct
 def config() -> dict:
     return {"seed": 5, "beam": {"voltage_kv": 300}, "optics": {"defocus_um": 2.0},
             "detector": {"shape_px": [128, 128], "pixel_size_a": 3.0, "noise": "none", "mtf": None},
-            "sample": {"ice_thickness_nm": 15, "particles": [{"structure": "builtin:1ubi", "random": {"count": 20}}]},
+            "sample": {"ice_thickness_nm": 15, "ice_structure": {"mode": "off"},  # as the docs' numbers
+                       "particles": [{"structure": "builtin:1ubi", "random": {"count": 20}}]},
             "simulation": {"slice_thickness_a": 10.0},
             "tilt_series": {"scheme": "dose_symmetric", "min_deg": -60, "max_deg": 60, "step_deg": 3,
                             "total_dose_e_per_a2": 100, "tilt_axis_deg": 15.0, "damage": "none"}}

@@ -34,7 +34,8 @@ def config(structure: str, count: int, shape_px: int, pixel_a: float, dose: floa
             "optics": {"defocus_um": defocus_um},
             "detector": {"shape_px": [shape_px, shape_px], "pixel_size_a": pixel_a, "noise": "poisson",
                          "mtf": {"a": 0.7, "b": 0.2, "c": 0.1, "alpha": 10, "beta": 40}},
-            "sample": {"ice_thickness_nm": ice_nm, "particles": [{"structure": structure, "random": {"count": count}}]},
+            "sample": {"ice_thickness_nm": ice_nm, "ice_structure": {"mode": "off"},  # as the docs' numbers
+                       "particles": [{"structure": structure, "random": {"count": count}}]},
             "simulation": {"slice_thickness_a": 20.0},
             "tilt_series": {"scheme": "dose_symmetric", "min_deg": -60, "max_deg": 60, "step_deg": 3,
                             "total_dose_e_per_a2": dose, "damage": damage}}
