@@ -106,3 +106,30 @@ def test_particle_star_at_bin8_is_flagged_undetermined(shared_data, tmp_path, on
     assert len(rep["fits"]) == 39
     assert all(r["rings_in_band"] < 2 for r in rep["fits"])
     assert all("reference_defocus_mean_a" in r for r in rep["fits"])
+
+
+def test_cli_fits_a_simulated_tilt_series_per_tilt(tmp_path, one_thread):
+    """`fit-ctf tilt_series.mrc` takes the angles and axis from the files beside the stack and fits every tilt
+    with its geometry: each tilt's mean defocus near the simulated one; a defocus-per-tilt figure."""
+    import yaml
+    from difftem.cli._app import app
+    from typer.testing import CliRunner
+
+    cfg = {"seed": 4, "beam": {"voltage_kv": 300}, "optics": {"defocus_um": 1.8},
+           "detector": {"shape_px": [512, 512], "pixel_size_a": 1.0, "noise": "poisson"},
+           "sample": {"ice_thickness_nm": 40.0, "ice_structure": {"mode": "slices"}},
+           "simulation": {"slice_thickness_a": 10},
+           "tilt_series": {"scheme": "list", "angles_deg": [0.0, -20.0, 20.0], "total_dose_e_per_a2": 120,
+                           "tilt_axis_deg": 15.0}}
+    (tmp_path / "ts.yaml").write_text(yaml.safe_dump(cfg))
+    runner = CliRunner()
+    assert runner.invoke(app, ["simulate", str(tmp_path / "ts.yaml"), "--out", str(tmp_path / "s")]).exit_code == 0
+    res = runner.invoke(app, ["fit-ctf", str(tmp_path / "s" / "tilt_series.mrc"), "--out", str(tmp_path / "f"),
+                              "--bootstrap", "0", "--tile", "256"])
+    assert res.exit_code == 0, res.output
+    fits = json.loads((tmp_path / "f" / "ctf.json").read_text())["fits"]
+    assert sorted(f["tilt_deg"] for f in fits) == [-20.0, 0.0, 20.0]
+    assert all(f["tilt_axis_deg"] == 15.0 for f in fits)
+    for f in fits:
+        assert abs(0.5 * (f["defocus_u_a"] + f["defocus_v_a"]) / 18000 - 1) < 0.03, f
+    assert (tmp_path / "f" / "tilt_series_defocus.png").is_file()
