@@ -107,3 +107,21 @@ def test_rotations():
     r = rotation_zyz_deg(10, 20, 30)
     np.testing.assert_allclose(r @ r.T, np.eye(3), atol=1e-12)
     assert np.linalg.det(r) == pytest.approx(1.0)
+
+
+def test_non_utf8_chain_name_is_a_one_line_structure_error(tmp_path):
+    """A byte that is not UTF-8 in a chain name surfaced as UnicodeDecodeError from gemmi's names (found by the
+    fuzz test); it is a StructureError naming the file."""
+    import gzip
+    from importlib import resources
+
+    from difftem.core.errors import StructureError
+    from difftem.specimen.structure import read_structure
+
+    pdb = gzip.decompress(resources.files("difftem").joinpath("data", "1ubi_ubiquitin.pdb.gz").read_bytes())
+    lines = pdb.split(b"\n")
+    i = next(k for k, line in enumerate(lines) if line.startswith(b"ATOM"))
+    lines[i] = lines[i][:21] + b"\x80" + lines[i][22:]
+    (tmp_path / "bad.pdb").write_bytes(b"\n".join(lines))
+    with pytest.raises(StructureError, match="bad.pdb.*not text"):
+        read_structure(tmp_path / "bad.pdb")

@@ -219,11 +219,14 @@ def read_structure(
     """
     path = Path(path)
     st = _open(path)
-    st.setup_entities()
-
-    chosen = [st[0]] if models == "first" else list(st)
-    sites = _collect_sites(path, chosen, remove_waters=remove_waters, remove_hydrogens=remove_hydrogens,
-                           remove_hetero=remove_hetero)
+    try:  # gemmi's names become Python strings here: bytes that are not UTF-8 fail only now
+        st.setup_entities()
+        chosen = [st[0]] if models == "first" else list(st)
+        sites = _collect_sites(path, chosen, remove_waters=remove_waters, remove_hydrogens=remove_hydrogens,
+                               remove_hetero=remove_hetero)
+    except UnicodeDecodeError:
+        raise StructureError(f"{shown_path(path)}: holds bytes that are not text (UTF-8) in its chain, residue or "
+                             "atom names; is this a PDB or mmCIF coordinate file?") from None
     if not sites.z:
         raise StructureError(f"{path}: no atoms left after removing waters/hydrogens/hetero groups")
     notes: list[str] = []
