@@ -11,7 +11,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from ..core.errors import ArgumentError, FormatError
 from ..io.files import staging_folder, write_json
@@ -35,6 +34,11 @@ class Item:
     reference: dict | None = None            # defocus the input's own metadata gives (for comparison)
 
 
+def input_stem(path: Path) -> str:
+    """A file's name without its image or STAR suffix (and .gz): the stem outputs are named after."""
+    return re.sub(r"(\.mrcs?|\.st|\.ali|\.star)?(\.gz)?$", "", Path(path).name)
+
+
 def _pixel_size(header_px: float, given: float | None, path: Path) -> float:
     if given is not None:
         if not (given > 0 and math.isfinite(given)):
@@ -50,7 +54,7 @@ def mrc_items(path: Path, pixel_size_a: float | None, tilts: Path | None, tilt_a
     ``tilts.star``), else independent micrographs."""
     data, header_px = read_mrc_checked(path, "micrograph")
     px = _pixel_size(header_px, pixel_size_a, path)
-    stem = re.sub(r"(\.mrcs?|\.st|\.ali)?(\.gz)?$", "", path.name)
+    stem = input_stem(path)
     if data.ndim == 2:
         return [Item(stem, px, image=data)]
     if data.ndim != 3:
@@ -77,9 +81,8 @@ def star_items(path: Path, stack: Path | None, pixel_size_a: float | None) -> li
     table = next((b for b in blocks.values() if hasattr(b, "columns") and "rlnImageName" in b.columns), None)
     if table is None:
         raise FormatError("no table with rlnImageName (particle images) found", file=path)
-    for col in ("rlnMicrographName",):
-        if col not in table.columns:
-            raise FormatError(f"has no {col} column to group the images by tilt", file=path)
+    if "rlnMicrographName" not in table.columns:
+        raise FormatError("has no rlnMicrographName column to group the images by tilt", file=path)
     names = table["rlnImageName"].astype(str)
     index = names.str.split("@").str[0].astype(int).to_numpy() - 1
     files = names.str.split("@").str[1].unique()
@@ -174,7 +177,7 @@ def run_fit_ctf(inputs: list[Path], out: Path, *, pixel_size_a: float | None = N
                 if progress:
                     progress(item.name, done, total)
             if len(items) > 1 and plots != "none":
-                stem = re.sub(r"(\.mrcs?|\.star|\.st)?(\.gz)?$", "", path.name)
+                stem = input_stem(path)
                 figures.append(tilt_defocus_figure(group_rows, tmp / f"{stem}_defocus.png", title=path.name).name)
             rows.extend(group_rows)
         summary = _summary(rows)
@@ -191,7 +194,3 @@ def _summary(rows: list[dict]) -> dict:
         out.update(reference_count=len(errs), abs_error_percent_median=float(np.median(a)),
                    abs_error_percent_max=float(a.max()), within_5_percent=int((a <= 5).sum()))
     return out
-
-
-def as_tensor(x) -> torch.Tensor:
-    return torch.as_tensor(np.asarray(x, dtype=np.float64))

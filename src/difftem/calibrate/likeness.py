@@ -8,6 +8,7 @@ import torch
 
 from ..core.errors import ArgumentError
 from ..core.fft import radial_freq_per_px
+from ..learn.ctf_fit import detrended_periodograms
 from ..learn.mtf_fit import noise_power_spectrum
 
 #: The likeness bands: 0.02–0.45 cycles/px in this many equal steps.
@@ -15,7 +16,8 @@ BAND_EDGES_PER_PX = np.linspace(0.02, 0.45, 18)
 
 
 def radial_bands(spectrum: torch.Tensor, edges=BAND_EDGES_PER_PX) -> np.ndarray:
-    """Mean of an rfft-layout spectrum (..., n, n//2 + 1) in each band of radial frequency."""
+    """Mean of an rfft-layout spectrum (..., n, n//2 + 1) in each band of radial frequency (every half-plane
+    sample once; forward.camera.radial_bands weights the duplicated columns by ½ instead)."""
     n = spectrum.shape[-2]
     omega = radial_freq_per_px((n, n), half=True)
     out = []
@@ -25,10 +27,16 @@ def radial_bands(spectrum: torch.Tensor, edges=BAND_EDGES_PER_PX) -> np.ndarray:
     return torch.stack(out, -1).numpy()
 
 
-def band_ratios(real: torch.Tensor, simulated: torch.Tensor) -> dict:
-    """Per band, simulated power / real power of the crops' mean periodograms (plane-detrended)."""
-    pr = radial_bands(noise_power_spectrum(real, detrend="plane"))
-    ps = radial_bands(noise_power_spectrum(simulated, detrend="plane"))
+def band_powers(crops: torch.Tensor) -> np.ndarray:
+    """Power of the crops' mean periodogram (plane-detrended) in each likeness band (data units² per px)."""
+    return radial_bands(noise_power_spectrum(crops, detrend="plane"))
+
+
+def band_ratios(real: torch.Tensor, simulated: torch.Tensor, real_power: np.ndarray | None = None) -> dict:
+    """Per band, simulated power / real power of the crops' mean periodograms (plane-detrended); ``real_power``:
+    the real crops' :func:`band_powers` when already known."""
+    pr = band_powers(real) if real_power is None else real_power
+    ps = band_powers(simulated)
     ratio = ps / pr
     worst = int(np.argmax(np.abs(ratio - 1)))
     centres = 0.5 * (BAND_EDGES_PER_PX[:-1] + BAND_EDGES_PER_PX[1:])
@@ -73,8 +81,7 @@ def crop_features(crops: torch.Tensor) -> np.ndarray:
     """Per crop: log power in the likeness bands, and the pixel values' mean, log standard deviation, skewness
     and excess kurtosis."""
     x = crops.double()
-    spec = torch.stack([noise_power_spectrum(c[None], detrend="plane") for c in x])
-    logp = np.log(np.maximum(radial_bands(spec), 1e-300))
+    logp = np.log(np.maximum(radial_bands(detrended_periodograms(x)), 1e-300))
     flat = x.reshape(x.shape[0], -1)
     mu, sd = flat.mean(1), flat.std(1)
     z = (flat - mu[:, None]) / sd[:, None]

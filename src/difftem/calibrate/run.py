@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import copy
 import math
-import re
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -25,7 +24,8 @@ from ..io.tlt import angles_beside, read_mrc_checked, tilt_axis_beside
 from ..learn.ctf_fit import CTFFit, fit_ctf
 from ..simulate.output import prepare_out
 from ..simulate.pipeline import simulate
-from .likeness import BAND_EDGES_PER_PX, band_ratios, classifier_accuracy, grid_crops, ice_ring_excess
+from .ctf_run import input_stem
+from .likeness import BAND_EDGES_PER_PX, band_powers, band_ratios, classifier_accuracy, grid_crops, ice_ring_excess
 from .plots import report_figure
 from .stats import DetectorStats, detector_statistics, mtf_config, thickness_from_transmission, tilt_doses
 
@@ -74,10 +74,6 @@ def attenuation_length_nm(config: dict) -> float:
     return -PROBE_THICKNESS_NM / math.log(transmission(config, PROBE_THICKNESS_NM))
 
 
-def _name(path: Path) -> str:
-    return re.sub(r"(\.mrcs?)?(\.gz)?$", "", path.name)
-
-
 def _counts_to_dose(counts_px: float, px: float, thickness_nm: float, length_nm: float) -> float:
     return counts_px / (px * px * math.exp(-thickness_nm / length_nm))
 
@@ -118,9 +114,9 @@ def fit_background(real_crops: torch.Tensor, config: dict, crop_px: int) -> tupl
         cfg = copy.deepcopy(config)
         cfg["sample"]["ice_structure"] = {**cfg["sample"]["ice_structure"], "amplitude": amplitude}
         cfg["sample"]["particles"] = parts if with_particles else []
-        return np.asarray(band_ratios(real_crops, grid_crops(_simulate(cfg), crop_px))["simulated_power"])
+        return band_powers(grid_crops(_simulate(cfg), crop_px))
 
-    real = np.asarray(band_ratios(real_crops, real_crops[:1])["real_power"])
+    real = band_powers(real_crops)
     noise = powers(0.0, False)
     ice = powers(1.0, False) - noise
     columns = [ice]
@@ -133,7 +129,8 @@ def fit_background(real_crops: torch.Tensor, config: dict, crop_px: int) -> tupl
     if parts:
         count = int(round(x[1] * sum(p["random"]["count"] for p in parts)))
     return math.sqrt(min(float(x[0]), 1e4)), count, {
-        "noise_only_ratio": (noise / real).tolist(), "ice_at_amplitude_1_ratio": (ice / real).tolist(),
+        "real_power": real.tolist(), "noise_only_ratio": (noise / real).tolist(),
+        "ice_at_amplitude_1_ratio": (ice / real).tolist(),
         **({"particles_at_start_count_ratio": (columns[1] / real).tolist(), "count_scale": float(x[1])}
            if parts else {})}
 
@@ -207,9 +204,9 @@ def calibrate_one(path: Path, *, pixel_size_a: float | None, dqe: float, dose_e_
     log("compare")
     sim_crops = grid_crops(sim, crop_px)
     sim_fit = fit_ctf(sim, px, **{**fit_options, "bootstrap": 0}) if min(sim.shape) >= 512 else None
-    bands = band_ratios(real_crops, sim_crops)
+    bands = band_ratios(real_crops, sim_crops, real_power=np.asarray(ice_fit["real_power"]))
     clf = classifier_accuracy(real_crops, sim_crops, seed=seed)
-    return {"name": _name(path), "input": str(path), "pixel_size_a": px, "ctf": fit.as_dict(),
+    return {"name": input_stem(path), "input": str(path), "pixel_size_a": px, "ctf": fit.as_dict(),
             "detector": {**stats.as_dict(), "dqe_assumed": dqe, "gain_units_per_e": gain,
                          "counts_per_px": counts_px},
             "ice": {"thickness_nm": thickness, "thickness_from": how, "attenuation_length_nm": length_nm,
@@ -260,7 +257,3 @@ def run_calibrate(inputs: list[Path], out: Path, *, pixel_size_a: float | None =
             records.append(rec)
         write_json(tmp / "calibration.json", {"micrographs": records})
     return {"micrographs": records}
-
-
-def crops_tensor(x) -> torch.Tensor:
-    return torch.as_tensor(np.asarray(x, dtype=np.float64))

@@ -48,10 +48,6 @@ class DetectorStats:
         return gain, self.mean_units / gain
 
 
-def background_corners(image: np.ndarray, crop_px: int, n_crops: int) -> list[tuple[int, int]]:
-    return select_background_crops(image, crop_px, n_crops)
-
-
 def mtf_config(mtf: MTFParams | MeasuredMTF) -> dict:
     """The config's ``detector.mtf`` for an MTF: the formula's parameters, or the STAR file it was read from."""
     if isinstance(mtf, MeasuredMTF):
@@ -66,7 +62,7 @@ def detector_statistics(image: np.ndarray, crop_px: int = 128, n_crops: int = 20
     the noise band. A specimen with much power (thick or strongly scattering ice at fine pixels) biases the fitted
     shape; give the camera's MTF then."""
     img = np.asarray(image, dtype=np.float64)
-    corners = background_corners(img, crop_px, n_crops)
+    corners = select_background_crops(img, crop_px, n_crops)
     crops = extract_crops(img, corners, crop_px)
     mean = float(crops.mean())
     if not mean > 0:

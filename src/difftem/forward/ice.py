@@ -45,7 +45,7 @@ from ..core.fft import freq_grid_per_a, freq_per_a, irfft2, irfft3, rfft3
 from ..core.grid import Grid
 from .beam import POTENTIAL_CONSTANT_V_A2
 from .potential import antialias_mask
-from .scattering import ScatteringTable
+from .scattering import ScatteringTable, radial_lookup
 
 #: molecules per Å³ of LDA ice at 0.94 g/cm³ (M = 18.015 g/mol)
 LDA_NUMBER_DENSITY_PER_A3 = 0.94 / 18.015 * 0.602214076
@@ -280,20 +280,17 @@ class IceVolume:
             return 1 - (1 - torch.cos(2 * math.pi * k * voxel_a)) / 3
 
         ky, kx = ky[0], kx[0]  # (ny, 1), (1, nx//2 + 1)
-        # P₃ is radial: tabulate it once on a fine |k| grid (2e-4 of the largest |k| per step; the spectrum varies
-        # on 1e-2 Å⁻¹) rather than evaluating the scattering factors on every plane
+        # P₃ is radial: tabulated once along |k| rather than the scattering factors evaluated on every plane
         k_max = float(torch.sqrt(kz.abs().max() ** 2 + ky.abs().max() ** 2 + kx.abs().max() ** 2)) * 1.001
-        k_tab = torch.linspace(0.0, k_max, 8193, dtype=torch.float64, device=self.device)
-        p_tab = ice_power_spectrum_3d(k_tab**2, model.table)
-        dk = k_max / 8192
+
+        def p3_of_k2(k2):
+            return ice_power_spectrum_3d(k2, model.table)
+
         for iz in range(nz):  # plane by plane: the filter's temporaries stay the size of one plane
             k2 = kz[iz, 0, 0] ** 2 + ky**2 + kx**2
             band = antialias_mask(k2, model.pixel_size_a, model.antialias_fraction, model.taper_fraction)
             gain = interp_gain(kz[iz, 0, 0]) * interp_gain(ky) * interp_gain(kx)
-            u = torch.sqrt(k2) / dk
-            i0 = u.floor().long().clamp(0, 8191)
-            w = u - i0
-            p3 = p_tab[i0] * (1 - w) + p_tab[i0 + 1] * w
+            p3 = radial_lookup(p3_of_k2, torch.sqrt(k2), k_max, 8193)
             spec[iz] *= (torch.sqrt(p3 / gain) / voxel_a**1.5 * band).to(torch.float32)
         values = irfft3(spec, shape_zyx)
         del spec

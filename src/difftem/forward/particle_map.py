@@ -28,7 +28,7 @@ from ..core.elements import atomic_mass_da
 from ..core.fft import fft3, fftshift, freq_per_a, good_fft_size, ifft3, irfft2, irfft3, k2_per_a2, rfft3
 from ..specimen.structure import Atoms
 from .potential import PROTEIN_VOLUME_A3_PER_DA, IceModel
-from .scattering import ScatteringTable
+from .scattering import ScatteringTable, radial_lookup
 
 SPREAD_SIGMA_VOXELS = 0.8  # σ_s of the spreading Gaussian: aliasing e^{-π²σ²·…} vs deapodisation gain
 SPREAD_HALF_WIDTH = 3  # voxels each side (3.75 σ_s: truncation below 1e-3 of the peak)
@@ -69,20 +69,6 @@ class ParticleMap:
         return ParticleMap(vol, self.voxel_a, self.radius_a, self.band_limit_per_a)
 
 
-def _radial(fn, k: torch.Tensor, k_max: float, n: int = 4096) -> torch.Tensor:
-    """fn(k²) on a grid of |k| values, through a fine 1-D table (linear interpolation) up to k_max; 0 beyond.
-
-    Form factors are smooth in |k| (relative interpolation error < 1e-7 with 4096 nodes), and
-    evaluating them once per node instead of once per voxel makes 3-D maps cheap."""
-    nodes = torch.linspace(0.0, k_max, n, dtype=torch.float64, device=k.device)
-    table = fn(nodes**2)
-    pos = (k / k_max * (n - 1)).clamp(max=n - 1)
-    i0 = pos.floor().long().clamp(max=n - 2)
-    w = pos - i0
-    out = table[i0] * (1 - w) + table[i0 + 1] * w
-    return torch.where(k <= k_max, out, torch.zeros_like(out))
-
-
 def _element_factors(table, z: int, mass_da: float, k: torch.Tensor, k_max: float, absorption_ratio: float,
                      ice: IceModel | None) -> tuple[torch.Tensor, torch.Tensor]:
     """(real, imaginary) 3-D form factors (V·Å³) of element z on |k| ≤ k_max: C·f_e, minus displaced ice."""
@@ -99,7 +85,7 @@ def _element_factors(table, z: int, mass_da: float, k: torch.Tensor, k_max: floa
             ff = ff - ice.absorption_potential_v * displaced_a3 * torch.exp(-ice.solvent_b_a2 * k2 / 4)
         return ff
 
-    return _radial(real, k, k_max), _radial(imag, k, k_max)
+    return radial_lookup(real, k, k_max), radial_lookup(imag, k, k_max)
 
 
 def _bspline_dft(k, voxel_a):

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from ..core.errors import ArgumentError
-from ..core.fft import rfft2
+from ..core.fft import freq_grid_per_a, rfft2
 from ..forward.beam import wavelength_a
 from .mtf_fit import detrend_crops
 
@@ -99,11 +99,8 @@ def default_band_a(pixel_size_a: float) -> tuple[float, float]:
 
 def _spectrum_geometry(tile_px: int, pixel_size_a: float):
     """k (Å⁻¹) and its azimuth θ on the rfft half plane."""
-    iy = torch.arange(tile_px, dtype=torch.float64)
-    iy = torch.where(iy >= (tile_px + 1) // 2, iy - tile_px, iy)
-    ix = torch.arange(tile_px // 2 + 1, dtype=torch.float64)
-    ky = (iy / (tile_px * pixel_size_a))[:, None].expand(tile_px, ix.numel())
-    kx = (ix / (tile_px * pixel_size_a))[None, :].expand(tile_px, ix.numel())
+    ky, kx = freq_grid_per_a((tile_px, tile_px), pixel_size_a, half=True)
+    ky, kx = torch.broadcast_tensors(ky, kx)
     return torch.sqrt(kx**2 + ky**2), torch.atan2(ky, kx)
 
 

@@ -18,7 +18,7 @@ from ..core.errors import FormatError
 from ..core.rotations import relion_matrix
 from ..io import imod, relion5
 from ..io.star import read_star
-from ..io.tlt import angles_beside, read_tlt, tilt_axis_beside
+from ..io.tlt import angles_beside, read_mrc_checked, read_tlt, tilt_axis_beside
 from .ctf import TiltCTF
 
 
@@ -253,26 +253,10 @@ def shift_images(stack, shifts_px):
 
 
 def read_particle_stack(path: Path) -> tuple[np.ndarray, float]:
-    """(float32 (N, H, W) images, header pixel size or 0) of a particle-image stack (.mrcs, .gz ok), read
-    permissively: such stacks often lack the 'MAP ' identifier (the real ribosome set does) but are otherwise
-    regular; anything but finite 3-D data raises :class:`FormatError` naming the file."""
-    import warnings
-
-    import mrcfile
-
-    path = Path(path)
-    if not path.is_file():
-        raise FormatError("no such particle stack", file=path)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            with mrcfile.open(path, permissive=True) as mrc:
-                data = None if mrc.data is None else np.asarray(mrc.data, dtype=np.float32).copy()
-                px = float(mrc.voxel_size.x)
-    except Exception as exc:  # mrcfile/gzip raise many kinds on a corrupt file
-        raise FormatError(f"not a readable MRC stack ({exc.__class__.__name__})", file=path) from None
-    if data is None or data.ndim != 3 or min(data.shape[-2:]) < 2:
-        raise FormatError(f"not a stack of images (shape {None if data is None else data.shape})", file=path)
-    if not np.all(np.isfinite(data)):
-        raise FormatError("holds NaN or infinite pixels", file=path)
-    return data, (px if math.isfinite(px) and px > 0 else 0.0)
+    """(float32 (N, H, W) images, header pixel size or 0) of a particle-image stack (.mrcs, .gz ok), read by
+    :func:`difftem.io.tlt.read_mrc_checked` (which takes the blank identifier such stacks often have, as the real
+    ribosome set); anything but finite 3-D data raises :class:`FormatError` naming the file."""
+    data, px = read_mrc_checked(path, "particle stack")
+    if data.ndim != 3:
+        raise FormatError(f"not a stack of images (shape {data.shape})", file=path)
+    return data, px
