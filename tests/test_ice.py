@@ -126,6 +126,54 @@ def test_two_tilts_project_the_same_3d_ice():
     assert same < 0.2 and independent > 1.0, (same, independent)
 
 
+@pytest.mark.parametrize("axis_deg", [0.0, 30.0])
+def test_tilted_view_of_the_3d_ice_has_the_slab_spectrum(axis_deg):
+    """A view at 50° through the 3-D ice (the volume turned by the tilt axis, planes summed along the rays) has,
+    band by band, the power spectrum T/cos θ · P₃(kx, ky, 0) of the slab it crosses (within 10 %; the lowest
+    frequencies, where a non-periodic crop's leakage dominates, left out)."""
+    from difftem.core.fft import fft2, freq_grid_per_a
+    from difftem.forward.ice import volume_shape
+    from difftem.forward.potential import antialias_mask
+
+    p, thickness, n, angle = 1.0, 100.0, 160, 50.0
+    grid = Grid((n, n), p)
+    ky, kx = freq_grid_per_a((n, n), p)
+    k2 = ky**2 + kx**2
+    path = thickness / math.cos(math.radians(angle))
+    ref = projected_ice_power_spectrum(k2, path, TABLE) * antialias_mask(k2, p) ** 2
+    k = k2.sqrt()
+    edges = np.linspace(0.07, 1 / (3 * p), 5)
+    ratios = []
+    for seed in (1, 2, 3):
+        shape, v = volume_shape((n, n), p, thickness, 60.0, axis_deg)
+        vol = IceVolume(IceStructureModel(TABLE, p, seed), shape, v, axis_deg=axis_deg)
+        img = vol.project(tilt_rotation(angle, axis_deg), grid, -path / 2, path / 2).double()
+        power = fft2(img - img.mean()).abs() ** 2 * p**2 / (n * n)
+        ratios.append([float(power[(k >= a) & (k < b)].mean() / ref[(k >= a) & (k < b)].mean())
+                       for a, b in zip(edges[:-1], edges[1:], strict=True)])
+    ratios = np.mean(ratios, 0)
+    assert np.all(np.abs(ratios - 1) < 0.10), ratios
+
+
+def test_auto_keeps_the_3d_ice_only_when_it_is_cheap():
+    """auto: a small series keeps the 3-D ice; a 512² series through 40 nm, where the volume would cost many times
+    the rest of the run, draws per-slice fields, with both estimates in the metadata and a note."""
+    from difftem.config import config_from_dict
+    from difftem.simulate.setup import Setup
+
+    small = _ice_only(shape=(64, 64), pixel_a=1.0, thickness_nm=5.0)
+    small["tilt_series"] = {"scheme": "list", "angles_deg": [-30, 0, 30], "damage": "none"}
+    assert Setup.build(config_from_dict(small)).ice_mode == "3d"
+    big = _ice_only(shape=(512, 512), pixel_a=1.0, thickness_nm=40.0)
+    big["tilt_series"] = {"scheme": "list", "angles_deg": [-60, 0, 60], "damage": "none"}
+    setup = Setup.build(config_from_dict(big))
+    est = setup.ice_metadata()["estimated_s"]
+    assert setup.ice_mode == "slices" and est["3d"] > 5 * est["slices"], est
+    assert any("would take" in n and "mode: 3d" in n for n in setup.notes), setup.notes
+    big["sample"]["ice_structure"] = {"mode": "3d"}
+    assert Setup.build(config_from_dict(big)).ice_mode == "3d"
+
+
 def test_tilt_series_uses_one_volume_and_falls_back_when_it_does_not_fit():
     cfg = _ice_only(shape=(64, 64), pixel_a=1.0, thickness_nm=5.0)
     cfg["tilt_series"] = {"scheme": "list", "angles_deg": [-30, 0, 30], "damage": "none"}

@@ -376,8 +376,9 @@ class IceStructure(_Model):
 
     mode: Literal["auto", "3d", "slices", "off"] = Field(
         "auto", description="3d: one 3-D realisation sampled by every tilt (tilt-consistent); slices: an independent "
-                            "2-D field per group of slices; auto: 3d for tilt series when it fits in memory, else "
-                            "slices; off: the continuum alone")
+                            "2-D field per group of slices; auto: 3d for tilt series when it fits in memory and "
+                            "adds at most 5 s or the rest of the run's estimated time, else slices; off: the "
+                            "continuum alone")
     amplitude: float = Field(1.0, ge=0, le=100, description="scale of the fluctuations (power ∝ amplitude²), 0…100")
     seed_offset: int = Field(0, ge=0, lt=2**31, description="added to the run's seed for the ice, 0 ≤ · < 2^31")
     chunk_a: float = Field(10.0, ge=0.1, le=1e4,

@@ -41,7 +41,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ..core.fft import freq_grid_per_a, freq_per_a, irfft2, irfft3, rfft3
+from ..core.fft import freq_grid_per_a, freq_per_a, irfft2, irfft3
 from ..core.grid import Grid
 from .beam import POTENTIAL_CONSTANT_V_A2
 from .potential import antialias_mask
@@ -118,6 +118,22 @@ def _hermitian_columns(spec: torch.Tensor, nx: int) -> torch.Tensor:
         col = spec[..., c]
         flipped = torch.roll(torch.flip(col, dims=[-1]), 1, dims=-1)  # X[-ky]
         spec[..., c] = (col + flipped.conj()) / math.sqrt(2)
+    return spec
+
+
+def _white_half_spectrum(shape_zyx: tuple[int, int, int], seed: int, device) -> torch.Tensor:
+    """The rfft half spectrum (complex64) of unit white noise on ``shape_zyx``, drawn directly (E|X|² = N, the
+    kx = 0 and Nyquist planes Hermitian in (kz, ky)): no forward transform of a real volume."""
+    nz, ny, nx = shape_zyx
+    gen = torch.Generator(device=device).manual_seed(seed)
+    half = (nz, ny, nx // 2 + 1)
+    spec = torch.complex(torch.randn(half, generator=gen, device=device), torch.randn(half, generator=gen,
+                                                                                      device=device))
+    spec *= math.sqrt(nz * ny * nx / 2)
+    for c in [0] + ([nx // 2] if nx % 2 == 0 else []):
+        plane = spec[..., c]
+        mirrored = torch.roll(torch.flip(plane, dims=[0, 1]), (1, 1), dims=(0, 1))  # X[−kz, −ky]
+        spec[..., c] = (plane + mirrored.conj()) / math.sqrt(2)
     return spec
 
 
@@ -263,23 +279,28 @@ class ViewIce:
 
 
 class IceVolume:
-    """One 3-D realisation of the ice in the specimen frame (voxel ≈ pixel, periodic in x and y, float16), sampled
-    by every view along its rotated rays (trilinear, with the mean interpolation loss pre-compensated)."""
+    """One 3-D realisation of the ice in the specimen frame (voxel ≈ pixel, periodic, float16), every view's chunk a
+    sum over the voxel planes its rays cross (bilinear within a plane, its mean loss pre-compensated).
 
-    def __init__(self, model: IceStructureModel, shape_zyx: tuple[int, int, int], voxel_a: float, device=None):
+    The volume's axes are turned in-plane by the tilt axis angle ``axis_deg`` (its y along the axis), so that a tilt
+    series' rays stretch it along x only: a W × H field needs W/cos θ + T tan θ along x but only H along y."""
+
+    def __init__(self, model: IceStructureModel, shape_zyx: tuple[int, int, int], voxel_a: float, device=None, *,
+                 axis_deg: float = 0.0):
         self.model, self.shape, self.voxel_a = model, shape_zyx, voxel_a
         self.device = torch.device(device or "cpu")
+        a = math.radians(axis_deg)
+        self.cos_axis, self.sin_axis = math.cos(a), math.sin(a)
         nz, ny, nx = shape_zyx
-        gen = torch.Generator(device=self.device).manual_seed(_seed(model.seed, "volume"))
-        white = torch.randn(shape_zyx, generator=gen, device=self.device, dtype=torch.float32)
-        spec = rfft3(white)
-        del white
+        spec = _white_half_spectrum(shape_zyx, _seed(model.seed, "volume"), self.device)
         kz, ky, kx = freq_grid_per_a(shape_zyx, voxel_a, half=True, device=self.device, dtype=torch.float64)
 
         def interp_gain(k):  # mean |H|² of linear interpolation at uniformly random offsets
             return 1 - (1 - torch.cos(2 * math.pi * k * voxel_a)) / 3
 
         ky, kx = ky[0], kx[0]  # (ny, 1), (1, nx//2 + 1)
+        # planes are sampled on their nodes in z and bilinearly within: only x and y lose power
+        gain = interp_gain(ky) * interp_gain(kx)
         # P₃ is radial: tabulated once along |k| rather than the scattering factors evaluated on every plane
         k_max = float(torch.sqrt(kz.abs().max() ** 2 + ky.abs().max() ** 2 + kx.abs().max() ** 2)) * 1.001
 
@@ -289,51 +310,86 @@ class IceVolume:
         for iz in range(nz):  # plane by plane: the filter's temporaries stay the size of one plane
             k2 = kz[iz, 0, 0] ** 2 + ky**2 + kx**2
             band = antialias_mask(k2, model.pixel_size_a, model.antialias_fraction, model.taper_fraction)
-            gain = interp_gain(kz[iz, 0, 0]) * interp_gain(ky) * interp_gain(kx)
             p3 = radial_lookup(p3_of_k2, torch.sqrt(k2), k_max, 8193)
             spec[iz] *= (torch.sqrt(p3 / gain) / voxel_a**1.5 * band).to(torch.float32)
         values = irfft3(spec, shape_zyx)
         del spec
-        self.values = values.to(torch.float16).reshape(-1)  # V
+        self.values = values.to(torch.float16)  # V, (nz, ny, nx)
 
     @property
     def nbytes(self) -> int:
         return self.values.numel() * 2
 
-    def project(self, rotation: np.ndarray, grid: Grid, z0_a: float, z1_a: float, view_ice_a: float,
-                profile=None) -> torch.Tensor:
-        """∫ V dz over view depths [z0, z1) (inside the ice) at ``grid``'s pixel centres (V·Å), along the view's
-        rays through the real (tilted) slab: view depth z′ maps to specimen depth z′·cos θ, so the view's
-        horizontal slab of thickness T/cos θ is the tilted slab crossed along the beam. ``profile``: only where
-        the ray is inside the ice of that thickness profile."""
-        p, v = grid.pixel_size_a, self.voxel_a
-        n_sub = max(1, math.ceil((z1_a - z0_a) / p - 1e-9))
-        step = (z1_a - z0_a) / n_sub
-        out = torch.zeros(grid.shape_px, dtype=torch.float32, device=self.device)
-        nz, ny, nx = self.shape
-        for j in range(n_sub):
-            xs, ys, zs = ray_points(rotation, grid, z0_a + (j + 0.5) * step, self.device)
-            sample = self._trilinear(xs / v + nx // 2, ys / v + ny // 2, zs / v + nz / 2 - 0.5)
-            if profile is not None:
-                sample = sample * (2 * zs.abs() <= profile.thickness_at(xs, ys)).float()
-            out += sample
-        return out * step
+    def _to_volume_frame(self, xs: torch.Tensor, ys: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Specimen (x, y) Å → fractional voxel (x, y) of the volume (turned by the tilt axis)."""
+        c, s = self.cos_axis, self.sin_axis
+        _, ny, nx = self.shape
+        return (c * xs + s * ys) / self.voxel_a + nx // 2, (-s * xs + c * ys) / self.voxel_a + ny // 2
 
-    def _trilinear(self, fx: torch.Tensor, fy: torch.Tensor, fz: torch.Tensor) -> torch.Tensor:
-        """Periodic trilinear interpolation at fractional voxel coordinates (x, y, z)."""
+    def project(self, rotation: np.ndarray, grid: Grid, z0_a: float, z1_a: float, view_ice_a: float = 0.0,
+                profile=None, planes_per_call: int = 8) -> torch.Tensor:
+        """∫ V dz over view depths [z0, z1) (inside the ice) at ``grid``'s pixel centres (V·Å), along the view's
+        rays through the real (tilted) slab: view depth z′ is specimen depth z′·cos θ, so the chunk holds the voxel
+        planes of specimen depths [z0 cos θ, z1 cos θ); each is sampled where the rays cross it and weighted by the
+        ray length in its slab (its overlap with the chunk / cos θ). ``profile``: only where the ray is inside the
+        ice of that thickness profile."""
+        r = np.asarray(rotation, dtype=np.float64)
+        cos_t, v = float(r[2, 2]), self.voxel_a
         nz, ny, nx = self.shape
-        x0, y0, z0 = torch.floor(fx), torch.floor(fy), torch.floor(fz)
-        tx, ty, tz = (fx - x0).float(), (fy - y0).float(), (fz - z0).float()
-        ix0, iy0, iz0 = x0.long(), y0.long(), z0.long()
-        out = torch.zeros(fx.shape, dtype=torch.float32, device=self.device)
-        for dz, wz in ((0, 1 - tz), (1, tz)):
-            iz = torch.remainder(iz0 + dz, nz) * (ny * nx)
-            for dy, wy in ((0, 1 - ty), (1, ty)):
-                iy = torch.remainder(iy0 + dy, ny) * nx
-                for dx, wx in ((0, 1 - tx), (1, tx)):
-                    ix = torch.remainder(ix0 + dx, nx)
-                    out += wz * wy * wx * self.values[iz + iy + ix].float()
+        out = torch.zeros(grid.shape_px, dtype=torch.float32, device=self.device)
+        lo, hi = sorted((z0_a * cos_t, z1_a * cos_t))
+        # plane iz holds specimen depths (iz − nz/2 + [0, 1))·v
+        first, last = math.floor(lo / v + nz / 2), math.ceil(hi / v + nz / 2) - 1
+        planes = np.arange(first, last + 1)
+        top = (planes - nz / 2) * v
+        weights = (np.minimum(top + v, hi) - np.maximum(top, lo)) / cos_t
+        keep = weights > 1e-12 * v
+        planes, weights = planes[keep], weights[keep]
+        if not len(planes):
+            return out
+        xs0, ys0, _ = ray_points(rotation, grid, 0.0, self.device)
+        fx0, fy0 = self._to_volume_frame(xs0, ys0)
+        base = torch.stack([fx0, fy0], -1).float()  # (H, W, 2) voxel (x, y) where the rays cross depth 0
+        flat = base.reshape(-1, 2)
+        bounds = flat.amin(0).double().cpu().numpy(), flat.amax(0).double().cpu().numpy()
+        c, s = self.cos_axis, self.sin_axis  # the ray's move per Å of view depth, in voxels
+        step = np.array([(c * r[2, 0] + s * r[2, 1]) / v, (-s * r[2, 0] + c * r[2, 1]) / v])
+        grid_buf = torch.empty((planes_per_call,) + grid.shape_px + (2,), dtype=torch.float32, device=self.device)
+        for j in range(0, len(planes), planes_per_call):
+            iz, w = planes[j:j + planes_per_call], weights[j:j + planes_per_call]
+            depth = (iz - nz / 2 + 0.5) * v / cos_t
+            sample = self._bilinear(iz, base, bounds, depth[:, None] * step, grid_buf[:len(iz)])
+            if profile is not None:
+                d = torch.as_tensor(depth, dtype=torch.float64, device=self.device)[:, None, None]
+                inside = 2 * (d * cos_t).abs() <= profile.thickness_at(xs0 + float(r[2, 0]) * d,
+                                                                        ys0 + float(r[2, 1]) * d)
+                sample = sample * inside.float()
+            out += torch.einsum("n,nhw->hw", torch.as_tensor(w, dtype=torch.float32, device=self.device), sample)
         return out
+
+    def _bilinear(self, planes: np.ndarray, base: torch.Tensor, bounds, shift: np.ndarray,
+                  grid_buf: torch.Tensor) -> torch.Tensor:
+        """(n, H, W) values of the n consecutive ``planes`` at fractional voxel (x, y) = ``base`` (H, W, 2, within
+        ``bounds``) + ``shift`` (n, 2), periodic: the planes' crop the points fall in (indices wrapped), in float32,
+        sampled by one ``grid_sample`` (its sampling grid written into ``grid_buf``)."""
+        nz, ny, nx = self.shape
+        lo = np.floor(bounds[0] + shift.min(0)).astype(int)
+        (x_lo, y_lo), (w, h) = lo, np.floor(bounds[1] + shift.max(0)).astype(int) - lo + 2
+        z_lo, z_hi = int(planes[0]), int(planes[-1]) + 1
+        if z_lo >= 0 and z_hi <= nz and x_lo >= 0 and x_lo + w <= nx and y_lo >= 0 and y_lo + h <= ny:
+            crop = self.values[z_lo:z_hi, y_lo:y_lo + h, x_lo:x_lo + w]
+        else:
+            iz = torch.as_tensor(np.remainder(planes, nz), device=self.device)
+            iy = torch.remainder(torch.arange(y_lo, y_lo + h, device=self.device), ny)
+            ix = torch.remainder(torch.arange(x_lo, x_lo + w, device=self.device), nx)
+            crop = self.values[iz][:, iy][:, :, ix]
+        # align_corners: −1 and 1 are the crop's first and last nodes
+        scale = np.array([2 / max(w - 1, 1), 2 / max(h - 1, 1)])
+        offset = torch.as_tensor((shift - lo) * scale - 1, dtype=torch.float32, device=self.device)
+        torch.add((base * torch.as_tensor(scale, dtype=torch.float32, device=self.device))[None],
+                  offset[:, None, None, :], out=grid_buf)
+        return torch.nn.functional.grid_sample(crop.float()[:, None], grid_buf, mode="bilinear",
+                                               padding_mode="border", align_corners=True)[:, 0]
 
 
 def ray_points(rotation: np.ndarray, grid: Grid, z_view_a: float, device=None
@@ -353,29 +409,57 @@ def ray_points(rotation: np.ndarray, grid: Grid, z_view_a: float, device=None
 
 
 def volume_shape(field_shape_px: tuple[int, int], pixel_size_a: float, ice_thickness_a: float,
-                 max_tilt_deg: float) -> tuple[tuple[int, int, int], float]:
-    """((nz, ny, nx), voxel Å) of the 3-D realisation a tilt series needs: every view's rays through the slab stay
-    inside one period in x and y (extent W/cos θ_max + T·tan θ_max in both, whatever the axis), z covers the ice
-    plus a margin so that the top and bottom faces (periodic in z) are uncorrelated."""
+                 max_tilt_deg: float, axis_deg: float = 0.0) -> tuple[tuple[int, int, int], float]:
+    """((nz, ny, nx), voxel Å) of the 3-D realisation a tilt series about the axis at ``axis_deg`` needs, in the
+    volume's frame (y along the axis): one period holds each view's pixels at any one depth, W⊥/cos θ_max across
+    the axis and H∥ along it (W⊥, H∥: the field's extents across and along the axis), so no two pixels of a view
+    see the same ice (a ray may wrap: its depths differ); z covers the ice plus a margin so that the top and
+    bottom faces (periodic in z) are uncorrelated."""
     v = pixel_size_a * VOXEL_DETUNE
-    c, t = math.cos(math.radians(max_tilt_deg)), math.tan(math.radians(abs(max_tilt_deg)))
-    extent = max(field_shape_px) * pixel_size_a / c + ice_thickness_a * t + 8 * pixel_size_a
-    n_xy = int(math.ceil(extent / v))
-    n_xy += n_xy % 2
+    c = math.cos(math.radians(max_tilt_deg))
+    a = math.radians(axis_deg)
+    h_a, w_a = (n * pixel_size_a for n in field_shape_px)
+    across = w_a * abs(math.cos(a)) + h_a * abs(math.sin(a))
+    along = w_a * abs(math.sin(a)) + h_a * abs(math.cos(a))
+
+    def even(extent_a):
+        n = int(math.ceil((extent_a + 8 * pixel_size_a) / v))
+        return n + n % 2
+
     nz = int(math.ceil(ice_thickness_a / v)) + 16
-    return (nz, n_xy, n_xy), v
+    return (nz, even(along), even(across / c)), v
 
 
 def volume_bytes(shape_zyx: tuple[int, int, int]) -> int:
-    """Peak bytes to build the realisation and keep it: float32 noise and its half complex spectrum (≈ 4 + 4 per
-    voxel), then the spectrum and the float32 field, then the field and its float16 copy (kept)."""
+    """Peak bytes to build the realisation and keep it: its half complex spectrum (≈ 4 per voxel) and the inverse
+    transform's complex intermediate (≈ 4) and float32 field (4), then the field and its float16 copy (kept)."""
     n = shape_zyx[0] * shape_zyx[1] * shape_zyx[2]
     return int(n * (4 + 4 + 2) + 2 * n)
 
-#: bytes per pixel a view's structured ice works with: its complex field, and the ray sampling's float64
-#: coordinates, indices and weights (3d) or the noise and its spectrum (slices)
+#: seconds per unit of work on one CPU thread (measured on the 2-core machine, benchmarks/bench_ice.py): building
+#: the 3-D volume, per voxel·log2(voxels); sampling it, per voxel plane crossed and pixel; one per-slice field, per
+#: chunk, pixel and log2(pixels)
+T_ICE_VOLUME = 2e-9
+T_ICE_PLANE_PX = 1.2e-8
+T_ICE_FIELD = 1e-9
+
+
+def ice_seconds(mode: str, field_shape_px: tuple[int, int], ice_thickness_a: float, n_views: int, chunk_a: float,
+                volume_shape_zyx: tuple[int, int, int] | None = None, voxel_a: float = 1.0) -> float:
+    """Estimated single-thread seconds of a run's structured ice (``3d`` or ``slices``) over ``n_views`` views of
+    a ``field_shape_px`` field through ``ice_thickness_a`` Å (the views' extra path at tilt left out)."""
+    px = field_shape_px[0] * field_shape_px[1]
+    if mode == "3d":
+        n = math.prod(volume_shape_zyx)
+        return T_ICE_VOLUME * n * math.log2(n) + n_views * T_ICE_PLANE_PX * px * ice_thickness_a / voxel_a
+    chunks = max(1, math.ceil(ice_thickness_a / chunk_a))
+    return n_views * T_ICE_FIELD * chunks * px * math.log2(max(px, 2))
+
+
+#: bytes per pixel a view's structured ice works with: its complex field, and the plane sampling's float64
+#: coordinates, grid, float32 crop and samples for 8 planes at a time (3d) or the noise and its spectrum (slices)
 ICE_FIELD_BYTES_PER_PX = 16
-ICE_SAMPLING_BYTES_PER_PX = {"3d": 256, "slices": 48}
+ICE_SAMPLING_BYTES_PER_PX = {"3d": 320, "slices": 48}
 
 
 def radial_power_spectrum(image: torch.Tensor, pixel_size_a: float, n_bins: int = 200

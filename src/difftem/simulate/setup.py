@@ -28,6 +28,7 @@ from ..forward.ice import (
     ICE_SAMPLING_BYTES_PER_PX,
     IceStructureModel,
     IceVolume,
+    ice_seconds,
     volume_bytes,
     volume_shape,
 )
@@ -63,6 +64,8 @@ from ..specimen.scene import Scene
 MAX_RUN_HOURS = 24.0
 #: random sequential addition jams near 38 % of the volume (spheres; elongated capsules lower): a count whose
 #: bounding shapes (grown by half the gap) would fill more than this fraction of the field × ice cannot be placed
+#: ice_structure auto keeps the 3-D ice when it adds at most this much, or at most the rest of the run's estimate
+ICE_3D_FREE_S = 5.0
 RANDOM_FILL_LIMIT = 0.5
 RANDOM_AREA_LIMIT = 0.7  # in a plane (no ice): random disks jam near 55 % of the area
 
@@ -128,6 +131,7 @@ class Setup:
     ice_voxel_a: float = 0.0
     ice_profile: IceProfile | None = None  # a non-flat thickness profile
     _ice_volume: IceVolume | None = None
+    ice_estimates: dict | None = None
 
     def __post_init__(self):
         if self.radii is None:
@@ -154,8 +158,12 @@ class Setup:
             max_tilt = max((abs(a) for a in _angles(self.config)), default=0.0)
             thickest = self.ice_profile.bounds_a(self._half_reach_a())[1] if self.ice_profile else self.ice.thickness_a
             self.ice_volume_shape, self.ice_voxel_a = volume_shape(self.grid.shape_px, self.grid.pixel_size_a,
-                                                                   thickest, max_tilt)
+                                                                   thickest, max_tilt, self._tilt_axis_deg())
             self.ice_mode = "3d"
+
+    def _tilt_axis_deg(self) -> float:
+        ts = self.config.tilt_series
+        return ts.tilt_axis_deg if ts is not None else 0.0
 
     def _half_reach_a(self) -> float:
         """Half the field's diagonal reach in the specimen at the steepest tilt (what the profile bounds cover)."""
@@ -168,16 +176,33 @@ class Setup:
             return self.ice.thickness_a, self.ice.thickness_a
         return self.ice_profile.bounds_a(self._half_reach_a())
 
+    def _ice_seconds(self, mode: str) -> float:
+        thickest = self.profile_thickness_bounds_a()[1]
+        speed = 1 + 0.7 * (max(1, torch.get_num_threads()) - 1)
+        return ice_seconds(mode, self.grid.shape_px, thickest, n_views(self.config),
+                           self.config.sample.ice_structure.chunk_a, self.ice_volume_shape, self.ice_voxel_a) / speed
+
     def _ice_fallback(self, est: ResourceEstimate) -> ResourceEstimate:
-        """Back to per-slice fields when the 3-D ice would not fit (noted in the run's metadata)."""
+        """``auto``: back to per-slice fields when the 3-D ice would not fit, or would add more than the rest of the
+        run (and over 5 s) to it (noted in the run's metadata with the estimates)."""
+        if self.ice_mode != "3d" or self.config.sample.ice_structure.mode != "auto":
+            return est
         limit, _ = memory_limit(self.config, self.device)
-        if self.ice_mode == "3d" and est.peak_bytes > limit and self.config.sample.ice_structure.mode == "auto":
-            need = volume_bytes(self.ice_volume_shape)
-            self.notes.append(f"sample.ice_structure: the 3-D ice volume {self.ice_volume_shape} (~{_gb(need)}) does "
-                              "not fit; each view draws independent per-slice ice fields instead (mode slices)")
-            self.ice_mode, self.ice_volume_shape = "slices", None
-            return self.estimate_of(self.modes)
-        return est
+        ice_s = {m: self._ice_seconds(m) for m in ("3d", "slices")}
+        self.ice_estimates = {m: round(t, 3) for m, t in ice_s.items()}
+        rest_s = est.seconds - ice_s["3d"]
+        extra_s = ice_s["3d"] - ice_s["slices"]
+        if est.peak_bytes > limit:
+            why = f"does not fit (~{_gb(volume_bytes(self.ice_volume_shape))})"
+        elif extra_s > max(ICE_3D_FREE_S, rest_s):
+            why = (f"would take ~{ice_s['3d']:.0f} s against ~{ice_s['slices']:.1f} s for per-slice fields and "
+                   f"~{rest_s:.0f} s for the rest of the run (set mode: 3d to have it anyway)")
+        else:
+            return est
+        self.notes.append(f"sample.ice_structure: the 3-D ice volume {self.ice_volume_shape} {why}; each view "
+                          "draws independent per-slice ice fields instead (mode slices)")
+        self.ice_mode, self.ice_volume_shape = "slices", None
+        return self.estimate_of(self.modes)
 
     def electron_loss(self) -> ElectronLoss | None:
         """The explicit electron loss (``optics.electron_loss.model: explicit``), else None."""
@@ -195,7 +220,8 @@ class Setup:
         if self.ice_mode != "3d":
             return None
         if self._ice_volume is None:
-            self._ice_volume = IceVolume(self.ice_model, self.ice_volume_shape, self.ice_voxel_a, self.device)
+            self._ice_volume = IceVolume(self.ice_model, self.ice_volume_shape, self.ice_voxel_a, self.device,
+                                         axis_deg=self._tilt_axis_deg())
         return self._ice_volume
 
     def ice_metadata(self) -> dict:
@@ -203,6 +229,8 @@ class Setup:
         if self.ice_mode != "off":
             cfg = self.config.sample.ice_structure
             out.update(amplitude=cfg.amplitude, chunk_a=cfg.chunk_a, seed=self.ice_model.seed)
+            if self.ice_estimates:
+                out["estimated_s"] = self.ice_estimates
         if self.ice_mode == "3d":
             out.update(volume_shape_zyx=list(self.ice_volume_shape), voxel_a=self.ice_voxel_a,
                        volume_bytes=2 * math.prod(self.ice_volume_shape))
@@ -317,6 +345,7 @@ class Setup:
             est.components.append(Component(
                 "the structured ice's fields and their sampling (sample.ice_structure, sample.ice_profile)",
                 resident_bytes=ICE_FIELD_BYTES_PER_PX * px, transient_bytes=ICE_SAMPLING_BYTES_PER_PX[mode] * px,
+                seconds=self._ice_seconds(mode),
                 fix="set sample.ice_structure.mode: off or use a smaller detector.shape_px", per_view=True))
         if self.ice_mode == "3d":
             need = volume_bytes(self.ice_volume_shape)
