@@ -381,8 +381,10 @@ class IceStructure(_Model):
                             "continuum alone")
     amplitude: float = Field(1.0, ge=0, le=100, description="scale of the fluctuations (power ∝ amplitude²), 0…100")
     seed_offset: int = Field(0, ge=0, lt=2**31, description="added to the run's seed for the ice, 0 ≤ · < 2^31")
-    chunk_a: float = Field(10.0, ge=0.1, le=1e4,
-                           description="ice thickness (Å) merged into one field between atom slices, 0.1…1e4")
+    chunk_a: float | None = Field(
+        None, ge=0.1, le=1e4,
+        description="ice thickness (Å) merged into one field between atom slices, 0.1…1e4; default: the depth over "
+                    "which the Fresnel phase π λ Δz k² at the band edge stays within 0.1 rad, at least 10 Å")
 
 
 class IceProfileConfig(_Model):

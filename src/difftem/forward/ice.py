@@ -104,6 +104,18 @@ def projected_ice_power_spectrum(k2_per_a2: torch.Tensor, thickness_a: float, ta
     return thickness_a * amplitude**2 * ice_power_spectrum_3d(k2_per_a2, table)
 
 
+#: Fresnel phase (rad) at the band edge allowed across one chunk of ice (its fluctuations applied at one depth)
+CHUNK_FRESNEL_RAD = 0.1
+MIN_CHUNK_A = 10.0
+
+
+def auto_chunk_a(pixel_size_a: float, wavelength_a: float, antialias_fraction: float = 2 / 3) -> float:
+    """The ice depth (Å) one field may stand for: where π λ Δz k_max² reaches 0.1 rad at the band edge k_max, at
+    least 10 Å (15 Å at 1 Å/px and 300 kV, 360 Å at 5 Å/px: coarse pixels need few ice fields)."""
+    k_max = antialias_fraction * 0.5 / pixel_size_a
+    return max(MIN_CHUNK_A, CHUNK_FRESNEL_RAD / (math.pi * wavelength_a * k_max**2))
+
+
 def _seed(*parts) -> int:
     """A 63-bit seed from the parts (stable across runs and platforms)."""
     digest = hashlib.sha256(repr(parts).encode()).digest()

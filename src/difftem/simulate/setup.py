@@ -28,6 +28,7 @@ from ..forward.ice import (
     ICE_SAMPLING_BYTES_PER_PX,
     IceStructureModel,
     IceVolume,
+    auto_chunk_a,
     ice_seconds,
     volume_bytes,
     volume_shape,
@@ -145,9 +146,11 @@ class Setup:
         self.ice_profile = None if profile.is_flat else profile
         if (cfg.mode == "off" or self.ice.thickness_a <= 0 or cfg.amplitude == 0) and self.ice_profile is None:
             return
+        band = sim.antialias_fraction or 1.0
         self.ice_model = IceStructureModel(
             self.cache.table, self.grid.pixel_size_a, (self.config.seed + cfg.seed_offset) % 2**63, cfg.amplitude,
-            chunk_a=cfg.chunk_a, absorption_ratio=self.ice.absorption_ratio,
+            chunk_a=cfg.chunk_a or auto_chunk_a(self.grid.pixel_size_a, self.wavelength_a, band),
+            absorption_ratio=self.ice.absorption_ratio,
             antialias_fraction=sim.antialias_fraction, taper_fraction=sim.antialias_taper_fraction)
         if cfg.mode == "off" or self.ice.thickness_a <= 0 or cfg.amplitude == 0:
             return  # a profile without fluctuations
@@ -180,7 +183,7 @@ class Setup:
         thickest = self.profile_thickness_bounds_a()[1]
         speed = 1 + 0.7 * (max(1, torch.get_num_threads()) - 1)
         return ice_seconds(mode, self.grid.shape_px, thickest, n_views(self.config),
-                           self.config.sample.ice_structure.chunk_a, self.ice_volume_shape, self.ice_voxel_a) / speed
+                           self.ice_model.chunk_a, self.ice_volume_shape, self.ice_voxel_a) / speed
 
     def _ice_fallback(self, est: ResourceEstimate) -> ResourceEstimate:
         """``auto``: back to per-slice fields when the 3-D ice would not fit, or would add more than the rest of the
@@ -228,7 +231,7 @@ class Setup:
         out = {"mode": self.ice_mode, "profile": self.ice_profile.kind if self.ice_profile else "flat"}
         if self.ice_mode != "off":
             cfg = self.config.sample.ice_structure
-            out.update(amplitude=cfg.amplitude, chunk_a=cfg.chunk_a, seed=self.ice_model.seed)
+            out.update(amplitude=cfg.amplitude, chunk_a=round(self.ice_model.chunk_a, 3), seed=self.ice_model.seed)
             if self.ice_estimates:
                 out["estimated_s"] = self.ice_estimates
         if self.ice_mode == "3d":
