@@ -38,6 +38,7 @@ from ..forward.scene_build import (
     plan_tiles,
     view_z_range,
 )
+from ..forward.support import SupportModel, ViewLayers
 from ..forward.tilt import plan_tilts
 from ..forward.tilt_errors import draw_tilt_errors
 from ..specimen.scene import Scene, ground_truth_rows
@@ -88,6 +89,10 @@ def view_exit_wave(setup: Setup, view: SceneView, *, keep_potential: bool = Fals
         ice = replace(ice, thickness_a=thinnest * path_scale)
         view = replace(view, ice_thickness_a=thickest * path_scale)
     z_range = view_z_range(scene, view, setup.radii)
+    support = support_of(setup)
+    if support is not None:  # the slicing reaches through the film
+        f0, f1 = support.view_depth_range_a(view.rotation)
+        z_range = (min(z_range[0], f0), max(z_range[1], f1))
     thickness_a = z_range[1] - z_range[0]
 
     def build(window: Grid | None):
@@ -102,6 +107,9 @@ def view_exit_wave(setup: Setup, view: SceneView, *, keep_potential: bool = Fals
                              rotation=view.rotation, device=setup.device, profile=setup.ice_profile,
                              continuum_v=complex(ice.mean_potential_v, ice.absorption_potential_v),
                              max_half_a=thickest * path_scale / 2, fluctuations=setup.ice_mode != "off")
+    if support is not None:
+        ice_fields = ViewLayers(ice_fields, support, view.rotation, chunk_a=config.sample.ice_structure.chunk_a,
+                                device=setup.device)
     common = dict(keep_potential=keep_potential, progress=progress, stats=stats, ice=ice_fields)
     if sim.tile_px is not None and sim.tile_px < max(grid.shape_px):
         margin = sim.tile_margin_px if sim.tile_margin_px is not None else auto_tile_margin_px(
@@ -116,6 +124,14 @@ def view_exit_wave(setup: Setup, view: SceneView, *, keep_potential: bool = Fals
         window = plan_window(grid, torch.as_tensor(corners), thickness_a, lam,
                              antialias_fraction=sim.antialias_fraction)
     return windowed_exit_wave(build, grid, window, lam, setup.sigma, sim, **common)
+
+
+def support_of(setup: Setup) -> SupportModel | None:
+    """The run's support film (``sample.support``), against the thickest ice's face; None without one."""
+    if setup.config.sample.support is None:
+        return None
+    return SupportModel.from_config(setup.config, setup.cache.table, absorption_ratio=setup.cache.absorption_ratio,
+                                    ice_face_a=setup.profile_thickness_bounds_a()[1] / 2)
 
 
 def ice_path(setup: Setup, rotation, flat_path_a: float):
@@ -135,6 +151,7 @@ def _run_metadata(setup: Setup) -> dict:
             "seed": config.seed, "n_copies": len(setup.scene.placement),
             "particle_types": setup.particle_types(),
             "time_estimate_s": round(est.seconds, 3) if est is not None else None,
+            **({"support": support_of(setup).metadata()} if config.sample.support is not None else {}),
             "resource_estimate": est.summary() if est is not None else None}
 
 

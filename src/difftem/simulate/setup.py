@@ -278,7 +278,8 @@ class Setup:
                 grid.pixel_size_a, z_hi - z_lo, self.wavelength_a, sim.antialias_fraction)
             tiles = plan_tiles(grid, sim.tile_px, margin)
             return max((t.window.shape_px for t in tiles), key=lambda s: s[0] * s[1]), len(tiles)
-        if sim.window == "auto" and len(scene.placement) and self.ice_mode == "off" and self.ice_profile is None:
+        if (sim.window == "auto" and len(scene.placement) and self.ice_mode == "off" and self.ice_profile is None
+                and self.config.sample.support is None):
             pl = scene.placement.transformed(view.rotation)
             ext = self.radii[pl.type_index][:, None]
             corners = np.concatenate([pl.positions_a - ext, pl.positions_a + ext])
