@@ -68,9 +68,9 @@ def main() -> None:
         on_film = clear & (xx > 50) & (xx < 250) & (np.abs(yy) < 300)
         in_hole = clear & (xx > -700) & (xx < -550) & (np.abs(yy) < 300)
         film, hole = img[on_film].mean(), img[in_hole].mean()
+        beer_lambert = math.exp(-2 * sigma * sup["absorption_potential_v"] * path / cos)
         print(f"{angle:g}°: hole {hole:.3f}, film {film:.3f}, film/hole {film / hole:.3f} vs Beer–Lambert "
-              f"{math.exp(-2 * sigma * sup['absorption_potential_v'] * path / cos):.3f} (path {path / cos / 10:.1f} nm, "
-              f"ice {ice / cos / 10:.1f} nm)")
+              f"{beer_lambert:.3f} (path {path / cos / 10:.1f} nm, ice {ice / cos / 10:.1f} nm)")
     axes[0].set_ylabel("y (nm)")
     axes[2].set_xlabel("x (nm)")
     axes[2].set_ylabel("intensity (rows ±16 nm about the centre)")
