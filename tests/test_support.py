@@ -237,6 +237,19 @@ def test_too_many_beads_is_one_line_naming_the_count():
         scene_of(cfg)
 
 
+def test_differentiable_simulator_refuses_a_film_in_one_line():
+    from difftem import DifferentiableSimulator
+
+    with pytest.raises(ConfigError, match="sample.support"):
+        DifferentiableSimulator({"sample": {"support": {"thickness_nm": 10.0}}})
+
+
+def test_tiles_join_the_film_as_the_whole_field():
+    whole = simulate(_cfg(HOLES)).noiseless
+    tiled = simulate(_cfg(HOLES, simulation={"tile_px": 64})).noiseless
+    assert float((tiled - whole).abs().max() / whole.mean()) < 1e-3  # measured 1.7e-4
+
+
 def test_no_support_and_no_fiducials_by_default():
     cfg = config_from_dict({})
     assert cfg.sample.support is None and cfg.sample.fiducials is None
