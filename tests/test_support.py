@@ -139,6 +139,22 @@ def test_film_path_grows_as_one_over_cos_tilt():
     assert optical_depth[0] == pytest.approx(2 * interaction_constant(300) * KAPPA * u_au * 20.0, rel=1e-3)
 
 
+def test_explicit_loss_with_a_filter_removes_the_films_inelastic_electrons():
+    """optics.electron_loss explicit: no absorption potential; behind an energy filter the film passes
+    exp(−t/(Λ cos θ)), Λ from Malis et al.'s formula (188 nm for carbon at 300 kV); without a filter everything."""
+    loss = {"model": "explicit", "energy_filter": True}
+    cfg = _cfg({"thickness_nm": 20.0, "hole_diameter_nm": 0.0}, ice_nm=0.0,
+               optics={"defocus_um": 0.0, "electron_loss": loss},
+               tilt_series={"scheme": "list", "angles_deg": [0.0, 40.0], "damage": "none"})
+    r = simulate_tilt_series(cfg)
+    mean = r.noiseless.double().numpy().mean((1, 2)) / (100.0 * P_A**2)
+    mfp_a = malis_mean_free_path_nm(300, 6) * 10.0
+    assert np.allclose(mean, np.exp(-200.0 / mfp_a / np.cos(np.radians(r.angles_deg))), rtol=1e-4)
+    cfg["optics"]["electron_loss"] = {"model": "explicit", "energy_filter": False}
+    assert np.allclose(simulate_tilt_series(cfg).noiseless.double().numpy().mean((1, 2)) / (100.0 * P_A**2), 1.0,
+                       rtol=1e-4)
+
+
 def test_gold_bead_projects_as_a_uniform_gold_sphere_at_low_resolution():
     atoms = gold_bead_atoms(50.0)
     n = 4 / GOLD_LATTICE_A**3
