@@ -74,6 +74,23 @@ def _hex_nodes(pitch_a, offset_a, n=4):
     return np.stack([x.ravel(), y.ravel()], -1)
 
 
+@pytest.mark.parametrize("lattice", ["square", "hexagonal"])
+def test_nearest_hole_is_the_nearest_lattice_node(lattice):
+    from difftem.specimen.support import SupportGeometry
+
+    g = SupportGeometry(100.0, 100.0, 600.0, lattice, (37.0, -11.0), "top")
+    gen = torch.Generator().manual_seed(0)
+    x, y = (torch.rand(3000, generator=gen, dtype=torch.float64) * 1e4 - 5e3 for _ in range(2))
+    cx, cy = g.nearest_hole(x, y)
+    i, j = np.meshgrid(np.arange(-14, 15), np.arange(-14, 15))
+    if lattice == "square":
+        nodes = np.stack([i.ravel() * 600.0 + 37.0, j.ravel() * 600.0 - 11.0], -1)
+    else:
+        nodes = _hex_nodes(600.0, (37.0, -11.0), 14)
+    brute = np.sqrt((x.numpy()[:, None] - nodes[:, 0]) ** 2 + (y.numpy()[:, None] - nodes[:, 1]) ** 2).min(1)
+    assert np.allclose(torch.hypot(x - cx, y - cy).numpy(), brute, atol=1e-9)
+
+
 def _film_paths_a(angle_deg, z0_a, z1_a, n_steps=100):
     """(each pixel's path through film material (Å), pixels whose ray passes within 4 px of a hole's edge inside the
     film; the film's edge is smoothed over ~2 px), marching along the straight ray in the specimen frame against every
