@@ -101,8 +101,8 @@ def _angles(config: SimulationConfig) -> list[float]:
         return [0.0]
 
 
-def type_label(t: int, name: str) -> str:
-    return f"sample.particles.{t} ({name})"
+def type_label(t: int, name: str, source: str = "") -> str:
+    return f"sample.fiducials ({name})" if source == "fiducial" else f"sample.particles.{t} ({name})"
 
 
 @dataclass
@@ -253,8 +253,8 @@ class Setup:
         loads = []
         for t, ptype in enumerate(self.scene.types):
             sel = pl.type_index == t
-            loads.append(TypeLoad.of(ptype, int(sel.sum()), type_label(t, ptype.name), dz, pl.positions_a[sel, 2],
-                                     pl.rotations[sel], float(self.radii[t])))
+            loads.append(TypeLoad.of(ptype, int(sel.sum()), type_label(t, ptype.name, ptype.atoms.source), dz,
+                                     pl.positions_a[sel, 2], pl.rotations[sel], float(self.radii[t])))
         return loads
 
     def multislice_plan(self) -> tuple[tuple[int, int] | None, int]:
