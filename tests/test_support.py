@@ -243,6 +243,10 @@ def test_fiducials_keep_clear_of_particles():
     a, b, rad = _segments([t.bounds for t in scene.types], pl)
     is_bead = pl.type_index == bead_t
     assert is_bead.sum() == 12 and (~is_bead).sum() == 30
+    from difftem.simulate.setup import Setup
+
+    labels = [load.label for load in Setup.build(cfg, scene).type_loads()]
+    assert labels == ["sample.particles.0 (1ubi_ubiquitin)", "sample.fiducials (gold_bead_5nm)"]
     for i in np.flatnonzero(is_bead):
         d = segment_distances(a[i], b[i], a[~is_bead], b[~is_bead])
         assert (d >= rad[i] + rad[~is_bead] + 5.0 - 1e-9).all()
