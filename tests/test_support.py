@@ -156,6 +156,22 @@ def test_film_path_grows_as_one_over_cos_tilt():
     assert optical_depth[0] == pytest.approx(2 * interaction_constant(300) * KAPPA * u_au * 20.0, rel=1e-3)
 
 
+def test_potential_volume_holds_the_film():
+    from difftem.simulate.pipeline import potential_volume
+
+    vol, v = potential_volume(_cfg(HOLES))
+    nz = vol.shape[0]
+    zc = (np.arange(nz) - nz // 2) * v  # voxel centres (Å)
+    layer = (zc - v / 2 >= 50) & (zc + v / 2 <= 250)  # voxels wholly inside the film's depth
+    assert (zc[layer].min(), zc[layer].max()) == (52.0, 248.0)  # the default span reaches through the film
+    path, _ = _film_paths_a(0.0, 50.0, 250.0, 2)
+    mean = vol[torch.as_tensor(layer)].double().mean(0).numpy()
+    # per voxel column its mean inner potential where there is film; the area covered to 0.5 %
+    assert float(mean.max()) == pytest.approx(_carbon_u(), rel=1e-3)
+    assert mean.mean() / _carbon_u() == pytest.approx((path > 0).mean(), rel=5e-3)
+    assert float(vol[torch.as_tensor(zc < -60)].abs().max()) < 1e-6  # nothing above the ice (the film is below)
+
+
 def test_explicit_loss_with_a_filter_removes_the_films_inelastic_electrons():
     """optics.electron_loss explicit: no absorption potential; behind an energy filter the film passes
     exp(−t/(Λ cos θ)), Λ from Malis et al.'s formula (188 nm for carbon at 300 kV); without a filter everything."""

@@ -38,7 +38,7 @@ from ..forward.scene_build import (
     plan_tiles,
     view_z_range,
 )
-from ..forward.support import SupportModel, ViewLayers
+from ..forward.support import SupportModel, ViewLayers, film_length_a, smooth_edges
 from ..forward.tilt import plan_tilts
 from ..forward.tilt_errors import draw_tilt_errors
 from ..specimen.scene import Scene, ground_truth_rows
@@ -365,7 +365,8 @@ def potential_volume(config: SimulationConfig | dict | str | Path, *, voxel_size
     Voxels are the detector's pixel (or ``voxel_size_a``) on the detector's field; z spans ``thickness_a``
     (default: the ice, or the particles' extent) centred on the ice mid-plane. Each voxel is the mean potential
     over its z-slab from the same builders as the images (exact atoms or per-type maps sampled slab by slab);
-    the ice's uniform potential is left out unless ``include_ice``. Geometry: voxel [iz, iy, ix] centre at
+    the ice's uniform potential is left out unless ``include_ice``; a support film is in (its mean inner potential,
+    and the default z span reaches through it). Geometry: voxel [iz, iy, ix] centre at
     ((ix − X//2)·v, (iy − Y//2)·v, (iz − Z//2)·v) Å.
     """
     config = prepare_config(config)
@@ -388,6 +389,8 @@ def _potential_volume(config: SimulationConfig, held: dict, *, voxel_size_a, thi
     view = SceneView(np.eye(3), 0.0, None)
     if thickness_a is None:
         lo, hi = view_z_range(scene, SceneView(np.eye(3), ice.thickness_a, None), setup.radii)
+        if config.sample.support is not None:
+            lo, hi = min(lo, support_of(setup).depth_range_a[0]), max(hi, support_of(setup).depth_range_a[1])
         thickness_a = 2 * max(abs(lo), abs(hi))
     nz = max(1, int(round(thickness_a / v)))
     volume_bytes = 8 * nz * shape[0] * shape[1]  # the volume and the ice added to it (float32)
@@ -412,6 +415,12 @@ def _potential_volume(config: SimulationConfig, held: dict, *, voxel_size_a, thi
                 continue
             patch = pot.slice_patch(k)
             vol[iz] = embed(patch, shape, 0.0).real.float() / v
+    support = support_of(setup)
+    if support is not None:  # the film's mean inner potential, its holes' edges smoothed as in the images
+        for iz in range(nz):
+            length = film_length_a(support, np.eye(3), grid, z0 + iz * v, z0 + (iz + 1) * v, device)
+            if length is not None:
+                vol[iz] += (support.mean_inner_potential_v * smooth_edges(length, grid) / v).to(vol.dtype)
     if include_ice and ice.thickness_a > 0:
         zc = z0 + (torch.arange(nz, dtype=torch.float64) + 0.5) * v
         inside = (zc.abs() <= ice.thickness_a / 2).to(torch.float32).to(device)
