@@ -400,6 +400,42 @@ class IceProfileConfig(_Model):
     wedge_direction_deg: float = Field(0.0, ge=-360, le=360, description="wedge: thickening direction from +x")
 
 
+class SupportFilm(_Model):
+    """A support film (forward/support.py) against one face of the ice, covering the field except circular holes on
+    a lattice; its potential is its material's mean inner potential, crossed along each view's rays."""
+
+    material: Literal["carbon", "gold"] = Field("carbon", description="amorphous carbon or gold")
+    thickness_nm: float = Field(10.0, gt=0, le=1000, description="film thickness (nm), 0 < · ≤ 1000")
+    density_g_cm3: float | None = Field(None, gt=0, le=25,
+                                        description="g/cm³, 0 < · ≤ 25; null: carbon 2.0, gold 19.32")
+    mean_inner_potential_v: float | None = Field(
+        None, gt=0, le=100, description="0 < · ≤ 100 V; null: from the atoms' scattering factors and the density")
+    hole_diameter_nm: float = Field(1200.0, ge=0, le=1e5, description="hole diameter (nm), 0 (no holes) … 1e5")
+    pitch_nm: float = Field(2500.0, gt=0, le=1e6, description="centre-to-centre hole spacing (nm), > the diameter")
+    lattice: Literal["square", "hexagonal"] = Field("square", description="the holes' lattice")
+    hole_offset_a: tuple[Position, Position] = Field((0.0, 0.0),
+                                                     description="centre (x, y) Å of one hole, specimen frame")
+    face: Literal["top", "bottom"] = Field("bottom", description="top: the beam's entrance face of the ice; bottom")
+
+    @model_validator(mode="after")
+    def _holes_fit(self):
+        if self.hole_diameter_nm >= self.pitch_nm:
+            raise ValueError(f"hole_diameter_nm {self.hole_diameter_nm:g} must be smaller than pitch_nm "
+                             f"{self.pitch_nm:g} (holes would merge)")
+        return self
+
+
+class Fiducials(_Model):
+    """Gold beads (fcc, a = 4.078 Å, cut to a sphere; specimen/fiducials.py) placed at random on the ice's faces,
+    simulated as a particle type and written with the ground truth."""
+
+    diameter_nm: float = Field(10.0, ge=1, le=40, description="bead diameter (nm), 1…40")
+    count: int = Field(10, ge=0, le=10000, description="number of beads, 0…10000")
+    faces: Literal["top", "bottom", "both"] = Field("both", description="the ice faces they lie on")
+    min_gap_a: float = Field(5.0, ge=0, le=1e4, description="least distance to particles and other beads (Å)")
+    seed_offset: int = Field(0, ge=0, lt=2**31, description="added to the run's seed for their placement")
+
+
 class Sample(_Model):
     ice_thickness_nm: float = Field(30.0, ge=0, le=1e4,
                                     description="vitreous ice slab thickness (nm), 0…1e4 (10 µm); 0: vacuum")
@@ -414,6 +450,8 @@ class Sample(_Model):
                                         description="structured (amorphous) ice; mode off: the continuum alone")
     ice_profile: IceProfileConfig = Field(default_factory=IceProfileConfig,
                                           description="ice thickness profile: flat, a hole with a meniscus, a wedge")
+    support: SupportFilm | None = Field(None, description="a support film with holes (carbon or gold); null: none")
+    fiducials: Fiducials | None = Field(None, description="gold fiducial beads on the ice faces; null: none")
 
 
 class Simulation(_Model):

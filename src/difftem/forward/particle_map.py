@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from ..core.elements import atomic_mass_da
 from ..core.fft import fft3, fftshift, freq_per_a, good_fft_size, ifft3, irfft2, irfft3, k2_per_a2, rfft3
 from ..specimen.structure import Atoms
-from .potential import PROTEIN_VOLUME_A3_PER_DA, IceModel
+from .potential import IceModel, displaced_volume_a3
 from .scattering import ScatteringTable, radial_lookup
 
 SPREAD_SIGMA_VOXELS = 0.8  # σ_s of the spreading Gaussian: aliasing e^{-π²σ²·…} vs deapodisation gain
@@ -75,13 +75,13 @@ def _element_factors(table, z: int, mass_da: float, k: torch.Tensor, k_max: floa
     def real(k2):
         ff = table.projected_form_factor(z, k2)
         if ice is not None:
-            ff = ff - ice.mean_potential_v * mass_da * PROTEIN_VOLUME_A3_PER_DA * torch.exp(-ice.solvent_b_a2 * k2 / 4)
+            ff = ff - ice.mean_potential_v * displaced_volume_a3(z, mass_da) * torch.exp(-ice.solvent_b_a2 * k2 / 4)
         return ff
 
     def imag(k2):
         ff = absorption_ratio * table.projected_form_factor(z, k2)
         if ice is not None:
-            displaced_a3 = mass_da * PROTEIN_VOLUME_A3_PER_DA
+            displaced_a3 = displaced_volume_a3(z, mass_da)
             ff = ff - ice.absorption_potential_v * displaced_a3 * torch.exp(-ice.solvent_b_a2 * k2 / 4)
         return ff
 

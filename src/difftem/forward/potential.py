@@ -39,6 +39,15 @@ BuilderName = Literal["fourier", "real_space"]
 PROTEIN_VOLUME_A3_PER_DA = 1.66054 / 1.35
 
 ICE_MEAN_POTENTIAL_V = 4.8775
+#: Å³ an atom displaces where protein's density does not apply: gold (fcc, a = 4.078 Å: a³/4 per atom; at protein
+#: density a gold atom would displace 14× that and a bead would look lighter than the ice it sits in)
+DISPLACED_VOLUME_A3 = {79: 4.078**3 / 4}
+
+
+def displaced_volume_a3(z: int, mass_da: float) -> float:
+    """The ice volume (Å³) one atom of element ``z`` displaces: its own where known, else mass / protein density."""
+    return DISPLACED_VOLUME_A3.get(int(z), float(mass_da) * PROTEIN_VOLUME_A3_PER_DA)
+
 MIN_BOX_MARGIN_PX = 32
 #: cached per-element form factors of the slices' boxes, beyond those of the current box shape
 FF_CACHE_BYTES = 64_000_000
@@ -207,7 +216,7 @@ class SlicedPotential(SlicedBase):
         self.occupancy = occupancy[order_t]
         self.slice_bounds = np.searchsorted(self._slice_idx, np.arange(self.n_slices + 1))
         masses = atomic_mass_da(np.arange(0, 93))
-        self._volume_a3 = {int(e): float(masses[e]) * PROTEIN_VOLUME_A3_PER_DA for e in np.unique(zz)}
+        self._volume_a3 = {int(e): displaced_volume_a3(e, masses[e]) for e in np.unique(zz)}
         self._ff_cache: dict = {}
 
     # ------------------------------------------------------------------ geometry helpers

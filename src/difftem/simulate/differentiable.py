@@ -98,6 +98,9 @@ class DifferentiableSimulator:
         if config.tilt_series is not None:
             raise ConfigError("tilt_series: the differentiable simulator makes single micrographs; remove the "
                               "tilt_series section (or build one simulator per tilt)")
+        if config.sample.support is not None:
+            raise ConfigError("sample.support: the differentiable simulator does not model support films; set it "
+                              "to null (fiducials are supported)")
         if precision not in ("single", "double"):
             raise ConfigError(f"precision {precision!r}: choose single or double")
         self.rdtype = torch.float32 if precision == "single" else torch.float64

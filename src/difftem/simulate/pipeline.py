@@ -38,6 +38,7 @@ from ..forward.scene_build import (
     plan_tiles,
     view_z_range,
 )
+from ..forward.support import SupportModel, ViewLayers, film_length_a, smooth_edges
 from ..forward.tilt import plan_tilts
 from ..forward.tilt_errors import draw_tilt_errors
 from ..specimen.scene import Scene, ground_truth_rows
@@ -88,6 +89,10 @@ def view_exit_wave(setup: Setup, view: SceneView, *, keep_potential: bool = Fals
         ice = replace(ice, thickness_a=thinnest * path_scale)
         view = replace(view, ice_thickness_a=thickest * path_scale)
     z_range = view_z_range(scene, view, setup.radii)
+    support = support_of(setup)
+    if support is not None:  # the slicing reaches through the film
+        f0, f1 = support.view_depth_range_a(view.rotation)
+        z_range = (min(z_range[0], f0), max(z_range[1], f1))
     thickness_a = z_range[1] - z_range[0]
 
     def build(window: Grid | None):
@@ -102,6 +107,9 @@ def view_exit_wave(setup: Setup, view: SceneView, *, keep_potential: bool = Fals
                              rotation=view.rotation, device=setup.device, profile=setup.ice_profile,
                              continuum_v=complex(ice.mean_potential_v, ice.absorption_potential_v),
                              max_half_a=thickest * path_scale / 2, fluctuations=setup.ice_mode != "off")
+    if support is not None:
+        ice_fields = ViewLayers(ice_fields, support, view.rotation, chunk_a=config.sample.ice_structure.chunk_a,
+                                device=setup.device)
     common = dict(keep_potential=keep_potential, progress=progress, stats=stats, ice=ice_fields)
     if sim.tile_px is not None and sim.tile_px < max(grid.shape_px):
         margin = sim.tile_margin_px if sim.tile_margin_px is not None else auto_tile_margin_px(
@@ -116,6 +124,14 @@ def view_exit_wave(setup: Setup, view: SceneView, *, keep_potential: bool = Fals
         window = plan_window(grid, torch.as_tensor(corners), thickness_a, lam,
                              antialias_fraction=sim.antialias_fraction)
     return windowed_exit_wave(build, grid, window, lam, setup.sigma, sim, **common)
+
+
+def support_of(setup: Setup) -> SupportModel | None:
+    """The run's support film (``sample.support``), against the thickest ice's face; None without one."""
+    if setup.config.sample.support is None:
+        return None
+    return SupportModel.from_config(setup.config, setup.cache.table, absorption_ratio=setup.cache.absorption_ratio,
+                                    ice_face_a=setup.profile_thickness_bounds_a()[1] / 2)
 
 
 def ice_path(setup: Setup, rotation, flat_path_a: float):
@@ -135,6 +151,7 @@ def _run_metadata(setup: Setup) -> dict:
             "seed": config.seed, "n_copies": len(setup.scene.placement),
             "particle_types": setup.particle_types(),
             "time_estimate_s": round(est.seconds, 3) if est is not None else None,
+            **({"support": support_of(setup).metadata()} if config.sample.support is not None else {}),
             "resource_estimate": est.summary() if est is not None else None}
 
 
@@ -348,7 +365,8 @@ def potential_volume(config: SimulationConfig | dict | str | Path, *, voxel_size
     Voxels are the detector's pixel (or ``voxel_size_a``) on the detector's field; z spans ``thickness_a``
     (default: the ice, or the particles' extent) centred on the ice mid-plane. Each voxel is the mean potential
     over its z-slab from the same builders as the images (exact atoms or per-type maps sampled slab by slab);
-    the ice's uniform potential is left out unless ``include_ice``. Geometry: voxel [iz, iy, ix] centre at
+    the ice's uniform potential is left out unless ``include_ice``; a support film is in (its mean inner potential,
+    and the default z span reaches through it). Geometry: voxel [iz, iy, ix] centre at
     ((ix − X//2)·v, (iy − Y//2)·v, (iz − Z//2)·v) Å.
     """
     config = prepare_config(config)
@@ -371,6 +389,8 @@ def _potential_volume(config: SimulationConfig, held: dict, *, voxel_size_a, thi
     view = SceneView(np.eye(3), 0.0, None)
     if thickness_a is None:
         lo, hi = view_z_range(scene, SceneView(np.eye(3), ice.thickness_a, None), setup.radii)
+        if config.sample.support is not None:
+            lo, hi = min(lo, support_of(setup).depth_range_a[0]), max(hi, support_of(setup).depth_range_a[1])
         thickness_a = 2 * max(abs(lo), abs(hi))
     nz = max(1, int(round(thickness_a / v)))
     volume_bytes = 8 * nz * shape[0] * shape[1]  # the volume and the ice added to it (float32)
@@ -395,6 +415,12 @@ def _potential_volume(config: SimulationConfig, held: dict, *, voxel_size_a, thi
                 continue
             patch = pot.slice_patch(k)
             vol[iz] = embed(patch, shape, 0.0).real.float() / v
+    support = support_of(setup)
+    if support is not None:  # the film's mean inner potential, its holes' edges smoothed as in the images
+        for iz in range(nz):
+            length = film_length_a(support, np.eye(3), grid, z0 + iz * v, z0 + (iz + 1) * v, device)
+            if length is not None:
+                vol[iz] += (support.mean_inner_potential_v * smooth_edges(length, grid) / v).to(vol.dtype)
     if include_ice and ice.thickness_a > 0:
         zc = z0 + (torch.arange(nz, dtype=torch.float64) + 0.5) * v
         inside = (zc.abs() <= ice.thickness_a / 2).to(torch.float32).to(device)

@@ -105,8 +105,8 @@ def _angles(config: SimulationConfig) -> list[float]:
         return [0.0]
 
 
-def type_label(t: int, name: str) -> str:
-    return f"sample.particles.{t} ({name})"
+def type_label(t: int, name: str, source: str = "") -> str:
+    return f"sample.fiducials ({name})" if source == "fiducial" else f"sample.particles.{t} ({name})"
 
 
 @dataclass
@@ -284,8 +284,8 @@ class Setup:
         loads = []
         for t, ptype in enumerate(self.scene.types):
             sel = pl.type_index == t
-            loads.append(TypeLoad.of(ptype, int(sel.sum()), type_label(t, ptype.name), dz, pl.positions_a[sel, 2],
-                                     pl.rotations[sel], float(self.radii[t])))
+            loads.append(TypeLoad.of(ptype, int(sel.sum()), type_label(t, ptype.name, ptype.atoms.source), dz,
+                                     pl.positions_a[sel, 2], pl.rotations[sel], float(self.radii[t])))
         return loads
 
     def multislice_plan(self) -> tuple[tuple[int, int] | None, int]:
@@ -309,7 +309,8 @@ class Setup:
                 grid.pixel_size_a, z_hi - z_lo, self.wavelength_a, sim.antialias_fraction)
             tiles = plan_tiles(grid, sim.tile_px, margin)
             return max((t.window.shape_px for t in tiles), key=lambda s: s[0] * s[1]), len(tiles)
-        if sim.window == "auto" and len(scene.placement) and self.ice_mode == "off" and self.ice_profile is None:
+        if (sim.window == "auto" and len(scene.placement) and self.ice_mode == "off" and self.ice_profile is None
+                and self.config.sample.support is None):
             pl = scene.placement.transformed(view.rotation)
             ext = self.radii[pl.type_index][:, None]
             corners = np.concatenate([pl.positions_a - ext, pl.positions_a + ext])

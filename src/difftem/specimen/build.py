@@ -13,6 +13,7 @@ from ..core.device import available_memory_bytes
 from ..core.errors import ConfigError, ResourceError
 from ..core.rotations import rotation_zyz_deg
 from ..io.tables import read_transforms_file
+from .fiducials import add_fiducials
 from .scene import (
     ParticleType,
     Placement,
@@ -165,4 +166,5 @@ def build_scene(config, resolve_structure) -> Scene:
                                   names=[t.name for t in types], gap_a=gap, random_orientation=random_orient,
                                   existing=placement)
         placement = Placement.concatenate([placement, placed])
+    types, placement = add_fiducials(config, types, placement)  # gold beads on the ice faces, clear of the particles
     return Scene(types, placement, warnings)
