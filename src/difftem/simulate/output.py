@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from ..core.errors import ArgumentError
+from ..core.prefetch import prefetch
 from ..io.files import clean_stale_folders, folder_state, staging_folder, write_json, write_mrc, write_npy
 from ..io.preview import write_panels_png
 from ..io.star import STAR_CONVENTION, write_star
@@ -175,12 +176,18 @@ def _tilt_panels(result: TiltSeriesResult) -> list[tuple[np.ndarray, str]]:
     return panels
 
 
+#: what the writers import: loaded on a side thread while the simulation runs
+WRITER_MODULES = ("starfile", "matplotlib.figure", "matplotlib.backends.backend_agg",
+                  "mpl_toolkits.axes_grid1.anchored_artists")
+
+
 def run_and_write(config, out: str | Path, save: set[str] | frozenset = frozenset(), progress=None, *,
                   overwrite: bool = False) -> dict:
     """Simulate ``config`` (a micrograph, or a tilt series when ``tilt_series`` is set) and write it into ``out``.
     ``progress(done, total)`` counts slices (micrograph) or tilts (series). ``out`` is checked before the
     simulation starts (see :func:`prepare_out`)."""
     prepare_out(out, overwrite=overwrite)
+    prefetch(*WRITER_MODULES)
     if config.tilt_series is not None:
         return write_tilt_series(simulate_tilt_series(config, progress=progress), out, overwrite=overwrite)
     return write_simulation(simulate(config, keep_potential="potential" in save, progress=progress), out, save,
