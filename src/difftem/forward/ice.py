@@ -116,6 +116,16 @@ def auto_chunk_a(pixel_size_a: float, wavelength_a: float, antialias_fraction: f
     return max(MIN_CHUNK_A, CHUNK_FRESNEL_RAD / (math.pi * wavelength_a * k_max**2))
 
 
+def middle_slice(layers, c: int) -> int:
+    """Of chunk c's slices that ``layers.chunk_of`` assigns to it, the one whose entrance is nearest their middle."""
+    lo, hi = c * layers.per_chunk, min(layers.n_slices, (c + 1) * layers.per_chunk) - 1
+    while hi > lo and layers.chunk_of(hi) is None:
+        hi -= 1
+    while lo < hi and layers.chunk_of(lo) is None:
+        lo += 1
+    return min(hi, lo + (hi - lo + 1) // 2)
+
+
 def _seed(*parts) -> int:
     """A 63-bit seed from the parts (stable across runs and platforms)."""
     digest = hashlib.sha256(repr(parts).encode()).digest()
@@ -209,12 +219,10 @@ class ViewIce:
             return None
         return k // self.per_chunk
 
-    def last_slice(self, c: int) -> int:
-        """The chunk's last slice that holds ice (its field is applied there unless an atom slice comes first)."""
-        last = min(self.n_slices, (c + 1) * self.per_chunk) - 1
-        while last > c * self.per_chunk and self.chunk_of(last) is None:
-            last -= 1
-        return last
+    def apply_slice(self, c: int) -> int:
+        """The slice chunk c's field is applied in: the one whose entrance is nearest the middle of the chunk's
+        slices that hold ice (a chunk's ice then acts at its mean depth, so coarse chunks make no focus error)."""
+        return middle_slice(self, c)
 
     def _z_range(self, c: int, half: float | None = None) -> tuple[float, float]:
         half = self.half_ice if half is None else half

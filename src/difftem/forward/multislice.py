@@ -148,8 +148,8 @@ class Multislice:
             if uniform != 0:
                 wave = wave * cmath.exp(1j * self.sigma * uniform)
             chunk = ice.chunk_of(k) if ice is not None else None
-            if chunk is not None and (chunk in ice_done or not (pot.has_atoms(k) or k == ice.last_slice(chunk))):
-                chunk = None  # applied already, or waits for the chunk's first atom slice or its last slice
+            if chunk is not None and (chunk in ice_done or k != ice.apply_slice(chunk)):
+                chunk = None  # applied already, or waits for the chunk's middle slice
             if chunk is not None:
                 ice_done.add(chunk)
             if pot.has_atoms(k) or chunk is not None:

@@ -38,7 +38,7 @@ from ..core.fft import irfft2, rfft2
 from ..core.grid import Grid
 from ..specimen.support import SupportGeometry
 from .beam import interaction_constant
-from .ice import ray_points
+from .ice import middle_slice, ray_points
 from .scattering import ScatteringTable
 
 AVOGADRO_PER_A3 = 0.602214076  # N_A × 1e-24: (g/cm³)/(g/mol) → atoms per Å³
@@ -167,7 +167,7 @@ def smooth_edges(length_a: torch.Tensor, grid: Grid, sigma_px: float = EDGE_SIGM
 
 class ViewLayers:
     """The structured ice of one view (:class:`~difftem.forward.ice.ViewIce`, or None) and the support film as one
-    source of per-chunk fields for the multislice (the interface of ViewIce: plan, chunk_of, last_slice, field)."""
+    source of per-chunk fields for the multislice (the interface of ViewIce: plan, chunk_of, apply_slice, field)."""
 
     def __init__(self, ice, support: SupportModel, rotation, *, chunk_a: float = 10.0, device=None,
                  cdtype=torch.complex64):
@@ -193,11 +193,8 @@ class ViewLayers:
         f0, f1 = self.film_view_a
         return k // self.per_chunk if z0 < f1 and z0 + self.dz > f0 else None
 
-    def last_slice(self, c: int) -> int:
-        last = min(self.n_slices, (c + 1) * self.per_chunk) - 1
-        while last > c * self.per_chunk and self.chunk_of(last) is None:
-            last -= 1
-        return last
+    def apply_slice(self, c: int) -> int:
+        return middle_slice(self, c)
 
     def field(self, c: int, grid: Grid) -> torch.Tensor:
         """Chunk c's complex projected potential (V·Å): the ice's fields and the film's U·L."""
