@@ -564,6 +564,15 @@ class TiltSeries(_Model):
         return max(abs(self.min_deg), abs(self.max_deg))
 
 
+class Labels(_Model):
+    """Per-voxel label volumes written beside the images (simulate/labels.py): class (particle type + 1), instance
+    (copy + 1, the row of particles.star) and a particle mask, on the reconstruction's frame."""
+
+    voxel_size_a: float | None = Field(None, gt=0, le=1e4, description="label voxel (Å), ≤ 1e4; null: the pixel")
+    thickness_a: float | None = Field(None, gt=0, le=1e6, description="depth (Å), ≤ 1e6; null: the depth "
+                                                                      "`difftem reconstruct` gives the run")
+
+
 class SimulationConfig(_Model):
     seed: int = Field(0, ge=0, lt=2**63, description="random seed, 0 ≤ seed < 2^63")
     beam: Beam = Field(default_factory=Beam)
@@ -574,6 +583,8 @@ class SimulationConfig(_Model):
     tilt_series: TiltSeries | None = Field(None, description="simulate a tilt series instead of one micrograph")
     movie: Movie | None = Field(None, description="also write the exposure as a dose-fractionated movie with "
                                                   "beam-induced motion (single micrographs); null: no movie")
+    labels: Labels | None = Field(None, description="also write per-voxel class/instance label volumes and a "
+                                                    "particle mask; null: none")
 
     @model_validator(mode="after")
     def _sizes(self):
