@@ -6,6 +6,7 @@ import mrcfile
 import numpy as np
 import pytest
 import torch
+from conftest import STRUCTURES
 
 from difftem.config import config_from_dict
 from difftem.core.errors import ConfigError, FormatError
@@ -16,8 +17,6 @@ from difftem.forward.scattering import get_table
 from difftem.io.files import write_volume
 from difftem.simulate.pipeline import simulate
 from difftem.specimen.structure import read_structure
-
-from conftest import STRUCTURES
 
 UBI = STRUCTURES / "1ubi_ubiquitin.pdb.gz"
 SCALE = 37.5  # the map's arbitrary units: potential (V) / SCALE, plus an offset (its solvent level)

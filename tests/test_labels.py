@@ -6,14 +6,13 @@ import json
 import mrcfile
 import numpy as np
 import pytest
+from conftest import STRUCTURES
 
 from difftem.config import config_from_dict
 from difftem.simulate.labels import default_thickness_a, make_labels
 from difftem.simulate.output import run_and_write
 from difftem.simulate.pipeline import potential_volume
 from difftem.specimen.build import scene_of
-
-from conftest import STRUCTURES
 
 
 def _config(voxel_a=None, tilt=False, shape=64, pixel=4.0):

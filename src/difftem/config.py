@@ -334,8 +334,9 @@ class DensityMapConfig(_Model):
                                                 "map's frame (PDB/mmCIF path)")
     fit_resolution_a: float = Field(8.0, gt=0, le=1e3, description="calibration model: fit frequencies below "
                                                                    "1/this (Å), ≤ 1e3")
-    threshold: float | None = Field(None, ge=-1e30, le=1e30, description="map value above which a voxel is the molecule; null: the "
-                                                      "densest voxels holding the mass at 1.35 g/cm³")
+    threshold: float | None = Field(None, ge=-1e30, le=1e30,
+                                    description="map value above which a voxel is the molecule; null: the densest "
+                                                "voxels holding the mass at 1.35 g/cm³")
     solvent: Literal["subtract", "included"] = Field(
         "subtract", description="subtract: the map is the molecule's own potential and the ice it displaces is "
                                 "subtracted (as for atoms); included: the map is contrast against the solvent")

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 
 from ..core.elements import atomic_mass_da
 from ..core.fft import irfft3, k2_per_a2, rfft3
-from .density import VOLUME_A3_PER_DA, molecule_mask
+from .density import molecule_mask
 from .scene import ParticleType, Scene
 
 BLUR_SIGMA_A = 1.5  # an atom's share of the molecular volume: about its van der Waals radius
