@@ -82,20 +82,20 @@ def test_fourier_resampling_of_a_sampled_gaussian_is_its_analytic_transform():
 
 def test_model_calibration_recovers_the_scale_and_the_image_matches_the_atoms(ubi_map):
     """The map (0.7 Å voxels, ×1/37.5 + 0.3) simulated as a particle at 2 Å/px: the least-squares calibration
-    finds 37.5 V per unit, and the noise-free image equals the exact atom path's to the projection mode's own
-    error (measured 5 %; the same atoms in projection mode differ from the atom path as much)."""
+    finds 37.5 V per unit (measured 37.500001), and the noise-free image's contrast equals the exact atom path's to
+    the projection mode's own error (measured 1.3 %, as for the same atoms in projection mode)."""
     atoms_exact = simulate(_config({"structure": str(UBI), "representation": "atoms", **POSE}))
     res = simulate(_config(_map_particle(ubi_map)))
     record = res.metadata["particle_types"][0]
     assert record["mode"] == "projection" and record["atoms"] == 0
     assert record["map"]["scale_v_per_unit"] == pytest.approx(SCALE, rel=1e-5)
     assert record["map"]["solvent_level"] == pytest.approx(OFFSET, abs=1e-4)
-    assert _contrast_rel(atoms_exact.noiseless, res.noiseless) < 0.08
+    assert _contrast_rel(atoms_exact.noiseless, res.noiseless) < 0.03
 
 
 @pytest.mark.slow
 def test_map_particle_equals_the_atoms_in_the_same_mode(ubi_map):
-    """Against the same atoms made into a projector (the map path's own reference): 0.2 % (measured 0.05 %)."""
+    """Against the same atoms made into a projector (the map path's own reference): 0.2 % (measured 0.027 %)."""
     atoms_proj = simulate(_config({"structure": str(UBI), "representation": "map", **POSE}))
     res = simulate(_config(_map_particle(ubi_map)))
     assert _contrast_rel(atoms_proj.noiseless, res.noiseless) < 2e-3
@@ -155,7 +155,8 @@ def test_an_external_like_blurred_density_at_its_resolution(shared_data, tmp_pat
 @pytest.mark.slow
 def test_map_in_ice_displaces_its_volume_like_the_atoms(ubi_map):
     """In 10 nm of ice the map's particle displaces the ice of its mass where its density is: the image agrees with
-    the atoms' (same mode) to the composition's difference, and its projected potential's integral to 0.2 %."""
+    the atoms' (same mode) to the composition's difference (measured 11 %: a map does not know which atoms displace
+    how much), and its projected potential's integral to 0.2 %."""
     ref = simulate(_config({"structure": str(UBI), "representation": "map", **POSE}, ice_nm=10.0),
                    keep_potential=True)
     res = simulate(_config(_map_particle(ubi_map), ice_nm=10.0), keep_potential=True)
@@ -166,6 +167,7 @@ def test_map_in_ice_displaces_its_volume_like_the_atoms(ubi_map):
 
 @pytest.mark.slow
 def test_slab_mode_matches_the_atoms_slab_mode(ubi_map):
+    """Slab sampling of the map against the same atoms' slab map: measured 0.067 %."""
     ref = simulate(_config({"structure": str(UBI), "representation": "map", **POSE}, placement="slab"))
     res = simulate(_config(_map_particle(ubi_map), placement="slab"))
     assert res.metadata["particle_types"][0]["mode"] == "slab"

@@ -96,6 +96,10 @@ def read_map_file(path: str | Path, voxel_size_a: float | None = None
             origin = np.array([float(h.origin.x), float(h.origin.y), float(h.origin.z)])
             start = np.array([int(h.nxstart), int(h.nystart), int(h.nzstart)], dtype=np.float64)
             axes = [int(h.mapc), int(h.mapr), int(h.maps)]  # which of x, y, z the columns, rows, sections are
+            angles = [float(h.cellb.alpha), float(h.cellb.beta), float(h.cellb.gamma)]
+    if any(abs(a - 90) > 1e-3 and a != 0 for a in angles):
+        raise FormatError(f"has a non-orthogonal cell (angles {angles[0]:g}, {angles[1]:g}, {angles[2]:g}°); "
+                          "resample it onto an orthogonal grid", file=shown)
     if sorted(axes) != [1, 2, 3]:
         axes = [1, 2, 3]  # an unset order (0s) is the usual one
     # data is (sections, rows, columns): make it (z, y, x)
