@@ -81,13 +81,20 @@ def read_map_file(path: str | Path, voxel_size_a: float | None = None
 
     path = Path(path)
     shown = shown_path(path)
+    try:  # refuse a huge map from its header, before reading it
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with mrcfile.open(path, permissive=True, header_only=True) as mrc:
+                dims = (int(mrc.header.nz), int(mrc.header.ny), int(mrc.header.nx))
+    except Exception:  # noqa: BLE001 - the checked reader below names what is wrong
+        dims = (0, 0, 0)
+    if math.prod(dims) > MAX_MAP_VOXELS:
+        raise FormatError(f"holds {math.prod(dims):,} voxels ({' x '.join(map(str, dims[::-1]))}), more than "
+                          f"{MAX_MAP_VOXELS:,}; crop or bin the map", file=shown)
     data, _ = read_mrc_checked(path, "density map")  # existence, header, mode, NaN/inf: FormatError
     if data.ndim != 3 or min(data.shape) < 2:
         raise FormatError(f"holds an array of shape {data.shape}; a density map is a 3-D volume (Z, Y, X) of at "
                           "least 2 voxels along each axis", file=shown)
-    if data.size > MAX_MAP_VOXELS:
-        raise FormatError(f"holds {data.size:,} voxels ({' x '.join(map(str, data.shape))}), more than "
-                          f"{MAX_MAP_VOXELS:,}; crop or bin the map", file=shown)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         with mrcfile.open(path, permissive=True, header_only=True) as mrc:
