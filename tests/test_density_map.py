@@ -215,3 +215,9 @@ def test_map_config_errors_name_the_field(tmp_path):
     _write_raw(path, np.random.default_rng(0).random((8, 8, 8)), 1.0)
     with pytest.raises(ConfigError, match=r"sample\.particles\.0\.map: give mass_kda"):
         simulate(_config({"map": {"file": str(path), "calibration": "scale", "scale_v": 1.0}}))
+
+
+def test_random_map_copies_that_cannot_fit_are_refused_before_placement(ubi_map):
+    cfg = _config({"map": {"file": str(ubi_map), "mass_kda": 8.5}, "random": {"count": 5000}}, ice_nm=5.0)
+    with pytest.raises(ConfigError, match=r"sample\.particles\.0\.random\.count: 5,000 copies"):
+        simulate(cfg)

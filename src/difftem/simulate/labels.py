@@ -23,8 +23,8 @@ FILES = {"class": "labels_class.mrc", "instance": "labels_instance.mrc", "mask":
 
 @dataclass
 class LabelVolumes:
-    classes: np.ndarray  # (Z, Y, X) int64: 0 background, type index + 1
-    instances: np.ndarray  # (Z, Y, X) int64: 0 background, copy index + 1 (row of particles.star)
+    classes: np.ndarray  # (Z, Y, X) int16: 0 background, type index + 1
+    instances: np.ndarray  # (Z, Y, X) int32: 0 background, copy index + 1 (row of particles.star)
     voxel_a: float
     type_names: list[str]
 
@@ -79,8 +79,8 @@ def write_labels(labels: LabelVolumes, out: Path) -> list[Path]:
         "geometry": "voxel [iz, iy, ix] centre at ((ix - X//2) v, (iy - Y//2) v, (iz - Z//2) v) A in the untilted "
                     "specimen frame (origin at the field centre and the ice mid-plane): the frame of "
                     "potential_volume and of difftem reconstruct; x and y wrap around the field's edges",
-        "voxels_per_class": {str(i): int(n) for i, n in enumerate(np.bincount(labels.classes.ravel(),
-                                                                              minlength=len(labels.type_names) + 1))},
+        "voxels_per_class": {str(c): int(np.count_nonzero(labels.classes == c))
+                             for c in range(len(labels.type_names) + 1)},
     }
     written.append(write_json(out / "labels.json", legend))
     return written

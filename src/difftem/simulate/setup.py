@@ -447,7 +447,7 @@ def check_before_scene(config: SimulationConfig, device: torch.device) -> None:
             count = rnd.count
         else:
             count = round(rnd.density_per_um3 * width_a * height_a * max(ice_a, 2 * ptype.bounds.extent_a) * 1e-12)
-        if not count or not len(ptype.atoms):
+        if not count or (not len(ptype.atoms) and ptype.density is None):
             continue
         random_copies += count
         b, g = ptype.bounds, rnd.min_gap_a / 2

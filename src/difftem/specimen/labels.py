@@ -87,10 +87,10 @@ def label_shape(shape_px: tuple[int, int], pixel_size_a: float, voxel_a: float, 
 
 def label_volumes(scene: Scene, shape_zyx: tuple[int, int, int], voxel_a: float,
                   masks: list[TypeMask] | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """(class, instance) int64 volumes (Z, Y, X): 0 background, type index + 1, copy index + 1."""
+    """(class int16, instance int32) volumes (Z, Y, X): 0 background, type index + 1, copy index + 1."""
     nz, ny, nx = shape_zyx
-    cls = torch.zeros(nz * ny * nx, dtype=torch.int64)
-    inst = torch.zeros(nz * ny * nx, dtype=torch.int64)
+    cls = torch.zeros(nz * ny * nx, dtype=torch.int16)
+    inst = torch.zeros(nz * ny * nx, dtype=torch.int32)
     masks = masks or [type_mask(t, voxel_a) for t in scene.types]
     pl = scene.placement
     centre_idx = torch.tensor([nx // 2, ny // 2, nz // 2], dtype=torch.float64)  # x, y, z
@@ -124,5 +124,5 @@ def label_volumes(scene: Scene, shape_zyx: tuple[int, int, int], voxel_a: float,
             iy = torch.remainder(idx[..., 1].long(), ny)
             flat = ((iz * ny + iy) * nx + ix)[ok]
             cls[flat] = t + 1
-            inst[flat] = (torch.as_tensor(sel, dtype=torch.int64)[:, None].expand_as(ok)[ok]) + 1
+            inst[flat] = (torch.as_tensor(sel, dtype=torch.int32)[:, None].expand_as(ok)[ok]) + 1
     return cls.reshape(nz, ny, nx).numpy(), inst.reshape(nz, ny, nx).numpy()
