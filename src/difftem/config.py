@@ -316,11 +316,55 @@ class RandomPlacement(_Model):
         return self
 
 
+class DensityMapConfig(_Model):
+    """A particle type drawn from a density map (MRC volume) instead of atoms (specimen/density.py,
+    forward/density_map.py): its numbers become potential by ``calibration``."""
+
+    file: str = Field(description="MRC volume (.gz allowed; ≤ 4096 characters), with its voxel size in the header")
+    voxel_size_a: float | None = Field(None, gt=0, le=1e3,
+                                       description="voxel size (Å), ≤ 1e3, when the header has none; null: header")
+    calibration: Literal["scale", "mass", "model"] = Field(
+        "mass", description="scale: potential = scale_v × map; mass: the map's integral equals the potential of "
+                            "mass_kda of average protein; model: least squares against the potential of model")
+    scale_v: float | None = Field(None, gt=0, le=1e9, description="calibration scale: volts per map unit, ≤ 1e9")
+    mass_kda: float | None = Field(None, gt=0, le=1e6,
+                                   description="the molecule's mass (kDa), ≤ 1e6: calibration mass, and the volume "
+                                               "(1.35 g/cm³) of ice it displaces")
+    model: str | None = Field(None, description="calibration model: an atomic model of the same molecule in the "
+                                                "map's frame (PDB/mmCIF path)")
+    fit_resolution_a: float = Field(8.0, gt=0, le=1e3, description="calibration model: fit frequencies below "
+                                                                   "1/this (Å), ≤ 1e3")
+    threshold: float | None = Field(None, ge=-1e30, le=1e30,
+                                    description="map value above which a voxel is the molecule; null: the densest "
+                                                "voxels holding the mass at 1.35 g/cm³")
+    solvent: Literal["subtract", "included"] = Field(
+        "subtract", description="subtract: the map is the molecule's own potential and the ice it displaces is "
+                                "subtracted (as for atoms); included: the map is contrast against the solvent")
+    displaced: Literal["proportional", "mask"] = Field(
+        "proportional", description="the displaced ice's shape: proportional to the map (as atoms displace it), or "
+                                    "the molecule's mask; its volume is mass_kda at 1.35 g/cm³ (else the mask's)")
+    hydrogens: bool = Field(True, description="calibration mass: the average protein composition counts hydrogens")
+    subtract_background: bool = Field(True, description="subtract the median of the box's outer two voxel layers")
+
+    @field_validator("file", "model")
+    @classmethod
+    def _paths(cls, v):
+        return _path_text(v)
+
+    @model_validator(mode="after")
+    def _needs(self):
+        need = {"scale": "scale_v", "mass": "mass_kda", "model": "model"}[self.calibration]
+        if getattr(self, need) is None:
+            raise FieldProblem(need, f"calibration {self.calibration} needs {need}")
+        return self
+
+
 class Particle(_Model):
     name: str | None = Field(None, max_length=256,
                              description="particle type name in the ground truth (≤ 256 characters); default: "
                                          "the file stem")
-    structure: str = Field(description="PDB/mmCIF path (.gz allowed; ≤ 4096 characters) or builtin:1ubi")
+    structure: str | None = Field(None, description="PDB/mmCIF path (.gz allowed; ≤ 4096 characters) or "
+                                                    "builtin:1ubi; or give map")
     assembly: str | None = Field(None, max_length=256,
                                  description="biological assembly name, e.g. '1'; null: deposited atoms")
     helix: Helix | None = Field(None, description="build a helical rod from the structure's subunit")
@@ -342,6 +386,8 @@ class Particle(_Model):
     remove_hetero: bool = False
     centre: Literal["mass", "bbox", "none"] = "mass"
     extra_b_a2: float = Field(0.0, ge=0, le=1e4, description="added to every atom's B-factor (Å²), 0…1e4")
+    map: DensityMapConfig | None = Field(None, description="a density map as the particle type, instead of "
+                                                           "structure")
 
     @field_validator("structure", "transforms_file")
     @classmethod
@@ -357,6 +403,13 @@ class Particle(_Model):
 
     @model_validator(mode="after")
     def _lengths(self):
+        if (self.structure is None) == (self.map is None):
+            raise ValueError("give exactly one of structure or map")
+        if self.map is not None:
+            bad = [f for f in ("assembly", "helix", "transforms_file") if getattr(self, f) is not None]
+            if bad or self.representation == "atoms":
+                raise FieldProblem(bad[0] if bad else "representation",
+                                   "a map particle has no atoms: no assembly, helix, transforms_file or atoms")
         if self.random is not None and self.positions_a is not None:
             raise ValueError("give either positions_a or random, not both")
         n = len(self.positions_a) if self.positions_a is not None else 1
@@ -553,6 +606,15 @@ class TiltSeries(_Model):
         return max(abs(self.min_deg), abs(self.max_deg))
 
 
+class Labels(_Model):
+    """Per-voxel label volumes written beside the images (simulate/labels.py): class (particle type + 1), instance
+    (copy + 1, the row of particles.star) and a particle mask, on the reconstruction's frame."""
+
+    voxel_size_a: float | None = Field(None, gt=0, le=1e4, description="label voxel (Å), ≤ 1e4; null: the pixel")
+    thickness_a: float | None = Field(None, gt=0, le=1e6, description="depth (Å), ≤ 1e6; null: the depth "
+                                                                      "`difftem reconstruct` gives the run")
+
+
 class SimulationConfig(_Model):
     seed: int = Field(0, ge=0, lt=2**63, description="random seed, 0 ≤ seed < 2^63")
     beam: Beam = Field(default_factory=Beam)
@@ -563,6 +625,8 @@ class SimulationConfig(_Model):
     tilt_series: TiltSeries | None = Field(None, description="simulate a tilt series instead of one micrograph")
     movie: Movie | None = Field(None, description="also write the exposure as a dose-fractionated movie with "
                                                   "beam-induced motion (single micrographs); null: no movie")
+    labels: Labels | None = Field(None, description="also write per-voxel class/instance label volumes and a "
+                                                    "particle mask; null: none")
 
     @model_validator(mode="after")
     def _sizes(self):
@@ -662,6 +726,11 @@ def config_from_dict(data: dict, source: str = "config", base_dir: Path | None =
 
 def _resolve_paths(cfg: SimulationConfig, base: Path) -> None:
     for p in cfg.sample.particles:
+        if p.map is not None:
+            for name in ("file", "model"):
+                if getattr(p.map, name) is not None and not Path(getattr(p.map, name)).is_absolute():
+                    setattr(p.map, name, str((base / getattr(p.map, name)).resolve()))
+            continue
         if not p.structure.startswith("builtin:") and not Path(p.structure).is_absolute():
             p.structure = str((base / p.structure).resolve())
         if p.transforms_file is not None and not Path(p.transforms_file).is_absolute():

@@ -361,8 +361,16 @@ def build_fourier_projector(atoms: Atoms, table: ScatteringTable, *, pixel_size_
         spectrum[0] += ff_re * structure
         spectrum[1] += ff_im * structure
     del grid, structure
+    return projector_from_spectrum(spectrum, p, support, absorption_ratio, proportional)
+
+
+def projector_from_spectrum(spectrum: torch.Tensor, pixel_size_a: float, support_a: float, absorption_ratio: float,
+                            proportional: bool) -> FourierProjector:
+    """The projector of a (2, n, n, n) transform (real, imaginary potential; k = 0 at index 0, band-limited):
+    cubic B-spline prefiltered, centred; one complex channel when the absorption is ``absorption_ratio`` × it."""
+    n = spectrum.shape[-1]
     # cubic B-spline prefilter along k = division by the sampled spline's transform in the dual (real) domain
-    m = torch.arange(n, device=device, dtype=torch.float64)
+    m = torch.arange(n, device=spectrum.device, dtype=torch.float64)
     bhat = (2 + torch.cos(2 * math.pi * m / n)) / 3
     dual = ifft3(spectrum)
     dual = dual / (bhat[:, None, None] * bhat[None, :, None] * bhat[None, None, :])
@@ -370,6 +378,6 @@ def build_fourier_projector(atoms: Atoms, table: ScatteringTable, *, pixel_size_
     del dual
     if proportional:  # the absorption is a multiple of the potential: keep one complex channel
         coeffs = torch.stack([spectrum[0].real, spectrum[0].imag]).float()
-        return FourierProjector(coeffs.contiguous(), p, support, absorption_ratio)
+        return FourierProjector(coeffs.contiguous(), pixel_size_a, support_a, absorption_ratio)
     coeffs = torch.stack([spectrum[0].real, spectrum[0].imag, spectrum[1].real, spectrum[1].imag]).float()
-    return FourierProjector(coeffs.contiguous(), p, support)
+    return FourierProjector(coeffs.contiguous(), pixel_size_a, support_a)

@@ -30,8 +30,10 @@ import torch
 
 from ..core.fft import good_fft_size
 from ..core.grid import Grid
+from ..specimen.density import DensityMap
 from ..specimen.scene import Placement, Scene
 from ..specimen.structure import Atoms
+from .density_map import build_density_map, build_density_projector
 from .particle_map import (
     build_fourier_projector,
     build_particle_map,
@@ -72,6 +74,9 @@ class TypeCache:
     def projector(self, t: int, atoms: Atoms, mode: str = "projection"):
         """Type ``t``'s projector (``mode`` projection), or that of its asymmetric unit (``mode`` subunits)."""
         key = (mode, t)
+        if key not in self.maps and isinstance(atoms, DensityMap):
+            self.maps[key] = build_density_projector(atoms, pixel_size_a=self.pixel_size_a, ice=self.ice,
+                                                     absorption_ratio=self.absorption_ratio, device=self.device)
         if key not in self.maps:
             self.maps[key] = build_fourier_projector(atoms, self.table, pixel_size_a=self.pixel_size_a, ice=self.ice,
                                                      absorption_ratio=self.absorption_ratio, device=self.device)
@@ -82,6 +87,9 @@ class TypeCache:
         (one per view: a tilt series' damage filter changes every tilt), and it is keyed by the filter object
         itself, so a new filter never gets an old one's map."""
         key = ("slab", t)
+        if key not in self.maps and isinstance(atoms, DensityMap):
+            self.maps[key] = build_density_map(atoms, pixel_size_a=self.pixel_size_a, ice=self.ice,
+                                               absorption_ratio=self.absorption_ratio, device=self.device)
         if key not in self.maps:
             self.maps[key] = build_particle_map(atoms, self.table, pixel_size_a=self.pixel_size_a, ice=self.ice,
                                                 absorption_ratio=self.absorption_ratio, device=self.device)
@@ -223,7 +231,7 @@ def build_view_potential(scene: Scene, view: SceneView, modes: list[str], cache:
         sel = np.flatnonzero(pl.type_index == t)
         if mode == "atoms" or sel.size == 0:
             continue
-        rots_np, centres_np, atoms_of_mode = pl.rotations[sel], pl.positions_a[sel], scene.types[t].atoms
+        rots_np, centres_np, atoms_of_mode = pl.rotations[sel], pl.positions_a[sel], scene.types[t].source
         if mode == "subunits":  # each unit of each copy is a copy of the unit
             units = scene.types[t].subunits
             (rots_np, centres_np), atoms_of_mode = units.poses(rots_np, centres_np), units.atoms
@@ -233,7 +241,7 @@ def build_view_potential(scene: Scene, view: SceneView, modes: list[str], cache:
             projection_copies.append(ProjectionCopies(cache.projector(t, atoms_of_mode, mode), rots, centres,
                                                       view.transfer))
         else:
-            pmap = cache.slab_map(t, scene.types[t].atoms, view.transfer)
+            pmap = cache.slab_map(t, scene.types[t].source, view.transfer)
             radius = float(radii[t]) if radii is not None else scene.types[t].radius_a
             map_copies.append(MapCopies(pmap, rots, centres, radius + SUPPORT_MARGIN_A))
     return ScenePotential(grid, slice_thickness_a, ice, z_range_a=z_range_a, atoms=atoms_potential,

@@ -109,6 +109,10 @@ class DifferentiableSimulator:
         # the same scene, device, grid, beam constants, ice and scattering table as simulate()
         setup = Setup.build(config)
         scene = setup.scene
+        maps = [t for t, p in enumerate(scene.types) if p.density is not None]
+        if maps:  # its parameters are atoms: a map's copies would silently be left out
+            raise ConfigError(f"sample.particles.{maps[0]}.map: the differentiable simulator works on atoms; map "
+                              "particles are simulated by simulate() and simulate_tilt_series() only")
         self.device, self.grid = setup.device, setup.grid
         self.wavelength_a, self.sigma = setup.wavelength_a, setup.sigma
         self.ice_absorption_v, self.table = setup.ice.absorption_potential_v, setup.cache.table

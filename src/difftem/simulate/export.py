@@ -67,8 +67,14 @@ class SeriesRecord:
 
     def thickness_px(self) -> int:
         """The tomogram's depth: the ice or the particles' depth (whichever is larger) plus 10 % and 4 pixels."""
-        depth = 2 * float(np.abs(self.positions_a[:, 2]).max()) if len(self.positions_a) else 0.0
-        return int(math.ceil(1.1 * max(self.ice_thickness_a, depth) / self.pixel_size_a)) + 4
+        return reconstruction_depth_px(self.positions_a, self.ice_thickness_a, self.pixel_size_a)
+
+
+def reconstruction_depth_px(positions_a: np.ndarray, ice_thickness_a: float, pixel_size_a: float) -> int:
+    """The depth (px) of the tomogram `difftem reconstruct` makes of a run: the ice or the copies' centres' depth
+    (whichever is larger) plus 10 % and 4 pixels."""
+    depth = 2 * float(np.abs(positions_a[:, 2]).max()) if len(positions_a) else 0.0
+    return int(math.ceil(1.1 * max(ice_thickness_a, depth) / pixel_size_a)) + 4
 
 
 def amplitude_contrast_of(config: dict) -> float:

@@ -23,6 +23,7 @@ from ..io.preview import write_panels_png
 from ..io.star import STAR_CONVENTION, write_star
 from ..io.tlt import write_tlt
 from ..io.xf import write_xf
+from .labels import write_labels
 from .movie import write_movie
 from .pipeline import SimulationResult, TiltSeriesResult, simulate, simulate_tilt_series
 
@@ -95,6 +96,8 @@ def _write_simulation(result: SimulationResult, out: Path, save: set[str] | froz
     metadata = dict(result.metadata)
     particles = metadata.pop("particles", [])
     written.append(write_star(out / "particles.star", {"particles": particles}, STAR_CONVENTION))
+    if result.labels is not None:
+        written += write_labels(result.labels, out)
     if result.movie is not None:
         written += write_movie(result.movie, out, cfg.movie.formats)
         metadata["movie"] = result.movie.metadata
@@ -140,6 +143,8 @@ def _write_tilt_series(result: TiltSeriesResult, out: Path) -> dict:
         # reconstruct applies with --xf; an IMOD alignment .xf beside the stack also turns the tilt axis
         written += [write_xf(out / "tilt_errors.xf", xf[:, :4].reshape(-1, 2, 2), xf[:, 4:]),
                     write_tlt(out / f"{stem}_true.tlt", metadata["tilt_errors"]["true_angles_deg"])]
+    if result.labels is not None:
+        written += write_labels(result.labels, out)
     written.append(write_panels_png(out / "preview.png", _tilt_panels(result), px, _acquisition_title(
         cfg, f"dose {_total_dose(result):g} e/Å² in {len(result.angles_deg)} tilts, "
              f"tilt axis {metadata.get('tilt_axis_deg', 0.0):g}°")))

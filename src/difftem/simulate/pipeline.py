@@ -42,6 +42,7 @@ from ..forward.support import SupportModel, ViewLayers, film_length_a, smooth_ed
 from ..forward.tilt import plan_tilts
 from ..forward.tilt_errors import draw_tilt_errors
 from ..specimen.scene import Scene, ground_truth_rows
+from .labels import make_labels
 from .movie import make_movie
 from .setup import Setup, memory_limit, out_of_memory_guard, prepare_config
 
@@ -59,6 +60,7 @@ class SimulationResult:
     projected_potential: torch.Tensor | None = None  # complex V·Å summed over slices
     metadata: dict = field(default_factory=dict)
     movie: object | None = None  # a simulate.movie.MovieResult when config.movie is set (frames drawn on demand)
+    labels: object | None = None  # a simulate.labels.LabelVolumes when config.labels is set
 
 
 @dataclass
@@ -72,6 +74,7 @@ class TiltSeriesResult:
     config: SimulationConfig
     tilt_rows: list[dict]  # per tilt: angle, acquisition order, dose, prior dose, defocus U/V/angle
     metadata: dict = field(default_factory=dict)
+    labels: object | None = None  # a simulate.labels.LabelVolumes when config.labels is set
 
 
 def view_exit_wave(setup: Setup, view: SceneView, *, keep_potential: bool = False, progress=None,
@@ -226,7 +229,8 @@ def _simulate(config: SimulationConfig, held: dict, *, keep_potential: bool, pro
         movie = make_movie(config, image.intensity, centres, setup.radii[pl.type_index] / grid.pixel_size_a)
         meta["movie"] = movie.metadata
     return SimulationResult(image.detected.float(), image.noiseless.float(), image.intensity.float(), ew.wave,
-                            grid.pixel_size_a, config, ew.projected, meta, movie)
+                            grid.pixel_size_a, config, ew.projected, meta, movie,
+                            make_labels(scene, config) if config.labels is not None else None)
 
 
 def _field_pixels(config: SimulationConfig) -> int:
@@ -323,7 +327,8 @@ def _simulate_tilt_series(config: SimulationConfig, held: dict, *, progress, sce
                     "map_bytes": setup.cache.nbytes},
     }
     return TiltSeriesResult(torch.stack([images[i] for i in order]), torch.stack([clean[i] for i in order]),
-                            [plan.angles_deg[i] for i in order], grid.pixel_size_a, config, rows, meta)
+                            [plan.angles_deg[i] for i in order], grid.pixel_size_a, config, rows, meta,
+                            make_labels(scene, config) if config.labels is not None else None)
 
 
 def tilt_workers(setup: Setup, threads: int, n_tilts: int) -> int:

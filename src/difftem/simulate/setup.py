@@ -23,6 +23,7 @@ from ..core.device import available_memory_bytes, resolve_device
 from ..core.errors import ConfigError, ResourceError
 from ..core.grid import Grid
 from ..forward.beam import interaction_constant, wavelength_a
+from ..forward.density_map import calibrate
 from ..forward.ice import (
     ICE_FIELD_BYTES_PER_PX,
     ICE_SAMPLING_BYTES_PER_PX,
@@ -261,6 +262,9 @@ class Setup:
         modes = [c[0] for c in candidates]
         cache = TypeCache(get_table(config.simulation.parametrization), det.pixel_size_a, ice, absorption_ratio,
                           device)
+        for ptype in scene.types:  # density maps: their numbers in volts, once per scene
+            if ptype.density is not None and ptype.density.scale_v is None:
+                calibrate(ptype.density, cache.table, ice)
         setup = cls(config, scene, device, Grid(tuple(det.shape_px), det.pixel_size_a), lam,
                     interaction_constant(beam.voltage_kv), ice, modes, cache, radii=radii)
         setup._plan_ice()
@@ -275,6 +279,7 @@ class Setup:
     def particle_types(self) -> list[dict]:
         return [{"name": t.name, "atoms": len(t.atoms), "copies": self.scene.copies_of(i), "mode": self.modes[i],
                  **({"subunits": len(t.subunits)} if t.subunits is not None else {}),
+                 **({"map": t.density.calibration} if t.density is not None else {}),
                  **({"mode_estimates": self.mode_estimates[i]} if i in self.mode_estimates else {})}
                 for i, t in enumerate(self.scene.types)]
 
@@ -475,7 +480,7 @@ def check_before_scene(config: SimulationConfig, device: torch.device) -> None:
             count = rnd.count
         else:
             count = round(rnd.density_per_um3 * width_a * height_a * max(ice_a, 2 * ptype.bounds.extent_a) * 1e-12)
-        if not count or not len(ptype.atoms):
+        if not count or (not len(ptype.atoms) and ptype.density is None):
             continue
         random_copies += count
         b, g = ptype.bounds, rnd.min_gap_a / 2

@@ -13,6 +13,7 @@ from ..core.device import available_memory_bytes
 from ..core.errors import ConfigError, ResourceError
 from ..core.rotations import rotation_zyz_deg
 from ..io.tables import read_transforms_file
+from .density import load_density_map
 from .fiducials import add_fiducials
 from .scene import (
     ParticleType,
@@ -69,6 +70,8 @@ def load_particle_type(particle, resolve_structure, *, field: str = "sample.part
     ``field`` names the entry in errors; a type that would exceed ``max_bytes`` (default: 80 % of the host's
     available memory) or MAX_ATOMS atoms is refused before it is built.
     """
+    if particle.map is not None:
+        return _density_type(particle, field, resolve_structure)
     path = resolve_structure(particle.structure)
     centre = particle.centre
     atoms = read_structure(path, assembly=particle.assembly, models=particle.models,
@@ -98,6 +101,16 @@ def load_particle_type(particle, resolve_structure, *, field: str = "sample.part
     shape = particle.random.bounding if particle.random is not None else "auto"
     return ParticleType(name, atoms, bounding_capsule(atoms.positions_a, shape), particle.representation,
                         units.centred_unit() if len(units) > 1 else None)
+
+
+def _density_type(particle, field: str, resolve_structure) -> ParticleType:
+    """A type drawn from a density map: no atoms; bounds from the molecule's voxels."""
+    density = load_density_map(particle, field, resolve_structure)
+    name = particle.name or Path(particle.map.file).name.split(".")[0]
+    shape = particle.random.bounding if particle.random is not None else "auto"
+    empty = Atoms(np.zeros(0, np.int64), np.zeros((0, 3)), np.zeros(0), np.zeros(0), particle.map.file,
+                  [density.calibration["notes"]])
+    return ParticleType(name, empty, bounding_capsule(density.mask_points_a(), shape), "map", density=density)
 
 
 def _centred(atoms: Atoms, units: Subunits, centre) -> tuple[Atoms, Subunits]:

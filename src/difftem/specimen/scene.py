@@ -18,6 +18,7 @@ import numpy as np
 from ..core.elements import atomic_mass_da
 from ..core.errors import ConfigError, StructureError
 from ..core.rotations import euler_zyz_from_matrix, random_rotations, relion_angles, rotation_about_axis
+from .density import DensityMap
 from .structure import MAX_ATOMS, Atoms, check_positions
 
 
@@ -164,15 +165,25 @@ class ParticleType:
     bounds: Bounds
     representation: str = "auto"  # "atoms" | "map" | "auto"
     subunits: Subunits | None = None  # when the type is copies of one unit (a helix or a transforms file)
+    density: DensityMap | None = None  # a type drawn from a density map (it has no atoms)
 
     @property
     def radius_a(self) -> float:
-        """Distance of the farthest atom from the type origin (Å)."""
+        """Distance of the farthest atom (or map voxel) from the type origin (Å)."""
+        if self.density is not None:
+            return self.density.radius_a
         return float(np.sqrt((self.atoms.positions_a**2).sum(1)).max()) if len(self.atoms) else 0.0
 
     @property
     def mass_da(self) -> float:
+        if self.density is not None:
+            return float(self.density.mass_da or 0.0)
         return float((atomic_mass_da(self.atoms.atomic_number) * self.atoms.occupancy).sum())
+
+    @property
+    def source(self):
+        """What its maps and projectors are built from: the density map, or the atoms."""
+        return self.density if self.density is not None else self.atoms
 
 
 # ---------------------------------------------------------------------------------------------- placement

@@ -1,0 +1,86 @@
+"""Label volumes for machine learning (``config.labels``): class, instance and particle-mask MRC volumes and their
+legend, on the frame of ``potential_volume`` and of ``difftem reconstruct`` (specimen/labels.py).
+
+Integer MRC modes: class and mask as int8 (mode 0) while there are fewer than 128 types, else uint16 (mode 6);
+instance as uint16 (mode 6) up to 65 535 copies, else float32 (mode 2; exact integers up to 2²⁴, beyond the
+1e6 copies a config may hold). ``labels.json`` maps class values to type names and says what instance values are.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ..io.files import atomic_path, write_json
+from ..specimen.labels import label_shape, label_volumes
+from ..specimen.scene import Scene
+from .export import reconstruction_depth_px
+
+FILES = {"class": "labels_class.mrc", "instance": "labels_instance.mrc", "mask": "labels_mask.mrc"}
+
+
+@dataclass
+class LabelVolumes:
+    classes: np.ndarray  # (Z, Y, X) int16: 0 background, type index + 1
+    instances: np.ndarray  # (Z, Y, X) int32: 0 background, copy index + 1 (row of particles.star)
+    voxel_a: float
+    type_names: list[str]
+
+    @property
+    def mask(self) -> np.ndarray:
+        return self.classes > 0
+
+
+def default_thickness_a(scene: Scene, config) -> float:
+    """The depth `difftem reconstruct` gives this run's tomogram, in Å."""
+    p = config.detector.pixel_size_a
+    return reconstruction_depth_px(scene.placement.positions_a, config.sample.ice_thickness_nm * 10.0, p) * p
+
+
+def make_labels(scene: Scene, config) -> LabelVolumes:
+    """The label volumes ``config.labels`` asks for, of ``scene`` (untilted)."""
+    cfg, det = config.labels, config.detector
+    v = float(cfg.voxel_size_a or det.pixel_size_a)
+    thickness = cfg.thickness_a if cfg.thickness_a is not None else default_thickness_a(scene, config)
+    shape = label_shape(tuple(det.shape_px), det.pixel_size_a, v, thickness)
+    classes, instances = label_volumes(scene, shape, v)
+    return LabelVolumes(classes, instances, v, [t.name for t in scene.types])
+
+
+def _write_int_volume(path: Path, data: np.ndarray, voxel_a: float) -> Path:
+    import mrcfile
+
+    with atomic_path(path) as tmp, mrcfile.new(tmp, overwrite=True) as mrc:
+        mrc.set_data(np.ascontiguousarray(data))
+        mrc.set_volume()
+        mrc.voxel_size = voxel_a
+    return Path(path)
+
+
+def write_labels(labels: LabelVolumes, out: Path) -> list[Path]:
+    """The three volumes and labels.json into ``out`` (each file atomically)."""
+    small = len(labels.type_names) < 128
+    cls_dtype = np.int8 if small else np.uint16
+    n_copies = int(labels.instances.max()) if labels.instances.size else 0
+    inst_dtype = np.uint16 if n_copies <= 65535 else np.float32
+    written = [_write_int_volume(out / FILES["class"], labels.classes.astype(cls_dtype), labels.voxel_a),
+               _write_int_volume(out / FILES["instance"], labels.instances.astype(inst_dtype), labels.voxel_a),
+               _write_int_volume(out / FILES["mask"], labels.mask.astype(np.int8), labels.voxel_a)]
+    nz, ny, nx = labels.classes.shape
+    legend = {
+        "classes": {"0": "background", **{str(i + 1): name for i, name in enumerate(labels.type_names)}},
+        "instances": "0: background; k: the copy in row k of particles.star (copy index + 1)",
+        "mask": "1 where any particle is",
+        "files": FILES, "dtypes": {"class": np.dtype(cls_dtype).name, "instance": np.dtype(inst_dtype).name,
+                                   "mask": "int8"},
+        "voxel_size_a": labels.voxel_a, "shape_zyx": [nz, ny, nx],
+        "geometry": "voxel [iz, iy, ix] centre at ((ix - X//2) v, (iy - Y//2) v, (iz - Z//2) v) A in the untilted "
+                    "specimen frame (origin at the field centre and the ice mid-plane): the frame of "
+                    "potential_volume and of difftem reconstruct; x and y wrap around the field's edges",
+        "voxels_per_class": {str(c): int(np.count_nonzero(labels.classes == c))
+                             for c in range(len(labels.type_names) + 1)},
+    }
+    written.append(write_json(out / "labels.json", legend))
+    return written
