@@ -113,7 +113,7 @@ def test_two_tilts_project_the_same_3d_ice():
         nx = n_x0 if angle == 0 else round(n_x0 * 0.75)
         grid = Grid((48, nx), p)
         t_view = thickness / math.cos(math.radians(angle))
-        proj = vol.project(tilt_rotation(angle, 0.0), grid, -t_view / 2, t_view / 2, t_view).double()
+        proj = vol.project(tilt_rotation(angle, 0.0), grid, -t_view / 2, t_view / 2).double()
         return proj.sum(1) * p  # V·Å² per row
 
     a0, a1, b1 = line(7, 0.0), line(7, theta), line(8, theta)

@@ -254,7 +254,7 @@ class ViewIce:
         real = torch.zeros(grid.shape_px, dtype=self.rdtype, device=self.device)
         if self.fluctuations:
             if self.volume is not None:
-                real = self.volume.project(self.rotation, grid, z0, z1, 2 * self.half_ice, profile=self.profile)
+                real = self.volume.project(self.rotation, grid, z0, z1, profile=self.profile)
             else:
                 real = self._slice_realisation(c, 1.0 if length is not None else z1 - z0)
                 fy, fx = self.field_grid.origin_px or (self.field_grid.ny // 2, self.field_grid.nx // 2)
@@ -303,7 +303,7 @@ class IceVolume:
     sum over the voxel planes its rays cross (bilinear within a plane, its mean loss pre-compensated).
 
     The volume's axes are turned in-plane by the tilt axis angle ``axis_deg`` (its y along the axis), so that a tilt
-    series' rays stretch it along x only: a W × H field needs W/cos θ + T tan θ along x but only H along y."""
+    series' rays stretch it along x only: a W × H field needs W/cos θ along x but only H along y."""
 
     def __init__(self, model: IceStructureModel, shape_zyx: tuple[int, int, int], voxel_a: float, device=None, *,
                  axis_deg: float = 0.0):
@@ -346,8 +346,8 @@ class IceVolume:
         _, ny, nx = self.shape
         return (c * xs + s * ys) / self.voxel_a + nx // 2, (-s * xs + c * ys) / self.voxel_a + ny // 2
 
-    def project(self, rotation: np.ndarray, grid: Grid, z0_a: float, z1_a: float, view_ice_a: float = 0.0,
-                profile=None, planes_per_call: int = 8) -> torch.Tensor:
+    def project(self, rotation: np.ndarray, grid: Grid, z0_a: float, z1_a: float, *, profile=None,
+                planes_per_call: int = 8) -> torch.Tensor:
         """∫ V dz over view depths [z0, z1) (inside the ice) at ``grid``'s pixel centres (V·Å), along the view's
         rays through the real (tilted) slab: view depth z′ is specimen depth z′·cos θ, so the chunk holds the voxel
         planes of specimen depths [z0 cos θ, z1 cos θ); each is sampled where the rays cross it and weighted by the
