@@ -10,9 +10,19 @@ import contextlib
 import importlib
 import threading
 
+#: what a run's writers import (io.star: starfile with pandas; io.preview: matplotlib without pyplot)
+WRITER_MODULES = ("starfile", "matplotlib.figure", "matplotlib.backends.backend_agg",
+                  "mpl_toolkits.axes_grid1.anchored_artists")
+_started: set[str] = set()
 
-def prefetch(*modules: str) -> threading.Thread:
-    """Import ``modules`` on a daemon thread (errors ignored: the real import reports them) and return it."""
+
+def prefetch(*modules: str) -> threading.Thread | None:
+    """Import ``modules`` on a daemon thread (errors ignored: the real import reports them) and return it; None if
+    every one was asked for before in this process."""
+    modules = tuple(m for m in modules if m not in _started)
+    if not modules:
+        return None
+    _started.update(modules)
 
     def load() -> None:
         for name in modules:

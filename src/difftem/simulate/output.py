@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from ..core.errors import ArgumentError
-from ..core.prefetch import prefetch
+from ..core.prefetch import WRITER_MODULES, prefetch
 from ..io.files import clean_stale_folders, folder_state, staging_folder, write_json, write_mrc, write_npy
 from ..io.preview import write_panels_png
 from ..io.star import STAR_CONVENTION, write_star
@@ -179,11 +179,6 @@ def _tilt_panels(result: TiltSeriesResult) -> list[tuple[np.ndarray, str]]:
             title += f" (after {row['rlnMicrographPreExposure']:.3g} e/Å²)"
         panels.append((result.tilts[i].cpu().numpy(), title))
     return panels
-
-
-#: what the writers import: loaded on a side thread while the simulation runs
-WRITER_MODULES = ("starfile", "matplotlib.figure", "matplotlib.backends.backend_agg",
-                  "mpl_toolkits.axes_grid1.anchored_artists")
 
 
 def run_and_write(config, out: str | Path, save: set[str] | frozenset = frozenset(), progress=None, *,
