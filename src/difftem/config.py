@@ -190,6 +190,9 @@ class Camera(_Model):
     hot_columns: int = Field(0, ge=0, le=1000, description="number of hot columns, ≤ 1000")
     pattern_seed: int = Field(0, ge=0, lt=2**63, description="seed of the fixed pattern (gain, defects): one "
                                                              "camera across runs")
+    exposure_time_s: float | None = Field(
+        None, gt=0, le=1e4, description="exposure time of a single image or tilt (s): its dose rate for coincidence "
+                                        "loss; null: movie.exposure_time_s with a movie, else 1 s")
 
 
 class Drift(_Model):
@@ -247,8 +250,9 @@ class Detector(_Model):
     gain: float = Field(1.0, gt=0, le=1e6, description="output units per electron, ≤ 1e6")
     mtf: MTF | None = None
     normalize_mtf: bool = Field(True, description="divide the MTF by MTF(0) so mean counts are preserved")
-    camera: Camera | None = Field(None, description="camera physics for movie frames and flat fields (counting or "
-                                                    "integrating, NPS, defects, gain pattern); null: the model above")
+    camera: Camera | None = Field(None, description="camera physics for every image: micrograph, tilts, movie "
+                                                    "frames (counting or integrating, NPS, defects, gain pattern); "
+                                                    "null: the model above")
 
     @field_validator("shape_px")
     @classmethod

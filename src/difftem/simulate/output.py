@@ -22,6 +22,7 @@ from ..io.preview import write_panels_png
 from ..io.star import STAR_CONVENTION, write_star
 from ..io.tlt import write_tlt
 from ..io.xf import write_xf
+from .camera_images import sensor_grid, write_camera_files
 from .movie import write_movie
 from .pipeline import SimulationResult, TiltSeriesResult, simulate, simulate_tilt_series
 
@@ -97,6 +98,8 @@ def _write_simulation(result: SimulationResult, out: Path, save: set[str] | froz
     if result.movie is not None:
         written += write_movie(result.movie, out, cfg.movie.formats)
         metadata["movie"] = result.movie.metadata
+    elif result.camera is not None:  # the camera's gain reference and defects beside the image it read
+        written += write_camera_files(result.camera, out, *sensor_grid(result.camera, result.micrograph.shape, px))[0]
     metadata["timings"] = {**metadata.get("timings", {}), "write_s": time.perf_counter() - t}
     run = {"config": result.config.model_dump(mode="json"), **metadata,
            "outputs": [p.name for p in written] + ["run.json"],
@@ -139,6 +142,8 @@ def _write_tilt_series(result: TiltSeriesResult, out: Path) -> dict:
         # reconstruct applies with --xf; an IMOD alignment .xf beside the stack also turns the tilt axis
         written += [write_xf(out / "tilt_errors.xf", xf[:, :4].reshape(-1, 2, 2), xf[:, 4:]),
                     write_tlt(out / f"{stem}_true.tlt", metadata["tilt_errors"]["true_angles_deg"])]
+    if result.camera is not None:  # the camera's gain reference and defects beside the tilts it read
+        written += write_camera_files(result.camera, out, *sensor_grid(result.camera, result.tilts.shape, px))[0]
     written.append(write_panels_png(out / "preview.png", _tilt_panels(result), px, _acquisition_title(
         cfg, f"dose {_total_dose(result):g} e/Å² in {len(result.angles_deg)} tilts, "
              f"tilt axis {metadata.get('tilt_axis_deg', 0.0):g}°")))

@@ -41,6 +41,7 @@ from ..forward.scene_build import (
 from ..forward.tilt import plan_tilts
 from ..forward.tilt_errors import draw_tilt_errors
 from ..specimen.scene import Scene, ground_truth_rows
+from .camera_images import camera_metadata, image_camera, record
 from .movie import make_movie
 from .setup import Setup, memory_limit, out_of_memory_guard, prepare_config
 
@@ -58,6 +59,7 @@ class SimulationResult:
     projected_potential: torch.Tensor | None = None  # complex V·Å summed over slices
     metadata: dict = field(default_factory=dict)
     movie: object | None = None  # a simulate.movie.MovieResult when config.movie is set (frames drawn on demand)
+    camera: object | None = None  # the forward.camera.CameraModel that read the image (detector.camera), or None
 
 
 @dataclass
@@ -71,6 +73,7 @@ class TiltSeriesResult:
     config: SimulationConfig
     tilt_rows: list[dict]  # per tilt: angle, acquisition order, dose, prior dose, defocus U/V/angle
     metadata: dict = field(default_factory=dict)
+    camera: object | None = None  # the forward.camera.CameraModel that read the tilts (detector.camera), or None
 
 
 def view_exit_wave(setup: Setup, view: SceneView, *, keep_potential: bool = False, progress=None,
@@ -182,6 +185,10 @@ def _simulate(config: SimulationConfig, held: dict, *, keep_potential: bool, pro
                        Detector.from_config(config), exit_plane_a=ew.exit_plane_a,
                        dose_e_per_a2=config.beam.dose_e_per_a2, generator=generator, loss=setup.electron_loss(),
                        ice_path_a=ice_path(setup, np.eye(3), setup.ice.thickness_a))
+        camera = image_camera(config, setup.device)
+        if camera is not None:  # read as the movie's frames are (the expose call above drew no other numbers)
+            detected, clean = record(camera, image.expected_counts, generator, config.detector.noise)
+            image = replace(image, detected=detected, noiseless=clean)
         timings["optics_detector_s"] = time.perf_counter() - t2
     timings["total_s"] = time.perf_counter() - t0
     meta = {
@@ -207,8 +214,10 @@ def _simulate(config: SimulationConfig, held: dict, *, keep_potential: bool, pro
         centres = pl.positions_a[:, :2] / grid.pixel_size_a + np.array([grid.shape_px[1] // 2, grid.shape_px[0] // 2])
         movie = make_movie(config, image.intensity, centres, setup.radii[pl.type_index] / grid.pixel_size_a)
         meta["movie"] = movie.metadata
+    if camera is not None:
+        meta["camera"] = camera_metadata(camera)
     return SimulationResult(image.detected.float(), image.noiseless.float(), image.intensity.float(), ew.wave,
-                            grid.pixel_size_a, config, ew.projected, meta, movie)
+                            grid.pixel_size_a, config, ew.projected, meta, movie, camera)
 
 
 def _field_pixels(config: SimulationConfig) -> int:
@@ -278,8 +287,13 @@ def _simulate_tilt_series(config: SimulationConfig, held: dict, *, progress, sce
         setup.ice_volume()  # the one 3-D ice every tilt samples, built before the workers share it
         exposures = _in_parallel(noiseless, n, workers, progress)
         # shot noise in acquisition order from one generator: the same images whatever the workers
-        images = [detector.detect(e.expected_counts, generator).float() for e in exposures]
-    clean = [e.noiseless.float() for e in exposures]
+        camera = image_camera(config, setup.device)
+        if camera is None:
+            images = [detector.detect(e.expected_counts, generator).float() for e in exposures]
+            clean = [e.noiseless.float() for e in exposures]
+        else:  # every tilt read by the camera, as a movie frame would be
+            images, clean = zip(*(record(camera, e.expected_counts, generator, config.detector.noise)
+                                  for e in exposures), strict=True)
     order = plan.order_by_angle
     rows = [{"difftemTiltIndex": j, "rlnTomoNominalStageTiltAngle": plan.angles_deg[i],
              "rlnTomoNominalTiltAxisAngle": plan.axis_deg, "difftemAcquisitionOrder": i,
@@ -296,6 +310,7 @@ def _simulate_tilt_series(config: SimulationConfig, held: dict, *, progress, sce
         "particles": ground_truth_rows(scene.types, scene.placement, shape_px=grid.shape_px,
                                        pixel_size_a=grid.pixel_size_a, micrograph="tilt_series.mrc"),
         "tilt_workers": workers,
+        **({"camera": camera_metadata(camera)} if camera is not None else {}),
         **({"tilt_errors": {"xf": [np.concatenate([a.ravel(), d]).tolist() for a, d in (errs.xf(i) for i in order)],
                             "true_angles_deg": [plan.angles_deg[i] + float(errs.angle_offsets_deg[i]) for i in order],
                             "convention": "per tilt sorted by angle: IMOD .xf line A11 A12 A21 A22 DX DY aligning "
@@ -305,7 +320,7 @@ def _simulate_tilt_series(config: SimulationConfig, held: dict, *, progress, sce
                     "map_bytes": setup.cache.nbytes},
     }
     return TiltSeriesResult(torch.stack([images[i] for i in order]), torch.stack([clean[i] for i in order]),
-                            [plan.angles_deg[i] for i in order], grid.pixel_size_a, config, rows, meta)
+                            [plan.angles_deg[i] for i in order], grid.pixel_size_a, config, rows, meta, camera)
 
 
 def tilt_workers(setup: Setup, threads: int, n_tilts: int) -> int:
