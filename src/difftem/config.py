@@ -115,6 +115,10 @@ class OpticsConfig(_Model):
                                    description="phase-plate shift of the scattered beams (deg), −360…360")
     electron_loss: ElectronLoss = Field(default_factory=ElectronLoss,
                                         description="electron loss in the ice: absorption potential or explicit")
+    beam_tilt_x_mrad: float = Field(0.0, ge=-100, le=100, description="beam tilt along x (mrad, RELION's "
+                                                                      "rlnBeamTiltX): axial coma, |·| ≤ 100")
+    beam_tilt_y_mrad: float = Field(0.0, ge=-100, le=100, description="beam tilt along y (mrad, RELION's "
+                                                                      "rlnBeamTiltY): axial coma, |·| ≤ 100")
 
 
 class MTFFormula(_Model):
@@ -240,6 +244,11 @@ class TiltErrors(_Model):
     magnifications: list[Annotated[float, Field(ge=0.5, le=2.0)]] | None = Field(
         None, max_length=MAX_TILTS, description="given magnifications per tilt, 0.5…2")
     seed: int | None = Field(None, ge=0, lt=2**63, description="seed of the drawn errors; null: the run's seed")
+    beam_tilt_sigma_mrad: float = Field(0.0, ge=0, le=100, description="per-tilt beam tilt σ in x and y (mrad), "
+                                                                       "added to optics.beam_tilt_*, 0…100")
+    beam_tilts_mrad: list[tuple[Annotated[float, Field(ge=-100, le=100)], Annotated[float, Field(ge=-100, le=100)]]
+                          ] | None = Field(None, max_length=MAX_TILTS,
+                                           description="given (x, y) beam tilt errors per tilt (mrad), |·| ≤ 100")
 
 
 class Detector(_Model):

@@ -123,7 +123,8 @@ def _write_tilt_series(result: TiltSeriesResult, out: Path) -> dict:
     metadata = dict(result.metadata)
     cfg = result.config
     tilt_rows = [{"rlnMicrographName": f"{j + 1}@{stem}.mrc", **row, "rlnMicrographPixelSize": px,
-                  "rlnVoltage": cfg.beam.voltage_kv, "rlnSphericalAberration": cfg.optics.cs_mm}
+                  "rlnVoltage": cfg.beam.voltage_kv, "rlnSphericalAberration": cfg.optics.cs_mm,
+                  **_beam_tilt_columns(cfg.optics, row)}
                  for j, row in enumerate(result.tilt_rows)]
     written = [write_mrc(out / f"{stem}.mrc", result.tilts.cpu().numpy(), px),
                write_mrc(out / f"{stem}_noiseless.mrc", result.noiseless.cpu().numpy(), px),
@@ -152,6 +153,15 @@ def _write_tilt_series(result: TiltSeriesResult, out: Path) -> dict:
            "units": {"tilt_series": "counts per pixel (x gain), tilts along the first axis", "pixel_size": "A"}}
     write_json(out / "run.json", run)
     return run
+
+
+def _beam_tilt_columns(optics, row: dict) -> dict:
+    """rlnBeamTiltX/Y (mrad) of a tilt, the optics' plus the tilt's error, when any beam tilt is set."""
+    bx = optics.beam_tilt_x_mrad + row.get("difftemErrorBeamTiltXMrad", 0.0)
+    by = optics.beam_tilt_y_mrad + row.get("difftemErrorBeamTiltYMrad", 0.0)
+    if not (optics.beam_tilt_x_mrad or optics.beam_tilt_y_mrad or "difftemErrorBeamTiltXMrad" in row):
+        return {}
+    return {"rlnBeamTiltX": bx, "rlnBeamTiltY": by}
 
 
 def _acquisition_title(cfg, dose: str) -> str:

@@ -273,8 +273,9 @@ def _simulate_tilt_series(config: SimulationConfig, held: dict, *, progress, sce
         view = SceneView(tilt_rotation(angle, plan.axis_deg), ice.thickness_a / math.cos(math.radians(angle)),
                          plan.transfer(i, ts, config.beam.voltage_kv))
         ew = view_exit_wave(setup, view, view_index=i)
+        optics = Optics.from_config(config.optics, defocus_um=plan.defoci_um[i])
         image = expose(ew.wave, grid, setup.wavelength_a, config.beam.voltage_kv,
-                       Optics.from_config(config.optics, defocus_um=plan.defoci_um[i]), detector,
+                       errs.optics_at(optics, i) if errs is not None else optics, detector,
                        exit_plane_a=ew.exit_plane_a, dose_e_per_a2=plan.doses_e_per_a2[i], loss=loss,
                        ice_path_a=ice_path(setup, view.rotation, view.ice_thickness_a) if loss else 0.0)
         if errs is not None:  # the stage and the optics as they really were at this tilt
