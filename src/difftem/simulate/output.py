@@ -104,6 +104,9 @@ def _write_simulation(result: SimulationResult, out: Path, save: set[str] | froz
     run = {"config": result.config.model_dump(mode="json"), **metadata,
            "outputs": [p.name for p in written] + ["run.json"],
            "units": {"micrograph": "counts per pixel (x gain)", "noiseless": "expected counts after MTF (x gain)",
+                     **({"micrograph": f"camera: {metadata['camera']['units']}",
+                         "noiseless": "camera: expected reading without the fixed pattern"}
+                        if "camera" in metadata else {}),
                      "projected_potential": "V*A, real part, summed over slices", "pixel_size": "A"}}
     write_json(out / "run.json", run)
     return run
