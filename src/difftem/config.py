@@ -115,6 +115,10 @@ class OpticsConfig(_Model):
                                    description="phase-plate shift of the scattered beams (deg), −360…360")
     electron_loss: ElectronLoss = Field(default_factory=ElectronLoss,
                                         description="electron loss in the ice: absorption potential or explicit")
+    beam_tilt_x_mrad: float = Field(0.0, ge=-100, le=100, description="beam tilt along x (mrad, RELION's "
+                                                                      "rlnBeamTiltX): axial coma, |·| ≤ 100")
+    beam_tilt_y_mrad: float = Field(0.0, ge=-100, le=100, description="beam tilt along y (mrad, RELION's "
+                                                                      "rlnBeamTiltY): axial coma, |·| ≤ 100")
 
 
 class MTFFormula(_Model):
@@ -190,6 +194,9 @@ class Camera(_Model):
     hot_columns: int = Field(0, ge=0, le=1000, description="number of hot columns, ≤ 1000")
     pattern_seed: int = Field(0, ge=0, lt=2**63, description="seed of the fixed pattern (gain, defects): one "
                                                              "camera across runs")
+    exposure_time_s: float | None = Field(
+        None, gt=0, le=1e4, description="exposure time of a single image or tilt (s): its dose rate for coincidence "
+                                        "loss; null: movie.exposure_time_s with a movie, else 1 s")
 
 
 class Drift(_Model):
@@ -237,6 +244,11 @@ class TiltErrors(_Model):
     magnifications: list[Annotated[float, Field(ge=0.5, le=2.0)]] | None = Field(
         None, max_length=MAX_TILTS, description="given magnifications per tilt, 0.5…2")
     seed: int | None = Field(None, ge=0, lt=2**63, description="seed of the drawn errors; null: the run's seed")
+    beam_tilt_sigma_mrad: float = Field(0.0, ge=0, le=100, description="per-tilt beam tilt σ in x and y (mrad), "
+                                                                       "added to optics.beam_tilt_*, 0…100")
+    beam_tilts_mrad: list[tuple[Annotated[float, Field(ge=-100, le=100)], Annotated[float, Field(ge=-100, le=100)]]
+                          ] | None = Field(None, max_length=MAX_TILTS,
+                                           description="given (x, y) beam tilt errors per tilt (mrad), |·| ≤ 100")
 
 
 class Detector(_Model):
@@ -247,8 +259,9 @@ class Detector(_Model):
     gain: float = Field(1.0, gt=0, le=1e6, description="output units per electron, ≤ 1e6")
     mtf: MTF | None = None
     normalize_mtf: bool = Field(True, description="divide the MTF by MTF(0) so mean counts are preserved")
-    camera: Camera | None = Field(None, description="camera physics for movie frames and flat fields (counting or "
-                                                    "integrating, NPS, defects, gain pattern); null: the model above")
+    camera: Camera | None = Field(None, description="camera physics for every image: micrograph, tilts, movie "
+                                                    "frames (counting or integrating, NPS, defects, gain pattern); "
+                                                    "null: the model above")
 
     @field_validator("shape_px")
     @classmethod

@@ -169,22 +169,53 @@ class CameraModel:
         return (c.kind == "counting" and sig is None and noise is None and not c.super_resolution
                 and c.gain_sigma == 0 and c.gain_column_sigma == 0)
 
-    def read(self, expected_e: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-        """One frame from the expected electrons per pixel (H, W) of this frame."""
+    def _sensor_rate(self, expected_e: torch.Tensor) -> torch.Tensor:
+        """Expected electrons per sensor pixel after coincidence loss (on the 2× grid for super-resolution)."""
         c = self.camera
         lam = expected_e.float().clamp(min=0)  # float32: counts of a frame need no more (and it halves the FFTs)
         if c.kind == "counting":
             lam = lam * coincidence_factor(lam / self.frame_time_s, c)
-        shape = tuple(lam.shape[-2:])
         if self.scale == 2:
+            shape = tuple(lam.shape[-2:])
             lam = fourier_resample(lam, (2 * shape[0], 2 * shape[1])).clamp(min=0)  # λ/4 per half-pixel
+        return lam
+
+    def _transfer_pair(self, fshape: tuple[int, int], device) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        key = (fshape, str(device))
+        if key not in self._transfers:
+            self._transfers[key] = transfers(self.camera, self.mtf, fshape, device=device)
+        return self._transfers[key]
+
+    def mean(self, expected_e: torch.Tensor, *, bin_to_pixel: bool = False) -> torch.Tensor:
+        """The expected reading of an image with ``expected_e`` electrons per pixel (H, W): the signal path of
+        :meth:`read` without the noise and without the fixed pattern (an ideal camera's noise-free image).
+        ``bin_to_pixel``: super-resolution output binned to the pixel even when the camera does not bin."""
+        c = self.camera
+        shape = tuple(expected_e.shape[-2:])
+        lam = self._sensor_rate(expected_e)
+        fshape = tuple(lam.shape[-2:])
+        signal_t, _ = self._transfer_pair(fshape, lam.device)
+        m = self.dqe0 * lam
+        if signal_t is not None:
+            m = irfft2(rfft2(m) * signal_t, fshape)
+        if self.scale == 2 and (c.bin_super_resolution or bin_to_pixel):
+            m = fourier_resample(m, shape)
+        if c.kind == "integrating":
+            m = m / self.dqe0 * c.gain_adu_per_e + c.offset_adu
+        return m.float()
+
+    def read(self, expected_e: torch.Tensor, generator: torch.Generator, *, bin_to_pixel: bool = False
+             ) -> torch.Tensor:
+        """One frame from the expected electrons per pixel (H, W) of this frame. ``bin_to_pixel``: a super-
+        resolution reading (fixed pattern included) is Fourier-binned to the pixel even when the camera does not
+        bin, as motion correction writes a micrograph."""
+        c = self.camera
+        shape = tuple(expected_e.shape[-2:])
+        lam = self._sensor_rate(expected_e)
         q = self.dqe0
         events = torch.poisson(q * lam, generator=generator)
         fshape = tuple(lam.shape[-2:])
-        key = (fshape, str(lam.device))
-        if key not in self._transfers:
-            self._transfers[key] = transfers(c, self.mtf, fshape, device=lam.device)
-        signal_t, noise_t = self._transfers[key]
+        signal_t, noise_t = self._transfer_pair(fshape, lam.device)
         if signal_t is None and noise_t is None:
             frame = events
         elif c.nps == "signal":
@@ -201,7 +232,10 @@ class CameraModel:
             if c.read_noise_adu > 0:
                 frame = frame + c.read_noise_adu * torch.randn(frame.shape, generator=generator, dtype=frame.dtype,
                                                                device=frame.device)
-        return self._apply_pattern(frame.float(), generator)
+        frame = self._apply_pattern(frame.float(), generator)
+        if bin_to_pixel and tuple(frame.shape[-2:]) != shape:
+            frame = fourier_resample(frame, shape).float()
+        return frame
 
     def _apply_pattern(self, frame: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         p = self.pattern

@@ -8,6 +8,14 @@ wave by exp(+iχ): underfocus by Δf is free-space propagation by −Δf (imagin
 and a weak phase object's image contrast is −2σ V ∗ sin χ, so protein looks dark at low
 resolution. (Kirkland writes the same lens as exp(−iχ_K) with χ_K = −χ.)
 An ideal phase plate adds ``phase_shift`` to every scattered beam (k ≠ 0).
+
+Beam tilt β (rad; ``beam_tilt_x/y_mrad``): the unscattered beam crosses the back focal plane at b = β/λ, a beam
+scattered by k at k + b, so the lens shifts their relative phase by χ(k + b) − χ(b) = χ(k) + ∇χ(k)·b + O(b²), and
+∇χ(k)·b = 2π Δf (k·β) − 2π Cs λ² |k|² (k·β) (no astigmatism; with it the first term is another linear form in
+k). The first term is linear in k: a pure image shift (Δf·β, e.g. 15 Å for 1 mrad at 1.5 µm), which moves the
+whole image and is left out here, as RELION leaves it to the particles' origins. The second is the axial coma,
+odd in k: for a weak phase object it multiplies the image's Fourier component by exp(−2πi Cs λ² |k|² (k·β))
+and leaves its power (the Thon rings) unchanged. RELION's convention for rlnBeamTiltX/Y is this β in mrad.
 """
 
 from __future__ import annotations
@@ -38,6 +46,8 @@ class Optics:
     illumination_semiangle_mrad: float = 0.0
     aperture_mrad: float | None = None
     phase_shift_deg: float = 0.0
+    beam_tilt_x_mrad: float = 0.0
+    beam_tilt_y_mrad: float = 0.0
 
     @classmethod
     def from_config(cls, optics, defocus_um: float | None = None) -> Optics:
@@ -46,7 +56,9 @@ class Optics:
                    astigmatism_a=optics.astigmatism_um * 1e4, astigmatism_angle_deg=optics.astigmatism_angle_deg,
                    cs_mm=optics.cs_mm, cc_mm=optics.cc_mm, energy_spread_ev=optics.energy_spread_ev,
                    illumination_semiangle_mrad=optics.illumination_semiangle_mrad,
-                   aperture_mrad=optics.aperture_mrad, phase_shift_deg=optics.phase_shift_deg)
+                   aperture_mrad=optics.aperture_mrad, phase_shift_deg=optics.phase_shift_deg,
+                   beam_tilt_x_mrad=getattr(optics, "beam_tilt_x_mrad", 0.0),
+                   beam_tilt_y_mrad=getattr(optics, "beam_tilt_y_mrad", 0.0))
 
 
 def _off(value) -> bool:
@@ -76,7 +88,19 @@ def aberration_phase(grid: Grid, wavelength_a: float, optics: Optics, *, defocus
     k2 = kx**2 + ky**2
     df = defocus_map_a(ky, kx, optics, defocus_a)
     cs_a = optics.cs_mm * 1e7
-    return math.pi * wavelength_a * df * k2 - 0.5 * math.pi * cs_a * wavelength_a**3 * k2**2
+    chi = math.pi * wavelength_a * df * k2 - 0.5 * math.pi * cs_a * wavelength_a**3 * k2**2
+    if _off(optics.beam_tilt_x_mrad) and _off(optics.beam_tilt_y_mrad):
+        return chi
+    return chi + coma_phase(ky, kx, wavelength_a, optics.cs_mm, optics.beam_tilt_x_mrad, optics.beam_tilt_y_mrad)
+
+
+def coma_phase(ky: torch.Tensor, kx: torch.Tensor, wavelength_a: float, cs_mm, beam_tilt_x_mrad, beam_tilt_y_mrad
+               ) -> torch.Tensor:
+    """The axial coma of a beam tilt, −2π Cs λ² |k|² (k·β) (rad; k in 1/Å, β in rad): the odd part of
+    χ(k + β/λ) − χ(β/λ) to first order in β (see the module docstring)."""
+    bx = beam_tilt_x_mrad * 1e-3
+    by = beam_tilt_y_mrad * 1e-3
+    return -2 * math.pi * (cs_mm * 1e7) * wavelength_a**2 * (kx**2 + ky**2) * (kx * bx + ky * by)
 
 
 def envelopes(grid: Grid, wavelength_a: float, voltage_kv: float, optics: Optics, *, defocus_a=None, device=None,

@@ -29,6 +29,15 @@ class TiltErrorSet:
     rotations_deg: np.ndarray
     magnifications: np.ndarray
     angle_offsets_deg: np.ndarray
+    beam_tilts_mrad: np.ndarray | None = None  # (n, 2) x, y, added to the optics' beam tilt
+
+    def optics_at(self, optics, i: int):
+        """Tilt i's lens: ``optics`` (a :class:`~difftem.forward.optics.Optics`) with this tilt's beam tilt added."""
+        if self.beam_tilts_mrad is None or not np.any(self.beam_tilts_mrad[i]):
+            return optics
+        bx, by = (float(v) for v in self.beam_tilts_mrad[i])
+        return replace(optics, beam_tilt_x_mrad=optics.beam_tilt_x_mrad + bx,
+                       beam_tilt_y_mrad=optics.beam_tilt_y_mrad + by)
 
     def forward_matrix(self, i: int) -> np.ndarray:
         r = math.radians(float(self.rotations_deg[i]))
@@ -60,7 +69,10 @@ class TiltErrorSet:
                 "difftemErrorShiftYPx": float(self.shifts_px[i, 1]),
                 "difftemErrorRotationDeg": float(self.rotations_deg[i]),
                 "difftemErrorMagnification": float(self.magnifications[i]),
-                "difftemErrorTiltOffsetDeg": float(self.angle_offsets_deg[i])}
+                "difftemErrorTiltOffsetDeg": float(self.angle_offsets_deg[i]),
+                **({"difftemErrorBeamTiltXMrad": float(self.beam_tilts_mrad[i, 0]),
+                    "difftemErrorBeamTiltYMrad": float(self.beam_tilts_mrad[i, 1])}
+                   if self.beam_tilts_mrad is not None else {})}
 
 
 def transform_image(image: torch.Tensor, a: np.ndarray, d: np.ndarray) -> torch.Tensor:
@@ -104,7 +116,12 @@ def draw_tilt_errors(errors, n: int, seed: int, pixel_size_a: float) -> TiltErro
     rot = _given(errors.rotations_deg, n, "rotations_deg")
     mag = _given(errors.magnifications, n, "magnifications")
     off = _given(errors.angle_offsets_deg, n, "angle_offsets_deg")
+    # drawn after the others, so adding beam tilt leaves a seed's other errors as they were
+    drawn_bt = rng.standard_normal((n, 2)) * getattr(errors, "beam_tilt_sigma_mrad", 0.0)
+    bt = _given(getattr(errors, "beam_tilts_mrad", None), n, "beam_tilts_mrad")
+    if bt is None and getattr(errors, "beam_tilt_sigma_mrad", 0.0) > 0:
+        bt = drawn_bt
     return TiltErrorSet(shifts / pixel_size_a if shifts is not None else drawn_shift,
                         rot if rot is not None else drawn_rot,
                         np.clip(mag if mag is not None else drawn_mag, 0.5, 2.0),
-                        off if off is not None else drawn_off)
+                        off if off is not None else drawn_off, bt)

@@ -263,7 +263,8 @@ class DifferentiableSimulator:
                         astigmatism_angle_deg=p["astigmatism_angle_deg"], cs_mm=p["cs_mm"], cc_mm=p["cc_mm"],
                         energy_spread_ev=p["energy_spread_ev"],
                         illumination_semiangle_mrad=p["illumination_semiangle_mrad"],
-                        aperture_mrad=c.optics.aperture_mrad, phase_shift_deg=p["phase_shift_deg"])
+                        aperture_mrad=c.optics.aperture_mrad, phase_shift_deg=p["phase_shift_deg"],
+                        beam_tilt_x_mrad=c.optics.beam_tilt_x_mrad, beam_tilt_y_mrad=c.optics.beam_tilt_y_mrad)
         detector = self._detector_of(p)
         image = expose(wave, self.grid, self.wavelength_a, c.beam.voltage_kv, optics, detector,
                        exit_plane_a=exit_plane_a, dose_e_per_a2=p["dose_e_per_a2"])

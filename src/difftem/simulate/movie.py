@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..forward.camera import CameraModel, camera_model, defects_text
+from ..forward.camera import CameraModel, camera_model
 from ..forward.detector import Detector, make_mtf
 from ..forward.movie import (
     FrameSource,
@@ -30,8 +30,9 @@ from ..forward.movie import (
     frame_dose_filters,
     jitter_walks_px,
 )
-from ..io.files import atomic_path, write_mrc, write_npy, write_text
+from ..io.files import atomic_path, write_mrc, write_npy
 from ..io.star import write_star
+from .camera_images import write_camera_files
 
 _MOVIE_TAG = 0x40F1E  # keeps the movie's random streams apart from the single exposure's
 
@@ -189,15 +190,8 @@ def write_movie(movie: MovieResult, out: Path, formats=("mrc", "tiff")) -> list[
     written.append(write_mrc(out / "movie_sum.mrc", total.astype(np.float32), movie.output_pixel_size_a))
     gain_name = defect_name = None
     if movie.camera is not None:
-        pattern = movie.camera.pattern
-        gain = pattern.gain_reference().cpu().numpy() if pattern is not None else np.ones(shape, np.float32)
-        written.append(write_mrc(out / "gain_reference.mrc", gain, movie.output_pixel_size_a))
-        gain_name = "gain_reference.mrc"
-        if pattern is not None:
-            written.append(write_text(out / "defects.txt", defects_text(pattern)))
-            written.append(write_mrc(out / "defect_map.mrc", pattern.defects.cpu().numpy().astype(np.float32),
-                                     movie.output_pixel_size_a))
-            defect_name = "defects.txt"
+        files, gain_name, defect_name = write_camera_files(movie.camera, out, shape, movie.output_pixel_size_a)
+        written += files
     movie_name = "movie.tif" if "tiff" in formats else "movie.mrc"
     written.append(write_star(out / "movie_shifts.star", movie.shifts_star_blocks(movie_name, gain_name, defect_name),
                               "difftem ground truth of the movie's global motion, RELION motion-correction layout\n"

@@ -23,6 +23,7 @@ from ..io.preview import write_panels_png
 from ..io.star import STAR_CONVENTION, write_star
 from ..io.tlt import write_tlt
 from ..io.xf import write_xf
+from .camera_images import sensor_grid, write_camera_files
 from .labels import write_labels
 from .movie import write_movie
 from .pipeline import SimulationResult, TiltSeriesResult, simulate, simulate_tilt_series
@@ -101,10 +102,15 @@ def _write_simulation(result: SimulationResult, out: Path, save: set[str] | froz
     if result.movie is not None:
         written += write_movie(result.movie, out, cfg.movie.formats)
         metadata["movie"] = result.movie.metadata
+    elif result.camera is not None:  # the camera's gain reference and defects beside the image it read
+        written += write_camera_files(result.camera, out, *sensor_grid(result.camera, result.micrograph.shape, px))[0]
     metadata["timings"] = {**metadata.get("timings", {}), "write_s": time.perf_counter() - t}
     run = {"config": result.config.model_dump(mode="json"), **metadata,
            "outputs": [p.name for p in written] + ["run.json"],
            "units": {"micrograph": "counts per pixel (x gain)", "noiseless": "expected counts after MTF (x gain)",
+                     **({"micrograph": f"camera: {metadata['camera']['units']}",
+                         "noiseless": "camera: expected reading without the fixed pattern"}
+                        if "camera" in metadata else {}),
                      "projected_potential": "V*A, real part, summed over slices", "pixel_size": "A"}}
     write_json(out / "run.json", run)
     return run
@@ -124,7 +130,8 @@ def _write_tilt_series(result: TiltSeriesResult, out: Path) -> dict:
     metadata = dict(result.metadata)
     cfg = result.config
     tilt_rows = [{"rlnMicrographName": f"{j + 1}@{stem}.mrc", **row, "rlnMicrographPixelSize": px,
-                  "rlnVoltage": cfg.beam.voltage_kv, "rlnSphericalAberration": cfg.optics.cs_mm}
+                  "rlnVoltage": cfg.beam.voltage_kv, "rlnSphericalAberration": cfg.optics.cs_mm,
+                  **_beam_tilt_columns(cfg.optics, row)}
                  for j, row in enumerate(result.tilt_rows)]
     written = [write_mrc(out / f"{stem}.mrc", result.tilts.cpu().numpy(), px),
                write_mrc(out / f"{stem}_noiseless.mrc", result.noiseless.cpu().numpy(), px),
@@ -145,6 +152,8 @@ def _write_tilt_series(result: TiltSeriesResult, out: Path) -> dict:
                     write_tlt(out / f"{stem}_true.tlt", metadata["tilt_errors"]["true_angles_deg"])]
     if result.labels is not None:
         written += write_labels(result.labels, out)
+    if result.camera is not None:  # the camera's gain reference and defects beside the tilts it read
+        written += write_camera_files(result.camera, out, *sensor_grid(result.camera, result.tilts.shape, px))[0]
     written.append(write_panels_png(out / "preview.png", _tilt_panels(result), px, _acquisition_title(
         cfg, f"dose {_total_dose(result):g} e/Å² in {len(result.angles_deg)} tilts, "
              f"tilt axis {metadata.get('tilt_axis_deg', 0.0):g}°")))
@@ -153,6 +162,15 @@ def _write_tilt_series(result: TiltSeriesResult, out: Path) -> dict:
            "units": {"tilt_series": "counts per pixel (x gain), tilts along the first axis", "pixel_size": "A"}}
     write_json(out / "run.json", run)
     return run
+
+
+def _beam_tilt_columns(optics, row: dict) -> dict:
+    """rlnBeamTiltX/Y (mrad) of a tilt, the optics' plus the tilt's error, when any beam tilt is set."""
+    bx = optics.beam_tilt_x_mrad + row.get("difftemErrorBeamTiltXMrad", 0.0)
+    by = optics.beam_tilt_y_mrad + row.get("difftemErrorBeamTiltYMrad", 0.0)
+    if not (optics.beam_tilt_x_mrad or optics.beam_tilt_y_mrad or "difftemErrorBeamTiltXMrad" in row):
+        return {}
+    return {"rlnBeamTiltX": bx, "rlnBeamTiltY": by}
 
 
 def _acquisition_title(cfg, dose: str) -> str:

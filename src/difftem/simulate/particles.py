@@ -213,6 +213,8 @@ def extract_particles(image, positions_a: np.ndarray, rotations: np.ndarray, con
               "rlnSphericalAberration": config.optics.cs_mm, "rlnAmplitudeContrast": amplitude_contrast(config),
               "rlnImagePixelSize": out_px, "rlnImageSize": out_box, "rlnImageDimensionality": 2,
               "rlnMicrographOriginalPixelSize": px, "_phase_shift_deg": config.optics.phase_shift_deg}
+    if config.optics.beam_tilt_x_mrad or config.optics.beam_tilt_y_mrad:  # the optics group's axial coma
+        optics.update(rlnBeamTiltX=config.optics.beam_tilt_x_mrad, rlnBeamTiltY=config.optics.beam_tilt_y_mrad)
     type_names = list(types) if types is not None else ["particle"] * len(positions_a)
     return ParticleStack(boxes.contiguous(), out_px, px, micrograph_name, shape, optics, centres[keep], origins[keep],
                          rotations[keep], positions_a[keep, 2], u, v, ang, subset,

@@ -42,6 +42,7 @@ from ..forward.support import SupportModel, ViewLayers, film_length_a, smooth_ed
 from ..forward.tilt import plan_tilts
 from ..forward.tilt_errors import draw_tilt_errors
 from ..specimen.scene import Scene, ground_truth_rows
+from .camera_images import camera_metadata, image_camera, record
 from .labels import make_labels
 from .movie import make_movie
 from .setup import Setup, memory_limit, out_of_memory_guard, prepare_config
@@ -61,6 +62,7 @@ class SimulationResult:
     metadata: dict = field(default_factory=dict)
     movie: object | None = None  # a simulate.movie.MovieResult when config.movie is set (frames drawn on demand)
     labels: object | None = None  # a simulate.labels.LabelVolumes when config.labels is set
+    camera: object | None = None  # the forward.camera.CameraModel that read the image (detector.camera), or None
 
 
 @dataclass
@@ -75,6 +77,7 @@ class TiltSeriesResult:
     tilt_rows: list[dict]  # per tilt: angle, acquisition order, dose, prior dose, defocus U/V/angle
     metadata: dict = field(default_factory=dict)
     labels: object | None = None  # a simulate.labels.LabelVolumes when config.labels is set
+    camera: object | None = None  # the forward.camera.CameraModel that read the tilts (detector.camera), or None
 
 
 def view_exit_wave(setup: Setup, view: SceneView, *, keep_potential: bool = False, progress=None,
@@ -203,6 +206,10 @@ def _simulate(config: SimulationConfig, held: dict, *, keep_potential: bool, pro
                        Detector.from_config(config), exit_plane_a=ew.exit_plane_a,
                        dose_e_per_a2=config.beam.dose_e_per_a2, generator=generator, loss=setup.electron_loss(),
                        ice_path_a=ice_path(setup, np.eye(3), setup.ice.thickness_a))
+        camera = image_camera(config, setup.device)
+        if camera is not None:  # read as the movie's frames are (the expose call above drew no other numbers)
+            detected, clean = record(camera, image.expected_counts, generator, config.detector.noise)
+            image = replace(image, detected=detected, noiseless=clean)
         timings["optics_detector_s"] = time.perf_counter() - t2
     timings["total_s"] = time.perf_counter() - t0
     meta = {
@@ -228,9 +235,11 @@ def _simulate(config: SimulationConfig, held: dict, *, keep_potential: bool, pro
         centres = pl.positions_a[:, :2] / grid.pixel_size_a + np.array([grid.shape_px[1] // 2, grid.shape_px[0] // 2])
         movie = make_movie(config, image.intensity, centres, setup.radii[pl.type_index] / grid.pixel_size_a)
         meta["movie"] = movie.metadata
+    if camera is not None:
+        meta["camera"] = camera_metadata(camera)
     return SimulationResult(image.detected.float(), image.noiseless.float(), image.intensity.float(), ew.wave,
                             grid.pixel_size_a, config, ew.projected, meta, movie,
-                            make_labels(scene, config) if config.labels is not None else None)
+                            make_labels(scene, config) if config.labels is not None else None, camera)
 
 
 def _field_pixels(config: SimulationConfig) -> int:
@@ -286,8 +295,9 @@ def _simulate_tilt_series(config: SimulationConfig, held: dict, *, progress, sce
         view = SceneView(tilt_rotation(angle, plan.axis_deg), ice.thickness_a / math.cos(math.radians(angle)),
                          plan.transfer(i, ts, config.beam.voltage_kv))
         ew = view_exit_wave(setup, view, view_index=i)
+        optics = Optics.from_config(config.optics, defocus_um=plan.defoci_um[i])
         image = expose(ew.wave, grid, setup.wavelength_a, config.beam.voltage_kv,
-                       Optics.from_config(config.optics, defocus_um=plan.defoci_um[i]), detector,
+                       errs.optics_at(optics, i) if errs is not None else optics, detector,
                        exit_plane_a=ew.exit_plane_a, dose_e_per_a2=plan.doses_e_per_a2[i], loss=loss,
                        ice_path_a=ice_path(setup, view.rotation, view.ice_thickness_a) if loss else 0.0)
         if errs is not None:  # the stage and the optics as they really were at this tilt
@@ -300,8 +310,13 @@ def _simulate_tilt_series(config: SimulationConfig, held: dict, *, progress, sce
         setup.ice_volume()  # the one 3-D ice every tilt samples, built before the workers share it
         exposures = _in_parallel(noiseless, n, workers, progress)
         # shot noise in acquisition order from one generator: the same images whatever the workers
-        images = [detector.detect(e.expected_counts, generator).float() for e in exposures]
-    clean = [e.noiseless.float() for e in exposures]
+        camera = image_camera(config, setup.device)
+        if camera is None:
+            images = [detector.detect(e.expected_counts, generator).float() for e in exposures]
+            clean = [e.noiseless.float() for e in exposures]
+        else:  # every tilt read by the camera, as a movie frame would be
+            images, clean = zip(*(record(camera, e.expected_counts, generator, config.detector.noise)
+                                  for e in exposures), strict=True)
     order = plan.order_by_angle
     rows = [{"difftemTiltIndex": j, "rlnTomoNominalStageTiltAngle": plan.angles_deg[i],
              "rlnTomoNominalTiltAxisAngle": plan.axis_deg, "difftemAcquisitionOrder": i,
@@ -318,6 +333,7 @@ def _simulate_tilt_series(config: SimulationConfig, held: dict, *, progress, sce
         "particles": ground_truth_rows(scene.types, scene.placement, shape_px=grid.shape_px,
                                        pixel_size_a=grid.pixel_size_a, micrograph="tilt_series.mrc"),
         "tilt_workers": workers,
+        **({"camera": camera_metadata(camera)} if camera is not None else {}),
         **({"tilt_errors": {"xf": [np.concatenate([a.ravel(), d]).tolist() for a, d in (errs.xf(i) for i in order)],
                             "true_angles_deg": [plan.angles_deg[i] + float(errs.angle_offsets_deg[i]) for i in order],
                             "convention": "per tilt sorted by angle: IMOD .xf line A11 A12 A21 A22 DX DY aligning "
@@ -328,7 +344,7 @@ def _simulate_tilt_series(config: SimulationConfig, held: dict, *, progress, sce
     }
     return TiltSeriesResult(torch.stack([images[i] for i in order]), torch.stack([clean[i] for i in order]),
                             [plan.angles_deg[i] for i in order], grid.pixel_size_a, config, rows, meta,
-                            make_labels(scene, config) if config.labels is not None else None)
+                            make_labels(scene, config) if config.labels is not None else None, camera)
 
 
 def tilt_workers(setup: Setup, threads: int, n_tilts: int) -> int:
