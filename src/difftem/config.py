@@ -489,6 +489,48 @@ class Fiducials(_Model):
     seed_offset: int = Field(0, ge=0, lt=2**31, description="added to the run's seed for their placement")
 
 
+class BilayerProfile(_Model):
+    """A lipid bilayer's potential relative to the ice, ΔV(u) at distance u from its mid-plane (specimen/membranes.py):
+    two head-group Gaussians, a hydrocarbon core (a box with soft edges) and a methyl trough at the centre.
+    Defaults: a fluid PC bilayer's X-ray electron-density profile (Δρ/ρ_water) times the ice's 4.88 V."""
+
+    headgroup_separation_nm: float = Field(3.8, ge=1, le=10, description="head-group peak separation D_HH (nm), 1…10")
+    headgroup_v: float = Field(1.6, ge=-20, le=20, description="each head-group Gaussian's height above the ice (V)")
+    headgroup_sigma_a: float = Field(3.0, gt=0.5, le=20, description="head-group Gaussian σ (Å), 0.5 < · ≤ 20")
+    core_v: float = Field(-0.4, ge=-20, le=20, description="hydrocarbon core's level relative to the ice (V)")
+    core_half_width_a: float = Field(14.0, ge=0, le=50, description="half the hydrocarbon thickness D_C (Å), 0…50")
+    core_edge_sigma_a: float = Field(2.5, gt=0.5, le=20, description="σ of the core's edges (Å), 0.5 < · ≤ 20")
+    methyl_v: float = Field(-1.4, ge=-20, le=20, description="methyl trough's depth at the mid-plane (V), beyond the core")
+    methyl_sigma_a: float = Field(3.0, gt=0.5, le=20, description="methyl trough Gaussian σ (Å), 0.5 < · ≤ 20")
+
+
+class VesiclesConfig(_Model):
+    """Lipid vesicles in the ice (specimen/membranes.py): spherical bilayers placed at random (seeded) inside the ice,
+    clear of the particles and of each other, or at given centres; radii drawn from a distribution."""
+
+    count: int = Field(0, ge=0, le=10000, description="vesicles placed at random, 0…10000 (beside centres_a)")
+    centres_a: list[tuple[Position, Position, Position]] = Field(
+        default_factory=list, max_length=10000, description="explicit centres (x, y, z) Å, specimen frame")
+    radius_nm: float = Field(20.0, gt=0, le=1000, description="mean outer-to-mid-plane radius (nm), 0 < · ≤ 1000")
+    radius_sd_nm: float = Field(0.0, ge=0, le=1000, description="standard deviation of the radius (nm); 0: all equal")
+    distribution: Literal["lognormal", "normal"] = Field("lognormal", description="the radius distribution")
+    radius_min_nm: float = Field(5.0, gt=0, le=1000, description="radii are drawn within [min, max] (nm)")
+    radius_max_nm: float = Field(100.0, gt=0, le=1000, description="upper bound of the radius (nm)")
+    min_gap_a: float = Field(10.0, ge=0, le=1e4, description="least gap (Å) to other vesicles, particles, ice faces")
+    profile: BilayerProfile = Field(default_factory=BilayerProfile, description="the bilayer's potential profile")
+    seed_offset: int = Field(0, ge=0, lt=2**31, description="added to the run's seed for their placement")
+
+    @model_validator(mode="after")
+    def _bounds(self):
+        if self.radius_min_nm > self.radius_max_nm:
+            raise FieldProblem("radius_min_nm", f"{self.radius_min_nm:g} nm exceeds radius_max_nm "
+                                                f"{self.radius_max_nm:g} nm")
+        if not self.radius_min_nm <= self.radius_nm <= self.radius_max_nm:
+            raise FieldProblem("radius_nm", f"{self.radius_nm:g} nm lies outside [radius_min_nm, radius_max_nm] = "
+                                            f"[{self.radius_min_nm:g}, {self.radius_max_nm:g}] nm")
+        return self
+
+
 class Sample(_Model):
     ice_thickness_nm: float = Field(30.0, ge=0, le=1e4,
                                     description="vitreous ice slab thickness (nm), 0…1e4 (10 µm); 0: vacuum")
@@ -505,6 +547,7 @@ class Sample(_Model):
                                           description="ice thickness profile: flat, a hole with a meniscus, a wedge")
     support: SupportFilm | None = Field(None, description="a support film with holes (carbon or gold); null: none")
     fiducials: Fiducials | None = Field(None, description="gold fiducial beads on the ice faces; null: none")
+    vesicles: VesiclesConfig | None = Field(None, description="lipid vesicles in the ice; null: none")
 
 
 class Simulation(_Model):

@@ -38,9 +38,11 @@ from ..forward.scene_build import (
     plan_tiles,
     view_z_range,
 )
+from ..forward.membranes import ViewVesicles
 from ..forward.support import SupportModel, ViewLayers, film_length_a, smooth_edges
 from ..forward.tilt import plan_tilts
 from ..forward.tilt_errors import draw_tilt_errors
+from ..specimen.membranes import Vesicles, place_vesicles
 from ..specimen.scene import Scene, ground_truth_rows
 from .labels import make_labels
 from .movie import make_movie
@@ -96,6 +98,13 @@ def view_exit_wave(setup: Setup, view: SceneView, *, keep_potential: bool = Fals
     if support is not None:  # the slicing reaches through the film
         f0, f1 = support.view_depth_range_a(view.rotation)
         z_range = (min(z_range[0], f0), max(z_range[1], f1))
+    vesicles = vesicles_of(setup)
+    view_vesicles = None
+    if vesicles is not None and len(vesicles):  # the slicing reaches through every vesicle (view depths)
+        view_vesicles = ViewVesicles(vesicles, view.rotation, grid.pixel_size_a, setup.cache.absorption_ratio,
+                                     device=setup.device)
+        v0, v1 = view_vesicles.z_range_a()
+        z_range = (min(z_range[0], v0), max(z_range[1], v1))
     thickness_a = z_range[1] - z_range[0]
 
     def build(window: Grid | None):
@@ -110,10 +119,11 @@ def view_exit_wave(setup: Setup, view: SceneView, *, keep_potential: bool = Fals
                              rotation=view.rotation, device=setup.device, profile=setup.ice_profile,
                              continuum_v=complex(ice.mean_potential_v, ice.absorption_potential_v),
                              max_half_a=thickest * path_scale / 2, fluctuations=setup.ice_mode != "off")
-    if support is not None:
+    if support is not None or view_vesicles is not None:
         chunk_a = config.sample.ice_structure.chunk_a or auto_chunk_a(grid.pixel_size_a, lam,
                                                                       sim.antialias_fraction or 1.0)
-        ice_fields = ViewLayers(ice_fields, support, view.rotation, chunk_a=chunk_a, device=setup.device)
+        ice_fields = ViewLayers(ice_fields, support, view.rotation, chunk_a=chunk_a, device=setup.device,
+                                vesicles=view_vesicles)
     common = dict(keep_potential=keep_potential, progress=progress, stats=stats, ice=ice_fields)
     if sim.tile_px is not None and sim.tile_px < max(grid.shape_px):
         margin = sim.tile_margin_px if sim.tile_margin_px is not None else auto_tile_margin_px(
@@ -138,6 +148,16 @@ def support_of(setup: Setup) -> SupportModel | None:
                                     ice_face_a=setup.profile_thickness_bounds_a()[1] / 2)
 
 
+def vesicles_of(setup: Setup) -> Vesicles | None:
+    """The run's vesicles (``sample.vesicles``), placed once per setup clear of the scene's copies; None without."""
+    if setup.config.sample.vesicles is None:
+        return None
+    if getattr(setup, "_vesicles", None) is None:
+        scene = setup.scene
+        setup._vesicles = place_vesicles(setup.config, [t.bounds for t in scene.types], scene.placement)
+    return setup._vesicles
+
+
 def ice_path(setup: Setup, rotation, flat_path_a: float):
     """The ice path (Å) along the beam: ``flat_path_a`` for a flat slab, else each pixel's path through the thickness
     profile (its thickness where the ray crosses the mid-plane, / cos θ)."""
@@ -156,6 +176,7 @@ def _run_metadata(setup: Setup) -> dict:
             "particle_types": setup.particle_types(),
             "time_estimate_s": round(est.seconds, 3) if est is not None else None,
             **({"support": support_of(setup).metadata()} if config.sample.support is not None else {}),
+            **({"vesicles": vesicles_of(setup).metadata()} if config.sample.vesicles is not None else {}),
             "resource_estimate": est.summary() if est is not None else None}
 
 
