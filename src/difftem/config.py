@@ -500,7 +500,7 @@ class BilayerProfile(_Model):
     core_v: float = Field(-0.4, ge=-20, le=20, description="hydrocarbon core's level relative to the ice (V)")
     core_half_width_a: float = Field(14.0, ge=0, le=50, description="half the hydrocarbon thickness D_C (Å), 0…50")
     core_edge_sigma_a: float = Field(2.5, gt=0.5, le=20, description="σ of the core's edges (Å), 0.5 < · ≤ 20")
-    methyl_v: float = Field(-1.4, ge=-20, le=20, description="methyl trough's depth at the mid-plane (V), beyond the core")
+    methyl_v: float = Field(-1.4, ge=-20, le=20, description="methyl trough at the mid-plane (V), beyond the core")
     methyl_sigma_a: float = Field(3.0, gt=0.5, le=20, description="methyl trough Gaussian σ (Å), 0.5 < · ≤ 20")
 
 

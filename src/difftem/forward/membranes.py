@@ -8,7 +8,8 @@ view's z. Chunk [z0, z1) of the view's slicing (the same depths the atoms are sl
 (V·Å), a sphere's projection whatever the tilt. Only the parts of the ray within the shell |r − R| ≤ W (W the
 profile's half extent) are integrated: per pixel two intervals in z (entering and leaving the shell) cut to the
 chunk, each split into sub-intervals of at most ``step_a`` (default σ, the profile's narrowest width) with
-two-point Gauss–Legendre nodes in each (exact for cubics; smooth Gaussian features need no more). Pixels whose ray misses the shell within the chunk are not
+two-point Gauss–Legendre nodes in each (exact for cubics; against a fine 3-D integration of the profile the
+projection agrees to 3e-6, tests/test_membranes.py). Pixels whose ray misses the shell within the chunk are not
 touched. Pixels larger than the profile's features would alias its lines: the profile is first widened by a Gaussian
 of σ = p/√12 (a pixel's box, its variance), which is what the area average over a pixel does to a line.
 

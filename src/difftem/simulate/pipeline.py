@@ -27,6 +27,7 @@ from ..forward.detector import Detector
 from ..forward.exit_wave import ExitWave, tiled_exit_wave, windowed_exit_wave
 from ..forward.ice import ViewIce, auto_chunk_a, ray_points
 from ..forward.image import Exposure, expose
+from ..forward.membranes import ViewVesicles
 from ..forward.multislice import MultisliceStats, plan_window
 from ..forward.optics import Optics
 from ..forward.potential import IceModel, embed
@@ -38,7 +39,6 @@ from ..forward.scene_build import (
     plan_tiles,
     view_z_range,
 )
-from ..forward.membranes import ViewVesicles
 from ..forward.support import SupportModel, ViewLayers, film_length_a, smooth_edges
 from ..forward.tilt import plan_tilts
 from ..forward.tilt_errors import draw_tilt_errors
