@@ -27,7 +27,7 @@ from ..forward.detector import Detector
 from ..forward.exit_wave import ExitWave, tiled_exit_wave, windowed_exit_wave
 from ..forward.ice import ViewIce, auto_chunk_a, ray_points
 from ..forward.image import Exposure, expose
-from ..forward.membranes import ViewVesicles
+from ..forward.membranes import ViewVesicles, add_to_volume
 from ..forward.multislice import MultisliceStats, plan_window
 from ..forward.optics import Optics
 from ..forward.potential import IceModel, embed
@@ -393,8 +393,8 @@ def potential_volume(config: SimulationConfig | dict | str | Path, *, voxel_size
     (default: the ice, or the particles' extent) centred on the ice mid-plane. Each voxel is the mean potential
     over its z-slab from the same builders as the images (exact atoms or per-type maps sampled slab by slab);
     the ice's uniform potential is left out unless ``include_ice``; a support film is in (its mean inner potential,
-    and the default z span reaches through it). Geometry: voxel [iz, iy, ix] centre at
-    ((ix − X//2)·v, (iy − Y//2)·v, (iz − Z//2)·v) Å.
+    and the default z span reaches through it), and vesicles (their ΔV relative to the ice). Geometry: voxel
+    [iz, iy, ix] centre at ((ix − X//2)·v, (iy − Y//2)·v, (iz − Z//2)·v) Å.
     """
     config = prepare_config(config)
     with out_of_memory_guard(config, {}) as held:
@@ -448,6 +448,9 @@ def _potential_volume(config: SimulationConfig, held: dict, *, voxel_size_a, thi
             length = film_length_a(support, np.eye(3), grid, z0 + iz * v, z0 + (iz + 1) * v, device)
             if length is not None:
                 vol[iz] += (support.mean_inner_potential_v * smooth_edges(length, grid) / v).to(vol.dtype)
+    vesicles = vesicles_of(setup)
+    if vesicles is not None and len(vesicles):  # ΔV relative to the ice (the lipid minus the water it displaces)
+        add_to_volume(vol, vesicles, grid, z0, v)
     if include_ice and ice.thickness_a > 0:
         zc = z0 + (torch.arange(nz, dtype=torch.float64) + 0.5) * v
         inside = (zc.abs() <= ice.thickness_a / 2).to(torch.float32).to(device)
