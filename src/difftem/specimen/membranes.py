@@ -108,12 +108,6 @@ class Vesicles:
     def outer_radii_a(self) -> np.ndarray:
         return self.radii_a + self.bilayer.half_extent_a
 
-    def rows(self) -> list[dict]:
-        """Ground truth: one row per vesicle (centre Å, specimen frame; radius to the mid-plane Å)."""
-        return [{"difftemVesicleIndex": i, "difftemCentreXA": float(c[0]), "difftemCentreYA": float(c[1]),
-                 "difftemCentreZA": float(c[2]), "difftemRadiusA": float(r)}
-                for i, (c, r) in enumerate(zip(self.centres_a, self.radii_a, strict=True))]
-
     def metadata(self) -> dict:
         b = self.bilayer
         return {"count": len(self), "centres_a": self.centres_a.round(3).tolist(),
