@@ -101,8 +101,7 @@ def test_leaflets_in_a_noise_free_image_at_the_set_spacing(separation_nm):
     minima = _rim_minima(img, (192, 192), 150.0, 1.0)
     assert len(minima) == 2
     spacing = minima[1] - minima[0]
-    print(f"leaflet spacing {spacing:.2f} Å (set {separation_nm * 10:g} Å), minima at {minima}")
-    assert spacing == pytest.approx(separation_nm * 10, abs=3.0)
+    assert spacing == pytest.approx(separation_nm * 10, abs=3.0)  # measured 38.64 (38), 44.31 (44)
     assert abs(0.5 * (minima[0] + minima[1]) - 150.0) < 5.0  # centred on the mid-plane's radius
     # the leaflets are darker than the ice beside the vesicle by a visible amount (absorption contrast, in focus)
     assert img[192, 380] - img.min() > 1e-3
@@ -225,7 +224,7 @@ def test_tilt_series_sees_the_vesicle_where_the_tilt_moves_it():
         w = (np.median(img) - img).clip(min=0) ** 2  # the leaflets' dark lines (absorption)
         cx, cy = ((w * (xx - 80)).sum() / w.sum() * 2.0, (w * (yy - 80)).sum() / w.sum() * 2.0)
         ex, ey, _ = tilt_rotation(angle, 10.0) @ centre
-        assert math.hypot(cx - ex, cy - ey) < 1.0, (angle, cx, cy, ex, ey)
+        assert math.hypot(cx - ex, cy - ey) < 0.1, (angle, cx, cy, ex, ey)  # measured 0.001 Å
     assert ts.metadata["vesicles"]["centres_a"] == [centre.tolist()]
 
 
