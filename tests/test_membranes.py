@@ -260,3 +260,22 @@ def test_vesicles_star_and_run_json(tmp_path):
     np.testing.assert_allclose(np.asarray(table["difftemRadiusA"], dtype=float), run["vesicles"]["radii_a"])
     np.testing.assert_allclose(np.asarray(table[["difftemCentreXA", "difftemCentreYA", "difftemCentreZA"]],
                                           dtype=float), run["vesicles"]["centres_a"])
+
+
+def test_tiles_join_the_vesicle_as_the_whole_field():
+    """Multislice in 64 px tiles gives the whole field's image (the vesicle's field cut per tile in the scene frame);
+    the differentiable simulator refuses vesicles in one line."""
+    from difftem.simulate.differentiable import DifferentiableSimulator
+
+    cfg = {"seed": 8, "optics": {"defocus_um": 0.5},
+           "sample": {"ice_thickness_nm": 30, "ice_structure": {"mode": "off"}, "particles": [],
+                      "vesicles": {"centres_a": [[10.0, -20.0, 0.0]], "radius_nm": 8.0}},
+           "detector": {"shape_px": [160, 160], "pixel_size_a": 2.0, "noise": "none"}, "beam": {"dose_e_per_a2": 100}}
+    whole = simulate(cfg).intensity.double()
+    tiled_cfg = copy.deepcopy(cfg)
+    tiled_cfg["simulation"] = {"tile_px": 64}
+    tiled = simulate(tiled_cfg).intensity.double()
+    assert (tiled - whole).abs().max() < 2e-3 * whole.mean()
+    assert (whole.max() - whole.min()) > 0.02 * whole.mean()  # the vesicle is there
+    with pytest.raises(ConfigError, match="sample.vesicles"):
+        DifferentiableSimulator(cfg)
