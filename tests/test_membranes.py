@@ -275,7 +275,7 @@ def test_tiles_join_the_vesicle_as_the_whole_field():
     tiled_cfg = copy.deepcopy(cfg)
     tiled_cfg["simulation"] = {"tile_px": 64}
     tiled = simulate(tiled_cfg).intensity.double()
-    assert (tiled - whole).abs().max() < 2e-3 * whole.mean()
+    assert (tiled - whole).abs().max() < 5e-4 * whole.mean()  # measured 8.9e-5
     assert (whole.max() - whole.min()) > 0.02 * whole.mean()  # the vesicle is there
     with pytest.raises(ConfigError, match="sample.vesicles"):
         DifferentiableSimulator(cfg)
