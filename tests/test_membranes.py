@@ -279,3 +279,63 @@ def test_tiles_join_the_vesicle_as_the_whole_field():
     assert (whole.max() - whole.min()) > 0.02 * whole.mean()  # the vesicle is there
     with pytest.raises(ConfigError, match="sample.vesicles"):
         DifferentiableSimulator(cfg)
+
+
+def _embedded_config(**membrane):
+    return {"seed": 6, "detector": {"shape_px": [200, 200], "pixel_size_a": 3.0, "noise": "none"},
+            "beam": {"dose_e_per_a2": 50}, "optics": {"defocus_um": 1.0},
+            "sample": {"ice_thickness_nm": 60, "ice_structure": {"mode": "off"},
+                       "particles": [{"structure": "builtin:1ubi", "random": {"count": 4}},
+                                     {"structure": "builtin:1ubi", "name": "inserted",
+                                      "membrane": {"count": 10, "depth_a": 12.0, "axis": [1.0, 1.0, 0.0],
+                                                   **membrane}}],
+                       "vesicles": {"count": 2, "radius_nm": 10, "radius_sd_nm": 2, "radius_min_nm": 6,
+                                    "radius_max_nm": 14}}}
+
+
+def test_proteins_embedded_along_the_normal():
+    """Embedded copies sit at R + depth from their vesicle's centre with the type's axis along the outward normal,
+    clear of each other, of the free particles and of the other vesicle; the scene, the images' ground truth and
+    particles.star carry them; the vesicles placed with the scene are the ones the images use."""
+    cfg = config_from_dict(_embedded_config())
+    scene = scene_of(cfg)
+    ves = scene.vesicles
+    pl = scene.placement
+    emb = np.flatnonzero(pl.type_index == 1)
+    assert len(emb) == 10 and (pl.type_index == 0).sum() == 4
+    axis = np.array([1.0, 1.0, 0.0]) / math.sqrt(2)
+    for i in emb:
+        d = np.linalg.norm(ves.centres_a - pl.positions_a[i], axis=1)
+        j = int(np.argmin(np.abs(d - (ves.radii_a + 12.0))))
+        assert d[j] == pytest.approx(ves.radii_a[j] + 12.0, abs=1e-9)
+        normal = (pl.positions_a[i] - ves.centres_a[j]) / d[j]
+        assert pl.rotations[i] @ axis == pytest.approx(normal, abs=1e-12)
+        assert np.linalg.det(pl.rotations[i]) == pytest.approx(1.0, abs=1e-12)
+    ea, eb, er = _segments([t.bounds for t in scene.types], pl)
+    for i in emb:
+        others = np.arange(len(pl)) != i
+        gap = segment_distances(ea[i], eb[i], ea[others], eb[others]) - er[others] - er[i]
+        assert (gap >= 2.0 - 1e-9).all()
+    res = simulate(_embedded_config())
+    names = [r["difftemParticleType"] for r in res.metadata["particles"]]
+    assert names.count("inserted") == 10
+    assert res.metadata["vesicles"]["centres_a"] == ves.centres_a.round(3).tolist()
+
+
+@pytest.mark.parametrize("change, field", [
+    ({"sample.particles.1.random": {"count": 2}}, "sample.particles.1.membrane"),
+    ({"sample.vesicles": None}, "sample.particles.1.membrane"),
+    ({"sample.particles.1.membrane.axis": [0, 0, 0]}, "sample.particles.1.membrane.axis"),
+    ({"sample.particles.1.membrane.count": 5000}, "sample.particles.1.membrane.count"),
+])
+def test_embedding_errors_name_the_field(change, field):
+    cfg = _embedded_config()
+    for key, value in change.items():
+        *path, last = key.split(".")
+        node = cfg
+        for k in path:
+            node = node[int(k)] if k.isdigit() else node[k]
+        node[last] = value
+    with pytest.raises(ConfigError) as err:
+        scene_of(config_from_dict(cfg))
+    assert field in str(err.value) and "\n" not in str(err.value)

@@ -359,6 +359,25 @@ class DensityMapConfig(_Model):
         return self
 
 
+class MembraneEmbedding(_Model):
+    """Copies of a particle type embedded in the vesicles' bilayers (specimen/membranes.py): each at a random point of
+    a vesicle (area-weighted), its type-frame ``axis`` along the outward normal, spun at random about it."""
+
+    count: int = Field(1, ge=0, le=100_000, description="copies over all vesicles, 0…1e5")
+    depth_a: float = Field(0.0, ge=-500, le=500,
+                           description="the type frame's origin from the bilayer's mid-plane along the outward "
+                                       "normal (Å), ±500")
+    axis: tuple[float, float, float] = Field((0.0, 0.0, 1.0), description="type-frame direction put along the "
+                                                                         "outward normal (x, y, z), non-zero")
+    min_gap_a: float = Field(2.0, ge=0, le=1e4, description="least gap (Å) between copies and to other particles")
+
+    @model_validator(mode="after")
+    def _axis(self):
+        if not any(abs(v) > 0 for v in self.axis) or not all(math.isfinite(v) for v in self.axis):
+            raise FieldProblem("axis", "must be a finite non-zero vector")
+        return self
+
+
 class Particle(_Model):
     name: str | None = Field(None, max_length=256,
                              description="particle type name in the ground truth (≤ 256 characters); default: "
@@ -388,6 +407,8 @@ class Particle(_Model):
     extra_b_a2: float = Field(0.0, ge=0, le=1e4, description="added to every atom's B-factor (Å²), 0…1e4")
     map: DensityMapConfig | None = Field(None, description="a density map as the particle type, instead of "
                                                            "structure")
+    membrane: MembraneEmbedding | None = Field(
+        None, description="embed the copies in sample.vesicles' bilayers (instead of positions_a or random)")
 
     @field_validator("structure", "transforms_file")
     @classmethod
@@ -412,6 +433,8 @@ class Particle(_Model):
                                    "a map particle has no atoms: no assembly, helix, transforms_file or atoms")
         if self.random is not None and self.positions_a is not None:
             raise ValueError("give either positions_a or random, not both")
+        if self.membrane is not None and (self.random is not None or self.positions_a is not None):
+            raise FieldProblem("membrane", "embedded copies are placed on the vesicles: drop positions_a and random")
         n = len(self.positions_a) if self.positions_a is not None else 1
         if self.random is None and len(self.euler_zyz_deg) not in (1, n):
             raise ValueError(
@@ -420,6 +443,8 @@ class Particle(_Model):
         return self
 
     def explicit_positions(self) -> list[tuple[float, float, float]]:
+        if self.membrane is not None:
+            return []
         return list(self.positions_a) if self.positions_a is not None else ([] if self.random else [(0.0, 0.0, 0.0)])
 
 

@@ -153,8 +153,9 @@ def vesicles_of(setup: Setup) -> Vesicles | None:
     if setup.config.sample.vesicles is None:
         return None
     if getattr(setup, "_vesicles", None) is None:
-        scene = setup.scene
-        setup._vesicles = place_vesicles(setup.config, [t.bounds for t in scene.types], scene.placement)
+        scene = setup.scene  # placed with the scene (specimen/build.py); a scene built by hand: placed here
+        setup._vesicles = scene.vesicles if scene.vesicles is not None else place_vesicles(
+            setup.config, [t.bounds for t in scene.types], scene.placement)
     return setup._vesicles
 
 

@@ -192,3 +192,87 @@ def place_vesicles(config, bounds, placement, *, max_failures: int = 2000) -> Ve
             rs.append(r)
             break
     return Vesicles(np.asarray(centres, dtype=np.float64).reshape(-1, 3), np.asarray(rs, dtype=np.float64), bilayer)
+
+
+def _align(axis: np.ndarray, normals: np.ndarray) -> np.ndarray:
+    """(N, 3, 3) rotations taking unit ``axis`` onto each unit normal (the shortest turn; a half turn about a
+    perpendicular when they are opposite)."""
+    a = axis / np.linalg.norm(axis)
+    v = np.cross(a, normals)
+    c = normals @ a
+    vx = np.zeros((len(normals), 3, 3))
+    vx[:, 0, 1], vx[:, 0, 2], vx[:, 1, 2] = -v[:, 2], v[:, 1], -v[:, 0]
+    vx[:, 1, 0], vx[:, 2, 0], vx[:, 2, 1] = v[:, 2], -v[:, 1], v[:, 0]
+    k = 1.0 / np.where(c > -1 + 1e-12, 1.0 + c, 1.0)
+    out = np.eye(3)[None] + vx + (vx @ vx) * k[:, None, None]
+    flip = c <= -1 + 1e-12
+    if flip.any():  # a half turn about any axis perpendicular to a
+        perp = np.cross(a, [1.0, 0.0, 0.0] if abs(a[0]) < 0.9 else [0.0, 1.0, 0.0])
+        perp /= np.linalg.norm(perp)
+        out[flip] = 2 * np.outer(perp, perp) - np.eye(3)
+    return out
+
+
+def embed_in_vesicles(config, bounds, placement, vesicles: Vesicles | None, *, max_failures: int = 2000):
+    """Copies of the particle types with ``membrane`` set, on the vesicles (see :class:`~difftem.config.
+    MembraneEmbedding`): (type indices, centres (N, 3) Å, rotations (N, 3, 3)), clear of ``placement``'s copies, of
+    each other and of the ice's faces; the type frame's origin at ``depth_a`` along the outward normal."""
+    from ..core.rotations import rotation_about_axis
+    from .scene import Placement
+
+    wanted = [(t, p.membrane) for t, p in enumerate(config.sample.particles) if p.membrane is not None]
+    if not wanted or all(m.count == 0 for _, m in wanted):
+        return Placement.concatenate([])
+    if vesicles is None or not len(vesicles):
+        t = wanted[0][0]
+        raise ConfigError(f"sample.particles.{t}.membrane: embedded copies need vesicles; set sample.vesicles "
+                          "(count or centres_a)")
+    rng = np.random.default_rng(np.random.SeedSequence([config.seed, 0xE3BED]))
+    profile = IceProfile.from_config(config.sample)
+    det = config.detector
+    wx, wy = det.shape_px[1] * det.pixel_size_a, det.shape_px[0] * det.pixel_size_a
+    area = vesicles.radii_a**2 / (vesicles.radii_a**2).sum()
+    ea, eb, er = _segments(bounds, placement)
+    types, centres, rots = [], [], []
+    sa, sb, sr = [np.zeros((0, 3))], [np.zeros((0, 3))], [np.zeros(0)]  # the embedded copies' capsules so far
+    for t, m in wanted:
+        axis = np.asarray(m.axis, dtype=np.float64)
+        axis = axis / np.linalg.norm(axis)
+        b = bounds[t]
+        placed = fails = 0
+        while placed < m.count:
+            if fails >= max_failures:
+                raise ConfigError(f"sample.particles.{t}.membrane.count: embedded only {placed} of {m.count} copies "
+                                  "in the vesicles without overlap; lower the count or min_gap_a, or add vesicles")
+            j = rng.choice(len(area), p=area)
+            n = rng.standard_normal(3)
+            n /= np.linalg.norm(n)
+            pos = vesicles.centres_a[j] + (vesicles.radii_a[j] + m.depth_a) * n
+            rot = _align(axis, n[None])[0] @ rotation_about_axis(axis, rng.uniform(0, 2 * np.pi))
+            c = rot @ b.centre_a + pos
+            half = rot @ b.axis * b.half_length_a
+            a_end, b_end = c - half, c + half
+            thick = _thinnest_ice_a(profile, c, 0.0)
+            reach = b.radius_a + b.half_length_a
+            inside = (max(abs(a_end[2]), abs(b_end[2])) + b.radius_a <= thick / 2
+                      and abs(c[0]) + reach <= wx / 2 and abs(c[1]) + reach <= wy / 2)
+            gap = m.min_gap_a
+            clash = len(ea) and (segment_distances(a_end, b_end, ea, eb) < er + b.radius_a + gap).any()
+            oa, ob, orr = np.concatenate(sa), np.concatenate(sb), np.concatenate(sr)
+            clash = clash or (len(oa) and (segment_distances(a_end, b_end, oa, ob) < orr + b.radius_a + gap).any())
+            others = np.arange(len(vesicles)) != j  # another vesicle's shell
+            clash = clash or (segment_distances(a_end, b_end, vesicles.centres_a[others], vesicles.centres_a[others])
+                              < vesicles.outer_radii_a[others] + b.radius_a + gap).any()
+            if not inside or clash:
+                fails += 1
+                continue
+            fails = 0
+            placed += 1
+            types.append(t)
+            centres.append(pos)
+            rots.append(rot)
+            sa.append(a_end[None])
+            sb.append(b_end[None])
+            sr.append(np.array([b.radius_a]))
+    return Placement(np.asarray(types, np.int64), np.asarray(centres, np.float64).reshape(-1, 3),
+                     np.asarray(rots, np.float64).reshape(-1, 3, 3))
