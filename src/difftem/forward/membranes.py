@@ -57,6 +57,7 @@ class ViewVesicles:
         self._table = torch.cat([table, table.new_zeros(2)]).to(torch.float32).to(self.device)  # zeros beyond W
         self._du = 2 * w / (n - 1)
         self._n_table = n
+        self._grid_key, self._cache = None, {}
 
     def _profile(self, u_a: torch.Tensor) -> torch.Tensor:
         """ΔV (V, float32) at ``u_a`` from the table; zero beyond the profile's extent."""
@@ -77,51 +78,65 @@ class ViewVesicles:
     def touches(self, z0_a: float, z1_a: float) -> bool:
         return bool(((self.centres_a[:, 2] - self.outer_a < z1_a) & (self.centres_a[:, 2] + self.outer_a > z0_a)).any())
 
+    def _footprint(self, i: int, grid: Grid):
+        """Vesicle i's disc on ``grid``: (flat pixel indices, d², and the half chords h_in, h_out of the shell's
+        inner and outer spheres), float32, computed once per grid (the last grid asked is kept)."""
+        key = (grid.shape_px, grid.origin_px, grid.pixel_size_a)
+        if self._grid_key != key:
+            self._grid_key, self._cache = key, {}
+        if i not in self._cache:
+            p = grid.pixel_size_a
+            oy, ox = grid.origin_a
+            (cx, cy, _), radius, ro = self.centres_a[i], self.vesicles.radii_a[i], self.outer_a[i]
+            ix0, ix1 = max(0, math.ceil((cx - ro + ox) / p)), min(grid.nx, math.floor((cx + ro + ox) / p) + 1)
+            iy0, iy1 = max(0, math.ceil((cy - ro + oy) / p)), min(grid.ny, math.floor((cy + ro + oy) / p) + 1)
+            if ix1 <= ix0 or iy1 <= iy0:
+                self._cache[i] = None
+                return None
+            xs = torch.arange(ix0, ix1, dtype=torch.float64, device=self.device) * p - ox - cx
+            ys = torch.arange(iy0, iy1, dtype=torch.float64, device=self.device) * p - oy - cy
+            d2 = (ys[:, None] ** 2 + xs[None, :] ** 2).reshape(-1)
+            inside = torch.nonzero(d2 < ro * ro).squeeze(1)
+            d2 = d2[inside]
+            ri = max(radius - self.bilayer.half_extent_a, 0.0)
+            h_out = torch.sqrt(ro * ro - d2)
+            h_in = torch.sqrt(torch.clamp(ri * ri - d2, min=0.0))
+            bw = ix1 - ix0
+            flat = (inside // bw + iy0) * grid.nx + (inside % bw + ix0)
+            self._cache[i] = (flat, d2.float(), h_in.float(), h_out.float())
+        return self._cache[i]
+
     def projected_v_a(self, grid: Grid, z0_a: float, z1_a: float) -> torch.Tensor | None:
         """(H, W) float64 V·Å: the vesicles' ΔV integrated along each pixel's ray over view depths [z0, z1);
         None when no vesicle reaches into the range."""
         out = None
-        p = grid.pixel_size_a
-        oy, ox = grid.origin_a
-        w = self.bilayer.half_extent_a
-        for (cx, cy, cz), radius, ro in zip(self.centres_a, self.vesicles.radii_a, self.outer_a, strict=True):
+        for i, ((_, _, cz), radius, ro) in enumerate(zip(self.centres_a, self.vesicles.radii_a, self.outer_a,
+                                                         strict=True)):
             a, b = max(z0_a, cz - ro) - cz, min(z1_a, cz + ro) - cz
-            if b <= a:
+            if b <= a or (fp := self._footprint(i, grid)) is None:
                 continue
-            ix0, ix1 = max(0, math.ceil((cx - ro + ox) / p)), min(grid.nx, math.floor((cx + ro + ox) / p) + 1)
-            iy0, iy1 = max(0, math.ceil((cy - ro + oy) / p)), min(grid.ny, math.floor((cy + ro + oy) / p) + 1)
-            if ix1 <= ix0 or iy1 <= iy0:
-                continue
-            xs = torch.arange(ix0, ix1, dtype=torch.float64, device=self.device) * p - ox - cx
-            ys = torch.arange(iy0, iy1, dtype=torch.float64, device=self.device) * p - oy - cy
-            d2 = (ys[:, None] ** 2 + xs[None, :] ** 2).reshape(-1)
-            h_out = torch.sqrt(torch.clamp(ro * ro - d2, min=0.0))
-            ri = max(radius - w, 0.0)
-            h_in = torch.sqrt(torch.clamp(ri * ri - d2, min=0.0))
-            # the ray's two passes through the shell, cut to the chunk: [h_in, h_out] and [−h_out, −h_in]
-            lo1, hi1 = torch.clamp(h_in, min=a), torch.clamp(h_out, max=b)
-            lo2, hi2 = torch.clamp(-h_out, min=a), torch.clamp(-h_in, max=b)
-            len1, len2 = torch.clamp(hi1 - lo1, min=0.0), torch.clamp(hi2 - lo2, min=0.0)
-            bw = ix1 - ix0
-            for lo, ln in ((lo1, len1), (lo2, len2)):
-                sel = torch.nonzero(ln > 0).squeeze(1)
+            flat, d2, h_in, h_out = fp
+            # the ray's two passes through the shell, [h_in, h_out] and [−h_out, −h_in], cut to the chunk
+            for start, end in ((h_in, h_out), (-h_out, -h_in)):
+                sel = torch.nonzero((start < b) & (end > a)).squeeze(1)
                 if not sel.numel():
                     continue
-                m = max(1, math.ceil(float(ln[sel].max()) / self.step_a))  # sub-intervals, two nodes each
+                lo = torch.clamp(start[sel], min=a)
+                ln = torch.clamp(end[sel], max=b) - lo
+                m = max(1, math.ceil(float(ln.max()) / self.step_a))  # sub-intervals, two nodes each
                 j = torch.arange(m, dtype=torch.float64, device=self.device) + 0.5
                 t = (torch.stack([j - GAUSS2, j + GAUSS2], 1).reshape(-1) / m).float()
                 n = 2 * m
                 vals = torch.empty(sel.numel(), dtype=torch.float64, device=self.device)
                 block = max(1, BLOCK // n)
                 for s in range(0, sel.numel(), block):
-                    idx = sel[s:s + block]
                     # float32 nodes (r to ~1e-4 Å), sums in float64
-                    z = lo[idx][:, None].float() + ln[idx][:, None].float() * t  # (m, n) nodes
-                    u = torch.sqrt(d2[idx][:, None].float() + z * z) - radius
-                    vals[s:s + idx.numel()] = self._profile(u).sum(1, dtype=torch.float64) * (ln[idx] / n)
+                    z = lo[s:s + block, None] + ln[s:s + block, None] * t  # (m, n) nodes
+                    u = torch.sqrt(d2[sel[s:s + block]][:, None] + z * z) - radius
+                    vals[s:s + block] = self._profile(u).sum(1, dtype=torch.float64) * (ln[s:s + block] / n)
                 if out is None:
                     out = torch.zeros(grid.shape_px, dtype=torch.float64, device=self.device)
-                out.view(-1).index_add_(0, (sel // bw + iy0) * grid.nx + (sel % bw + ix0), vals)
+                out.view(-1).index_add_(0, flat[sel], vals)
         return out
 
     def field(self, grid: Grid, z0_a: float, z1_a: float, cdtype=torch.complex64) -> torch.Tensor | None:
