@@ -372,6 +372,25 @@ class DensityMapConfig(_Model):
         return self
 
 
+class MembraneEmbedding(_Model):
+    """Copies of a particle type embedded in the vesicles' bilayers (specimen/membranes.py): each at a random point of
+    a vesicle (area-weighted), its type-frame ``axis`` along the outward normal, spun at random about it."""
+
+    count: int = Field(1, ge=0, le=100_000, description="copies over all vesicles, 0…1e5")
+    depth_a: float = Field(0.0, ge=-500, le=500,
+                           description="the type frame's origin from the bilayer's mid-plane along the outward "
+                                       "normal (Å), ±500")
+    axis: tuple[float, float, float] = Field((0.0, 0.0, 1.0), description="type-frame direction put along the "
+                                                                         "outward normal (x, y, z), non-zero")
+    min_gap_a: float = Field(2.0, ge=0, le=1e4, description="least gap (Å) between copies and to other particles")
+
+    @model_validator(mode="after")
+    def _axis(self):
+        if not any(abs(v) > 0 for v in self.axis) or not all(math.isfinite(v) for v in self.axis):
+            raise FieldProblem("axis", "must be a finite non-zero vector")
+        return self
+
+
 class Particle(_Model):
     name: str | None = Field(None, max_length=256,
                              description="particle type name in the ground truth (≤ 256 characters); default: "
@@ -401,6 +420,8 @@ class Particle(_Model):
     extra_b_a2: float = Field(0.0, ge=0, le=1e4, description="added to every atom's B-factor (Å²), 0…1e4")
     map: DensityMapConfig | None = Field(None, description="a density map as the particle type, instead of "
                                                            "structure")
+    membrane: MembraneEmbedding | None = Field(
+        None, description="embed the copies in sample.vesicles' bilayers (instead of positions_a or random)")
 
     @field_validator("structure", "transforms_file")
     @classmethod
@@ -425,6 +446,8 @@ class Particle(_Model):
                                    "a map particle has no atoms: no assembly, helix, transforms_file or atoms")
         if self.random is not None and self.positions_a is not None:
             raise ValueError("give either positions_a or random, not both")
+        if self.membrane is not None and (self.random is not None or self.positions_a is not None):
+            raise FieldProblem("membrane", "embedded copies are placed on the vesicles: drop positions_a and random")
         n = len(self.positions_a) if self.positions_a is not None else 1
         if self.random is None and len(self.euler_zyz_deg) not in (1, n):
             raise ValueError(
@@ -433,6 +456,8 @@ class Particle(_Model):
         return self
 
     def explicit_positions(self) -> list[tuple[float, float, float]]:
+        if self.membrane is not None:
+            return []
         return list(self.positions_a) if self.positions_a is not None else ([] if self.random else [(0.0, 0.0, 0.0)])
 
 
@@ -502,6 +527,48 @@ class Fiducials(_Model):
     seed_offset: int = Field(0, ge=0, lt=2**31, description="added to the run's seed for their placement")
 
 
+class BilayerProfile(_Model):
+    """A lipid bilayer's potential relative to the ice, ΔV(u) at distance u from its mid-plane (specimen/membranes.py):
+    two head-group Gaussians, a hydrocarbon core (a box with soft edges) and a methyl trough at the centre.
+    Defaults: a fluid PC bilayer's X-ray electron-density profile (Δρ/ρ_water) times the ice's 4.88 V."""
+
+    headgroup_separation_nm: float = Field(3.8, ge=1, le=10, description="head-group peak separation D_HH (nm), 1…10")
+    headgroup_v: float = Field(1.6, ge=-20, le=20, description="each head-group Gaussian's height above the ice (V)")
+    headgroup_sigma_a: float = Field(3.0, gt=0.5, le=20, description="head-group Gaussian σ (Å), 0.5 < · ≤ 20")
+    core_v: float = Field(-0.4, ge=-20, le=20, description="hydrocarbon core's level relative to the ice (V)")
+    core_half_width_a: float = Field(14.0, ge=0, le=50, description="half the hydrocarbon thickness D_C (Å), 0…50")
+    core_edge_sigma_a: float = Field(2.5, gt=0.5, le=20, description="σ of the core's edges (Å), 0.5 < · ≤ 20")
+    methyl_v: float = Field(-1.4, ge=-20, le=20, description="methyl trough at the mid-plane (V), beyond the core")
+    methyl_sigma_a: float = Field(3.0, gt=0.5, le=20, description="methyl trough Gaussian σ (Å), 0.5 < · ≤ 20")
+
+
+class VesiclesConfig(_Model):
+    """Lipid vesicles in the ice (specimen/membranes.py): spherical bilayers placed at random (seeded) inside the ice,
+    clear of the particles and of each other, or at given centres; radii drawn from a distribution."""
+
+    count: int = Field(0, ge=0, le=10000, description="vesicles placed at random, 0…10000 (beside centres_a)")
+    centres_a: list[tuple[Position, Position, Position]] = Field(
+        default_factory=list, max_length=10000, description="explicit centres (x, y, z) Å, specimen frame")
+    radius_nm: float = Field(20.0, gt=0, le=1000, description="mean outer-to-mid-plane radius (nm), 0 < · ≤ 1000")
+    radius_sd_nm: float = Field(0.0, ge=0, le=1000, description="standard deviation of the radius (nm); 0: all equal")
+    distribution: Literal["lognormal", "normal"] = Field("lognormal", description="the radius distribution")
+    radius_min_nm: float = Field(5.0, gt=0, le=1000, description="radii are drawn within [min, max] (nm)")
+    radius_max_nm: float = Field(100.0, gt=0, le=1000, description="upper bound of the radius (nm)")
+    min_gap_a: float = Field(10.0, ge=0, le=1e4, description="least gap (Å) to other vesicles, particles, ice faces")
+    profile: BilayerProfile = Field(default_factory=BilayerProfile, description="the bilayer's potential profile")
+    seed_offset: int = Field(0, ge=0, lt=2**31, description="added to the run's seed for their placement")
+
+    @model_validator(mode="after")
+    def _bounds(self):
+        if self.radius_min_nm > self.radius_max_nm:
+            raise FieldProblem("radius_min_nm", f"{self.radius_min_nm:g} nm exceeds radius_max_nm "
+                                                f"{self.radius_max_nm:g} nm")
+        if not self.radius_min_nm <= self.radius_nm <= self.radius_max_nm:
+            raise FieldProblem("radius_nm", f"{self.radius_nm:g} nm lies outside [radius_min_nm, radius_max_nm] = "
+                                            f"[{self.radius_min_nm:g}, {self.radius_max_nm:g}] nm")
+        return self
+
+
 class Sample(_Model):
     ice_thickness_nm: float = Field(30.0, ge=0, le=1e4,
                                     description="vitreous ice slab thickness (nm), 0…1e4 (10 µm); 0: vacuum")
@@ -518,6 +585,7 @@ class Sample(_Model):
                                           description="ice thickness profile: flat, a hole with a meniscus, a wedge")
     support: SupportFilm | None = Field(None, description="a support film with holes (carbon or gold); null: none")
     fiducials: Fiducials | None = Field(None, description="gold fiducial beads on the ice faces; null: none")
+    vesicles: VesiclesConfig | None = Field(None, description="lipid vesicles in the ice; null: none")
 
 
 class Simulation(_Model):

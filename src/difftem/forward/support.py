@@ -166,12 +166,14 @@ def smooth_edges(length_a: torch.Tensor, grid: Grid, sigma_px: float = EDGE_SIGM
 
 
 class ViewLayers:
-    """The structured ice of one view (:class:`~difftem.forward.ice.ViewIce`, or None) and the support film as one
-    source of per-chunk fields for the multislice (the interface of ViewIce: plan, chunk_of, apply_slice, field)."""
+    """The structured ice of one view (:class:`~difftem.forward.ice.ViewIce`, or None), the support film (or None)
+    and the vesicles (:class:`~difftem.forward.membranes.ViewVesicles`, or None) as one source of per-chunk fields
+    for the multislice (the interface of ViewIce: plan, chunk_of, apply_slice, field)."""
 
-    def __init__(self, ice, support: SupportModel, rotation, *, chunk_a: float = 10.0, device=None,
-                 cdtype=torch.complex64):
+    def __init__(self, ice, support: SupportModel | None, rotation, *, chunk_a: float = 10.0, device=None,
+                 cdtype=torch.complex64, vesicles=None):
         self.ice, self.support, self.rotation = ice, support, np.asarray(rotation)
+        self.vesicles = vesicles  # forward.membranes.ViewVesicles or None: added at the atoms' depths (view z)
         self.chunk_a, self.device, self.cdtype = chunk_a, torch.device(device or "cpu"), cdtype
 
     def plan(self, z_start_a: float, slice_thickness_a: float, n_slices: int, ice_thickness_a: float):
@@ -183,7 +185,7 @@ class ViewLayers:
         else:
             self.per_chunk = max(1, math.ceil(self.chunk_a / slice_thickness_a - 1e-9))
             self.ice_chunks = set()
-        self.film_view_a = self.support.view_depth_range_a(self.rotation)
+        self.film_view_a = self.support.view_depth_range_a(self.rotation) if self.support is not None else (0.0, 0.0)
         return self
 
     def chunk_of(self, k: int) -> int | None:
@@ -191,7 +193,11 @@ class ViewLayers:
             return c
         z0 = self.z_start_a + k * self.dz
         f0, f1 = self.film_view_a
-        return k // self.per_chunk if z0 < f1 and z0 + self.dz > f0 else None
+        if z0 < f1 and z0 + self.dz > f0:
+            return k // self.per_chunk
+        if self.vesicles is not None and self.vesicles.touches(z0, z0 + self.dz):
+            return k // self.per_chunk
+        return None
 
     def apply_slice(self, c: int) -> int:
         return middle_slice(self, c)
@@ -203,7 +209,9 @@ class ViewLayers:
             out = out + self.ice.field(c, grid).to(self.cdtype)
         z0 = self.z_start_a + c * self.per_chunk * self.dz
         z1 = self.z_start_a + min(self.n_slices, (c + 1) * self.per_chunk) * self.dz
-        length = film_length_a(self.support, self.rotation, grid, z0, z1, self.device)
+        if self.vesicles is not None and (ves := self.vesicles.field(grid, z0, z1, self.cdtype)) is not None:
+            out = out + ves
+        length = film_length_a(self.support, self.rotation, grid, z0, z1, self.device) if self.support else None
         if length is not None:
             if self.support.geometry.hole_radius_a > 0:
                 length = smooth_edges(length, grid)

@@ -101,6 +101,8 @@ class DifferentiableSimulator:
         if config.sample.support is not None:
             raise ConfigError("sample.support: the differentiable simulator does not model support films; set it "
                               "to null (fiducials are supported)")
+        if config.sample.vesicles is not None:
+            raise ConfigError("sample.vesicles: the differentiable simulator does not model vesicles; set it to null")
         if precision not in ("single", "double"):
             raise ConfigError(f"precision {precision!r}: choose single or double")
         self.rdtype = torch.float32 if precision == "single" else torch.float64

@@ -97,6 +97,7 @@ def _write_simulation(result: SimulationResult, out: Path, save: set[str] | froz
     metadata = dict(result.metadata)
     particles = metadata.pop("particles", [])
     written.append(write_star(out / "particles.star", {"particles": particles}, STAR_CONVENTION))
+    written += _vesicles_star(out, metadata)
     if result.labels is not None:
         written += write_labels(result.labels, out)
     if result.movie is not None:
@@ -144,6 +145,7 @@ def _write_tilt_series(result: TiltSeriesResult, out: Path) -> dict:
                           "direction of U from x\npixel size in A, voltage in kV, Cs in mm"),
                write_star(out / "particles.star", {"particles": metadata.pop("particles", [])},
                           STAR_CONVENTION + "\npositions and angles are in the untilted specimen frame")]
+    written += _vesicles_star(out, metadata)
     if "tilt_errors" in metadata:  # the truth of the acquisition errors, as IMOD alignment writes it
         xf = np.asarray(metadata["tilt_errors"]["xf"])
         # named apart from an alignment .xf: these are the errors alone (identity for a perfect tilt), which
@@ -171,6 +173,18 @@ def _beam_tilt_columns(optics, row: dict) -> dict:
     if not (optics.beam_tilt_x_mrad or optics.beam_tilt_y_mrad or "difftemErrorBeamTiltXMrad" in row):
         return {}
     return {"rlnBeamTiltX": bx, "rlnBeamTiltY": by}
+
+
+def _vesicles_star(out: Path, metadata: dict) -> list[Path]:
+    """vesicles.star (one row per vesicle: centre and radius to the bilayer's mid-plane, Å) when the run has any."""
+    ves = metadata.get("vesicles")
+    if not ves or not ves["count"]:
+        return []
+    rows = [{"difftemVesicleIndex": i, "difftemCentreXA": c[0], "difftemCentreYA": c[1], "difftemCentreZA": c[2],
+             "difftemRadiusA": r} for i, (c, r) in enumerate(zip(ves["centres_a"], ves["radii_a"], strict=True))]
+    return [write_star(out / "vesicles.star", {"vesicles": rows},
+                       "difftem vesicles: centres (A) in the untilted specimen frame (x, y as the particles', z along "
+                       "the beam at zero tilt), radius (A) to the bilayer's mid-plane; profile in run.json")]
 
 
 def _acquisition_title(cfg, dose: str) -> str:

@@ -27,6 +27,7 @@ from ..forward.detector import Detector
 from ..forward.exit_wave import ExitWave, tiled_exit_wave, windowed_exit_wave
 from ..forward.ice import ViewIce, auto_chunk_a, ray_points
 from ..forward.image import Exposure, expose
+from ..forward.membranes import ViewVesicles, add_to_volume
 from ..forward.multislice import MultisliceStats, plan_window
 from ..forward.optics import Optics
 from ..forward.potential import IceModel, embed
@@ -41,6 +42,7 @@ from ..forward.scene_build import (
 from ..forward.support import SupportModel, ViewLayers, film_length_a, smooth_edges
 from ..forward.tilt import plan_tilts
 from ..forward.tilt_errors import draw_tilt_errors
+from ..specimen.membranes import Vesicles, place_vesicles
 from ..specimen.scene import Scene, ground_truth_rows
 from .camera_images import camera_metadata, image_camera, record
 from .labels import make_labels
@@ -99,6 +101,13 @@ def view_exit_wave(setup: Setup, view: SceneView, *, keep_potential: bool = Fals
     if support is not None:  # the slicing reaches through the film
         f0, f1 = support.view_depth_range_a(view.rotation)
         z_range = (min(z_range[0], f0), max(z_range[1], f1))
+    vesicles = vesicles_of(setup)
+    view_vesicles = None
+    if vesicles is not None and len(vesicles):  # the slicing reaches through every vesicle (view depths)
+        view_vesicles = ViewVesicles(vesicles, view.rotation, grid.pixel_size_a, setup.cache.absorption_ratio,
+                                     device=setup.device)
+        v0, v1 = view_vesicles.z_range_a()
+        z_range = (min(z_range[0], v0), max(z_range[1], v1))
     thickness_a = z_range[1] - z_range[0]
 
     def build(window: Grid | None):
@@ -113,10 +122,11 @@ def view_exit_wave(setup: Setup, view: SceneView, *, keep_potential: bool = Fals
                              rotation=view.rotation, device=setup.device, profile=setup.ice_profile,
                              continuum_v=complex(ice.mean_potential_v, ice.absorption_potential_v),
                              max_half_a=thickest * path_scale / 2, fluctuations=setup.ice_mode != "off")
-    if support is not None:
+    if support is not None or view_vesicles is not None:
         chunk_a = config.sample.ice_structure.chunk_a or auto_chunk_a(grid.pixel_size_a, lam,
                                                                       sim.antialias_fraction or 1.0)
-        ice_fields = ViewLayers(ice_fields, support, view.rotation, chunk_a=chunk_a, device=setup.device)
+        ice_fields = ViewLayers(ice_fields, support, view.rotation, chunk_a=chunk_a, device=setup.device,
+                                vesicles=view_vesicles)
     common = dict(keep_potential=keep_potential, progress=progress, stats=stats, ice=ice_fields)
     if sim.tile_px is not None and sim.tile_px < max(grid.shape_px):
         margin = sim.tile_margin_px if sim.tile_margin_px is not None else auto_tile_margin_px(
@@ -141,6 +151,17 @@ def support_of(setup: Setup) -> SupportModel | None:
                                     ice_face_a=setup.profile_thickness_bounds_a()[1] / 2)
 
 
+def vesicles_of(setup: Setup) -> Vesicles | None:
+    """The run's vesicles (``sample.vesicles``), placed once per setup clear of the scene's copies; None without."""
+    if setup.config.sample.vesicles is None:
+        return None
+    if getattr(setup, "_vesicles", None) is None:
+        scene = setup.scene  # placed with the scene (specimen/build.py); a scene built by hand: placed here
+        setup._vesicles = scene.vesicles if scene.vesicles is not None else place_vesicles(
+            setup.config, [t.bounds for t in scene.types], scene.placement)
+    return setup._vesicles
+
+
 def ice_path(setup: Setup, rotation, flat_path_a: float):
     """The ice path (Å) along the beam: ``flat_path_a`` for a flat slab, else each pixel's path through the thickness
     profile (its thickness where the ray crosses the mid-plane, / cos θ)."""
@@ -159,6 +180,7 @@ def _run_metadata(setup: Setup) -> dict:
             "particle_types": setup.particle_types(),
             "time_estimate_s": round(est.seconds, 3) if est is not None else None,
             **({"support": support_of(setup).metadata()} if config.sample.support is not None else {}),
+            **({"vesicles": vesicles_of(setup).metadata()} if config.sample.vesicles is not None else {}),
             "resource_estimate": est.summary() if est is not None else None}
 
 
@@ -388,8 +410,8 @@ def potential_volume(config: SimulationConfig | dict | str | Path, *, voxel_size
     (default: the ice, or the particles' extent) centred on the ice mid-plane. Each voxel is the mean potential
     over its z-slab from the same builders as the images (exact atoms or per-type maps sampled slab by slab);
     the ice's uniform potential is left out unless ``include_ice``; a support film is in (its mean inner potential,
-    and the default z span reaches through it). Geometry: voxel [iz, iy, ix] centre at
-    ((ix − X//2)·v, (iy − Y//2)·v, (iz − Z//2)·v) Å.
+    and the default z span reaches through it), and vesicles (their ΔV relative to the ice). Geometry: voxel
+    [iz, iy, ix] centre at ((ix − X//2)·v, (iy − Y//2)·v, (iz − Z//2)·v) Å.
     """
     config = prepare_config(config)
     with out_of_memory_guard(config, {}) as held:
@@ -443,6 +465,9 @@ def _potential_volume(config: SimulationConfig, held: dict, *, voxel_size_a, thi
             length = film_length_a(support, np.eye(3), grid, z0 + iz * v, z0 + (iz + 1) * v, device)
             if length is not None:
                 vol[iz] += (support.mean_inner_potential_v * smooth_edges(length, grid) / v).to(vol.dtype)
+    vesicles = vesicles_of(setup)
+    if vesicles is not None and len(vesicles):  # ΔV relative to the ice (the lipid minus the water it displaces)
+        add_to_volume(vol, vesicles, grid, z0, v)
     if include_ice and ice.thickness_a > 0:
         zc = z0 + (torch.arange(nz, dtype=torch.float64) + 0.5) * v
         inside = (zc.abs() <= ice.thickness_a / 2).to(torch.float32).to(device)

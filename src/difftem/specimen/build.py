@@ -15,6 +15,7 @@ from ..core.rotations import rotation_zyz_deg
 from ..io.tables import read_transforms_file
 from .density import load_density_map
 from .fiducials import add_fiducials
+from .membranes import embed_in_vesicles, place_vesicles
 from .scene import (
     ParticleType,
     Placement,
@@ -180,4 +181,7 @@ def build_scene(config, resolve_structure) -> Scene:
                                   existing=placement)
         placement = Placement.concatenate([placement, placed])
     types, placement = add_fiducials(config, types, placement)  # gold beads on the ice faces, clear of the particles
-    return Scene(types, placement, warnings)
+    # vesicles clear of every copy so far, then the membrane proteins embedded in them
+    vesicles = place_vesicles(config, [t.bounds for t in types], placement)
+    embedded = embed_in_vesicles(config, [t.bounds for t in types], placement, vesicles)
+    return Scene(types, Placement.concatenate([placement, embedded]), warnings, vesicles)

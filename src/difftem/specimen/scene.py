@@ -388,6 +388,7 @@ class Scene:
     types: list[ParticleType]
     placement: Placement
     warnings: list[str] = field(default_factory=list)
+    vesicles: object | None = None  # specimen.membranes.Vesicles placed with the scene (sample.vesicles), or None
 
     def atoms_of(self, type_indices, placement: Placement | None = None) -> Atoms:
         """All atoms of the copies of the given types, in scene coordinates (optionally of another placement)."""
