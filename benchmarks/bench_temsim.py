@@ -508,7 +508,9 @@ def main() -> None:
     args = ap.parse_args()
     if args.worker:
         worker(Path(args.worker[0]), Path(args.worker[1]), args.threads[0], args.worker[2])
-        return
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)  # as `difftem` ends a command: no interpreter teardown once the outputs are written
     case = CASES[args.case]
     ntilts = args.ntilts if args.ntilts is not None else case["ntilts"]
     if ntilts < 1 or args.repeats < 1:

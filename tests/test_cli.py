@@ -110,6 +110,20 @@ def test_info_and_console_script():
     assert proc.returncode == 0 and "simulate" in proc.stdout
 
 
+def test_console_script_ends_with_the_commands_exit_code_and_its_output(tmp_path):
+    """The entry point skips the interpreter's teardown: exit codes and the streams must come through whole."""
+    bad = subprocess.run([sys.executable, "-m", "difftem.cli", "simulate", str(tmp_path / "none.yaml"), "--out",
+                          str(tmp_path / "o")], capture_output=True, text=True)
+    assert bad.returncode == 2 and "none.yaml" in bad.stderr and len(bad.stderr.strip().splitlines()) == 1
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("detector: {shape_px: [32, 32], pixel_size_a: 2.0, noise: none}\n"
+                   "sample: {ice_thickness_nm: 5, ice_structure: {mode: 'off'}}\n")
+    ok = subprocess.run([sys.executable, "-m", "difftem.cli", "simulate", str(cfg), "--out", str(tmp_path / "run")],
+                        capture_output=True, text=True)
+    assert ok.returncode == 0 and "wrote" in ok.stdout + ok.stderr, ok.stderr
+    assert (tmp_path / "run" / "run.json").stat().st_size > 100
+
+
 def test_demo(tmp_path):
     res = runner.invoke(app, ["demo", "--out", str(tmp_path / "demo")])
     assert res.exit_code == 0, res.output

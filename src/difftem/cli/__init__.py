@@ -18,9 +18,25 @@ def main() -> None:  # console-script entry point
     except KeyboardInterrupt:  # before any command ran (while importing): nothing was done
         _interrupted("nothing was done")
     except SystemExit as exc:  # typer turns a Ctrl-C outside a command's own handling into a silent exit 130
-        if not isinstance(getattr(exc.__context__, "__cause__", None), KeyboardInterrupt):
-            raise
-        _interrupted("the command was stopped")
+        if isinstance(getattr(exc.__context__, "__cause__", None), KeyboardInterrupt):
+            _interrupted("the command was stopped")
+        _finish(exc.code)
+
+
+def _finish(code) -> None:
+    """End the process once the command has returned: its files are closed and renamed into place, its pools shut
+    down. Tearing the interpreter down (torch, pandas, matplotlib: ~0.9 s measured on 2 cores) would add nothing,
+    so the streams are flushed and the process exits at once, with ``sys.exit``'s exit codes."""
+    import contextlib
+    import os
+
+    if code is not None and not isinstance(code, int):
+        print(code, file=sys.stderr)
+        code = 1
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(OSError, ValueError):  # a closed or broken stream: nothing more to say
+            stream.flush()
+    os._exit(code or 0)
 
 
 def _interrupted(state: str) -> None:
