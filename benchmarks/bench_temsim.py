@@ -288,11 +288,7 @@ def run_measured(cmd: list[str], cwd: Path, env: dict | None = None, log: Path |
 
 
 def worker(inp: Path, out: Path, threads: int, placement: str) -> None:
-    """difftem's side, in its own process: translate and simulate the .inp, write every output (as the CLI: the
-    writers' libraries prefetched on a side thread first)."""
-    from difftem.core.prefetch import WRITER_MODULES, prefetch
-
-    prefetch(*WRITER_MODULES)
+    """difftem's side, in its own process: translate and simulate the .inp, write every output."""
     import torch
 
     torch.set_num_threads(threads)

@@ -273,12 +273,9 @@ import os, sys
 import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot, mpl_toolkits.axes_grid1.anchored_artists  # what the preview needs
-import importlib
-from difftem.core.prefetch import WRITER_MODULES
-# the CLI imports the writers' libraries on a side thread (immune to Ctrl-C); a forked child does not, so the server
-# holds them, or an interrupt could land inside a C extension's initialisation (matplotlib's Agg: abort)
-for name in WRITER_MODULES:
-    importlib.import_module(name)
+# the writers' libraries too: an interrupt landing inside a C extension's initialisation in a forked child
+# (matplotlib's Agg) aborts it, a hazard of forking a half-imported process, not of the command
+import starfile, matplotlib.backends.backend_agg
 import difftem.simulate.output, difftem.simulate.pipeline, difftem.specimen.build
 from difftem.cli import app
 args = sys.argv[1:]

@@ -9,7 +9,6 @@ import typer
 from rich.markup import escape
 
 from ..core.errors import ArgumentError, DifftemError
-from ..core.prefetch import WRITER_MODULES, prefetch
 from ._console import console, fail, note, progress
 
 
@@ -125,7 +124,6 @@ def register(app: typer.Typer) -> None:
     ):
         """Simulate a micrograph (or a tilt series) from CONFIG and write MRC images, STAR ground truth, a preview
         and run.json into OUT."""
-        prefetch(*WRITER_MODULES)  # the writers' libraries load beside torch and the simulation
         from ..simulate.export import parse_formats
         from .export import export_run
 
@@ -148,7 +146,6 @@ def register(app: typer.Typer) -> None:
              device: str | None = typer.Option(None, help="auto, cpu or cuda"),
              overwrite: bool = typer.Option(False, "--overwrite", help="replace an --out folder that holds files")):
         """Simulate the bundled example (five ubiquitins in ice) and say where the outputs are."""
-        prefetch(*WRITER_MODULES)
         import yaml
 
         from ..config import config_from_dict

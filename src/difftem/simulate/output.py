@@ -17,7 +17,6 @@ from pathlib import Path
 import numpy as np
 
 from ..core.errors import ArgumentError
-from ..core.prefetch import WRITER_MODULES, prefetch
 from ..io.files import clean_stale_folders, folder_state, staging_folder, write_json, write_mrc, write_npy
 from ..io.preview import write_panels_png
 from ..io.star import STAR_CONVENTION, write_star
@@ -219,7 +218,6 @@ def run_and_write(config, out: str | Path, save: set[str] | frozenset = frozense
     ``progress(done, total)`` counts slices (micrograph) or tilts (series). ``out`` is checked before the
     simulation starts (see :func:`prepare_out`)."""
     prepare_out(out, overwrite=overwrite)
-    prefetch(*WRITER_MODULES)
     if config.tilt_series is not None:
         return write_tilt_series(simulate_tilt_series(config, progress=progress), out, overwrite=overwrite)
     return write_simulation(simulate(config, keep_potential="potential" in save, progress=progress), out, save,
