@@ -133,13 +133,14 @@ def _seed(*parts) -> int:
 
 
 def _hermitian_columns(spec: torch.Tensor, nx: int) -> torch.Tensor:
-    """Make the kx = 0 (and, for even nx, the Nyquist) column of an rfft half spectrum Hermitian in ky, keeping
-    E|X|² (independent complex Gaussians there would lose half their power in the inverse transform)."""
-    cols = [0] + ([nx // 2] if nx % 2 == 0 else [])
-    for c in cols:
+    """Make the kx = 0 (and, for even nx, the Nyquist) column (2-D) or plane (3-D) of an rfft half spectrum
+    Hermitian in the other frequencies, keeping E|X|² (independent complex Gaussians there would lose half their
+    power in the inverse transform)."""
+    dims = list(range(spec.dim() - 1))
+    for c in [0] + ([nx // 2] if nx % 2 == 0 else []):
         col = spec[..., c]
-        flipped = torch.roll(torch.flip(col, dims=[-1]), 1, dims=-1)  # X[-ky]
-        spec[..., c] = (col + flipped.conj()) / math.sqrt(2)
+        mirrored = torch.roll(torch.flip(col, dims=dims), [1] * len(dims), dims=dims)  # X[−ky] or X[−kz, −ky]
+        spec[..., c] = (col + mirrored.conj()) / math.sqrt(2)
     return spec
 
 
@@ -152,11 +153,7 @@ def _white_half_spectrum(shape_zyx: tuple[int, int, int], seed: int, device) -> 
     spec = torch.complex(torch.randn(half, generator=gen, device=device), torch.randn(half, generator=gen,
                                                                                       device=device))
     spec *= math.sqrt(nz * ny * nx / 2)
-    for c in [0] + ([nx // 2] if nx % 2 == 0 else []):
-        plane = spec[..., c]
-        mirrored = torch.roll(torch.flip(plane, dims=[0, 1]), (1, 1), dims=(0, 1))  # X[−kz, −ky]
-        spec[..., c] = (plane + mirrored.conj()) / math.sqrt(2)
-    return spec
+    return _hermitian_columns(spec, nx)
 
 
 @dataclass

@@ -25,7 +25,7 @@ from ..core.threads import intra_op_threads, threads_for, wait_policy
 from ..core.version import __version__
 from ..forward.detector import Detector
 from ..forward.exit_wave import ExitWave, tiled_exit_wave, windowed_exit_wave
-from ..forward.ice import ViewIce, auto_chunk_a, ray_points
+from ..forward.ice import ViewIce, ray_points
 from ..forward.image import Exposure, expose
 from ..forward.membranes import ViewVesicles, add_to_volume
 from ..forward.multislice import MultisliceStats, plan_window
@@ -123,9 +123,7 @@ def view_exit_wave(setup: Setup, view: SceneView, *, keep_potential: bool = Fals
                              continuum_v=complex(ice.mean_potential_v, ice.absorption_potential_v),
                              max_half_a=thickest * path_scale / 2, fluctuations=setup.ice_mode != "off")
     if support is not None or view_vesicles is not None:
-        chunk_a = config.sample.ice_structure.chunk_a or auto_chunk_a(grid.pixel_size_a, lam,
-                                                                      sim.antialias_fraction or 1.0)
-        ice_fields = ViewLayers(ice_fields, support, view.rotation, chunk_a=chunk_a, device=setup.device,
+        ice_fields = ViewLayers(ice_fields, support, view.rotation, chunk_a=setup.ice_chunk_a(), device=setup.device,
                                 vesicles=view_vesicles)
     common = dict(keep_potential=keep_potential, progress=progress, stats=stats, ice=ice_fields)
     if sim.tile_px is not None and sim.tile_px < max(grid.shape_px):

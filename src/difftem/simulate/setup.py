@@ -147,10 +147,9 @@ class Setup:
         self.ice_profile = None if profile.is_flat else profile
         if (cfg.mode == "off" or self.ice.thickness_a <= 0 or cfg.amplitude == 0) and self.ice_profile is None:
             return
-        band = sim.antialias_fraction or 1.0
         self.ice_model = IceStructureModel(
             self.cache.table, self.grid.pixel_size_a, (self.config.seed + cfg.seed_offset) % 2**63, cfg.amplitude,
-            chunk_a=cfg.chunk_a or auto_chunk_a(self.grid.pixel_size_a, self.wavelength_a, band),
+            chunk_a=self.ice_chunk_a(),
             absorption_ratio=self.ice.absorption_ratio,
             antialias_fraction=sim.antialias_fraction, taper_fraction=sim.antialias_taper_fraction)
         if cfg.mode == "off" or self.ice.thickness_a <= 0 or cfg.amplitude == 0:
@@ -164,6 +163,12 @@ class Setup:
             self.ice_volume_shape, self.ice_voxel_a = volume_shape(self.grid.shape_px, self.grid.pixel_size_a,
                                                                    thickest, max_tilt, self._tilt_axis_deg())
             self.ice_mode = "3d"
+
+    def ice_chunk_a(self) -> float:
+        """The depth (Å) of ice (and of films and vesicles) one field stands for: the config's, else from the band."""
+        sim = self.config.simulation
+        return self.config.sample.ice_structure.chunk_a or auto_chunk_a(self.grid.pixel_size_a, self.wavelength_a,
+                                                                         sim.antialias_fraction or 1.0)
 
     def _tilt_axis_deg(self) -> float:
         ts = self.config.tilt_series
