@@ -191,7 +191,7 @@ class Setup:
         return ice_seconds(mode, self.grid.shape_px, thickest, n_views(self.config),
                            self.ice_model.chunk_a, self.ice_volume_shape, self.ice_voxel_a) / speed
 
-    def _ice_fallback(self, est: ResourceEstimate) -> ResourceEstimate:
+    def _settle_ice_mode(self, est: ResourceEstimate) -> ResourceEstimate:
         """``auto``: back to per-slice fields when the 3-D ice would not fit, or would add more than the rest of the
         run (and over 5 s) to it (noted in the run's metadata with the estimates)."""
         if self.ice_mode != "3d" or self.config.sample.ice_structure.mode != "auto":
@@ -274,7 +274,7 @@ class Setup:
                     interaction_constant(beam.voltage_kv), ice, modes, cache, radii=radii)
         setup._plan_ice()
         setup._fit_modes(candidates)
-        setup.estimate = setup._ice_fallback(setup.estimate)
+        setup.estimate = setup._settle_ice_mode(setup.estimate)
         return setup
 
     @property
