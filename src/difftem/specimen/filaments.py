@@ -18,7 +18,7 @@ reach); a chain longer than the box in some direction is folded back where it fi
 rotation of the rest of the chain that mirrors the leaving step's tangent component (a kink of twice the
 approach angle, no twist about the tangent). The first tangent is uniform among the directions whose straight
 chord fits the slab, so long filaments in thin ice lie mostly in plane. Chains that collide with other copies'
-capsules or earlier filaments are redrawn.
+capsules, earlier filaments or themselves are redrawn; folding is tried only after 20 draws failed to fit whole.
 
 Obstacles for other placers: :func:`filament_obstacles` gives each filament's centreline points and radius,
 :func:`obstacle_capsules` the same as capsule segments (a, b, r) that ``scene.segment_distances`` tests.
@@ -371,7 +371,8 @@ def place_filaments(config, types: list[ParticleType], placement: Placement, *, 
                     continue
                 nodes, frames = got
                 pa, pb = _capsules(_extended(nodes, unit.axial_a), unit.radius_a + MARGIN_A)
-                if _collides(pa, pb, unit.radius_a + MARGIN_A, obstacles, cfg.min_gap_a):
+                if (_collides(pa, pb, unit.radius_a + MARGIN_A, obstacles, cfg.min_gap_a)
+                        or _crosses_itself(pa, pb, unit.radius_a + MARGIN_A, cfg.min_gap_a)):
                     continue
                 break
             rots, centres = unit.poses(nodes, frames)
@@ -403,6 +404,20 @@ def _collides(pa: np.ndarray, pb: np.ndarray, radius_a: float, obstacles, gap_a:
         if (d < radius_a + or_[None] + gap_a).any():
             return True
     return False
+
+
+def _crosses_itself(pa: np.ndarray, pb: np.ndarray, radius_a: float, gap_a: float) -> bool:
+    """Whether a chain's capsules touch capsules of the same chain farther along than a U-turn could bring them
+    (arc separation beyond π·(radius + gap/2) plus one capsule): a chain folded onto itself."""
+    if len(pa) < 3:
+        return False
+    spacing = float(np.linalg.norm(pb - pa, axis=1).max())
+    skip = int(math.ceil((math.pi * (radius_a + gap_a / 2) + spacing) / max(spacing, 1e-9)))
+    i, j = np.triu_indices(len(pa), k=skip + 1)
+    if not len(i):
+        return False
+    d = segment_distances(pa[i], pb[i], pa[j], pb[j])
+    return bool((d < 2 * radius_a + gap_a).any())
 
 
 def _thinnest_ice_a(profile, wx: float, wy: float) -> float:
