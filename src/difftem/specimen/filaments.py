@@ -14,11 +14,13 @@ chain (``persistence_length_nm: straight``) is therefore exactly ``scene.helical
 Every subunit is a copy of ONE particle type (the unit), so the per-type map and projection paths serve them.
 
 Confinement: the chain is first shifted uniformly at random into the box (field × ice, shrunk by the subunit's
-reach); a chain longer than the box in some direction is folded back where it first leaves it, by the smallest
-rotation of the rest of the chain that mirrors the leaving step's tangent component (a kink of twice the
+reach); a chain longer than the box in some direction has its last nodes before where it first leaves regrown
+(the chain conditioned on staying inside), and only when that keeps failing is folded back there by the
+smallest rotation of the rest of the chain that mirrors the leaving step's tangent component (a kink of twice the
 approach angle, no twist about the tangent). The first tangent is uniform among the directions whose straight
 chord fits the slab, so long filaments in thin ice lie mostly in plane. Chains that collide with other copies'
-capsules, earlier filaments or themselves are redrawn; folding is tried only after 20 draws failed to fit whole.
+capsules, earlier filaments or themselves are redrawn; regrowing and folding are tried only after 20 draws failed
+to fit whole.
 
 Obstacles for other placers: :func:`filament_obstacles` gives each filament's centreline points and radius,
 :func:`obstacle_capsules` the same as capsule segments (a, b, r) that ``scene.segment_distances`` tests.
@@ -136,15 +138,26 @@ def _smallest_turn(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return rotation_about_axis(axis / s, math.atan2(s, c))
 
 
+def _first_exit(nodes: np.ndarray, lo: np.ndarray, hi: np.ndarray, walled: np.ndarray, start: int = 0) -> int:
+    """Index of the first node from ``start`` outside [lo, hi] along the walled axes; len(nodes) when none is."""
+    out = (walled & ((nodes[start:] < lo) | (nodes[start:] > hi))).any(1)
+    return start + int(np.argmax(out)) if out.any() else len(nodes)
+
+
 def confine(nodes: np.ndarray, frames: np.ndarray, lo: np.ndarray, hi: np.ndarray, walled: np.ndarray,
-            rng: np.random.Generator, *, fold: bool = True) -> tuple[np.ndarray, np.ndarray] | None:
-    """The chain moved (and folded back where it must) so every node lies in [lo, hi] along the walled axes;
-    None when it cannot (a straight chain too long for the box, or too many folds).
+            rng: np.random.Generator, *, fold: bool = True, regrow=None, regrow_tries: int = 14,
+            regrow_nodes: float = 1.0) -> tuple[np.ndarray, np.ndarray] | None:
+    """The chain moved (and regrown or folded back where it must) so every node lies in [lo, hi] along the walled
+    axes; None when it cannot (a straight chain too long for the box, or too many folds).
 
     A chain that fits is shifted uniformly over the offsets that keep it inside. Otherwise its start goes to a
-    uniform point of the box and, where a node first leaves it, the rest of the chain (nodes and frames) is turned
-    about the previous node by the smallest rotation that flips the leaving step's tangent components along the
-    walls it crosses, repeatedly."""
+    uniform point of the box and, where a node k first leaves it, the nodes from ``regrow_nodes`` × 1, 1, 2, 2, 4, …
+    (at least 2) steps before k up to k are first regrown (``regrow(frame, n)``: a fresh chain of n nodes from that
+    frame) until they stay inside, the chain beyond k carried along with its own body-frame steps: the chain
+    conditioned on staying inside (place_filaments starts at Lp/256 of arc, up to Lp/4). When
+    ``regrow_tries`` regrowths fail (a stiff chain cannot turn in time), the rest of the chain is turned about node
+    k − 1 by the smallest rotation that flips the leaving step's tangent components along the walls it crosses (a
+    fold: a kink of twice the approach angle, no spin about the tangent)."""
     nodes, frames = nodes.copy(), frames.copy()
     ext_lo, ext_hi = nodes.min(0), nodes.max(0)
     room = (hi - lo) - (ext_hi - ext_lo)
@@ -156,18 +169,34 @@ def confine(nodes: np.ndarray, frames: np.ndarray, lo: np.ndarray, hi: np.ndarra
         return None
     start = np.where(walled, lo + rng.random(3) * (hi - lo), 0.0)
     nodes += start - nodes[0]
+    k = 0
     for _ in range(MAX_FOLDS):
-        out = walled & ((nodes < lo) | (nodes > hi))
-        bad = np.flatnonzero(out.any(1))
-        if not len(bad):
+        k = _first_exit(nodes, lo, hi, walled, k)
+        if k == len(nodes):
             free = ~walled  # unwalled axes: centre the chain
             nodes[:, free] -= 0.5 * (nodes[:, free].min(0) + nodes[:, free].max(0))
             return nodes, frames
-        k = int(bad[0])
         if k == 0:
             return None
+        grown = False
+        for attempt in range(regrow_tries if regrow is not None else 0):
+            j = max(0, k - max(2, int(round(regrow_nodes * 2 ** (attempt // 2)))))
+            part_nodes, part_frames = regrow(frames[j], k - j + 1)  # nodes j … k afresh
+            cand = nodes[j] + part_nodes
+            if _first_exit(cand, lo, hi, walled) == len(cand):
+                # the chain beyond k keeps its own body-frame steps, carried by the new frame at k
+                u, _, vt = np.linalg.svd(part_frames[-1] @ frames[k].T)
+                r = u @ vt  # exactly orthonormal: rounding must not compound over many regrowths
+                nodes[k + 1:] = cand[-1] + (nodes[k + 1:] - nodes[k]) @ r.T
+                frames[k + 1:] = r @ frames[k + 1:]
+                nodes[j:k + 1], frames[j:k + 1] = cand, part_frames
+                grown = True
+                break
+        if grown:
+            continue
         t = frames[k - 1, :, 2]
-        flipped = np.where(out[k], -t, t)
+        out = walled & ((nodes[k] < lo) | (nodes[k] > hi))
+        flipped = np.where(out, -t, t)
         r = _smallest_turn(t, flipped / np.linalg.norm(flipped))
         frames[k - 1:] = r @ frames[k - 1:]
         nodes[k:] = nodes[k - 1] + (nodes[k:] - nodes[k - 1]) @ r.T
@@ -366,7 +395,8 @@ def place_filaments(config, types: list[ParticleType], placement: Placement, *, 
                                         rng.uniform(0, 2 * np.pi))
                 nodes, frames = worm_like_chain(n, cfg.rise_a, lp_a, rng, f0)
                 # fold only after a few redraws failed to fit whole: unfolded chains are the natural ones
-                got = confine(nodes, frames, lo, hi, walled, rng, fold=math.isfinite(lp_a) and fails >= 20)
+                got = confine(nodes, frames, lo, hi, walled, rng, fold=math.isfinite(lp_a) and fails >= 20,
+                              regrow=_regrower(cfg.rise_a, lp_a, rng), regrow_nodes=lp_a / cfg.rise_a / 256)
                 if got is None:
                     continue
                 nodes, frames = got
@@ -387,6 +417,11 @@ def place_filaments(config, types: list[ParticleType], placement: Placement, *, 
     first = n_before + np.r_[0, np.cumsum(counts)[:-1]].astype(np.int64)
     return Placement.concatenate(parts), Filaments(np.asarray(tix, np.int64), lines, np.asarray(radii),
                                                    np.asarray(axial), np.asarray(lps), first)
+
+
+def _regrower(step_a: float, persistence_length_a: float, rng: np.random.Generator):
+    """``regrow(frame, n)`` for :func:`confine`: a fresh chain of n nodes from ``frame``."""
+    return lambda frame, n: worm_like_chain(n, step_a, persistence_length_a, rng, frame)
 
 
 def _collides(pa: np.ndarray, pb: np.ndarray, radius_a: float, obstacles, gap_a: float) -> bool:
