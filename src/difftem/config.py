@@ -722,7 +722,8 @@ class TiltSeries(_Model):
 
 class Labels(_Model):
     """Per-voxel label volumes written beside the images (simulate/labels.py): class (particle type + 1), instance
-    (copy + 1, the row of particles.star) and a particle mask, on the reconstruction's frame."""
+    (copy + 1, the row of particles.star) and a particle mask, on the reconstruction's frame; with vesicles also
+    their bilayers (a membrane class and mask, one instance per vesicle after the copies)."""
 
     voxel_size_a: float | None = Field(None, gt=0, le=1e4, description="label voxel (Å), ≤ 1e4; null: the pixel")
     thickness_a: float | None = Field(None, gt=0, le=1e6, description="depth (Å), ≤ 1e6; null: the depth "
