@@ -35,6 +35,18 @@ def _minimum_image(d: torch.Tensor, box: torch.Tensor) -> torch.Tensor:
     return d - box * torch.round(d / box)
 
 
+def _close_pairs(x: torch.Tensor, box: torch.Tensor, cutoff_a: float, rows: int = 1024
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(i, j) with i < j of all pairs closer than ``cutoff_a`` (periodic), a block of rows at a time."""
+    found = []
+    for lo in range(0, len(x), rows):
+        r = _minimum_image(x[lo:lo + rows, None, :] - x[None, :, :], box).norm(dim=-1)
+        i, j = torch.nonzero(r < cutoff_a, as_tuple=True)
+        i = i + lo
+        found.append((i[i < j], j[i < j]))
+    return torch.cat([f[0] for f in found]), torch.cat([f[1] for f in found])
+
+
 def relaxed_centres(box_a: tuple[float, float, float], *, density_per_a3: float = LIQUID_WATER_DENSITY_PER_A3,
                     contact_a: float = 2.75, steps: int = 80, jitter_a: float = 0.05,
                     seed: int = 0) -> np.ndarray:
@@ -47,8 +59,7 @@ def relaxed_centres(box_a: tuple[float, float, float], *, density_per_a3: float 
     x = torch.rand((n, 3), generator=gen) * box
     for step in range(steps):
         if step % VERLET_EVERY == 0:  # candidate pairs (i < j) within contact + skin, refreshed periodically
-            r_all = _minimum_image(x[:, None, :] - x[None, :, :], box).norm(dim=-1)
-            i, j = torch.nonzero(torch.triu(r_all < contact_a + VERLET_SKIN_A, diagonal=1), as_tuple=True)
+            i, j = _close_pairs(x, box, contact_a + VERLET_SKIN_A)
         d = _minimum_image(x[i] - x[j], box)
         r = d.norm(dim=-1)
         push = ((contact_a - r).clamp(min=0) / r.clamp(min=1e-3))[:, None] * d * 0.5
