@@ -169,7 +169,9 @@ class Camera(_Model):
     counting cameras and ADU for integrating ones."""
 
     kind: Literal["counting", "integrating"] = Field("counting", description="electron counting or integrating")
-    pixel_mtf: bool = Field(True, description="multiply the signal's MTF by the pixel's sinc(fx)·sinc(fy)")
+    pixel_mtf: bool = Field(True, description="multiply the signal's MTF by the pixel's sinc(fx)·sinc(fy); unset: "
+                                              "false under detector.model k3 with a measured (STAR) curve, which "
+                                              "holds the pixel's aperture, else true")
     nps: Literal["signal", "curve"] = Field(
         "curve", description="noise transfer: as the signal (NPS ∝ MTF², DQE flat) or the curve "
                              "NPS(f) = (1 − nps_floor)/(1 + nps_alpha f²) + nps_floor (f in cycles/px)")
