@@ -129,3 +129,28 @@ def test_readme_example_and_demo_agree_with_the_defaults():
     assert (resolved.model, resolved.dqe, resolved.mtf, resolved.camera) == (ref.model, ref.dqe, ref.mtf, ref.camera)
     demo = load_config(ROOT / "src" / "difftem" / "data" / "demo.yaml").detector
     assert (demo.model, demo.dqe, demo.mtf, demo.gain) == (ref.model, ref.dqe, ref.mtf, ref.gain)
+
+
+def test_differentiable_simulator_with_the_default_detector():
+    """The differentiable simulator reads the same K3 curve and DQE: its noise-free image equals simulate's, the
+    DQE and defocus have gradients, and asking to learn the measured curve is refused by name."""
+    from difftem.core.errors import ConfigError
+    from difftem.simulate.differentiable import DifferentiableSimulator
+
+    cfg = {"seed": 1, "detector": {"shape_px": [48, 48], "noise": "none"}, "simulation": {"window": "off"},
+           "optics": {"defocus_um": 1.0},
+           "sample": {"ice_thickness_nm": 5, "particles": [{"structure": "builtin:1ubi", "positions_a": [[0, 0, 0]]}]}}
+    ref = simulate(cfg)
+    sim = DifferentiableSimulator(cfg)
+    out = sim()
+    scale = float(ref.noiseless.abs().max())
+    assert float((out.noiseless.detach() - ref.noiseless).abs().max()) < 1e-5 * scale
+    # the K3 curve blurs: the same run with the perfect detector differs
+    perfect = simulate({**cfg, "detector": {**cfg["detector"], "model": "perfect"}}).noiseless
+    assert float((perfect - ref.noiseless).abs().max()) > 1e-3 * scale
+    p = sim.parameters(["dqe", "defocus_a"])
+    data = ref.noiseless + 1.0
+    sim.loss(data, p, estimator="expected").backward()  # the expected noisy error: DQE enters
+    assert torch.isfinite(p["dqe"].grad) and torch.isfinite(p["defocus_a"].grad) and float(p["defocus_a"].grad) != 0
+    with pytest.raises(ConfigError, match="parameter mtf: the config's detector.mtf is not a formula"):
+        sim.parameters(["mtf"])
