@@ -46,8 +46,7 @@ def test_fit_recovers_a_simulated_micrographs_mtf_and_noise(one_thread):
            "sample": {"ice_thickness_nm": 40.0, "ice_structure": {"mode": "slices", "amplitude": 0.5}},
            "simulation": {"slice_thickness_a": 10}}
     img = difftem.simulate(cfg).micrograph.numpy()
-    noise_free = {**cfg, "detector": {**cfg["detector"], "noise": "none"}}
-    noise_free["detector"].pop("mtf")
+    noise_free = {**cfg, "detector": {**cfg["detector"], "noise": "none", "mtf": None, "model": "perfect"}}
     ice = noise_power_spectrum(grid_crops(difftem.simulate(
         {**noise_free, "sample": {**cfg["sample"], "ice_structure": {"mode": "slices", "amplitude": 1.0}}}
     ).micrograph.numpy(), 128), detrend="plane")

@@ -105,7 +105,7 @@ def fit_background(real_crops: torch.Tensor, config: dict, crop_px: int, stats: 
 
     def signal(amplitude: float, with_particles: bool) -> torch.Tensor:
         cfg = copy.deepcopy(config)
-        cfg["detector"] = {k: v for k, v in cfg["detector"].items() if k != "mtf"} | {"noise": "none"}
+        cfg["detector"] = {**cfg["detector"], "noise": "none", "mtf": None, "model": "perfect"}
         cfg["sample"]["ice_structure"] = {**cfg["sample"]["ice_structure"], "amplitude": amplitude}
         cfg["sample"]["particles"] = parts if with_particles else []
         return noise_power_spectrum(grid_crops(_simulate(cfg), crop_px), detrend="plane")
