@@ -90,15 +90,17 @@ def test_tilted_disc_keeps_its_total():
         assert math.hypot(cx - ex, cy - ey) < 0.5
 
 
-@pytest.mark.parametrize("entry, theta", [
-    ({"centre_a": [5.0, 3.0, -10.0], "normal": [0.3, -0.2, 1.0], "radius_nm": 3.5}, 50.0),
-    ({"centre_a": [0.0, 0.0, 12.0], "normal": [0.1, 0.05, 1.0]}, -30.0),
-    ({"centre_a": [0.0, 0.0, 0.0], "normal": [1.0, 0.0, 0.0], "radius_nm": 4.0}, 0.0),
+@pytest.mark.parametrize("entry, theta, axis", [
+    ({"centre_a": [5.0, 3.0, -10.0], "normal": [0.3, -0.2, 1.0], "radius_nm": 3.5}, 50.0, 0.0),
+    ({"centre_a": [0.0, 0.0, 12.0], "normal": [0.1, 0.05, 1.0]}, -30.0, 0.0),
+    ({"centre_a": [0.0, 0.0, 12.0]}, 40.0, 90.0),  # n_x = 0 in the view: whole rows in or out
+    ({"centre_a": [0.0, 0.0, 0.0], "normal": [1.0, 0.0, 0.0], "radius_nm": 4.0}, 0.0, 0.0),
 ])
-def test_any_chunking_sums_to_one_projection(entry, theta):
-    """Chunks of 7.3 Å (cutting the bilayer anywhere) and of 2 Å sum to the single-chunk projection (1e-9)."""
+def test_any_chunking_sums_to_one_projection(entry, theta, axis):
+    """Chunks of 7.3 Å (cutting the bilayer anywhere) and of 2 Å, each evaluating only the strip of pixels whose
+    ray can meet the bilayer within it, sum to the single-chunk projection (1e-9)."""
     sheets, grid = _sheets(entry, shape=(96, 96))
-    view = ViewSheets(sheets, tilt_rotation(theta, 0.0), 1.0, 0.0, field_grid=grid)
+    view = ViewSheets(sheets, tilt_rotation(theta, axis), 1.0, 0.0, field_grid=grid)
     whole = view.projected_v_a(grid, -600.0, 600.0)
     assert whole.abs().max() > 1
     lo, hi = view.z_range_a()

@@ -195,27 +195,57 @@ class ViewSheets:
             out += torch.where(m2 < (radius + dr) ** 2, part, torch.zeros_like(part))
         return out / len(self.edge_offsets_a)
 
+    def _pixels(self, i: int, grid: Grid, box, z0_a: float, z1_a: float) -> tuple[torch.Tensor, torch.Tensor]:
+        """(rows, columns) of the pixels in ``box`` whose ray can meet sheet i's bilayer within [z0, z1): its
+        mid-plane crossing z_c = (n·c − n_x x − n_y y)/n_z within W/|n_z| of the chunk, an interval of columns
+        per row (a strip across the field), with a pixel's margin."""
+        iy0, iy1, ix0, ix1 = box
+        dev = self.device
+        rows = torch.arange(iy0, iy1, device=dev)
+        (nx, ny, nz), c = self.normals[i], self.centres_a[i]
+        lo_c, hi_c = torch.full_like(rows, ix0), torch.full_like(rows, ix1)
+        if abs(nz) > 1e-9:
+            p = grid.pixel_size_a
+            oy, ox = grid.origin_a
+            reach = self.tables[i].w / abs(nz)
+            k = float(np.dot(self.normals[i], c))
+            y = rows.to(torch.float64) * p - oy
+            # n_x x lies between k − n_y y − n_z (z1 + reach) and k − n_y y − n_z (z0 − reach)
+            g0 = k - ny * y - nz * (z1_a + reach)
+            g1 = k - ny * y - nz * (z0_a - reach)
+            if abs(nx) > 1e-12:
+                a, b = torch.minimum(g0, g1) / nx, torch.maximum(g0, g1) / nx
+                xa, xb = torch.minimum(a, b), torch.maximum(a, b)
+                lo_c = torch.maximum(lo_c, torch.floor((xa + ox) / p).long() - 1)
+                hi_c = torch.minimum(hi_c, torch.ceil((xb + ox) / p).long() + 2)
+            else:  # a row is all in or all out
+                inside = (torch.minimum(g0, g1) <= 0) & (torch.maximum(g0, g1) >= 0)
+                hi_c = torch.where(inside, hi_c, lo_c)
+        count = (hi_c - lo_c).clamp(min=0)
+        row = torch.repeat_interleave(rows, count)
+        start = torch.repeat_interleave(lo_c - (torch.cumsum(count, 0) - count), count)
+        return row, start + torch.arange(row.numel(), device=dev)
+
     def projected_v_a(self, grid: Grid, z0_a: float, z1_a: float) -> torch.Tensor | None:
         """(H, W) float64 V·Å: the sheets' ΔV integrated along each pixel's ray over view depths [z0, z1); None when
-        no sheet reaches into the range."""
+        no sheet reaches into the range. Only the pixels whose ray can meet a bilayer within the range are
+        evaluated (a strip of the field for a tilted view of a plane)."""
         out = None
         p = grid.pixel_size_a
         oy, ox = grid.origin_a
         for i, (zlo, zhi) in enumerate(self.ranges_a):
             if not (zlo < z1_a and zhi > z0_a) or (box := self._box(i, grid)) is None:
                 continue
-            iy0, iy1, ix0, ix1 = box
-            xs = torch.arange(ix0, ix1, dtype=torch.float64, device=self.device) * p - ox
             if out is None:
                 out = torch.zeros(grid.shape_px, dtype=torch.float64, device=self.device)
-            rows = max(1, BLOCK // (ix1 - ix0))
-            for r0 in range(iy0, iy1, rows):
-                r1 = min(iy1, r0 + rows)
-                ys = torch.arange(r0, r1, dtype=torch.float64, device=self.device) * p - oy
-                y, x = torch.meshgrid(ys, xs, indexing="ij")
+            rows, cols = self._pixels(i, grid, box, z0_a, z1_a)
+            flat = out.view(-1)
+            for s in range(0, rows.numel(), BLOCK):
+                r, c = rows[s:s + BLOCK], cols[s:s + BLOCK]
+                x, y = c.to(torch.float64) * p - ox, r.to(torch.float64) * p - oy
                 with threads_for(x.numel()):  # a disc's box is often small: a second thread costs more there
-                    val = self._sheet(i, x.reshape(-1), y.reshape(-1), z0_a, z1_a)
-                out[r0:r1, ix0:ix1] += val.reshape(r1 - r0, ix1 - ix0)
+                    val = self._sheet(i, x, y, z0_a, z1_a)
+                flat.index_add_(0, r * grid.nx + c, val)
         return out
 
     def field(self, grid: Grid, z0_a: float, z1_a: float, cdtype=torch.complex64) -> torch.Tensor | None:
