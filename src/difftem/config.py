@@ -660,6 +660,28 @@ class VesiclesConfig(_Model):
         return self
 
 
+class MembraneSheet(_Model):
+    """A flat lipid bilayer in the ice (specimen/sheets.py, forward/sheets.py): a disc of ``radius_nm`` about
+    ``centre_a`` with its mid-plane normal to ``normal``, or, with ``radius_nm`` null, a plane across the field (and
+    beyond it: a tilted plane is not periodic across the field's edges, a horizontal one is); ΔV relative to the ice."""
+
+    centre_a: tuple[Position, Position, Position] = Field(
+        (0.0, 0.0, 0.0), description="the disc's centre, a point of the mid-plane (x, y, z) Å, specimen frame")
+    normal: tuple[float, float, float] = Field(
+        (0.0, 0.0, 1.0), description="the mid-plane's normal (x, y, z), specimen frame, any non-zero length "
+                                     "(normalised); (0, 0, 1): horizontal, (1, 0, 0): seen edge-on at 0°")
+    radius_nm: float | None = Field(None, gt=0, le=1e4, description="the disc's radius to its rim (nm), 0 < · ≤ 1e4; "
+                                                                    "null: an unbounded plane")
+    profile: BilayerProfile = Field(default_factory=BilayerProfile, description="the bilayer's potential profile")
+
+    @model_validator(mode="after")
+    def _normal(self):
+        n = math.fsum(c * c for c in self.normal)
+        if not (math.isfinite(n) and n > 1e-12):
+            raise FieldProblem("normal", "must be a finite non-zero vector")
+        return self
+
+
 class Sample(_Model):
     ice_thickness_nm: float = Field(30.0, ge=0, le=1e4,
                                     description="vitreous ice slab thickness (nm), 0…1e4 (10 µm); 0: vacuum")
@@ -677,6 +699,8 @@ class Sample(_Model):
     support: SupportFilm | None = Field(None, description="a support film with holes (carbon or gold); null: none")
     fiducials: Fiducials | None = Field(None, description="gold fiducial beads on the ice faces; null: none")
     vesicles: VesiclesConfig | None = Field(None, description="lipid vesicles in the ice; null: none")
+    membrane_sheets: list[MembraneSheet] = Field(default_factory=list, max_length=100,
+                                                 description="flat bilayers (discs or planes) in the ice, at most 100")
 
 
 class Simulation(_Model):

@@ -171,9 +171,10 @@ class ViewLayers:
     for the multislice (the interface of ViewIce: plan, chunk_of, apply_slice, field)."""
 
     def __init__(self, ice, support: SupportModel | None, rotation, *, chunk_a: float = 10.0, device=None,
-                 cdtype=torch.complex64, vesicles=None):
+                 cdtype=torch.complex64, vesicles=None, sheets=None):
         self.ice, self.support, self.rotation = ice, support, np.asarray(rotation)
         self.vesicles = vesicles  # forward.membranes.ViewVesicles or None: added at the atoms' depths (view z)
+        self.sheets = sheets  # forward.sheets.ViewSheets or None: likewise
         self.chunk_a, self.device, self.cdtype = chunk_a, torch.device(device or "cpu"), cdtype
 
     def plan(self, z_start_a: float, slice_thickness_a: float, n_slices: int, ice_thickness_a: float):
@@ -197,6 +198,8 @@ class ViewLayers:
             return k // self.per_chunk
         if self.vesicles is not None and self.vesicles.touches(z0, z0 + self.dz):
             return k // self.per_chunk
+        if self.sheets is not None and self.sheets.touches(z0, z0 + self.dz):
+            return k // self.per_chunk
         return None
 
     def apply_slice(self, c: int) -> int:
@@ -211,6 +214,8 @@ class ViewLayers:
         z1 = self.z_start_a + min(self.n_slices, (c + 1) * self.per_chunk) * self.dz
         if self.vesicles is not None and (ves := self.vesicles.field(grid, z0, z1, self.cdtype)) is not None:
             out = out + ves
+        if self.sheets is not None and (sheet := self.sheets.field(grid, z0, z1, self.cdtype)) is not None:
+            out = out + sheet
         length = film_length_a(self.support, self.rotation, grid, z0, z1, self.device) if self.support else None
         if length is not None:
             if self.support.geometry.hole_radius_a > 0:

@@ -103,6 +103,8 @@ class DifferentiableSimulator:
                               "to null (fiducials are supported)")
         if config.sample.vesicles is not None:
             raise ConfigError("sample.vesicles: the differentiable simulator does not model vesicles; set it to null")
+        if config.sample.membrane_sheets:
+            raise ConfigError("sample.membrane_sheets: the differentiable simulator does not model sheets; remove them")
         if precision not in ("single", "double"):
             raise ConfigError(f"precision {precision!r}: choose single or double")
         self.rdtype = torch.float32 if precision == "single" else torch.float64

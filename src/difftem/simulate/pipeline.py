@@ -39,11 +39,13 @@ from ..forward.scene_build import (
     plan_tiles,
     view_z_range,
 )
+from ..forward.sheets import ViewSheets, add_sheets_to_volume
 from ..forward.support import SupportModel, ViewLayers, film_length_a, smooth_edges
 from ..forward.tilt import plan_tilts
 from ..forward.tilt_errors import draw_tilt_errors
 from ..specimen.membranes import Vesicles, place_vesicles
 from ..specimen.scene import Scene, ground_truth_rows
+from ..specimen.sheets import Sheets, sheets_from_config
 from .camera_images import camera_metadata, image_camera, record
 from .labels import make_labels
 from .movie import make_movie
@@ -108,6 +110,13 @@ def view_exit_wave(setup: Setup, view: SceneView, *, keep_potential: bool = Fals
                                      device=setup.device)
         v0, v1 = view_vesicles.z_range_a()
         z_range = (min(z_range[0], v0), max(z_range[1], v1))
+    sheets = sheets_of(setup)
+    view_sheets = None
+    if sheets is not None:  # likewise through every sheet
+        view_sheets = ViewSheets(sheets, view.rotation, grid.pixel_size_a, setup.cache.absorption_ratio,
+                                 field_grid=grid, device=setup.device)
+        s0, s1 = view_sheets.z_range_a()
+        z_range = (min(z_range[0], s0), max(z_range[1], s1))
     thickness_a = z_range[1] - z_range[0]
 
     def build(window: Grid | None):
@@ -122,9 +131,9 @@ def view_exit_wave(setup: Setup, view: SceneView, *, keep_potential: bool = Fals
                              rotation=view.rotation, device=setup.device, profile=setup.ice_profile,
                              continuum_v=complex(ice.mean_potential_v, ice.absorption_potential_v),
                              max_half_a=thickest * path_scale / 2, fluctuations=setup.ice_mode != "off")
-    if support is not None or view_vesicles is not None:
+    if support is not None or view_vesicles is not None or view_sheets is not None:
         ice_fields = ViewLayers(ice_fields, support, view.rotation, chunk_a=setup.ice_chunk_a(), device=setup.device,
-                                vesicles=view_vesicles)
+                                vesicles=view_vesicles, sheets=view_sheets)
     common = dict(keep_potential=keep_potential, progress=progress, stats=stats, ice=ice_fields)
     if sim.tile_px is not None and sim.tile_px < max(grid.shape_px):
         margin = sim.tile_margin_px if sim.tile_margin_px is not None else auto_tile_margin_px(
@@ -160,6 +169,24 @@ def vesicles_of(setup: Setup) -> Vesicles | None:
     return setup._vesicles
 
 
+def _add_membranes(vol: torch.Tensor, setup: Setup, grid: Grid, z0_a: float, voxel_a: float) -> None:
+    """The vesicles' and the sheets' ΔV relative to the ice (the lipid minus the water it displaces), in place."""
+    vesicles = vesicles_of(setup)
+    if vesicles is not None and len(vesicles):
+        add_to_volume(vol, vesicles, grid, z0_a, voxel_a)
+    if (sheets := sheets_of(setup)) is not None:
+        add_sheets_to_volume(vol, sheets, grid, z0_a, voxel_a)
+
+
+def sheets_of(setup: Setup) -> Sheets | None:
+    """The run's flat bilayers (``sample.membrane_sheets``), checked once per setup; None without."""
+    if not setup.config.sample.membrane_sheets:
+        return None
+    if getattr(setup, "_sheets", None) is None:
+        setup._sheets = sheets_from_config(setup.config)
+    return setup._sheets
+
+
 def ice_path(setup: Setup, rotation, flat_path_a: float):
     """The ice path (Å) along the beam: ``flat_path_a`` for a flat slab, else each pixel's path through the thickness
     profile (its thickness where the ray crosses the mid-plane, / cos θ)."""
@@ -181,6 +208,7 @@ def _run_metadata(setup: Setup) -> dict:
             **({"vesicles": vesicles_of(setup).metadata()} if config.sample.vesicles is not None else {}),
             **({"filaments": setup.scene.filaments.metadata([t.name for t in setup.scene.types])}
                if getattr(setup.scene, "filaments", None) is not None else {}),
+            **({"membrane_sheets": sheets_of(setup).metadata()} if config.sample.membrane_sheets else {}),
             "resource_estimate": est.summary() if est is not None else None}
 
 
@@ -465,9 +493,7 @@ def _potential_volume(config: SimulationConfig, held: dict, *, voxel_size_a, thi
             length = film_length_a(support, np.eye(3), grid, z0 + iz * v, z0 + (iz + 1) * v, device)
             if length is not None:
                 vol[iz] += (support.mean_inner_potential_v * smooth_edges(length, grid) / v).to(vol.dtype)
-    vesicles = vesicles_of(setup)
-    if vesicles is not None and len(vesicles):  # ΔV relative to the ice (the lipid minus the water it displaces)
-        add_to_volume(vol, vesicles, grid, z0, v)
+    _add_membranes(vol, setup, grid, z0, v)
     if include_ice and ice.thickness_a > 0:
         zc = z0 + (torch.arange(nz, dtype=torch.float64) + 0.5) * v
         inside = (zc.abs() <= ice.thickness_a / 2).to(torch.float32).to(device)
