@@ -13,6 +13,7 @@ from ..core.device import available_memory_bytes
 from ..core.errors import ConfigError, ResourceError
 from ..core.rotations import rotation_zyz_deg
 from ..io.tables import read_transforms_file
+from .crowding import crowd_scene
 from .density import load_density_map
 from .fiducials import add_fiducials
 from .membranes import embed_in_vesicles, place_vesicles
@@ -184,4 +185,7 @@ def build_scene(config, resolve_structure) -> Scene:
     # vesicles clear of every copy so far, then the membrane proteins embedded in them
     vesicles = place_vesicles(config, [t.bounds for t in types], placement)
     embedded = embed_in_vesicles(config, [t.bounds for t in types], placement, vesicles)
-    return Scene(types, Placement.concatenate([placement, embedded]), warnings, vesicles)
+    placement = Placement.concatenate([placement, embedded])
+    # the crowd last: around every copy so far and the vesicles (filaments: crowd_scene's extra_obstacles)
+    crowd, report = crowd_scene(config, types, placement, vesicles)
+    return Scene(types, Placement.concatenate([placement, crowd]), warnings, vesicles, report)

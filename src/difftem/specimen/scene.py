@@ -389,6 +389,7 @@ class Scene:
     placement: Placement
     warnings: list[str] = field(default_factory=list)
     vesicles: object | None = None  # specimen.membranes.Vesicles placed with the scene (sample.vesicles), or None
+    crowding: dict | None = None  # specimen.crowding's report (copies and volume fractions per type), or None
 
     def atoms_of(self, type_indices, placement: Placement | None = None) -> Atoms:
         """All atoms of the copies of the given types, in scene coordinates (optionally of another placement)."""
