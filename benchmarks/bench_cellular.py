@@ -1,0 +1,247 @@
+"""A crowded cellular tilt series: time by stage and peak memory, `difftem reconstruct` of it and a label overlay.
+
+    python benchmarks/bench_cellular.py                           # the issue's case: 1 µm × 1 µm × 150 nm, 41 tilts
+    python benchmarks/bench_cellular.py --shape 1024 --tag small  # the same density on a 410 nm field
+    python benchmarks/bench_cellular.py --placement-only          # placement alone, 10k–75k copies
+
+The case: a flat 150 nm lamella, ``--shape``² pixels at 4 Å/px (2500² = 1 µm²), 300 kV, 4 µm underfocus, 120 e/Å² in
+41 dose-symmetric tilts (±60°, 3°); lipid vesicles (radii 30 ± 10 nm, one per 0.05 µm² of field), 10 nm gold
+fiducials (one per 0.05 µm²), four protein types from ../shared/data/structures packed by ``volume_fraction``
+(apoferritin 6Z6U, β-galactosidase 5A1A, adenylate kinase 1AKE, ubiquitin 1UBI; ~5,200 copies on 1 µm²), label
+volumes at 3 × the pixel; then ``difftem reconstruct --binning 3`` and docs/img/cellular_overlay.png (the
+reconstruction with the class labels outlined). Stages: placement (structures read and every copy placed), maps (the
+first tilt, which builds every type's projector, less a later tilt's median), tilts (the rest), labels, writing,
+reconstruct. Peak memory is the process's maximum resident set (and the reconstruct child's). Writes
+benchmarks/results/cellular[_TAG].json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+S = ROOT.parent / "shared" / "data" / "structures"
+FRACTIONS = {"6z6u_apoferritin.pdb.gz": 0.008, "5a1a_betagal.cif.gz": 0.008, "1ake_adk_chimerax.cif.gz": 0.002,
+             "1ubi_ubiquitin.pdb.gz": 0.0004}
+
+
+def cellular_config(shape_px: int = 2500, scale: float = 1.0, n_tilts: int = 41, bin_labels: int = 3) -> dict:
+    area_um2 = (shape_px * 4e-4) ** 2
+    return {
+        "seed": 5, "beam": {"voltage_kv": 300, "dose_e_per_a2": 3.0}, "optics": {"defocus_um": 4.0},
+        "detector": {"shape_px": [shape_px, shape_px], "pixel_size_a": 4.0, "noise": "poisson", "dqe": 0.8},
+        "sample": {"ice_thickness_nm": 150, "ice_profile": {"kind": "flat"},
+                   "vesicles": {"count": max(1, round(area_um2 / 0.05)), "radius_nm": 30, "radius_sd_nm": 10,
+                                "radius_min_nm": 12, "radius_max_nm": 60},
+                   "fiducials": {"count": max(1, round(area_um2 / 0.05)), "diameter_nm": 10},
+                   "crowding": {"basis": "capsule", "min_gap_a": 2.0},
+                   "particles": [{"structure": str(S / f), "volume_fraction": v * scale}
+                                 for f, v in FRACTIONS.items()]},
+        "simulation": {"slice_thickness_a": 100.0, "map_placement": "projection"},
+        "tilt_series": {"scheme": "dose_symmetric", "min_deg": -60, "max_deg": 60, "step_deg": 120 / (n_tilts - 1),
+                        "total_dose_e_per_a2": 120},
+        "labels": {"voxel_size_a": 4.0 * bin_labels}}
+
+
+def peak_gb(who=resource.RUSAGE_SELF) -> float:
+    return resource.getrusage(who).ru_maxrss / 2**20  # KiB → GiB
+
+
+def placement_only(out_json: Path) -> dict:
+    """Placement alone at crowding of 10–30 % (capsules) on the 1 µm² lamella, with vesicles: copies and seconds."""
+    from difftem.config import config_from_dict
+    from difftem.specimen.build import scene_of
+
+    rows = []
+    for total in (0.10, 0.20, 0.30):
+        cfg = cellular_config()
+        share = {f: v / sum(FRACTIONS.values()) for f, v in FRACTIONS.items()}
+        share = {f: 0.25 for f in share}  # equal capsule fractions per type
+        for p, f in zip(cfg["sample"]["particles"], FRACTIONS, strict=True):
+            p["volume_fraction"] = total * share[f]
+        for shape in (1250, 2500):
+            cfg["detector"]["shape_px"] = [shape, shape]
+            area = (shape * 4e-4) ** 2
+            cfg["sample"]["vesicles"]["count"] = max(1, round(area / 0.05))
+            cfg["sample"]["fiducials"]["count"] = max(1, round(area / 0.05))
+            t0 = time.perf_counter()
+            scene = scene_of(config_from_dict(cfg))
+            wall = time.perf_counter() - t0
+            rep = scene.crowding
+            rows.append({"target": total, "field_um": shape * 4e-4, "copies": rep["copies"],
+                         "placement_s": rep["seconds"], "scene_s": wall,
+                         "capsule_fraction": rep["capsule_fraction"], "molecular_fraction": rep["molecular_fraction"],
+                         "per_type": {r["type"]: [r["copies"], round(r["capsule_fraction"], 4)] for r in rep["types"]}})
+            print(f"target {100 * total:4.0f} %  field {shape * 4e-4:.1f} µm  {rep['copies']:7,} copies  placed in "
+                  f"{rep['seconds']:6.2f} s (scene {wall:6.2f} s)  reached {100 * rep['capsule_fraction']:.2f} % "
+                  f"(molecules {100 * rep['molecular_fraction']:.2f} %)", flush=True)
+    out_json.parent.mkdir(parents=True, exist_ok=True)
+    out_json.write_text(json.dumps({"placement": rows}, indent=1))
+    return {"placement": rows}
+
+
+def overlay_png(run_dir: Path, rec_path: Path, png: Path, slab_vox: int = 3) -> None:
+    """A z slab of the reconstruction (mean of ``slab_vox`` slices) with the class labels outlined, and the vesicles'
+    cross-sections; downsampled to fit 300 KB."""
+    import matplotlib
+    import mrcfile
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    with mrcfile.open(rec_path) as m:
+        rec = m.data.astype(np.float32)
+        vox = float(m.voxel_size.x)
+    with mrcfile.open(run_dir / "labels_class.mrc") as m:
+        classes = m.data.astype(np.int64)
+    names = json.loads((run_dir / "labels.json").read_text())["classes"]
+    run = json.loads((run_dir / "run.json").read_text())
+    nz = min(rec.shape[0], classes.shape[0])
+    ny, nx = min(rec.shape[1], classes.shape[1]), min(rec.shape[2], classes.shape[2])
+
+    def centre(v):
+        z0, y0, x0 = [(s - n) // 2 for s, n in zip(v.shape, (nz, ny, nx), strict=True)]
+        return v[z0:z0 + nz, y0:y0 + ny, x0:x0 + nx]
+
+    rec, classes = centre(rec), centre(classes)
+    iz = nz // 2
+    img = rec[iz - slab_vox // 2: iz + slab_vox // 2 + 1].mean(0)
+    lab = classes[iz]
+    colours = ["#e41a1c", "#377eb8", "#4daf4a", "#ff7f00", "#984ea3", "#ffff33"]
+    fig, axes = plt.subplots(1, 2, figsize=(13, 6.8))
+    half = nx // 2
+    crops = [(img, lab, f"z slice {iz} (mean of {slab_vox}), whole field"),
+             (img[ny // 2 - half // 3: ny // 2 + half // 3, nx // 2 - half // 3: nx // 2 + half // 3],
+              lab[ny // 2 - half // 3: ny // 2 + half // 3, nx // 2 - half // 3: nx // 2 + half // 3],
+              "centre, 3× enlarged")]
+    for k, (ax, (im, lb, title)) in enumerate(zip(axes, crops, strict=True)):
+        lo, hi = np.percentile(im, [1, 99.5])
+        ax.imshow(im, cmap="gray", vmin=lo, vmax=hi, origin="lower", interpolation="nearest")
+        for c in range(1, int(classes.max()) + 1):
+            if (lb == c).any():
+                ax.contour(lb == c, levels=[0.5], colors=colours[(c - 1) % len(colours)],
+                           linewidths=0.5 if k == 0 else 0.9)
+        ves = run.get("vesicles")
+        if ves:  # the bilayer's mid-plane where this slice cuts each vesicle
+            zc = (iz - nz // 2) * vox
+            off = 0 if k == 0 else half // 3
+            x0, y0 = (nx // 2 - off if k else nx // 2), (ny // 2 - off if k else ny // 2)
+            for (cx, cy, cz), r in zip(ves["centres_a"], ves["radii_a"], strict=True):
+                if abs(cz - zc) < r:
+                    rr = np.sqrt(r * r - (cz - zc) ** 2) / vox
+                    ax.add_patch(plt.Circle((cx / vox + x0, cy / vox + y0), rr, fill=False, color="#00e5ff",
+                                            lw=0.6, ls="--"))
+        ax.set_title(title, fontsize=10)
+        ax.set_xticks([])
+        ax.set_yticks([])
+    handles = [plt.Line2D([], [], color=colours[(int(c) - 1) % len(colours)], label=n)
+               for c, n in names.items() if c != "0"]
+    handles.append(plt.Line2D([], [], color="#00e5ff", ls="--", label="vesicle (bilayer mid-plane)"))
+    fig.legend(handles=handles, loc="lower center", ncol=min(len(handles), 4), frameon=False, fontsize=9)
+    fig.suptitle(f"difftem reconstruct (WBP, {vox:g} Å voxels) of the cellular series, class labels outlined",
+                 fontsize=11)
+    fig.tight_layout(rect=(0, 0.07, 1, 0.95))
+    png.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(png, dpi=70)
+    plt.close(fig)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--shape", type=int, default=2500, help="field side (px at 4 Å)")
+    ap.add_argument("--tilts", type=int, default=41)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--scale", type=float, default=1.0, help="multiply every volume fraction")
+    ap.add_argument("--bin", type=int, default=3, help="reconstruction binning (labels at bin × 4 Å)")
+    ap.add_argument("--out", type=Path, default=Path("/tmp/difftem_cellular"))
+    ap.add_argument("--tag", default="")
+    ap.add_argument("--png", type=Path, default=ROOT / "docs" / "img" / "cellular_overlay.png")
+    ap.add_argument("--placement-only", action="store_true")
+    args = ap.parse_args()
+    tag = f"_{args.tag}" if args.tag else ""
+    out_json = ROOT / "benchmarks" / "results" / f"cellular{tag}.json"
+    if not S.is_dir():
+        sys.exit(f"needs {S} (the project's shared structures)")
+    import torch
+
+    torch.set_num_threads(args.threads)
+    if args.placement_only:
+        placement_only(ROOT / "benchmarks" / "results" / "cellular_placement.json")
+        return
+    from difftem.config import config_from_dict
+    from difftem.simulate.labels import make_labels
+    from difftem.simulate.output import write_tilt_series
+    from difftem.simulate.pipeline import simulate_tilt_series
+    from difftem.specimen.build import scene_of
+
+    cfg = config_from_dict(cellular_config(args.shape, args.scale, args.tilts, args.bin))
+    stages, t_all = {}, time.perf_counter()
+    t0 = time.perf_counter()
+    scene = scene_of(cfg)
+    stages["placement_s"] = time.perf_counter() - t0
+    rep = scene.crowding
+    print(f"scene: {len(scene.placement):,} copies ({rep['copies']:,} crowded, placed in {rep['seconds']:.2f} s), "
+          f"{len(scene.vesicles)} vesicles; {stages['placement_s']:.1f} s with reading the structures", flush=True)
+    labels_cfg, cfg.labels = cfg.labels, None  # labels timed on their own below
+    ticks = []
+
+    def progress(done, total):
+        ticks.append((done, time.perf_counter() - t1))
+        print(f"  tilt {done}/{total} at {ticks[-1][1]:.0f} s (peak RSS {peak_gb():.2f} GiB)", flush=True)
+
+    t1 = time.perf_counter()
+    result = simulate_tilt_series(cfg, scene=scene, progress=progress)
+    series_s = time.perf_counter() - t1
+    per_tilt = result.metadata["timings"]["per_tilt_s"]
+    later = statistics.median(per_tilt) if per_tilt else 0.0
+    # the first tilt runs alone and builds every type's projector: its time beyond a typical tilt's is the maps'
+    stages["maps_s"] = max(ticks[0][1] - later, 0.0) if ticks else 0.0
+    stages["tilts_s"] = series_s - stages["maps_s"]
+    cfg.labels = labels_cfg
+    t0 = time.perf_counter()
+    result.labels = make_labels(scene, cfg)
+    stages["labels_s"] = time.perf_counter() - t0
+    run_dir = args.out / f"run{tag}"
+    t0 = time.perf_counter()
+    write_tilt_series(result, run_dir, overwrite=True)
+    stages["write_s"] = time.perf_counter() - t0
+    peak_sim = peak_gb()
+    rec_path = args.out / f"rec{tag}.mrc"
+    t0 = time.perf_counter()
+    cmd = [sys.executable, "-m", "difftem.cli", "reconstruct", str(run_dir / "tilt_series.mrc"), "-o", str(rec_path),
+           "--binning", str(args.bin), "--thickness-vox", str(result.labels.classes.shape[0]), "--device", "cpu"]
+    subprocess.run(cmd, check=True, env={**__import__("os").environ, "OMP_NUM_THREADS": str(args.threads)})
+    stages["reconstruct_s"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    overlay_png(run_dir, rec_path, args.png)
+    stages["render_s"] = time.perf_counter() - t0
+    record = {"shape_px": args.shape, "pixel_size_a": 4.0, "field_um": args.shape * 4e-4, "ice_nm": 150,
+              "tilts": len(per_tilt), "threads": args.threads, "copies": len(scene.placement),
+              "crowd": {k: v for k, v in rep.items()}, "vesicles": len(scene.vesicles),
+              "stages": stages, "total_s": time.perf_counter() - t_all, "per_tilt_s": per_tilt,
+              "per_tilt_median_s": later, "first_tilt_s": ticks[0][1] if ticks else None, "peak_rss_gib": peak_sim,
+              "reconstruct_peak_rss_gib": peak_gb(resource.RUSAGE_CHILDREN),
+              "tilt_workers": result.metadata.get("tilt_workers"),
+              "ice_structure": result.metadata.get("ice_structure"), "modes": [
+                  (t["name"], t.get("mode")) for t in result.metadata["particle_types"]],
+              "machine": "2 cores shared with 4 other sessions (loaded)", "png": str(args.png)}
+    out_json.parent.mkdir(parents=True, exist_ok=True)
+    out_json.write_text(json.dumps(record, indent=1, default=str))
+    print(f"\n{'stage':<14}{'seconds':>10}")
+    for k, v in stages.items():
+        print(f"{k[:-2]:<14}{v:>10.1f}")
+    print(f"{'total':<14}{record['total_s']:>10.1f}\npeak RSS {peak_sim:.2f} GiB (reconstruct "
+          f"{record['reconstruct_peak_rss_gib']:.2f} GiB); {len(scene.placement):,} copies; wrote {out_json}")
+
+
+if __name__ == "__main__":
+    main()
