@@ -57,15 +57,15 @@ def peak_gb(who=resource.RUSAGE_SELF) -> float:
 
 
 def placement_only(out_json: Path) -> dict:
-    """Placement alone at crowding of 10–30 % (capsules) on the 1 µm² lamella, with vesicles: copies and seconds."""
+    """Placement alone at crowding of 10–30 % (capsules; the benchmark's mix scaled) on lamellae of 0.5 and 1 µm
+    across, with vesicles and fiducials: copies and seconds."""
     from difftem.config import config_from_dict
     from difftem.specimen.build import scene_of
 
     rows = []
     for total in (0.10, 0.20, 0.30):
         cfg = cellular_config()
-        share = {f: v / sum(FRACTIONS.values()) for f, v in FRACTIONS.items()}
-        share = {f: 0.25 for f in share}  # equal capsule fractions per type
+        share = {f: v / sum(FRACTIONS.values()) for f, v in FRACTIONS.items()}  # the benchmark's mix, scaled
         for p, f in zip(cfg["sample"]["particles"], FRACTIONS, strict=True):
             p["volume_fraction"] = total * share[f]
         for shape in (1250, 2500):

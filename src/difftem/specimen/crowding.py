@@ -46,8 +46,8 @@ FILL_LIMIT = 0.40
 A3_PER_DA = 1.0 / (1.35 * 0.60221408)
 MAX_CROWDED_COPIES = 500_000
 BATCH_VOLUME = 0.02  # a batch's shapes fill at most this fraction of the free volume (in-batch conflicts stay rare)
-MIN_ACCEPTANCE = 2e-3  # a batch of ≥ MIN_BATCH_FOR_JAM proposals accepting fewer than this has jammed
-MIN_BATCH_FOR_JAM = 4000
+MIN_ACCEPTANCE = 2e-3  # a type whose last JAM_WINDOW proposals were accepted less often than this has jammed
+JAM_WINDOW = 20_000
 PIECE_MIN_A = 100.0  # obstacle capsules are split into pieces no longer than max(radius, this)
 
 
@@ -305,7 +305,7 @@ def crowded_placement(types: list[ParticleType], targets: list[CrowdTarget], *, 
         own = _CellHash(lo, hi, max(2 * reach + gap_a, 1.0))
         own_a, own_b, own_r = np.zeros((0, 3)), np.zeros((0, 3)), np.zeros(0)
         got_pos, got_rot = [], []
-        n_got, proposed, acceptance = 0, 0, 0.5
+        n_got, proposed, acceptance, window = 0, 0, 0.5, [0, 0]  # window: proposals, accepted
         cap = max(64, int(BATCH_VOLUME * v_free / vol[t][2]))
         while n_got < need:
             batch = int(min(cap, max(64, 1.2 * (need - n_got) / max(acceptance, 1e-3))))
@@ -321,11 +321,12 @@ def crowded_placement(types: list[ParticleType], targets: list[CrowdTarget], *, 
                 idx = idx[~_hits_hashed(a[idx], b[idx], r[idx], a[idx], b[idx], r[idx], mine, gap_a, skip_self=True)]
             idx = idx[:need - n_got]
             acceptance = 0.5 * acceptance + 0.5 * len(idx) / batch
-            if len(idx) == 0 or (batch >= MIN_BATCH_FOR_JAM and len(idx) < MIN_ACCEPTANCE * batch):
-                if batch < MIN_BATCH_FOR_JAM and proposed < 20 * MIN_BATCH_FOR_JAM:
-                    continue  # small batches may come back empty by chance
-                _jammed(tg, n_got, need, vol[t][0 if basis == "capsule" else 1], v_free,
-                        [(own_a, own_b, own_r)] + [g[:3] for g in groups])
+            window = [window[0] + batch, window[1] + len(idx)]
+            if window[0] >= JAM_WINDOW:  # judged over many proposals: small batches may come back empty by chance
+                if window[1] < MIN_ACCEPTANCE * window[0]:
+                    _jammed(tg, n_got, need, vol[t][0 if basis == "capsule" else 1], v_free,
+                            [(own_a, own_b, own_r)] + [g[:3] for g in groups])
+                window = [0, 0]
             n_got += len(idx)
             got_pos.append(pos[idx])
             got_rot.append(rot[idx])
