@@ -165,3 +165,13 @@ def test_example_config_builds():
     assert len(rows) == 4 and scene.crowding["copies"] >= 2000
     for p in cfg.sample.particles:
         assert rows[p.name]["capsule_fraction"] == pytest.approx(p.volume_fraction, rel=0.02)
+
+
+def test_example_names_on_the_command_line():
+    from pathlib import Path
+
+    from difftem.cli.simulate import _load_any_config
+
+    assert _load_any_config(Path("example:cellular")).sample.crowding is not None
+    with pytest.raises(ConfigError, match="example:nope: unknown example; available: cellular"):
+        _load_any_config(Path("example:nope"))
