@@ -52,6 +52,12 @@ def cellular_config(shape_px: int = 2500, scale: float = 1.0, n_tilts: int = 41,
         "labels": {"voxel_size_a": 4.0 * bin_labels}}
 
 
+def cpu_s(who=resource.RUSAGE_SELF) -> float:
+    """CPU seconds used (user + system): beside the wall time, what a loaded machine gave the run."""
+    u = resource.getrusage(who)
+    return u.ru_utime + u.ru_stime
+
+
 def peak_gb(who=resource.RUSAGE_SELF) -> float:
     return resource.getrusage(who).ru_maxrss / 2**20  # KiB → GiB
 
@@ -248,7 +254,7 @@ def main() -> None:
     ticks = []
 
     def progress(done, total):
-        ticks.append((done, time.perf_counter() - t1))
+        ticks.append((done, time.perf_counter() - t1, cpu_s()))
         print(f"  tilt {done}/{total} at {ticks[-1][1]:.0f} s (peak RSS {peak_gb():.2f} GiB)", flush=True)
 
     t1 = time.perf_counter()
@@ -287,6 +293,7 @@ def main() -> None:
               "tilt_workers": result.metadata.get("tilt_workers"),
               "ice_structure": result.metadata.get("ice_structure"), "modes": [
                   (t["name"], t.get("mode")) for t in result.metadata["particle_types"]],
+              "cpu_s": cpu_s(), "reconstruct_cpu_s": cpu_s(resource.RUSAGE_CHILDREN), "ticks": ticks,
               "machine": "2 cores shared with 4 other sessions (loaded)", "png": str(args.png)}
     out_json.parent.mkdir(parents=True, exist_ok=True)
     out_json.write_text(json.dumps(record, indent=1, default=str))
