@@ -391,6 +391,54 @@ class MembraneEmbedding(_Model):
         return self
 
 
+class FilamentConfig(_Model):
+    """Curved helical filaments made of copies of the structure (the asymmetric unit, file frame), as worm-like chains
+    inside the ice (specimen/filaments.py): subunit i sits i·rise along the centreline, turned i·twist about it."""
+
+    count: int = Field(1, ge=0, le=10_000, description="filaments placed at random (seeded), 0…1e4")
+    rise_a: float = Field(gt=0, le=1e3, description="arc length along the centreline per subunit (Å), 0 < · ≤ 1e3")
+    twist_deg: float = Field(ge=-360, le=360, description="rotation about the centreline per subunit (deg), −360…360")
+    axis: tuple[Position, Position, Position] = Field(
+        (0.0, 0.0, 1.0), description="helix axis direction in the structure file's frame (non-zero)")
+    axis_point_a: tuple[Position, Position, Position] = Field(
+        (0.0, 0.0, 0.0), description="a point on the helix axis in the file's frame (Å), |x|, |y|, |z| ≤ 1e6")
+    length_nm: float = Field(gt=0, le=1e5, description="mean filament length (nm), 0 < · ≤ 1e5")
+    length_sd_nm: float = Field(0.0, ge=0, le=1e5, description="standard deviation of the length (nm); 0: all equal")
+    length_distribution: Literal["normal", "lognormal", "uniform"] = Field(
+        "normal", description="normal or lognormal (mean length_nm, sd length_sd_nm), or uniform on [min, max]")
+    length_min_nm: float = Field(1.0, gt=0, le=1e5, description="lengths are drawn within [min, max] (nm)")
+    length_max_nm: float = Field(1e5, gt=0, le=1e5, description="upper bound of the length (nm), ≤ 1e5")
+    persistence_length_nm: Annotated[float, Field(gt=0, le=1e9)] | Literal["straight"] = Field(
+        "straight", description="bending persistence length Lp (nm), 0 < · ≤ 1e9 (actin ≈ 1e4, microtubule ≈ 1e6), "
+                                "⟨t(0)·t(s)⟩ = exp(−s/Lp); or straight (a rigid rod)")
+    min_gap_a: float = Field(5.0, ge=0, le=1e4, description="least gap (Å) to other particles and filaments, ≤ 1e4")
+
+    @field_validator("persistence_length_nm", mode="before")
+    @classmethod
+    def _persistence(cls, v):
+        if v == "straight":
+            return v
+        if isinstance(v, bool) or not isinstance(v, int | float) or not (math.isfinite(v) and 0 < v <= 1e9):
+            raise ValueError(f"must be a number of nm in (0, 1e9] or 'straight', not {v!r}")
+        return float(v)
+
+    @model_validator(mode="after")
+    def _lengths(self):
+        if not any(self.axis):
+            raise FieldProblem("axis", "must be a non-zero vector")
+        if self.length_min_nm > self.length_max_nm:
+            raise FieldProblem("length_min_nm", f"{self.length_min_nm:g} nm exceeds length_max_nm "
+                                                f"{self.length_max_nm:g} nm")
+        if not self.length_min_nm <= self.length_nm <= self.length_max_nm:
+            raise FieldProblem("length_nm", f"{self.length_nm:g} nm lies outside [length_min_nm, length_max_nm] = "
+                                            f"[{self.length_min_nm:g}, {self.length_max_nm:g}] nm")
+        if self.length_max_nm * 10 / self.rise_a > MAX_HELIX_SUBUNITS:
+            raise FieldProblem("length_max_nm", f"{self.length_max_nm:g} nm at a rise of {self.rise_a:g} Å allows "
+                                                f"{self.length_max_nm * 10 / self.rise_a:.3g} subunits per filament "
+                                                f"(at most {MAX_HELIX_SUBUNITS}); lower length_max_nm")
+        return self
+
+
 class Particle(_Model):
     name: str | None = Field(None, max_length=256,
                              description="particle type name in the ground truth (≤ 256 characters); default: "
@@ -422,10 +470,12 @@ class Particle(_Model):
                                                            "structure")
     membrane: MembraneEmbedding | None = Field(
         None, description="embed the copies in sample.vesicles' bilayers (instead of positions_a or random)")
+    filament: FilamentConfig | None = Field(
+        None, description="curved helical filaments of this subunit (instead of positions_a, random or membrane)")
     volume_fraction: float | None = Field(
         None, gt=0, le=0.6, description="crowd: copies filling this fraction of the free ice volume (specimen/"
                                         "crowding.py; sample.crowding.basis), 0 < · ≤ 0.6, instead of positions_a, "
-                                        "random or membrane")
+                                        "random, membrane or filament")
 
     @field_validator("structure", "transforms_file")
     @classmethod
@@ -452,10 +502,16 @@ class Particle(_Model):
             raise ValueError("give either positions_a or random, not both")
         if self.membrane is not None and (self.random is not None or self.positions_a is not None):
             raise FieldProblem("membrane", "embedded copies are placed on the vesicles: drop positions_a and random")
+        if self.filament is not None:
+            bad = [f for f in ("map", "helix", "transforms_file", "positions_a", "random", "membrane")
+                   if getattr(self, f) is not None]
+            if bad:
+                raise FieldProblem("filament", f"the filament places copies of the structure's subunit itself: "
+                                               f"drop {bad[0]}")
         if self.volume_fraction is not None and (self.random is not None or self.positions_a is not None
-                                                 or self.membrane is not None):
+                                                 or self.membrane is not None or self.filament is not None):
             raise FieldProblem("volume_fraction", "a crowd's copies are placed by volume fraction: drop positions_a, "
-                                                  "random and membrane")
+                                                  "random, membrane and filament")
         n = len(self.positions_a) if self.positions_a is not None else 1
         if self.random is None and len(self.euler_zyz_deg) not in (1, n):
             raise ValueError(
@@ -464,7 +520,7 @@ class Particle(_Model):
         return self
 
     def explicit_positions(self) -> list[tuple[float, float, float]]:
-        if self.membrane is not None or self.volume_fraction is not None:
+        if self.membrane is not None or self.filament is not None or self.volume_fraction is not None:
             return []
         return list(self.positions_a) if self.positions_a is not None else ([] if self.random else [(0.0, 0.0, 0.0)])
 

@@ -22,12 +22,20 @@ from ..core.errors import ArgumentError
 from ..io.files import staging_folder, write_json, write_text
 from ..io.tlt import angles_beside, read_mrc_checked, tilt_axis_beside
 from ..learn.ctf_fit import CTFFit, fit_ctf
+from ..learn.mtf_fit import noise_power_spectrum
 from ..simulate.output import prepare_out
 from ..simulate.pipeline import simulate
 from .ctf_run import input_stem
-from .likeness import BAND_EDGES_PER_PX, band_powers, band_ratios, classifier_accuracy, grid_crops, ice_ring_excess
+from .likeness import band_ratios, classifier_accuracy, grid_crops, ice_ring_excess, radial_bands
 from .plots import report_figure
-from .stats import DetectorStats, detector_statistics, mtf_config, thickness_from_transmission, tilt_doses
+from .spectrum import SpectrumFit, fit_spectrum
+from .stats import (
+    DetectorStats,
+    detector_statistics,
+    mtf_config,
+    thickness_from_transmission,
+    tilt_doses,
+)
 
 #: Thickness probe: the simulator's transmission is measured at this ice thickness (nm) on a small field.
 PROBE_THICKNESS_NM = 100.0
@@ -52,7 +60,7 @@ def calibrated_config(fit: CTFFit, stats: DetectorStats, *, shape_px: tuple[int,
         "detector": {"shape_px": list(shape_px), "pixel_size_a": round(fit.pixel_size_a, 6), "noise": "poisson",
                      "dqe": dqe, "gain": round(gain, 6), "mtf": mtf_config(stats.mtf)},
         "sample": {"ice_thickness_nm": round(ice_thickness_nm, 3), "ice_structure": {"mode": "slices"},
-                   "particles": particles or []},
+                   "particles": copy.deepcopy(particles or [])},
         "simulation": {"slice_thickness_a": slice_thickness_a},
     }
 
@@ -86,53 +94,58 @@ def _simulate(config: dict) -> np.ndarray:
 ICE_FIT_FROM_PER_PX = 0.05
 
 
-def _nonnegative_lsq(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """min ‖A x − b‖ with x ≥ 0 for two or fewer unknowns: the unconstrained solution, else the best with one
-    unknown at zero."""
-    best = None
-    n = a.shape[1]
-    for free in ([list(range(n))] + [[i] for i in range(n)]):
-        x = np.zeros(n)
-        x[free] = np.linalg.lstsq(a[:, free], b, rcond=None)[0]
-        if (x >= 0).all():
-            r = float(np.sum((a @ x - b) ** 2))
-            if best is None or r < best[0]:
-                best = (r, x)
-    return best[1] if best is not None else np.zeros(n)
-
-
-def fit_background(real_crops: torch.Tensor, config: dict, crop_px: int) -> tuple[float, int | None, dict]:
-    """The structured ice's amplitude a (and, with particles, their count) that best match the data's power
-    spectrum band by band. The simulated band power is N + a²·I + s·P: N (noise and continuum) from a simulation
-    without ice structure or particles, I the ice's power at a = 1, P the particles' at the config's count (s
-    scales it), each from its own simulation; (a², s) ≥ 0 by least squares of the ratios to 1. The amplitude
-    absorbs what the model does not know apart from the ice: the detector's signal transfer (a CCD passes far less
-    signal than its noise at 3.7 Å) and the structure factor's height. Returns (a, count or None, the parts)."""
+def fit_background(real_crops: torch.Tensor, config: dict, crop_px: int, stats: DetectorStats, *,
+                   fit_mtf: bool) -> tuple[float, int | None, SpectrumFit, dict]:
+    """The structured ice's amplitude a (and, with particles, their count), with the noise level and (``fit_mtf``)
+    the MTF's shape, that best match the data's power spectrum (:mod:`.spectrum`): the ice's and the particles'
+    power come from noise-free simulations with a perfect detector. The amplitude absorbs what the model does not
+    know apart from the ice: the detector's signal transfer (a CCD passes less signal than its noise at 3.7 Å) and
+    the structure factor's height. Returns (a, count or None, the fit, the parts' band ratios)."""
     parts = config["sample"]["particles"]
 
-    def powers(amplitude: float, with_particles: bool) -> np.ndarray:
+    def signal(amplitude: float, with_particles: bool) -> torch.Tensor:
         cfg = copy.deepcopy(config)
+        cfg["detector"] = {k: v for k, v in cfg["detector"].items() if k != "mtf"} | {"noise": "none"}
         cfg["sample"]["ice_structure"] = {**cfg["sample"]["ice_structure"], "amplitude": amplitude}
         cfg["sample"]["particles"] = parts if with_particles else []
-        return band_powers(grid_crops(_simulate(cfg), crop_px))
+        return noise_power_spectrum(grid_crops(_simulate(cfg), crop_px), detrend="plane")
 
-    real = band_powers(real_crops)
-    noise = powers(0.0, False)
-    ice = powers(1.0, False) - noise
-    columns = [ice]
-    if parts:
-        columns.append(powers(0.0, True) - noise)
-    centres = 0.5 * (BAND_EDGES_PER_PX[:-1] + BAND_EDGES_PER_PX[1:])
-    use = centres >= (0.0 if parts else ICE_FIT_FROM_PER_PX)
-    x = _nonnegative_lsq(np.stack([c[use] / real[use] for c in columns], 1), 1 - noise[use] / real[use])
+    columns = [signal(1.0, False)] + ([signal(0.0, True)] if parts else [])
+    real_nps = noise_power_spectrum(real_crops, detrend="plane")
+    fit = fit_spectrum(real_nps, columns, noise_start=stats.noise_power_zero, mtf_start=stats.mtf, fit_mtf=fit_mtf,
+                       from_per_px=0.0 if parts else ICE_FIT_FROM_PER_PX)
+    real = radial_bands(real_nps)
     count = None
     if parts:
-        count = int(round(x[1] * sum(p["random"]["count"] for p in parts)))
-    return math.sqrt(min(float(x[0]), 1e4)), count, {
-        "real_power": real.tolist(), "noise_only_ratio": (noise / real).tolist(),
-        "ice_at_amplitude_1_ratio": (ice / real).tolist(),
-        **({"particles_at_start_count_ratio": (columns[1] / real).tolist(), "count_scale": float(x[1])}
-           if parts else {})}
+        count = int(round(fit.scales[1] * sum(p["random"]["count"] for p in parts)))
+    return math.sqrt(min(fit.scales[0], 1e4)), count, fit, {
+        "real_power": real.tolist(), "spectrum_fit": fit.as_dict(),
+        "ice_at_amplitude_1_ratio": (radial_bands(columns[0]) / real).tolist(),
+        **({"particles_at_start_count_ratio": (radial_bands(columns[1]) / real).tolist(),
+            "count_scale": fit.scales[1]} if parts else {})}
+
+
+def _refit_detector(stats: DetectorStats, fit: SpectrumFit, mean_units: float) -> DetectorStats:
+    """The detector statistics with the jointly fitted noise level and MTF, on the mean of the whole micrograph
+    (``mean_units``) whose spectrum was fitted: the emptiest crops are brighter than the field (measured: +0.4 %
+    on the Falcon micrograph), and a simulation at their level is told apart by its mean alone."""
+    return DetectorStats(mean_units=mean_units, noise_power_zero=fit.noise_power,
+                         gain_over_dqe=fit.noise_power / mean_units, mtf=fit.mtf, n_crops=stats.n_crops,
+                         crop_px=stats.crop_px)
+
+
+def _thickness_and_dose(counts_px: float, px: float, length_nm: float, dose_e_per_a2: float | None,
+                        ice_thickness_nm: float | None) -> tuple[float, str, float]:
+    """(ice thickness nm, how it was found, dose e/Å²) from the detected counts per pixel."""
+    if dose_e_per_a2 is not None:
+        thickness = thickness_from_transmission(counts_px / (dose_e_per_a2 * px * px), length_nm)
+        how = "transmission at the nominal dose"
+    elif ice_thickness_nm is not None:
+        thickness, how = ice_thickness_nm, "given"
+    else:
+        thickness, how = 50.0, "assumed (no nominal dose given)"
+    dose = _counts_to_dose(counts_px, px, thickness, length_nm) if dose_e_per_a2 is None else dose_e_per_a2
+    return thickness, how, dose
 
 
 def calibrate_one(path: Path, *, pixel_size_a: float | None, dqe: float, dose_e_per_a2: float | None,
@@ -165,18 +178,19 @@ def calibrate_one(path: Path, *, pixel_size_a: float | None, dqe: float, dose_e_
     length_nm = attenuation_length_nm(config)
     real_crops = grid_crops(image, crop_px)
     real_excess = ice_ring_excess(real_crops, px)
-    if dose_e_per_a2 is not None:
-        thickness = thickness_from_transmission(counts_px / (dose_e_per_a2 * px * px), length_nm)
-        how = "transmission at the nominal dose"
-    elif ice_thickness_nm is not None:
-        thickness, how = ice_thickness_nm, "given"
-    else:
-        thickness, how = 50.0, "assumed (no nominal dose given)"
-    dose = _counts_to_dose(counts_px, px, thickness, length_nm) if dose_e_per_a2 is None else dose_e_per_a2
+    thickness, how, dose = _thickness_and_dose(counts_px, px, length_nm, dose_e_per_a2, ice_thickness_nm)
     config["sample"]["ice_thickness_nm"] = round(thickness, 3)
     config["beam"]["dose_e_per_a2"] = round(dose, 4)
-    log("ice structure" + (" and particle count" if particles else ""))
-    amplitude, count, ice_fit = fit_background(real_crops, config, crop_px)
+    log("ice structure, noise and MTF" + (" and particle count" if particles else ""))
+    amplitude, count, spectrum, ice_fit = fit_background(real_crops, config, crop_px, stats, fit_mtf=mtf is None)
+    # the noise level and MTF shape the whole spectrum asks for
+    stats = _refit_detector(stats, spectrum, float(real_crops.mean()))
+    gain, counts_px = stats.detector(dqe)
+    probed_nm = thickness
+    thickness, how, dose = _thickness_and_dose(counts_px, px, length_nm, dose_e_per_a2, ice_thickness_nm)
+    amplitude *= math.sqrt(probed_nm / thickness) if thickness > 0 else 1.0  # the ice's power grows as t
+    config = calibrated_config(fit, stats, shape_px=shape, dqe=dqe, dose_e_per_a2=dose, ice_thickness_nm=thickness,
+                               energy_filter=energy_filter, seed=seed, particles=particles)
     config["sample"]["ice_structure"]["amplitude"] = round(amplitude, 4)
     if count is not None:  # one entry's count scaled (several entries: each scaled alike)
         scale = ice_fit["count_scale"]

@@ -71,7 +71,8 @@ def write_labels(labels: LabelVolumes, out: Path) -> list[Path]:
     nz, ny, nx = labels.classes.shape
     legend = {
         "classes": {"0": "background", **{str(i + 1): name for i, name in enumerate(labels.type_names)}},
-        "instances": "0: background; k: the copy in row k of particles.star (copy index + 1)",
+        "instances": "0: background; k: the copy in row k of particles.star (copy index + 1); a filament's subunits "
+                     "all carry the row of its first subunit (filaments.star)",
         "mask": "1 where any particle is",
         "files": FILES, "dtypes": {"class": np.dtype(cls_dtype).name, "instance": np.dtype(inst_dtype).name,
                                    "mask": "int8"},

@@ -97,6 +97,7 @@ def _write_simulation(result: SimulationResult, out: Path, save: set[str] | froz
     particles = metadata.pop("particles", [])
     written.append(write_star(out / "particles.star", {"particles": particles}, STAR_CONVENTION))
     written += _vesicles_star(out, metadata)
+    written += _filaments_star(out, metadata)
     if result.labels is not None:
         written += write_labels(result.labels, out)
     if result.movie is not None:
@@ -145,6 +146,7 @@ def _write_tilt_series(result: TiltSeriesResult, out: Path) -> dict:
                write_star(out / "particles.star", {"particles": metadata.pop("particles", [])},
                           STAR_CONVENTION + "\npositions and angles are in the untilted specimen frame")]
     written += _vesicles_star(out, metadata)
+    written += _filaments_star(out, metadata)
     if "tilt_errors" in metadata:  # the truth of the acquisition errors, as IMOD alignment writes it
         xf = np.asarray(metadata["tilt_errors"]["xf"])
         # named apart from an alignment .xf: these are the errors alone (identity for a perfect tilt), which
@@ -184,6 +186,29 @@ def _vesicles_star(out: Path, metadata: dict) -> list[Path]:
     return [write_star(out / "vesicles.star", {"vesicles": rows},
                        "difftem vesicles: centres (A) in the untilted specimen frame (x, y as the particles', z along "
                        "the beam at zero tilt), radius (A) to the bilayer's mid-plane; profile in run.json")]
+
+
+def _filaments_star(out: Path, metadata: dict) -> list[Path]:
+    """filaments.star when the run has filaments: table ``filaments`` (one row per filament: its subunits' rows of
+    particles.star, length, radius, persistence length, instance label) and table ``centrelines`` (its axis points,
+    Å, untilted specimen frame). The points leave run.json (its summary stays)."""
+    fil = metadata.get("filaments")
+    if not fil or not fil["count"]:
+        return []
+    lines = fil["centrelines"]
+    metadata["filaments"] = {k: v for k, v in fil.items() if k != "centrelines"}
+    rows = [{"difftemFilamentIndex": r["index"], "difftemParticleType": r["type"], "difftemSubunits": r["n_subunits"],
+             "difftemFirstParticleRow": r["first_particle_row"] + 1, "difftemLengthA": r["length_a"],
+             "difftemRadiusA": r["radius_a"], "difftemPersistenceLengthNm": r["persistence_length_nm"],
+             "difftemInstanceLabel": r["instance"]} for r in fil["filaments"]]
+    points = [{"difftemFilamentIndex": line["filament"], "difftemSubunitIndex": k, "difftemCentreXA": p[0],
+               "difftemCentreYA": p[1], "difftemCentreZA": p[2]}
+              for line in lines for k, p in zip(line["nodes"], line["points_a"], strict=True)]
+    return [write_star(out / "filaments.star", {"filaments": rows, "centrelines": points},
+                       "difftem filaments: subunits difftemFirstParticleRow ... + difftemSubunits - 1 (1-based rows of "
+                       "particles.star); centrelines: the axis point of subunit difftemSubunitIndex (0-based along "
+                       "the filament, thinned to about one per 10 A), A, untilted specimen frame; instance label: "
+                       "the filament's value in labels_instance.mrc")]
 
 
 def _acquisition_title(cfg, dose: str) -> str:

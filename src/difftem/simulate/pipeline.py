@@ -179,6 +179,8 @@ def _run_metadata(setup: Setup) -> dict:
             "time_estimate_s": round(est.seconds, 3) if est is not None else None,
             **({"support": support_of(setup).metadata()} if config.sample.support is not None else {}),
             **({"vesicles": vesicles_of(setup).metadata()} if config.sample.vesicles is not None else {}),
+            **({"filaments": setup.scene.filaments.metadata([t.name for t in setup.scene.types])}
+               if getattr(setup.scene, "filaments", None) is not None else {}),
             **({"crowding": setup.scene.crowding} if getattr(setup.scene, "crowding", None) else {}),
             "resource_estimate": est.summary() if est is not None else None}
 

@@ -13,9 +13,10 @@ from ..core.device import available_memory_bytes
 from ..core.errors import ConfigError, ResourceError
 from ..core.rotations import rotation_zyz_deg
 from ..io.tables import read_transforms_file
-from .crowding import crowd_scene
+from .crowding import Obstacles, crowd_scene
 from .density import load_density_map
 from .fiducials import add_fiducials
+from .filaments import filament_obstacles, place_filaments
 from .membranes import embed_in_vesicles, place_vesicles
 from .scene import (
     ParticleType,
@@ -79,7 +80,8 @@ def load_particle_type(particle, resolve_structure, *, field: str = "sample.part
     atoms = read_structure(path, assembly=particle.assembly, models=particle.models,
                            remove_waters=particle.remove_waters, remove_hydrogens=particle.remove_hydrogens,
                            remove_hetero=particle.remove_hetero,
-                           centre="none" if (particle.helix or particle.transforms_file) else centre)
+                           centre="none" if (particle.helix or particle.transforms_file or particle.filament)
+                           else centre)
     if particle.extra_b_a2:
         atoms.b_iso_a2 = atoms.b_iso_a2 + particle.extra_b_a2
     units = Subunits.identity(atoms)
@@ -101,6 +103,11 @@ def load_particle_type(particle, resolve_structure, *, field: str = "sample.part
         atoms, units = _centred(helix, units, centre)
     name = particle.name or Path(str(path)).name.split(".")[0]
     shape = particle.random.bounding if particle.random is not None else "auto"
+    if particle.filament is not None:  # the unit about its box centre; its file-frame place kept for the helix
+        moved = atoms.centred("bbox")
+        offset = atoms.positions_a[0] - moved.positions_a[0] if len(atoms) else np.zeros(3)
+        return ParticleType(name, moved, bounding_capsule(moved.positions_a, shape), particle.representation,
+                            unit_offset_a=offset)
     return ParticleType(name, atoms, bounding_capsule(atoms.positions_a, shape), particle.representation,
                         units.centred_unit() if len(units) > 1 else None)
 
@@ -174,6 +181,9 @@ def build_scene(config, resolve_structure) -> Scene:
         more = f" and {len(pairs) - 5} more" if len(pairs) > 5 else ""
         warnings.append(f"explicit placements overlap (bounding shapes interpenetrate): {listed}{more}; check "
                         "sample.particles.positions_a")
+    # filaments clear of the explicit copies (their rows follow them); the random copies then clear of both
+    placed_filaments, filaments = place_filaments(config, types, placement)
+    placement = Placement.concatenate([placement, placed_filaments])
     if any(counts):
         rng = np.random.default_rng(np.random.SeedSequence([config.seed, 0x5CE4E]))
         gap = max(gaps) if gaps else 0.0
@@ -186,6 +196,8 @@ def build_scene(config, resolve_structure) -> Scene:
     vesicles = place_vesicles(config, [t.bounds for t in types], placement)
     embedded = embed_in_vesicles(config, [t.bounds for t in types], placement, vesicles)
     placement = Placement.concatenate([placement, embedded])
-    # the crowd last: around every copy so far and the vesicles (filaments: crowd_scene's extra_obstacles)
-    crowd, report = crowd_scene(config, types, placement, vesicles)
-    return Scene(types, Placement.concatenate([placement, crowd]), warnings, vesicles, report)
+    # the crowd last: around every copy so far, the vesicles and the filaments' tubes
+    tubes = filament_obstacles(filaments)
+    crowd, report = crowd_scene(config, types, placement, vesicles,
+                                Obstacles.from_polylines([p for p, _ in tubes], [r for _, r in tubes]))
+    return Scene(types, Placement.concatenate([placement, crowd]), warnings, vesicles, filaments, report)

@@ -63,6 +63,7 @@ class Obstacles:
     shell_c: np.ndarray
     shell_in: np.ndarray
     shell_out: np.ndarray
+    seg_caps: np.ndarray | None = None  # per capsule, end-cap spheres its volume counts: 0 where it continues a tube
 
     @staticmethod
     def empty() -> Obstacles:
@@ -99,23 +100,46 @@ class Obstacles:
 
     @staticmethod
     def from_polylines(points_a: list[np.ndarray], radius_a) -> Obstacles:
-        """Filaments (or any tube): each (K, 3) centreline as K − 1 capsules of the tube's radius (one per filament
-        or a scalar)."""
+        """Filaments (or any tube): each (K, 3) centreline as capsules of the tube's radius (one per filament or a
+        scalar) joining points about half a radius apart along it (a filament's node per subunit would make thousands
+        of tiny capsules), each grown by the chord's distance from the points it skips; the tube's volume counts its
+        end caps once."""
         radii = np.broadcast_to(np.asarray(radius_a, np.float64), (len(points_a),))
-        parts = [Obstacles.capsules(p[:-1], p[1:], r) for p, r in zip(points_a, radii, strict=True) if len(p) > 1]
+        parts = []
+        for p, r in zip(points_a, radii, strict=True):
+            p = np.asarray(p, np.float64).reshape(-1, 3)
+            if len(p) < 2:
+                continue
+            arc = np.concatenate([[0.0], np.cumsum(np.linalg.norm(np.diff(p, axis=0), axis=1))])
+            keep = np.unique(np.concatenate([np.searchsorted(arc, np.arange(0.0, arc[-1], max(r / 2, 1.0))),
+                                             [len(p) - 1]]))
+            # each chord's radius grows by the farthest skipped point's distance from it: the capsule (convex) then
+            # holds the tube about every piece of the line it replaces
+            seg = np.clip(np.searchsorted(keep, np.arange(len(p)), side="right") - 1, 0, len(keep) - 2)
+            dev = segment_distances(p, p, p[keep[seg]], p[keep[seg + 1]])
+            grow = np.zeros(len(keep) - 1)
+            np.maximum.at(grow, seg, dev)
+            tube = Obstacles.capsules(p[keep[:-1]], p[keep[1:]], r + grow)
+            tube.seg_caps = (np.arange(len(keep) - 1) == 0).astype(np.float64)
+            parts.append(tube)
         return Obstacles.concatenate(parts)
 
     @staticmethod
     def concatenate(parts: list[Obstacles]) -> Obstacles:
         if not parts:
             return Obstacles.empty()
-        return Obstacles(*(np.concatenate([getattr(p, f) for p in parts]) for f in
-                           ("seg_a", "seg_b", "seg_r", "shell_c", "shell_in", "shell_out")))
+        out = Obstacles(*(np.concatenate([getattr(p, f) for p in parts]) for f in
+                          ("seg_a", "seg_b", "seg_r", "shell_c", "shell_in", "shell_out")))
+        out.seg_caps = np.concatenate([p.caps() for p in parts])
+        return out
+
+    def caps(self) -> np.ndarray:
+        return self.seg_caps if self.seg_caps is not None else np.ones(len(self.seg_r))
 
     def volume_a3(self) -> float:
         """The obstacles' volume (Å³; overlaps between obstacles counted twice)."""
         length = np.linalg.norm(self.seg_b - self.seg_a, axis=1)
-        caps = float((math.pi * self.seg_r**2 * length).sum() + (4 / 3 * math.pi * self.seg_r**3).sum())
+        caps = float((math.pi * self.seg_r**2 * length).sum() + (4 / 3 * math.pi * self.seg_r**3 * self.caps()).sum())
         return caps + float((4 / 3 * math.pi * (self.shell_out**3 - np.maximum(self.shell_in, 0) ** 3)).sum())
 
     def pieces(self, max_len_a: float | None = None) -> Obstacles:
@@ -388,7 +412,8 @@ def _proposals(bd: Bounds, n: int, uniform: bool, field_a, profile: IceProfile, 
 def crowd_scene(config, types: list[ParticleType], placement: Placement, vesicles=None,
                 extra_obstacles: Obstacles | None = None) -> tuple[Placement, dict | None]:
     """The copies of the ``volume_fraction`` entries of ``config.sample.particles`` (empty placement and None
-    without any), clear of ``placement``'s copies, the vesicles and ``extra_obstacles`` (e.g. filaments)."""
+    without any), clear of ``placement``'s copies, the vesicles and ``extra_obstacles`` (the filaments' tubes:
+    with them, the filaments' own subunit copies are left to the tubes)."""
     entries = [(t, p) for t, p in enumerate(config.sample.particles) if getattr(p, "volume_fraction", None)]
     if not entries:
         return Placement.empty(), None
@@ -397,8 +422,13 @@ def crowd_scene(config, types: list[ParticleType], placement: Placement, vesicle
                                  else ("capsule", 2.0, False, 0))
     det = config.detector
     field_a = (det.shape_px[1] * det.pixel_size_a, det.shape_px[0] * det.pixel_size_a)
+    extra = extra_obstacles or Obstacles.empty()
+    if len(extra.seg_r):  # filaments' subunits are inside their tubes: the tubes stand for them (volume counted once)
+        tubes = [t for t, p in enumerate(config.sample.particles) if getattr(p, "filament", None) is not None]
+        keep = ~np.isin(placement.type_index, tubes)
+        placement = Placement(placement.type_index[keep], placement.positions_a[keep], placement.rotations[keep])
     obstacles = Obstacles.concatenate([Obstacles.from_placement([t.bounds for t in types], placement),
-                                       Obstacles.from_vesicles(vesicles, lumen), extra_obstacles or Obstacles.empty()])
+                                       Obstacles.from_vesicles(vesicles, lumen), extra])
     targets = [CrowdTarget(t, types[t].name, f"sample.particles.{t}.volume_fraction", p.volume_fraction)
                for t, p in entries]
     rng = np.random.default_rng(np.random.SeedSequence([config.seed, 0xC40D, offset]))

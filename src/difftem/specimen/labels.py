@@ -87,12 +87,16 @@ def label_shape(shape_px: tuple[int, int], pixel_size_a: float, voxel_a: float, 
 
 def label_volumes(scene: Scene, shape_zyx: tuple[int, int, int], voxel_a: float,
                   masks: list[TypeMask] | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """(class int16, instance int32) volumes (Z, Y, X): 0 background, type index + 1, copy index + 1."""
+    """(class int16, instance int32) volumes (Z, Y, X): 0 background, type index + 1, copy index + 1 (a filament's
+    subunits all carry its first subunit's: one instance per filament)."""
     nz, ny, nx = shape_zyx
     cls = torch.zeros(nz * ny * nx, dtype=torch.int16)
     inst = torch.zeros(nz * ny * nx, dtype=torch.int32)
     masks = masks or [type_mask(t, voxel_a) for t in scene.types]
     pl = scene.placement
+    fil = getattr(scene, "filaments", None)
+    ids = torch.as_tensor(fil.instance_ids(len(pl)) if fil is not None else np.arange(1, len(pl) + 1),
+                          dtype=torch.int32)
     centre_idx = torch.tensor([nx // 2, ny // 2, nz // 2], dtype=torch.float64)  # x, y, z
     for t, tm in enumerate(masks):
         copies = np.flatnonzero(pl.type_index == t)
@@ -124,5 +128,5 @@ def label_volumes(scene: Scene, shape_zyx: tuple[int, int, int], voxel_a: float,
             iy = torch.remainder(idx[..., 1].long(), ny)
             flat = ((iz * ny + iy) * nx + ix)[ok]
             cls[flat] = t + 1
-            inst[flat] = (torch.as_tensor(sel, dtype=torch.int32)[:, None].expand_as(ok)[ok]) + 1
+            inst[flat] = ids[torch.as_tensor(sel)][:, None].expand_as(ok)[ok]
     return cls.reshape(nz, ny, nx).numpy(), inst.reshape(nz, ny, nx).numpy()

@@ -166,6 +166,7 @@ class ParticleType:
     representation: str = "auto"  # "atoms" | "map" | "auto"
     subunits: Subunits | None = None  # when the type is copies of one unit (a helix or a transforms file)
     density: DensityMap | None = None  # a type drawn from a density map (it has no atoms)
+    unit_offset_a: np.ndarray | None = None  # a filament's subunit: the type origin in the structure file's frame
 
     @property
     def radius_a(self) -> float:
@@ -389,6 +390,7 @@ class Scene:
     placement: Placement
     warnings: list[str] = field(default_factory=list)
     vesicles: object | None = None  # specimen.membranes.Vesicles placed with the scene (sample.vesicles), or None
+    filaments: object | None = None  # specimen.filaments.Filaments (sample.particles[].filament), or None
     crowding: dict | None = None  # specimen.crowding's report (copies and volume fractions per type), or None
 
     def atoms_of(self, type_indices, placement: Placement | None = None) -> Atoms:
