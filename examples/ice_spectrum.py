@@ -31,7 +31,7 @@ def main() -> None:
     args = ap.parse_args()
     p = 0.85
     cfg = {"seed": 5, "beam": {"voltage_kv": 300, "dose_e_per_a2": 40}, "optics": {"defocus_um": 1.0},
-           "detector": {"shape_px": [args.shape_px] * 2, "pixel_size_a": p, "noise": "none"},
+           "detector": {"shape_px": [args.shape_px] * 2, "pixel_size_a": p, "noise": "none", "model": "perfect"},
            "sample": {"ice_thickness_nm": args.thickness_nm}}
     img = simulate(cfg).noiseless
     s, power = radial_power_spectrum(img, p, 200)

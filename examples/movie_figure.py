@@ -41,6 +41,7 @@ def movie_config(size: int) -> dict:
 
 def flat_fields(camera: dict, lam: float, n: int, size: int = 128):
     mtf = {"star": str(DATA / "mtf" / "mtf_k3_standard_300kV_FL2.star")} if DATA.exists() else None
+    camera = {"pixel_mtf": True, **camera}  # as measured for the figure (the curve × the pixel's sinc)
     cfg = config_from_dict({"detector": {"shape_px": [size, size], "dqe": 0.9, "mtf": mtf, "camera": camera}})
     model = camera_model(cfg, make_mtf(cfg), frame_time_s=0.05)
     g = torch.Generator().manual_seed(0)

@@ -33,7 +33,7 @@ def main() -> None:
     p, n, dose = 4.0, args.shape_px, 60.0
     # the hole's centre 90 nm left of the field centre: its edge (radius 60 nm) crosses the field at x ≈ −30 nm
     cfg = {"seed": 7, "beam": {"voltage_kv": 300, "dose_e_per_a2": dose}, "optics": {"defocus_um": 2.0},
-           "detector": {"shape_px": [n, n], "pixel_size_a": p, "noise": "none"},
+           "detector": {"shape_px": [n, n], "pixel_size_a": p, "noise": "none", "model": "perfect"},
            "sample": {"ice_thickness_nm": 40.0,
                       "support": {"material": "carbon", "thickness_nm": 15.0, "hole_diameter_nm": 120.0,
                                   "pitch_nm": 250.0, "hole_offset_a": [-900.0, 0.0], "face": "top"},

@@ -49,7 +49,7 @@ def main() -> None:
     n, p, dose = args.shape_px, 2.0, 60.0
     ves = {"count": 5, "radius_nm": 12.0, "radius_sd_nm": 3.0, "radius_min_nm": 7.0, "radius_max_nm": 18.0}
     cfg = {"seed": 21, "beam": {"voltage_kv": 300, "dose_e_per_a2": dose}, "optics": {"defocus_um": 1.5},
-           "detector": {"shape_px": [n, n], "pixel_size_a": p, "noise": "poisson"},
+           "detector": {"shape_px": [n, n], "pixel_size_a": p, "noise": "poisson", "model": "perfect"},
            "sample": {"ice_thickness_nm": 70.0, "ice_structure": {"mode": "slices"},
                       "particles": [{"structure": "builtin:1ubi", "random": {"count": 12}}], "vesicles": ves},
            "tilt_series": {"scheme": "list", "angles_deg": [0.0, 45.0], "damage": "none", "tilt_axis_deg": 0.0}}
@@ -64,7 +64,8 @@ def main() -> None:
     # the leaflets in focus at 1 Å/px (noise-free): one vesicle of 15 nm
     sep_nm = 3.8
     focus = simulate({"seed": 3, "optics": {"defocus_um": 0.0}, "beam": {"dose_e_per_a2": 1000},
-                      "detector": {"shape_px": [384, 384], "pixel_size_a": 1.0, "noise": "none"},
+                      "detector": {"shape_px": [384, 384], "pixel_size_a": 1.0, "noise": "none",
+                                   "model": "perfect"},
                       "sample": {"ice_thickness_nm": 50, "ice_structure": {"mode": "off"}, "particles": [],
                                  "vesicles": {"centres_a": [[0.0, 0.0, 20.0]], "radius_nm": 15.0,
                                               "profile": {"headgroup_separation_nm": sep_nm}}}})

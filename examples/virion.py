@@ -33,7 +33,7 @@ def main() -> None:
     args = ap.parse_args()
     n, p, dose = args.shape_px, 4.0, 80.0
     cfg = {"seed": 5, "beam": {"voltage_kv": 300, "dose_e_per_a2": dose}, "optics": {"defocus_um": 3.0},
-           "detector": {"shape_px": [n, n], "pixel_size_a": p, "noise": "poisson"},
+           "detector": {"shape_px": [n, n], "pixel_size_a": p, "noise": "poisson", "model": "perfect"},
            "sample": {"ice_thickness_nm": 150.0, "ice_structure": {"mode": "3d"},
                       "particles": [{"structure": str(args.spike.resolve()), "name": "spike",
                                      "membrane": {"count": 24, "depth_a": 160.0, "axis": [0.0, 0.0, 1.0],

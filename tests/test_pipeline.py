@@ -14,7 +14,8 @@ def cfg(**over):
         "seed": 3,
         "beam": {"voltage_kv": 300, "dose_e_per_a2": 40},
         "optics": {"defocus_um": 1.5, "cs_mm": 2.7},
-        "detector": {"shape_px": [128, 128], "pixel_size_a": 1.0, "noise": "none"},
+        "detector": {"shape_px": [128, 128], "pixel_size_a": 1.0, "noise": "none",
+                     "model": "perfect"},  # Poisson statistics and exact references: the ideal detector
         "sample": {"ice_thickness_nm": 20, "ice_structure": {"mode": "off"},  # the continuum: exact references
                    "particles": [{"structure": str(STRUCTURES / "1ubi_ubiquitin.pdb.gz")}]},
         "simulation": {"slice_thickness_a": 2.0},

@@ -105,7 +105,7 @@ beam: {voltage_kv: 300, dose_e_per_a2: 25}
 optics: {defocus_um: 2.5, cs_mm: 2.7, cc_mm: 2.7, energy_spread_ev: 0.9, illumination_semiangle_mrad: 0.05,
          aperture_mrad: 20, astigmatism_um: 0, astigmatism_angle_deg: 0, phase_shift_deg: 0}
 detector: {shape_px: [64, 96], pixel_size_a: 2.0, noise: poisson, dqe: 0.6, gain: 2,
-           mtf: {a: 0.7, b: 0.2, c: 0.1, alpha: 10, beta: 40}}
+           mtf: {a: 0.7, b: 0.2, c: 0.1, alpha: 10, beta: 40}, model: perfect}
 sample:
   ice_thickness_nm: 30
   ice_structure: {mode: "off"}

@@ -169,7 +169,9 @@ class Camera(_Model):
     counting cameras and ADU for integrating ones."""
 
     kind: Literal["counting", "integrating"] = Field("counting", description="electron counting or integrating")
-    pixel_mtf: bool = Field(True, description="multiply the signal's MTF by the pixel's sinc(fx)·sinc(fy)")
+    pixel_mtf: bool = Field(True, description="multiply the signal's MTF by the pixel's sinc(fx)·sinc(fy); unset: "
+                                              "false under detector.model k3 with a measured (STAR) curve, which "
+                                              "holds the pixel's aperture, else true")
     nps: Literal["signal", "curve"] = Field(
         "curve", description="noise transfer: as the signal (NPS ∝ MTF², DQE flat) or the curve "
                              "NPS(f) = (1 − nps_floor)/(1 + nps_alpha f²) + nps_floor (f in cycles/px)")
@@ -251,17 +253,50 @@ class TiltErrors(_Model):
                                            description="given (x, y) beam tilt errors per tilt (mrad), |·| ≤ 100")
 
 
+#: DQE at zero frequency of the default detector (``detector.model: k3``): electron counting at 300 kV detects
+#: ~0.8 of the electrons at low frequency (measured for Gatan's K2 counting mode, McMullan et al. 2014,
+#: Ultramicroscopy 147:156; no K3 curve is in the project's data).
+K3_DQE0 = 0.8
+
+
+def k3_mtf_path(voltage_kv: float) -> Path:
+    """The bundled measured MTF of a Gatan K3 (standard counting mode) at the nearer of 200 and 300 kV
+    (``data/mtf_k3_standard_{200,300}kv.star``; provenance in the files' header)."""
+    kv = 200 if voltage_kv < 250 else 300
+    return Path(__file__).resolve().parent / "data" / f"mtf_k3_standard_{kv}kv.star"
+
+
 class Detector(_Model):
     shape_px: tuple[int, int] = Field((256, 256), description="(height, width) in pixels")
     pixel_size_a: float = Field(1.0, ge=0.01, le=100, description="pixel size at the specimen (Å), 0.01…100")
     noise: Literal["poisson", "none"] = "poisson"
-    dqe: float = Field(1.0, gt=0, le=1, description="detective quantum efficiency at zero frequency")
+    dqe: float = Field(1.0, gt=0, le=1, description="detective quantum efficiency at zero frequency, (0, 1]; "
+                                                    "unset: the model's (k3 0.8, perfect 1)")
     gain: float = Field(1.0, gt=0, le=1e6, description="output units per electron, ≤ 1e6")
     mtf: MTF | None = None
     normalize_mtf: bool = Field(True, description="divide the MTF by MTF(0) so mean counts are preserved")
     camera: Camera | None = Field(None, description="camera physics for every image: micrograph, tilts, movie "
                                                     "frames (counting or integrating, NPS, defects, gain pattern); "
                                                     "null: the model above")
+    model: Literal["k3", "perfect"] = Field(
+        "k3", description="what the unset dqe and mtf are: 'k3' a Gatan K3 counting camera (its measured MTF at the "
+                          "nearer of 200 and 300 kV, bundled; DQE(0) 0.8), 'perfect' an ideal detector (DQE 1, no "
+                          "MTF); values given explicitly always win")
+
+    @model_validator(mode="after")
+    def _model_defaults(self):
+        """Fill the dqe and mtf the config leaves unset from ``model`` (written into ``__dict__``: they stay unset,
+        so switching ``model`` later switches them too). A measured curve already holds the pixel's aperture, so
+        a camera then leaves out its pixel sinc unless ``camera.pixel_mtf`` says otherwise."""
+        k3 = self.model == "k3"
+        given = self.model_fields_set
+        if "dqe" not in given:
+            self.__dict__["dqe"] = K3_DQE0 if k3 else 1.0
+        if "mtf" not in given:
+            self.__dict__["mtf"] = MTFStar(star=k3_mtf_path(300.0)) if k3 else None
+        if self.camera is not None and "pixel_mtf" not in self.camera.model_fields_set:
+            self.camera.__dict__["pixel_mtf"] = not (k3 and isinstance(self.mtf, MTFStar))
+        return self
 
     @field_validator("shape_px")
     @classmethod
@@ -768,7 +803,8 @@ class TiltSeries(_Model):
 
 class Labels(_Model):
     """Per-voxel label volumes written beside the images (simulate/labels.py): class (particle type + 1), instance
-    (copy + 1, the row of particles.star) and a particle mask, on the reconstruction's frame."""
+    (copy + 1, the row of particles.star) and a particle mask, on the reconstruction's frame; with vesicles also
+    their bilayers (a membrane class and mask, one instance per vesicle after the copies)."""
 
     voxel_size_a: float | None = Field(None, gt=0, le=1e4, description="label voxel (Å), ≤ 1e4; null: the pixel")
     thickness_a: float | None = Field(None, gt=0, le=1e6, description="depth (Å), ≤ 1e6; null: the depth "
@@ -787,6 +823,14 @@ class SimulationConfig(_Model):
                                                   "beam-induced motion (single micrographs); null: no movie")
     labels: Labels | None = Field(None, description="also write per-voxel class/instance label volumes and a "
                                                     "particle mask; null: none")
+
+    @model_validator(mode="after")
+    def _detector_curve(self):
+        """The default K3 curve measured at the voltage nearer the beam's (Detector alone assumes 300 kV)."""
+        det = self.detector
+        if det.model == "k3" and "mtf" not in det.model_fields_set:
+            det.__dict__["mtf"] = MTFStar(star=k3_mtf_path(self.beam.voltage_kv))
+        return self
 
     @model_validator(mode="after")
     def _sizes(self):

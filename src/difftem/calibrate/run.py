@@ -70,7 +70,7 @@ def transmission(config: dict, thickness_nm: float) -> float:
     a small field: the loss the simulator applies, whatever its model."""
     probe = copy.deepcopy(config)
     probe["detector"] = {"shape_px": [PROBE_PX, PROBE_PX], "pixel_size_a": config["detector"]["pixel_size_a"],
-                         "noise": "none", "dqe": 1.0, "gain": 1.0}
+                         "noise": "none", "dqe": 1.0, "gain": 1.0, "model": "perfect"}
     probe["sample"] = {**probe["sample"], "ice_thickness_nm": thickness_nm, "particles": [],
                        "ice_structure": {"mode": "off"}}  # the mean loss only: the ring's power is not the point
     probe["optics"] = {**probe["optics"], "defocus_um": 0.0, "astigmatism_um": 0.0}

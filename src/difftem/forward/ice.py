@@ -89,11 +89,13 @@ def water_molecule_factors(k2_per_a2: torch.Tensor, table: ScatteringTable) -> t
 
 
 def ice_power_spectrum_3d(k2_per_a2: torch.Tensor, table: ScatteringTable, *,
-                          density_per_a3: float = LDA_NUMBER_DENSITY_PER_A3) -> torch.Tensor:
-    """P₃(k) in V²·Å³: the 3-D power spectrum of vitreous ice's potential fluctuations at |k|² (1/Å²)."""
+                          density_per_a3: float = LDA_NUMBER_DENSITY_PER_A3, structure_factor=None) -> torch.Tensor:
+    """P₃(k) in V²·Å³: the 3-D power spectrum of vitreous ice's potential fluctuations at |k|² (1/Å²).
+    ``structure_factor``: S(q) of the molecular centres (q = 2π|k| in Å⁻¹); default LDA ice's (the pseudo-water
+    cross-check passes an explicit configuration's own)."""
     k2 = k2_per_a2.double()
     f1, f2 = water_molecule_factors(k2, table)
-    s = amorphous_ice_structure_factor(2 * math.pi * torch.sqrt(k2))
+    s = (structure_factor or amorphous_ice_structure_factor)(2 * math.pi * torch.sqrt(k2))
     return density_per_a3 * POTENTIAL_CONSTANT_V_A2**2 * (f2 - f1**2 + f1**2 * s)
 
 

@@ -343,6 +343,7 @@ class _Translator:
             "gain": main.get("gain"),
             "mtf": mtf,
             "normalize_mtf": True,
+            "model": "perfect",  # TEM-simulator's detector: only what the .inp states (no MTF unless given)
         }
         for d in dets:
             self.map_detector(d, main, mtf)
