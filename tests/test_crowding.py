@@ -12,7 +12,7 @@ from scipy.spatial import cKDTree
 from difftem.config import config_from_dict
 from difftem.core.errors import ConfigError
 from difftem.specimen.build import scene_of
-from difftem.specimen.crowding import CrowdTarget, Obstacles, capsule_volume_a3, crowded_placement
+from difftem.specimen.crowding import CrowdTarget, Obstacles, capsule_volume_a3, covering_bounds, crowded_placement
 from difftem.specimen.geometry import IceProfile
 from difftem.specimen.scene import _segments, segment_distances
 
@@ -47,22 +47,27 @@ def _overlaps(scene, gap_a=0.0):
 
 def test_fractions_reached_without_overlap_inside_the_ice():
     """Three types at 6 % each (capsules): every type within 1 % (relative) of its target, no two capsules within the
-    gap, every capsule inside the field and the 60 nm slab; about 10,000 copies in under a few seconds."""
+    gap, every capsule (and atom) inside the field and the 60 nm slab; about 9,000 copies in under a few seconds."""
     cfg = _config(shape=600)
     t0 = time.perf_counter()
     scene = scene_of(cfg)
     wall = time.perf_counter() - t0
     rep = scene.crowding
-    assert rep["copies"] > 9_000 and len(scene.placement) == rep["copies"]
+    assert rep["copies"] > 8_000 and len(scene.placement) == rep["copies"]
     for row in rep["types"]:
         assert row["capsule_fraction"] == pytest.approx(0.06, rel=0.01), row
     # the fraction, recomputed from the placement itself
     free = 2400.0**2 * 600.0
     for t, ptype in enumerate(scene.types):
         n = scene.copies_of(t)
-        assert n * capsule_volume_a3(ptype.bounds) / free == pytest.approx(0.06, rel=0.01)
+        assert n * capsule_volume_a3(covering_bounds(ptype)) / free == pytest.approx(0.06, rel=0.01)
     bad, checked = _overlaps(scene, gap_a=2.0)
     assert checked > 1000 and bad == 0
+    for t, ptype in enumerate(scene.types):  # every atom inside the field and the slab (the capsules hold them)
+        sel = np.flatnonzero(scene.placement.type_index == t)[:300]
+        atoms = np.einsum("mij,aj->mai", scene.placement.rotations[sel], ptype.atoms.positions_a)
+        atoms = atoms + scene.placement.positions_a[sel, None]
+        assert (np.abs(atoms[..., 2]) <= 300.0).all() and (np.abs(atoms[..., :2]) <= 1200.0).all()
     a, b, r = _segments([t.bounds for t in scene.types], scene.placement)
     for end in (a, b):
         assert (np.abs(end[:, 2]) + r <= 300.0 + 1e-6).all()
