@@ -1,4 +1,5 @@
-"""The crowded lamella of the `cellular` example, drawn from its placement alone (no simulation): docs/img/cellular_scene.png.
+"""The crowded lamella of the `cellular` example, drawn from its placement alone (no simulation):
+docs/img/cellular_scene.png.
 
     python examples/cellular_scene.py [--config PATH] [--png docs/img/cellular_scene.png]
 
