@@ -507,6 +507,10 @@ class Particle(_Model):
         None, description="embed the copies in sample.vesicles' bilayers (instead of positions_a or random)")
     filament: FilamentConfig | None = Field(
         None, description="curved helical filaments of this subunit (instead of positions_a, random or membrane)")
+    volume_fraction: float | None = Field(
+        None, gt=0, le=0.6, description="crowd: copies filling this fraction of the free ice volume (specimen/"
+                                        "crowding.py; sample.crowding.basis), 0 < · ≤ 0.6, instead of positions_a, "
+                                        "random, membrane or filament")
 
     @field_validator("structure", "transforms_file")
     @classmethod
@@ -539,6 +543,10 @@ class Particle(_Model):
             if bad:
                 raise FieldProblem("filament", f"the filament places copies of the structure's subunit itself: "
                                                f"drop {bad[0]}")
+        if self.volume_fraction is not None and (self.random is not None or self.positions_a is not None
+                                                 or self.membrane is not None or self.filament is not None):
+            raise FieldProblem("volume_fraction", "a crowd's copies are placed by volume fraction: drop positions_a, "
+                                                  "random, membrane and filament")
         n = len(self.positions_a) if self.positions_a is not None else 1
         if self.random is None and len(self.euler_zyz_deg) not in (1, n):
             raise ValueError(
@@ -547,7 +555,7 @@ class Particle(_Model):
         return self
 
     def explicit_positions(self) -> list[tuple[float, float, float]]:
-        if self.membrane is not None or self.filament is not None:
+        if self.membrane is not None or self.filament is not None or self.volume_fraction is not None:
             return []
         return list(self.positions_a) if self.positions_a is not None else ([] if self.random else [(0.0, 0.0, 0.0)])
 
@@ -682,6 +690,19 @@ class MembraneSheet(_Model):
         return self
 
 
+class Crowding(_Model):
+    """Crowded placement of the particle entries with ``volume_fraction`` (specimen/crowding.py): random sequential
+    addition in batches, largest type first, clear of vesicles, filaments and the copies placed before them."""
+
+    basis: Literal["capsule", "molecular"] = Field(
+        "capsule", description="what a volume fraction counts: the bounding capsules (the shapes tested for "
+                               "overlap) or the molecules (mass at 1.35 g/cm³); of the ice in the field minus "
+                               "the obstacles")
+    min_gap_a: float = Field(2.0, ge=0, le=1e3, description="least gap between bounding shapes and to obstacles (Å)")
+    lumen: bool = Field(False, description="the crowd may also fill the vesicles' insides (else a vesicle is solid)")
+    seed_offset: int = Field(0, ge=0, lt=2**31, description="added to the run's seed for the crowd's placement")
+
+
 class Sample(_Model):
     ice_thickness_nm: float = Field(30.0, ge=0, le=1e4,
                                     description="vitreous ice slab thickness (nm), 0…1e4 (10 µm); 0: vacuum")
@@ -701,6 +722,8 @@ class Sample(_Model):
     vesicles: VesiclesConfig | None = Field(None, description="lipid vesicles in the ice; null: none")
     membrane_sheets: list[MembraneSheet] = Field(default_factory=list, max_length=100,
                                                  description="flat bilayers (discs or planes) in the ice, at most 100")
+    crowding: Crowding | None = Field(None, description="how particles with volume_fraction are packed; null: the "
+                                                       "defaults")
 
 
 class Simulation(_Model):
@@ -859,6 +882,8 @@ class SimulationConfig(_Model):
                 reach = max(reach, float(np.hypot(pos[:, 0], pos[:, 1]).max()))
             elif p.positions_a is not None:
                 pass  # an empty list: no copies
+            elif p.volume_fraction is not None:
+                pass  # a crowd: counted when placed (specimen/crowding.py)
             elif p.random is None:
                 explicit += 1
             elif p.random.count is not None:

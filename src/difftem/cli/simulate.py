@@ -26,6 +26,8 @@ def _load_any_config(path: Path):
     """A YAML config, or a TEM-simulator input file (.inp) translated to one."""
     from ..config import load_config
 
+    if str(path).startswith("example:"):  # a bundled example config, e.g. example:cellular
+        return _example_config(str(path).split(":", 1)[1])
     if path.suffix.lower() == ".inp":
         from ..temsim import load_inp
 
@@ -34,6 +36,22 @@ def _load_any_config(path: Path):
             note("note", n)
         return res.config
     return load_config(path)
+
+
+EXAMPLES = ("cellular",)
+
+
+def _example_config(name: str):
+    """A bundled example (src/difftem/data/NAME.yaml) as a config."""
+    import yaml
+
+    from ..config import config_from_dict
+    from ..core.errors import ConfigError
+
+    if name not in EXAMPLES:
+        raise ConfigError(f"example:{name}: unknown example; available: {', '.join(EXAMPLES)}")
+    data = yaml.safe_load(resources.files("difftem").joinpath(f"data/{name}.yaml").read_text())
+    return config_from_dict(data, f"builtin {name}.yaml")
 
 
 def _override(cfg, flag: str, section: str | None, name: str, value) -> None:
@@ -111,7 +129,8 @@ def _interrupted(out: Path) -> None:
 def register(app: typer.Typer) -> None:
     @app.command()
     def simulate(
-        config: Path = typer.Argument(..., help="YAML configuration file, or a TEM-simulator 1.3 input file (.inp)"),
+        config: Path = typer.Argument(..., help="YAML configuration file, a TEM-simulator 1.3 input file (.inp), or "
+                                                "a bundled example: example:cellular"),
         out: Path = typer.Option(..., "--out", "-o", help="output folder: new or empty (created; appears only when "
                                                            "the run is complete)"),
         save: str = typer.Option("", help="extra outputs, comma-separated: potential,exit_wave"),

@@ -209,6 +209,7 @@ def _run_metadata(setup: Setup) -> dict:
             **({"filaments": setup.scene.filaments.metadata([t.name for t in setup.scene.types])}
                if getattr(setup.scene, "filaments", None) is not None else {}),
             **({"membrane_sheets": sheets_of(setup).metadata()} if config.sample.membrane_sheets else {}),
+            **({"crowding": setup.scene.crowding} if getattr(setup.scene, "crowding", None) else {}),
             "resource_estimate": est.summary() if est is not None else None}
 
 

@@ -13,9 +13,10 @@ from ..core.device import available_memory_bytes
 from ..core.errors import ConfigError, ResourceError
 from ..core.rotations import rotation_zyz_deg
 from ..io.tables import read_transforms_file
+from .crowding import Obstacles, crowd_scene
 from .density import load_density_map
 from .fiducials import add_fiducials
-from .filaments import place_filaments
+from .filaments import filament_obstacles, place_filaments
 from .membranes import embed_in_vesicles, place_vesicles
 from .scene import (
     ParticleType,
@@ -194,4 +195,9 @@ def build_scene(config, resolve_structure) -> Scene:
     # vesicles clear of every copy so far, then the membrane proteins embedded in them
     vesicles = place_vesicles(config, [t.bounds for t in types], placement)
     embedded = embed_in_vesicles(config, [t.bounds for t in types], placement, vesicles)
-    return Scene(types, Placement.concatenate([placement, embedded]), warnings, vesicles, filaments)
+    placement = Placement.concatenate([placement, embedded])
+    # the crowd last: around every copy so far, the vesicles and the filaments' tubes
+    tubes = filament_obstacles(filaments)
+    crowd, report = crowd_scene(config, types, placement, vesicles,
+                                Obstacles.from_polylines([p for p, _ in tubes], [r for _, r in tubes]))
+    return Scene(types, Placement.concatenate([placement, crowd]), warnings, vesicles, filaments, report)

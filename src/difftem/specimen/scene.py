@@ -391,6 +391,7 @@ class Scene:
     warnings: list[str] = field(default_factory=list)
     vesicles: object | None = None  # specimen.membranes.Vesicles placed with the scene (sample.vesicles), or None
     filaments: object | None = None  # specimen.filaments.Filaments (sample.particles[].filament), or None
+    crowding: dict | None = None  # specimen.crowding's report (copies and volume fractions per type), or None
 
     def atoms_of(self, type_indices, placement: Placement | None = None) -> Atoms:
         """All atoms of the copies of the given types, in scene coordinates (optionally of another placement)."""

@@ -1,0 +1,451 @@
+"""Crowded scenes (``sample.particles[].volume_fraction``, ``sample.crowding``): many particle types packed to target
+volume fractions inside the ice, around obstacles (vesicles, filaments, copies placed before), fast.
+
+**Volumes.** A type's volume is its bounding capsule's, πr²·2h + 4/3·πr³ (``basis: capsule``, the shape the
+overlap test uses, so fractions compare directly with packing limits), or its molecular volume, mass / 1.35 g/cm³
+(``basis: molecular``, what cell biologists quote: 20–30 % in cytoplasm). A fraction is of the *free* volume: the
+ice in the field (∫ t(x, y) dx dy) minus the obstacles' volume (vesicles whole when their lumen is closed to the
+crowd, else their shells; obstacle capsules; copies placed before the crowd).
+
+**Placement.** Random sequential addition, type by type (largest capsule first), in batches: a batch of proposals
+(uniform rotations; centres uniform in the volume where the capsule lies wholly in the field and the ice; thicker
+ice proportionally more often) is tested at once against the obstacles (capsules through a cell hash, spherical
+shells directly), against the copies already placed (a cell hash rebuilt per batch: each proposal sees the copies
+whose segment midpoints lie in its own or the 26 neighbouring cells, cells wider than any two reaches plus the gap)
+and against earlier proposals of its own batch (a later one that touches an earlier survivor is dropped, so accepted
+copies never overlap). Batches are sized from the running acceptance rate, and small enough (≤ 2 % of the free
+volume) that in-batch conflicts stay rare. Random packing of spheres jams near 38 % of the volume (capsules and
+polydisperse mixtures a little differently): a target whose shapes would fill more than :data:`FILL_LIMIT` is
+refused before placing, and a type whose batches stop being accepted is refused with what was reached.
+
+**Obstacles** are generic (:class:`Obstacles`): capsules (segment ends and radius; a long segment is split into
+pieces no longer than its radius, at least 10 nm, for the hash) and spherical shells (centre, inner and outer radius;
+inner 0 is a solid ball). Vesicles give shells (:meth:`Obstacles.from_vesicles`), placed copies their bounding
+capsules (:meth:`Obstacles.from_placement`), and a filament its centreline as a polyline of capsules
+(:meth:`Obstacles.from_polylines`).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, replace
+
+import numpy as np
+import torch
+
+from ..core.errors import ConfigError
+from ..core.rotations import random_rotations
+from .geometry import IceProfile
+from .scene import Bounds, ParticleType, Placement, _segments, segment_distances
+
+#: random sequential addition of spheres jams at 38 % of the volume; a target whose bounding shapes (grown by half
+#: the gap) would fill more of the free volume is refused up front
+FILL_LIMIT = 0.40
+#: protein density (g/cm³): Å³ per dalton = 1 / (1.35 × 0.602214)
+A3_PER_DA = 1.0 / (1.35 * 0.60221408)
+MAX_CROWDED_COPIES = 500_000
+BATCH_VOLUME = 0.02  # a batch's shapes fill at most this fraction of the free volume (in-batch conflicts stay rare)
+MIN_ACCEPTANCE = 2e-3  # a type whose last JAM_WINDOW proposals were accepted less often than this has jammed
+JAM_WINDOW = 20_000
+PIECE_MIN_A = 100.0  # obstacle capsules are split into pieces no longer than max(radius, this)
+
+
+# ---------------------------------------------------------------------------------------------- obstacles
+@dataclass
+class Obstacles:
+    """Fixed shapes the crowd keeps clear of: capsules (ends (N, 3), radii (N,), Å) and spherical shells (centres
+    (S, 3), inner and outer radii (S,), Å; inner ≤ 0 is a solid ball)."""
+
+    seg_a: np.ndarray
+    seg_b: np.ndarray
+    seg_r: np.ndarray
+    shell_c: np.ndarray
+    shell_in: np.ndarray
+    shell_out: np.ndarray
+    seg_caps: np.ndarray | None = None  # per capsule, end-cap spheres its volume counts: 0 where it continues a tube
+
+    @staticmethod
+    def empty() -> Obstacles:
+        z3, z = np.zeros((0, 3)), np.zeros(0)
+        return Obstacles(z3, z3, z, z3, z, z)
+
+    @staticmethod
+    def capsules(a, b, r) -> Obstacles:
+        a, b = np.asarray(a, np.float64).reshape(-1, 3), np.asarray(b, np.float64).reshape(-1, 3)
+        r = np.broadcast_to(np.asarray(r, np.float64), (len(a),)).copy()
+        e = Obstacles.empty()
+        return Obstacles(a, b, r, e.shell_c, e.shell_in, e.shell_out)
+
+    @staticmethod
+    def shells(centres, inner, outer) -> Obstacles:
+        c = np.asarray(centres, np.float64).reshape(-1, 3)
+        e = Obstacles.empty()
+        return Obstacles(e.seg_a, e.seg_b, e.seg_r, c, np.broadcast_to(np.asarray(inner, np.float64), (len(c),)).copy(),
+                         np.broadcast_to(np.asarray(outer, np.float64), (len(c),)).copy())
+
+    @staticmethod
+    def from_placement(bounds: list[Bounds], placement: Placement) -> Obstacles:
+        """Every copy's bounding capsule."""
+        return Obstacles.capsules(*_segments(bounds, placement))
+
+    @staticmethod
+    def from_vesicles(vesicles, lumen: bool = False) -> Obstacles:
+        """Each vesicle's bilayer as a shell (``lumen``: the crowd may fill its inside) or a solid ball."""
+        if vesicles is None or not len(vesicles):
+            return Obstacles.empty()
+        half = vesicles.bilayer.half_extent_a
+        inner = np.maximum(vesicles.radii_a - half, 0.0) if lumen else np.zeros(len(vesicles))
+        return Obstacles.shells(vesicles.centres_a, inner, vesicles.radii_a + half)
+
+    @staticmethod
+    def from_polylines(points_a: list[np.ndarray], radius_a) -> Obstacles:
+        """Filaments (or any tube): each (K, 3) centreline as capsules of the tube's radius (one per filament or a
+        scalar) joining points about half a radius apart along it (a filament's node per subunit would make thousands
+        of tiny capsules), each grown by the chord's distance from the points it skips; the tube's volume counts its
+        end caps once."""
+        radii = np.broadcast_to(np.asarray(radius_a, np.float64), (len(points_a),))
+        parts = []
+        for p, r in zip(points_a, radii, strict=True):
+            p = np.asarray(p, np.float64).reshape(-1, 3)
+            if len(p) < 2:
+                continue
+            arc = np.concatenate([[0.0], np.cumsum(np.linalg.norm(np.diff(p, axis=0), axis=1))])
+            keep = np.unique(np.concatenate([np.searchsorted(arc, np.arange(0.0, arc[-1], max(r / 2, 1.0))),
+                                             [len(p) - 1]]))
+            # each chord's radius grows by the farthest skipped point's distance from it: the capsule (convex) then
+            # holds the tube about every piece of the line it replaces
+            seg = np.clip(np.searchsorted(keep, np.arange(len(p)), side="right") - 1, 0, len(keep) - 2)
+            dev = segment_distances(p, p, p[keep[seg]], p[keep[seg + 1]])
+            grow = np.zeros(len(keep) - 1)
+            np.maximum.at(grow, seg, dev)
+            tube = Obstacles.capsules(p[keep[:-1]], p[keep[1:]], r + grow)
+            tube.seg_caps = (np.arange(len(keep) - 1) == 0).astype(np.float64)
+            parts.append(tube)
+        return Obstacles.concatenate(parts)
+
+    @staticmethod
+    def concatenate(parts: list[Obstacles]) -> Obstacles:
+        if not parts:
+            return Obstacles.empty()
+        out = Obstacles(*(np.concatenate([getattr(p, f) for p in parts]) for f in
+                          ("seg_a", "seg_b", "seg_r", "shell_c", "shell_in", "shell_out")))
+        out.seg_caps = np.concatenate([p.caps() for p in parts])
+        return out
+
+    def caps(self) -> np.ndarray:
+        return self.seg_caps if self.seg_caps is not None else np.ones(len(self.seg_r))
+
+    def volume_a3(self) -> float:
+        """The obstacles' volume (Å³; overlaps between obstacles counted twice)."""
+        length = np.linalg.norm(self.seg_b - self.seg_a, axis=1)
+        caps = float((math.pi * self.seg_r**2 * length).sum() + (4 / 3 * math.pi * self.seg_r**3 * self.caps()).sum())
+        return caps + float((4 / 3 * math.pi * (self.shell_out**3 - np.maximum(self.shell_in, 0) ** 3)).sum())
+
+    def pieces(self, max_len_a: float | None = None) -> Obstacles:
+        """The capsules split into pieces no longer than max(radius, PIECE_MIN_A) (or ``max_len_a``), for hashing."""
+        length = np.linalg.norm(self.seg_b - self.seg_a, axis=1)
+        cap = np.maximum(self.seg_r, PIECE_MIN_A) if max_len_a is None else np.full(len(length), max_len_a)
+        n = np.maximum(np.ceil(length / cap).astype(np.int64), 1)
+        k = np.repeat(np.arange(len(n)), n)
+        j = np.arange(n.sum()) - np.repeat(np.cumsum(n) - n, n)
+        d = self.seg_b - self.seg_a
+        a = self.seg_a[k] + (j / n[k])[:, None] * d[k]
+        b = self.seg_a[k] + ((j + 1) / n[k])[:, None] * d[k]
+        return Obstacles(a, b, self.seg_r[k], self.shell_c, self.shell_in, self.shell_out)
+
+
+# ---------------------------------------------------------------------------------------------- cell hash
+class _CellHash:
+    """Segments binned by their midpoints in cubes of side ``cell_a`` (flat cell ids sorted, CSR starts), queried
+    for every (query, item) pair in the 27 cells around each query's midpoint, all at once."""
+
+    def __init__(self, lo_a: np.ndarray, hi_a: np.ndarray, cell_a: float):
+        self.lo, self.cell = np.asarray(lo_a, np.float64), float(cell_a)
+        self.shape = np.maximum(np.ceil((np.asarray(hi_a) - self.lo) / self.cell).astype(np.int64), 1)
+        self.n_cells = int(np.prod(self.shape))
+        self.order = np.zeros(0, np.int64)
+        self.starts = np.zeros(self.n_cells + 1, np.int64)
+
+    def _cell3(self, mid: np.ndarray) -> np.ndarray:
+        return np.clip(np.floor((mid - self.lo) / self.cell).astype(np.int64), 0, self.shape - 1)
+
+    def _flat(self, c3: np.ndarray) -> np.ndarray:
+        return (c3[..., 0] * self.shape[1] + c3[..., 1]) * self.shape[2] + c3[..., 2]
+
+    def build(self, mid: np.ndarray) -> _CellHash:
+        ids = self._flat(self._cell3(mid))
+        self.order = np.argsort(ids, kind="stable")
+        self.starts = np.concatenate([[0], np.cumsum(np.bincount(ids, minlength=self.n_cells))])
+        return self
+
+    _OFFSETS = np.array([(dx, dy, dz) for dx in (-1, 0, 1) for dy in (-1, 0, 1) for dz in (-1, 0, 1)])
+
+    def pairs(self, mid: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(query index, item index) for every item in the 27 cells around each query midpoint."""
+        if len(self.order) == 0 or len(mid) == 0:
+            return np.zeros(0, np.int64), np.zeros(0, np.int64)
+        c3 = self._cell3(mid)[:, None, :] + self._OFFSETS[None]  # (Q, 27, 3)
+        ok = ((c3 >= 0) & (c3 < self.shape)).all(-1)
+        flat = np.where(ok, self._flat(np.clip(c3, 0, self.shape - 1)), 0)
+        start = self.starts[flat]
+        count = np.where(ok, self.starts[flat + 1] - start, 0).ravel()
+        total = int(count.sum())
+        q = np.repeat(np.repeat(np.arange(len(mid)), 27), count)
+        within = np.arange(total) - np.repeat(np.cumsum(count) - count, count)
+        return q, self.order[np.repeat(start.ravel(), count) + within]
+
+
+# ---------------------------------------------------------------------------------------------- tests
+def _hits_shells(a, b, r, obst: Obstacles, gap_a: float) -> np.ndarray:
+    """(Q,) whether each capsule [a, b] of radius r crosses a shell (closer than the gap to its material)."""
+    hit = np.zeros(len(a), bool)
+    s = len(obst.shell_c)
+    if s == 0 or len(a) == 0:
+        return hit
+    step = max(1, 2_000_000 // s)
+    for i in range(0, len(a), step):  # chunks bound the (Q, S) temporaries
+        sl = slice(i, i + step)
+        c = obst.shell_c[None]
+        near = segment_distances(a[sl, None], b[sl, None], c, c)  # closest point of the segment to each centre
+        far = np.maximum(np.linalg.norm(a[sl, None] - c, axis=-1), np.linalg.norm(b[sl, None] - c, axis=-1))
+        rr = r[sl, None] + gap_a
+        inside_hole = (far < obst.shell_in[None] - rr) & (obst.shell_in[None] > 0)
+        hit[sl] = ((near < obst.shell_out[None] + rr) & ~inside_hole).any(1)
+    return hit
+
+
+def _hits_hashed(a, b, r, ha: np.ndarray, hb: np.ndarray, hr: np.ndarray, cells: _CellHash, gap_a: float,
+                 skip_self: bool = False) -> np.ndarray:
+    """(Q,) whether each capsule touches a hashed capsule (``skip_self``: the hash holds the queries themselves;
+    query j is hit only by an earlier index i < j)."""
+    q, k = cells.pairs(0.5 * (a + b))
+    if skip_self:
+        keep = k < q
+        q, k = q[keep], k[keep]
+    hit = np.zeros(len(a), bool)
+    if len(q):
+        close = segment_distances(a[q], b[q], ha[k], hb[k]) < r[q] + hr[k] + gap_a
+        hit[q[close]] = True
+    return hit
+
+
+# ---------------------------------------------------------------------------------------------- volumes
+def capsule_volume_a3(bounds: Bounds, grow_a: float = 0.0) -> float:
+    r = bounds.radius_a + grow_a
+    return math.pi * r * r * 2 * bounds.half_length_a + 4 / 3 * math.pi * r**3
+
+
+def molecular_volume_a3(ptype: ParticleType) -> float:
+    """mass / 1.35 g/cm³ (Å³)."""
+    return ptype.mass_da * A3_PER_DA
+
+
+def ice_volume_a3(profile: IceProfile, field_a: tuple[float, float], n: int = 256) -> float:
+    """∫ t(x, y) dx dy over the field (Å³): exact for a flat slab, a midpoint rule on n² points otherwise."""
+    wx, wy = field_a
+    if profile.is_flat and profile.kind == "flat":
+        return wx * wy * profile.thickness_a
+    x = (torch.arange(n, dtype=torch.float64) + 0.5) / n * wx - wx / 2
+    y = (torch.arange(n, dtype=torch.float64) + 0.5) / n * wy - wy / 2
+    yy, xx = torch.meshgrid(y, x, indexing="ij")
+    return float(profile.thickness_at(xx, yy).mean()) * wx * wy
+
+
+# ---------------------------------------------------------------------------------------------- placement
+@dataclass
+class CrowdTarget:
+    """One type of the crowd: index into the scene's types, its name and the field naming it in errors."""
+
+    type_index: int
+    name: str
+    field: str
+    volume_fraction: float
+    random_orientation: bool = True
+
+
+def _target_counts(types, targets: list[CrowdTarget], v_free: float, basis: str, gap_a: float):
+    """Per type: (capsule, molecular, gap-grown capsule) volumes (Å³) and the copies its fraction asks for; targets
+    that cannot be packed are refused here, before placing."""
+    vol = {}
+    for tg in targets:
+        b = types[tg.type_index].bounds
+        cap, mol = capsule_volume_a3(b), molecular_volume_a3(types[tg.type_index])
+        if basis == "molecular" and mol <= 0:
+            raise ConfigError(f"{tg.field}: {tg.name} has no mass for basis molecular (a map type without "
+                              "map.mass_kda); give its mass or use sample.crowding.basis capsule")
+        vol[tg.type_index] = (cap, mol, capsule_volume_a3(b, gap_a / 2))
+    counts = {tg.type_index: int(round(tg.volume_fraction * v_free / vol[tg.type_index][0 if basis == "capsule"
+                                                                                       else 1])) for tg in targets}
+    total = sum(counts.values())
+    if total > MAX_CROWDED_COPIES:
+        tg = max(targets, key=lambda g: counts[g.type_index])
+        raise ConfigError(f"{tg.field}: the crowd would have {total:,} copies (at most {MAX_CROWDED_COPIES:,}; "
+                          f"{counts[tg.type_index]:,} of {tg.name}); lower the fractions or the field")
+    fill = sum(counts[g.type_index] * vol[g.type_index][2] for g in targets) / v_free
+    if fill > FILL_LIMIT:
+        tg = max(targets, key=lambda g: counts[g.type_index] * vol[g.type_index][2])
+        raise ConfigError(f"{tg.field}: the crowd's bounding shapes (with half of sample.crowding.min_gap_a) would "
+                          f"fill {100 * fill:.0f} % of the free volume and random packing jams near 35–38 %; lower "
+                          "the volume fractions" + (" (basis molecular counts only the molecules: their capsules "
+                                                    "are larger)" if basis == "molecular" else ""))
+    return vol, counts
+
+
+def crowded_placement(types: list[ParticleType], targets: list[CrowdTarget], *, field_a: tuple[float, float],
+                      profile: IceProfile, rng: np.random.Generator, obstacles: Obstacles | None = None,
+                      basis: str = "capsule", gap_a: float = 2.0) -> tuple[Placement, dict]:
+    """Copies of each target type filling its ``volume_fraction`` of the free volume (module docstring), clear of
+    ``obstacles`` and of each other, inside the field and the ice; (placement, report)."""
+    t0 = time.perf_counter()
+    obstacles = obstacles or Obstacles.empty()
+    wx, wy = field_a
+    t_lo, t_hi = profile.bounds_a(0.5 * max(wx, wy))
+    if t_hi <= 0:
+        raise ConfigError(f"{targets[0].field}: a crowd needs ice to fill; set sample.ice_thickness_nm")
+    v_ice = ice_volume_a3(profile, field_a)
+    v_free = v_ice - obstacles.volume_a3()
+    if v_free <= 0.05 * v_ice:
+        raise ConfigError(f"{targets[0].field}: the obstacles (vesicles, filaments, other copies) fill "
+                          f"{100 * (1 - v_free / v_ice):.0f} % of the ice; fewer or smaller obstacles, or thicker ice")
+    vol, counts = _target_counts(types, targets, v_free, basis, gap_a)
+    # a capsule touches another only within (reach + reach' + gap) of its midpoint: one hash per pair of groups
+    pieces = obstacles.pieces()
+    obst_reach = float((0.5 * np.linalg.norm(pieces.seg_b - pieces.seg_a, axis=1) + pieces.seg_r).max()) \
+        if len(pieces.seg_r) else 0.0
+    obst_mid = 0.5 * (pieces.seg_a + pieces.seg_b)
+    lo = np.array([-wx / 2, -wy / 2, -t_hi / 2]) - 1.0
+    hi = -lo
+    groups: list[tuple[np.ndarray, np.ndarray, np.ndarray, float]] = []  # placed types: ends, radii, reach
+    out, rows = [], []
+    order = sorted(targets, key=lambda g: -types[g.type_index].bounds.extent_a)
+    for tg in order:
+        t, bd, need = tg.type_index, types[tg.type_index].bounds, counts[tg.type_index]
+        reach = bd.half_length_a + bd.radius_a
+        fixed = [(pieces.seg_a, pieces.seg_b, pieces.seg_r,
+                  _CellHash(lo, hi, max(obst_reach + reach + gap_a, 1.0)).build(obst_mid))]
+        fixed += [(ga, gb, gr, _CellHash(lo, hi, max(g_reach + reach + gap_a, 1.0)).build(0.5 * (ga + gb)))
+                  for ga, gb, gr, g_reach in groups]
+        own = _CellHash(lo, hi, max(2 * reach + gap_a, 1.0))
+        own_a, own_b, own_r = np.zeros((0, 3)), np.zeros((0, 3)), np.zeros(0)
+        got_pos, got_rot = [], []
+        n_got, proposed, acceptance, window = 0, 0, 0.5, [0, 0]  # window: proposals, accepted
+        cap = max(64, int(BATCH_VOLUME * v_free / vol[t][2]))
+        while n_got < need:
+            batch = int(min(cap, max(64, 1.2 * (need - n_got) / max(acceptance, 1e-3))))
+            pos, rot, a, b = _proposals(bd, batch, tg.random_orientation, field_a, profile, t_hi, rng)
+            proposed += batch
+            r = np.full(len(a), bd.radius_a)
+            ok = ~_hits_shells(a, b, r, obstacles, gap_a)
+            for ha, hb, hr, cells in [*fixed, (own_a, own_b, own_r, own)]:
+                ok[ok] = ~_hits_hashed(a[ok], b[ok], r[ok], ha, hb, hr, cells, gap_a)
+            idx = np.flatnonzero(ok)
+            if len(idx) > 1:  # earlier survivors of this batch win
+                mine = _CellHash(lo, hi, own.cell).build(0.5 * (a[idx] + b[idx]))
+                idx = idx[~_hits_hashed(a[idx], b[idx], r[idx], a[idx], b[idx], r[idx], mine, gap_a, skip_self=True)]
+            idx = idx[:need - n_got]
+            acceptance = 0.5 * acceptance + 0.5 * len(idx) / batch
+            window = [window[0] + batch, window[1] + len(idx)]
+            if window[0] >= JAM_WINDOW:  # judged over many proposals: small batches may come back empty by chance
+                if window[1] < MIN_ACCEPTANCE * window[0]:
+                    _jammed(tg, n_got, need, vol[t][0 if basis == "capsule" else 1], v_free,
+                            [(own_a, own_b, own_r)] + [g[:3] for g in groups])
+                window = [0, 0]
+            n_got += len(idx)
+            got_pos.append(pos[idx])
+            got_rot.append(rot[idx])
+            own_a, own_b = np.concatenate([own_a, a[idx]]), np.concatenate([own_b, b[idx]])
+            own_r = np.concatenate([own_r, r[idx]])
+            own.build(0.5 * (own_a + own_b))
+        groups.append((own_a, own_b, own_r, reach))
+        out.append(Placement(np.full(n_got, t, np.int64), np.concatenate(got_pos or [np.zeros((0, 3))]),
+                             np.concatenate(got_rot or [np.zeros((0, 3, 3))])))
+        rows.append({"type": tg.name, "copies": n_got, "target_fraction": tg.volume_fraction,
+                     "capsule_fraction": n_got * vol[t][0] / v_free, "molecular_fraction": n_got * vol[t][1] / v_free,
+                     "capsule_volume_nm3": vol[t][0] / 1e3, "molecular_volume_nm3": vol[t][1] / 1e3,
+                     "proposals": proposed})
+    report = {"basis": basis, "ice_volume_um3": v_ice * 1e-12, "free_volume_um3": v_free * 1e-12,
+              "types": rows, "copies": int(sum(r["copies"] for r in rows)),
+              "capsule_fraction": float(sum(r["capsule_fraction"] for r in rows)),
+              "molecular_fraction": float(sum(r["molecular_fraction"] for r in rows)),
+              "seconds": time.perf_counter() - t0}
+    return Placement.concatenate(out), report
+
+
+def _jammed(tg: CrowdTarget, n_got: int, need: int, v_copy: float, v_free: float, placed) -> None:
+    """Refuse a type whose batches stopped being accepted, saying what was reached."""
+    filled = sum((np.pi * gr**2 * np.linalg.norm(gb - ga, axis=1)).sum() + (4 / 3 * np.pi * gr**3).sum()
+                 for ga, gb, gr in placed) / v_free
+    raise ConfigError(
+        f"{tg.field}: reached {100 * n_got * v_copy / v_free:.1f} % of the {100 * tg.volume_fraction:g} % asked "
+        f"({n_got:,} of {need:,} copies of {tg.name}) when random packing jammed (bounding shapes fill "
+        f"{100 * filled:.0f} % of the free volume; it jams near 35–38 %); lower the volume fractions or "
+        "sample.crowding.min_gap_a")
+
+
+def _proposals(bd: Bounds, n: int, uniform: bool, field_a, profile: IceProfile, t_max_a: float,
+               rng: np.random.Generator):
+    """``n`` poses of a type whose capsules lie in the field and the ice (fewer where the ice is thin): centres,
+    rotations and the capsules' scene-frame ends."""
+    rot = random_rotations(n, rng) if uniform else np.broadcast_to(np.eye(3), (n, 3, 3)).copy()
+    c = rot @ bd.centre_a
+    ax = (rot @ bd.axis) * bd.half_length_a
+    reach = np.abs(c) + np.abs(ax) + bd.radius_a  # per-axis half extent about the copy's origin
+    wx, wy = field_a
+    u = rng.random((n, 4))
+    x = (-wx / 2 + reach[:, 0]) + u[:, 0] * (wx - 2 * reach[:, 0])
+    y = (-wy / 2 + reach[:, 1]) + u[:, 1] * (wy - 2 * reach[:, 1])
+    if profile.is_flat and profile.kind == "flat":
+        thick = np.full(n, profile.thickness_a)
+    else:  # the thinnest ice under the capsule's two ends; keep a point with probability t / t_max (uniform volume)
+        ends = [x + c[:, 0] - ax[:, 0], y + c[:, 1] - ax[:, 1], x + c[:, 0] + ax[:, 0], y + c[:, 1] + ax[:, 1]]
+        ends = [torch.as_tensor(e) for e in ends]
+        thick = torch.minimum(profile.thickness_at(ends[0], ends[1]), profile.thickness_at(ends[2], ends[3])).numpy()
+    z = (-thick / 2 + reach[:, 2]) + u[:, 2] * (thick - 2 * reach[:, 2])
+    keep = (wx > 2 * reach[:, 0]) & (wy > 2 * reach[:, 1]) & (thick > 2 * reach[:, 2]) & (u[:, 3] * t_max_a <= thick)
+    pos = np.stack([x, y, z], 1)[keep]
+    rot, c, ax = rot[keep], c[keep], ax[keep]
+    return pos, rot, pos + c - ax, pos + c + ax
+
+
+# ---------------------------------------------------------------------------------------------- from a config
+def covering_bounds(ptype: ParticleType) -> Bounds:
+    """The type's capsule lengthened until it holds every atom: scene.bounding_capsule shortens the segment by the
+    radius, which leaves atoms off the axis near the ends outside by up to (√2 − 1)·r."""
+    b = ptype.bounds
+    if len(ptype.atoms) == 0 or b.half_length_a == 0:
+        return b
+    rel = ptype.atoms.positions_a - b.centre_a
+    t = rel @ b.axis
+    d2 = np.maximum((rel**2).sum(1) - t * t, 0.0)
+    half = float(np.max(np.abs(t) - np.sqrt(np.maximum(b.radius_a**2 - d2, 0.0))))
+    return Bounds(b.centre_a, b.axis, max(b.half_length_a, half), b.radius_a)
+
+
+def crowd_scene(config, types: list[ParticleType], placement: Placement, vesicles=None,
+                extra_obstacles: Obstacles | None = None) -> tuple[Placement, dict | None]:
+    """The copies of the ``volume_fraction`` entries of ``config.sample.particles`` (empty placement and None
+    without any), clear of ``placement``'s copies, the vesicles and ``extra_obstacles`` (the filaments' tubes:
+    with them, the filaments' own subunit copies are left to the tubes)."""
+    entries = [(t, p) for t, p in enumerate(config.sample.particles) if getattr(p, "volume_fraction", None)]
+    if not entries:
+        return Placement.empty(), None
+    cfg = config.sample.crowding
+    basis, gap, lumen, offset = ((cfg.basis, cfg.min_gap_a, cfg.lumen, cfg.seed_offset) if cfg is not None
+                                 else ("capsule", 2.0, False, 0))
+    det = config.detector
+    field_a = (det.shape_px[1] * det.pixel_size_a, det.shape_px[0] * det.pixel_size_a)
+    extra = extra_obstacles or Obstacles.empty()
+    if len(extra.seg_r):  # filaments' subunits are inside their tubes: the tubes stand for them (volume counted once)
+        tubes = [t for t, p in enumerate(config.sample.particles) if getattr(p, "filament", None) is not None]
+        keep = ~np.isin(placement.type_index, tubes)
+        placement = Placement(placement.type_index[keep], placement.positions_a[keep], placement.rotations[keep])
+    obstacles = Obstacles.concatenate([Obstacles.from_placement([t.bounds for t in types], placement),
+                                       Obstacles.from_vesicles(vesicles, lumen), extra])
+    targets = [CrowdTarget(t, types[t].name, f"sample.particles.{t}.volume_fraction", p.volume_fraction)
+               for t, p in entries]
+    crowd = {t for t, _ in entries}  # their capsules made to hold every atom (volumes and tests use these)
+    types = [replace(ty, bounds=covering_bounds(ty)) if i in crowd else ty for i, ty in enumerate(types)]
+    rng = np.random.default_rng(np.random.SeedSequence([config.seed, 0xC40D, offset]))
+    return crowded_placement(types, targets, field_a=field_a, profile=IceProfile.from_config(config.sample), rng=rng,
+                             obstacles=obstacles, basis=basis, gap_a=gap)
