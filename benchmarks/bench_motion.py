@@ -145,6 +145,9 @@ def main() -> None:
         smooth, lam = smooth_trajectory(found)
         row["smoothed"] = {**errors(smooth, truth), "lambda": lam}
         t = time.perf_counter()
+        row["signal_weighting"] = errors(align_frames(spectra, max_shift_px=24, weighting="signal"), truth)
+        row["signal_align_s"] = time.perf_counter() - t
+        t = time.perf_counter()
         row["gaussian_0.05"] = errors(align_frames(spectra, max_shift_px=24, weighting="gaussian"), truth)
         row["gaussian_align_s"] = time.perf_counter() - t
         if args.legacy:
