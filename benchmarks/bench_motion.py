@@ -171,8 +171,10 @@ def main() -> None:
         rows.append(row)
         if rep == 0 and args.figure:
             _figure(args.figure, args.size, truth, found, smooth, row)
-    out = {"size": args.size, "tile": args.tile, "particles": args.particles or config_dict(base)["sample"][
-        "particles"][0]["random"]["count"], "intensity": args.intensity, "seed0": args.seed0, "exposure_s": t_exposure,
+    particles = None if args.intensity else args.particles or config_dict(base)["sample"]["particles"][0]["random"][
+        "count"]  # with --intensity: whatever that exposure holds
+    out = {"size": args.size, "tile": args.tile, "particles": particles, "intensity": args.intensity,
+           "seed0": args.seed0, "exposure_s": t_exposure,
         "threads": torch.get_num_threads(), "rows": rows}
     res = ROOT / "benchmarks" / "results" / f"motion_{args.size}{'_mosaic' if args.tile else ''}{tag}.json"
     res.write_text(json.dumps(out, indent=1))
