@@ -36,9 +36,9 @@ ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data"
 
 
-def config_dict(size: int, seed: int = 1) -> dict:
+def config_dict(size: int, seed: int = 1, particles: int | None = None) -> dict:
     apo = DATA / "structures" / "6z6u_apoferritin.pdb.gz"
-    count = max(1, int(30 * (size / 1024) ** 2))
+    count = particles or max(1, int(30 * (size / 1024) ** 2))
     particle = ({"structure": str(apo), "assembly": "1", "random": {"count": count}} if apo.exists()
                 else {"structure": "builtin:1ubi", "random": {"count": 6 * count}})
     return {"seed": seed, "beam": {"dose_e_per_a2": 40}, "optics": {"defocus_um": 2.5},
@@ -49,14 +49,14 @@ def config_dict(size: int, seed: int = 1) -> dict:
             "movie": {"n_frames": 40, "damage": "none", "drift": {"fast_a": 12, "slow_a_per_frame": 0.2}}}
 
 
-def exposure(size: int, cache: Path) -> tuple[np.ndarray, float]:
+def exposure(size: int, cache: Path, particles: int | None = None) -> tuple[np.ndarray, float]:
     """The noise-free intensity of a size² field (cached), and the seconds it took."""
     if cache.exists():
         return np.load(cache), 0.0
     import difftem
     from difftem.config import config_from_dict
 
-    cfg = config_from_dict({**config_dict(size), "movie": None})
+    cfg = config_from_dict({**config_dict(size, particles=particles), "movie": None})
     t = time.perf_counter()
     r = difftem.simulate(cfg)
     took = time.perf_counter() - t
@@ -95,7 +95,14 @@ def main() -> None:
     p.add_argument("--size", type=int, default=1024)
     p.add_argument("--tile", type=int, default=None, help="simulate this size and tile it to --size")
     p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--particles", type=int, default=None,
+                   help="apoferritins in the field (default: the docs' density, 30 per 1024²)")
+    p.add_argument("--seed0", type=int, default=100, help="the first repeat's seed (drift directions, noise)")
+    p.add_argument("--intensity", default=None,
+                   help="align frames drawn from this noise-free exposure instead (.npy, or bench_movie's .npz with "
+                        "'intensity'; its size must be --size)")
     p.add_argument("--legacy", action="store_true", help="also run the older spatial-domain aligner")
+    p.add_argument("--no-gaussian", action="store_true", help="skip the Gaussian-weighted comparison")
     p.add_argument("--cache", default="/tmp/difftem_bench_motion")
     p.add_argument("--exposure-only", action="store_true")
     p.add_argument("--threads", type=int, default=None)
@@ -109,7 +116,13 @@ def main() -> None:
 
     Path(args.cache).mkdir(parents=True, exist_ok=True)
     base = args.tile or args.size
-    intensity, t_exposure = exposure(base, Path(args.cache) / f"intensity_{base}.npy")
+    tag = f"_{args.particles}p" if args.particles else ""
+    if args.intensity:  # e.g. bench_movie's 100-ubiquitin field in structured ice
+        loaded = np.load(args.intensity)
+        intensity = loaded["intensity"] if hasattr(loaded, "files") else loaded
+        intensity, t_exposure, tag = np.asarray(intensity, dtype=np.float64), 0.0, "_" + Path(args.intensity).stem
+    else:
+        intensity, t_exposure = exposure(base, Path(args.cache) / f"intensity_{base}{tag}.npy", args.particles)
     print(f"exposure {base}²: {t_exposure:.1f} s", flush=True)
     if args.exposure_only:
         return
@@ -128,7 +141,7 @@ def main() -> None:
                 "rms_per_axis_about_offset_px": float(np.sqrt((c**2).mean()))}
 
     for rep in range(args.repeats):
-        cfg = config_from_dict(config_dict(args.size, seed=100 + rep))
+        cfg = config_from_dict(config_dict(args.size, seed=args.seed0 + rep))
         movie = make_movie(cfg, field, np.zeros((0, 2)), np.zeros(0))
         truth = movie.source.truth.global_px
         t = time.perf_counter()
@@ -141,8 +154,12 @@ def main() -> None:
         smooth, lam = smooth_trajectory(found)
         row["smoothed"] = {**errors(smooth, truth), "lambda": lam}
         t = time.perf_counter()
-        row["gaussian_0.05"] = errors(align_frames(spectra, max_shift_px=24, weighting="gaussian"), truth)
-        row["gaussian_align_s"] = time.perf_counter() - t
+        row["signal_weighting"] = errors(align_frames(spectra, max_shift_px=24, weighting="signal"), truth)
+        row["signal_align_s"] = time.perf_counter() - t
+        if not args.no_gaussian:
+            t = time.perf_counter()
+            row["gaussian_0.05"] = errors(align_frames(spectra, max_shift_px=24, weighting="gaussian"), truth)
+            row["gaussian_align_s"] = time.perf_counter() - t
         if args.legacy:
             from difftem.denoise.motion import align_frames_spatial
 
@@ -154,9 +171,12 @@ def main() -> None:
         rows.append(row)
         if rep == 0 and args.figure:
             _figure(args.figure, args.size, truth, found, smooth, row)
-    out = {"size": args.size, "tile": args.tile, "exposure_s": t_exposure, "threads": torch.get_num_threads(),
-           "rows": rows}
-    res = ROOT / "benchmarks" / "results" / f"motion_{args.size}{'_mosaic' if args.tile else ''}.json"
+    particles = None if args.intensity else args.particles or config_dict(base)["sample"]["particles"][0]["random"][
+        "count"]  # with --intensity: whatever that exposure holds
+    out = {"size": args.size, "tile": args.tile, "particles": particles, "intensity": args.intensity,
+           "seed0": args.seed0, "exposure_s": t_exposure,
+        "threads": torch.get_num_threads(), "rows": rows}
+    res = ROOT / "benchmarks" / "results" / f"motion_{args.size}{'_mosaic' if args.tile else ''}{tag}.json"
     res.write_text(json.dumps(out, indent=1))
     print(res)
 

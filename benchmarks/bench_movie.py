@@ -99,6 +99,8 @@ def main() -> None:
     p.add_argument("--out", default=None)
     p.add_argument("--reuse", default=None, help="an exposure .npz kept from an earlier run (skips the simulation)")
     p.add_argument("--reuse-seconds", type=float, default=None, help="that earlier run's exposure time (s)")
+    p.add_argument("--keep-exposure", default=None,
+                   help="copy the exposure .npz here (for --reuse, or bench_motion.py --intensity)")
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--threads", type=int, default=1, help=argparse.SUPPRESS)
     p.add_argument("--cache", default=None, help=argparse.SUPPRESS)
@@ -114,6 +116,8 @@ def main() -> None:
         else:
             exposure = simulate_exposure(args, cache)
         print(f"exposure {args.size}²: {exposure['exposure_simulation_s']} s", flush=True)
+        if args.keep_exposure:
+            shutil.copy(cache, args.keep_exposure)
         runs = []
         for rep in range(args.repeats):
             for threads in (1, 2):  # interleaved: a busy spell on the shared machine hits both alike

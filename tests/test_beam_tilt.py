@@ -167,3 +167,46 @@ def test_beam_tilt_is_written_to_the_optics_group_and_the_tilts(tmp_path):
     np.testing.assert_allclose(tilts["rlnBeamTiltX"], 0.3 + err[:, 0], atol=1e-6)
     np.testing.assert_allclose(tilts["rlnBeamTiltY"], -0.2 + err[:, 1], atol=1e-6)
     assert run["config"]["tilt_series"]["errors"]["beam_tilt_sigma_mrad"] == 0.5
+
+
+def test_beam_tilt_reaches_the_relion5_particles_optics_and_tilt_series(tmp_path):
+    """The RELION-5 set of a series with beam tilt: the optics group of particles.star carries the optics' beam
+    tilt as rlnBeamTiltX/Y (mrad; RELION's observation model reads it there), the tilt-series STAR each tilt's
+    total; from a run folder and from the in-memory result alike. Without beam tilt no such column appears."""
+    import starfile
+
+    from difftem.io.relion5 import read_optics_beam_tilt
+    from difftem.simulate.export import export_tilt_series
+    from difftem.simulate.output import run_and_write
+
+    d = {"seed": 1, "optics": {"beam_tilt_x_mrad": 0.3, "beam_tilt_y_mrad": -0.2},
+         "detector": {"shape_px": [48, 48], "pixel_size_a": 1.5},
+         "sample": {"ice_thickness_nm": 8, "particles": [{"structure": "builtin:1ubi", "positions_a": [[0, 0, 0]]}]},
+         "tilt_series": {"scheme": "uniform", "min_deg": -20, "max_deg": 20, "step_deg": 20,
+                         "errors": {"beam_tilt_sigma_mrad": 0.5, "seed": 4}}}
+    run_and_write(config_from_dict(d), tmp_path / "ts")
+    truth = starfile.read(tmp_path / "ts" / "tilts.star")
+    export_tilt_series(tmp_path / "ts", tmp_path / "exp", "relion5")
+    r5 = tmp_path / "exp" / "relion5"
+    blocks = starfile.read(r5 / "particles.star", always_dict=True)
+    assert float(blocks["optics"]["rlnBeamTiltX"][0]) == pytest.approx(0.3)
+    assert float(blocks["optics"]["rlnBeamTiltY"][0]) == pytest.approx(-0.2)
+    assert "rlnBeamTiltX" not in blocks["particles"].columns
+    assert read_optics_beam_tilt(r5 / "particles.star") == pytest.approx((0.3, -0.2))
+    series = next(iter(starfile.read(r5 / "tilt_series" / "ts.star", always_dict=True).values()))
+    np.testing.assert_allclose(series["rlnBeamTiltX"], truth["rlnBeamTiltX"], atol=1e-6)
+    np.testing.assert_allclose(series["rlnBeamTiltY"], truth["rlnBeamTiltY"], atol=1e-6)
+    assert np.ptp(series["rlnBeamTiltX"].to_numpy()) > 0  # the per-tilt errors, not one value
+
+    # the in-memory result exports the same
+    export_tilt_series(difftem.simulate_tilt_series(config_from_dict(d)), tmp_path / "exp2", "relion5", name="ts")
+    series2 = next(iter(starfile.read(tmp_path / "exp2" / "relion5" / "tilt_series" / "ts.star",
+                                      always_dict=True).values()))
+    np.testing.assert_allclose(series2["rlnBeamTiltX"], truth["rlnBeamTiltX"], atol=1e-6)
+    assert read_optics_beam_tilt(tmp_path / "exp2" / "relion5" / "particles.star") == pytest.approx((0.3, -0.2))
+
+    # no beam tilt: no beam-tilt columns (the files as before)
+    d2 = {**d, "optics": {}, "tilt_series": {k: v for k, v in d["tilt_series"].items() if k != "errors"}}
+    run_and_write(config_from_dict(d2), tmp_path / "ts0")
+    export_tilt_series(tmp_path / "ts0", tmp_path / "exp0", "relion5")
+    assert read_optics_beam_tilt(tmp_path / "exp0" / "relion5" / "particles.star") is None

@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 
 from ..core.elements import atomic_mass_da
-from ..core.fft import freq_per_a, irfft2
+from ..core.fft import freq_per_a, good_fft_size, irfft2
 from ..core.grid import Grid, centred_span
 from ..specimen.structure import Atoms
 from .scattering import ScatteringTable
@@ -51,6 +51,9 @@ def displaced_volume_a3(z: int, mass_da: float) -> float:
 MIN_BOX_MARGIN_PX = 32
 #: cached per-element form factors of the slices' boxes, beyond those of the current box shape
 FF_CACHE_BYTES = 64_000_000
+#: a slice's box wider than this many tiles is built tile by tile (without gradients): each tile's atoms in a
+#: sub-box of the tile plus the margin, so the structure factor costs atoms × sub-box, not atoms × box
+ATOM_TILE_PX = 128
 _ICE_ABSORPTION_V = {200.0: 0.8245, 300.0: 0.7591}
 
 
@@ -185,7 +188,7 @@ class SlicedPotential(SlicedBase):
         self.slice_thickness_a = float(slice_thickness_a)
         self.absorption_ratio = ice.absorption_ratio if absorption_ratio is None else float(absorption_ratio)
         # the band limit rings over pixels (not Å): at coarse pixels the box must still be wide in pixels
-        self.margin_px = max(MIN_BOX_MARGIN_PX, math.ceil(margin_a / grid.pixel_size_a))
+        self.margin_px = box_margin_px(grid.pixel_size_a, margin_a)
         self.cdtype = dtype
         self.rdtype = dtype.to_real()
         self.device = positions_a.device
@@ -271,21 +274,64 @@ class SlicedPotential(SlicedBase):
         x_a, y_a = self._grid_xy_a(self.positions_a[lo:hi])
         y0, x0, my, mx = self._box(x_a, y_a)
         p = self.grid.pixel_size_a
+        b, w = self.b_iso_a2[lo:hi], self.occupancy[lo:hi]
+        grad = torch.is_grad_enabled() and any(t.requires_grad for t in (x_a, y_a, b, w))
+        if not grad and (tiles := self.tile_plan(my, mx)) is not None:
+            v = self._tiled_potential(lo, hi, (x_a - x0 * p).detach(), (y_a - y0 * p).detach(), b.detach(),
+                                      w.detach(), (my, mx), *tiles)
+            return Patch(y0, x0, torch.complex(v[0], v[1]))
         ky = freq_per_a(my, p, device=self.device)
         kx = freq_per_a(mx, p, half=True, device=self.device)
-        b, w = self.b_iso_a2[lo:hi], self.occupancy[lo:hi]
         keys = np.stack([self._z[lo:hi], self._in_ice[lo:hi]], 1)
         starts = np.flatnonzero(np.r_[True, np.any(keys[1:] != keys[:-1], axis=1)])
         ends = np.r_[starts[1:], hi - lo]
         groups = [(int(s), int(e), self._form_factors(int(keys[s, 0]), int(keys[s, 1]), (my, mx)))
                   for s, e in zip(starts, ends, strict=True)]
         args = (x_a - x0 * p, y_a - y0 * p, b, w, ky, kx, groups, self.cdtype)
-        if torch.is_grad_enabled() and any(t.requires_grad for t in args[:4]):
-            spectrum = _StructureFactors.apply(*args)
-        else:
-            spectrum = _structure_factor_spectrum(*args)
+        spectrum = _StructureFactors.apply(*args) if grad else _structure_factor_spectrum(*args)
         v = irfft2(spectrum, (my, mx)) / (p * p)  # V·Å
         return Patch(y0, x0, torch.complex(v[0], v[1]))
+
+    def tile_plan(self, my: int, mx: int) -> tuple[int, int] | None:
+        return atom_tile_plan(my, mx, self.margin_px)
+
+    def _tiled_potential(self, lo: int, hi: int, x_a: torch.Tensor, y_a: torch.Tensor, b: torch.Tensor,
+                         w: torch.Tensor, shape: tuple[int, int], tile: int, sub: int) -> torch.Tensor:
+        """(2, my, mx) projected potential (V·Å) of atoms lo:hi (x, y Å from the box's pixel [0, 0]), summed tile by
+        tile: each tile's exact structure factor on a sub-box of ``sub`` px centred on it, inverse-transformed and
+        added in place, periodic over the box as the box's own transform is. Each atom's potential then wraps
+        within its sub-box instead of the box: the same approximation as the box itself, whose margin holds the
+        potential's tails (the difference is tested to stay below the band-limit's own ringing)."""
+        my, mx = shape
+        p = self.grid.pixel_size_a
+        out = torch.zeros((2, my * mx), dtype=self.rdtype, device=self.device)
+        ky = freq_per_a(sub, p, device=self.device)
+        kx = freq_per_a(sub, p, half=True, device=self.device)
+        ty = torch.clamp(torch.floor(y_a / (tile * p)), 0, (my - 1) // tile).long()
+        tx = torch.clamp(torch.floor(x_a / (tile * p)), 0, (mx - 1) // tile).long()
+        tile_id = (ty * (mx // tile + 1) + tx).cpu().numpy()
+        order = np.argsort(tile_id, kind="stable")  # stable: element groups stay contiguous within a tile
+        cuts = np.flatnonzero(np.r_[True, tile_id[order][1:] != tile_id[order][:-1], True])
+        keys = np.stack([self._z[lo:hi], self._in_ice[lo:hi]], 1)
+        j = torch.arange(sub, device=self.device)
+        for s, e in zip(cuts[:-1], cuts[1:], strict=True):
+            sel_np = order[s:e]
+            sel = torch.as_tensor(sel_np, device=self.device)
+            k = keys[sel_np]
+            starts = np.flatnonzero(np.r_[True, np.any(k[1:] != k[:-1], axis=1)])
+            ends = np.r_[starts[1:], len(sel_np)]
+            groups = [(int(a), int(c), self._form_factors(int(k[a, 0]), int(k[a, 1]), (sub, sub)))
+                      for a, c in zip(starts, ends, strict=True)]
+            # the sub-box's pixel [0, 0] in the box: the tile's centre minus half the sub-box
+            oy = int(ty[sel[0]]) * tile + tile // 2 - sub // 2
+            ox = int(tx[sel[0]]) * tile + tile // 2 - sub // 2
+            spectrum = _structure_factor_spectrum(x_a[sel] - ox * p, y_a[sel] - oy * p, b[sel], w[sel], ky, kx,
+                                                  groups, self.cdtype)
+            v = irfft2(spectrum, (sub, sub)) / (p * p)
+            iy = torch.remainder(oy + j, my)
+            ix = torch.remainder(ox + j, mx)
+            out.index_add_(1, (iy[:, None] * mx + ix[None, :]).reshape(-1), v.reshape(2, -1))
+        return out.reshape(2, my, mx)
 
     # ------------------------------------------------------------------ real-space builder
     def _real_space_patch(self, lo: int, hi: int) -> Patch:
@@ -330,6 +376,21 @@ class SlicedPotential(SlicedBase):
         if hi <= lo:
             return None
         return self._fourier_patch(lo, hi) if self.builder == "fourier" else self._real_space_patch(lo, hi)
+
+
+def box_margin_px(pixel_size_a: float, margin_a: float = 24.0) -> int:
+    """The margin (px) a slice's atom box keeps around its atoms: the potential's tails and the band limit's
+    ringing (at least :data:`MIN_BOX_MARGIN_PX`: the ringing spans pixels, not Å)."""
+    return max(MIN_BOX_MARGIN_PX, math.ceil(margin_a / pixel_size_a))
+
+
+def atom_tile_plan(my: int, mx: int, margin_px: int) -> tuple[int, int] | None:
+    """(tile, sub-box) px when a (my, mx) atom box is built tile by tile, else None: the sub-box holds a tile and
+    the margin each side (a fast FFT size); tiling pays only when the box spans over two sub-boxes."""
+    sub = good_fft_size(max(ATOM_TILE_PX, 2 * margin_px) + 2 * margin_px)
+    if max(my, mx) <= 2 * sub:
+        return None
+    return sub - 2 * margin_px, sub
 
 
 def _axis_factors(coord_a: torch.Tensor, b_a2: torch.Tensor, weight: torch.Tensor | None, k: torch.Tensor,

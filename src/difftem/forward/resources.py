@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .particle_map import map_side_voxels, projection_box_px, projector_size
-from .potential import FF_CACHE_BYTES
+from .potential import FF_CACHE_BYTES, atom_tile_plan, box_margin_px
 from .scene_potential import SUPPORT_MARGIN_A
 
 FIELD_BYTES_PER_PX = 48  # field-sized arrays the lens, detector and exit wave keep (complex64 and float32 images)
@@ -45,6 +45,7 @@ T_BUSY_PX = 4e-8  # per pixel of a slice with content: exp, embedding, form fact
 T_PX_SLICE = 5e-9  # per pixel and slice, content or not: the uniform ice phase
 T_SF_MAC = 1.2e-10  # per atom × box rows × half-plane columns: the structure factor's matrix product
 T_SF_AXIS = 1.5e-8  # per atom × (rows + columns): its per-axis phase factors
+T_ATOM_TILE = 2e-3  # per occupied tile of a slice on the tiled atom path: its inverse FFT, sum into the box, Python
 T_SAMPLE = 5e-7  # per slab sample point of the copies' boxes (8 trilinear look-ups of 2 channels inside)
 T_SAMPLE_CALL = 2e-3  # per slice a slab type is sampled in
 T_PROJECT = 8.5e-7  # per frequency of a projected copy (look-ups, phase ramp, inverse FFT, scatter)
@@ -278,8 +279,10 @@ def estimate_resources(loads: list[TypeLoad], modes: list[str], *, shape_px: tup
     n_el = min(12, sum(loads[t].n_elements for t in atom_types))
     ay, ax = atom_box_px or (my, mx)
     ay, akx = min(my, ay), min(mx, ax) // 2 + 1  # the atom path's boxes: rows, half-plane columns
-    ff_set = 2 * n_el * FF_BYTES * ay * akx  # one box shape's form factors; other shapes' are capped
-    sf_bytes = per_slice * (ay + akx) * SF_BYTES + ff_set + min(FF_CACHE_BYTES, busy * ff_set)
+    atom_tiles = atom_tile_plan(ay, min(mx, ax), box_margin_px(p))
+    fy, fkx = (ay, akx) if atom_tiles is None else (atom_tiles[1], atom_tiles[1] // 2 + 1)  # a tile's sub-box
+    ff_set = 2 * n_el * FF_BYTES * fy * fkx  # one box shape's form factors; other shapes' are capped
+    sf_bytes = per_slice * (fy + fkx) * SF_BYTES + ff_set + min(FF_CACHE_BYTES, busy * ff_set)
     overlap = n_tiles * g / (h * w) if n_tiles > 1 else 1.0  # atoms in tile margins are computed twice
     lead = max(atom_types, key=lambda t: loads[t].n_atoms * loads[t].n_copies) if atom_types else None
     for t, (load, mode) in enumerate(zip(loads, modes, strict=True)):
@@ -292,7 +295,16 @@ def estimate_resources(loads: list[TypeLoad], modes: list[str], *, shape_px: tup
         copy_s = n_views * load.n_copies * T_COPY
         if mode == "atoms":
             n = load.n_atoms * load.n_copies
-            work = n * overlap * (ay * akx * T_SF_MAC + (ay + akx) * T_SF_AXIS) / speed
+            if atom_tiles is None:
+                work = n * overlap * (ay * akx * T_SF_MAC + (ay + akx) * T_SF_AXIS) / speed
+            else:  # each atom in its tile's sub-box; each occupied tile of a slice one small transform
+                tile, sub = atom_tiles
+                skx = sub // 2 + 1
+                # the tiles a copy covers in each slice it crosses, at most every tile of the box in every slice
+                per_copy = (2 * load.radius_a / (tile * p) + 1) ** 2 * (2 * load.radius_a / dz + 1)
+                occupied = min(busy * math.ceil(ay / tile) * math.ceil(min(mx, ax) / tile), load.n_copies * per_copy)
+                work = (n * overlap * (sub * skx * T_SF_MAC + (sub + skx) * T_SF_AXIS)
+                        + n_tiles * occupied * T_ATOM_TILE) / speed
             comps.append(Component(
                 f"{who} on the atom path",
                 resident_bytes=ATOM_PATH_BYTES * n, transient_bytes=sf_bytes if t == lead else 0.0,

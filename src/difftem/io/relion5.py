@@ -61,7 +61,10 @@ class TiltSeriesTable:
 
 
 def tilt_series_rows(name: str, stack_name: str, angles_deg, tilt_axis_deg: float, defocus_u_a, defocus_v_a,
-                     defocus_angle_deg, pre_exposure_e_per_a2, *, shifts_a=None, nominal_defocus_a=None) -> list[dict]:
+                     defocus_angle_deg, pre_exposure_e_per_a2, *, shifts_a=None, nominal_defocus_a=None,
+                     beam_tilts_mrad=None) -> list[dict]:
+    """One row per tilt; ``beam_tilts_mrad`` (T, 2), when given, adds each tilt's total beam tilt as
+    rlnBeamTiltX/Y (mrad; truth beside the optics group's value, which is one per particle set)."""
     n = len(angles_deg)
     shifts = np.zeros((n, 2)) if shifts_a is None else np.asarray(shifts_a, dtype=np.float64).reshape(n, 2)
     rows = []
@@ -77,6 +80,8 @@ def tilt_series_rows(name: str, stack_name: str, angles_deg, tilt_axis_deg: floa
                      "rlnCtfScalefactor": float(np.cos(np.radians(theta))),
                      "rlnTomoXTilt": 0.0, "rlnTomoYTilt": theta, "rlnTomoZRot": float(tilt_axis_deg),
                      "rlnTomoXShiftAngst": float(shifts[i, 0]), "rlnTomoYShiftAngst": float(shifts[i, 1])})
+        if beam_tilts_mrad is not None:
+            rows[-1].update(rlnBeamTiltX=float(beam_tilts_mrad[i][0]), rlnBeamTiltY=float(beam_tilts_mrad[i][1]))
     return rows
 
 
@@ -120,10 +125,15 @@ def particle_rows(tomo_name: str, positions_a, rotations, tilt_axis_deg: float, 
 
 
 def write_particles_star(path: str | Path, rows: list[dict], *, voltage_kv: float, cs_mm: float,
-                         amplitude_contrast: float, pixel_size_a: float) -> Path:
+                         amplitude_contrast: float, pixel_size_a: float,
+                         beam_tilt_mrad: tuple[float, float] | None = None) -> Path:
+    """``beam_tilt_mrad`` (x, y): the optics group's beam tilt, written as rlnBeamTiltX/Y (mrad) in data_optics,
+    where RELION's observation model reads it (one value per optics group; omitted when None)."""
     optics = [{"rlnOpticsGroup": 1, "rlnOpticsGroupName": "optics1", "rlnSphericalAberration": float(cs_mm),
                "rlnVoltage": float(voltage_kv), "rlnAmplitudeContrast": float(amplitude_contrast),
                "rlnTomoTiltSeriesPixelSize": float(pixel_size_a)}]
+    if beam_tilt_mrad is not None:
+        optics[0].update(rlnBeamTiltX=float(beam_tilt_mrad[0]), rlnBeamTiltY=float(beam_tilt_mrad[1]))
     return write_star(path, {"general": {"rlnTomoSubTomosAre2DStacks": 1}, "optics": optics, "particles": rows},
                       PARTICLES_COMMENT)
 
@@ -182,6 +192,17 @@ def read_tomograms_star(path: str | Path):
     """The rows of a RELION-5 tomograms.star (a DataFrame, one row per tilt series)."""
     path = Path(path)
     return _loop(read_star(path), path, "rlnTomoName")[1]
+
+
+def read_optics_beam_tilt(path: str | Path) -> tuple[float, float] | None:
+    """(x, y) mrad of the first optics group's rlnBeamTiltX/Y in a particles STAR, None when it has none."""
+    path = Path(path)
+    _, optics = _loop(read_star(path), path, "rlnOpticsGroupName")
+    if "rlnBeamTiltX" not in optics.columns and "rlnBeamTiltY" not in optics.columns:
+        return None
+    zeros = np.zeros(len(optics))
+    return (float(_column(optics, "rlnBeamTiltX", path, zeros)[0]), float(_column(optics, "rlnBeamTiltY", path,
+                                                                                   zeros)[0]))
 
 
 def read_particles_star(path: str | Path, tilt_axis_deg: float = 0.0) -> tuple[np.ndarray, np.ndarray, list[str]]:

@@ -64,6 +64,8 @@ class SeriesRecord:
     positions_a: np.ndarray  # (N, 3) scene frame
     rotations: np.ndarray  # (N, 3, 3) type frame → scene
     type_names: list[str]
+    beam_tilt_mrad: tuple[float, float] | None = None  # the optics' beam tilt (x, y); None: none set
+    beam_tilts_mrad: np.ndarray | None = None  # (T, 2) each tilt's total (optics + its error), stack order
 
     def thickness_px(self) -> int:
         """The tomogram's depth: the ice or the particles' depth (whichever is larger) plus 10 % and 4 pixels."""
@@ -115,11 +117,21 @@ def read_run(folder: str | Path, *, with_stack: bool = True) -> SeriesRecord:
         np.zeros(len(rows))
     positions, rotations, names = _ground_truth(folder / "particles.star")
     cfg = run["config"]
+    per_tilt = (rows[["rlnBeamTiltX", "rlnBeamTiltY"]].to_numpy(dtype=np.float64)
+                if {"rlnBeamTiltX", "rlnBeamTiltY"} <= set(rows.columns) else None)
     return SeriesRecord(folder.resolve().name or "run", stack, px, tilts.angles_deg, tilts.tilt_axis_deg,
                         tilts.defocus_u_a, tilts.defocus_v_a, tilts.defocus_angle_deg, dose,
                         tilts.pre_exposure_e_per_a2, order, float(cfg["beam"]["voltage_kv"]),
                         float(cfg["optics"]["cs_mm"]), amplitude_contrast_of(cfg),
-                        float(cfg["sample"]["ice_thickness_nm"]) * 10.0, positions, rotations, names)
+                        float(cfg["sample"]["ice_thickness_nm"]) * 10.0, positions, rotations, names,
+                        _optics_beam_tilt(cfg, per_tilt), per_tilt)
+
+
+def _optics_beam_tilt(cfg: dict, per_tilt: np.ndarray | None) -> tuple[float, float] | None:
+    """The optics' fixed beam tilt (x, y) mrad, when it or any per-tilt beam tilt is set (else None)."""
+    optics = cfg.get("optics", {})
+    tilt = (float(optics.get("beam_tilt_x_mrad", 0.0)), float(optics.get("beam_tilt_y_mrad", 0.0)))
+    return tilt if any(tilt) or per_tilt is not None else None
 
 
 def record_from_result(result, name: str = "series") -> SeriesRecord:
@@ -135,13 +147,19 @@ def record_from_result(result, name: str = "series") -> SeriesRecord:
     def col(key):
         return np.array([r[key] for r in rows], dtype=np.float64)
 
+    # each tilt's total beam tilt, as tilts.star writes it: the optics' plus the tilt's error
+    optics = result.config.optics
+    per_tilt = (np.array([[optics.beam_tilt_x_mrad + r.get("difftemErrorBeamTiltXMrad", 0.0),
+                           optics.beam_tilt_y_mrad + r.get("difftemErrorBeamTiltYMrad", 0.0)] for r in rows])
+                if rows and any("difftemErrorBeamTiltXMrad" in r for r in rows) else None)
+
     return SeriesRecord(name, result.tilts.cpu().numpy(), result.pixel_size_a, np.asarray(result.angles_deg),
                         float(result.metadata.get("tilt_axis_deg", 0.0)), col("rlnDefocusU"), col("rlnDefocusV"),
                         col("rlnDefocusAngle"), col("difftemDoseEPerA2"), col("rlnMicrographPreExposure"),
                         col("difftemAcquisitionOrder").astype(np.int64), float(cfg["beam"]["voltage_kv"]),
                         float(cfg["optics"]["cs_mm"]), amplitude_contrast_of(cfg),
                         float(cfg["sample"]["ice_thickness_nm"]) * 10.0, positions, rotations,
-                        [p["difftemParticleType"] for p in parts])
+                        [p["difftemParticleType"] for p in parts], _optics_beam_tilt(cfg, per_tilt), per_tilt)
 
 
 def _ground_truth(path: Path) -> tuple[np.ndarray, np.ndarray, list[str]]:
@@ -181,7 +199,8 @@ def write_relion5(rec: SeriesRecord, out: Path) -> list[Path]:
     name = rec.name
     stack_name = f"{name}.mrcs"
     rows = relion5.tilt_series_rows(name, stack_name, rec.angles_deg, rec.tilt_axis_deg, rec.defocus_u_a,
-                                    rec.defocus_v_a, rec.defocus_angle_deg, rec.prior_dose_e_per_a2)
+                                    rec.defocus_v_a, rec.defocus_angle_deg, rec.prior_dose_e_per_a2,
+                                    beam_tilts_mrad=rec.beam_tilts_mrad)
     size = (rec.stack.shape[2], rec.stack.shape[1], rec.thickness_px())
     tomo = relion5.tomograms_row(name, f"tilt_series/{name}.star", voltage_kv=rec.voltage_kv, cs_mm=rec.cs_mm,
                                  amplitude_contrast=rec.amplitude_contrast, pixel_size_a=rec.pixel_size_a,
@@ -192,7 +211,7 @@ def write_relion5(rec: SeriesRecord, out: Path) -> list[Path]:
     parts = relion5.particle_rows(name, rec.positions_a, rec.rotations, rec.tilt_axis_deg, names=rec.type_names)
     written.append(relion5.write_particles_star(out / "particles.star", parts, voltage_kv=rec.voltage_kv,
                                                 cs_mm=rec.cs_mm, amplitude_contrast=rec.amplitude_contrast,
-                                                pixel_size_a=rec.pixel_size_a))
+                                                pixel_size_a=rec.pixel_size_a, beam_tilt_mrad=rec.beam_tilt_mrad))
     return written
 
 
