@@ -449,3 +449,32 @@ def test_cli_reports_failed_items_with_exit_code_1(tmp_path):
     res = runner.invoke(app, ["dataset", str(spec), "--out", str(tmp_path / "st"), "--workers", "0"])
     assert res.exit_code == 1 and "item 0 failed" in res.output and "1 items written" in res.output
     assert os.path.exists(tmp_path / "st" / "failed" / "000000.json")
+
+
+def test_movie_items_vary_their_drift_and_store_frames_and_truth(tmp_path):
+    """outputs: movie — each item holds its frames (n_frames, H, W), bit for bit what simulate()'s movie draws,
+    with the true global shifts in its ground truth; a varied drift amplitude changes the shifts item by item; the
+    frames add up to the exposure's dose. A spec asking for frames without a movie section is refused."""
+    base = {**json.loads(json.dumps(BASE)), "movie": {"n_frames": 6, "drift": {"fast_a": 4.0, "slow_a_per_frame": 0.5}}}
+    vary = {"movie.drift.fast_a": {"choice": [2.0, 8.0]}, "movie.drift.slow_a_per_frame": {"uniform": [0.2, 1.0]}}
+    spec = spec_from_dict(spec_dict(n_items=2, base=base, vary=vary, outputs=["micrograph", "movie"]))
+    assert sorted(build(spec, tmp_path / "mv", workers=0).done) == [0, 1]
+    ds = DatasetReader(tmp_path / "mv")
+    shifts = []
+    for k in range(2):
+        item = ds[k]
+        frames = item["movie"]
+        assert frames.shape == (6, 64, 64) and frames.dtype == torch.float32
+        cfg = config_from_dict(item["config"])
+        torch.set_num_threads(1)
+        ref = simulate(cfg)
+        torch.set_num_threads(2)
+        assert torch.equal(frames, torch.stack(list(ref.movie.frames())).float())
+        truth = np.asarray(item["ground_truth"]["movie"]["global_shift_px"])
+        assert truth.shape == (6, 2) and np.allclose(truth, ref.metadata["movie"]["global_shift_px"])
+        shifts.append(truth)
+        # six frames of dose/6 each: their sum's mean is the exposure's (shot noise on 4096 px: < 2 %)
+        assert float(frames.sum(0).mean()) == pytest.approx(float(ref.noiseless.mean()), rel=0.02)
+    assert not np.allclose(shifts[0], shifts[1])
+    with pytest.raises(ConfigError, match="movie"):
+        build(spec_from_dict(spec_dict(n_items=1, outputs=["micrograph", "movie"])), tmp_path / "no", workers=0)

@@ -36,6 +36,8 @@ UNITS = {
     "intensity": "image intensity relative to the incident beam",
     "potential": "projected potential, real part, V*A summed over slices",
     "exit_wave": "complex exit wave at the bottom of the specimen",
+    "movie": "detected frames (n_frames, H, W) of the exposure, counts per pixel (x gain); the true motion "
+             "(global shifts per frame, local field) is the ground truth's movie entry",
 }
 
 
@@ -73,6 +75,12 @@ def simulate_item(config: SimulationConfig, outputs: Iterable[str] = ("micrograp
         source = {"micrograph": result.micrograph, "noiseless": result.noiseless, "intensity": result.intensity,
                   "exit_wave": result.exit_wave,
                   "potential": None if result.projected_potential is None else result.projected_potential.real}
+        if "movie" in outputs:
+            if result.movie is None:
+                raise ConfigError("outputs: 'movie' needs a movie section in the item's config")
+            import torch
+
+            source["movie"] = torch.stack(list(result.movie.frames()))
         metadata, tilt_rows = result.metadata, None
     arrays = {}
     for name in outputs:
@@ -127,6 +135,7 @@ def ground_truth(config: SimulationConfig, metadata: dict, tilt_rows: list[dict]
                      defocus_exit_plane_um=None if z_exit_a is None else opt.defocus_um + z_exit_a * 1e-4)]
     mtf = det.mtf.model_dump(mode="json") if det.mtf is not None else None
     return {
+        **({"movie": metadata["movie"]} if "movie" in metadata else {}),  # the frames' true motion
         "particles": particles, "ctf": ctf, "mtf": mtf, "normalize_mtf": det.normalize_mtf,
         "dose_e_per_a2": float(sum(c["dose_e_per_a2"] for c in ctf)), "dqe": det.dqe, "gain": det.gain,
         "noise": det.noise, "pixel_size_a": p, "shape_px": [ny, nx], "ice_thickness_nm": config.sample.ice_thickness_nm,

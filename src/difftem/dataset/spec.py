@@ -24,7 +24,7 @@ from ..config import SimulationConfig, config_from_dict, format_validation_error
 from ..core.errors import ConfigError
 
 LAYOUT_VERSION = 1
-OUTPUT_CHOICES = ("micrograph", "noiseless", "intensity", "potential", "exit_wave")
+OUTPUT_CHOICES = ("micrograph", "noiseless", "intensity", "potential", "exit_wave", "movie")
 TILT_OUTPUTS = {"micrograph", "noiseless"}  # what a tilt-series item holds (stacks ordered by angle)
 
 
@@ -452,6 +452,9 @@ def validate_items(spec: DatasetSpec, indices) -> dict[int, tuple[dict, dict]]:
         if getattr(cfg, "tilt_series", None) is not None and extra:
             raise ConfigError(f"{spec.source} outputs: item {i} is a tilt series, which stores "
                               f"{sorted(TILT_OUTPUTS)} only; remove {extra}")
+        if "movie" in spec.outputs and getattr(cfg, "movie", None) is None:
+            raise ConfigError(f"{spec.source} outputs: item {i} has no movie section (base or vary) to draw the "
+                              "'movie' output's frames from; add one or remove 'movie'")
         out[i] = (cfg.model_dump(mode="json"), params)
     return out
 
