@@ -37,6 +37,13 @@ def pixel_blur_a(pixel_size_a: float) -> float:
     return pixel_size_a / math.sqrt(12.0)
 
 
+def lipid_field(real: torch.Tensor | None, absorption_ratio: float, cdtype=torch.complex64) -> torch.Tensor | None:
+    """A bilayer's projected ΔV (V·Å) as the complex field ΔV·(1 + i ratio): lipids absorb as the atoms do."""
+    if real is None:
+        return None
+    return torch.complex(real, absorption_ratio * real).to(cdtype)
+
+
 class ViewVesicles:
     """The vesicles of one view: centres turned into the view frame, the profile widened for the pixel."""
 
@@ -141,10 +148,7 @@ class ViewVesicles:
 
     def field(self, grid: Grid, z0_a: float, z1_a: float, cdtype=torch.complex64) -> torch.Tensor | None:
         """The complex projected potential (V·Å) of view depths [z0, z1): ΔV·(1 + i ratio); None if untouched."""
-        real = self.projected_v_a(grid, z0_a, z1_a)
-        if real is None:
-            return None
-        return torch.complex(real, self.absorption_ratio * real).to(cdtype)
+        return lipid_field(self.projected_v_a(grid, z0_a, z1_a), self.absorption_ratio, cdtype)
 
 
 def add_to_volume(volume: torch.Tensor, vesicles: Vesicles, grid: Grid, z0_a: float, voxel_a: float) -> None:

@@ -29,7 +29,7 @@ from ..core.grid import Grid
 from ..core.threads import threads_for
 from ..specimen.membranes import Bilayer
 from ..specimen.sheets import Sheets, disc_half_extents_a
-from .membranes import pixel_blur_a
+from .membranes import lipid_field, pixel_blur_a
 
 EDGE_SAMPLES = 4  # radii across one pixel that soften a disc's rim
 FLAT_DU_A = 1e-3  # below this change of u along the segment, ΔV at its middle times its length
@@ -250,10 +250,7 @@ class ViewSheets:
 
     def field(self, grid: Grid, z0_a: float, z1_a: float, cdtype=torch.complex64) -> torch.Tensor | None:
         """The complex projected potential (V·Å) of view depths [z0, z1): ΔV·(1 + i ratio); None if untouched."""
-        real = self.projected_v_a(grid, z0_a, z1_a)
-        if real is None:
-            return None
-        return torch.complex(real, self.absorption_ratio * real).to(cdtype)
+        return lipid_field(self.projected_v_a(grid, z0_a, z1_a), self.absorption_ratio, cdtype)
 
 
 def add_sheets_to_volume(volume: torch.Tensor, sheets: Sheets, grid: Grid, z0_a: float, voxel_a: float) -> None:
