@@ -14,7 +14,7 @@ from typing import Literal
 import numpy as np
 
 from ..config import MAX_POSITION_A, shown_path
-from ..core.elements import MAX_Z, atomic_mass_da
+from ..core.elements import MAX_Z, atomic_mass_da, gemmi_module
 from ..core.errors import StructureError
 
 ModelPolicy = Literal["auto", "first", "all", "ensemble"]
@@ -80,8 +80,7 @@ class Atoms:
 
 
 def _open(path: Path):
-    import gemmi
-
+    gemmi = gemmi_module()
     if "\x00" in str(path):
         raise StructureError(f"{shown_path(path)}: the structure path contains a NUL byte (check `structure:` in the "
                              "config)")
