@@ -22,8 +22,9 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from difftem.core.fft import radial_freq_per_px, rfft2  # noqa: E402
+from difftem.core.fft import rfft2  # noqa: E402
 from difftem.core.grid import Grid  # noqa: E402
+from difftem.forward.camera import radial_bands  # noqa: E402
 from difftem.forward.ice import (  # noqa: E402
     LDA_NUMBER_DENSITY_PER_A3,
     amorphous_ice_structure_factor,
@@ -35,16 +36,6 @@ from difftem.specimen.pseudo_water import relaxed_centres, structure_factor, wat
 
 S_EDGES = np.arange(0.0, 0.8501, 0.0125)
 BANDS = np.r_[0.10, np.arange(0.20, 0.7501, 0.05)]
-
-
-def bands(spec: torch.Tensor, shape, pixel_a: float, edges) -> np.ndarray:
-    k = radial_freq_per_px(shape, half=True).numpy() / pixel_a
-    w = np.ones_like(k)
-    w[:, 0] = 0.5
-    w[:, -1] = 0.5
-    s = spec.numpy()
-    return np.array([(s * w)[(k >= lo) & (k < hi)].sum() / w[(k >= lo) & (k < hi)].sum()
-                     for lo, hi in zip(edges[:-1], edges[1:], strict=True)])
 
 
 def one_box(box, pixel_a, seed, table):
@@ -81,8 +72,8 @@ def main() -> None:
     runs = [one_box(box, p, seed, table) for seed in range(args.boxes)]
     shape = runs[0][4]
     fine = np.arange(0.05, 0.8001, 0.025)
-    e_f, o_f, l_f = (np.mean([bands(r[i], shape, p, fine) for r in runs], 0) for i in range(3))
-    e_b, o_b = (np.mean([bands(r[i], shape, p, BANDS) for r in runs], 0) for i in range(2))
+    e_f, o_f, l_f = (np.mean([radial_bands(r[i], shape, fine * p) for r in runs], 0) for i in range(3))
+    e_b, o_b = (np.mean([radial_bands(r[i], shape, BANDS * p) for r in runs], 0) for i in range(2))
     s_mean = np.mean([r[3] for r in runs], 0)
     ratio = e_b / o_b
     k_mid = 0.5 * (S_EDGES[1:] + S_EDGES[:-1])
