@@ -10,7 +10,9 @@ Each particle type is simulated in one of three ways, chosen per type:
 * ``slab`` — a cached real-space map per type, sampled slab by slab at each copy's pose;
 * ``subunits`` — for a type made of copies of one unit (a helix, a transforms file): the unit's projector, each
   unit of each copy projected whole into the slice holding the unit's centre. The type costs one unit to build,
-  and the projection's error is that of the unit's depth, not the whole type's.
+  and the projection's error is that of the unit's depth, not the whole type's. Where the units follow one
+  repeated step (a helix) runs of consecutive units are projected as one block (:func:`unit_blocks`): the
+  largest block the accuracy rule allows, sized for the fewest projected pixels per view.
 
 Projection (of a type or a unit) is allowed when its error, the defocus phase across it (π λ R k_max² at the band
 edge, R its radius), is at most PROJECTION_PHASE_LIMIT_RAD or when the particle is no deeper than one slice
@@ -31,14 +33,17 @@ import torch
 from ..core.fft import good_fft_size
 from ..core.grid import Grid
 from ..specimen.density import DensityMap
-from ..specimen.scene import Placement, Scene
+from ..specimen.scene import Placement, Scene, Subunits
 from ..specimen.structure import Atoms
 from .density_map import build_density_map, build_density_projector
 from .particle_map import (
     build_fourier_projector,
     build_particle_map,
+    projection_box_px,
+    projector_size,
 )
 from .potential import IceModel, SlicedPotential, atoms_to_tensors
+from .resources import T_PROJECT, T_PROJECTOR_BUILD, T_SPREAD_PROJECTOR
 from .scattering import ScatteringTable
 from .scene_potential import SUPPORT_MARGIN_A, MapCopies, ProjectionCopies, ScenePotential
 
@@ -70,10 +75,25 @@ class TypeCache:
     absorption_ratio: float
     device: torch.device
     maps: dict = field(default_factory=dict)
+    block_radius_a: float = 0.0  # the largest block of units that may be projected whole (0: units one by one)
+    views: int = 1  # exposures the cache serves (a tilt series' tilts): the blocks' build is paid once for them
 
-    def projector(self, t: int, atoms: Atoms, mode: str = "projection"):
-        """Type ``t``'s projector (``mode`` projection), or that of its asymmetric unit (``mode`` subunits)."""
-        key = (mode, t)
+    def unit_parts(self, t: int, units: Subunits, copies: int = 1) -> list[Subunits]:
+        """Type ``t``'s units as the blocks projected whole (:func:`unit_blocks`), chosen once per type."""
+        key = ("blocks", t)
+        if key not in self.maps:
+            self.maps[key] = unit_blocks(units, self.block_radius_a, self.pixel_size_a, copies * self.views)
+            self.maps[("block_sizes", t)] = [len(p.atoms) // max(1, len(units.atoms)) for p in self.maps[key]]
+        return self.maps[key]
+
+    def block_sizes(self, t: int) -> list[int]:
+        """Units per block of each part of type ``t`` (empty: not projected as units)."""
+        return self.maps.get(("block_sizes", t), [])
+
+    def projector(self, t: int, atoms: Atoms, mode: str = "projection", part: int = 0):
+        """Type ``t``'s projector (``mode`` projection), or that of its unit or block of units ``part`` (``mode``
+        subunits)."""
+        key = (mode, t, part)
         if key not in self.maps and isinstance(atoms, DensityMap):
             self.maps[key] = build_density_projector(atoms, pixel_size_a=self.pixel_size_a, ice=self.ice,
                                                      absorption_ratio=self.absorption_ratio, device=self.device)
@@ -106,7 +126,64 @@ class TypeCache:
 
     @property
     def nbytes(self) -> int:
-        return sum((m[1] if isinstance(m, tuple) else m).nbytes for m in self.maps.values())
+        held = [m[1] if isinstance(m, tuple) else m for k, m in self.maps.items()
+                if k[0] not in ("blocks", "block_sizes")]
+        return sum(m.nbytes for m in held)
+
+
+#: blocks of units stand in for the units when they match them this closely (Å)
+BLOCK_MISMATCH_A = 1e-3
+MAX_BLOCK_UNITS = 256
+
+
+def unit_blocks(units: Subunits, radius_limit_a: float, pixel_size_a: float, uses: int = 1) -> list[Subunits]:
+    """``units`` as blocks of g consecutive units projected whole: of the sizes whose blocks stay within
+    ``radius_limit_a`` (the accuracy rule's largest projected particle), the one of least estimated time for
+    ``uses`` projections of the whole type (copies × views; each block's projected frequencies) and the build of its
+    projectors (a last, shorter block needs one of its own); the units themselves when no block of two fits or the
+    operators are not one repeated step (blocks would not be copies of one another)."""
+    n = len(units)
+    r_unit = units.radius_a
+    g_max = min(n, MAX_BLOCK_UNITS)
+    if g_max < 2 or r_unit >= radius_limit_a:
+        return [units]
+    centres = units.translations_a[:g_max]  # the unit is centred: its centre goes to t_k
+    lo, hi = np.minimum.accumulate(centres, 0), np.maximum.accumulate(centres, 0)
+    mid = 0.5 * (lo + hi)  # (g_max, 3): bounding-box centre of the first g units' centres
+    reach = np.sqrt(((centres[None, :, :] - mid[:, None, :]) ** 2).sum(-1))  # (g, i)
+    reach = np.where(np.arange(g_max)[None, :] <= np.arange(g_max)[:, None], reach, 0.0).max(1)
+    radius = reach + r_unit  # a bound on block g's radius, g = index + 1
+
+    n_el = len(np.unique(units.atoms.atomic_number))
+
+    def cost(g: int) -> float:
+        full, rest = divmod(n, g)
+        parts = [(k, m) for k, m in ((full, g), (1 if rest else 0, rest)) if k]
+        side = [projector_size(radius[m - 1], pixel_size_a)[0] for _, m in parts]
+        return sum(uses * T_PROJECT * k * _freqs(radius[m - 1], pixel_size_a)
+                   + T_PROJECTOR_BUILD * d**3 * math.log2(d) * n_el + T_SPREAD_PROJECTOR * m * len(units.atoms)
+                   for (k, m), d in zip(parts, side, strict=True))
+
+    sizes = sorted((g for g in range(1, g_max + 1) if radius[g - 1] <= radius_limit_a), key=cost)
+    for g in sizes[:4]:
+        if g == 1:
+            break
+        if units.block_mismatch_a(g) <= BLOCK_MISMATCH_A:
+            return units.blocks(g)
+    return [units]
+
+
+def _freqs(radius_a: float, pixel_size_a: float) -> int:
+    """Frequencies of one projection: its box times the half plane."""
+    box = projection_box_px(projector_size(radius_a, pixel_size_a)[1], pixel_size_a)
+    return box * (box // 2 + 1)
+
+
+def projection_radius_limit_a(*, pixel_size_a: float, wavelength_a: float, antialias_fraction: float,
+                              slice_thickness_a: float = 0.0) -> float:
+    """The largest radius :func:`projection_allowed` admits."""
+    k_max = antialias_fraction * 0.5 / pixel_size_a
+    return max(PROJECTION_PHASE_LIMIT_RAD / (math.pi * wavelength_a * k_max**2), slice_thickness_a / 2)
 
 
 def projection_allowed(radius_a: float, *, pixel_size_a: float, wavelength_a: float, antialias_fraction: float,
@@ -232,12 +309,16 @@ def build_view_potential(scene: Scene, view: SceneView, modes: list[str], cache:
         if mode == "atoms" or sel.size == 0:
             continue
         rots_np, centres_np, atoms_of_mode = pl.rotations[sel], pl.positions_a[sel], scene.types[t].source
-        if mode == "subunits":  # each unit of each copy is a copy of the unit
-            units = scene.types[t].subunits
-            (rots_np, centres_np), atoms_of_mode = units.poses(rots_np, centres_np), units.atoms
+        if mode == "subunits":  # each unit (or block of units) of each copy is a copy of the unit
+            for q, part in enumerate(cache.unit_parts(t, scene.types[t].subunits, sel.size)):
+                rots, centres = (torch.as_tensor(a, dtype=torch.float64, device=dev)
+                                 for a in part.poses(rots_np, centres_np))
+                projection_copies.append(ProjectionCopies(cache.projector(t, part.atoms, mode, q), rots, centres,
+                                                          view.transfer))
+            continue
         rots = torch.as_tensor(rots_np, dtype=torch.float64, device=dev)
         centres = torch.as_tensor(centres_np, dtype=torch.float64, device=dev)
-        if mode in ("projection", "subunits"):
+        if mode == "projection":
             projection_copies.append(ProjectionCopies(cache.projector(t, atoms_of_mode, mode), rots, centres,
                                                       view.transfer))
         else:

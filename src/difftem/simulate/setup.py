@@ -54,6 +54,7 @@ from ..forward.scene_build import (
     choose_modes,
     mode_candidates,
     plan_tiles,
+    projection_radius_limit_a,
     type_radii,
     view_z_range,
 )
@@ -266,7 +267,10 @@ class Setup:
                                   slice_thickness_a=config.simulation.slice_thickness_a, radii=radii)
         modes = [c[0] for c in candidates]
         cache = TypeCache(get_table(config.simulation.parametrization), det.pixel_size_a, ice, absorption_ratio,
-                          device)
+                          device, block_radius_a=projection_radius_limit_a(
+                              pixel_size_a=det.pixel_size_a, wavelength_a=lam,
+                              antialias_fraction=config.simulation.antialias_fraction or 1.0,
+                              slice_thickness_a=config.simulation.slice_thickness_a), views=n_views(config))
         for ptype in scene.types:  # density maps: their numbers in volts, once per scene
             if ptype.density is not None and ptype.density.scale_v is None:
                 calibrate(ptype.density, cache.table, ice)
@@ -284,6 +288,7 @@ class Setup:
     def particle_types(self) -> list[dict]:
         return [{"name": t.name, "atoms": len(t.atoms), "copies": self.scene.copies_of(i), "mode": self.modes[i],
                  **({"subunits": len(t.subunits)} if t.subunits is not None else {}),
+                 **({"unit_blocks": self.cache.block_sizes(i)} if self.cache.block_sizes(i) else {}),
                  **({"map": t.density.calibration} if t.density is not None else {}),
                  **({"mode_estimates": self.mode_estimates[i]} if i in self.mode_estimates else {})}
                 for i, t in enumerate(self.scene.types)]
@@ -296,6 +301,10 @@ class Setup:
             sel = pl.type_index == t
             loads.append(TypeLoad.of(ptype, int(sel.sum()), type_label(t, ptype.name, ptype.atoms.source), dz,
                                      pl.positions_a[sel, 2], pl.rotations[sel], float(self.radii[t])))
+            if ptype.subunits is not None and sel.any():  # projected as the blocks of units the run will use
+                parts = self.cache.unit_parts(t, ptype.subunits, int(sel.sum()))
+                loads[-1].n_units = sum(len(part) for part in parts)
+                loads[-1].unit_radius_a = max(part.radius_a for part in parts)
         return loads
 
     def multislice_plan(self) -> tuple[tuple[int, int] | None, int]:

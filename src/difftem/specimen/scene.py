@@ -151,6 +151,39 @@ class Subunits:
         return Atoms.concatenate([self.atoms.transformed(r, t) for r, t in zip(self.rotations, self.translations_a,
                                                                                  strict=True)])
 
+    def block_relations(self, size: int) -> tuple[np.ndarray, np.ndarray]:
+        """(M_j rotations, translations) taking units 0… of the first block of ``size`` onto block j's (units j·size…):
+        M_j = op_{j·size} ∘ op_0⁻¹, j over every block including a last, shorter one."""
+        r0, t0 = self.rotations[0], self.translations_a[0]
+        first = np.arange(0, len(self), size)
+        rot = self.rotations[first] @ r0.T
+        return rot, self.translations_a[first] - rot @ t0
+
+    def block_mismatch_a(self, size: int) -> float:
+        """How far (Å, at the unit's radius) the units stray from their block's copy of the first block: 0 for a
+        helix or any run of one repeated step; blocks may stand in for units when this is far below a pixel."""
+        rot, trans = self.block_relations(size)
+        k = np.arange(len(self))
+        j, i = k // size, k % size
+        pred_r = rot[j] @ self.rotations[i]
+        pred_t = np.einsum("kab,kb->ka", rot[j], self.translations_a[i]) + trans[j]
+        dr = np.abs(pred_r - self.rotations).max(axis=(1, 2)) * 3 * self.radius_a
+        return float((dr + np.sqrt(((pred_t - self.translations_a) ** 2).sum(1))).max())
+
+    def blocks(self, size: int) -> list[Subunits]:
+        """The same atoms as blocks of ``size`` consecutive units, each block a unit of its own (centred), the
+        blocks copies of the first one; a last, shorter block is a second part. Valid when
+        :meth:`block_mismatch_a` is negligible (the caller checks)."""
+        n_full, rest = divmod(len(self), size)
+        rot, trans = self.block_relations(size)
+        parts = []
+        for n_units, sel in ((size, slice(0, n_full)), (rest, slice(n_full, n_full + 1))):
+            if n_units == 0 or n_full == 0 and n_units == size:
+                continue
+            block = Subunits(self.atoms, self.rotations[:n_units], self.translations_a[:n_units]).expanded()
+            parts.append(Subunits(block, rot[sel], trans[sel]).centred_unit())
+        return parts
+
     def poses(self, rotations: np.ndarray, positions_a: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Each copy's (M) units as poses of the unit: (M·K, 3, 3) rotations and (M·K, 3) centres, copy-major."""
         rots = np.einsum("mab,kbc->mkac", rotations, self.rotations).reshape(-1, 3, 3)
