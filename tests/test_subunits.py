@@ -118,7 +118,7 @@ def test_blocks_of_units_give_the_units_tilt_images(monkeypatch):
                  simulation={"slice_thickness_a": 80.0, "map_placement": "auto"},
                  tilt_series={"scheme": "list", "angles_deg": [-60, -40, -20, 0, 20, 40, 60]})
     chooser = scene_build.unit_blocks  # as for a long series of many copies, where blocks pay for their build
-    monkeypatch.setattr(scene_build, "unit_blocks", lambda units, limit, pixel, uses: chooser(units, limit, pixel, 1000))
+    monkeypatch.setattr(scene_build, "unit_blocks", lambda units, lim, px, uses: chooser(units, lim, px, 1000))
     blocked = simulate_tilt_series(config_from_dict(cfg))
     kind = blocked.metadata["particle_types"][0]
     assert kind["mode"] == "subunits" and max(kind["unit_blocks"]) > 1
