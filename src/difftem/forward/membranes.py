@@ -41,7 +41,8 @@ def lipid_field(real: torch.Tensor | None, absorption_ratio: float, cdtype=torch
     """A bilayer's projected ΔV (V·Å) as the complex field ΔV·(1 + i ratio): lipids absorb as the atoms do."""
     if real is None:
         return None
-    return torch.complex(real, absorption_ratio * real).to(cdtype)
+    real = real.to(cdtype.to_real())
+    return torch.complex(real, absorption_ratio * real)
 
 
 class ViewVesicles:
@@ -84,6 +85,17 @@ class ViewVesicles:
 
     def touches(self, z0_a: float, z1_a: float) -> bool:
         return bool(((self.centres_a[:, 2] - self.outer_a < z1_a) & (self.centres_a[:, 2] + self.outer_a > z0_a)).any())
+
+    def spans(self, grid: Grid, z0_a: float, z1_a: float) -> list[tuple[int, int, int, int]]:
+        """Pixel rows and columns [y0, y1) × [x0, x1) of the vesicles that reach into view depths [z0, z1)."""
+        p = grid.pixel_size_a
+        oy, ox = grid.origin_a
+        out = []
+        for (cx, cy, cz), ro in zip(self.centres_a, self.outer_a, strict=True):
+            if cz - ro < z1_a and cz + ro > z0_a:
+                out.append((math.floor((cy - ro + oy) / p), math.ceil((cy + ro + oy) / p) + 1,
+                            math.floor((cx - ro + ox) / p), math.ceil((cx + ro + ox) / p) + 1))
+        return out
 
     def _footprint(self, i: int, grid: Grid):
         """Vesicle i's disc on ``grid``: (flat pixel indices, d², and the half chords h_in, h_out of the shell's

@@ -30,7 +30,7 @@ import torch.utils.checkpoint
 
 from ..core.fft import fft2, filter2, ifft2
 from ..core.grid import Grid, centred_span
-from .potential import Patch, SlicedPotential, antialias_mask, embed
+from .potential import Patch, SlicedPotential, antialias_mask, embed, merge_patches
 
 Bandlimit = Literal["box", "field", "none"]
 
@@ -119,16 +119,36 @@ class Multislice:
         return t
 
     def _transmit(self, k: int, wave: torch.Tensor, ice_chunk: int | None = None) -> torch.Tensor:
-        return wave * self.transmission_field(self._with_ice(self.potential.slice_patch(k), ice_chunk))
+        patch = self._with_ice(self.potential.slice_patch(k), ice_chunk)
+        if torch.is_grad_enabled() or self.bandlimit != "box":
+            return wave * self.transmission_field(patch)
+        return self._transmit_in_place(wave, patch)
+
+    def _transmit_in_place(self, wave: torch.Tensor, patch: Patch) -> torch.Tensor:
+        """``wave`` × the slice's transmission, written into ``wave`` over the patch's box only (no gradients):
+        outside its box the band-limited t is 1."""
+        my, mx = patch.potential.shape
+        ny, nx = self.potential.grid.shape_px
+        if patch.y0 < 0 or patch.x0 < 0 or patch.y0 + my > ny or patch.x0 + mx > nx:
+            return wave * self.transmission_field(patch)
+        t = filter2(transmission(patch.potential, self.sigma) - 1, self._aperture((my, mx))).add_(1)
+        wave[patch.y0:patch.y0 + my, patch.x0:patch.x0 + mx].mul_(t)
+        return wave
 
     def _with_ice(self, patch: Patch | None, ice_chunk: int | None) -> Patch:
-        """The slice's patch plus the structured ice of chunk ``ice_chunk`` (over the whole grid)."""
+        """The slice's patch plus the structured ice's (and other layers') field of chunk ``ice_chunk``: on the
+        smallest box holding both when the layers give a box (:meth:`ViewLayers.patch`), else the whole grid."""
         if ice_chunk is None:
             return patch
-        field = self.ice.field(ice_chunk, self.potential.grid).to(self.potential.cdtype)
+        grid = self.potential.grid
+        if hasattr(self.ice, "patch"):
+            layers = self.ice.patch(ice_chunk, grid)
+            layers = Patch(layers.y0, layers.x0, layers.potential.to(self.potential.cdtype))
+            return merge_patches(patch, layers, grid.shape_px)
+        field = self.ice.field(ice_chunk, grid).to(self.potential.cdtype)
         if patch is None:
             return Patch(0, 0, field)
-        return Patch(0, 0, embed(patch, self.potential.grid.shape_px, 0.0) + field)
+        return Patch(0, 0, embed(patch, grid.shape_px, 0.0) + field)
 
     def _transmit_patch(self, potential: torch.Tensor, wave: torch.Tensor, y0: int, x0: int) -> torch.Tensor:
         return wave * self.transmission_field(Patch(y0, x0, potential))
@@ -137,6 +157,8 @@ class Multislice:
         """Exit wave (H, W) complex; the incident wave defaults to a plane wave with |ψ|² = 1."""
         pot = self.potential
         wave = torch.ones(pot.grid.shape_px, dtype=pot.cdtype, device=pot.device) if incident is None else incident
+        if incident is not None and not torch.is_grad_enabled():
+            wave = wave.clone()  # slices write into the wave in place: the caller's stays as it was
         pending_a = 0.0  # propagation owed by slices merged so far
         ice = self.ice.plan(pot.z_start_a, pot.slice_thickness_a, pot.n_slices, pot.ice.thickness_a) \
             if self.ice is not None else None
@@ -146,7 +168,8 @@ class Multislice:
             content = pot.slice_content(k, with_patch=False)
             uniform = pot.uniform_potential(content)
             if uniform != 0:
-                wave = wave * cmath.exp(1j * self.sigma * uniform)
+                phase = cmath.exp(1j * self.sigma * uniform)
+                wave = wave * phase if torch.is_grad_enabled() else wave.mul_(phase)
             chunk = ice.chunk_of(k) if ice is not None else None
             if chunk is not None and (chunk in ice_done or k != ice.apply_slice(chunk)):
                 chunk = None  # applied already, or waits for the chunk's middle slice

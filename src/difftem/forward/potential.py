@@ -466,12 +466,60 @@ class _StructureFactors(torch.autograd.Function):
 
 
 def embed(patch: Patch, shape: tuple[int, int], fill: complex | float) -> torch.Tensor:
-    """Place a patch into a field of ``shape``, the rest filled with ``fill``."""
+    """Place a patch into a field of ``shape``, the rest filled with ``fill`` (a patch that is the whole field with
+    fill 0 is returned as it is, not copied)."""
     my, mx = patch.potential.shape
     pads = (patch.x0, shape[1] - patch.x0 - mx, patch.y0, shape[0] - patch.y0 - my)
     if fill == 0:
-        return F.pad(patch.potential, pads)
+        return patch.potential if not any(pads) else F.pad(patch.potential, pads)
     return F.pad(patch.potential - fill, pads) + fill
+
+
+#: a slice's content is kept on its own box when the box is at most this share of the field (else the field)
+CONTENT_BOX_MAX_FRACTION = 0.6
+#: the margin (px) of such a box: the band limit's ringing beyond it is dropped
+CONTENT_BOX_MARGIN_PX = 128
+
+
+def content_box(spans: list[tuple[int, int, int, int]], shape: tuple[int, int], margin_px: int,
+                periodic: bool) -> tuple[int, int, int, int] | None:
+    """The box (y0, x0, height, width) holding every span [y0, y1) × [x0, x1) of a slice's content with
+    ``margin_px`` around it (the band limit's ringing) at fast transform sizes, or None when the whole field
+    should be used: the box would be over CONTENT_BOX_MAX_FRACTION of it, or (``periodic``) content wraps across
+    the field's edge. Spans of a window (not ``periodic``) are cut to it."""
+    ny, nx = shape
+    if not spans:
+        return None
+    a = np.asarray(spans, dtype=np.int64)
+    y0, x0 = int(a[:, 0].min()) - margin_px, int(a[:, 2].min()) - margin_px
+    y1, x1 = int(a[:, 1].max()) + margin_px, int(a[:, 3].max()) + margin_px
+    if periodic and (a[:, 0].min() < 0 or a[:, 2].min() < 0 or a[:, 1].max() > ny or a[:, 3].max() > nx):
+        return None
+    out = []
+    for lo, hi, n in ((y0, y1, ny), (x0, x1, nx)):
+        size = good_fft_size(max(1, hi - lo))
+        if size >= n:
+            lo, size = 0, n
+        else:  # centred on the content, kept inside the field
+            lo = min(max(0, lo - (size - (hi - lo)) // 2), n - size)
+        out.append((lo, size))
+    (by, my), (bx, mx) = out
+    return None if my * mx > CONTENT_BOX_MAX_FRACTION * ny * nx else (by, bx, my, mx)
+
+
+def merge_patches(a: Patch | None, b: Patch | None, shape: tuple[int, int]) -> Patch | None:
+    """The sum of two patches on the smallest box holding both (the whole field when that box is most of it)."""
+    if a is None or b is None:
+        return a if b is None else b
+    (ya, xa), (ha, wa) = (a.y0, a.x0), a.potential.shape
+    (yb, xb), (hb, wb) = (b.y0, b.x0), b.potential.shape
+    y0, x0 = min(ya, yb), min(xa, xb)
+    y1, x1 = max(ya + ha, yb + hb), max(xa + wa, xb + wb)
+    if (y1 - y0) * (x1 - x0) > CONTENT_BOX_MAX_FRACTION * shape[0] * shape[1]:
+        y0, x0, y1, x1 = 0, 0, shape[0], shape[1]
+    box = (y1 - y0, x1 - x0)
+    return Patch(y0, x0, embed(Patch(ya - y0, xa - x0, a.potential), box, 0.0)
+                 + embed(Patch(yb - y0, xb - x0, b.potential), box, 0.0))
 
 
 def _pixel_integrated_gaussians(x_a, y_a, b_a2, weight, shape, pixel_size_a, n_sigma: float = 6.0) -> torch.Tensor:

@@ -17,7 +17,7 @@ import torch
 
 from ..core.grid import Grid
 from .particle_map import FourierProjector, ParticleMap, sample_slab
-from .potential import IceModel, Patch, SlicedBase, SlicedPotential, embed
+from .potential import CONTENT_BOX_MARGIN_PX, IceModel, Patch, SlicedBase, SlicedPotential, content_box, embed
 
 SUPPORT_MARGIN_A = 24.0  # potential tails sampled beyond the outermost atom
 
@@ -95,31 +95,57 @@ class ScenePotential(SlicedBase):
         atom_patch = self.atoms.slice_patch(k) if self.atoms is not None else None
         if not self._occupied[k]:
             return atom_patch
-        field = torch.zeros((2, self.grid.ny * self.grid.nx), dtype=self.rdtype, device=self.device)
         z0 = self.z_start_a + k * self.slice_thickness_a
-        for mc, (k_lo, k_hi) in zip(self.map_copies, self._slices_of, strict=True):
-            sel = np.flatnonzero((k_lo <= k) & (k_hi >= k))
-            if sel.size:
-                self._add_copies(field, mc, torch.as_tensor(sel, device=self.device), z0, z0 + self.slice_thickness_a)
-        for pc, ks in zip(self.projection_copies, self._slice_of_projection, strict=True):
-            sel = np.flatnonzero(ks == k)
-            if sel.size:
-                self._add_projections(field, pc, torch.as_tensor(sel, device=self.device))
-        total = torch.complex(field[0], field[1]).reshape(self.grid.shape_px).to(self.cdtype)
+        maps = [(mc, np.flatnonzero((k_lo <= k) & (k_hi >= k)))
+                for mc, (k_lo, k_hi) in zip(self.map_copies, self._slices_of, strict=True)]
+        projections = [(pc, np.flatnonzero(ks == k)) for pc, ks in zip(self.projection_copies,
+                                                                        self._slice_of_projection, strict=True)]
+        spans = [self._span(mc.centres_a[sel], self._map_box(mc, z0)) for mc, sel in maps if sel.size]
+        spans += [self._span(pc.centres_a[sel], pc.projector.box_px()) for pc, sel in projections if sel.size]
         if atom_patch is not None:
-            total = total + embed(atom_patch, self.grid.shape_px, 0.0)
-        return Patch(0, 0, total)
+            h, w = atom_patch.potential.shape
+            spans.append((atom_patch.y0, atom_patch.y0 + h, atom_patch.x0, atom_patch.x0 + w))
+        # the copies' own box when they hold a small part of the field (a tilted lamella's band at one depth):
+        # every later step of the slice (transmission, its band limit) then costs the box, not the field
+        box = content_box(spans, self.grid.shape_px, CONTENT_BOX_MARGIN_PX, self.periodic)
+        y0, x0, my, mx = box if box is not None else (0, 0) + self.grid.shape_px
+        field = torch.zeros((2, my * mx), dtype=self.rdtype, device=self.device)
+        target = (y0, x0, my, mx, self.periodic and box is None)
+        for mc, sel in maps:
+            if sel.size:
+                self._add_copies(field, mc, torch.as_tensor(sel, device=self.device), z0, z0 + self.slice_thickness_a,
+                                 target)
+        for pc, sel in projections:
+            if sel.size:
+                self._add_projections(field, pc, torch.as_tensor(sel, device=self.device), target)
+        total = torch.complex(field[0], field[1]).reshape(my, mx).to(self.cdtype)
+        if atom_patch is not None:
+            total = total + embed(Patch(atom_patch.y0 - y0, atom_patch.x0 - x0, atom_patch.potential), (my, mx), 0.0)
+        return Patch(y0, x0, total)
+
+    def _map_box(self, mc: MapCopies, z0_a: float) -> int:
+        return 2 * math.ceil(mc.support_a / self.grid.pixel_size_a) + 3
+
+    def _span(self, centres_a: torch.Tensor, box: int) -> tuple[int, int, int, int]:
+        """Field pixel rows and columns [y0, y1) × [x0, x1) that boxes of ``box`` px about the centres cover."""
+        p = self.grid.pixel_size_a
+        oy, ox = self.grid.origin_a
+        c = centres_a.detach().double()
+        x0 = torch.floor((c[:, 0] + ox) / p - box / 2 + 0.5)
+        y0 = torch.floor((c[:, 1] + oy) / p - box / 2 + 0.5)
+        return int(y0.min()), int(y0.max()) + box, int(x0.min()), int(x0.max()) + box
 
     # ------------------------------------------------------------------ map sampling
-    def _scatter(self, field: torch.Tensor, patches: torch.Tensor, corners: torch.Tensor) -> None:
-        """Add (B, 2, box, box) patches whose pixel [0, 0] sits at field pixel corners (B, 2) = (y0, x0)."""
-        ny, nx = self.grid.shape_px
+    def _scatter(self, field: torch.Tensor, patches: torch.Tensor, corners: torch.Tensor, target) -> None:
+        """Add (B, 2, box, box) patches whose pixel [0, 0] sits at field pixel corners (B, 2) = (y0, x0) to
+        ``field``, the flat (2, h·w) box ``target`` = (y0, x0, h, w, wraps) of the field."""
+        by, bx, ny, nx, wraps = target
         box = patches.shape[-1]
         j = torch.arange(box, device=self.device)
-        iy = corners[:, 0:1] + j[None, :]  # (B, box)
-        ix = corners[:, 1:2] + j[None, :]
+        iy = corners[:, 0:1] - by + j[None, :]  # (B, box)
+        ix = corners[:, 1:2] - bx + j[None, :]
         vals = patches.to(self.rdtype)
-        if self.periodic:
+        if wraps:
             iy, ix = torch.remainder(iy, ny), torch.remainder(ix, nx)
         else:  # a window or tile: what falls outside belongs to a neighbour, not wrapped in
             keep = ((iy >= 0) & (iy < ny))[:, :, None] & ((ix >= 0) & (ix < nx))[:, None, :]
@@ -128,7 +154,7 @@ class ScenePotential(SlicedBase):
         flat = (iy[:, :, None] * nx + ix[:, None, :]).reshape(-1)
         field.index_add_(1, flat, vals.permute(1, 0, 2, 3).reshape(2, -1))
 
-    def _add_projections(self, field: torch.Tensor, pc: ProjectionCopies, sel: torch.Tensor) -> None:
+    def _add_projections(self, field: torch.Tensor, pc: ProjectionCopies, sel: torch.Tensor, target) -> None:
         p = self.grid.pixel_size_a
         oy, ox = self.grid.origin_a
         box = pc.projector.box_px()
@@ -140,12 +166,13 @@ class ScenePotential(SlicedBase):
             x0, y0 = torch.floor(cx - box / 2 + 0.5), torch.floor(cy - box / 2 + 0.5)
             offsets = torch.stack([(cx - x0) * p, (cy - y0) * p], 1)
             patches = pc.projector.project(pc.rotations[idx], offsets, box, transfer=pc.transfer)
-            self._scatter(field, patches, torch.stack([y0.long(), x0.long()], 1))
+            self._scatter(field, patches, torch.stack([y0.long(), x0.long()], 1), target)
 
-    def _add_copies(self, field: torch.Tensor, mc: MapCopies, sel: torch.Tensor, z0_a: float, z1_a: float) -> None:
+    def _add_copies(self, field: torch.Tensor, mc: MapCopies, sel: torch.Tensor, z0_a: float, z1_a: float,
+                    target) -> None:
         p = self.grid.pixel_size_a
         oy, ox = self.grid.origin_a
-        box = 2 * math.ceil(mc.support_a / p) + 3
+        box = self._map_box(mc, z0_a)
         nz = max(1, math.ceil((z1_a - z0_a) / p - 1e-9))
         batch = max(1, self.max_samples // (nz * box * box))
         for lo in range(0, sel.numel(), batch):
@@ -153,4 +180,4 @@ class ScenePotential(SlicedBase):
             c = mc.centres_a[idx].double()
             centres_px = torch.stack([(c[:, 0] + ox) / p, (c[:, 1] + oy) / p, c[:, 2]], 1)
             patches, corners = sample_slab(mc.pmap, mc.rotations[idx], centres_px, p, z0_a, z1_a, box, n_z=nz)
-            self._scatter(field, patches, corners)
+            self._scatter(field, patches, corners, target)

@@ -152,6 +152,11 @@ class ViewSheets:
     def touches(self, z0_a: float, z1_a: float) -> bool:
         return any(lo < z1_a and hi > z0_a for lo, hi in self.ranges_a)
 
+    def spans(self, grid: Grid, z0_a: float, z1_a: float) -> list[tuple[int, int, int, int]]:
+        """Pixel rows and columns [y0, y1) × [x0, x1) the sheets reaching into view depths [z0, z1) can cover."""
+        boxes = [self._box(i, grid) for i, (lo, hi) in enumerate(self.ranges_a) if lo < z1_a and hi > z0_a]
+        return [b for b in boxes if b is not None]
+
     def _box(self, i: int, grid: Grid) -> tuple[int, int, int, int] | None:
         """Pixel rows and columns [iy0, iy1) × [ix0, ix1) the sheet can reach."""
         radius = self.sheets.radii_a[i]

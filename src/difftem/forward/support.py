@@ -39,6 +39,7 @@ from ..core.grid import Grid
 from ..specimen.support import SupportGeometry
 from .beam import interaction_constant
 from .ice import middle_slice, ray_points
+from .potential import CONTENT_BOX_MARGIN_PX, Patch, content_box
 from .scattering import ScatteringTable
 
 AVOGADRO_PER_A3 = 0.602214076  # N_A × 1e-24: (g/cm³)/(g/mol) → atoms per Å³
@@ -205,17 +206,35 @@ class ViewLayers:
     def apply_slice(self, c: int) -> int:
         return middle_slice(self, c)
 
+    def patch(self, c: int, grid: Grid) -> Patch:
+        """Chunk c's :meth:`field` as a patch: on the box of its vesicles and sheets when the chunk holds neither
+        ice nor film and they cover a small part of the field (a tilted lamella's band), else the whole grid."""
+        z0, z1 = self._z_range(c)
+        f0, f1 = self.film_view_a
+        if c in self.ice_chunks or (self.support is not None and z0 < f1 and z1 > f0):
+            return Patch(0, 0, self.field(c, grid))
+        spans = (self.vesicles.spans(grid, z0, z1) if self.vesicles is not None else []) \
+            + (self.sheets.spans(grid, z0, z1) if self.sheets is not None else [])
+        box = content_box(spans, grid.shape_px, CONTENT_BOX_MARGIN_PX, periodic=False) if spans else None
+        if box is None:
+            return Patch(0, 0, self.field(c, grid))
+        y0, x0, my, mx = box
+        return Patch(y0, x0, self.field(c, grid.window(y0, x0, (my, mx))))
+
+    def _z_range(self, c: int) -> tuple[float, float]:
+        return (self.z_start_a + c * self.per_chunk * self.dz,
+                self.z_start_a + min(self.n_slices, (c + 1) * self.per_chunk) * self.dz)
+
     def field(self, c: int, grid: Grid) -> torch.Tensor:
         """Chunk c's complex projected potential (V·Å): the ice's fields and the film's U·L."""
         out = torch.zeros(grid.shape_px, dtype=self.cdtype, device=self.device)
         if c in self.ice_chunks:
-            out = out + self.ice.field(c, grid).to(self.cdtype)
-        z0 = self.z_start_a + c * self.per_chunk * self.dz
-        z1 = self.z_start_a + min(self.n_slices, (c + 1) * self.per_chunk) * self.dz
+            out += self.ice.field(c, grid).to(self.cdtype)
+        z0, z1 = self._z_range(c)
         if self.vesicles is not None and (ves := self.vesicles.field(grid, z0, z1, self.cdtype)) is not None:
-            out = out + ves
+            out += ves
         if self.sheets is not None and (sheet := self.sheets.field(grid, z0, z1, self.cdtype)) is not None:
-            out = out + sheet
+            out += sheet
         length = film_length_a(self.support, self.rotation, grid, z0, z1, self.device) if self.support else None
         if length is not None:
             if self.support.geometry.hole_radius_a > 0:
