@@ -58,7 +58,7 @@ def test_boxed_slices_give_the_whole_field_images(lamella, monkeypatch):
     shapes = []
     inner = multislice.Multislice._transmit_in_place
     monkeypatch.setattr(multislice.Multislice, "_transmit_in_place",
-                        lambda self, wave, patch: shapes.append(tuple(patch.potential.shape)) or inner(self, wave, patch))
+                        lambda ms, wave, p: shapes.append(tuple(p.potential.shape)) or inner(ms, wave, p))
     boxed = simulate_tilt_series(config_from_dict(lamella))
     assert any(h * w < 0.6 * 768 * 768 for h, w in shapes)  # the tilted band went through boxes
     monkeypatch.setattr(potential, "CONTENT_BOX_MAX_FRACTION", 0.0)
