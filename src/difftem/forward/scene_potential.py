@@ -109,7 +109,7 @@ class ScenePotential(SlicedBase):
         # every later step of the slice (transmission, its band limit) then costs the box, not the field
         box = content_box(spans, self.grid.shape_px, CONTENT_BOX_MARGIN_PX, self.periodic)
         y0, x0, my, mx = box if box is not None else (0, 0) + self.grid.shape_px
-        field = torch.zeros((2, my * mx), dtype=self.rdtype, device=self.device)
+        field = torch.zeros((my * mx, 2), dtype=self.rdtype, device=self.device)  # (re, im) pairs: a complex view
         target = (y0, x0, my, mx, self.periodic and box is None)
         for mc, sel in maps:
             if sel.size:
@@ -118,7 +118,7 @@ class ScenePotential(SlicedBase):
         for pc, sel in projections:
             if sel.size:
                 self._add_projections(field, pc, torch.as_tensor(sel, device=self.device), target)
-        total = torch.complex(field[0], field[1]).reshape(my, mx).to(self.cdtype)
+        total = torch.view_as_complex(field).reshape(my, mx).to(self.cdtype)
         if atom_patch is not None:
             total = total + embed(Patch(atom_patch.y0 - y0, atom_patch.x0 - x0, atom_patch.potential), (my, mx), 0.0)
         return Patch(y0, x0, total)
@@ -138,7 +138,7 @@ class ScenePotential(SlicedBase):
     # ------------------------------------------------------------------ map sampling
     def _scatter(self, field: torch.Tensor, patches: torch.Tensor, corners: torch.Tensor, target) -> None:
         """Add (B, 2, box, box) patches whose pixel [0, 0] sits at field pixel corners (B, 2) = (y0, x0) to
-        ``field``, the flat (2, h·w) box ``target`` = (y0, x0, h, w, wraps) of the field."""
+        ``field``, the flat (h·w, 2) box ``target`` = (y0, x0, h, w, wraps) of the field."""
         by, bx, ny, nx, wraps = target
         box = patches.shape[-1]
         j = torch.arange(box, device=self.device)
@@ -152,7 +152,7 @@ class ScenePotential(SlicedBase):
             iy, ix = iy.clamp(0, ny - 1), ix.clamp(0, nx - 1)
             vals = vals * keep[:, None]
         flat = (iy[:, :, None] * nx + ix[:, None, :]).reshape(-1)
-        field.index_add_(1, flat, vals.permute(1, 0, 2, 3).reshape(2, -1))
+        field.index_add_(0, flat, vals.permute(0, 2, 3, 1).reshape(-1, 2))
 
     def _add_projections(self, field: torch.Tensor, pc: ProjectionCopies, sel: torch.Tensor, target) -> None:
         p = self.grid.pixel_size_a
