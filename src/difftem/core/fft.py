@@ -31,7 +31,13 @@ def ifft2(spectrum: torch.Tensor) -> torch.Tensor:
 def filter2(x: torch.Tensor, kernel_over_n: torch.Tensor) -> torch.Tensor:
     """ifft2(fft2(x) · K) for a Fourier-space kernel given already divided by N = H·W (one pass fewer than
     :func:`ifft2` of the product: the kernel carries the 1/N)."""
-    return torch.fft.ifft2(torch.fft.fft2(x, norm="backward") * kernel_over_n, norm="forward")
+    spectrum = torch.fft.fft2(x, norm="backward")
+    if (spectrum.shape == torch.broadcast_shapes(spectrum.shape, kernel_over_n.shape)
+            and torch.result_type(spectrum, kernel_over_n) == spectrum.dtype):
+        spectrum = spectrum.mul_(kernel_over_n)  # in place: no second spectrum-sized allocation
+    else:
+        spectrum = spectrum * kernel_over_n
+    return torch.fft.ifft2(spectrum, norm="forward")
 
 
 def rfft2(x: torch.Tensor) -> torch.Tensor:
