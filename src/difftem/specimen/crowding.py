@@ -37,7 +37,7 @@ import torch
 from ..core.errors import ConfigError
 from ..core.rotations import random_rotations
 from .geometry import IceProfile
-from .scene import Bounds, ParticleType, Placement, _segments, segment_distances
+from .scene import Bounds, ParticleType, Placement, _segments, covering_capsule, segment_distances
 
 #: random sequential addition of spheres jams at 38 % of the volume; a target whose bounding shapes (grown by half
 #: the gap) would fill more of the free volume is refused up front
@@ -410,16 +410,11 @@ def _proposals(bd: Bounds, n: int, uniform: bool, field_a, profile: IceProfile, 
 
 # ---------------------------------------------------------------------------------------------- from a config
 def covering_bounds(ptype: ParticleType) -> Bounds:
-    """The type's capsule lengthened until it holds every atom: scene.bounding_capsule shortens the segment by the
-    radius, which leaves atoms off the axis near the ends outside by up to (√2 − 1)·r."""
-    b = ptype.bounds
-    if len(ptype.atoms) == 0 or b.half_length_a == 0:
-        return b
-    rel = ptype.atoms.positions_a - b.centre_a
-    t = rel @ b.axis
-    d2 = np.maximum((rel**2).sum(1) - t * t, 0.0)
-    half = float(np.max(np.abs(t) - np.sqrt(np.maximum(b.radius_a**2 - d2, 0.0))))
-    return Bounds(b.centre_a, b.axis, max(b.half_length_a, half), b.radius_a)
+    """The type's capsule made to hold every atom (``scene.covering_capsule``; ``scene.bounding_capsule`` already
+    gives such capsules, this keeps types built by hand honest)."""
+    if len(ptype.atoms) == 0:
+        return ptype.bounds
+    return covering_capsule(ptype.atoms.positions_a, ptype.bounds)
 
 
 def crowd_scene(config, types: list[ParticleType], placement: Placement, vesicles=None,

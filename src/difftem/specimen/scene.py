@@ -96,14 +96,45 @@ def bounding_capsule(positions_a: np.ndarray, shape: str = "auto") -> Bounds:
     c2 = c + mid * axis
     t = t - mid
     radius = float(np.sqrt(np.maximum((rel - (t + mid)[:, None] * axis) ** 2, 0).sum(1)).max())
-    # shorten the segment so the caps still cover the ends
+    # shorten the segment so the caps still cover the ends; atoms off the axis near the ends can then lie outside
+    # the caps (by up to (√2 − 1)·r), so the capsule is made to hold every atom (covering_capsule)
     half = max(0.0, float(np.abs(t).max()) - radius)
-    capsule = Bounds(c2, axis, half, radius)
+    capsule = covering_capsule(positions_a, Bounds(c2, axis, half, radius))
     if shape == "capsule":
         return capsule
     vol_sphere = sphere.radius_a**3
-    vol_capsule = radius**2 * (radius + 0.75 * 2 * half)
+    vol_capsule = capsule.radius_a**2 * (capsule.radius_a + 0.75 * 2 * capsule.half_length_a)
     return capsule if vol_capsule < 0.7 * vol_sphere else sphere
+
+
+def capsule_distances_a(points_a: np.ndarray, bounds: Bounds) -> np.ndarray:
+    """(N,) distance of each point from the capsule's segment (Å; a point lies inside where it is ≤ the radius)."""
+    rel = points_a - bounds.centre_a
+    t = np.clip(rel @ bounds.axis, -bounds.half_length_a, bounds.half_length_a)
+    return np.sqrt(((rel - t[:, None] * bounds.axis) ** 2).sum(1))
+
+
+def covering_capsule(points_a: np.ndarray, bounds: Bounds) -> Bounds:
+    """``bounds`` made to hold every point: the smaller (by volume) of the capsule with its segment lengthened until
+    the caps reach every point, and the capsule with its radius grown to the points' largest distance from the
+    segment. Both hold every point (the second by construction, the first because the lengthened segment's caps
+    reach each point's projection within the radius of its distance from the axis)."""
+    if len(points_a) == 0 or bounds.half_length_a == 0:
+        return bounds
+    rel = points_a - bounds.centre_a
+    t = rel @ bounds.axis
+    d2 = np.maximum((rel**2).sum(1) - t * t, 0.0)
+    r = bounds.radius_a
+    inside = d2 <= r * r * (1 + 1e-9) + 1e-9  # within the radius of the axis (rounding aside): caps can reach it
+    half = float(np.max(np.where(inside, np.abs(t) - np.sqrt(np.maximum(r * r - d2, 0.0)), np.inf)))
+    longer = Bounds(bounds.centre_a, bounds.axis, max(bounds.half_length_a, half), r)
+    wider = Bounds(bounds.centre_a, bounds.axis, bounds.half_length_a,
+                   max(r, float(capsule_distances_a(points_a, bounds).max())))
+
+    def volume(b: Bounds) -> float:
+        return b.radius_a**2 * (2 * b.half_length_a + 4 / 3 * b.radius_a)
+
+    return longer if np.isfinite(half) and volume(longer) <= volume(wider) else wider
 
 
 @dataclass
