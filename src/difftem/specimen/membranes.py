@@ -147,8 +147,9 @@ def _thinnest_ice_a(profile: IceProfile, c: np.ndarray, reach_a: float) -> float
     return float(t.min())
 
 
-def place_vesicles(config, bounds, placement, *, max_failures: int = 2000) -> Vesicles | None:
-    """The run's vesicles (None without ``sample.vesicles``), clear of ``placement``'s copies (type ``bounds``)."""
+def place_vesicles(config, bounds, placement, *, max_failures: int = 2000, blocked=None) -> Vesicles | None:
+    """The run's vesicles (None without ``sample.vesicles``), clear of ``placement``'s copies (type ``bounds``) and,
+    with ``blocked(a, b, r)`` ((Q,) whether capsules touch fixed obstacles: the membrane sheets), of those."""
     cfg = config.sample.vesicles
     if cfg is None:
         return None
@@ -184,6 +185,7 @@ def place_vesicles(config, bounds, placement, *, max_failures: int = 2000) -> Ve
                 continue
             c[2] = rng.uniform(-room, room)
             near = (segment_distances(c, c, ea, eb) < er + ro + gap).any() if len(ea) else False
+            near = near or (blocked is not None and blocked(c[None], c[None], np.array([ro + gap]))[0])
             if near or (centres and (np.linalg.norm(np.asarray(centres) - c, axis=1)
                                      < np.asarray(rs) + extent + ro + gap).any()):
                 fails += 1

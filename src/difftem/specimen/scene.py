@@ -336,14 +336,14 @@ class _CellGrid:
 
 def random_placement(bounds: list[Bounds], counts: list[int], *, field_a: tuple[float, float], ice_thickness_a: float,
                      rng: np.random.Generator, names: list[str], gap_a: float = 5.0, random_orientation: list[bool],
-                     existing: Placement | None = None, max_failures: int = 2000) -> Placement:
+                     existing: Placement | None = None, max_failures: int = 2000, blocked=None) -> Placement:
     """Random sequential addition of ``counts[t]`` copies of each type, largest first.
 
     Every copy lies inside the field (x, y) and — if there is ice — inside the ice slab (z), with
     uniform orientation (or the identity) and no bounding capsule closer than ``gap_a`` to another.
     Gives up on a type after ``max_failures`` consecutive rejected draws, naming what was achieved.
     Overlap tests look only at neighbouring copies (a cell grid), so the time grows with the number of copies,
-    not its square.
+    not its square. ``blocked(a, b, r)`` (optional): (Q,) whether capsules touch fixed obstacles (membrane sheets).
     """
     existing = existing or Placement.empty()
     ea, eb, er = _segments(bounds, existing)
@@ -380,7 +380,8 @@ def random_placement(bounds: list[Bounds], counts: list[int], *, field_a: tuple[
                 continue
             pos = np.array([rng.uniform(lo_x, hi_x), rng.uniform(lo_y, hi_y), rng.uniform(lo_z, hi_z)])
             a, b = pos + c - ax, pos + c + ax
-            if grid.collides(a, b, bd.radius_a, gap_a):
+            if grid.collides(a, b, bd.radius_a, gap_a) or (
+                    blocked is not None and blocked(a[None], b[None], np.array([bd.radius_a]))[0]):
                 fails += 1
                 continue
             fails = 0
@@ -423,6 +424,7 @@ class Scene:
     vesicles: object | None = None  # specimen.membranes.Vesicles placed with the scene (sample.vesicles), or None
     filaments: object | None = None  # specimen.filaments.Filaments (sample.particles[].filament), or None
     crowding: dict | None = None  # specimen.crowding's report (copies and volume fractions per type), or None
+    sheets: object | None = None  # specimen.sheets.Sheets (sample.membrane_sheets), or None
 
     def atoms_of(self, type_indices, placement: Placement | None = None) -> Atoms:
         """All atoms of the copies of the given types, in scene coordinates (optionally of another placement)."""
