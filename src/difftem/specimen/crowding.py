@@ -288,7 +288,7 @@ class CrowdTarget:
 def _target_counts(types, targets: list[CrowdTarget], v_free: float, basis: str, gap_a: float, covers=None):
     """Per type: (capsule, molecular, gap-grown excluded shape, excluded shape) volumes (Å³) and the copies its
     fraction asks for; targets that cannot be packed are refused here, before placing. ``covers``: per type index,
-    its spheres (specimen.excluded.SphereCover) when the excluded shapes are spheres."""
+    its spheres (specimen.excluded.SphereCover) where its excluded shape is spheres (else its capsule)."""
     vol = {}
     for tg in targets:
         b = types[tg.type_index].bounds
@@ -296,8 +296,8 @@ def _target_counts(types, targets: list[CrowdTarget], v_free: float, basis: str,
         if basis == "molecular" and mol <= 0:
             raise ConfigError(f"{tg.field}: {tg.name} has no mass for basis molecular (a map type without "
                               "map.mass_kda); give its mass or use sample.crowding.basis capsule")
-        if covers:
-            cv = covers[tg.type_index]
+        cv = (covers or {}).get(tg.type_index)
+        if cv is not None:
             vol[tg.type_index] = (cap, mol, cv.grown_volume_a3(gap_a / 2), cv.volume_a3)
         else:
             vol[tg.type_index] = (cap, mol, capsule_volume_a3(b, gap_a / 2), cap)
@@ -324,8 +324,8 @@ def crowded_placement(types: list[ParticleType], targets: list[CrowdTarget], *, 
                       sheets=None) -> tuple[Placement, dict]:
     """Copies of each target type filling its ``volume_fraction`` of the free volume (module docstring), clear of
     ``obstacles`` and of each other, inside the field and the ice; (placement, report). ``covers`` (per target type
-    index, a :class:`~difftem.specimen.excluded.SphereCover`): copies exclude each other by those spheres instead of
-    their bounding capsules (the capsules still keep them inside the field and the ice). ``sheets``
+    index, a :class:`~difftem.specimen.excluded.SphereCover`): those types' copies exclude others by their spheres
+    instead of their bounding capsules (the capsules still keep them inside the field and the ice). ``sheets``
     (specimen.sheets.Sheets): membrane sheets the copies keep clear of, their bilayers' volume not free."""
     t0 = time.perf_counter()
     obstacles = obstacles or Obstacles.empty()
@@ -339,29 +339,30 @@ def crowded_placement(types: list[ParticleType], targets: list[CrowdTarget], *, 
         raise ConfigError(f"{targets[0].field}: the obstacles (vesicles, filaments, other copies) fill "
                           f"{100 * (1 - v_free / v_ice):.0f} % of the ice; fewer or smaller obstacles, or thicker ice")
     vol, counts = _target_counts(types, targets, v_free, basis, gap_a, covers)
-    spheres = bool(covers)
+    shapes = covers is not None  # the report says which shape each type excluded by
+    covers = covers or {}
     # a capsule touches another only within (reach + reach' + gap) of its midpoint: one hash per pair of groups
     pieces = obstacles.pieces()
     obst_reach = float((0.5 * np.linalg.norm(pieces.seg_b - pieces.seg_a, axis=1) + pieces.seg_r).max()) \
         if len(pieces.seg_r) else 0.0
     obst_mid = 0.5 * (pieces.seg_a + pieces.seg_b)
-    lo = np.array([-wx / 2, -wy / 2, -t_hi / 2]) - 1.0 - (max(c.radii_a.max() for c in covers.values())
-                                                          if spheres else 0.0)
+    lo = np.array([-wx / 2, -wy / 2, -t_hi / 2]) - 1.0 - max([c.radii_a.max() for c in covers.values()], default=0.0)
     hi = -lo
-    groups: list[tuple[np.ndarray, np.ndarray, np.ndarray, float]] = []  # placed types: item ends, radii, reach
+    groups: list[tuple[np.ndarray, np.ndarray, np.ndarray, float, bool]] = []  # item ends, radii, reach, points
     out, rows = [], []
     filled = 0.0  # the placed crowd's excluded volume (Å³), for the jam message
     order = sorted(targets, key=lambda g: -types[g.type_index].bounds.extent_a)
     for tg in order:
         t, bd, need = tg.type_index, types[tg.type_index].bounds, counts[tg.type_index]
-        cover = covers[t] if spheres else None
+        cover = covers.get(t)
+        spheres = cover is not None
         # the items tested for overlap: the bounding capsule, or the cover's spheres (points with radii)
         reach = float(cover.radii_a.max()) if spheres else bd.half_length_a + bd.radius_a
         n_items = len(cover) if spheres else 1
         fixed = [(pieces.seg_a, pieces.seg_b, pieces.seg_r,
                   _CellHash(lo, hi, max(obst_reach + reach + gap_a, 1.0)).build(obst_mid), False)]
-        fixed += [(ga, gb, gr, _CellHash(lo, hi, max(g_reach + reach + gap_a, 1.0)).build(0.5 * (ga + gb)), spheres)
-                  for ga, gb, gr, g_reach in groups]
+        fixed += [(ga, gb, gr, _CellHash(lo, hi, max(g_reach + reach + gap_a, 1.0)).build(0.5 * (ga + gb)),
+                   spheres and g_points) for ga, gb, gr, g_reach, g_points in groups]
         tests = [partial(_hits_shells, obst=obstacles, gap_a=gap_a)]
         if sheets is not None:
             tests.append(partial(sheet_hits, sheets=sheets, gap_a=gap_a))
@@ -410,7 +411,7 @@ def crowded_placement(types: list[ParticleType], targets: list[CrowdTarget], *, 
             own_a, own_b = np.concatenate([own_a, a[keep]]), np.concatenate([own_b, b[keep]])
             own_r = np.concatenate([own_r, r[keep]])
             own.build(0.5 * (own_a + own_b))
-        groups.append((own_a, own_b, own_r, reach))
+        groups.append((own_a, own_b, own_r, reach, spheres))
         filled += n_got * vol[t][3]
         out.append(Placement(np.full(n_got, t, np.int64), np.concatenate(got_pos or [np.zeros((0, 3))]),
                              np.concatenate(got_rot or [np.zeros((0, 3, 3))])))
@@ -418,17 +419,17 @@ def crowded_placement(types: list[ParticleType], targets: list[CrowdTarget], *, 
                "capsule_fraction": n_got * vol[t][0] / v_free, "molecular_fraction": n_got * vol[t][1] / v_free,
                "capsule_volume_nm3": vol[t][0] / 1e3, "molecular_volume_nm3": vol[t][1] / 1e3,
                "proposals": proposed}
-        if spheres:
-            row.update({"spheres": n_items, "spheres_volume_nm3": vol[t][3] / 1e3,
-                        "spheres_fraction": n_got * vol[t][3] / v_free})
+        if shapes:  # the excluded shape: spheres, or the capsule where its spheres would not be smaller
+            row.update({"spheres": n_items if spheres else 0, "shape_volume_nm3": vol[t][3] / 1e3,
+                        "shape_fraction": n_got * vol[t][3] / v_free})
         rows.append(row)
-    report = {"basis": basis, "shape": "spheres" if spheres else "capsule", "ice_volume_um3": v_ice * 1e-12,
+    report = {"basis": basis, "shape": "spheres" if shapes else "capsule", "ice_volume_um3": v_ice * 1e-12,
               "free_volume_um3": v_free * 1e-12, "types": rows, "copies": int(sum(r["copies"] for r in rows)),
               "capsule_fraction": float(sum(r["capsule_fraction"] for r in rows)),
               "molecular_fraction": float(sum(r["molecular_fraction"] for r in rows)),
               "seconds": time.perf_counter() - t0}
-    if spheres:
-        report["spheres_fraction"] = float(sum(r["spheres_fraction"] for r in rows))
+    if shapes:
+        report["shape_fraction"] = float(sum(r["shape_fraction"] for r in rows))
     return Placement.concatenate(out), report
 
 
@@ -501,7 +502,11 @@ def crowd_scene(config, types: list[ParticleType], placement: Placement, vesicle
                for t, p in entries]
     crowd = {t for t, _ in entries}  # their capsules made to hold every atom (volumes and tests use these)
     types = [replace(ty, bounds=covering_bounds(ty)) if i in crowd else ty for i, ty in enumerate(types)]
-    covers = {t: sphere_cover(types[t], cfg.sphere_radius_a, cfg.max_spheres) for t in crowd} if spheres else None
+    covers = None
+    if spheres:  # each type's spheres, where their union (grown by half the gap) is smaller than its capsule
+        covers = {t: sphere_cover(types[t], cfg.sphere_radius_a, cfg.max_spheres) for t in crowd}
+        covers = {t: c for t, c in covers.items()
+                  if c.grown_volume_a3(gap / 2) < capsule_volume_a3(types[t].bounds, gap / 2)}
     rng = np.random.default_rng(np.random.SeedSequence([config.seed, 0xC40D, offset]))
     return crowded_placement(types, targets, field_a=field_a, profile=IceProfile.from_config(config.sample), rng=rng,
                              obstacles=obstacles, basis=basis, gap_a=gap, covers=covers, sheets=sheets)
