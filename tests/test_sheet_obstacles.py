@@ -139,3 +139,18 @@ def test_labels_mark_the_sheets():
         assert (lab.classes[mine & ~free] == lab.membrane_class).all()
         assert (lab.instances[mine & ~free] == n_copies + k + 1).all()
     assert lab.mask.sum() > 0 and not (lab.mask & (lab.classes == lab.membrane_class)).any()
+
+
+def test_filaments_and_membrane_proteins_keep_clear_of_sheets():
+    """Curved filaments of ubiquitin and ubiquitins embedded in vesicles: no atom of theirs within a sheet's
+    bilayer."""
+    fil = {"rise_a": 27.5, "twist_deg": -166.7, "axis_point_a": [10.3, 28.8, 15.4], "count": 3, "length_nm": 40,
+           "persistence_length_nm": 200}
+    cfg = _config([{"name": "fil", "structure": "builtin:1ubi", "filament": fil},
+                   {"name": "emb", "structure": "builtin:1ubi", "membrane": {"count": 20, "depth_a": 30}}],
+                  sheets=(DISC, VERTICAL, PLANE), ice_nm=80,
+                  extra={"vesicles": {"count": 3, "radius_nm": 8, "radius_sd_nm": 0}})
+    scene = scene_of(cfg)
+    assert scene.copies_of(0) > 20 and scene.copies_of(1) == 20
+    pts, _ = _atoms(scene)
+    assert _sheet_clearance(scene, pts).min() >= 0

@@ -188,7 +188,7 @@ def build_scene(config, resolve_structure) -> Scene:
         warnings.append(f"explicit placements overlap (bounding shapes interpenetrate): {listed}{more}; check "
                         "sample.particles.positions_a")
     # filaments clear of the explicit copies (their rows follow them); the random copies then clear of both
-    placed_filaments, filaments = place_filaments(config, types, placement)
+    placed_filaments, filaments = place_filaments(config, types, placement, blocked=clear_of_sheets(0.0))
     placement = Placement.concatenate([placement, placed_filaments])
     if any(counts):
         rng = np.random.default_rng(np.random.SeedSequence([config.seed, 0x5CE4E]))
@@ -201,7 +201,7 @@ def build_scene(config, resolve_structure) -> Scene:
     types, placement = add_fiducials(config, types, placement, clear_of_sheets(0.0))
     # vesicles clear of every copy so far, then the membrane proteins embedded in them
     vesicles = place_vesicles(config, [t.bounds for t in types], placement, blocked=clear_of_sheets(0.0))
-    embedded = embed_in_vesicles(config, [t.bounds for t in types], placement, vesicles)
+    embedded = embed_in_vesicles(config, [t.bounds for t in types], placement, vesicles, blocked=clear_of_sheets(0.0))
     placement = Placement.concatenate([placement, embedded])
     # the crowd last: around every copy so far, the vesicles and the filaments' tubes
     tubes = filament_obstacles(filaments)
