@@ -10,8 +10,8 @@ The config is checked against the field and the ice here: a disc must lie inside
 R·√(1 − n_z²) + W·|n_z|, W the profile's half extent, within the thinnest ice at its centre and rim) and its
 footprint inside the field; an unbounded plane must not be vertical and must stay inside the ice over the field.
 Sheets are placed as given; random copies, filaments, the crowd, gold beads, vesicles and their membrane proteins
-keep clear of their bilayers
-(:func:`sheet_hits`: the least distance from a capsule's segment to the mid-surface, by golden section along it).
+keep clear of their bilayers (:func:`sheet_hits`: the least distance from a capsule's segment to the mid-surface, by
+golden section along it).
 """
 
 from __future__ import annotations
