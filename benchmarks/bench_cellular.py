@@ -69,45 +69,75 @@ def peak_gb(who=resource.RUSAGE_SELF) -> float:
     return resource.getrusage(who).ru_maxrss / 2**20  # KiB → GiB
 
 
-def placement_only(out_json: Path, repeats: int = 1, threads=(2,)) -> dict:
+#: the benchmark's molecular volumes (nm³) and bounding capsules' (covering every atom), for its mix by molecules
+MOLECULAR_NM3 = {"6z6u_apoferritin.pdb.gz": 531, "5a1a_betagal.cif.gz": 535, "1ake_adk_chimerax.cif.gz": 56,
+                 "1ubi_ubiquitin.pdb.gz": 9.8}
+CAPSULE_NM3 = {"6z6u_apoferritin.pdb.gz": 1266, "5a1a_betagal.cif.gz": 2038, "1ake_adk_chimerax.cif.gz": 209,
+               "1ubi_ubiquitin.pdb.gz": 26}
+
+
+def placement_only(out_json: Path, repeats: int = 1, threads=(2,), shape: str = "capsule",
+                   totals=(0.10, 0.20, 0.30), fields=(1250, 2500)) -> dict:
     """Placement alone at crowding of 10–30 % (capsules; the benchmark's mix scaled) on lamellae of 0.5 and 1 µm
     across, with vesicles and fiducials: copies and seconds (min and median of ``repeats`` interleaved runs per
-    thread count; the placer is numpy, torch threads barely matter)."""
+    thread count; the placer is numpy, torch threads barely matter). ``shape`` spheres: the same mix by molecules,
+    ``totals`` of the free volume by molecular volume, copies excluded by their spheres (sample.crowding.shape)."""
     import torch
 
     from difftem.config import config_from_dict
+    from difftem.core.errors import ConfigError
     from difftem.specimen.build import scene_of
 
     cases = []
-    for total in (0.10, 0.20, 0.30):
-        for shape in (1250, 2500):
-            cfg = cellular_config(shape)
+    by_molecule = {f: FRACTIONS[f] * MOLECULAR_NM3[f] / CAPSULE_NM3[f] for f in FRACTIONS}
+    mix = FRACTIONS if shape == "capsule" else by_molecule
+    for total in totals:
+        for side in fields:
+            cfg = cellular_config(side)
+            if shape != "capsule":  # molecular fractions, excluded by spheres or (molecular_capsule) by capsules
+                cfg["sample"]["crowding"] = {"basis": "molecular", "shape": shape.replace("molecular_", ""),
+                                             "min_gap_a": 2.0}
             for p, f in zip(cfg["sample"]["particles"], FRACTIONS, strict=False):
-                p["volume_fraction"] = total * FRACTIONS[f] / sum(FRACTIONS.values())  # the benchmark's mix, scaled
-            cases.append((total, shape, config_from_dict(cfg)))
+                p["volume_fraction"] = total * mix[f] / sum(mix.values())  # the benchmark's mix, scaled
+            cases.append((total, side, config_from_dict(cfg)))
     times = {(i, n): [] for i in range(len(cases)) for n in threads}
-    reports = {}
+    scene_s = {(i, n): [] for i in range(len(cases)) for n in threads}
+    reports, jammed = {}, {}
     for _ in range(repeats):  # interleaved: every case and thread count once per round
         for i, (_, _, cfg) in enumerate(cases):
             for n in threads:
                 torch.set_num_threads(n)
-                scene = scene_of(cfg)
+                t0 = time.perf_counter()
+                try:
+                    scene = scene_of(cfg)
+                except ConfigError as err:  # a target beyond random packing's reach: record what it said
+                    jammed[i] = str(err)
+                    continue
+                scene_s[i, n].append(time.perf_counter() - t0)  # with reading the structures and their shapes
                 times[i, n].append(scene.crowding["seconds"])
                 reports[i] = scene.crowding
     rows = []
-    for i, (total, shape, _) in enumerate(cases):
+    for i, (total, side, _) in enumerate(cases):
+        if i not in reports:
+            rows.append({"target": total, "field_um": side * 4e-4, "jammed": jammed[i]})
+            print(f"target {100 * total:4.0f} %  field {side * 4e-4:.1f} µm  jammed: {jammed[i]}", flush=True)
+            continue
         rep = reports[i]
-        row = {"target": total, "field_um": shape * 4e-4, "copies": rep["copies"],
+        row = {"target": total, "field_um": side * 4e-4, "copies": rep["copies"], "shape": rep.get("shape"),
+               "shape_fraction": rep.get("shape_fraction"),
                "capsule_fraction": rep["capsule_fraction"], "molecular_fraction": rep["molecular_fraction"],
                "per_type": {r["type"]: [r["copies"], round(r["capsule_fraction"], 4)] for r in rep["types"]},
                "seconds": {str(n): {"min": min(times[i, n]), "median": statistics.median(times[i, n])}
-                           for n in threads}}
+                           for n in threads},
+               "scene_seconds": {str(n): {"min": min(scene_s[i, n]), "median": statistics.median(scene_s[i, n])}
+                                 for n in threads}}
         rows.append(row)
-        print(f"target {100 * total:4.0f} %  field {shape * 4e-4:.1f} µm  {rep['copies']:7,} copies  reached "
+        print(f"target {100 * total:4.0f} %  field {side * 4e-4:.1f} µm  {rep['copies']:7,} copies  reached "
               f"{100 * rep['capsule_fraction']:.2f} % (molecules {100 * rep['molecular_fraction']:.2f} %)  placed in "
               + ", ".join(f"{n} thr min {min(times[i, n]):.2f} s median {statistics.median(times[i, n]):.2f} s"
                           for n in threads), flush=True)
-    record = {"placement": rows, "repeats": repeats, "machine": "2 cores shared with 4 other sessions (loaded)"}
+    record = {"placement": rows, "repeats": repeats, "shape": shape,
+              "machine": "2 cores shared with 4 other sessions (loaded)"}
     out_json.parent.mkdir(parents=True, exist_ok=True)
     out_json.write_text(json.dumps(record, indent=1))
     return record
@@ -222,6 +252,11 @@ def main() -> None:
     ap.add_argument("--no-filaments", action="store_true", help="leave the filaments out (the 1 µm run recorded in "
                                                                  "cellular_2500_11tilts.json had none)")
     ap.add_argument("--repeats", type=int, default=1, help="placement-only: interleaved repeats at 1 and 2 threads")
+    ap.add_argument("--excluded", choices=("capsule", "spheres", "molecular_capsule"), default="capsule",
+                    help="placement-only: spheres: molecular fractions, copies excluded by spheres; molecular_capsule: "
+                         "molecular fractions, excluded by capsules")
+    ap.add_argument("--totals", type=float, nargs="+", default=None, help="placement-only: the crowd's fractions")
+    ap.add_argument("--fields", type=int, nargs="+", default=(1250, 2500), help="placement-only: field sides (px)")
     ap.add_argument("--render-only", action="store_true", help="only redraw --png from the files of a run in --out")
     args = ap.parse_args()
     tag = f"_{args.tag}" if args.tag else ""
@@ -242,8 +277,10 @@ def main() -> None:
 
     torch.set_num_threads(args.threads)
     if args.placement_only:
-        placement_only(ROOT / "benchmarks" / "results" / "cellular_placement.json", args.repeats,
-                       (1, 2) if args.repeats > 1 else (args.threads,))
+        name = "cellular_placement.json" if args.excluded == "capsule" else f"cellular_placement_{args.excluded}.json"
+        placement_only(ROOT / "benchmarks" / "results" / name, args.repeats,
+                       (1, 2) if args.repeats > 1 else (args.threads,), args.excluded,
+                       tuple(args.totals or (0.10, 0.20, 0.30)), tuple(args.fields))
         return
     from difftem.config import config_from_dict
     from difftem.simulate.labels import make_labels

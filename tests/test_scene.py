@@ -1,5 +1,7 @@
 """Scenes: symmetry builders, random placement, pose conventions, per-type maps, tiles."""
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -20,11 +22,12 @@ from difftem.core.rotations import (
 from difftem.forward.particle_map import build_fourier_projector, build_particle_map, sample_slab
 from difftem.forward.potential import IceModel, SlicedPotential, antialias_mask, atoms_to_tensors
 from difftem.forward.scattering import get_table
-from difftem.specimen.build import scene_of
+from difftem.specimen.build import builtin_structure, scene_of
 from difftem.specimen.scene import bounding_capsule, helical_assembly, overlapping_pairs, segment_distances
 from difftem.specimen.structure import read_structure
 
 UBI = "builtin:1ubi"
+UBI_PATH = builtin_structure("1ubi")
 
 
 def base(**sections):
@@ -290,3 +293,34 @@ def test_potential_volume_is_the_scene_in_3d():
     assert (centre[2] - vol.shape[0] // 2) * v == pytest.approx(15, abs=1.5)
     proj = simulate(cfg, keep_potential=True).projected_potential.real
     assert float(vol.sum()) * v**3 == pytest.approx(float((proj - proj[0, 0]).sum()) * v**2, rel=1e-3)
+
+
+def test_bounding_capsule_holds_every_atom():
+    """A synthetic rod (points on its axis) with atoms at its corners (off the axis, level with its ends), and a
+    16-subunit helical rod of ubiquitin: every atom lies within the capsule (distance to the segment ≤ radius);
+    the old shortened segment left the corner atoms outside by up to (√2 − 1)·r."""
+    from difftem.specimen.scene import capsule_distances_a
+
+    rng = np.random.default_rng(0)
+    z = np.linspace(-200.0, 200.0, 201)
+    ring = np.stack([30 * np.cos(np.linspace(0, 2 * np.pi, 24, endpoint=False)),
+                     30 * np.sin(np.linspace(0, 2 * np.pi, 24, endpoint=False))], 1)
+    corners = np.concatenate([np.c_[ring, np.full(24, 200.0)], np.c_[ring, np.full(24, -200.0)]])
+    rod = np.concatenate([np.c_[np.zeros((201, 2)), z], corners, rng.uniform(-10, 10, (300, 3))])
+    rot = rotation_zyz_deg(30.0, 50.0, 70.0)
+    for pts in (rod, rod @ rot.T + np.array([5.0, -3.0, 8.0])):
+        caps = bounding_capsule(pts, "capsule")
+        d = capsule_distances_a(pts, caps)
+        assert (d <= caps.radius_a + 1e-9).all()
+        assert caps.half_length_a > 100 and caps.radius_a == pytest.approx(30.0, abs=1.0)
+        # the old rule (segment shortened by the radius, radius unchanged) left the corners outside by ~(√2 − 1)·r
+        r = caps.radius_a
+        short = type(caps)(caps.centre_a, caps.axis, 200.0 - r, r)
+        assert capsule_distances_a(pts, short).max() - r == pytest.approx((math.sqrt(2) - 1) * r, rel=0.05)
+    ubi = read_structure(UBI_PATH).positions_a
+    helix = helical_assembly(read_structure(UBI_PATH, centre="none"), 30.0, 60.0, 16,
+                             axis_point_a=(20.3, 28.8, 0.0)).centred("bbox").positions_a
+    for pts in (ubi, helix):
+        for shape in ("auto", "capsule", "sphere"):
+            caps = bounding_capsule(pts, shape)
+            assert (capsule_distances_a(pts, caps) <= caps.radius_a + 1e-9).all(), shape

@@ -701,6 +701,12 @@ class Crowding(_Model):
     min_gap_a: float = Field(2.0, ge=0, le=1e3, description="least gap between bounding shapes and to obstacles (Å)")
     lumen: bool = Field(False, description="the crowd may also fill the vesicles' insides (else a vesicle is solid)")
     seed_offset: int = Field(0, ge=0, lt=2**31, description="added to the run's seed for the crowd's placement")
+    shape: Literal["capsule", "spheres"] = Field(
+        "capsule", description="the shape copies of the crowd exclude each other by: the bounding capsule, or a few "
+                               "spheres covering the atoms (specimen/excluded.py; tighter, so higher fractions fit)")
+    sphere_radius_a: float = Field(10.0, ge=3.0, le=200.0, description="shape spheres: about one sphere per ball of "
+                                                                       "this radius of the molecule (Å), 3…200")
+    max_spheres: int = Field(64, ge=1, le=512, description="shape spheres: at most this many per type, 1…512")
 
 
 class Sample(_Model):

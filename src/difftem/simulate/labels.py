@@ -1,7 +1,8 @@
 """Label volumes for machine learning (``config.labels``): class, instance and particle-mask MRC volumes and their
 legend, on the frame of ``potential_volume`` and of ``difftem reconstruct`` (specimen/labels.py). With vesicles
-(``sample.vesicles``) their bilayers are a class of their own (after the types), one instance per vesicle (after
-the copies) and a membrane mask volume; a particle embedded in a membrane keeps its own labels where they meet.
+(``sample.vesicles``) or membrane sheets (``sample.membrane_sheets``) their bilayers are a class of their own (after
+the types), one instance per vesicle, then per sheet (after the copies) and a membrane mask volume; a particle
+embedded in a membrane keeps its own labels where they meet.
 
 Integer MRC modes: class and mask as int8 (mode 0) while there are fewer than 128 types, else uint16 (mode 6);
 instance as uint16 (mode 6) up to 65 535 copies, else float32 (mode 2; exact integers up to 2²⁴, beyond the
@@ -16,7 +17,13 @@ from pathlib import Path
 import numpy as np
 
 from ..io.files import atomic_path, write_json
-from ..specimen.labels import label_shape, label_volumes, membrane_half_thickness_a, membrane_volume
+from ..specimen.labels import (
+    label_shape,
+    label_volumes,
+    membrane_half_thickness_a,
+    membrane_volume,
+    sheet_volume,
+)
 from ..specimen.scene import Scene
 from .export import reconstruction_depth_px
 
@@ -30,8 +37,9 @@ class LabelVolumes:
     instances: np.ndarray  # (Z, Y, X) int32: 0 background, copy index + 1 (row of particles.star)
     voxel_a: float
     type_names: list[str]
-    membranes: np.ndarray | None = None  # (Z, Y, X) int32: vesicle index + 1 (row of vesicles.star), 0 elsewhere
+    membranes: np.ndarray | None = None  # (Z, Y, X) int32: vesicle index + 1 (row of vesicles.star), then sheets
     membrane_half_thickness_a: float = 0.0
+    n_vesicles: int = 0  # membrane values 1…n_vesicles are vesicles, the next ones sample.membrane_sheets entries
 
     @property
     def mask(self) -> np.ndarray:
@@ -57,14 +65,19 @@ def make_labels(scene: Scene, config) -> LabelVolumes:
     shape = label_shape(tuple(det.shape_px), det.pixel_size_a, v, thickness)
     classes, instances = label_volumes(scene, shape, v)
     names = [t.name for t in scene.types]
-    ves = scene.vesicles
-    if ves is None or not len(ves):
+    ves, sheets = scene.vesicles, getattr(scene, "sheets", None)
+    n_ves, n_sheets = (len(ves) if ves is not None else 0), (len(sheets) if sheets is not None else 0)
+    if not n_ves and not n_sheets:
         return LabelVolumes(classes, instances, v, names)
-    membranes = membrane_volume(ves, shape, v)
+    membranes = membrane_volume(ves, shape, v) if n_ves else np.zeros(shape, np.int32)
+    if n_sheets:  # sheets after the vesicles: vesicle j is j + 1, sheet k is V + k + 1
+        on_sheet = sheet_volume(sheets, shape, v, first=n_ves + 1)
+        membranes = np.where(membranes > 0, membranes, on_sheet)
     free = (membranes > 0) & (classes == 0)  # an embedded protein keeps its labels where it meets the bilayer
     classes[free] = len(names) + 1
     instances[free] = len(scene.placement.positions_a) + membranes[free]
-    return LabelVolumes(classes, instances, v, names, membranes, membrane_half_thickness_a(ves.bilayer))
+    half = membrane_half_thickness_a(ves.bilayer if n_ves else sheets.bilayers[0])
+    return LabelVolumes(classes, instances, v, names, membranes, half, n_ves)
 
 
 def _write_int_volume(path: Path, data: np.ndarray, voxel_a: float) -> Path:
@@ -95,15 +108,17 @@ def write_labels(labels: LabelVolumes, out: Path) -> list[Path]:
     if labels.membranes is not None:
         classes[str(labels.membrane_class)] = "membrane"
         instances += ("; N + j (N the copies): the bilayer of the vesicle in row j of vesicles.star, where no "
-                      "particle is")
+                      f"particle is; N + {labels.n_vesicles} + k: the bilayer of sample.membrane_sheets entry k "
+                      "(run.json membrane_sheets), where no particle or vesicle is")
         files["membrane"] = MEMBRANE_FILE
         written.append(_write_int_volume(out / MEMBRANE_FILE, (labels.membranes > 0).astype(np.int8), labels.voxel_a))
     legend = {
         "classes": classes,
         "instances": instances,
         "mask": "1 where any particle is",
-        **({"membrane": f"1 within {labels.membrane_half_thickness_a:.2f} A of a vesicle's bilayer mid-plane (the "
-                        "head groups' outer half maxima), particles included"} if labels.membranes is not None
+        **({"membrane": f"1 within {labels.membrane_half_thickness_a:.2f} A of a vesicle's or membrane sheet's "
+                        "bilayer mid-plane (the head groups' outer half maxima; a sheet's own profile), particles "
+                        "included"} if labels.membranes is not None
            else {}),
         "files": files, "dtypes": {"class": np.dtype(cls_dtype).name, "instance": np.dtype(inst_dtype).name,
                                    "mask": "int8", **({"membrane": "int8"} if labels.membranes is not None else {})},

@@ -29,6 +29,7 @@ from .scene import (
     overlapping_pairs,
     random_placement,
 )
+from .sheets import sheet_hits, sheets_from_config
 from .structure import MAX_ATOMS, Atoms, check_positions, read_structure
 
 BYTES_PER_ATOM_BUILT = 128  # a type's arrays (48 B/atom) and the temporaries of building a helix or copies
@@ -172,6 +173,11 @@ def build_scene(config, resolve_structure) -> Scene:
         raise ConfigError(f"sample.particles: {sum(counts)} randomly placed copies in all (at most "
                           f"{MAX_RANDOM_COPIES}); lower random.count or random.density_per_um3")
     placement = Placement.concatenate(explicit)
+    sheets = sheets_from_config(config)  # fixed as configured: random copies, beads, vesicles and the crowd avoid them
+
+    def clear_of_sheets(gap_a: float):
+        return None if sheets is None else (lambda a, b, r: sheet_hits(a, b, r, sheets, gap_a))
+
     warnings = []
     bounds = [t.bounds for t in types]
     pairs = overlapping_pairs(bounds, placement) if 1 < len(placement) <= 2000 else []
@@ -182,22 +188,23 @@ def build_scene(config, resolve_structure) -> Scene:
         warnings.append(f"explicit placements overlap (bounding shapes interpenetrate): {listed}{more}; check "
                         "sample.particles.positions_a")
     # filaments clear of the explicit copies (their rows follow them); the random copies then clear of both
-    placed_filaments, filaments = place_filaments(config, types, placement)
+    placed_filaments, filaments = place_filaments(config, types, placement, blocked=clear_of_sheets(0.0))
     placement = Placement.concatenate([placement, placed_filaments])
     if any(counts):
         rng = np.random.default_rng(np.random.SeedSequence([config.seed, 0x5CE4E]))
         gap = max(gaps) if gaps else 0.0
         placed = random_placement(bounds, counts, field_a=field_a, ice_thickness_a=ice_a, rng=rng,
                                   names=[t.name for t in types], gap_a=gap, random_orientation=random_orient,
-                                  existing=placement)
+                                  existing=placement, blocked=clear_of_sheets(gap))
         placement = Placement.concatenate([placement, placed])
-    types, placement = add_fiducials(config, types, placement)  # gold beads on the ice faces, clear of the particles
+    # gold beads on the ice faces, clear of the particles
+    types, placement = add_fiducials(config, types, placement, clear_of_sheets(0.0))
     # vesicles clear of every copy so far, then the membrane proteins embedded in them
-    vesicles = place_vesicles(config, [t.bounds for t in types], placement)
-    embedded = embed_in_vesicles(config, [t.bounds for t in types], placement, vesicles)
+    vesicles = place_vesicles(config, [t.bounds for t in types], placement, blocked=clear_of_sheets(0.0))
+    embedded = embed_in_vesicles(config, [t.bounds for t in types], placement, vesicles, blocked=clear_of_sheets(0.0))
     placement = Placement.concatenate([placement, embedded])
     # the crowd last: around every copy so far, the vesicles and the filaments' tubes
     tubes = filament_obstacles(filaments)
     crowd, report = crowd_scene(config, types, placement, vesicles,
-                                Obstacles.from_polylines([p for p, _ in tubes], [r for _, r in tubes]))
-    return Scene(types, Placement.concatenate([placement, crowd]), warnings, vesicles, filaments, report)
+                                Obstacles.from_polylines([p for p, _ in tubes], [r for _, r in tubes]), sheets)
+    return Scene(types, Placement.concatenate([placement, crowd]), warnings, vesicles, filaments, report, sheets)

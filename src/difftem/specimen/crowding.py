@@ -30,14 +30,17 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass, replace
+from functools import partial
 
 import numpy as np
 import torch
 
 from ..core.errors import ConfigError
 from ..core.rotations import random_rotations
+from .excluded import sphere_cover
 from .geometry import IceProfile
-from .scene import Bounds, ParticleType, Placement, _segments, segment_distances
+from .scene import Bounds, ParticleType, Placement, _segments, covering_capsule, segment_distances
+from .sheets import sheet_hits, sheets_volume_a3
 
 #: random sequential addition of spheres jams at 38 % of the volume; a target whose bounding shapes (grown by half
 #: the gap) would fill more of the free volume is refused up front
@@ -216,18 +219,36 @@ def _hits_shells(a, b, r, obst: Obstacles, gap_a: float) -> np.ndarray:
 
 
 def _hits_hashed(a, b, r, ha: np.ndarray, hb: np.ndarray, hr: np.ndarray, cells: _CellHash, gap_a: float,
-                 skip_self: bool = False) -> np.ndarray:
+                 skip_self: bool = False, owner: np.ndarray | None = None, points: bool = False) -> np.ndarray:
     """(Q,) whether each capsule touches a hashed capsule (``skip_self``: the hash holds the queries themselves;
-    query j is hit only by an earlier index i < j)."""
+    query j is hit only by an earlier one i, i < j, or with ``owner`` (per query, its copy) by a query of an earlier
+    copy). ``points``: every segment is a point (a sphere), tested by the plain distance."""
     q, k = cells.pairs(0.5 * (a + b))
     if skip_self:
-        keep = k < q
+        keep = k < q if owner is None else owner[k] < owner[q]
         q, k = q[keep], k[keep]
     hit = np.zeros(len(a), bool)
     if len(q):
-        close = segment_distances(a[q], b[q], ha[k], hb[k]) < r[q] + hr[k] + gap_a
+        if points:
+            close = ((a[q] - ha[k]) ** 2).sum(1) < (r[q] + hr[k] + gap_a) ** 2
+        else:
+            close = segment_distances(a[q], b[q], ha[k], hb[k]) < r[q] + hr[k] + gap_a
         hit[q[close]] = True
     return hit
+
+
+def _survivors(a, b, r, owner: np.ndarray, n_copies: int, tests) -> np.ndarray:
+    """(n_copies,) which copies no test hits: each test(a, b, r) gets the items (capsules, or spheres as points) of
+    the copies still standing (``owner``: each item's copy) and returns which of them are hit."""
+    ok = np.ones(n_copies, bool)
+    for test in tests:
+        sel = ok[owner]
+        if not sel.any():
+            break
+        hit = np.zeros(n_copies, bool)
+        hit[owner[sel][test(a[sel], b[sel], r[sel])]] = True
+        ok &= ~hit
+    return ok
 
 
 # ---------------------------------------------------------------------------------------------- volumes
@@ -264,9 +285,10 @@ class CrowdTarget:
     random_orientation: bool = True
 
 
-def _target_counts(types, targets: list[CrowdTarget], v_free: float, basis: str, gap_a: float):
-    """Per type: (capsule, molecular, gap-grown capsule) volumes (Å³) and the copies its fraction asks for; targets
-    that cannot be packed are refused here, before placing."""
+def _target_counts(types, targets: list[CrowdTarget], v_free: float, basis: str, gap_a: float, covers=None):
+    """Per type: (capsule, molecular, gap-grown excluded shape, excluded shape) volumes (Å³) and the copies its
+    fraction asks for; targets that cannot be packed are refused here, before placing. ``covers``: per type index,
+    its spheres (specimen.excluded.SphereCover) where its excluded shape is spheres (else its capsule)."""
     vol = {}
     for tg in targets:
         b = types[tg.type_index].bounds
@@ -274,7 +296,11 @@ def _target_counts(types, targets: list[CrowdTarget], v_free: float, basis: str,
         if basis == "molecular" and mol <= 0:
             raise ConfigError(f"{tg.field}: {tg.name} has no mass for basis molecular (a map type without "
                               "map.mass_kda); give its mass or use sample.crowding.basis capsule")
-        vol[tg.type_index] = (cap, mol, capsule_volume_a3(b, gap_a / 2))
+        cv = (covers or {}).get(tg.type_index)
+        if cv is not None:
+            vol[tg.type_index] = (cap, mol, cv.grown_volume_a3(gap_a / 2), cv.volume_a3)
+        else:
+            vol[tg.type_index] = (cap, mol, capsule_volume_a3(b, gap_a / 2), cap)
     counts = {tg.type_index: int(round(tg.volume_fraction * v_free / vol[tg.type_index][0 if basis == "capsule"
                                                                                        else 1])) for tg in targets}
     total = sum(counts.values())
@@ -294,9 +320,13 @@ def _target_counts(types, targets: list[CrowdTarget], v_free: float, basis: str,
 
 def crowded_placement(types: list[ParticleType], targets: list[CrowdTarget], *, field_a: tuple[float, float],
                       profile: IceProfile, rng: np.random.Generator, obstacles: Obstacles | None = None,
-                      basis: str = "capsule", gap_a: float = 2.0) -> tuple[Placement, dict]:
+                      basis: str = "capsule", gap_a: float = 2.0, covers: dict | None = None,
+                      sheets=None) -> tuple[Placement, dict]:
     """Copies of each target type filling its ``volume_fraction`` of the free volume (module docstring), clear of
-    ``obstacles`` and of each other, inside the field and the ice; (placement, report)."""
+    ``obstacles`` and of each other, inside the field and the ice; (placement, report). ``covers`` (per target type
+    index, a :class:`~difftem.specimen.excluded.SphereCover`): those types' copies exclude others by their spheres
+    instead of their bounding capsules (the capsules still keep them inside the field and the ice). ``sheets``
+    (specimen.sheets.Sheets): membrane sheets the copies keep clear of, their bilayers' volume not free."""
     t0 = time.perf_counter()
     obstacles = obstacles or Obstacles.empty()
     wx, wy = field_a
@@ -304,28 +334,40 @@ def crowded_placement(types: list[ParticleType], targets: list[CrowdTarget], *, 
     if t_hi <= 0:
         raise ConfigError(f"{targets[0].field}: a crowd needs ice to fill; set sample.ice_thickness_nm")
     v_ice = ice_volume_a3(profile, field_a)
-    v_free = v_ice - obstacles.volume_a3()
+    v_free = v_ice - obstacles.volume_a3() - sheets_volume_a3(sheets, field_a)
     if v_free <= 0.05 * v_ice:
         raise ConfigError(f"{targets[0].field}: the obstacles (vesicles, filaments, other copies) fill "
                           f"{100 * (1 - v_free / v_ice):.0f} % of the ice; fewer or smaller obstacles, or thicker ice")
-    vol, counts = _target_counts(types, targets, v_free, basis, gap_a)
+    vol, counts = _target_counts(types, targets, v_free, basis, gap_a, covers)
+    shapes = covers is not None  # the report says which shape each type excluded by
+    covers = covers or {}
     # a capsule touches another only within (reach + reach' + gap) of its midpoint: one hash per pair of groups
     pieces = obstacles.pieces()
     obst_reach = float((0.5 * np.linalg.norm(pieces.seg_b - pieces.seg_a, axis=1) + pieces.seg_r).max()) \
         if len(pieces.seg_r) else 0.0
     obst_mid = 0.5 * (pieces.seg_a + pieces.seg_b)
-    lo = np.array([-wx / 2, -wy / 2, -t_hi / 2]) - 1.0
+    lo = np.array([-wx / 2, -wy / 2, -t_hi / 2]) - 1.0 - max([c.radii_a.max() for c in covers.values()], default=0.0)
     hi = -lo
-    groups: list[tuple[np.ndarray, np.ndarray, np.ndarray, float]] = []  # placed types: ends, radii, reach
+    groups: list[tuple[np.ndarray, np.ndarray, np.ndarray, float, bool]] = []  # item ends, radii, reach, points
     out, rows = [], []
+    filled = 0.0  # the placed crowd's excluded volume (Å³), for the jam message
     order = sorted(targets, key=lambda g: -types[g.type_index].bounds.extent_a)
     for tg in order:
         t, bd, need = tg.type_index, types[tg.type_index].bounds, counts[tg.type_index]
-        reach = bd.half_length_a + bd.radius_a
+        cover = covers.get(t)
+        spheres = cover is not None
+        # the items tested for overlap: the bounding capsule, or the cover's spheres (points with radii)
+        reach = float(cover.radii_a.max()) if spheres else bd.half_length_a + bd.radius_a
+        n_items = len(cover) if spheres else 1
         fixed = [(pieces.seg_a, pieces.seg_b, pieces.seg_r,
-                  _CellHash(lo, hi, max(obst_reach + reach + gap_a, 1.0)).build(obst_mid))]
-        fixed += [(ga, gb, gr, _CellHash(lo, hi, max(g_reach + reach + gap_a, 1.0)).build(0.5 * (ga + gb)))
-                  for ga, gb, gr, g_reach in groups]
+                  _CellHash(lo, hi, max(obst_reach + reach + gap_a, 1.0)).build(obst_mid), False)]
+        fixed += [(ga, gb, gr, _CellHash(lo, hi, max(g_reach + reach + gap_a, 1.0)).build(0.5 * (ga + gb)),
+                   spheres and g_points) for ga, gb, gr, g_reach, g_points in groups]
+        tests = [partial(_hits_shells, obst=obstacles, gap_a=gap_a)]
+        if sheets is not None:
+            tests.append(partial(sheet_hits, sheets=sheets, gap_a=gap_a))
+        tests += [partial(_hits_hashed, ha=ha, hb=hb, hr=hr, cells=cells, gap_a=gap_a, points=pts)
+                  for ha, hb, hr, cells, pts in fixed]
         own = _CellHash(lo, hi, max(2 * reach + gap_a, 1.0))
         own_a, own_b, own_r = np.zeros((0, 3)), np.zeros((0, 3)), np.zeros(0)
         got_pos, got_rot = [], []
@@ -335,47 +377,65 @@ def crowded_placement(types: list[ParticleType], targets: list[CrowdTarget], *, 
             batch = int(min(cap, max(64, 1.2 * (need - n_got) / max(acceptance, 1e-3))))
             pos, rot, a, b = _proposals(bd, batch, tg.random_orientation, field_a, profile, t_hi, rng)
             proposed += batch
-            r = np.full(len(a), bd.radius_a)
-            ok = ~_hits_shells(a, b, r, obstacles, gap_a)
-            for ha, hb, hr, cells in [*fixed, (own_a, own_b, own_r, own)]:
-                ok[ok] = ~_hits_hashed(a[ok], b[ok], r[ok], ha, hb, hr, cells, gap_a)
+            m = len(pos)
+            if spheres:
+                a = cover.poses(rot, pos).reshape(-1, 3)
+                b = a
+                r = np.tile(cover.radii_a, m)
+            else:
+                r = np.full(m, bd.radius_a)
+            owner = np.repeat(np.arange(m), n_items)
+            own_test = partial(_hits_hashed, ha=own_a, hb=own_b, hr=own_r, cells=own, gap_a=gap_a, points=spheres)
+            ok = _survivors(a, b, r, owner, m, [*tests, own_test])
             idx = np.flatnonzero(ok)
             if len(idx) > 1:  # earlier survivors of this batch win
-                mine = _CellHash(lo, hi, own.cell).build(0.5 * (a[idx] + b[idx]))
-                idx = idx[~_hits_hashed(a[idx], b[idx], r[idx], a[idx], b[idx], r[idx], mine, gap_a, skip_self=True)]
+                sel = ok[owner]
+                sa, sb, sr, so = a[sel], b[sel], r[sel], owner[sel]
+                mine = _CellHash(lo, hi, own.cell).build(0.5 * (sa + sb))
+                hit = np.zeros(m, bool)
+                hit[so[_hits_hashed(sa, sb, sr, sa, sb, sr, mine, gap_a, skip_self=True, owner=so,
+                                    points=spheres)]] = True
+                idx = idx[~hit[idx]]
             idx = idx[:need - n_got]
             acceptance = 0.5 * acceptance + 0.5 * len(idx) / batch
             window = [window[0] + batch, window[1] + len(idx)]
             if window[0] >= JAM_WINDOW:  # judged over many proposals: small batches may come back empty by chance
                 if window[1] < MIN_ACCEPTANCE * window[0]:
                     _jammed(tg, n_got, need, vol[t][0 if basis == "capsule" else 1], v_free,
-                            [(own_a, own_b, own_r)] + [g[:3] for g in groups])
+                            (filled + n_got * vol[t][3]) / v_free)
                 window = [0, 0]
             n_got += len(idx)
             got_pos.append(pos[idx])
             got_rot.append(rot[idx])
-            own_a, own_b = np.concatenate([own_a, a[idx]]), np.concatenate([own_b, b[idx]])
-            own_r = np.concatenate([own_r, r[idx]])
+            keep = np.isin(owner, idx)
+            own_a, own_b = np.concatenate([own_a, a[keep]]), np.concatenate([own_b, b[keep]])
+            own_r = np.concatenate([own_r, r[keep]])
             own.build(0.5 * (own_a + own_b))
-        groups.append((own_a, own_b, own_r, reach))
+        groups.append((own_a, own_b, own_r, reach, spheres))
+        filled += n_got * vol[t][3]
         out.append(Placement(np.full(n_got, t, np.int64), np.concatenate(got_pos or [np.zeros((0, 3))]),
                              np.concatenate(got_rot or [np.zeros((0, 3, 3))])))
-        rows.append({"type": tg.name, "copies": n_got, "target_fraction": tg.volume_fraction,
-                     "capsule_fraction": n_got * vol[t][0] / v_free, "molecular_fraction": n_got * vol[t][1] / v_free,
-                     "capsule_volume_nm3": vol[t][0] / 1e3, "molecular_volume_nm3": vol[t][1] / 1e3,
-                     "proposals": proposed})
-    report = {"basis": basis, "ice_volume_um3": v_ice * 1e-12, "free_volume_um3": v_free * 1e-12,
-              "types": rows, "copies": int(sum(r["copies"] for r in rows)),
+        row = {"type": tg.name, "copies": n_got, "target_fraction": tg.volume_fraction,
+               "capsule_fraction": n_got * vol[t][0] / v_free, "molecular_fraction": n_got * vol[t][1] / v_free,
+               "capsule_volume_nm3": vol[t][0] / 1e3, "molecular_volume_nm3": vol[t][1] / 1e3,
+               "proposals": proposed}
+        if shapes:  # the excluded shape: spheres, or the capsule where its spheres would not be smaller
+            row.update({"spheres": n_items if spheres else 0, "shape_volume_nm3": vol[t][3] / 1e3,
+                        "shape_fraction": n_got * vol[t][3] / v_free})
+        rows.append(row)
+    report = {"basis": basis, "shape": "spheres" if shapes else "capsule", "ice_volume_um3": v_ice * 1e-12,
+              "free_volume_um3": v_free * 1e-12, "types": rows, "copies": int(sum(r["copies"] for r in rows)),
               "capsule_fraction": float(sum(r["capsule_fraction"] for r in rows)),
               "molecular_fraction": float(sum(r["molecular_fraction"] for r in rows)),
               "seconds": time.perf_counter() - t0}
+    if shapes:
+        report["shape_fraction"] = float(sum(r["shape_fraction"] for r in rows))
     return Placement.concatenate(out), report
 
 
-def _jammed(tg: CrowdTarget, n_got: int, need: int, v_copy: float, v_free: float, placed) -> None:
-    """Refuse a type whose batches stopped being accepted, saying what was reached."""
-    filled = sum((np.pi * gr**2 * np.linalg.norm(gb - ga, axis=1)).sum() + (4 / 3 * np.pi * gr**3).sum()
-                 for ga, gb, gr in placed) / v_free
+def _jammed(tg: CrowdTarget, n_got: int, need: int, v_copy: float, v_free: float, filled: float) -> None:
+    """Refuse a type whose batches stopped being accepted, saying what was reached (``filled``: the fraction of the
+    free volume the crowd's excluded shapes fill)."""
     raise ConfigError(
         f"{tg.field}: reached {100 * n_got * v_copy / v_free:.1f} % of the {100 * tg.volume_fraction:g} % asked "
         f"({n_got:,} of {need:,} copies of {tg.name}) when random packing jammed (bounding shapes fill "
@@ -410,20 +470,15 @@ def _proposals(bd: Bounds, n: int, uniform: bool, field_a, profile: IceProfile, 
 
 # ---------------------------------------------------------------------------------------------- from a config
 def covering_bounds(ptype: ParticleType) -> Bounds:
-    """The type's capsule lengthened until it holds every atom: scene.bounding_capsule shortens the segment by the
-    radius, which leaves atoms off the axis near the ends outside by up to (√2 − 1)·r."""
-    b = ptype.bounds
-    if len(ptype.atoms) == 0 or b.half_length_a == 0:
-        return b
-    rel = ptype.atoms.positions_a - b.centre_a
-    t = rel @ b.axis
-    d2 = np.maximum((rel**2).sum(1) - t * t, 0.0)
-    half = float(np.max(np.abs(t) - np.sqrt(np.maximum(b.radius_a**2 - d2, 0.0))))
-    return Bounds(b.centre_a, b.axis, max(b.half_length_a, half), b.radius_a)
+    """The type's capsule made to hold every atom (``scene.covering_capsule``; ``scene.bounding_capsule`` already
+    gives such capsules, this keeps types built by hand honest)."""
+    if len(ptype.atoms) == 0:
+        return ptype.bounds
+    return covering_capsule(ptype.atoms.positions_a, ptype.bounds)
 
 
 def crowd_scene(config, types: list[ParticleType], placement: Placement, vesicles=None,
-                extra_obstacles: Obstacles | None = None) -> tuple[Placement, dict | None]:
+                extra_obstacles: Obstacles | None = None, sheets=None) -> tuple[Placement, dict | None]:
     """The copies of the ``volume_fraction`` entries of ``config.sample.particles`` (empty placement and None
     without any), clear of ``placement``'s copies, the vesicles and ``extra_obstacles`` (the filaments' tubes:
     with them, the filaments' own subunit copies are left to the tubes)."""
@@ -433,6 +488,7 @@ def crowd_scene(config, types: list[ParticleType], placement: Placement, vesicle
     cfg = config.sample.crowding
     basis, gap, lumen, offset = ((cfg.basis, cfg.min_gap_a, cfg.lumen, cfg.seed_offset) if cfg is not None
                                  else ("capsule", 2.0, False, 0))
+    spheres = cfg is not None and cfg.shape == "spheres"
     det = config.detector
     field_a = (det.shape_px[1] * det.pixel_size_a, det.shape_px[0] * det.pixel_size_a)
     extra = extra_obstacles or Obstacles.empty()
@@ -446,6 +502,11 @@ def crowd_scene(config, types: list[ParticleType], placement: Placement, vesicle
                for t, p in entries]
     crowd = {t for t, _ in entries}  # their capsules made to hold every atom (volumes and tests use these)
     types = [replace(ty, bounds=covering_bounds(ty)) if i in crowd else ty for i, ty in enumerate(types)]
+    covers = None
+    if spheres:  # each type's spheres, where their union (grown by half the gap) is smaller than its capsule
+        covers = {t: sphere_cover(types[t], cfg.sphere_radius_a, cfg.max_spheres) for t in crowd}
+        covers = {t: c for t, c in covers.items()
+                  if c.grown_volume_a3(gap / 2) < capsule_volume_a3(types[t].bounds, gap / 2)}
     rng = np.random.default_rng(np.random.SeedSequence([config.seed, 0xC40D, offset]))
     return crowded_placement(types, targets, field_a=field_a, profile=IceProfile.from_config(config.sample), rng=rng,
-                             obstacles=obstacles, basis=basis, gap_a=gap)
+                             obstacles=obstacles, basis=basis, gap_a=gap, covers=covers, sheets=sheets)

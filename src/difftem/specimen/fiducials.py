@@ -39,7 +39,7 @@ def gold_bead_atoms(diameter_a: float, lattice_a: float = GOLD_LATTICE_A) -> Ato
 
 def place_fiducials(cfg, bounds_existing, existing: Placement, bead: ParticleType, type_index: int, *,
                     field_a: tuple[float, float], profile: IceProfile, rng: np.random.Generator,
-                    max_failures: int = 2000) -> Placement:
+                    max_failures: int = 2000, blocked=None) -> Placement:
     """``cfg.count`` beads on the ice faces (see the module docstring), clear of ``existing`` copies."""
     r = bead.bounds.radius_a
     ea, eb, er = _segments(bounds_existing, existing)
@@ -56,6 +56,8 @@ def place_fiducials(cfg, bounds_existing, existing: Placement, bead: ParticleTyp
                                        torch.tensor([y], dtype=torch.float64))[0])
         c = np.array([x, y, side * max(t / 2 - r, 0.0)])
         near = segment_distances(c, c, ea, eb) < er + r + cfg.min_gap_a if len(ea) else np.zeros(0, bool)
+        if blocked is not None and blocked(c[None], c[None], np.array([r + cfg.min_gap_a]))[0]:
+            near = np.ones(1, bool)
         if near.any() or any(np.linalg.norm(c - o) < 2 * r + cfg.min_gap_a for o in centres):
             fails += 1
             continue
@@ -65,8 +67,10 @@ def place_fiducials(cfg, bounds_existing, existing: Placement, bead: ParticleTyp
     return Placement(np.full(n, type_index, np.int64), np.array(centres).reshape(-1, 3), random_rotations(n, rng))
 
 
-def add_fiducials(config, types: list[ParticleType], placement: Placement) -> tuple[list[ParticleType], Placement]:
-    """The scene's types and placement with ``config.sample.fiducials`` added (unchanged without them)."""
+def add_fiducials(config, types: list[ParticleType], placement: Placement, blocked=None
+                  ) -> tuple[list[ParticleType], Placement]:
+    """The scene's types and placement with ``config.sample.fiducials`` added (unchanged without them); ``blocked``:
+    as :func:`place_fiducials` (the membrane sheets)."""
     cfg = config.sample.fiducials
     if cfg is None or cfg.count == 0:
         return types, placement
@@ -76,5 +80,5 @@ def add_fiducials(config, types: list[ParticleType], placement: Placement) -> tu
     field_a = (det.shape_px[1] * det.pixel_size_a, det.shape_px[0] * det.pixel_size_a)
     rng = np.random.default_rng(np.random.SeedSequence([config.seed, 0xF1D, cfg.seed_offset]))
     beads = place_fiducials(cfg, [t.bounds for t in types], placement, bead, len(types), field_a=field_a,
-                            profile=IceProfile.from_config(config.sample), rng=rng)
+                            profile=IceProfile.from_config(config.sample), rng=rng, blocked=blocked)
     return types + [bead], Placement.concatenate([placement, beads])

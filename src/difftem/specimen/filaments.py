@@ -351,10 +351,11 @@ def _lengths_nm(cfg, n: int, rng: np.random.Generator) -> np.ndarray:
                       "length_max_nm]; widen the range")
 
 
-def place_filaments(config, types: list[ParticleType], placement: Placement, *, max_failures: int = 500
-                    ) -> tuple[Placement, Filaments | None]:
+def place_filaments(config, types: list[ParticleType], placement: Placement, *, max_failures: int = 500,
+                    blocked=None) -> tuple[Placement, Filaments | None]:
     """Every ``sample.particles[].filament``: the subunits' poses (copies of the entry's type, appended after
-    ``placement``'s rows) and the filaments, clear of ``placement``'s copies and of each other."""
+    ``placement``'s rows) and the filaments, clear of ``placement``'s copies, of each other and, with
+    ``blocked(a, b, r)`` ((Q,) whether capsules touch fixed obstacles: the membrane sheets), of those."""
     from .geometry import IceProfile
 
     wanted = [(t, p.filament) for t, p in enumerate(config.sample.particles) if p.filament is not None]
@@ -402,7 +403,9 @@ def place_filaments(config, types: list[ParticleType], placement: Placement, *, 
                 nodes, frames = got
                 pa, pb = _capsules(_extended(nodes, unit.axial_a), unit.radius_a + MARGIN_A)
                 if (_collides(pa, pb, unit.radius_a + MARGIN_A, obstacles, cfg.min_gap_a)
-                        or _crosses_itself(pa, pb, unit.radius_a + MARGIN_A, cfg.min_gap_a)):
+                        or _crosses_itself(pa, pb, unit.radius_a + MARGIN_A, cfg.min_gap_a)
+                        or (blocked is not None
+                            and blocked(pa, pb, np.full(len(pa), unit.radius_a + MARGIN_A + cfg.min_gap_a)).any())):
                     continue
                 break
             rots, centres = unit.poses(nodes, frames)

@@ -166,3 +166,40 @@ def membrane_volume(vesicles, shape_zyx: tuple[int, int, int], voxel_a: float) -
             zz, yy, xx = torch.nonzero(shell, as_tuple=True)
             out[iz[zz], iy[yy], ix[xx]] = i + 1
     return out.numpy()
+
+
+def sheet_volume(sheets, shape_zyx: tuple[int, int, int], voxel_a: float, first: int = 1) -> np.ndarray:
+    """(Z, Y, X) int32 on the label frame: ``first`` + k for sheet k of ``sample.membrane_sheets`` where a voxel
+    centre lies within :func:`membrane_half_thickness_a` of the sheet's mid-plane (a disc: and within its radius of
+    its centre in the plane, as forward/sheets.py cuts it), 0 elsewhere; x and y wrap (the field is periodic), z does
+    not. Each sheet visits a few z planes of the volume at a time (a disc only its own box)."""
+    nz, ny, nx = shape_zyx
+    out = torch.zeros((nz, ny, nx), dtype=torch.int32)
+    if sheets is None or not len(sheets):
+        return out.numpy()
+    centre_idx = np.array([nx // 2, ny // 2, nz // 2])
+    for k in range(len(sheets)):  # per sheet (at most 100), not per voxel
+        c, n, r = sheets.centres_a[k], sheets.normals[k], float(sheets.radii_a[k])
+        half = membrane_half_thickness_a(sheets.bilayers[k])
+        if math.isfinite(r):  # the disc's box about its centre
+            ext = r * np.sqrt(np.clip(1 - n * n, 0, None)) + half * np.abs(n)
+            ic = np.round(c / voxel_a).astype(np.int64) + centre_idx
+            reach = np.ceil(ext / voxel_a).astype(np.int64) + 1
+            axes = [torch.arange(ic[a] - reach[a], ic[a] + reach[a] + 1) for a in range(3)]
+        else:
+            axes = [torch.arange(nx), torch.arange(ny), torch.arange(nz)]
+        ax = [(axes[a] - int(centre_idx[a])).double() * voxel_a - float(c[a]) for a in range(3)]
+        keep_z = (axes[2] >= 0) & (axes[2] < nz)
+        iz_all, dz_all = axes[2][keep_z], ax[2][keep_z]
+        iy, ix = torch.remainder(axes[1], ny), torch.remainder(axes[0], nx)
+        u_xy = float(n[0]) * ax[0][None, :] + float(n[1]) * ax[1][:, None]  # (Y, X)
+        d2_xy = ax[0][None, :] ** 2 + ax[1][:, None] ** 2
+        for lo in range(0, len(iz_all), MEMBRANE_SLAB_PLANES):
+            iz, dz = iz_all[lo:lo + MEMBRANE_SLAB_PLANES], dz_all[lo:lo + MEMBRANE_SLAB_PLANES]
+            u = u_xy[None] + float(n[2]) * dz[:, None, None]
+            inside = u.abs() <= half
+            if math.isfinite(r):
+                inside &= d2_xy[None] + dz[:, None, None] ** 2 - u * u <= r * r
+            zz, yy, xx = torch.nonzero(inside, as_tuple=True)
+            out[iz[zz], iy[yy], ix[xx]] = first + k
+    return out.numpy()

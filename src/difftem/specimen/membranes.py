@@ -147,8 +147,9 @@ def _thinnest_ice_a(profile: IceProfile, c: np.ndarray, reach_a: float) -> float
     return float(t.min())
 
 
-def place_vesicles(config, bounds, placement, *, max_failures: int = 2000) -> Vesicles | None:
-    """The run's vesicles (None without ``sample.vesicles``), clear of ``placement``'s copies (type ``bounds``)."""
+def place_vesicles(config, bounds, placement, *, max_failures: int = 2000, blocked=None) -> Vesicles | None:
+    """The run's vesicles (None without ``sample.vesicles``), clear of ``placement``'s copies (type ``bounds``) and,
+    with ``blocked(a, b, r)`` ((Q,) whether capsules touch fixed obstacles: the membrane sheets), of those."""
     cfg = config.sample.vesicles
     if cfg is None:
         return None
@@ -184,6 +185,7 @@ def place_vesicles(config, bounds, placement, *, max_failures: int = 2000) -> Ve
                 continue
             c[2] = rng.uniform(-room, room)
             near = (segment_distances(c, c, ea, eb) < er + ro + gap).any() if len(ea) else False
+            near = near or (blocked is not None and blocked(c[None], c[None], np.array([ro + gap]))[0])
             if near or (centres and (np.linalg.norm(np.asarray(centres) - c, axis=1)
                                      < np.asarray(rs) + extent + ro + gap).any()):
                 fails += 1
@@ -213,10 +215,12 @@ def _align(axis: np.ndarray, normals: np.ndarray) -> np.ndarray:
     return out
 
 
-def embed_in_vesicles(config, bounds, placement, vesicles: Vesicles | None, *, max_failures: int = 2000):
+def embed_in_vesicles(config, bounds, placement, vesicles: Vesicles | None, *, max_failures: int = 2000,
+                      blocked=None):
     """Copies of the particle types with ``membrane`` set, on the vesicles (see :class:`~difftem.config.
     MembraneEmbedding`): (type indices, centres (N, 3) Å, rotations (N, 3, 3)), clear of ``placement``'s copies, of
-    each other and of the ice's faces; the type frame's origin at ``depth_a`` along the outward normal."""
+    each other and of the ice's faces (and, with ``blocked(a, b, r)``, of fixed obstacles: the membrane sheets); the
+    type frame's origin at ``depth_a`` along the outward normal."""
     from ..core.rotations import rotation_about_axis
     from .scene import Placement
 
@@ -263,6 +267,8 @@ def embed_in_vesicles(config, bounds, placement, vesicles: Vesicles | None, *, m
             others = np.arange(len(vesicles)) != j  # another vesicle's shell
             clash = clash or (segment_distances(a_end, b_end, vesicles.centres_a[others], vesicles.centres_a[others])
                               < vesicles.outer_radii_a[others] + b.radius_a + gap).any()
+            clash = clash or (blocked is not None and blocked(a_end[None], b_end[None],
+                                                              np.array([b.radius_a + gap]))[0])
             if not inside or clash:
                 fails += 1
                 continue

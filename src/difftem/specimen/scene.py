@@ -96,14 +96,45 @@ def bounding_capsule(positions_a: np.ndarray, shape: str = "auto") -> Bounds:
     c2 = c + mid * axis
     t = t - mid
     radius = float(np.sqrt(np.maximum((rel - (t + mid)[:, None] * axis) ** 2, 0).sum(1)).max())
-    # shorten the segment so the caps still cover the ends
+    # shorten the segment so the caps still cover the ends; atoms off the axis near the ends can then lie outside
+    # the caps (by up to (√2 − 1)·r), so the capsule is made to hold every atom (covering_capsule)
     half = max(0.0, float(np.abs(t).max()) - radius)
-    capsule = Bounds(c2, axis, half, radius)
+    capsule = covering_capsule(positions_a, Bounds(c2, axis, half, radius))
     if shape == "capsule":
         return capsule
     vol_sphere = sphere.radius_a**3
-    vol_capsule = radius**2 * (radius + 0.75 * 2 * half)
+    vol_capsule = capsule.radius_a**2 * (capsule.radius_a + 0.75 * 2 * capsule.half_length_a)
     return capsule if vol_capsule < 0.7 * vol_sphere else sphere
+
+
+def capsule_distances_a(points_a: np.ndarray, bounds: Bounds) -> np.ndarray:
+    """(N,) distance of each point from the capsule's segment (Å; a point lies inside where it is ≤ the radius)."""
+    rel = points_a - bounds.centre_a
+    t = np.clip(rel @ bounds.axis, -bounds.half_length_a, bounds.half_length_a)
+    return np.sqrt(((rel - t[:, None] * bounds.axis) ** 2).sum(1))
+
+
+def covering_capsule(points_a: np.ndarray, bounds: Bounds) -> Bounds:
+    """``bounds`` made to hold every point: the smaller (by volume) of the capsule with its segment lengthened until
+    the caps reach every point, and the capsule with its radius grown to the points' largest distance from the
+    segment. Both hold every point (the second by construction, the first because the lengthened segment's caps
+    reach each point's projection within the radius of its distance from the axis)."""
+    if len(points_a) == 0 or bounds.half_length_a == 0:
+        return bounds
+    rel = points_a - bounds.centre_a
+    t = rel @ bounds.axis
+    d2 = np.maximum((rel**2).sum(1) - t * t, 0.0)
+    r = bounds.radius_a
+    inside = d2 <= r * r * (1 + 1e-9) + 1e-9  # within the radius of the axis (rounding aside): caps can reach it
+    half = float(np.max(np.where(inside, np.abs(t) - np.sqrt(np.maximum(r * r - d2, 0.0)), np.inf)))
+    longer = Bounds(bounds.centre_a, bounds.axis, max(bounds.half_length_a, half), r)
+    wider = Bounds(bounds.centre_a, bounds.axis, bounds.half_length_a,
+                   max(r, float(capsule_distances_a(points_a, bounds).max())))
+
+    def volume(b: Bounds) -> float:
+        return b.radius_a**2 * (2 * b.half_length_a + 4 / 3 * b.radius_a)
+
+    return longer if np.isfinite(half) and volume(longer) <= volume(wider) else wider
 
 
 @dataclass
@@ -338,14 +369,14 @@ class _CellGrid:
 
 def random_placement(bounds: list[Bounds], counts: list[int], *, field_a: tuple[float, float], ice_thickness_a: float,
                      rng: np.random.Generator, names: list[str], gap_a: float = 5.0, random_orientation: list[bool],
-                     existing: Placement | None = None, max_failures: int = 2000) -> Placement:
+                     existing: Placement | None = None, max_failures: int = 2000, blocked=None) -> Placement:
     """Random sequential addition of ``counts[t]`` copies of each type, largest first.
 
     Every copy lies inside the field (x, y) and — if there is ice — inside the ice slab (z), with
     uniform orientation (or the identity) and no bounding capsule closer than ``gap_a`` to another.
     Gives up on a type after ``max_failures`` consecutive rejected draws, naming what was achieved.
     Overlap tests look only at neighbouring copies (a cell grid), so the time grows with the number of copies,
-    not its square.
+    not its square. ``blocked(a, b, r)`` (optional): (Q,) whether capsules touch fixed obstacles (membrane sheets).
     """
     existing = existing or Placement.empty()
     ea, eb, er = _segments(bounds, existing)
@@ -382,7 +413,8 @@ def random_placement(bounds: list[Bounds], counts: list[int], *, field_a: tuple[
                 continue
             pos = np.array([rng.uniform(lo_x, hi_x), rng.uniform(lo_y, hi_y), rng.uniform(lo_z, hi_z)])
             a, b = pos + c - ax, pos + c + ax
-            if grid.collides(a, b, bd.radius_a, gap_a):
+            if grid.collides(a, b, bd.radius_a, gap_a) or (
+                    blocked is not None and blocked(a[None], b[None], np.array([bd.radius_a]))[0]):
                 fails += 1
                 continue
             fails = 0
@@ -425,6 +457,7 @@ class Scene:
     vesicles: object | None = None  # specimen.membranes.Vesicles placed with the scene (sample.vesicles), or None
     filaments: object | None = None  # specimen.filaments.Filaments (sample.particles[].filament), or None
     crowding: dict | None = None  # specimen.crowding's report (copies and volume fractions per type), or None
+    sheets: object | None = None  # specimen.sheets.Sheets (sample.membrane_sheets), or None
 
     def atoms_of(self, type_indices, placement: Placement | None = None) -> Atoms:
         """All atoms of the copies of the given types, in scene coordinates (optionally of another placement)."""
