@@ -85,16 +85,30 @@ def ctf_2d(shape_yx: tuple[int, int], pixel_size_a: float, defocus_u_a, defocus_
     """C(k) = sin(χ(k) + asin A + φ) on the FFT layout of ``shape_yx`` (``half``: the rfft half plane);
     ``defocus_u_a``/``defocus_v_a`` may be (L,) tensors (one CTF per level: (L, H, W)).
     Δf(θ) = (U + V)/2 + (U − V)/2 · cos 2(θ − angle)."""
+    terms = ctf_terms(shape_yx, pixel_size_a, defocus_angle_deg, half=half, device=device, dtype=dtype)
+    out = ctf_from_terms(terms, defocus_u_a, defocus_v_a, voltage_kv, cs_mm, amplitude_contrast, phase_shift_deg)
+    return out if torch.as_tensor(defocus_u_a).ndim else out[0]
+
+
+def ctf_terms(shape_yx: tuple[int, int], pixel_size_a: float, defocus_angle_deg: float, *, half: bool = False,
+              device=None, dtype=torch.float64) -> tuple[torch.Tensor, torch.Tensor]:
+    """(k², cos 2(θ − angle)) on the FFT layout: the parts of :func:`ctf_2d` that do not depend on the defocus."""
     ky, kx = dfft.fftfreq_2d(shape_yx, pixel_size_a, half=half, device=device, dtype=dtype)
     k2 = kx**2 + ky**2
-    u = torch.as_tensor(defocus_u_a, dtype=dtype, device=device).reshape(-1, 1, 1)
-    v = torch.as_tensor(defocus_v_a, dtype=dtype, device=device).reshape(-1, 1, 1)
     theta = torch.atan2(ky, kx)
-    df = 0.5 * (u + v) + 0.5 * (u - v) * torch.cos(2 * (theta - math.radians(defocus_angle_deg)))
+    return k2, torch.cos(2 * (theta - math.radians(defocus_angle_deg)))
+
+
+def ctf_from_terms(terms: tuple[torch.Tensor, torch.Tensor], defocus_u_a, defocus_v_a, voltage_kv: float,
+                   cs_mm: float, amplitude_contrast: float, phase_shift_deg: float = 0.0) -> torch.Tensor:
+    """(L, H, W) CTFs of L defocus pairs from :func:`ctf_terms` (one level at a time keeps one image in memory)."""
+    k2, cos2 = terms
+    u = torch.as_tensor(defocus_u_a, dtype=k2.dtype, device=k2.device).reshape(-1, 1, 1)
+    v = torch.as_tensor(defocus_v_a, dtype=k2.dtype, device=k2.device).reshape(-1, 1, 1)
+    df = 0.5 * (u + v) + 0.5 * (u - v) * cos2
     lam = wavelength_a(voltage_kv)
     chi = math.pi * lam * df * k2 - 0.5 * math.pi * cs_mm * 1e7 * lam**3 * k2**2
-    out = torch.sin(chi + math.asin(amplitude_contrast) + math.radians(phase_shift_deg))
-    return out if torch.as_tensor(defocus_u_a).ndim else out[0]
+    return torch.sin(chi + math.asin(amplitude_contrast) + math.radians(phase_shift_deg))
 
 
 def default_defocus_tolerance_a(pixel_size_a: float, voltage_kv: float) -> float:
@@ -176,13 +190,13 @@ def ctf_corrector(shape: tuple[int, int, int], angles_deg, ctf: TiltCTF, pixel_s
         dev = image.device
         index, lo, hi = levels(defocus_offsets_a((h, w), pixel_size_a, float(angles[t]), tilt_axis_deg, device=dev))
         defocus = torch.arange(lo, hi + 1, device=dev, dtype=torch.float64) * step
-        c = ctf_2d((h, w), pixel_size_a, ctf.defocus_u_a[t] + defocus, ctf.defocus_v_a[t] + defocus,
-                   float(ctf.defocus_angle_deg[t]), ctf.voltage_kv, ctf.cs_mm, ctf.amplitude_contrast,
-                   ctf.phase_shift_deg, half=True, device=dev)
+        terms = ctf_terms((h, w), pixel_size_a, float(ctf.defocus_angle_deg[t]), half=True, device=dev)
         spec = dfft.rfft2(image.to(torch.float64))
         tilt = torch.zeros((h, w), dtype=torch.float64, device=dev)
         for j in range(hi - lo + 1):  # one level at a time: memory of one image, not of all levels
-            filtered = dfft.irfft2(spec * correction_filter(c[j], mode, wiener_snr), (h, w))
+            c = ctf_from_terms(terms, ctf.defocus_u_a[t] + defocus[j:j + 1], ctf.defocus_v_a[t] + defocus[j:j + 1],
+                               ctf.voltage_kv, ctf.cs_mm, ctf.amplitude_contrast, ctf.phase_shift_deg)[0]
+            filtered = dfft.irfft2(spec * correction_filter(c, mode, wiener_snr), (h, w))
             tilt = torch.where(index == lo + j, filtered, tilt)
         return tilt.to(image.dtype)
 
