@@ -46,12 +46,6 @@ class MrcStack:
             raise FormatError(f"truncated: image {i + 1} ends early", file=self.path)
         return raw.reshape(self.shape[1:]).astype(np.float32)
 
-    def read(self) -> np.ndarray:
-        """All images as one float32 array."""
-        if self._data is not None:
-            return self._data
-        return np.stack([self.image(i) for i in range(len(self))])
-
 
 def open_mrc_stack(path: str | Path, what: str = "MRC file") -> MrcStack:
     """An :class:`MrcStack` of a user-named MRC file after the checks of :func:`read_mrc_checked` (same errors,

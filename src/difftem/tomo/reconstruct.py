@@ -362,7 +362,7 @@ def reconstruct(stack, angles_deg: Sequence[float] | torch.Tensor, *, method: st
 
     t0 = time.perf_counter()
     data = bin_tilts(stack, binning, dev) if isinstance(stack, TiltStack) else bin_stack(stack.to(dev), binning)
-    timings = {"bin_s": time.perf_counter() - t0}
+    timings = {"bin_s": time.perf_counter() - t0}  # for a TiltStack also making the images (reading, CTF)
     t0 = time.perf_counter()
     residuals: list[float] = []
     if backend == "astra":

@@ -51,10 +51,6 @@ class TiltStack:
         """The same stack with ``step(i, image)`` applied to each image after the steps already there."""
         return TiltStack(self.n_tilts, self.shape_yx, self._make, (*self._steps, step))
 
-    def materialise(self) -> torch.Tensor:
-        """The whole (T, H, W) stack in memory (for callers that need it; ``reconstruct`` does not)."""
-        return torch.stack([self.image(i) for i in range(self.n_tilts)])
-
 
 def _own_tensor(image) -> torch.Tensor:
     """A tensor of its own (writable, not a view of the caller's array)."""
