@@ -89,12 +89,12 @@ def _register_reconstruct(app: typer.Typer) -> None:
             ref = None
             if reference is not None:
                 ref, ref_px = _read_mrc(reference, "--reference", None, required=False)
-            if invert:
-                stack = -stack
+            if invert:  # every step runs image by image as reconstruct bins the stack (tomo.stack.TiltStack)
+                stack = stack.map(lambda i, image: -image)
             if xf is not None:
                 from ..io.xf import read_xf
-                from ..tomo.xf import apply_xf
-                stack = apply_xf(stack, *read_xf(xf)).numpy()
+                from ..tomo.xf import xf_step
+                stack = stack.map(xf_step(*read_xf(xf), len(stack)))
             stack, ctf_record = _ctf_correct(stack, angles, meta, px, axis, ctf_correction, wiener_snr,
                                              defocus_tolerance, note)
             with Progress(TextColumn(f"[bold]{method}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
@@ -238,6 +238,25 @@ def _read_mrc(path: Path, what: str, pixel_size: float | None, required: bool = 
         raise FormatError(f"{exc} (--pixel-size)") from None
 
 
+def _open_stack(path: Path, what: str, pixel_size: float | None, required: bool = True):
+    """(:class:`~difftem.tomo.stack.TiltStack` of the MRC stack, its images read one at a time, pixel size): the
+    checks and errors of :func:`_read_mrc`."""
+    import math
+
+    from ..core.errors import FormatError
+    from ..io.mrc_stack import open_stack_mrc
+    from ..io.tlt import MissingPixelSizeError
+    from ..tomo.stack import TiltStack
+
+    if pixel_size is not None and not (pixel_size > 0 and math.isfinite(pixel_size)):
+        raise FormatError(f"--pixel-size: {pixel_size} Å must be a positive number")
+    try:
+        images, px = open_stack_mrc(path, what, pixel_size, required=required)
+    except MissingPixelSizeError as exc:
+        raise FormatError(f"{exc} (--pixel-size)") from None
+    return TiltStack.of(images), px
+
+
 def _tilt_geometry(tilts: Path, tlt: Path | None, tilt_axis_deg: float | None, note):
     """(angles, where they came from, tilt axis in degrees, where it came from): the options when given, else the
     files a simulated series has beside its stack (``note`` says which were used)."""
@@ -274,10 +293,8 @@ def _tilt_geometry(tilts: Path, tlt: Path | None, tilt_axis_deg: float | None, n
 def _series_inputs(tilts: Path, tlt: Path | None, tilt_axis_deg: float | None, pixel_size: float | None,
                    metadata: Path | None, group, note):
     """(stack, pixel size, angles, their source, tilt axis, its source, SeriesMetadata or None): the options first,
-    then the files describing the series (``--metadata``, else those beside TILTS)."""
-    import numpy as np
-    import torch
-
+    then the files describing the series (``--metadata``, else those beside TILTS). The stack is a
+    :class:`~difftem.tomo.stack.TiltStack`: its images are read (and shifted) one at a time."""
     from ..core.errors import FormatError
     from ..tomo.series import find_metadata, shift_images
 
@@ -305,7 +322,8 @@ def _series_inputs(tilts: Path, tlt: Path | None, tilt_axis_deg: float | None, p
         axis, axis_source = float(meta.tilt_axis_deg), meta.sources.get("tilt_axis", "metadata")
         note("note", f"tilt axis {axis:g}° from {axis_source} (no --tilt-axis-deg given)")
     if meta.shifts_px is not None:
-        stack = shift_images(torch.as_tensor(np.ascontiguousarray(stack)), meta.shifts_px).numpy()
+        shifts = meta.shifts_px
+        stack = stack.map(lambda i, image: shift_images(image[None], shifts[i:i + 1])[0])
         note("note", f"per-tilt shifts applied from {meta.sources.get('tilt_axis')}")
     return stack, px, angles, angles_source, axis, axis_source, meta
 
@@ -315,9 +333,10 @@ def _stack_for(tilts: Path, meta, metadata: Path | None, pixel_size: float | Non
     particle stack (read permissively) at the STAR's pixel size unless --pixel-size."""
     from ..core.errors import FormatError
     from ..tomo.series import read_particle_stack
+    from ..tomo.stack import TiltStack
 
     if meta.image_indices is None:
-        stack, px = _read_mrc(tilts, "tilt series", pixel_size, required=meta.pixel_size_a is None)
+        stack, px = _open_stack(tilts, "tilt series", pixel_size, required=meta.pixel_size_a is None)
         if px is None:
             px = meta.pixel_size_a
             note("note", f"pixel size {px:g} Å from {metadata or 'the metadata'} (the MRC header has none)")
@@ -331,20 +350,18 @@ def _stack_for(tilts: Path, meta, metadata: Path | None, pixel_size: float | Non
                           f"holds {stack.shape[0]}")
     note("note", f"group {meta.sources.get('group')}: {len(meta.image_indices)} images of {tilts}; pixel size "
                  f"{px:g} Å (pass --pixel-size for binned images)")
-    return stack[meta.image_indices], px
+    return TiltStack.of(stack, meta.image_indices), px
 
 
 def _read_stack(tilts: Path, pixel_size: float | None):
-    return _read_mrc(tilts, "tilt series", pixel_size)
+    return _open_stack(tilts, "tilt series", pixel_size)
 
 
 def _ctf_correct(stack, angles, meta, px: float, axis: float, mode: str, wiener_snr: float,
                  tolerance: float | None, note):
-    """The stack CTF-corrected as ``mode`` asks (auto: phase flip when the metadata gives per-tilt defocus)."""
-    import numpy as np
-    import torch
-
-    from ..tomo.ctf import ctf_correct
+    """The stack CTF-corrected as ``mode`` asks (auto: phase flip when the metadata gives per-tilt defocus), one
+    image at a time as the stack is read."""
+    from ..tomo.ctf import ctf_corrector
     from ..tomo.errors import TomoError
 
     choices = {"auto": "auto", "none": "none", "phase-flip": "phase_flip", "phase_flip": "phase_flip",
@@ -360,11 +377,11 @@ def _ctf_correct(stack, angles, meta, px: float, axis: float, mode: str, wiener_
     if ctf is None:
         raise TomoError("--ctf-correction: no per-tilt defocus known for this series; give --metadata (RELION-5 "
                         "tilt-series STAR, .mdoc, run.json) or --ctf-correction none")
-    out, record = ctf_correct(torch.as_tensor(np.ascontiguousarray(stack)), angles, ctf, px, tilt_axis_deg=axis,
-                              mode=mode, defocus_tolerance_a=tolerance, wiener_snr=wiener_snr)
-    note("note", f"CTF corrected ({mode.replace('_', ' ')}, {max(record['levels_per_tilt'])} defocus strips at most, "
+    correct, record = ctf_corrector(stack.shape, angles, ctf, px, tilt_axis_deg=axis, mode=mode,
+                                    defocus_tolerance_a=tolerance, wiener_snr=wiener_snr)
+    note("note", f"CTF correction ({mode.replace('_', ' ')}, {max(record['levels_per_tilt'])} defocus strips at most, "
                  f"tolerance {record['defocus_tolerance_a']:.0f} Å) from {meta.sources.get('ctf')}")
-    return out.numpy(), {**record, "source": meta.sources.get("ctf"), **ctf.as_dict()}
+    return stack.map(correct), {**record, "source": meta.sources.get("ctf"), **ctf.as_dict()}
 
 
 def _res(value: float | None, voxel_a: float) -> str:

@@ -212,18 +212,23 @@ def read_volume_mrc(path: str | Path, what: str, pixel_size_a: float | None = No
     names the input in errors."""
     path = Path(path)
     data, header_px = read_mrc_checked(path, what)
-    if data.ndim != ndim:
+    return data, checked_pixel_size(path, what, data.shape, ndim, header_px, pixel_size_a, required)
+
+
+def checked_pixel_size(path: Path, what: str, shape: tuple[int, ...], ndim: int, header_px: float,
+                       pixel_size_a: float | None, required: bool) -> float | None:
+    """The pixel size :func:`read_volume_mrc` gives an array of ``shape`` whose header says ``header_px`` (0: none),
+    after checking its dimensionality."""
+    if len(shape) != ndim:
         kind = "a stack (n_tilts, H, W)" if what == "tilt series" else "a 3-D volume (Z, Y, X)"
-        raise FormatError(f"{what}: {path} holds an array of shape {data.shape}; expected {kind}")
+        raise FormatError(f"{what}: {path} holds an array of shape {tuple(shape)}; expected {kind}")
     if pixel_size_a is not None:
         if not (pixel_size_a > 0 and math.isfinite(pixel_size_a)):
             raise FormatError(f"pixel size {pixel_size_a} Å for {path}: must be a positive number")
-        px = float(pixel_size_a)
-    elif header_px > 0:
-        px = header_px
-    elif not required:
-        px = None
-    else:
-        raise MissingPixelSizeError(f"{what}: {path} has no pixel size in its header (voxel size {header_px:g}); "
-                                    f"give the pixel size in Å")
-    return data, px
+        return float(pixel_size_a)
+    if header_px > 0:
+        return header_px
+    if not required:
+        return None
+    raise MissingPixelSizeError(f"{what}: {path} has no pixel size in its header (voxel size {header_px:g}); "
+                                f"give the pixel size in Å")

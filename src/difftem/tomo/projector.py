@@ -66,7 +66,11 @@ class _SparseApply(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, mat, mat_t):
         ctx.mats = (mat, mat_t)
-        return torch.stack([mat @ block for block in x.contiguous()])
+        x = x.contiguous()
+        out = torch.empty((x.shape[0], mat.shape[0], x.shape[-1]), dtype=x.dtype, device=x.device)
+        for k, block in enumerate(x):  # into one result: a list then torch.stack held the output twice
+            out[k] = mat @ block
+        return out
 
     @staticmethod
     def backward(ctx, grad):

@@ -34,6 +34,7 @@ from ..core.errors import ConfigError, ResourceError
 from .errors import TomoError
 from .geometry import angular_weights_rad, rotate_inplane, turned_frame
 from .projector import TiltProjector
+from .stack import TiltStack
 
 METHODS = ("wbp", "sirt")
 FILTERS = ("ramp", "sirt-like")
@@ -72,7 +73,13 @@ def check_angles(angles_deg, n_tilts: int | None = None) -> torch.Tensor:
     return ang
 
 
-def check_stack(stack) -> torch.Tensor:
+def check_stack(stack):
+    """The stack as a float tensor, checked (shape, nan/inf); a :class:`TiltStack` is checked by shape here and
+    image by image as :func:`bin_tilts` makes it."""
+    if isinstance(stack, TiltStack):
+        if min(stack.shape_yx) < 4:
+            raise TomoError(f"tilt series: images of {stack.shape_yx} px are too small (need at least 4×4)")
+        return stack
     t = torch.as_tensor(stack) if not torch.is_tensor(stack) else stack
     if t.ndim != 3:
         raise TomoError(f"tilt series: expected a stack of shape (n_tilts, H, W), got shape {tuple(t.shape)}")
@@ -90,7 +97,9 @@ def bin_stack(stack: torch.Tensor, factor: int) -> torch.Tensor:
 
     Binned pixel [j] sits at unbinned pixel H//2 + (j − Hb//2)·factor (Hb = H // factor), so the scene
     origin stays at pixel [Hb//2, Wb//2]. The window is ``factor`` pixels wide: for even factors the two
-    end pixels count half (a box centred on a pixel centre). Differentiable.
+    end pixels count half (a box centred on a pixel centre); past the edge the edge pixel is repeated.
+    Differentiable. Only the kept pixels are summed (x first, then y), so the work copies are a 1/``factor`` of
+    the input (a padded convolution at full size held about 16 copies of the stack at once).
     """
     factor = int(factor)
     if factor == 1:
@@ -101,14 +110,41 @@ def bin_stack(stack: torch.Tensor, factor: int) -> torch.Tensor:
     if factor % 2 == 0:
         taps[0] = taps[-1] = 0.5
     taps = taps / factor
-    flat = stack.reshape(-1, 1, h, w)
-    flat = F.pad(flat, (half, half, half, half), mode="replicate")
-    flat = F.conv2d(flat, taps.reshape(1, 1, 1, -1))
-    flat = F.conv2d(flat, taps.reshape(1, 1, -1, 1))
     hb, wb = h // factor, w // factor
     y0, x0 = h // 2 - (hb // 2) * factor, w // 2 - (wb // 2) * factor
-    out = flat[:, :, y0:y0 + (hb - 1) * factor + 1:factor, x0:x0 + (wb - 1) * factor + 1:factor]
-    return out.reshape(*stack.shape[:-2], hb, wb)
+    cols = _window_sum(stack, -1, x0, wb, factor, taps)
+    return _window_sum(cols, -2, y0, hb, factor, taps)
+
+
+def _window_sum(data: torch.Tensor, dim: int, start: int, n_out: int, factor: int, taps: torch.Tensor) -> torch.Tensor:
+    """Σ_k taps[k] · data[start + j·factor + k − half] along ``dim`` for j < ``n_out`` (indices clamped: the edge
+    pixel repeats)."""
+    half = (taps.numel() - 1) // 2
+    centres = start + factor * torch.arange(n_out, device=data.device)
+    out = None
+    for k in range(taps.numel()):
+        index = (centres + (k - half)).clamp(0, data.shape[dim] - 1)
+        term = taps[k] * data.index_select(dim, index)
+        out = term if out is None else out + term
+    return out
+
+
+def bin_tilts(stack: TiltStack, factor: int, device: torch.device | str = "cpu") -> torch.Tensor:
+    """:func:`bin_stack` of a :class:`~difftem.tomo.stack.TiltStack`, one image at a time: only the binned stack
+    (T, H/factor, W/factor) and one full-size image are held. Each image is checked for nan/inf as it comes."""
+    out = None
+    for i in range(len(stack)):
+        img = stack.image(i).to(device)
+        if not img.is_floating_point():
+            img = img.to(torch.float32)
+        if not torch.isfinite(img).all():
+            raise TomoError(f"tilt series: image {i + 1} contains nan/inf values")
+        binned = bin_stack(img, factor)
+        if out is None:
+            out = torch.empty((len(stack), *binned.shape), dtype=binned.dtype, device=binned.device)
+        out[i] = binned
+        del img, binned  # freed before the next image is made
+    return out
 
 
 # ----------------------------------------------------------------------------------------------- filters
@@ -279,7 +315,8 @@ def reconstruct(stack, angles_deg: Sequence[float] | torch.Tensor, *, method: st
 
     Parameters
     ----------
-    stack : tensor or array (T, H, W); differentiable when it is a tensor that requires grad.
+    stack : tensor or array (T, H, W); differentiable when it is a tensor that requires grad. Or a
+        :class:`~difftem.tomo.stack.TiltStack`: its images are made, checked and binned one at a time.
     angles_deg : T tilt angles in degrees (stack order), each in [-90, 90].
     method : "wbp" (weighted back-projection) or "sirt".
     pixel_size_a : pixel size of the stack (Å); the voxel size is pixel_size_a × binning.
@@ -324,8 +361,8 @@ def reconstruct(stack, angles_deg: Sequence[float] | torch.Tensor, *, method: st
                             f"or lower thickness_px (now {thickness_px})")
 
     t0 = time.perf_counter()
-    data = bin_stack(stack.to(dev), binning)
-    timings = {"bin_s": time.perf_counter() - t0}
+    data = bin_tilts(stack, binning, dev) if isinstance(stack, TiltStack) else bin_stack(stack.to(dev), binning)
+    timings = {"bin_s": time.perf_counter() - t0}  # for a TiltStack also making the images (reading, CTF)
     t0 = time.perf_counter()
     residuals: list[float] = []
     if backend == "astra":
