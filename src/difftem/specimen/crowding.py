@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -413,12 +413,14 @@ def covering_bounds(ptype: ParticleType) -> Bounds:
     """The type's capsule lengthened until it holds every atom: scene.bounding_capsule shortens the segment by the
     radius, which leaves atoms off the axis near the ends outside by up to (√2 − 1)·r."""
     b = ptype.bounds
-    if len(ptype.atoms) == 0 or b.half_length_a == 0:
+    if ptype.n_atoms == 0 or b.half_length_a == 0:
         return b
-    rel = ptype.atoms.positions_a - b.centre_a
-    t = rel @ b.axis
-    d2 = np.maximum((rel**2).sum(1) - t * t, 0.0)
-    half = float(np.max(np.abs(t) - np.sqrt(np.maximum(b.radius_a**2 - d2, 0.0))))
+    half = -np.inf
+    for pos in ptype.position_chunks():  # a type of subunits: a block of units at a time
+        rel = pos - b.centre_a
+        t = rel @ b.axis
+        d2 = np.maximum((rel**2).sum(1) - t * t, 0.0)
+        half = max(half, float(np.max(np.abs(t) - np.sqrt(np.maximum(b.radius_a**2 - d2, 0.0)))))
     return Bounds(b.centre_a, b.axis, max(b.half_length_a, half), b.radius_a)
 
 
@@ -445,7 +447,7 @@ def crowd_scene(config, types: list[ParticleType], placement: Placement, vesicle
     targets = [CrowdTarget(t, types[t].name, f"sample.particles.{t}.volume_fraction", p.volume_fraction)
                for t, p in entries]
     crowd = {t for t, _ in entries}  # their capsules made to hold every atom (volumes and tests use these)
-    types = [replace(ty, bounds=covering_bounds(ty)) if i in crowd else ty for i, ty in enumerate(types)]
+    types = [ty.with_bounds(covering_bounds(ty)) if i in crowd else ty for i, ty in enumerate(types)]
     rng = np.random.default_rng(np.random.SeedSequence([config.seed, 0xC40D, offset]))
     return crowded_placement(types, targets, field_a=field_a, profile=IceProfile.from_config(config.sample), rng=rng,
                              obstacles=obstacles, basis=basis, gap_a=gap)
