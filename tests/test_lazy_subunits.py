@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 
 from difftem import simulate
-from difftem.simulate.pipeline import potential_volume
 from difftem.config import config_from_dict
 from difftem.forward.resources import TypeLoad
+from difftem.simulate.pipeline import potential_volume
 from difftem.simulate.setup import Setup, scene_warnings
 from difftem.specimen.build import load_particle_type, resolve_structure, scene_of
 from difftem.specimen.crowding import covering_bounds
@@ -36,7 +36,8 @@ def config(particle: dict, **sections) -> dict:
 
 def full_atoms(particle: dict, ops_file: Path | None = None) -> Atoms:
     """The type's atoms as they were built before: every copy concatenated, then centred."""
-    unit = read_structure(resolve_structure(particle["structure"]), centre="none", models=particle.get("models", "auto"))
+    unit = read_structure(resolve_structure(particle["structure"]), centre="none",
+                          models=particle.get("models", "auto"))
     if ops_file is not None:
         from difftem.io.tables import read_transforms_file
 

@@ -55,7 +55,7 @@ def transmission(potential_v_a: torch.Tensor, sigma: float) -> torch.Tensor:
     sine/cosine pair: 5–6× faster on CPU than the complex exponential of the product)."""
     if not potential_v_a.is_complex():
         return torch.polar(torch.ones_like(potential_v_a), sigma * potential_v_a)
-    return torch.polar(torch.exp(-sigma * potential_v_a.imag), sigma * potential_v_a.real)
+    return torch.polar((potential_v_a.imag * -sigma).exp_(), sigma * potential_v_a.real)
 
 
 def _checkpoint(fn, *args):
@@ -119,7 +119,19 @@ class Multislice:
         return t
 
     def _transmit(self, k: int, wave: torch.Tensor, ice_chunk: int | None = None) -> torch.Tensor:
-        return wave * self.transmission_field(self._with_ice(self.potential.slice_patch(k), ice_chunk))
+        patch = self._with_ice(self.potential.slice_patch(k), ice_chunk)
+        if not torch.is_grad_enabled() and self.bandlimit != "field" and patch is not None \
+                and (patch.y0, patch.x0) == (0, 0) and tuple(patch.potential.shape) == tuple(wave.shape):
+            return self._transmit_field(patch.potential, wave)
+        return wave * self.transmission_field(patch)
+
+    def _transmit_field(self, potential: torch.Tensor, wave: torch.Tensor) -> torch.Tensor:
+        """ψ·t for a field-sized slice without gradients: t − 1 band-limited in place and ψ + ψ·(t − 1) in one
+        pass (the same as ψ·t of :meth:`transmission_field` to float rounding, three field-sized passes fewer)."""
+        t_minus_1 = transmission(potential, self.sigma).sub_(1)
+        if self.bandlimit == "box":
+            t_minus_1 = filter2(t_minus_1, self._aperture(tuple(t_minus_1.shape)))
+        return torch.addcmul(wave, wave, t_minus_1)
 
     def _with_ice(self, patch: Patch | None, ice_chunk: int | None) -> Patch:
         """The slice's patch plus the structured ice of chunk ``ice_chunk`` (over the whole grid)."""
@@ -138,15 +150,16 @@ class Multislice:
         pot = self.potential
         wave = torch.ones(pot.grid.shape_px, dtype=pot.cdtype, device=pot.device) if incident is None else incident
         pending_a = 0.0  # propagation owed by slices merged so far
+        # the uniform (ice) phase is a constant factor: it commutes with transmission and propagation, so the
+        # slices' phases are summed and applied once at the exit (one field-sized pass instead of one per slice)
+        uniform_phase = 0.0
         ice = self.ice.plan(pot.z_start_a, pot.slice_thickness_a, pot.n_slices, pot.ice.thickness_a) \
             if self.ice is not None else None
         ice_done: set[int] = set()
 
         for k in range(pot.n_slices):
             content = pot.slice_content(k, with_patch=False)
-            uniform = pot.uniform_potential(content)
-            if uniform != 0:
-                wave = wave * cmath.exp(1j * self.sigma * uniform)
+            uniform_phase = uniform_phase + pot.uniform_potential(content)
             chunk = ice.chunk_of(k) if ice is not None else None
             if chunk is not None and (chunk in ice_done or k != ice.apply_slice(chunk)):
                 chunk = None  # applied already, or waits for the chunk's middle slice
@@ -177,6 +190,8 @@ class Multislice:
         if pending_a > 0:
             wave = filter2(wave, self._propagator(pending_a))
             self.stats.n_propagations += 1
+        if uniform_phase != 0:
+            wave = wave * cmath.exp(1j * self.sigma * uniform_phase)
         return wave
 
 
