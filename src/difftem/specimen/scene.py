@@ -12,6 +12,7 @@ like rods.
 from __future__ import annotations
 
 import copy
+import itertools
 import math
 from dataclasses import dataclass, field
 
@@ -102,7 +103,7 @@ def _capsule_about(c: np.ndarray, scatter: np.ndarray, chunks, shape: str) -> tu
         rel = pos - c
         t = rel @ axis
         r2 = max(r2, float((rel**2).sum(1).max()))
-        o2 = max(o2, float((pos**2).sum(1).max()))
+        o2 = max(o2, float(np.einsum("ij,ij->i", pos, pos).max()))
         t_lo, t_hi = min(t_lo, float(t.min())), max(t_hi, float(t.max()))
         d2 = max(d2, float(np.maximum((rel - t[:, None] * axis) ** 2, 0).sum(1).max()))
     sphere = Bounds(c, np.array([0.0, 0.0, 1.0]), 0.0, math.sqrt(r2))
@@ -122,6 +123,41 @@ def _capsule_about(c: np.ndarray, scatter: np.ndarray, chunks, shape: str) -> tu
 
 #: atoms per block when a type of subunits is visited without building all its atoms
 CHUNK_ATOMS = 1 << 20
+
+
+def _fibonacci_directions(n: int) -> np.ndarray:
+    i = np.arange(n) + 0.5
+    z = 1 - 2 * i / n
+    phi = math.pi * (1 + 5**0.5) * i
+    r = np.sqrt(1 - z * z)
+    return np.stack([r * np.cos(phi), r * np.sin(phi), z], 1)
+
+
+def hull_candidates(positions_a: np.ndarray, n_directions: int = 48) -> np.ndarray:
+    """Indices of the points that may be vertices of their convex hull: every point except those strictly inside
+    the hull of the extreme points along ``n_directions`` directions (its faces found among all triples of them).
+    The maximum over the points of any convex function (a coordinate, a distance from a point or a line) is the
+    maximum over these."""
+    n = len(positions_a)
+    if n <= 64:
+        return np.arange(n)
+    ext = np.unique(np.argmax(positions_a @ _fibonacci_directions(n_directions).T, axis=0))
+    e = positions_a[ext]
+    i, j, k = np.array(list(itertools.combinations(range(len(e)), 3))).T
+    normal = np.cross(e[j] - e[i], e[k] - e[i])
+    size = np.linalg.norm(normal, axis=1)
+    scale = float(np.abs(positions_a).max()) + 1.0
+    keep = size > 1e-9 * scale**2
+    normal, i = normal[keep] / size[keep, None], i[keep]
+    side = e @ normal.T - (e[i] * normal).sum(1)  # (E, F): every extreme point against every plane
+    tol = 1e-9 * scale
+    out_pos, out_neg = (side <= tol).all(0), (side >= -tol).all(0)
+    faces = np.concatenate([normal[out_pos], -normal[out_neg]])
+    offsets = np.concatenate([(e[i[out_pos]] * normal[out_pos]).sum(1), -(e[i[out_neg]] * normal[out_neg]).sum(1)])
+    if len(faces) < 4:  # flat or degenerate: keep every point
+        return np.arange(n)
+    inside = (positions_a @ faces.T - offsets < -1e-6 * scale).all(1)
+    return np.flatnonzero(~inside)
 
 
 @dataclass
@@ -182,11 +218,15 @@ class Subunits:
         return self.atoms.positions_a[None] @ self.rotations[k0:k1].transpose(0, 2, 1) + self.translations_a[k0:k1,
                                                                                                               None]
 
-    def position_chunks(self, max_atoms: int = CHUNK_ATOMS):
-        """The type's atom positions (the order of :meth:`expanded`) in blocks of whole units, never all at once."""
-        step = max(1, max_atoms // max(len(self.atoms), 1))
+    def position_chunks(self, max_atoms: int = CHUNK_ATOMS, hull_only: bool = False):
+        """The type's atom positions (the order of :meth:`expanded`) in blocks of whole units, never all at once;
+        ``hull_only``: only the unit's atoms that may be vertices of its convex hull (enough for the maximum of any
+        convex function of the positions: extents, distances from points and lines)."""
+        pos = self.atoms.positions_a[hull_candidates(self.atoms.positions_a)] if hull_only else self.atoms.positions_a
+        step = max(1, max_atoms // max(len(pos), 1))
         for k0 in range(0, len(self), step):
-            yield self.positions_of(k0, min(len(self), k0 + step)).reshape(-1, 3)
+            r, t = self.rotations[k0:k0 + step], self.translations_a[k0:k0 + step]
+            yield (pos[None] @ r.transpose(0, 2, 1) + t[:, None]).reshape(-1, 3)
 
     def every_nth_position(self, step: int) -> np.ndarray:
         """Positions of the type's atoms 0, step, 2·step, … (what ``expanded().positions_a[::step]`` holds)."""
@@ -210,7 +250,9 @@ class Subunits:
     def box(self) -> tuple[np.ndarray, np.ndarray]:
         """(min, max) of the type's atom coordinates (NaN where one is NaN)."""
         lo, hi = np.full(3, np.inf), np.full(3, -np.inf)
-        for pos in self.position_chunks():
+        if not np.isfinite(self.atoms.positions_a).all():
+            return np.full(3, np.nan), np.full(3, np.nan)
+        for pos in self.position_chunks(hull_only=True):
             lo, hi = np.minimum(lo, pos.min(0)), np.maximum(hi, pos.max(0))
         return lo, hi
 
@@ -224,7 +266,7 @@ class Subunits:
             raise StructureError("atom positions are not all finite; a bounding shape needs finite coordinates")
         n, m1, m2 = self.moments()
         c = m1 / n
-        return _capsule_about(c, m2 - n * np.outer(c, c), self.position_chunks, shape)
+        return _capsule_about(c, m2 - n * np.outer(c, c), lambda: self.position_chunks(hull_only=True), shape)
 
     def poses(self, rotations: np.ndarray, positions_a: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Each copy's (M) units as poses of the unit: (M·K, 3, 3) rotations and (M·K, 3) centres, copy-major."""
