@@ -6,7 +6,8 @@ the peak RSS. ``--src`` names source trees to compare (e.g. a ``git archive`` of
 runs are interleaved (tree A, tree B, A, B, …) at each thread count, and min and median are printed.
 
     python benchmarks/bench_helix_types.py --src /tmp/old_src,src --repeats 2 --threads 1,2
-Writes benchmarks/results/helix_types.json.
+    python benchmarks/bench_helix_types.py --case rods --src /tmp/old_src,src --repeats 2 --threads 1
+Writes benchmarks/results/helix_types.json (--out to change).
 """
 
 from __future__ import annotations
@@ -41,6 +42,30 @@ def tmv_config(n_rods: int = 4, length_nm: float = 200.0, shape_px: int = 512, p
             "tilt_series": {"scheme": "list", "angles_deg": list(angles_deg), "total_dose_e_per_a2": 60}}
 
 
+def _rods_child(threads: int) -> None:
+    """bench_filaments.py's four straight helix rods (10–15 M atoms each), one micrograph: scene build, simulate."""
+    import torch
+
+    torch.set_num_threads(threads)
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    import bench_filaments
+
+    from difftem import simulate
+    from difftem.specimen.build import scene_of
+
+    cfg = bench_filaments.configs()[0]["straight helix rods"]
+    t0 = time.perf_counter()
+    scene = scene_of(cfg)
+    t1 = time.perf_counter()
+    r = simulate(cfg, scene=scene)
+    print("RESULT " + json.dumps({"first_tilt_done_s": t1 - t0, "total_s": time.perf_counter() - t0,
+                                  "scene_s": t1 - t0, "simulate_s": time.perf_counter() - t1,
+                                  "mode": r.metadata["particle_types"][0]["mode"],
+                                  "atoms_per_rod": r.metadata["particle_types"][0]["atoms"],
+                                  "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+                                  "threads": threads}))
+
+
 def _child(threads: int, length_nm: float) -> None:
     import torch
 
@@ -62,10 +87,10 @@ def _child(threads: int, length_nm: float) -> None:
     print("RESULT " + json.dumps(out))
 
 
-def run_child(src: str, threads: int, length_nm: float) -> dict:
+def run_child(src: str, threads: int, length_nm: float, case: str = "tilts") -> dict:
     env = {**os.environ, "PYTHONPATH": str(Path(src).resolve())}
-    proc = subprocess.run([sys.executable, __file__, "--child", str(threads), "--length-nm", str(length_nm)],
-                          capture_output=True, text=True, env=env)
+    proc = subprocess.run([sys.executable, __file__, "--child", str(threads), "--length-nm", str(length_nm),
+                           "--case", case], capture_output=True, text=True, env=env)
     for line in proc.stdout.splitlines():
         if line.startswith("RESULT "):
             return json.loads(line[7:])
@@ -79,18 +104,21 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--length-nm", type=float, default=200.0)
     ap.add_argument("--out", default=str(RESULTS / "helix_types.json"))
+    ap.add_argument("--case", choices=["tilts", "rods"], default="tilts",
+                    help="tilts: the 2-tilt series above; rods: bench_filaments.py's four straight helix rods, one "
+                         "micrograph at 1024² (first tilt = the scene build)")
     ap.add_argument("--child", type=int, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
-        _child(args.child, args.length_nm)
+        (_rods_child(args.child) if args.case == "rods" else _child(args.child, args.length_nm))
         return
     srcs = args.src.split(",")
     runs = []
     for threads in (int(t) for t in args.threads.split(",")):
         for rep in range(args.repeats):
             for src in srcs:
-                r = {"src": src, "repeat": rep, "load_1min": os.getloadavg()[0], **run_child(src, threads,
-                                                                                             args.length_nm)}
+                r = {"src": src, "repeat": rep, "load_1min": os.getloadavg()[0],
+                     **run_child(src, threads, args.length_nm, args.case)}
                 runs.append(r)
                 print(f"{src:>28} {threads} thr  first tilt done {r['first_tilt_done_s']:6.1f} s  total "
                       f"{r['total_s']:6.1f} s  peak {r['peak_rss_mib']:6.0f} MiB  load {r['load_1min']:.1f}",
