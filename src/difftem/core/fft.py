@@ -32,12 +32,11 @@ def filter2(x: torch.Tensor, kernel_over_n: torch.Tensor) -> torch.Tensor:
     """ifft2(fft2(x) · K) for a Fourier-space kernel given already divided by N = H·W (one pass fewer than
     :func:`ifft2` of the product: the kernel carries the 1/N)."""
     spectrum = torch.fft.fft2(x, norm="backward")
-    if (spectrum.shape == torch.broadcast_shapes(spectrum.shape, kernel_over_n.shape)
-            and torch.result_type(spectrum, kernel_over_n) == spectrum.dtype):
-        spectrum = spectrum.mul_(kernel_over_n)  # in place: no second spectrum-sized allocation
-    else:
-        spectrum = spectrum * kernel_over_n
-    return torch.fft.ifft2(spectrum, norm="forward")
+    in_place = (not (torch.is_grad_enabled() and (x.requires_grad or kernel_over_n.requires_grad))
+                and torch.result_type(spectrum, kernel_over_n) == spectrum.dtype
+                and torch.broadcast_shapes(spectrum.shape, kernel_over_n.shape) == spectrum.shape)
+    # without a graph the spectrum is ours to scale in place (one field-sized allocation fewer)
+    return torch.fft.ifft2(spectrum.mul_(kernel_over_n) if in_place else spectrum * kernel_over_n, norm="forward")
 
 
 def rfft2(x: torch.Tensor) -> torch.Tensor:

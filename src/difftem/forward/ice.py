@@ -36,7 +36,7 @@ from __future__ import annotations
 
 import hashlib
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -171,12 +171,18 @@ class IceStructureModel:
     absorption_ratio: float = 0.0  # imaginary/real part of the fluctuation (the ice's own ratio)
     antialias_fraction: float = 2 / 3
     taper_fraction: float = 0.04
+    _filters: dict = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def filter_2d(self, grid: Grid, device, rdtype) -> torch.Tensor:
-        """sqrt(P₃(kx, ky, 0)/p²) × band on the rfft half plane of ``grid`` (per Å of thickness)."""
-        k2 = grid.k2(device, torch.float64, half=True)
-        band = antialias_mask(k2, grid.pixel_size_a, self.antialias_fraction, self.taper_fraction)
-        return (torch.sqrt(ice_power_spectrum_3d(k2, self.table)) / grid.pixel_size_a * band).to(rdtype)
+        """sqrt(P₃(kx, ky, 0)/p²) × band on the rfft half plane of ``grid`` (per Å of thickness); made once per
+        grid and kept (every view of a series asks for the same one)."""
+        key = (grid.shape_px, grid.pixel_size_a, str(device), rdtype)
+        if key not in self._filters:
+            k2 = grid.k2(device, torch.float64, half=True)
+            band = antialias_mask(k2, grid.pixel_size_a, self.antialias_fraction, self.taper_fraction)
+            self._filters[key] = (torch.sqrt(ice_power_spectrum_3d(k2, self.table)) / grid.pixel_size_a
+                                  * band).to(rdtype)
+        return self._filters[key]
 
 
 class ViewIce:

@@ -9,7 +9,7 @@ checked whole against the peak RSS of real runs (tests/test_robust_resources.py)
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -58,17 +58,19 @@ T_MAP_FILTER = 1e-8  # per voxel·log2(side)
 T_COPY = 3e-5  # per copy and view: pose, atoms or batching, ground truth (Python)
 T_RANDOM_COPY = 1e-4  # per randomly placed copy (draws, overlap tests)
 GPU_SPEEDUP = 30.0
+SLAB_SAMPLE_POINTS = 200_000  # atoms of a large type standing for it in most_atoms_in_slab
 
 
 def most_atoms_in_slab(positions_a: np.ndarray, thickness_a: float, directions: np.ndarray | None = None,
-                       max_points: int = 200_000) -> int:
+                       max_points: int = SLAB_SAMPLE_POINTS, n_atoms: int | None = None) -> int:
     """About the most atoms of one copy that a slab of ``thickness_a`` holds, across ``directions`` (unit slab
     normals in the type frame; default 16: the principal axes and 13 spread ones), bins at two offsets; a
-    subsample stands for the rest of a large type."""
-    n = len(positions_a)
+    subsample stands for the rest of a large type (``n_atoms``: the positions are already an even subsample of
+    that many)."""
+    n = len(positions_a) if n_atoms is None else n_atoms
     if n == 0:
         return 0
-    pts = np.asarray(positions_a[:: max(1, math.ceil(n / max_points))], dtype=np.float64)
+    pts = np.asarray(positions_a[:: max(1, math.ceil(len(positions_a) / max_points))], dtype=np.float64)
     rel = pts - pts.mean(0)
     if directions is None:
         g = np.array([[1, 0, 0], [0, 1, 0], [0, 0, 1], [1, 1, 0], [1, -1, 0], [1, 0, 1], [1, 0, -1], [0, 1, 1],
@@ -102,12 +104,17 @@ class TypeLoad:
            rotations: np.ndarray | None = None, radius_a: float | None = None) -> TypeLoad:
         """From a particle type; ``rotations`` (copies' type → scene) make the slab count exact for their
         beam directions when there are few copies (else the most over spread directions)."""
-        atoms = ptype.atoms
+        units = ptype.subunits
+        atoms = ptype.atoms if ptype.atoms_built else units.atoms  # a type of subunits: its unit's elements
         n_el = int((np.bincount(np.asarray(atoms.atomic_number, np.int64)) > 0).sum()) if len(atoms) else 0
         dirs = rotations[:, 2, :] if rotations is not None and 0 < len(rotations) <= 16 else None
-        units = ptype.subunits
-        return cls(label, len(atoms), n_copies, ptype.radius_a if radius_a is None else radius_a, n_el,
-                   most_atoms_in_slab(atoms.positions_a, slice_thickness_a, dirs), copy_z_a,
+        n = ptype.n_atoms
+        if ptype.atoms_built:
+            slab = most_atoms_in_slab(atoms.positions_a, slice_thickness_a, dirs)
+        else:  # the same even subsample of the type's atoms, taken from the units
+            step = max(1, math.ceil(n / SLAB_SAMPLE_POINTS))
+            slab = most_atoms_in_slab(units.every_nth_position(step), slice_thickness_a, dirs, n_atoms=n)
+        return cls(label, n, n_copies, ptype.radius_a if radius_a is None else radius_a, n_el, slab, copy_z_a,
                    len(units) if units is not None else 1, units.radius_a if units is not None else None)
 
     def atoms_per_slice(self, slice_thickness_a: float) -> int:
@@ -241,6 +248,11 @@ def estimate_resources(loads: list[TypeLoad], modes: list[str], *, shape_px: tup
     ``atom_box_px``: the (rows, columns) the atom-path copies span with the box margins (None: the grid)."""
     p, dz = pixel_size_a, slice_thickness_a
     h, w = shape_px
+    # unit_slab: the unit's map sampled at every unit of every copy (copies of the unit, spread through the ice)
+    loads = [replace(ld, n_atoms=ld.n_atoms // ld.n_units, n_copies=ld.n_copies * ld.n_units, n_units=1,
+                     radius_a=ld.unit_radius_a, slab_atoms=0, copy_z_a=None) if m == "unit_slab" else ld
+             for ld, m in zip(loads, modes, strict=True)]
+    modes = ["slab" if m == "unit_slab" else m for m in modes]
     my, mx = multislice_shape_px or shape_px
     speed = (GPU_SPEEDUP if device_type == "cuda" else 1.0) * (1 + 0.7 * (max(1, min(threads, 64)) - 1))
     comps: list[Component] = []
@@ -287,8 +299,9 @@ def estimate_resources(loads: list[TypeLoad], modes: list[str], *, shape_px: tup
     lead = max(atom_types, key=lambda t: loads[t].n_atoms * loads[t].n_copies) if atom_types else None
     for t, (load, mode) in enumerate(zip(loads, modes, strict=True)):
         who = f"{load.label}, {load.n_copies:,} {'copy' if load.n_copies == 1 else 'copies'} × {load.n_atoms:,} atoms"
+        held = load.n_atoms // load.n_units if mode == "subunits" else load.n_atoms  # a unit's atoms stand for all
         comps.append(Component(f"{load.label}: {load.n_atoms:,} atoms per copy",
-                               resident_bytes=TYPE_ATOM_BYTES * load.n_atoms,
+                               resident_bytes=TYPE_ATOM_BYTES * held,
                                fix="use a smaller assembly, fewer helix subunits or transforms", type_index=t))
         if not load.n_copies or not load.n_atoms:
             continue

@@ -13,6 +13,8 @@ Each particle type is simulated in one of three ways, chosen per type:
   and the projection's error is that of the unit's depth, not the whole type's. Where the units follow one
   repeated step (a helix) runs of consecutive units are projected as one block (:func:`unit_blocks`): the
   largest block the accuracy rule allows, sized for the fewest projected pixels per view.
+* ``unit_slab`` — the same type's unit map sampled slab by slab at every unit's pose (the ground-truth potential
+  volume of such a type: the sum of its units' maps is the type's map, without gridding every atom).
 
 Projection (of a type or a unit) is allowed when its error, the defocus phase across it (π λ R k_max² at the band
 edge, R its radius), is at most PROJECTION_PHASE_LIMIT_RAD or when the particle is no deeper than one slice
@@ -102,11 +104,11 @@ class TypeCache:
                                                      absorption_ratio=self.absorption_ratio, device=self.device)
         return self.maps[key]
 
-    def slab_map(self, t: int, atoms: Atoms, transfer=None):
-        """The type's map, filtered by ``transfer`` when given. Only the latest filtered map of a type is kept
-        (one per view: a tilt series' damage filter changes every tilt), and it is keyed by the filter object
-        itself, so a new filter never gets an old one's map."""
-        key = ("slab", t)
+    def slab_map(self, t: int, atoms: Atoms, transfer=None, mode: str = "slab"):
+        """The type's map (``mode`` slab), or its unit's (``unit_slab``), filtered by ``transfer`` when given. Only
+        the latest filtered map of a type is kept (one per view: a tilt series' damage filter changes every tilt),
+        and it is keyed by the filter object itself, so a new filter never gets an old one's map."""
+        key = (mode, t)
         if key not in self.maps and isinstance(atoms, DensityMap):
             self.maps[key] = build_density_map(atoms, pixel_size_a=self.pixel_size_a, ice=self.ice,
                                                absorption_ratio=self.absorption_ratio, device=self.device)
@@ -115,7 +117,7 @@ class TypeCache:
                                                 absorption_ratio=self.absorption_ratio, device=self.device)
         if transfer is None:
             return self.maps[key]
-        fkey = ("slab", t, "filtered")
+        fkey = (mode, t, "filtered")
         held = self.maps.get(fkey)
         if held is not None and held[0] is transfer:
             return held[1]
@@ -242,7 +244,7 @@ def choose_modes(scene: Scene, *, representation_default: str, placement: str, p
                                 placement=placement, pixel_size_a=pixel_size_a, wavelength_a=wavelength_a,
                                 antialias_fraction=antialias_fraction, slice_thickness_a=slice_thickness_a)
         if rep == "auto":
-            first = auto_mode(scene.copies_of(t) * len(ptype.atoms), cands[1])
+            first = auto_mode(scene.copies_of(t) * ptype.n_atoms, cands[1])
             cands = [first] + [m for m in cands if m != first]
         out.append(cands)
     return out
@@ -308,7 +310,7 @@ def build_view_potential(scene: Scene, view: SceneView, modes: list[str], cache:
         sel = np.flatnonzero(pl.type_index == t)
         if mode == "atoms" or sel.size == 0:
             continue
-        rots_np, centres_np, atoms_of_mode = pl.rotations[sel], pl.positions_a[sel], scene.types[t].source
+        rots_np, centres_np = pl.rotations[sel], pl.positions_a[sel]
         if mode == "subunits":  # each unit (or block of units) of each copy is a copy of the unit
             for q, part in enumerate(cache.unit_parts(t, scene.types[t].subunits, sel.size)):
                 rots, centres = (torch.as_tensor(a, dtype=torch.float64, device=dev)
@@ -316,13 +318,21 @@ def build_view_potential(scene: Scene, view: SceneView, modes: list[str], cache:
                 projection_copies.append(ProjectionCopies(cache.projector(t, part.atoms, mode, q), rots, centres,
                                                           view.transfer))
             continue
+        if mode == "unit_slab":  # each unit of each copy is a copy of the unit
+            units = scene.types[t].subunits
+            (rots_np, centres_np), atoms_of_mode = units.poses(rots_np, centres_np), units.atoms
+        else:  # the whole type (a type of subunits builds its atoms for it)
+            atoms_of_mode = scene.types[t].source
         rots = torch.as_tensor(rots_np, dtype=torch.float64, device=dev)
         centres = torch.as_tensor(centres_np, dtype=torch.float64, device=dev)
         if mode == "projection":
             projection_copies.append(ProjectionCopies(cache.projector(t, atoms_of_mode, mode), rots, centres,
                                                       view.transfer))
+        elif mode == "unit_slab":
+            pmap = cache.slab_map(t, atoms_of_mode, view.transfer, mode)
+            map_copies.append(MapCopies(pmap, rots, centres, units.radius_a + SUPPORT_MARGIN_A))
         else:
-            pmap = cache.slab_map(t, scene.types[t].source, view.transfer)
+            pmap = cache.slab_map(t, atoms_of_mode, view.transfer)
             radius = float(radii[t]) if radii is not None else scene.types[t].radius_a
             map_copies.append(MapCopies(pmap, rots, centres, radius + SUPPORT_MARGIN_A))
     return ScenePotential(grid, slice_thickness_a, ice, z_range_a=z_range_a, atoms=atoms_potential,

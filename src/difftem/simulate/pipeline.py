@@ -457,7 +457,9 @@ def _potential_volume(config: SimulationConfig, held: dict, *, voxel_size_a, thi
     shape = tuple(int(round(n * det.pixel_size_a / v)) for n in det.shape_px)
     if v != det.pixel_size_a:
         cache = TypeCache(cache.table, v, cache.ice, cache.absorption_ratio, device)
-    modes = ["atoms" if m == "atoms" else "slab" for m in modes]
+    # a type of subunits: its unit's map at every unit's pose (the type's map without gridding every atom)
+    modes = ["atoms" if m == "atoms" else "unit_slab" if scene.types[t].subunits is not None else "slab"
+             for t, m in enumerate(modes)]
     grid = Grid(shape, v)
     view = SceneView(np.eye(3), 0.0, None)
     if thickness_a is None:

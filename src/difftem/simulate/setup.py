@@ -283,10 +283,10 @@ class Setup:
 
     @property
     def n_atoms(self) -> int:
-        return sum(len(t.atoms) * self.scene.copies_of(i) for i, t in enumerate(self.scene.types))
+        return sum(t.n_atoms * self.scene.copies_of(i) for i, t in enumerate(self.scene.types))
 
     def particle_types(self) -> list[dict]:
-        return [{"name": t.name, "atoms": len(t.atoms), "copies": self.scene.copies_of(i), "mode": self.modes[i],
+        return [{"name": t.name, "atoms": t.n_atoms, "copies": self.scene.copies_of(i), "mode": self.modes[i],
                  **({"subunits": len(t.subunits)} if t.subunits is not None else {}),
                  **({"unit_blocks": self.cache.block_sizes(i)} if self.cache.block_sizes(i) else {}),
                  **({"map": t.density.calibration} if t.density is not None else {}),
@@ -299,7 +299,7 @@ class Setup:
         loads = []
         for t, ptype in enumerate(self.scene.types):
             sel = pl.type_index == t
-            loads.append(TypeLoad.of(ptype, int(sel.sum()), type_label(t, ptype.name, ptype.atoms.source), dz,
+            loads.append(TypeLoad.of(ptype, int(sel.sum()), type_label(t, ptype.name, ptype.source_name), dz,
                                      pl.positions_a[sel, 2], pl.rotations[sel], float(self.radii[t])))
             if ptype.subunits is not None and sel.any():  # projected as the blocks of units the run will use
                 parts = self.cache.unit_parts(t, ptype.subunits, int(sel.sum()))
@@ -384,7 +384,7 @@ class Setup:
         that fit the memory and time limits."""
         loads, plan = self.type_loads(), self.multislice_plan()
         choice = {t: c for t, c in enumerate(candidates)
-                  if len(c) > 1 and self.scene.copies_of(t) and len(self.scene.types[t].atoms)}
+                  if len(c) > 1 and self.scene.copies_of(t) and self.scene.types[t].n_atoms}
         limit, _ = memory_limit(self.config, self.device)
         first = list(self.modes)
         self.modes, self.estimate, self.mode_estimates = cheapest_modes(
@@ -494,7 +494,7 @@ def check_before_scene(config: SimulationConfig, device: torch.device) -> None:
             count = rnd.count
         else:
             count = round(rnd.density_per_um3 * width_a * height_a * max(ice_a, 2 * ptype.bounds.extent_a) * 1e-12)
-        if not count or (not len(ptype.atoms) and ptype.density is None):
+        if not count or (not ptype.n_atoms and ptype.density is None):
             continue
         random_copies += count
         b, g = ptype.bounds, rnd.min_gap_a / 2
@@ -600,7 +600,7 @@ def scene_warnings(scene: Scene, grid: Grid, ice_thickness_a: float, radii: np.n
     """Things that are legal but probably not what the user meant (atoms outside the field or the ice).
     Copies of more than ``max_atoms`` atoms are tested on an even subsample (the counts then say "about")."""
     out = list(scene.warnings)
-    if len(scene.placement) == 0 or all(len(t.atoms) == 0 for t in scene.types):
+    if len(scene.placement) == 0 or all(t.n_atoms == 0 for t in scene.types):
         return out + ["the sample has no atoms: the image shows ice (or vacuum) only"]
     n_out_field = n_out_ice = 0
     approx = False
@@ -615,7 +615,15 @@ def scene_warnings(scene: Scene, grid: Grid, ice_thickness_a: float, radii: np.n
     if ice_thickness_a > 0:
         crosses |= np.abs(c[:, 2]) + radius > ice_thickness_a / 2
     for i in np.flatnonzero(crosses):
-        atoms = scene.types[pl.type_index[i]].atoms.positions_a
+        ptype = scene.types[pl.type_index[i]]
+        if not ptype.atoms_built:  # a type of subunits: its units that cross, atom by atom (each unit a copy)
+            units = ptype.subunits
+            rots, cs = units.poses(pl.rotations[i][None], c[i][None])
+            n_f, n_i = _atoms_outside(units.atoms.positions_a, rots, cs, units.radius_a, (ox, oy), (wx, wy),
+                                      ice_thickness_a, max_atoms)
+            n_out_field, n_out_ice = n_out_field + n_f, n_out_ice + n_i
+            continue
+        atoms = ptype.atoms.positions_a
         step = max(1, math.ceil(len(atoms) / max_atoms))
         approx |= step > 1
         pos = atoms[::step] @ pl.rotations[i].T + c[i]
@@ -631,3 +639,33 @@ def scene_warnings(scene: Scene, grid: Grid, ice_thickness_a: float, radii: np.n
         out.append(f"{about}{n_out_ice} atoms stick out of the {ice_thickness_a / 10:g} nm ice slab "
                    "(they are simulated in vacuum; raise sample.ice_thickness_nm or move the particles)")
     return out
+
+
+def _atoms_outside(unit_a: np.ndarray, rotations: np.ndarray, centres_a: np.ndarray, unit_radius_a: float,
+                   origin_a: tuple[float, float], field_a: tuple[float, float], ice_thickness_a: float,
+                   max_atoms: int) -> tuple[int, int]:
+    """(atoms outside the field, outside the ice) of the copies of one unit at these poses: copies whose sphere
+    lies wholly inside or wholly outside are counted whole, the rest atom by atom ``max_atoms`` at a time."""
+    (ox, oy), (wx, wy) = origin_a, field_a
+    n = len(unit_a)
+    x, y, z = centres_a[:, 0] + ox, centres_a[:, 1] + oy, centres_a[:, 2]
+    r = unit_radius_a
+    in_f = (x - r >= 0) & (x + r < wx) & (y - r >= 0) & (y + r < wy)
+    out_f = (x + r < 0) | (x - r >= wx) | (y + r < 0) | (y - r >= wy)
+    n_field = n * int(out_f.sum())
+    half = ice_thickness_a / 2
+    test_ice = ice_thickness_a > 0
+    in_i = (np.abs(z) + r <= half) if test_ice else np.ones(len(z), bool)
+    out_i = (np.abs(z) - r > half) if test_ice else np.zeros(len(z), bool)
+    n_ice = n * int(out_i.sum())
+    mixed = np.flatnonzero(~(in_f | out_f) | ~(in_i | out_i))
+    step = max(1, max_atoms // max(n, 1))
+    for lo in range(0, len(mixed), step):
+        sel = mixed[lo:lo + step]
+        pos = unit_a[None] @ rotations[sel].transpose(0, 2, 1) + centres_a[sel, None]  # (B, n, 3)
+        px, py = pos[..., 0] + ox, pos[..., 1] + oy
+        outside = ~((px >= 0) & (px < wx) & (py >= 0) & (py < wy))
+        n_field += int(outside[~(in_f | out_f)[sel]].sum())
+        if test_ice:
+            n_ice += int((np.abs(pos[..., 2]) > half)[~(in_i | out_i)[sel]].sum())
+    return n_field, n_ice

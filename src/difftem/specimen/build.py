@@ -8,8 +8,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..config import MAX_RANDOM_COPIES, SimulationConfig
+from ..config import MAX_POSITION_A, MAX_RANDOM_COPIES, SimulationConfig
 from ..core.device import available_memory_bytes
+from ..core.elements import atomic_mass_da
 from ..core.errors import ConfigError, ResourceError
 from ..core.rotations import rotation_zyz_deg
 from ..io.tables import read_transforms_file
@@ -24,7 +25,6 @@ from .scene import (
     Scene,
     Subunits,
     bounding_capsule,
-    helical_assembly,
     helical_operators,
     overlapping_pairs,
     random_placement,
@@ -80,28 +80,25 @@ def load_particle_type(particle, resolve_structure, *, field: str = "sample.part
     centre = particle.centre
     atoms = read_structure(path, assembly=particle.assembly, models=particle.models,
                            remove_waters=particle.remove_waters, remove_hydrogens=particle.remove_hydrogens,
-                           remove_hetero=particle.remove_hetero,
-                           centre="none" if (particle.helix or particle.transforms_file or particle.filament)
-                           else centre)
+                           remove_hetero=particle.remove_hetero, centre="none")
     if particle.extra_b_a2:
         atoms.b_iso_a2 = atoms.b_iso_a2 + particle.extra_b_a2
     units = Subunits.identity(atoms)
+    notes = list(atoms.notes)
     if particle.transforms_file is not None:
         ops = read_transforms_file(particle.transforms_file)  # (n, 3, 4): rotation | translation (Å)
         _check_type_size(len(ops) * len(atoms), f"{field}.transforms_file", max_bytes)
-        parts = [atoms.transformed(op[:, :3], op[:, 3]) for op in ops]
-        atoms = Atoms.concatenate(parts)
-        check_positions(atoms.positions_a, f"{field}.transforms_file {particle.transforms_file}", ConfigError,
-                        "check the file's translations (Å) and rotations")
         units = units.then(ops[:, :, :3], ops[:, :, 3])
-        atoms, units = _centred(atoms, units, centre)
-        atoms.notes.append(f"{len(ops)} copies from {Path(particle.transforms_file).name}")
+        box = _check_unit_positions(units, f"{field}.transforms_file {particle.transforms_file}", ConfigError,
+                              "check the file's translations (Å) and rotations")
+        notes = [f"{len(ops)} copies from {Path(particle.transforms_file).name}"]
     if particle.helix is not None:
-        _check_type_size(particle.helix.count() * len(atoms), f"{field}.helix.n_subunits", max_bytes)
         h = particle.helix
-        helix = helical_assembly(atoms, h.rise_a, h.twist_deg, h.count(), h.axis, h.axis_point_a)
+        _check_type_size(h.count() * units.n_atoms, f"{field}.helix.n_subunits", max_bytes)
         units = units.then(*helical_operators(h.rise_a, h.twist_deg, h.count(), h.axis, h.axis_point_a))
-        atoms, units = _centred(helix, units, centre)
+        box = _check_unit_positions(units, "helix", ConfigError, "check rise_a, axis_point_a and n_subunits")
+        notes = notes + [f"helix: {h.count()} subunits of {units.n_atoms // h.count()} atoms, rise {h.rise_a:g} Å, "
+                         f"twist {h.twist_deg:g}°"]
     name = particle.name or Path(str(path)).name.split(".")[0]
     shape = particle.random.bounding if particle.random is not None else "auto"
     if particle.filament is not None:  # the unit about its box centre; its file-frame place kept for the helix
@@ -109,8 +106,40 @@ def load_particle_type(particle, resolve_structure, *, field: str = "sample.part
         offset = atoms.positions_a[0] - moved.positions_a[0] if len(atoms) else np.zeros(3)
         return ParticleType(name, moved, bounding_capsule(moved.positions_a, shape), particle.representation,
                             unit_offset_a=offset)
-    return ParticleType(name, atoms, bounding_capsule(atoms.positions_a, shape), particle.representation,
-                        units.centred_unit() if len(units) > 1 else None)
+    if len(units) == 1:  # the structure (or its one transform)
+        one = units.expanded() if particle.transforms_file or particle.helix else atoms
+        one.notes = notes
+        atoms = one.centred(centre)
+        return ParticleType(name, atoms, bounding_capsule(atoms.positions_a, shape), particle.representation)
+    # a type of copies of one unit: its atoms are built only where a path needs them all (the atom path, a map of
+    # the whole type); its centre, bounds and radius come from the unit and the operators
+    units = _centred_units(units, centre, box).centred_unit()
+    bounds, radius = units.bounding_capsule(shape)
+    return ParticleType(name, None, bounds, particle.representation, units, lazy_notes=notes, known_radius_a=radius)
+
+
+def _check_unit_positions(units: Subunits, what: str, error, fix: str) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`check_positions` of the type's atoms, from their box (the atoms are built only to name a bad one);
+    returns the box (min, max)."""
+    lo, hi = units.box()
+    if not (np.abs(lo) <= MAX_POSITION_A).all() or not (np.abs(hi) <= MAX_POSITION_A).all():
+        check_positions(units.expanded().positions_a, what, error, fix)
+    return lo, hi
+
+
+def _centred_units(units: Subunits, centre, box: tuple[np.ndarray, np.ndarray]) -> Subunits:
+    """The operators moved with the type's centre (:meth:`Atoms.centred` of the type's atoms, from the units and
+    their ``box``)."""
+    if centre == "none" or units.n_atoms == 0:
+        return units
+    lo, hi = box
+    c = 0.5 * (lo + hi)
+    if centre == "mass":  # as Atoms.centred: non-negative weights, the box centre when there are none
+        unit = units.atoms
+        w, m1, _ = units.moments(atomic_mass_da(unit.atomic_number) * np.clip(unit.occupancy, 0.0, None))
+        if w > 0:
+            c = np.clip(m1 / w, lo, hi)
+    return units.shifted(-c)
 
 
 def _density_type(particle, field: str, resolve_structure) -> ParticleType:
@@ -121,13 +150,6 @@ def _density_type(particle, field: str, resolve_structure) -> ParticleType:
     empty = Atoms(np.zeros(0, np.int64), np.zeros((0, 3)), np.zeros(0), np.zeros(0), particle.map.file,
                   [density.calibration["notes"]])
     return ParticleType(name, empty, bounding_capsule(density.mask_points_a(), shape), "map", density=density)
-
-
-def _centred(atoms: Atoms, units: Subunits, centre) -> tuple[Atoms, Subunits]:
-    """The type's atoms centred as configured, and its operators moved with them."""
-    moved = atoms.centred(centre)
-    offset = moved.positions_a[0] - atoms.positions_a[0] if len(atoms) else np.zeros(3)
-    return moved, units.shifted(offset)
 
 
 def build_scene(config, resolve_structure) -> Scene:

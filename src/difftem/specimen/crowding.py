@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from functools import partial
 
 import numpy as np
@@ -471,10 +471,10 @@ def _proposals(bd: Bounds, n: int, uniform: bool, field_a, profile: IceProfile, 
 # ---------------------------------------------------------------------------------------------- from a config
 def covering_bounds(ptype: ParticleType) -> Bounds:
     """The type's capsule made to hold every atom (``scene.covering_capsule``; ``scene.bounding_capsule`` already
-    gives such capsules, this keeps types built by hand honest)."""
-    if len(ptype.atoms) == 0:
+    gives such capsules, this keeps types built by hand honest); a type of subunits a block of units at a time."""
+    if ptype.n_atoms == 0:
         return ptype.bounds
-    return covering_capsule(ptype.atoms.positions_a, ptype.bounds)
+    return covering_capsule(lambda: ptype.position_chunks(), ptype.bounds)
 
 
 def crowd_scene(config, types: list[ParticleType], placement: Placement, vesicles=None,
@@ -501,7 +501,7 @@ def crowd_scene(config, types: list[ParticleType], placement: Placement, vesicle
     targets = [CrowdTarget(t, types[t].name, f"sample.particles.{t}.volume_fraction", p.volume_fraction)
                for t, p in entries]
     crowd = {t for t, _ in entries}  # their capsules made to hold every atom (volumes and tests use these)
-    types = [replace(ty, bounds=covering_bounds(ty)) if i in crowd else ty for i, ty in enumerate(types)]
+    types = [ty.with_bounds(covering_bounds(ty)) if i in crowd else ty for i, ty in enumerate(types)]
     covers = None
     if spheres:  # each type's spheres, where their union (grown by half the gap) is smaller than its capsule
         covers = {t: sphere_cover(types[t], cfg.sphere_radius_a, cfg.max_spheres) for t in crowd}

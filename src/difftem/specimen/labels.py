@@ -36,6 +36,7 @@ class TypeMask:
     inside: np.ndarray
     voxel_a: np.ndarray
     origin_a: np.ndarray
+    per_unit: bool = False  # the volume of a type's unit (each unit of each copy is placed), not the whole type
 
     @property
     def radius_a(self) -> float:
@@ -51,7 +52,15 @@ def type_mask(ptype: ParticleType, voxel_a: float) -> TypeMask:
     if ptype.density is not None:
         d = ptype.density
         return TypeMask(d.mask, d.voxel_a, d.origin_a)
-    atoms = ptype.atoms
+    if not ptype.atoms_built:  # a type of subunits: its unit's volume, placed unit by unit
+        unit = type_mask_of_atoms(ptype.subunits.atoms, voxel_a)
+        unit.per_unit = True
+        return unit
+    return type_mask_of_atoms(ptype.atoms, voxel_a)
+
+
+def type_mask_of_atoms(atoms, voxel_a: float) -> TypeMask:
+    """The molecular volume of ``atoms`` (see :func:`type_mask`)."""
     if not len(atoms):
         return TypeMask(np.zeros((1, 1, 1), bool), np.ones(3), np.zeros(3))
     pos = atoms.positions_a
@@ -102,6 +111,11 @@ def label_volumes(scene: Scene, shape_zyx: tuple[int, int, int], voxel_a: float,
         copies = np.flatnonzero(pl.type_index == t)
         if not len(copies) or not tm.inside.any():
             continue
+        positions, rotations, copy_ids = pl.positions_a[copies], pl.rotations[copies], ids[torch.as_tensor(copies)]
+        if tm.per_unit:  # each unit of each copy, carrying its copy's instance
+            units = scene.types[t].subunits
+            rotations, positions = units.poses(rotations, positions)
+            copy_ids = copy_ids.repeat_interleave(len(units))
         h = int(math.ceil(tm.radius_a / voxel_a)) + 1
         off = torch.arange(-h, h + 1, dtype=torch.float64)
         offs = torch.stack(torch.meshgrid(off, off, off, indexing="ij"), -1).reshape(-1, 3)  # (S³, 3) x, y, z
@@ -110,10 +124,10 @@ def label_volumes(scene: Scene, shape_zyx: tuple[int, int, int], voxel_a: float,
         tori = torch.as_tensor(tm.origin_a, dtype=torch.float64)
         tsize = torch.tensor(tm.inside.shape[::-1], dtype=torch.float64)  # x, y, z
         batch = max(1, BATCH_POINTS // len(offs))
-        for lo in range(0, len(copies), batch):
-            sel = copies[lo:lo + batch]
-            c = torch.as_tensor(pl.positions_a[sel], dtype=torch.float64)  # (B, 3)
-            rot = torch.as_tensor(pl.rotations[sel], dtype=torch.float64)
+        for lo in range(0, len(positions), batch):
+            sel = slice(lo, lo + batch)
+            c = torch.as_tensor(positions[sel], dtype=torch.float64)  # (B, 3)
+            rot = torch.as_tensor(rotations[sel], dtype=torch.float64)
             ic = torch.round(c / voxel_a) + centre_idx  # the copy's nearest label voxel (x, y, z index)
             idx = ic[:, None, :] + offs[None]  # (B, S³, 3)
             r = (idx - centre_idx) * voxel_a - c[:, None, :]  # scene offsets from the copy centre
@@ -121,14 +135,14 @@ def label_volumes(scene: Scene, shape_zyx: tuple[int, int, int], voxel_a: float,
             g = (local - tori) / tvox  # type-mask voxel index (x, y, z)
             grid = (2 * g + 1) / tsize - 1  # align_corners=False
             hit = F.grid_sample(vol, grid.reshape(1, 1, 1, -1, 3).float(), mode="nearest", padding_mode="zeros",
-                                align_corners=False).reshape(len(sel), -1) > 0.5
+                                align_corners=False).reshape(len(c), -1) > 0.5
             iz = idx[..., 2].long()
             ok = hit & (iz >= 0) & (iz < nz)
             ix = torch.remainder(idx[..., 0].long(), nx)
             iy = torch.remainder(idx[..., 1].long(), ny)
             flat = ((iz * ny + iy) * nx + ix)[ok]
             cls[flat] = t + 1
-            inst[flat] = ids[torch.as_tensor(sel)][:, None].expand_as(ok)[ok]
+            inst[flat] = copy_ids[sel][:, None].expand_as(ok)[ok]
     return cls.reshape(nz, ny, nx).numpy(), inst.reshape(nz, ny, nx).numpy()
 
 

@@ -11,6 +11,9 @@ like rods.
 
 from __future__ import annotations
 
+import copy
+import itertools
+import math
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -86,25 +89,76 @@ def bounding_capsule(positions_a: np.ndarray, shape: str = "auto") -> Bounds:
         raise StructureError("atom positions are not all finite; a bounding shape needs finite coordinates")
     c = positions_a.mean(0)
     rel = positions_a - c
-    sphere = Bounds(c, np.array([0.0, 0.0, 1.0]), 0.0, float(np.sqrt((rel**2).sum(1)).max()))
-    if shape == "sphere":
-        return sphere
-    w, v = np.linalg.eigh(rel.T @ rel)
+    return _capsule_about(c, rel.T @ rel, lambda: iter([positions_a]), shape)[0]
+
+
+def _capsule_about(c: np.ndarray, scatter: np.ndarray, chunks, shape: str) -> tuple[Bounds, float]:
+    """The capsule (or sphere) of :func:`bounding_capsule` about the atoms' mean ``c``, their scatter matrix
+    Σ (r − c)(r − c)ᵀ giving the principal axis, from one pass over ``chunks()`` (blocks of positions); and the
+    farthest atom's distance from the origin."""
+    w, v = np.linalg.eigh(scatter)
     axis = v[:, -1]
-    t = rel @ axis
-    mid = 0.5 * (t.max() + t.min())
-    c2 = c + mid * axis
-    t = t - mid
-    radius = float(np.sqrt(np.maximum((rel - (t + mid)[:, None] * axis) ** 2, 0).sum(1)).max())
+    r2, t_lo, t_hi, d2, o2 = 0.0, math.inf, -math.inf, 0.0, 0.0
+    for pos in chunks():
+        rel = pos - c
+        t = rel @ axis
+        r2 = max(r2, float((rel**2).sum(1).max()))
+        o2 = max(o2, float(np.einsum("ij,ij->i", pos, pos).max()))
+        t_lo, t_hi = min(t_lo, float(t.min())), max(t_hi, float(t.max()))
+        d2 = max(d2, float(np.maximum((rel - t[:, None] * axis) ** 2, 0).sum(1).max()))
+    sphere = Bounds(c, np.array([0.0, 0.0, 1.0]), 0.0, math.sqrt(r2))
+    if shape == "sphere":
+        return sphere, math.sqrt(o2)
+    mid = 0.5 * (t_hi + t_lo)
+    radius = math.sqrt(d2)
     # shorten the segment so the caps still cover the ends; atoms off the axis near the ends can then lie outside
     # the caps (by up to (√2 − 1)·r), so the capsule is made to hold every atom (covering_capsule)
-    half = max(0.0, float(np.abs(t).max()) - radius)
-    capsule = covering_capsule(positions_a, Bounds(c2, axis, half, radius))
+    half = max(0.0, max(abs(t_hi - mid), abs(t_lo - mid)) - radius)
+    capsule = covering_capsule(chunks, Bounds(c + mid * axis, axis, half, radius))
     if shape == "capsule":
-        return capsule
+        return capsule, math.sqrt(o2)
     vol_sphere = sphere.radius_a**3
     vol_capsule = capsule.radius_a**2 * (capsule.radius_a + 0.75 * 2 * capsule.half_length_a)
-    return capsule if vol_capsule < 0.7 * vol_sphere else sphere
+    return capsule if vol_capsule < 0.7 * vol_sphere else sphere, math.sqrt(o2)
+
+
+#: atoms per block when a type of subunits is visited without building all its atoms
+CHUNK_ATOMS = 1 << 20
+
+
+def _fibonacci_directions(n: int) -> np.ndarray:
+    i = np.arange(n) + 0.5
+    z = 1 - 2 * i / n
+    phi = math.pi * (1 + 5**0.5) * i
+    r = np.sqrt(1 - z * z)
+    return np.stack([r * np.cos(phi), r * np.sin(phi), z], 1)
+
+
+def hull_candidates(positions_a: np.ndarray, n_directions: int = 48) -> np.ndarray:
+    """Indices of the points that may be vertices of their convex hull: every point except those strictly inside
+    the hull of the extreme points along ``n_directions`` directions (its faces found among all triples of them).
+    The maximum over the points of any convex function (a coordinate, a distance from a point or a line) is the
+    maximum over these."""
+    n = len(positions_a)
+    if n <= 64:
+        return np.arange(n)
+    ext = np.unique(np.argmax(positions_a @ _fibonacci_directions(n_directions).T, axis=0))
+    e = positions_a[ext]
+    i, j, k = np.array(list(itertools.combinations(range(len(e)), 3))).T
+    normal = np.cross(e[j] - e[i], e[k] - e[i])
+    size = np.linalg.norm(normal, axis=1)
+    scale = float(np.abs(positions_a).max()) + 1.0
+    keep = size > 1e-9 * scale**2
+    normal, i = normal[keep] / size[keep, None], i[keep]
+    side = e @ normal.T - (e[i] * normal).sum(1)  # (E, F): every extreme point against every plane
+    tol = 1e-9 * scale
+    out_pos, out_neg = (side <= tol).all(0), (side >= -tol).all(0)
+    faces = np.concatenate([normal[out_pos], -normal[out_neg]])
+    offsets = np.concatenate([(e[i[out_pos]] * normal[out_pos]).sum(1), -(e[i[out_neg]] * normal[out_neg]).sum(1)])
+    if len(faces) < 4:  # flat or degenerate: keep every point
+        return np.arange(n)
+    inside = (positions_a @ faces.T - offsets < -1e-6 * scale).all(1)
+    return np.flatnonzero(~inside)
 
 
 def capsule_distances_a(points_a: np.ndarray, bounds: Bounds) -> np.ndarray:
@@ -114,22 +168,30 @@ def capsule_distances_a(points_a: np.ndarray, bounds: Bounds) -> np.ndarray:
     return np.sqrt(((rel - t[:, None] * bounds.axis) ** 2).sum(1))
 
 
-def covering_capsule(points_a: np.ndarray, bounds: Bounds) -> Bounds:
-    """``bounds`` made to hold every point: the smaller (by volume) of the capsule with its segment lengthened until
-    the caps reach every point, and the capsule with its radius grown to the points' largest distance from the
-    segment. Both hold every point (the second by construction, the first because the lengthened segment's caps
-    reach each point's projection within the radius of its distance from the axis)."""
-    if len(points_a) == 0 or bounds.half_length_a == 0:
+def covering_capsule(points_a, bounds: Bounds) -> Bounds:
+    """``bounds`` made to hold every point (an (N, 3) array, or a callable giving blocks of them): the smaller (by
+    volume) of the capsule with its segment lengthened until the caps reach every point, and the capsule with its
+    radius grown to the points' largest distance from the segment. Both hold every point (the second by
+    construction, the first because the lengthened segment's caps reach each point's projection within the radius of
+    its distance from the axis). Both are maxima of convex functions of a point, so blocks of hull candidates do."""
+    if bounds.half_length_a == 0:
         return bounds
-    rel = points_a - bounds.centre_a
-    t = rel @ bounds.axis
-    d2 = np.maximum((rel**2).sum(1) - t * t, 0.0)
+    chunks = points_a if callable(points_a) else (lambda: iter([points_a]))
     r = bounds.radius_a
-    inside = d2 <= r * r * (1 + 1e-9) + 1e-9  # within the radius of the axis (rounding aside): caps can reach it
-    half = float(np.max(np.where(inside, np.abs(t) - np.sqrt(np.maximum(r * r - d2, 0.0)), np.inf)))
+    half, far = -np.inf, r
+    for pos in chunks():
+        if len(pos) == 0:
+            continue
+        rel = pos - bounds.centre_a
+        t = rel @ bounds.axis
+        d2 = np.maximum((rel**2).sum(1) - t * t, 0.0)
+        inside = d2 <= r * r * (1 + 1e-9) + 1e-9  # within the radius of the axis (rounding aside): caps can reach it
+        half = max(half, float(np.max(np.where(inside, np.abs(t) - np.sqrt(np.maximum(r * r - d2, 0.0)), np.inf))))
+        far = max(far, float(capsule_distances_a(pos, bounds).max()))
+    if half == -np.inf:
+        return bounds
     longer = Bounds(bounds.centre_a, bounds.axis, max(bounds.half_length_a, half), r)
-    wider = Bounds(bounds.centre_a, bounds.axis, bounds.half_length_a,
-                   max(r, float(capsule_distances_a(points_a, bounds).max())))
+    wider = Bounds(bounds.centre_a, bounds.axis, bounds.half_length_a, far)
 
     def volume(b: Bounds) -> float:
         return b.radius_a**2 * (2 * b.half_length_a + 4 / 3 * b.radius_a)
@@ -150,6 +212,11 @@ class Subunits:
 
     def __len__(self) -> int:
         return int(self.rotations.shape[0])
+
+    @property
+    def n_atoms(self) -> int:
+        """Atoms of the whole type (every copy of the unit)."""
+        return len(self) * len(self.atoms)
 
     @property
     def radius_a(self) -> float:
@@ -179,8 +246,66 @@ class Subunits:
         return Subunits(unit, self.rotations, self.translations_a + self.rotations @ s)
 
     def expanded(self) -> Atoms:
-        return Atoms.concatenate([self.atoms.transformed(r, t) for r, t in zip(self.rotations, self.translations_a,
-                                                                                 strict=True)])
+        """The type's atoms, unit-major (copy k's atoms are rows k·n … (k+1)·n − 1)."""
+        n = len(self)
+        a = self.atoms
+        return Atoms(np.tile(a.atomic_number, n), self.positions_of(0, n).reshape(-1, 3), np.tile(a.b_iso_a2, n),
+                     np.tile(a.occupancy, n), a.source)
+
+    def positions_of(self, k0: int, k1: int) -> np.ndarray:
+        """(k1 − k0, n, 3) positions of units k0 … k1 − 1."""
+        return self.atoms.positions_a[None] @ self.rotations[k0:k1].transpose(0, 2, 1) + self.translations_a[k0:k1,
+                                                                                                              None]
+
+    def position_chunks(self, max_atoms: int = CHUNK_ATOMS, hull_only: bool = False):
+        """The type's atom positions (the order of :meth:`expanded`) in blocks of whole units, never all at once;
+        ``hull_only``: only the unit's atoms that may be vertices of its convex hull (enough for the maximum of any
+        convex function of the positions: extents, distances from points and lines)."""
+        pos = self.atoms.positions_a[hull_candidates(self.atoms.positions_a)] if hull_only else self.atoms.positions_a
+        step = max(1, max_atoms // max(len(pos), 1))
+        for k0 in range(0, len(self), step):
+            r, t = self.rotations[k0:k0 + step], self.translations_a[k0:k0 + step]
+            yield (pos[None] @ r.transpose(0, 2, 1) + t[:, None]).reshape(-1, 3)
+
+    def every_nth_position(self, step: int) -> np.ndarray:
+        """Positions of the type's atoms 0, step, 2·step, … (what ``expanded().positions_a[::step]`` holds)."""
+        n = len(self.atoms)
+        i = np.arange(0, self.n_atoms, max(1, step))
+        k, j = i // n, i % n
+        return np.einsum("mab,mb->ma", self.rotations[k], self.atoms.positions_a[j]) + self.translations_a[k]
+
+    def moments(self, weights: np.ndarray | None = None) -> tuple[float, np.ndarray, np.ndarray]:
+        """(Σ w, Σ w r, Σ w r rᵀ) over the type's atoms (unit weights ``weights``, default 1), from the unit's."""
+        pos = self.atoms.positions_a
+        w = np.ones(len(pos)) if weights is None else np.asarray(weights, np.float64)
+        s0, s1, s2 = float(w.sum()), (w[:, None] * pos).sum(0), (pos.T * w) @ pos
+        r, t = self.rotations, self.translations_a
+        rs1 = r @ s1  # (K, 3)
+        m1 = rs1.sum(0) + s0 * t.sum(0)
+        m2 = (np.einsum("kab,bc,kdc->ad", r, s2, r) + np.einsum("ka,kb->ab", rs1, t) + np.einsum("ka,kb->ab", t, rs1)
+              + s0 * t.T @ t)
+        return len(self) * s0, m1, m2
+
+    def box(self) -> tuple[np.ndarray, np.ndarray]:
+        """(min, max) of the type's atom coordinates (NaN where one is NaN)."""
+        lo, hi = np.full(3, np.inf), np.full(3, -np.inf)
+        if not np.isfinite(self.atoms.positions_a).all():
+            return np.full(3, np.nan), np.full(3, np.nan)
+        for pos in self.position_chunks(hull_only=True):
+            lo, hi = np.minimum(lo, pos.min(0)), np.maximum(hi, pos.max(0))
+        return lo, hi
+
+    def bounding_capsule(self, shape: str = "auto") -> tuple[Bounds, float]:
+        """:func:`bounding_capsule` of the type's atoms (the mean and principal axis from the unit's moments, the
+        extents from one pass over the units) and the distance of the farthest atom from the origin."""
+        if self.n_atoms == 0:
+            return bounding_capsule(np.zeros((0, 3)), shape), 0.0
+        if not (np.isfinite(self.atoms.positions_a).all() and np.isfinite(self.rotations).all()
+                and np.isfinite(self.translations_a).all()):
+            raise StructureError("atom positions are not all finite; a bounding shape needs finite coordinates")
+        n, m1, m2 = self.moments()
+        c = m1 / n
+        return _capsule_about(c, m2 - n * np.outer(c, c), lambda: self.position_chunks(hull_only=True), shape)
 
     def block_relations(self, size: int) -> tuple[np.ndarray, np.ndarray]:
         """(M_j rotations, translations) taking units 0… of the first block of ``size`` onto block j's (units j·size…):
@@ -222,27 +347,85 @@ class Subunits:
         return rots, centres
 
 
-@dataclass
+class _TypeAtoms:
+    """``ParticleType.atoms``: the atoms it was given, or — a type of subunits given None — its units' copies, built
+    on first use (the paths that really need every atom: the atom path, a map of the whole type) and kept."""
+
+    def __get__(self, obj, owner=None):
+        if obj is None:
+            raise AttributeError("atoms")  # a dataclass field without a default
+        held = obj.__dict__.get("_atoms")
+        if held is None and obj.subunits is not None:
+            held = obj.subunits.expanded()
+            held.notes = list(obj.lazy_notes)
+            obj.__dict__["_atoms"] = held
+        return held
+
+    def __set__(self, obj, value) -> None:
+        obj.__dict__["_atoms"] = value
+
+
+@dataclass(eq=False)
 class ParticleType:
     name: str
-    atoms: Atoms  # type frame, centred
+    atoms: Atoms = _TypeAtoms()  # type frame, centred; None with subunits: built from them when first used
     bounds: Bounds
     representation: str = "auto"  # "atoms" | "map" | "auto"
     subunits: Subunits | None = None  # when the type is copies of one unit (a helix or a transforms file)
     density: DensityMap | None = None  # a type drawn from a density map (it has no atoms)
     unit_offset_a: np.ndarray | None = None  # a filament's subunit: the type origin in the structure file's frame
+    lazy_notes: list = field(default_factory=list)  # the notes of atoms built from the subunits
+    known_radius_a: float | None = None  # a type of subunits: radius_a, found with its bounds
+
+    def with_bounds(self, bounds: Bounds) -> ParticleType:
+        """The same type with other bounds (its atoms, built or not, shared)."""
+        out = copy.copy(self)
+        out.bounds = bounds
+        return out
+
+    @property
+    def atoms_built(self) -> bool:
+        """Whether every atom of the type is held (always, unless it is made of subunits and none asked yet)."""
+        return self.__dict__.get("_atoms") is not None or self.subunits is None
+
+    @property
+    def n_atoms(self) -> int:
+        return len(self.atoms) if self.atoms_built else self.subunits.n_atoms
+
+    @property
+    def notes(self) -> list[str]:
+        return self.atoms.notes if self.atoms_built else list(self.lazy_notes)
+
+    @property
+    def source_name(self) -> str:
+        """The structure file (or what stands for it, e.g. ``fiducial``) the atoms come from."""
+        return self.atoms.source if self.atoms_built else self.subunits.atoms.source
+
+    def position_chunks(self):
+        """The type's atom positions in blocks (all at once when they are held)."""
+        if self.atoms_built:
+            yield self.atoms.positions_a
+        else:
+            yield from self.subunits.position_chunks()
 
     @property
     def radius_a(self) -> float:
         """Distance of the farthest atom (or map voxel) from the type origin (Å)."""
         if self.density is not None:
             return self.density.radius_a
+        if not self.atoms_built:
+            if self.known_radius_a is None:
+                self.known_radius_a = self.subunits.bounding_capsule()[1]
+            return self.known_radius_a
         return float(np.sqrt((self.atoms.positions_a**2).sum(1)).max()) if len(self.atoms) else 0.0
 
     @property
     def mass_da(self) -> float:
         if self.density is not None:
             return float(self.density.mass_da or 0.0)
+        if not self.atoms_built:
+            unit = self.subunits.atoms
+            return len(self.subunits) * float((atomic_mass_da(unit.atomic_number) * unit.occupancy).sum())
         return float((atomic_mass_da(self.atoms.atomic_number) * self.atoms.occupancy).sum())
 
     @property
@@ -475,4 +658,4 @@ class Scene:
 
     @property
     def notes(self) -> list[str]:
-        return [n for t in self.types for n in t.atoms.notes]
+        return [n for t in self.types for n in t.notes]
