@@ -362,13 +362,22 @@ def _simulate_tilt_series(config: SimulationConfig, held: dict, *, progress, sce
         exposures = _in_parallel(noiseless, n, workers, progress)
         # shot noise in acquisition order from one generator: the same images whatever the workers
         camera = image_camera(config, setup.device)
-        if camera is None:
-            images = [detector.detect(e.expected_counts, generator).float() for e in exposures]
-            clean = [e.noiseless.float() for e in exposures]
-        else:  # every tilt read by the camera, as a movie frame would be
-            images, clean = zip(*(record(camera, e.expected_counts, generator, config.detector.noise)
-                                  for e in exposures), strict=True)
-    order = plan.order_by_angle
+        order = plan.order_by_angle
+        # the stacks in angle order, filled in acquisition order as each tilt's exposure is let go: at most one
+        # tilt's images besides the stacks (a 41 × 2500² series holds 2 GB of stacks and 4 GB of exposures)
+        slot = {i: j for j, i in enumerate(order)}
+        tilts = clean_stack = None
+        for i in range(n):
+            e, exposures[i] = exposures[i], None
+            if camera is None:
+                image, clean = detector.detect(e.expected_counts, generator).float(), e.noiseless.float()
+            else:  # every tilt read by the camera, as a movie frame would be
+                image, clean = record(camera, e.expected_counts, generator, config.detector.noise)
+            if tilts is None:
+                tilts = image.new_empty((n,) + tuple(image.shape))
+                clean_stack = clean.new_empty((n,) + tuple(clean.shape))
+            tilts[slot[i]], clean_stack[slot[i]] = image, clean
+            del e, image, clean
     rows = [{"difftemTiltIndex": j, "rlnTomoNominalStageTiltAngle": plan.angles_deg[i],
              "rlnTomoNominalTiltAxisAngle": plan.axis_deg, "difftemAcquisitionOrder": i,
              "rlnMicrographPreExposure": plan.prior_doses_e_per_a2[i], "difftemDoseEPerA2": plan.doses_e_per_a2[i],
@@ -393,7 +402,7 @@ def _simulate_tilt_series(config: SimulationConfig, held: dict, *, progress, sce
         "timings": {"total_s": time.perf_counter() - t0, "per_tilt_s": [per_tilt_s[i] for i in order],
                     "map_bytes": setup.cache.nbytes},
     }
-    return TiltSeriesResult(torch.stack([images[i] for i in order]), torch.stack([clean[i] for i in order]),
+    return TiltSeriesResult(tilts, clean_stack,
                             [plan.angles_deg[i] for i in order], grid.pixel_size_a, config, rows, meta,
                             make_labels(scene, config) if config.labels is not None else None, camera)
 
