@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from test_subunits import HELIX, UBI, config  # the same small helix cases
 
 from difftem import simulate
 from difftem.config import config_from_dict
@@ -18,20 +19,7 @@ from difftem.specimen.labels import label_volumes
 from difftem.specimen.scene import ParticleType, Scene, bounding_capsule, helical_assembly
 from difftem.specimen.structure import Atoms, read_structure
 
-UBI = "builtin:1ubi"
-HELIX = {"rise_a": 12.0, "twist_deg": 40.0, "n_subunits": 9, "axis_point_a": [18.0, 0.0, 0.0]}
 TMV = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "structures" / "2om3_tmv_cssmol.pdb.gz"
-
-
-def config(particle: dict, **sections) -> dict:
-    cfg = {"seed": 3, "beam": {"voltage_kv": 300, "dose_e_per_a2": 40},
-           "optics": {"defocus_um": 1.0}, "detector": {"shape_px": [128, 128], "pixel_size_a": 2.0, "noise": "none"},
-           "sample": {"ice_thickness_nm": 15, "particles": [{"structure": UBI, "positions_a": [[4.0, -6.0, 3.0]],
-                                                              "euler_zyz_deg": [[30, 70, -20]], **particle}]},
-           "simulation": {"slice_thickness_a": 50.0}}
-    for k, v in sections.items():
-        cfg[k] = {**cfg.get(k, {}), **v}
-    return cfg
 
 
 def full_atoms(particle: dict, ops_file: Path | None = None) -> Atoms:
