@@ -22,7 +22,6 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from difftem.core.fft import rfft2  # noqa: E402
 from difftem.core.grid import Grid  # noqa: E402
 from difftem.forward.camera import radial_bands  # noqa: E402
 from difftem.forward.ice import (  # noqa: E402
@@ -30,33 +29,18 @@ from difftem.forward.ice import (  # noqa: E402
     amorphous_ice_structure_factor,
     ice_power_spectrum_3d,
 )
-from difftem.forward.potential import IceModel, SlicedPotential, atoms_to_tensors  # noqa: E402
 from difftem.forward.scattering import get_table  # noqa: E402
-from difftem.specimen.pseudo_water import relaxed_centres, structure_factor, water_molecules  # noqa: E402
+from difftem.forward.water_spectra import pseudo_water_spectra  # noqa: E402
 
 S_EDGES = np.arange(0.0, 0.8501, 0.0125)
 BANDS = np.r_[0.10, np.arange(0.20, 0.7501, 0.05)]
 
 
 def one_box(box, pixel_a, seed, table):
-    centres = relaxed_centres(box, seed=seed)
-    s_band, _ = structure_factor(centres, box, S_EDGES)
-    k_mid = 0.5 * (S_EDGES[1:] + S_EDGES[:-1])
-
-    def s_of_q(q):
-        return torch.as_tensor(np.interp(q.numpy() / (2 * math.pi), k_mid, s_band))
-
-    atoms = water_molecules(centres - np.asarray(box) / 2, np.random.default_rng(seed))
+    """A box's explicit and formula spectra (its own S), the formula with the LDA ice's S, its S, the grid shape."""
+    explicit, own, s_band = pseudo_water_spectra(box, pixel_a, seed, table, S_EDGES)
     shape = (round(box[1] / pixel_a), round(box[0] / pixel_a))
-    grid = Grid(shape, pixel_a)
-    pot = SlicedPotential(*atoms_to_tensors(atoms, dtype=torch.float64), grid, table, box[2] + 10, IceModel(0.0),
-                          dtype=torch.complex128)
-    v = pot.project().real
-    explicit = rfft2(v).abs() ** 2 * pixel_a**4 / (box[0] * box[1])
-    explicit[0, 0] = 0
-    k2 = grid.k2("cpu", torch.float64, half=True)
-    n = len(centres) / float(np.prod(box))
-    own = box[2] * ice_power_spectrum_3d(k2, table, density_per_a3=n, structure_factor=s_of_q)
+    k2 = Grid(shape, pixel_a).k2("cpu", torch.float64, half=True)
     lda = box[2] * ice_power_spectrum_3d(k2, table, density_per_a3=LDA_NUMBER_DENSITY_PER_A3)
     return explicit, own, lda, s_band, shape
 

@@ -11,40 +11,15 @@ import math
 import numpy as np
 import pytest
 import torch
-from helpers import sliced
 
-from difftem.core.fft import rfft2
-from difftem.core.grid import Grid
 from difftem.forward.camera import radial_bands
-from difftem.forward.ice import amorphous_ice_structure_factor, ice_power_spectrum_3d
+from difftem.forward.ice import amorphous_ice_structure_factor
 from difftem.forward.scattering import get_table
-from difftem.specimen.pseudo_water import relaxed_centres, structure_factor, water_molecules
+from difftem.forward.water_spectra import pseudo_water_spectra
 
 S_EDGES_PER_A = np.arange(0.0, 0.8501, 0.0125)  # fine bands for the measured S(k)
 # the comparison's bands (1/Å): ≥ ~150 independent modes each in six 40 Å boxes (one wider band at low k)
 BANDS_PER_A = np.r_[0.10, np.arange(0.20, 0.7501, 0.05)]
-
-
-def explicit_and_formula(box_a, pixel_a: float, seed: int, table):
-    """(explicit, formula) projected-potential power spectra (V²·Å⁴) of one pseudo-water box on the rfft layout,
-    and the configuration's S in S_EDGES_PER_A's bands."""
-    centres = relaxed_centres(box_a, seed=seed)
-    s_band, _ = structure_factor(centres, box_a, S_EDGES_PER_A)
-    k_mid = 0.5 * (S_EDGES_PER_A[1:] + S_EDGES_PER_A[:-1])
-
-    def s_of_q(q_per_a):
-        return torch.as_tensor(np.interp(q_per_a.numpy() / (2 * math.pi), k_mid, s_band))
-
-    atoms = water_molecules(centres - np.asarray(box_a) / 2, np.random.default_rng(seed))
-    shape = (round(box_a[1] / pixel_a), round(box_a[0] / pixel_a))
-    v = sliced(atoms, shape=shape, pixel_a=pixel_a, table=table, slice_a=box_a[2] + 10).project().real
-    area = box_a[0] * box_a[1]
-    explicit = rfft2(v).abs() ** 2 * pixel_a**4 / area  # |∫ v e^{-2πik·r} d²r|² / A
-    explicit[0, 0] = 0.0
-    k2 = Grid(shape, pixel_a).k2("cpu", torch.float64, half=True)
-    n = len(centres) / float(np.prod(box_a))
-    formula = box_a[2] * ice_power_spectrum_3d(k2, get_table(table), density_per_a3=n, structure_factor=s_of_q)
-    return explicit, formula, s_band
 
 
 def band_ratios(box_a, pixel_a, seeds, table="kirkland"):
@@ -52,7 +27,7 @@ def band_ratios(box_a, pixel_a, seeds, table="kirkland"):
     edges_px = BANDS_PER_A * pixel_a
     exp_b, form_b, s_all = [], [], []
     for seed in seeds:
-        e, f, s = explicit_and_formula(box_a, pixel_a, seed, table)
+        e, f, s = pseudo_water_spectra(box_a, pixel_a, seed, get_table(table), S_EDGES_PER_A)
         exp_b.append(radial_bands(e, shape, edges_px))
         form_b.append(radial_bands(f, shape, edges_px))
         s_all.append(s)
