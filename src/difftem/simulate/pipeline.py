@@ -354,7 +354,8 @@ def _simulate_tilt_series(config: SimulationConfig, held: dict, *, progress, sce
         if errs is not None:  # the stage and the optics as they really were at this tilt
             image = errs.apply_to_exposure(image, i)
         per_tilt_s[i] = time.perf_counter() - t1
-        return image
+        # kept until the series' noise is drawn: only what that needs (the intensity is a third of a tilt's images)
+        return replace(image, intensity=None)
 
     workers = tilt_workers(setup, workers, n)
     with torch.no_grad():
