@@ -100,7 +100,7 @@ class ScenePotential(SlicedBase):
                 for mc, (k_lo, k_hi) in zip(self.map_copies, self._slices_of, strict=True)]
         projections = [(pc, np.flatnonzero(ks == k)) for pc, ks in zip(self.projection_copies,
                                                                         self._slice_of_projection, strict=True)]
-        spans = [self._span(mc.centres_a[sel], self._map_box(mc, z0)) for mc, sel in maps if sel.size]
+        spans = [self._span(mc.centres_a[sel], self._map_box(mc)) for mc, sel in maps if sel.size]
         spans += [self._span(pc.centres_a[sel], pc.projector.box_px()) for pc, sel in projections if sel.size]
         if atom_patch is not None:
             h, w = atom_patch.potential.shape
@@ -123,16 +123,21 @@ class ScenePotential(SlicedBase):
             total = total + embed(Patch(atom_patch.y0 - y0, atom_patch.x0 - x0, atom_patch.potential), (my, mx), 0.0)
         return Patch(y0, x0, total)
 
-    def _map_box(self, mc: MapCopies, z0_a: float) -> int:
+    def _map_box(self, mc: MapCopies) -> int:
         return 2 * math.ceil(mc.support_a / self.grid.pixel_size_a) + 3
+
+    def _boxes(self, centres_a: torch.Tensor, box: int) -> tuple[torch.Tensor, ...]:
+        """(cx, cy, x0, y0): the centres in fractional field pixels and the field pixel of the [0, 0] of the ``box``
+        px patch about each (the copy's sub-pixel offset is then (c − corner)·p)."""
+        p = self.grid.pixel_size_a
+        oy, ox = self.grid.origin_a
+        c = centres_a.double()
+        cx, cy = (c[:, 0] + ox) / p, (c[:, 1] + oy) / p
+        return cx, cy, torch.floor(cx - box / 2 + 0.5), torch.floor(cy - box / 2 + 0.5)
 
     def _span(self, centres_a: torch.Tensor, box: int) -> tuple[int, int, int, int]:
         """Field pixel rows and columns [y0, y1) × [x0, x1) that boxes of ``box`` px about the centres cover."""
-        p = self.grid.pixel_size_a
-        oy, ox = self.grid.origin_a
-        c = centres_a.detach().double()
-        x0 = torch.floor((c[:, 0] + ox) / p - box / 2 + 0.5)
-        y0 = torch.floor((c[:, 1] + oy) / p - box / 2 + 0.5)
+        _, _, x0, y0 = self._boxes(centres_a, box)
         return int(y0.min()), int(y0.max()) + box, int(x0.min()), int(x0.max()) + box
 
     # ------------------------------------------------------------------ map sampling
@@ -156,14 +161,11 @@ class ScenePotential(SlicedBase):
 
     def _add_projections(self, field: torch.Tensor, pc: ProjectionCopies, sel: torch.Tensor, target) -> None:
         p = self.grid.pixel_size_a
-        oy, ox = self.grid.origin_a
         box = pc.projector.box_px()
         batch = max(1, self.max_samples // (8 * box * box))
         for lo in range(0, sel.numel(), batch):
             idx = sel[lo:lo + batch]
-            c = pc.centres_a[idx].double()
-            cx, cy = (c[:, 0] + ox) / p, (c[:, 1] + oy) / p  # fractional field pixels
-            x0, y0 = torch.floor(cx - box / 2 + 0.5), torch.floor(cy - box / 2 + 0.5)
+            cx, cy, x0, y0 = self._boxes(pc.centres_a[idx], box)
             offsets = torch.stack([(cx - x0) * p, (cy - y0) * p], 1)
             patches = pc.projector.project(pc.rotations[idx], offsets, box, transfer=pc.transfer)
             self._scatter(field, patches, torch.stack([y0.long(), x0.long()], 1), target)
@@ -172,7 +174,7 @@ class ScenePotential(SlicedBase):
                     target) -> None:
         p = self.grid.pixel_size_a
         oy, ox = self.grid.origin_a
-        box = self._map_box(mc, z0_a)
+        box = self._map_box(mc)
         nz = max(1, math.ceil((z1_a - z0_a) / p - 1e-9))
         batch = max(1, self.max_samples // (nz * box * box))
         for lo in range(0, sel.numel(), batch):
