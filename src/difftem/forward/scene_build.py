@@ -79,18 +79,18 @@ class TypeCache:
     maps: dict = field(default_factory=dict)
     block_radius_a: float = 0.0  # the largest block of units that may be projected whole (0: units one by one)
     views: int = 1  # exposures the cache serves (a tilt series' tilts): the blocks' build is paid once for them
+    blocks: dict = field(default_factory=dict)  # type → (its parts, units per block of each)
 
     def unit_parts(self, t: int, units: Subunits, copies: int = 1) -> list[Subunits]:
         """Type ``t``'s units as the blocks projected whole (:func:`unit_blocks`), chosen once per type."""
-        key = ("blocks", t)
-        if key not in self.maps:
-            self.maps[key] = unit_blocks(units, self.block_radius_a, self.pixel_size_a, copies * self.views)
-            self.maps[("block_sizes", t)] = [len(p.atoms) // max(1, len(units.atoms)) for p in self.maps[key]]
-        return self.maps[key]
+        if t not in self.blocks:
+            parts = unit_blocks(units, self.block_radius_a, self.pixel_size_a, copies * self.views)
+            self.blocks[t] = parts, [len(p.atoms) // max(1, len(units.atoms)) for p in parts]
+        return self.blocks[t][0]
 
     def block_sizes(self, t: int) -> list[int]:
         """Units per block of each part of type ``t`` (empty: not projected as units)."""
-        return self.maps.get(("block_sizes", t), [])
+        return self.blocks[t][1] if t in self.blocks else []
 
     def projector(self, t: int, atoms: Atoms, mode: str = "projection", part: int = 0):
         """Type ``t``'s projector (``mode`` projection), or that of its unit or block of units ``part`` (``mode``
@@ -128,9 +128,7 @@ class TypeCache:
 
     @property
     def nbytes(self) -> int:
-        held = [m[1] if isinstance(m, tuple) else m for k, m in self.maps.items()
-                if k[0] not in ("blocks", "block_sizes")]
-        return sum(m.nbytes for m in held)
+        return sum((m[1] if isinstance(m, tuple) else m).nbytes for m in self.maps.values())
 
 
 #: blocks of units stand in for the units when they match them this closely (Å)
