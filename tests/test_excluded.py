@@ -86,7 +86,7 @@ def test_crowd_by_spheres_keeps_atoms_apart():
             cKDTree(ty.atoms.positions_a), r)) for t, ty in enumerate(scene.types))
         return int(tree.count_neighbors(tree, r)) - within
 
-    limit = cfg.sample.crowding.min_gap_a + 2 * MARGIN_A
+    limit = cfg.sample.crowding.gap_a + 2 * MARGIN_A
     assert len(pl) > 200 and between(limit) == 0
     assert between(limit + 4.0) > 0  # yet copies come close: measured nearest 6.0 Å
 

@@ -698,15 +698,23 @@ class Crowding(_Model):
         "capsule", description="what a volume fraction counts: the bounding capsules (the shapes tested for "
                                "overlap) or the molecules (mass at 1.35 g/cm³); of the ice in the field minus "
                                "the obstacles")
-    min_gap_a: float = Field(2.0, ge=0, le=1e3, description="least gap between bounding shapes and to obstacles (Å)")
+    min_gap_a: float | None = Field(
+        None, ge=0, le=1e3, description="least gap between excluded shapes and to obstacles (Å); null: 2 for capsules "
+                                        "and spheres, 0 for atoms (their voxels already reach a van der Waals radius)")
     lumen: bool = Field(False, description="the crowd may also fill the vesicles' insides (else a vesicle is solid)")
     seed_offset: int = Field(0, ge=0, lt=2**31, description="added to the run's seed for the crowd's placement")
-    shape: Literal["capsule", "spheres"] = Field(
-        "capsule", description="the shape copies of the crowd exclude each other by: the bounding capsule, or a few "
-                               "spheres covering the atoms (specimen/excluded.py; tighter, so higher fractions fit)")
+    shape: Literal["capsule", "spheres", "atoms"] = Field(
+        "capsule", description="the shape copies of the crowd exclude each other by: the bounding capsule, a few "
+                               "spheres covering the atoms (specimen/excluded.py), or their atoms' voxels "
+                               "(specimen/occupancy.py; the tightest: 25–30 % by molecular volume fit)")
     sphere_radius_a: float = Field(10.0, ge=3.0, le=200.0, description="shape spheres: about one sphere per ball of "
                                                                        "this radius of the molecule (Å), 3…200")
     max_spheres: int = Field(64, ge=1, le=512, description="shape spheres: at most this many per type, 1…512")
+
+    @property
+    def gap_a(self) -> float:
+        """``min_gap_a``, or its default for the shape."""
+        return self.min_gap_a if self.min_gap_a is not None else (0.0 if self.shape == "atoms" else 2.0)
 
 
 class Sample(_Model):

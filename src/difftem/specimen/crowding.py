@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 
 import numpy as np
@@ -39,6 +39,7 @@ from ..core.errors import ConfigError
 from ..core.rotations import random_rotations
 from .excluded import sphere_cover
 from .geometry import IceProfile
+from .occupancy import ATOM_REACH_A, Occupancy, grid_voxel_a, relax, voxel_shape
 from .scene import Bounds, ParticleType, Placement, _segments, covering_capsule, segment_distances
 from .sheets import sheet_hits, sheets_volume_a3
 
@@ -51,6 +52,10 @@ MAX_CROWDED_COPIES = 500_000
 BATCH_VOLUME = 0.02  # a batch's shapes fill at most this fraction of the free volume (in-batch conflicts stay rare)
 MIN_ACCEPTANCE = 2e-3  # a type whose last JAM_WINDOW proposals were accepted less often than this has jammed
 JAM_WINDOW = 20_000
+MIN_ACCEPTANCE_ATOMS, JAM_WINDOW_ATOMS = 2e-3, 200_000  # the same for copies excluded voxel by voxel, which are
+# shaken (MAX_SHAKES times) before the type is called jammed
+MAX_SHAKES, SHAKE_SWEEPS = 30, 2  # a stalled type's crowd is shaken (SHAKE_SWEEPS sweeps) at most MAX_SHAKES times
+FILL_LIMIT_ATOMS = 0.55  # molecules pack far past their bounding shapes' jam: the placer says where it stops
 PIECE_MIN_A = 100.0  # obstacle capsules are split into pieces no longer than max(radius, this)
 
 
@@ -251,6 +256,22 @@ def _survivors(a, b, r, owner: np.ndarray, n_copies: int, tests) -> np.ndarray:
     return ok
 
 
+def _batch_survivors(a, b, r, owner: np.ndarray, m: int, tests, cells: _CellHash, gap_a: float,
+                     points: bool) -> np.ndarray:
+    """Indices of the batch's copies that no test hits and that touch no earlier survivor of the batch (``cells``:
+    an empty hash to bin the survivors' items in)."""
+    ok = _survivors(a, b, r, owner, m, tests)
+    idx = np.flatnonzero(ok)
+    if len(idx) > 1:  # earlier survivors of this batch win
+        sel = ok[owner]
+        sa, sb, sr, so = a[sel], b[sel], r[sel], owner[sel]
+        cells.build(0.5 * (sa + sb))
+        hit = np.zeros(m, bool)
+        hit[so[_hits_hashed(sa, sb, sr, sa, sb, sr, cells, gap_a, skip_self=True, owner=so, points=points)]] = True
+        idx = idx[~hit[idx]]
+    return idx
+
+
 # ---------------------------------------------------------------------------------------------- volumes
 def capsule_volume_a3(bounds: Bounds, grow_a: float = 0.0) -> float:
     r = bounds.radius_a + grow_a
@@ -285,10 +306,12 @@ class CrowdTarget:
     random_orientation: bool = True
 
 
-def _target_counts(types, targets: list[CrowdTarget], v_free: float, basis: str, gap_a: float, covers=None):
+def _target_counts(types, targets: list[CrowdTarget], v_free: float, basis: str, gap_a: float, covers=None,
+                   voxels=None):
     """Per type: (capsule, molecular, gap-grown excluded shape, excluded shape) volumes (Å³) and the copies its
     fraction asks for; targets that cannot be packed are refused here, before placing. ``covers``: per type index,
-    its spheres (specimen.excluded.SphereCover) where its excluded shape is spheres (else its capsule)."""
+    its spheres (specimen.excluded.SphereCover) where its excluded shape is spheres (else its capsule); ``voxels``:
+    per type index, its molecule voxels (specimen.occupancy.VoxelShape, already grown by half the gap)."""
     vol = {}
     for tg in targets:
         b = types[tg.type_index].bounds
@@ -296,8 +319,10 @@ def _target_counts(types, targets: list[CrowdTarget], v_free: float, basis: str,
         if basis == "molecular" and mol <= 0:
             raise ConfigError(f"{tg.field}: {tg.name} has no mass for basis molecular (a map type without "
                               "map.mass_kda); give its mass or use sample.crowding.basis capsule")
-        cv = (covers or {}).get(tg.type_index)
-        if cv is not None:
+        cv, vs = (covers or {}).get(tg.type_index), (voxels or {}).get(tg.type_index)
+        if vs is not None:
+            vol[tg.type_index] = (cap, mol, vs.volume_a3, vs.volume_a3)
+        elif cv is not None:
             vol[tg.type_index] = (cap, mol, cv.grown_volume_a3(gap_a / 2), cv.volume_a3)
         else:
             vol[tg.type_index] = (cap, mol, capsule_volume_a3(b, gap_a / 2), cap)
@@ -309,7 +334,7 @@ def _target_counts(types, targets: list[CrowdTarget], v_free: float, basis: str,
         raise ConfigError(f"{tg.field}: the crowd would have {total:,} copies (at most {MAX_CROWDED_COPIES:,}; "
                           f"{counts[tg.type_index]:,} of {tg.name}); lower the fractions or the field")
     fill = sum(counts[g.type_index] * vol[g.type_index][2] for g in targets) / v_free
-    if fill > FILL_LIMIT:
+    if fill > (FILL_LIMIT_ATOMS if voxels else FILL_LIMIT):
         tg = max(targets, key=lambda g: counts[g.type_index] * vol[g.type_index][2])
         raise ConfigError(f"{tg.field}: the crowd's bounding shapes (with half of sample.crowding.min_gap_a) would "
                           f"fill {100 * fill:.0f} % of the free volume and random packing jams near 35–38 %; lower "
@@ -321,11 +346,13 @@ def _target_counts(types, targets: list[CrowdTarget], v_free: float, basis: str,
 def crowded_placement(types: list[ParticleType], targets: list[CrowdTarget], *, field_a: tuple[float, float],
                       profile: IceProfile, rng: np.random.Generator, obstacles: Obstacles | None = None,
                       basis: str = "capsule", gap_a: float = 2.0, covers: dict | None = None,
-                      sheets=None) -> tuple[Placement, dict]:
+                      sheets=None, voxels: dict | None = None) -> tuple[Placement, dict]:
     """Copies of each target type filling its ``volume_fraction`` of the free volume (module docstring), clear of
     ``obstacles`` and of each other, inside the field and the ice; (placement, report). ``covers`` (per target type
     index, a :class:`~difftem.specimen.excluded.SphereCover`): those types' copies exclude others by their spheres
-    instead of their bounding capsules (the capsules still keep them inside the field and the ice). ``sheets``
+    instead of their bounding capsules (the capsules still keep them inside the field and the ice). ``voxels`` (per
+    target type index, a :class:`~difftem.specimen.occupancy.VoxelShape`, one voxel size for all): the crowd's copies
+    exclude each other voxel by voxel (specimen/occupancy.py); obstacles still by capsules. ``sheets``
     (specimen.sheets.Sheets): membrane sheets the copies keep clear of, their bilayers' volume not free."""
     t0 = time.perf_counter()
     obstacles = obstacles or Obstacles.empty()
@@ -338,9 +365,10 @@ def crowded_placement(types: list[ParticleType], targets: list[CrowdTarget], *, 
     if v_free <= 0.05 * v_ice:
         raise ConfigError(f"{targets[0].field}: the obstacles (vesicles, filaments, other copies) fill "
                           f"{100 * (1 - v_free / v_ice):.0f} % of the ice; fewer or smaller obstacles, or thicker ice")
-    vol, counts = _target_counts(types, targets, v_free, basis, gap_a, covers)
-    shapes = covers is not None  # the report says which shape each type excluded by
+    vol, counts = _target_counts(types, targets, v_free, basis, gap_a, covers, voxels)
+    shapes = covers is not None or voxels is not None  # the report says which shape each type excluded by
     covers = covers or {}
+    occ = _occupancy(voxels, (wx, wy, t_hi), gap_a)
     # a capsule touches another only within (reach + reach' + gap) of its midpoint: one hash per pair of groups
     pieces = obstacles.pieces()
     obst_reach = float((0.5 * np.linalg.norm(pieces.seg_b - pieces.seg_a, axis=1) + pieces.seg_r).max()) \
@@ -349,13 +377,16 @@ def crowded_placement(types: list[ParticleType], targets: list[CrowdTarget], *, 
     lo = np.array([-wx / 2, -wy / 2, -t_hi / 2]) - 1.0 - max([c.radii_a.max() for c in covers.values()], default=0.0)
     hi = -lo
     groups: list[tuple[np.ndarray, np.ndarray, np.ndarray, float, bool]] = []  # item ends, radii, reach, points
-    out, rows = [], []
+    obst_tests: dict[int, list] = {}  # per type: its tests against the obstacles
+    crowd = _Crowd()
+    rows = []
     filled = 0.0  # the placed crowd's excluded volume (Å³), for the jam message
     order = sorted(targets, key=lambda g: -types[g.type_index].bounds.extent_a)
     for tg in order:
         t, bd, need = tg.type_index, types[tg.type_index].bounds, counts[tg.type_index]
         cover = covers.get(t)
         spheres = cover is not None
+        shape_v = (voxels or {}).get(t)
         # the items tested for overlap: the bounding capsule, or the cover's spheres (points with radii)
         reach = float(cover.radii_a.max()) if spheres else bd.half_length_a + bd.radius_a
         n_items = len(cover) if spheres else 1
@@ -368,11 +399,13 @@ def crowded_placement(types: list[ParticleType], targets: list[CrowdTarget], *, 
             tests.append(partial(sheet_hits, sheets=sheets, gap_a=gap_a))
         tests += [partial(_hits_hashed, ha=ha, hb=hb, hr=hr, cells=cells, gap_a=gap_a, points=pts)
                   for ha, hb, hr, cells, pts in fixed]
+        obst_tests[t] = tests
         own = _CellHash(lo, hi, max(2 * reach + gap_a, 1.0))
         own_a, own_b, own_r = np.zeros((0, 3)), np.zeros((0, 3)), np.zeros(0)
-        got_pos, got_rot = [], []
-        n_got, proposed, acceptance, window = 0, 0, 0.5, [0, 0]  # window: proposals, accepted
+        n_got, proposed, acceptance, window, shaken = 0, 0, 0.5, [0, 0], 0  # window: proposals, accepted
         cap = max(64, int(BATCH_VOLUME * v_free / vol[t][2]))
+        # a voxel test refuses most proposals after a few dozen lookups: it may try many more before calling a jam
+        jam_window, min_acceptance = _JAM_RULE[shape_v is not None]
         while n_got < need:
             batch = int(min(cap, max(64, 1.2 * (need - n_got) / max(acceptance, 1e-3))))
             pos, rot, a, b = _proposals(bd, batch, tg.random_orientation, field_a, profile, t_hi, rng)
@@ -385,62 +418,161 @@ def crowded_placement(types: list[ParticleType], targets: list[CrowdTarget], *, 
             else:
                 r = np.full(m, bd.radius_a)
             owner = np.repeat(np.arange(m), n_items)
-            own_test = partial(_hits_hashed, ha=own_a, hb=own_b, hr=own_r, cells=own, gap_a=gap_a, points=spheres)
-            ok = _survivors(a, b, r, owner, m, [*tests, own_test])
-            idx = np.flatnonzero(ok)
-            if len(idx) > 1:  # earlier survivors of this batch win
-                sel = ok[owner]
-                sa, sb, sr, so = a[sel], b[sel], r[sel], owner[sel]
-                mine = _CellHash(lo, hi, own.cell).build(0.5 * (sa + sb))
-                hit = np.zeros(m, bool)
-                hit[so[_hits_hashed(sa, sb, sr, sa, sb, sr, mine, gap_a, skip_self=True, owner=so,
-                                    points=spheres)]] = True
-                idx = idx[~hit[idx]]
-            idx = idx[:need - n_got]
+            if shape_v is not None:  # clear of the obstacles by its capsule, of the crowd voxel by voxel
+                cand = np.flatnonzero(_survivors(a, b, r, owner, m, tests))
+                idx = cand[occ.claim(shape_v, rot[cand], pos[cand], limit=need - n_got)]
+            else:
+                own_test = partial(_hits_hashed, ha=own_a, hb=own_b, hr=own_r, cells=own, gap_a=gap_a,
+                                   points=spheres)
+                idx = _batch_survivors(a, b, r, owner, m, [*tests, own_test], _CellHash(lo, hi, own.cell), gap_a,
+                                       spheres)[:need - n_got]
             acceptance = 0.5 * acceptance + 0.5 * len(idx) / batch
             window = [window[0] + batch, window[1] + len(idx)]
-            if window[0] >= JAM_WINDOW:  # judged over many proposals: small batches may come back empty by chance
-                if window[1] < MIN_ACCEPTANCE * window[0]:
-                    _jammed(tg, n_got, need, vol[t][0 if basis == "capsule" else 1], v_free,
-                            (filled + n_got * vol[t][3]) / v_free)
+            if window[0] >= jam_window:  # judged over many proposals: small batches may come back empty by chance
+                if window[1] < min_acceptance * window[0]:  # stalled: a crowd of atoms is shaken, else it jammed
+                    if shape_v is None or shaken == MAX_SHAKES:
+                        _jammed(tg, n_got, need, vol[t][0 if basis == "capsule" else 1], v_free,
+                                (filled + n_got * vol[t][3]) / v_free, shaken if shape_v is not None else None)
+                    crowd = _shake(occ, voxels, crowd, types, obst_tests, field_a, profile, rng)
+                    shaken += 1
                 window = [0, 0]
             n_got += len(idx)
-            got_pos.append(pos[idx])
-            got_rot.append(rot[idx])
-            keep = np.isin(owner, idx)
-            own_a, own_b = np.concatenate([own_a, a[keep]]), np.concatenate([own_b, b[keep]])
-            own_r = np.concatenate([own_r, r[keep]])
-            own.build(0.5 * (own_a + own_b))
-        groups.append((own_a, own_b, own_r, reach, spheres))
+            crowd.add(t, pos[idx], rot[idx])  # (shaking moves the copies of a crowd of atoms)
+            if shape_v is None:
+                keep = np.isin(owner, idx)
+                own_a, own_b = np.concatenate([own_a, a[keep]]), np.concatenate([own_b, b[keep]])
+                own_r = np.concatenate([own_r, r[keep]])
+                own.build(0.5 * (own_a + own_b))
+        groups.append((own_a, own_b, own_r, reach, spheres))  # (empty for a crowd of atoms: the grid holds it)
         filled += n_got * vol[t][3]
-        out.append(Placement(np.full(n_got, t, np.int64), np.concatenate(got_pos or [np.zeros((0, 3))]),
-                             np.concatenate(got_rot or [np.zeros((0, 3, 3))])))
-        row = {"type": tg.name, "copies": n_got, "target_fraction": tg.volume_fraction,
-               "capsule_fraction": n_got * vol[t][0] / v_free, "molecular_fraction": n_got * vol[t][1] / v_free,
-               "capsule_volume_nm3": vol[t][0] / 1e3, "molecular_volume_nm3": vol[t][1] / 1e3,
-               "proposals": proposed}
-        if shapes:  # the excluded shape: spheres, or the capsule where its spheres would not be smaller
-            row.update({"spheres": n_items if spheres else 0, "shape_volume_nm3": vol[t][3] / 1e3,
-                        "shape_fraction": n_got * vol[t][3] / v_free})
-        rows.append(row)
-    report = {"basis": basis, "shape": "spheres" if shapes else "capsule", "ice_volume_um3": v_ice * 1e-12,
-              "free_volume_um3": v_free * 1e-12, "types": rows, "copies": int(sum(r["copies"] for r in rows)),
+        rows.append(_row(tg, n_got, vol[t], v_free, proposed, shapes, {"voxels": len(shape_v), "shakes": shaken}
+                         if shape_v is not None else {"spheres": n_items if spheres else 0}))
+    report = _report(rows, basis, "atoms" if voxels else "spheres" if shapes else "capsule", v_ice, v_free, t0)
+    report.update({"voxel_a": occ.voxel, "grid_voxels": int(occ.grid.size), "shake_sweeps": crowd.sweeps}
+                  if occ is not None else {})
+    return crowd.placement([tg.type_index for tg in order]), report
+
+
+def _occupancy(voxels: dict | None, box_a: tuple[float, float, float], gap_a: float) -> Occupancy | None:
+    """A crowd of atoms' grid over the field and the ice (``box_a``: widths and the thickest ice; the voxels reach
+    past the capsules by the atoms' reach and the gap); None for other crowds."""
+    if not voxels:
+        return None
+    vox = next(iter(voxels.values())).voxel_a
+    half = 0.5 * np.asarray(box_a, np.float64)
+    margin = 2 * vox + ATOM_REACH_A + gap_a
+    return Occupancy(-half - margin, half + margin, vox)
+
+
+_JAM_RULE = {False: (JAM_WINDOW, MIN_ACCEPTANCE), True: (JAM_WINDOW_ATOMS, MIN_ACCEPTANCE_ATOMS)}  # by atoms?
+
+
+def _row(tg: CrowdTarget, n_got: int, vol: tuple, v_free: float, proposed: int, shapes: bool, shape_row: dict) -> dict:
+    """A type's line of the crowd's report (``vol``: capsule, molecular, grown and excluded shape volumes, Å³);
+    with ``shapes``, the excluded shape's volume, fraction and ``shape_row`` (voxels and shakes, or spheres: 0 where
+    it kept its capsule)."""
+    row = {"type": tg.name, "copies": n_got, "target_fraction": tg.volume_fraction,
+           "capsule_fraction": n_got * vol[0] / v_free, "molecular_fraction": n_got * vol[1] / v_free,
+           "capsule_volume_nm3": vol[0] / 1e3, "molecular_volume_nm3": vol[1] / 1e3, "proposals": proposed}
+    if shapes:
+        row.update({"shape_volume_nm3": vol[3] / 1e3, "shape_fraction": n_got * vol[3] / v_free, **shape_row})
+    return row
+
+
+def _report(rows: list[dict], basis: str, shape: str, v_ice: float, v_free: float, t0: float) -> dict:
+    report = {"basis": basis, "shape": shape, "ice_volume_um3": v_ice * 1e-12, "free_volume_um3": v_free * 1e-12,
+              "types": rows, "copies": int(sum(r["copies"] for r in rows)),
               "capsule_fraction": float(sum(r["capsule_fraction"] for r in rows)),
               "molecular_fraction": float(sum(r["molecular_fraction"] for r in rows)),
               "seconds": time.perf_counter() - t0}
-    if shapes:
+    if rows and "shape_fraction" in rows[0]:
         report["shape_fraction"] = float(sum(r["shape_fraction"] for r in rows))
-    return Placement.concatenate(out), report
+    return report
 
 
-def _jammed(tg: CrowdTarget, n_got: int, need: int, v_copy: float, v_free: float, filled: float) -> None:
+@dataclass
+class _Crowd:
+    """The crowd's copies so far: type index, centre and rotation of each; for a crowd of atoms, the shaking's step
+    per type (Å) and the sweeps done."""
+
+    kind: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    pos: np.ndarray = field(default_factory=lambda: np.zeros((0, 3)))
+    rot: np.ndarray = field(default_factory=lambda: np.zeros((0, 3, 3)))
+    step_a: dict = field(default_factory=dict)
+    sweeps: int = 0
+    _new: list = field(default_factory=list)  # batches added since the arrays were last joined
+
+    def add(self, t: int, pos: np.ndarray, rot: np.ndarray) -> None:
+        self._new.append((np.full(len(pos), t, np.int64), pos, rot))
+
+    def join(self) -> _Crowd:
+        if self._new:
+            self.kind, self.pos, self.rot = (np.concatenate([old, *(n[i] for n in self._new)])
+                                             for i, old in enumerate((self.kind, self.pos, self.rot)))
+            self._new = []
+        return self
+
+    def placement(self, order: list[int]) -> Placement:
+        """The copies, type by type in ``order``."""
+        self.join()
+        idx = np.concatenate([np.flatnonzero(self.kind == t) for t in order] or [np.zeros(0, np.int64)])
+        return Placement(self.kind[idx], self.pos[idx], self.rot[idx])
+
+
+def _shake(occ, voxels: dict, crowd: _Crowd, types, obst_tests: dict, field_a, profile: IceProfile,
+           rng: np.random.Generator) -> _Crowd:
+    """SHAKE_SWEEPS sweeps of small moves of every copy of the crowd (specimen.occupancy.relax), each kept inside
+    the field and the ice and clear of the obstacles; each type's step (first a tenth of its radius) shrinks when
+    fewer than a quarter of the moves are taken and grows when more than half are."""
+    def allowed(k, p, r):
+        bd = types[k].bounds
+        ok = _inside(bd, p, r, field_a, profile)
+        a, b = _capsule_ends(bd, p, r)
+        return ok & _survivors(a, b, np.full(len(p), bd.radius_a), np.arange(len(p)), len(p), obst_tests[k])
+
+    crowd.join()
+    for k in np.unique(crowd.kind):
+        v = voxels[k]
+        crowd.step_a.setdefault(int(k), max(0.1 * (3 * v.volume_a3 / (4 * math.pi)) ** (1 / 3), v.voxel_a))
+    taken = relax(occ, voxels, crowd.kind, crowd.pos, crowd.rot, crowd.step_a, allowed, rng, sweeps=SHAKE_SWEEPS)
+    scale = 0.6 if taken < 0.25 else 1.5 if taken > 0.5 else 1.0
+    crowd.step_a = {k: max(s * scale, 0.5 * voxels[k].voxel_a) for k, s in crowd.step_a.items()}
+    crowd.sweeps += SHAKE_SWEEPS
+    return crowd
+
+
+def _capsule_ends(bd: Bounds, pos: np.ndarray, rot: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    c = rot @ bd.centre_a
+    ax = (rot @ bd.axis) * bd.half_length_a
+    return pos + c - ax, pos + c + ax
+
+
+def _inside(bd: Bounds, pos: np.ndarray, rot: np.ndarray, field_a, profile: IceProfile) -> np.ndarray:
+    """(M,) whether each copy's capsule lies in the field and in the ice under its two ends."""
+    c = rot @ bd.centre_a
+    ax = (rot @ bd.axis) * bd.half_length_a
+    reach = np.abs(c) + np.abs(ax) + bd.radius_a
+    wx, wy = field_a
+    a, b = _capsule_ends(bd, pos, rot)
+    if profile.is_flat and profile.kind == "flat":
+        thick = np.full(len(pos), profile.thickness_a)
+    else:
+        thick = torch.minimum(profile.thickness_at(torch.as_tensor(a[:, 0]), torch.as_tensor(a[:, 1])),
+                              profile.thickness_at(torch.as_tensor(b[:, 0]), torch.as_tensor(b[:, 1]))).numpy()
+    return ((np.abs(pos[:, 0]) <= wx / 2 - reach[:, 0]) & (np.abs(pos[:, 1]) <= wy / 2 - reach[:, 1])
+            & (np.abs(pos[:, 2]) <= thick / 2 - reach[:, 2]))
+
+
+def _jammed(tg: CrowdTarget, n_got: int, need: int, v_copy: float, v_free: float, filled: float,
+            shaken: int | None = None) -> None:
     """Refuse a type whose batches stopped being accepted, saying what was reached (``filled``: the fraction of the
-    free volume the crowd's excluded shapes fill)."""
+    free volume the crowd's excluded shapes fill; ``shaken``: how often a crowd excluded by atoms was shaken)."""
+    how = (f"bounding shapes fill {100 * filled:.0f} % of the free volume; it jams near 35–38 %" if shaken is None
+           else f"molecule voxels fill {100 * filled:.0f} % of the free volume, shaken {shaken} times")
     raise ConfigError(
         f"{tg.field}: reached {100 * n_got * v_copy / v_free:.1f} % of the {100 * tg.volume_fraction:g} % asked "
-        f"({n_got:,} of {need:,} copies of {tg.name}) when random packing jammed (bounding shapes fill "
-        f"{100 * filled:.0f} % of the free volume; it jams near 35–38 %); lower the volume fractions or "
-        "sample.crowding.min_gap_a")
+        f"({n_got:,} of {need:,} copies of {tg.name}) when random packing jammed ({how}); lower the volume "
+        "fractions or sample.crowding.min_gap_a")
 
 
 def _proposals(bd: Bounds, n: int, uniform: bool, field_a, profile: IceProfile, t_max_a: float,
@@ -486,7 +618,7 @@ def crowd_scene(config, types: list[ParticleType], placement: Placement, vesicle
     if not entries:
         return Placement.empty(), None
     cfg = config.sample.crowding
-    basis, gap, lumen, offset = ((cfg.basis, cfg.min_gap_a, cfg.lumen, cfg.seed_offset) if cfg is not None
+    basis, gap, lumen, offset = ((cfg.basis, cfg.gap_a, cfg.lumen, cfg.seed_offset) if cfg is not None
                                  else ("capsule", 2.0, False, 0))
     spheres = cfg is not None and cfg.shape == "spheres"
     det = config.detector
@@ -507,6 +639,13 @@ def crowd_scene(config, types: list[ParticleType], placement: Placement, vesicle
         covers = {t: sphere_cover(types[t], cfg.sphere_radius_a, cfg.max_spheres) for t in crowd}
         covers = {t: c for t, c in covers.items()
                   if c.grown_volume_a3(gap / 2) < capsule_volume_a3(types[t].bounds, gap / 2)}
+    voxels = None
+    if cfg is not None and cfg.shape == "atoms":  # every crowd type's molecule voxels, one voxel size for all
+        t_hi = IceProfile.from_config(config.sample).bounds_a(0.5 * max(field_a))[1]
+        smallest = min(molecular_volume_a3(types[t]) or capsule_volume_a3(types[t].bounds) for t in crowd)
+        vox = grid_voxel_a(smallest, field_a[0] * field_a[1] * max(t_hi, 1.0))
+        voxels = {t: voxel_shape(types[t], vox, gap / 2, seed=t) for t in crowd}
     rng = np.random.default_rng(np.random.SeedSequence([config.seed, 0xC40D, offset]))
     return crowded_placement(types, targets, field_a=field_a, profile=IceProfile.from_config(config.sample), rng=rng,
-                             obstacles=obstacles, basis=basis, gap_a=gap, covers=covers, sheets=sheets)
+                             obstacles=obstacles, basis=basis, gap_a=gap, covers=covers, sheets=sheets,
+                             voxels=voxels)
