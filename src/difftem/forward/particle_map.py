@@ -264,8 +264,9 @@ def cubic_bspline_sample_planes(planes: torch.Tensor, ncol: int, shape_dhw: tupl
     taps = taps.clamp(0, d - 1)
     rows, cols = planes.shape[-2:]
     sy, sx = 2.0 / rows, 2.0 / cols  # align_corners=False: pixel j at (2j + 1)/size − 1
-    oy = ((taps // ncol) * (h + PLANE_PAD)).to(dt) * sy + (sy / 2 - 1)  # (4, M) each tap's tile origin
-    ox = ((taps % ncol) * (w + PLANE_PAD)).to(dt) * sx + (sx / 2 - 1)
+    tile = torch.arange(d, device=x.device)
+    oy = (((tile // ncol) * (h + PLANE_PAD)).to(dt) * sy + (sy / 2 - 1))[taps]  # (4, M) each tap's tile origin
+    ox = (((tile % ncol) * (w + PLANE_PAD)).to(dt) * sx + (sx / 2 - 1))[taps]
     fx = torch.stack([h0[:, 0], h1[:, 0]]).clamp_(-3, w + 2) * sx  # (2, M)
     fy = torch.stack([h0[:, 1], h1[:, 1]]).clamp_(-3, h + 2) * sy
     grid = torch.empty((4, 2, 2, m, 2), dtype=dt, device=x.device)  # (z tap, y fetch, x fetch, point, (x, y))
