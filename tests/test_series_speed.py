@@ -46,7 +46,8 @@ def test_tiled_planes_sample_the_same_spline(shape):
 
 
 def test_projections_through_tiled_planes_match_the_3d_sampler(monkeypatch):
-    """A real projector's copies (ubiquitin, 2 Å pixels, random poses): the two samplers agree to 1e-5."""
+    """A real projector's copies (ubiquitin, 2 Å pixels, random poses): the two samplers agree to 1e-5, and sampling
+    only the band's disc changes nothing (1e-6)."""
     ice = IceModel(150.0, 4.8775, 0.7591)
     fp = pm.build_fourier_projector(read_structure(builtin_structure("1ubi"), centre="mass"), get_table("kirkland"),
                                     pixel_size_a=2.0, ice=ice, absorption_ratio=ice.absorption_ratio)
@@ -60,6 +61,12 @@ def test_projections_through_tiled_planes_match_the_3d_sampler(monkeypatch):
     slow = plain.project(rots, offsets, fp.box_px())
     assert plain._planes is None
     assert float((fast - slow).norm() / slow.norm()) < 1e-5
+    # the slice sampled only inside its band (+ the spline's reach), as built, against every frequency sampled
+    assert fp.band_limit_per_a == pytest.approx(0.25)
+    monkeypatch.undo()
+    everywhere = pm.FourierProjector(fp.coeffs, fp.pixel_size_a, fp.support_a, fp.absorption_ratio)
+    full = everywhere.project(rots, offsets, fp.box_px())
+    assert float((fast - full).norm() / full.norm()) < 1e-6
 
 
 def _two_bumps(grid: Grid):

@@ -224,6 +224,9 @@ def cubic_bspline_sample(coeffs: torch.Tensor, index_xyz: torch.Tensor) -> torch
 #: zero rows and columns after each tiled plane: a cubic B-spline reaches voxels i − 1 … i + 2 of a point whose floor is
 #: i, and points with i from −2 to the side length still touch the volume, so taps from −3 to side + 2 must read zeros
 PLANE_PAD = 3
+#: a Fourier slice is sampled out to this many projector voxels past the band's end: beyond, the cubic B-spline's
+#: coefficients are the prefilter's ringing of a band that tapers to zero, below 1e-6 of the slice
+BAND_REACH_VOXELS = 3
 #: projectors up to this size also keep their coefficients as tiled planes (CPU): twice the memory, half the time
 PLANES_MAX_BYTES = 64 * 2**20
 
@@ -334,6 +337,7 @@ class FourierProjector:
     pixel_size_a: float
     support_a: float  # radius holding the particle's potential (atoms + tails)
     absorption_ratio: float | None = None  # set when C = 2
+    band_limit_per_a: float | None = None  # where the transform's band ends (None: sample every frequency)
     _planes: tuple | None = field(default=None, init=False, repr=False, compare=False)
 
     @property
@@ -376,7 +380,16 @@ class FourierProjector:
                                 indexing="ij")
         k_scene = torch.stack([kx, ky, torch.zeros_like(kx)], -1)  # (box, box//2+1, 3) (x, y, z)
         k_type = torch.einsum("yxi,bij->byxj", k_scene, rotations.double())  # Rᵀk as row vectors: k @ R
-        c = self.sample(k_type * (n * p) + n // 2).double()  # (C, B, box, half)
+        index = k_type * (n * p) + n // 2
+        if self.band_limit_per_a is None:
+            c = self.sample(index).double()  # (C, B, box, half)
+        else:  # past the band's end and the spline's reach (BAND_REACH_VOXELS) the slice is zero: sample the rest
+            reach = self.band_limit_per_a + BAND_REACH_VOXELS / (n * p)
+            keep = torch.nonzero((kx * kx + ky * ky <= reach * reach).reshape(-1)).squeeze(1)
+            nb = index.shape[0]
+            c = torch.zeros((self.coeffs.shape[0], nb, kx.numel()), dtype=torch.float64, device=dev)
+            c[:, :, keep] = self.sample(index.reshape(nb, -1, 3)[:, keep]).double()
+            c = c.reshape((c.shape[0], nb) + tuple(kx.shape))
         spec = torch.complex(c[0::2], c[1::2]).transpose(0, 1)  # (B, C/2, box, half)
         if transfer is not None:
             spec = spec * transfer(torch.sqrt(kx**2 + ky**2))
@@ -437,7 +450,9 @@ def build_fourier_projector(atoms: Atoms, table: ScatteringTable, *, pixel_size_
         spectrum[0] += ff_re * structure
         spectrum[1] += ff_im * structure
     del grid, structure
-    return projector_from_spectrum(spectrum, p, support, absorption_ratio, proportional)
+    projector = projector_from_spectrum(spectrum, p, support, absorption_ratio, proportional)
+    projector.band_limit_per_a = nyquist  # the soft band ends there
+    return projector
 
 
 def projector_from_spectrum(spectrum: torch.Tensor, pixel_size_a: float, support_a: float, absorption_ratio: float,
