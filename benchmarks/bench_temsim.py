@@ -348,11 +348,12 @@ def summarize(runs: list[dict]) -> list[dict]:
     wall and CPU time over the repeats, the largest peak RSS."""
     groups: dict[tuple, list[dict]] = {}
     for r in runs:
-        groups.setdefault((r["program"], r.get("placement"), r["threads"]), []).append(r)
+        groups.setdefault((r["program"], r.get("placement"), r["threads"], r.get("src")), []).append(r)
     rows = []
-    for (program, placement, threads), rs in groups.items():
+    for (program, placement, threads, src), rs in groups.items():
         wall, cpu = [r["wall_s"] for r in rs], [r["cpu_s"] for r in rs]
         rows.append({"program": program, "placement": placement, "threads": threads, "repeats": len(rs),
+                     **({"src": src} if src else {}),
                      "wall_s_min": min(wall), "wall_s_median": statistics.median(wall),
                      "cpu_s_min": min(cpu), "cpu_s_median": statistics.median(cpu),
                      "peak_rss_mib": max(r["peak_rss_mib"] for r in rs), "out": rs[-1].get("out")})
@@ -407,17 +408,22 @@ def run_temsim(binary: Path, inp: Path, work: Path, repeat: int) -> dict:
     return r
 
 
-def run_difftem(inp: Path, work: Path, threads: int, placement: str, repeat: int, name: str) -> dict:
-    print(f"difftem ({threads} threads, map placement: {placement}) on {inp} (repeat {repeat + 1}) ...", flush=True)
+def run_difftem(inp: Path, work: Path, threads: int, placement: str, repeat: int, name: str,
+                src: str | None = None) -> dict:
+    print(f"difftem{f' from {src}' if src else ''} ({threads} threads, map placement: {placement}) on {inp} "
+          f"(repeat {repeat + 1}) ...", flush=True)
     out = work / name
     log = work / f"{name}_stdout.txt"
     env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
+    if src:  # this source tree's difftem (absolute: the worker runs in the work folder)
+        env["PYTHONPATH"] = str(Path(src).resolve())
     r = run_measured([sys.executable, str(Path(__file__).resolve()), "--threads", str(threads),
                       "--worker", str(inp), str(out), placement], work, env=env, log=log)
     if r["exit_code"] != 0:
         sys.exit(f"difftem failed (exit {r['exit_code']}); see {log}")
     r.update(json.loads((out / "bench_worker.json").read_text()))
-    r.update({"program": "difftem", "placement": placement, "threads": threads, "repeat": repeat, "out": str(out)})
+    r.update({"program": "difftem", "placement": placement, "threads": threads, "repeat": repeat, "out": str(out),
+              **({"src": src} if src else {})})
     return r
 
 
@@ -426,7 +432,8 @@ def print_table(title: str, rows: list[dict], temsim_row: dict | None) -> None:
     print(f"{'program':<24}{'thr':>4}{'n':>3}{'wall min':>10}{'wall med':>10}{'CPU min':>9}{'CPU med':>9}"
           f"{'peak MiB':>9}{'x wall':>8}{'x CPU':>7}{'corr':>7}{'mean':>7}{'contr':>7}")
     for r in rows:
-        name = "TEM-simulator" if r["program"] == "TEM-simulator" else f"difftem {r['placement']}"
+        name = "TEM-simulator" if r["program"] == "TEM-simulator" else \
+            f"difftem {r['placement']}" + (f" {r['src'][-16:]}" if r.get("src") else "")
         line = (f"{name:<24}{r['threads']:>4}{r['repeats']:>3}{r['wall_s_min']:>10.2f}{r['wall_s_median']:>10.2f}"
                 f"{r['cpu_s_min']:>9.2f}{r['cpu_s_median']:>9.2f}{r['peak_rss_mib']:>9.0f}")
         if temsim_row and r is not temsim_row:
@@ -461,18 +468,19 @@ def prepare_case(case: str, work: Path, ntilts: int, subunits: int, seed: int) -
 
 
 def measure(binary: Path | None, inp: Path, work: Path, repeats: int, thread_counts: list[int],
-            placements: list[str]) -> list[dict]:
-    """Every run, interleaved: per repeat TEM-simulator (if given), then difftem at each thread count and
-    placement."""
+            placements: list[str], srcs: list[str | None] = (None,)) -> list[dict]:
+    """Every run, interleaved: per repeat TEM-simulator (if given), then difftem at each thread count, placement
+    and source tree."""
     runs = []
     for rep in range(repeats):
         if binary is not None:
             runs.append(run_temsim(binary, inp, work, rep))
         for threads in thread_counts:
             for placement in placements:
-                name = (f"difftem_{placement}" + (f"_t{threads}" if len(thread_counts) > 1 else "")
-                        + (f"_r{rep + 1}" if repeats > 1 else ""))
-                runs.append(run_difftem(inp, work, threads, placement, rep, name))
+                for k, src in enumerate(srcs):
+                    name = (f"difftem_{placement}" + (f"_t{threads}" if len(thread_counts) > 1 else "")
+                            + (f"_s{k}" if len(srcs) > 1 else "") + (f"_r{rep + 1}" if repeats > 1 else ""))
+                    runs.append(run_difftem(inp, work, threads, placement, rep, name, src))
     return runs
 
 
@@ -500,6 +508,9 @@ def main() -> None:
     ap.add_argument("--out", default=None,
                     help="JSON file, or a folder for the case's file (default: benchmarks/results/temsim.json for tmv, "
                          "benchmarks/results/temsim_<case>.json otherwise)")
+    ap.add_argument("--src", default=None,
+                    help="difftem source trees to compare, comma-separated (e.g. /tmp/old_src,src): each runs with "
+                         "PYTHONPATH set to it, interleaved with the others")
     ap.add_argument("--worker", nargs=3, metavar=("INP", "OUT", "PLACEMENT"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.worker:
@@ -522,7 +533,8 @@ def main() -> None:
     binary = args.temsim if args.temsim is not None and args.temsim.exists() else None
     if args.temsim is not None and binary is None:
         print(f"TEM-simulator not found at {args.temsim}: running difftem only")
-    runs = measure(binary, inp, work, args.repeats, args.threads, placements)
+    srcs = [s.strip() for s in args.src.split(",") if s.strip()] if args.src else [None]
+    runs = measure(binary, inp, work, args.repeats, args.threads, placements, srcs)
     record["load_average_end"] = os.getloadavg()
     module = next((r["difftem_module"] for r in runs if r.get("difftem_module")), None)
     if module:
@@ -544,12 +556,15 @@ def main() -> None:
                                      case["bg_sigma_px"], case["border_px"])
     # the earlier record layout: one TEM-simulator run, one difftem run per placement (and thread count)
     record["temsim"] = temsim_runs[0] if temsim_runs else None
-    record["difftem"] = {r["placement"] + (f"_t{r['threads']}" if len(args.threads) > 1 else ""): r
-                         for r in runs if r["program"] == "difftem" and r["repeat"] == 0}
+    def variant(r: dict) -> str:
+        return (r["placement"] + (f"_t{r['threads']}" if len(args.threads) > 1 else "")
+                + (f"_s{srcs.index(r['src'])}" if len(srcs) > 1 else ""))
+
+    record["difftem"] = {variant(r): r for r in runs if r["program"] == "difftem" and r["repeat"] == 0}
+    record["sources"] = srcs if len(srcs) > 1 else None
     for r in rows:  # the first run of each difftem variant carries its comparison, as before
-        key = r["placement"] if r["program"] == "difftem" else None
+        key = variant(r) if r["program"] == "difftem" else None
         if key is not None and "agreement" in r:
-            key += f"_t{r['threads']}" if len(args.threads) > 1 else ""
             record["difftem"][key].update({k: r[k] for k in ("speedup_wall", "speedup_cpu", "memory_ratio",
                                                              "agreement")})
     record["runs"] = runs

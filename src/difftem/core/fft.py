@@ -34,9 +34,16 @@ def filter2(x: torch.Tensor, kernel_over_n: torch.Tensor) -> torch.Tensor:
     spectrum = torch.fft.fft2(x, norm="backward")
     in_place = (not (torch.is_grad_enabled() and (x.requires_grad or kernel_over_n.requires_grad))
                 and torch.result_type(spectrum, kernel_over_n) == spectrum.dtype
-                and torch.broadcast_shapes(spectrum.shape, kernel_over_n.shape) == spectrum.shape)
+                and _broadcasts_into(kernel_over_n.shape, spectrum.shape))
     # without a graph the spectrum is ours to scale in place (one field-sized allocation fewer)
     return torch.fft.ifft2(spectrum.mul_(kernel_over_n) if in_place else spectrum * kernel_over_n, norm="forward")
+
+
+def _broadcasts_into(shape: torch.Size, target: torch.Size) -> bool:
+    """Whether ``shape`` broadcasts to ``target`` without growing it (torch.broadcast_shapes, without the symbolic
+    shape machinery it imports on first use: 0.7 s of sympy at start-up)."""
+    pairs = zip(reversed(shape), reversed(target), strict=False)
+    return len(shape) <= len(target) and all(a in (1, b) for a, b in pairs)
 
 
 def rfft2(x: torch.Tensor) -> torch.Tensor:

@@ -22,6 +22,8 @@ from __future__ import annotations
 
 import cmath
 import math
+import threading
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Literal
 
@@ -64,6 +66,46 @@ def _checkpoint(fn, *args):
                                              determinism_check="none")
 
 
+class KernelCache:
+    """Fourier-space kernels that depend only on the grid, the wavelength and a distance (propagators, apertures),
+    shared by every :class:`Multislice` of the process: a tilt series' views use the same few (the TMV example's 61
+    tilts: five propagation distances, one field) instead of rebuilding them per view. Least recently used out
+    beyond ``max_bytes``; safe for tilts simulated on several threads."""
+
+    def __init__(self, max_bytes: int = 256 * 2**20):
+        self.max_bytes = max_bytes
+        self._items: OrderedDict = OrderedDict()
+        self._bytes = 0
+        self._lock = threading.Lock()
+
+    def get(self, key, make):
+        with self._lock:
+            if key in self._items:
+                self._items.move_to_end(key)
+                return self._items[key]
+        value = make()
+        size = value.numel() * value.element_size()
+        if value.requires_grad or size > self.max_bytes:
+            return value
+        with self._lock:
+            if key not in self._items:
+                self._items[key] = value
+                self._bytes += size
+            while self._bytes > self.max_bytes:
+                _, old = self._items.popitem(last=False)
+                self._bytes -= old.numel() * old.element_size()
+            return self._items[key]
+
+    def clear(self) -> None:
+        with self._lock:
+            self._items.clear()
+            self._bytes = 0
+
+
+#: the process's shared kernels (see :class:`KernelCache`)
+KERNELS = KernelCache()
+
+
 @dataclass
 class MultisliceStats:
     n_slices: int = 0
@@ -91,9 +133,15 @@ class Multislice:
         """The anti-aliasing aperture of a (H, W) grid divided by H·W (for :func:`filter2`)."""
         if shape not in self._apertures:
             g = Grid(shape, self.potential.grid.pixel_size_a)
-            mask = antialias_mask(g.k2(self.potential.device, torch.float64), g.pixel_size_a, self.antialias_fraction,
-                                  self.taper_fraction)
-            self._apertures[shape] = (mask / (shape[0] * shape[1])).to(self.potential.rdtype)
+
+            def make():
+                mask = antialias_mask(g.k2(self.potential.device, torch.float64), g.pixel_size_a,
+                                      self.antialias_fraction, self.taper_fraction)
+                return (mask / (shape[0] * shape[1])).to(self.potential.rdtype)
+
+            key = ("aperture", shape, g.pixel_size_a, self.antialias_fraction, self.taper_fraction,
+                   str(self.potential.device), self.potential.rdtype)
+            self._apertures[shape] = KERNELS.get(key, make)
         return self._apertures[shape]
 
     def _propagator(self, distance_a: float) -> torch.Tensor:
@@ -101,10 +149,17 @@ class Multislice:
         key = round(distance_a, 9)
         if key not in self._props:
             grid = self.potential.grid
-            prop = fresnel_propagator(grid, self.wavelength_a, distance_a, antialias_fraction=self.antialias_fraction,
-                                      taper_fraction=self.taper_fraction, device=self.potential.device,
-                                      dtype=torch.complex128)
-            self._props[key] = (prop / (grid.ny * grid.nx)).to(self.potential.cdtype)
+
+            def make():
+                prop = fresnel_propagator(grid, self.wavelength_a, distance_a,
+                                          antialias_fraction=self.antialias_fraction,
+                                          taper_fraction=self.taper_fraction, device=self.potential.device,
+                                          dtype=torch.complex128)
+                return (prop / (grid.ny * grid.nx)).to(self.potential.cdtype)
+
+            shared = ("propagator", grid.shape_px, grid.pixel_size_a, self.wavelength_a, key, self.antialias_fraction,
+                      self.taper_fraction, str(self.potential.device), self.potential.cdtype)
+            self._props[key] = KERNELS.get(shared, make)
         return self._props[key]
 
     def transmission_field(self, patch: Patch) -> torch.Tensor:

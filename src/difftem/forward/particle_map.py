@@ -18,7 +18,7 @@ of trilinear interpolation (Π sinc²(k_i v)), so interpolation does not soften 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -221,6 +221,68 @@ def cubic_bspline_sample(coeffs: torch.Tensor, index_xyz: torch.Tensor) -> torch
     return (out * wgt).sum(1).reshape((coeffs.shape[0],) + shape)
 
 
+#: zero rows and columns after each tiled plane: a cubic B-spline reaches voxels i − 1 … i + 2 of a point whose floor is
+#: i, and points with i from −2 to the side length still touch the volume, so taps from −3 to side + 2 must read zeros
+PLANE_PAD = 3
+#: a Fourier slice is sampled out to this many projector voxels past the band's end: beyond, the cubic B-spline's
+#: coefficients are the prefilter's ringing of a band that tapers to zero, below 1e-6 of the slice
+BAND_REACH_VOXELS = 3
+#: projectors up to this size also keep their coefficients as tiled planes (CPU): twice the memory, half the time
+PLANES_MAX_BYTES = 64 * 2**20
+
+
+def tile_planes(coeffs: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """A (C, D, H, W) volume's z planes side by side as one (1, C, rows, cols) image, ``ncol`` planes per row of
+    tiles, each followed by PLANE_PAD zero rows and columns (see :func:`cubic_bspline_sample_planes`)."""
+    c, d, h, w = coeffs.shape
+    ncol = math.ceil(math.sqrt(d))
+    nrow = math.ceil(d / ncol)
+    vol = F.pad(coeffs, (0, PLANE_PAD, 0, PLANE_PAD, 0, nrow * ncol - d))
+    image = vol.reshape(c, nrow, ncol, h + PLANE_PAD, w + PLANE_PAD).permute(0, 1, 3, 2, 4)
+    return image.reshape(1, c, nrow * (h + PLANE_PAD), ncol * (w + PLANE_PAD)).contiguous(), ncol
+
+
+def cubic_bspline_sample_planes(planes: torch.Tensor, ncol: int, shape_dhw: tuple[int, int, int],
+                                index_xyz: torch.Tensor) -> torch.Tensor:
+    """:func:`cubic_bspline_sample` of the volume that :func:`tile_planes` laid out as ``planes``: the same spline,
+    as four z taps of two-by-two bilinear fetches in (x, y), all through one 2-D ``grid_sample`` (its CPU kernel is
+    vectorised, the 3-D one is not: about twice as fast for the Fourier slices of small projectors). Returns (C, ...);
+    outside the volume the coefficients are zero."""
+    d, h, w = shape_dhw
+    dt = planes.dtype
+    x = index_xyz.reshape(-1, 3).to(dt)
+    m = x.shape[0]
+    i = torch.floor(x)
+    a = x - i
+    a2, a3 = a * a, a * a * a
+    w0, w1 = (1 - a) ** 3 / 6, (4 - 6 * a2 + 3 * a3) / 6
+    w2, w3 = (1 + 3 * a + 3 * a2 - 3 * a3) / 6, a3 / 6
+    g0, g1 = w0 + w1, w2 + w3
+    h0, h1 = i - 1 + w1 / g0, i + 1 + w3 / g1  # the two fetches per axis (x, y) and their weights g0, g1
+    iz = i[:, 2].long()
+    taps = iz[None, :] + torch.arange(-1, 3, device=x.device)[:, None]  # (4, M) z planes
+    # a point whose x or y floor lies outside [−2, side] touches no voxel (and would read a neighbouring tile)
+    inside = (i[:, 0] >= -2) & (i[:, 0] <= w) & (i[:, 1] >= -2) & (i[:, 1] <= h)
+    wz = torch.stack([w0[:, 2], w1[:, 2], w2[:, 2], w3[:, 2]]) * (((taps >= 0) & (taps < d)) & inside)
+    taps = taps.clamp(0, d - 1)
+    rows, cols = planes.shape[-2:]
+    sy, sx = 2.0 / rows, 2.0 / cols  # align_corners=False: pixel j at (2j + 1)/size − 1
+    tile = torch.arange(d, device=x.device)
+    oy = (((tile // ncol) * (h + PLANE_PAD)).to(dt) * sy + (sy / 2 - 1))[taps]  # (4, M) each tap's tile origin
+    ox = (((tile % ncol) * (w + PLANE_PAD)).to(dt) * sx + (sx / 2 - 1))[taps]
+    fx = torch.stack([h0[:, 0], h1[:, 0]]).clamp_(-3, w + 2) * sx  # (2, M)
+    fy = torch.stack([h0[:, 1], h1[:, 1]]).clamp_(-3, h + 2) * sy
+    grid = torch.empty((4, 2, 2, m, 2), dtype=dt, device=x.device)  # (z tap, y fetch, x fetch, point, (x, y))
+    grid[..., 0] = ox[:, None, None, :] + fx[None, None, :, :]
+    grid[..., 1] = oy[:, None, None, :] + fy[None, :, None, :]
+    wgt = wz[:, None, None, :] * (torch.stack([g0[:, 1], g1[:, 1]])[None, :, None, :]
+                                  * torch.stack([g0[:, 0], g1[:, 0]])[None, None, :, :])
+    out = F.grid_sample(planes, grid.reshape(1, 1, -1, 2), mode="bilinear", padding_mode="zeros",
+                        align_corners=False)[0, :, 0]  # (C, 16·M)
+    c = planes.shape[1]
+    return (out.reshape(c, 16, m) * wgt.reshape(1, 16, m)).sum(1).reshape((c,) + index_xyz.shape[:-1])
+
+
 def sample_slab(pmap: ParticleMap, rotations: torch.Tensor, centres_px: torch.Tensor, pixel_size_a: float,
                 z0_a: float, z1_a: float, box_px: int, n_z: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Projected potential (V·Å) of copies of ``pmap`` inside the slab z ∈ [z0, z1), per copy on a box.
@@ -275,6 +337,8 @@ class FourierProjector:
     pixel_size_a: float
     support_a: float  # radius holding the particle's potential (atoms + tails)
     absorption_ratio: float | None = None  # set when C = 2
+    band_limit_per_a: float | None = None  # where the transform's band ends (None: sample every frequency)
+    _planes: tuple | None = field(default=None, init=False, repr=False, compare=False)
 
     @property
     def size(self) -> int:
@@ -282,7 +346,23 @@ class FourierProjector:
 
     @property
     def nbytes(self) -> int:
-        return self.coeffs.numel() * self.coeffs.element_size()
+        held = self._planes[0] if self._planes is not None else None
+        return sum(t.numel() * t.element_size() for t in (self.coeffs, held) if t is not None)
+
+    def planes(self) -> tuple[torch.Tensor, int] | None:
+        """The coefficients as tiled planes for :func:`cubic_bspline_sample_planes` (made on first use), or None for
+        a projector above PLANES_MAX_BYTES (sampled by :func:`cubic_bspline_sample`: no second copy)."""
+        if self._planes is None and self.coeffs.numel() * self.coeffs.element_size() <= PLANES_MAX_BYTES \
+                and self.coeffs.device.type == "cpu":
+            self._planes = tile_planes(self.coeffs)
+        return self._planes
+
+    def sample(self, index_xyz: torch.Tensor) -> torch.Tensor:
+        """The coefficients' cubic B-spline at fractional indices (..., 3) (x, y, z); (C, ...)."""
+        planes = self.planes()
+        if planes is None:
+            return cubic_bspline_sample(self.coeffs, index_xyz)
+        return cubic_bspline_sample_planes(planes[0], planes[1], tuple(self.coeffs.shape[1:]), index_xyz)
 
     def box_px(self) -> int:
         return projection_box_px(self.support_a, self.pixel_size_a)
@@ -300,7 +380,16 @@ class FourierProjector:
                                 indexing="ij")
         k_scene = torch.stack([kx, ky, torch.zeros_like(kx)], -1)  # (box, box//2+1, 3) (x, y, z)
         k_type = torch.einsum("yxi,bij->byxj", k_scene, rotations.double())  # Rᵀk as row vectors: k @ R
-        c = cubic_bspline_sample(self.coeffs, k_type * (n * p) + n // 2).double()  # (C, B, box, half)
+        index = k_type * (n * p) + n // 2
+        if self.band_limit_per_a is None:
+            c = self.sample(index).double()  # (C, B, box, half)
+        else:  # past the band's end and the spline's reach (BAND_REACH_VOXELS) the slice is zero: sample the rest
+            reach = self.band_limit_per_a + BAND_REACH_VOXELS / (n * p)
+            keep = torch.nonzero((kx * kx + ky * ky <= reach * reach).reshape(-1)).squeeze(1)
+            nb = index.shape[0]
+            c = torch.zeros((self.coeffs.shape[0], nb, kx.numel()), dtype=torch.float64, device=dev)
+            c[:, :, keep] = self.sample(index.reshape(nb, -1, 3)[:, keep]).double()
+            c = c.reshape((c.shape[0], nb) + tuple(kx.shape))
         spec = torch.complex(c[0::2], c[1::2]).transpose(0, 1)  # (B, C/2, box, half)
         if transfer is not None:
             spec = spec * transfer(torch.sqrt(kx**2 + ky**2))
@@ -361,7 +450,9 @@ def build_fourier_projector(atoms: Atoms, table: ScatteringTable, *, pixel_size_
         spectrum[0] += ff_re * structure
         spectrum[1] += ff_im * structure
     del grid, structure
-    return projector_from_spectrum(spectrum, p, support, absorption_ratio, proportional)
+    projector = projector_from_spectrum(spectrum, p, support, absorption_ratio, proportional)
+    projector.band_limit_per_a = nyquist  # the soft band ends there
+    return projector
 
 
 def projector_from_spectrum(spectrum: torch.Tensor, pixel_size_a: float, support_a: float, absorption_ratio: float,

@@ -107,8 +107,9 @@ def antialias_mask(k2: torch.Tensor, pixel_size_a: float, fraction: float = 2.0 
     k = torch.sqrt(k2)
     if taper <= 0:
         return (k <= k_cut).to(k2.dtype)
-    edge = 0.5 * (1 + torch.cos(torch.pi * (k - k_cut + taper) / taper))
-    return torch.where(k <= k_cut - taper, torch.ones_like(k), torch.where(k > k_cut, torch.zeros_like(k), edge))
+    # the edge's cosine over a clamped phase: 1 inside the flat band (phase 0), 0 beyond the cut-off (phase π)
+    phase = ((k - (k_cut - taper)) * (1 / taper)).clamp_(0, 1).mul_(torch.pi)
+    return phase.cos_().add_(1).mul_(0.5)
 
 
 class SlicedBase:

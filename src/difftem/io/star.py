@@ -43,15 +43,59 @@ def _plain(v):
 def write_star(path: str | Path, blocks: dict, comment: str = "", float_format: str = "%.6f") -> Path:
     """Write ``blocks`` ({name: rows | DataFrame | dict}) as one STAR file, atomically; ``comment`` lines go first as
     ``#`` lines (RELION and starfile skip them)."""
+    head = "".join(f"# {line}".rstrip() + "\n" for line in comment.splitlines()) if comment else ""
+    loops = [_loop_text(name, block, float_format) for name, block in blocks.items()]
+    if all(text is not None for text in loops):  # plain rows: the same text starfile writes, without pandas
+        with atomic_path(path) as tmp:
+            tmp.write_text(head + "# Created by difftem\n\n\n" + "".join(loops))
+        return Path(path)
     import starfile
 
     frames = {name: _frame(block) for name, block in blocks.items()}
     with atomic_path(path) as tmp:
         starfile.write(frames, tmp, float_format=float_format)
-        if comment:
-            head = "".join(f"# {line}".rstrip() + "\n" for line in comment.splitlines())
+        if head:
             tmp.write_text(head + tmp.read_text())
     return Path(path)
+
+
+def _loop_text(name: str, block, float_format: str) -> str | None:
+    """A loop block of rows (dicts with the same keys, in the same order) as starfile writes it through pandas: one
+    column type per label (all int: integers; int and float: floats in ``float_format``; bool; str, quoted when
+    empty or holding a space), tab-separated; None for anything else (DataFrames, pairs, missing keys, mixed
+    columns, no rows), which goes through starfile."""
+    if not isinstance(block, (list, tuple)) or not block or not all(isinstance(r, dict) for r in block):
+        return None
+    labels = list(block[0])
+    if any(list(r) != labels for r in block) or any(not str(k) or any(c.isspace() for c in str(k)) for k in labels):
+        return None
+    columns = []
+    for label in labels:
+        values = [_plain(r[label]) for r in block]
+        kinds = {_kind(v) for v in values}
+        if kinds == {"int"}:
+            columns.append([str(int(v)) for v in values])
+        elif kinds <= {"int", "float"}:
+            columns.append(["<NA>" if v != v else float_format % v for v in values])
+        elif kinds == {"bool"}:
+            columns.append([str(bool(v)) for v in values])
+        elif kinds == {"str"}:
+            columns.append([f'"{v}"' if (" " in v or not v) else v for v in values])
+        else:
+            return None
+    header = f"data_{name}\n\nloop_\n" + "".join(f"_{label} #{i}\n" for i, label in enumerate(labels, 1))
+    rows = "".join("\t".join(cells) + "\n" for cells in zip(*columns, strict=True))
+    return header + rows + "\n\n"
+
+
+def _kind(v) -> str:
+    if isinstance(v, bool):
+        return "bool"
+    if isinstance(v, int):
+        return "int"
+    if isinstance(v, float):
+        return "float"
+    return "str" if isinstance(v, str) else "other"
 
 
 @dataclass
