@@ -32,7 +32,6 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
-from scipy import ndimage
 
 from .scene import ParticleType
 
@@ -111,6 +110,8 @@ def enclosed_cavities(mask: np.ndarray, voxel_a: float, probe_a: float = PROBE_A
     """The voxels of the cavities that ``mask`` encloses once its channels narrower than a probe of radius
     ``probe_a`` are closed: the holes of the mask grown by the probe, grown back by the probe (so the cavity reaches
     the mask's inner surface again)."""
+    from scipy import ndimage  # only crowds of atoms need it: kept off every run's start-up
+
     grown = ndimage.distance_transform_edt(~mask, sampling=voxel_a) <= probe_a
     holes = ndimage.binary_fill_holes(grown) & ~grown
     if not holes.any():
