@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import statistics
 import subprocess
@@ -76,8 +77,13 @@ CAPSULE_NM3 = {"6z6u_apoferritin.pdb.gz": 1266, "5a1a_betagal.cif.gz": 2038, "1a
                "1ubi_ubiquitin.pdb.gz": 26}
 
 
+#: a cytoplasm-like mix by molecules (many small proteins), for crowds excluded by atoms (--mix small)
+SMALL_MIX = {"6z6u_apoferritin.pdb.gz": 0.10, "5a1a_betagal.cif.gz": 0.20, "1ake_adk_chimerax.cif.gz": 0.30,
+             "1ubi_ubiquitin.pdb.gz": 0.40}
+
+
 def placement_only(out_json: Path, repeats: int = 1, threads=(2,), shape: str = "capsule",
-                   totals=(0.10, 0.20, 0.30), fields=(1250, 2500)) -> dict:
+                   totals=(0.10, 0.20, 0.30), fields=(1250, 2500), small_mix: bool = False) -> dict:
     """Placement alone at crowding of 10–30 % (capsules; the benchmark's mix scaled) on lamellae of 0.5 and 1 µm
     across, with vesicles and fiducials: copies and seconds (min and median of ``repeats`` interleaved runs per
     thread count; the placer is numpy, torch threads barely matter). ``shape`` spheres: the same mix by molecules,
@@ -90,13 +96,14 @@ def placement_only(out_json: Path, repeats: int = 1, threads=(2,), shape: str = 
 
     cases = []
     by_molecule = {f: FRACTIONS[f] * MOLECULAR_NM3[f] / CAPSULE_NM3[f] for f in FRACTIONS}
-    mix = FRACTIONS if shape == "capsule" else by_molecule
+    mix = FRACTIONS if shape == "capsule" else SMALL_MIX if small_mix else by_molecule
     for total in totals:
         for side in fields:
             cfg = cellular_config(side)
             if shape != "capsule":  # molecular fractions, excluded by spheres or (molecular_capsule) by capsules
-                cfg["sample"]["crowding"] = {"basis": "molecular", "shape": shape.replace("molecular_", ""),
-                                             "min_gap_a": 2.0}
+                cfg["sample"]["crowding"] = {"basis": "molecular", "shape": shape.replace("molecular_", "")}
+                if shape != "atoms":  # atoms: the default gap (0; their voxels reach a van der Waals radius)
+                    cfg["sample"]["crowding"]["min_gap_a"] = 2.0
             for p, f in zip(cfg["sample"]["particles"], FRACTIONS, strict=False):
                 p["volume_fraction"] = total * mix[f] / sum(mix.values())  # the benchmark's mix, scaled
             cases.append((total, side, config_from_dict(cfg)))
@@ -137,7 +144,7 @@ def placement_only(out_json: Path, repeats: int = 1, threads=(2,), shape: str = 
               + ", ".join(f"{n} thr min {min(times[i, n]):.2f} s median {statistics.median(times[i, n]):.2f} s"
                           for n in threads), flush=True)
     record = {"placement": rows, "repeats": repeats, "shape": shape,
-              "machine": "2 cores shared with 4 other sessions (loaded)"}
+              "load_average_1min_end": os.getloadavg()[0], "mix": "small" if small_mix else "benchmark"}
     out_json.parent.mkdir(parents=True, exist_ok=True)
     out_json.write_text(json.dumps(record, indent=1))
     return record
@@ -252,7 +259,10 @@ def main() -> None:
     ap.add_argument("--no-filaments", action="store_true", help="leave the filaments out (the 1 µm run recorded in "
                                                                  "cellular_2500_11tilts.json had none)")
     ap.add_argument("--repeats", type=int, default=1, help="placement-only: interleaved repeats at 1 and 2 threads")
-    ap.add_argument("--excluded", choices=("capsule", "spheres", "molecular_capsule"), default="capsule",
+    ap.add_argument("--mix", choices=("benchmark", "small"), default="benchmark",
+                    help="placement-only, by molecules: the benchmark's mix, or a cytoplasm-like one (apoferritin "
+                         "10 %, β-galactosidase 20 %, adenylate kinase 30 %, ubiquitin 40 %)")
+    ap.add_argument("--excluded", choices=("capsule", "spheres", "molecular_capsule", "atoms"), default="capsule",
                     help="placement-only: spheres: molecular fractions, copies excluded by spheres; molecular_capsule: "
                          "molecular fractions, excluded by capsules")
     ap.add_argument("--totals", type=float, nargs="+", default=None, help="placement-only: the crowd's fractions")
@@ -278,9 +288,11 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     if args.placement_only:
         name = "cellular_placement.json" if args.excluded == "capsule" else f"cellular_placement_{args.excluded}.json"
+        if args.mix == "small":
+            name = name.replace(".json", "_small_mix.json")
         placement_only(ROOT / "benchmarks" / "results" / name, args.repeats,
                        (1, 2) if args.repeats > 1 else (args.threads,), args.excluded,
-                       tuple(args.totals or (0.10, 0.20, 0.30)), tuple(args.fields))
+                       tuple(args.totals or (0.10, 0.20, 0.30)), tuple(args.fields), args.mix == "small")
         return
     from difftem.config import config_from_dict
     from difftem.simulate.labels import make_labels
@@ -342,7 +354,7 @@ def main() -> None:
               "ice_structure": result.metadata.get("ice_structure"), "modes": [
                   (t["name"], t.get("mode")) for t in result.metadata["particle_types"]],
               "cpu_s": cpu_s(), "reconstruct_cpu_s": cpu_s(resource.RUSAGE_CHILDREN), "ticks": ticks,
-              "machine": "2 cores shared with 4 other sessions (loaded)", "png": str(args.png)}
+              "load_average_1min_end": os.getloadavg()[0], "png": str(args.png)}
     out_json.parent.mkdir(parents=True, exist_ok=True)
     out_json.write_text(json.dumps(record, indent=1, default=str))
     print(f"\n{'stage':<14}{'seconds':>10}")
