@@ -153,7 +153,7 @@ def test_crowd_by_atoms_says_where_it_jams():
     """Fractions beyond reach are refused naming the field: up front when the molecule voxels alone would fill more
     than 55 % of the free volume, else, after shaking, with the fraction reached and the shakes."""
     def cfg(frac, gap):
-        return config_from_dict({"seed": 5, "detector": {"shape_px": [96, 96], "pixel_size_a": 4.0},
+        return config_from_dict({"seed": 5, "detector": {"shape_px": [64, 64], "pixel_size_a": 4.0},
                                  "sample": {"ice_thickness_nm": 30,
                                             "crowding": {"basis": "molecular", "shape": "atoms", "min_gap_a": gap},
                                             "particles": [{"name": "ubi", "structure": "builtin:1ubi",

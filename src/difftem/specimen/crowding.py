@@ -54,7 +54,8 @@ MIN_ACCEPTANCE = 2e-3  # a type whose last JAM_WINDOW proposals were accepted le
 JAM_WINDOW = 20_000
 MIN_ACCEPTANCE_ATOMS, JAM_WINDOW_ATOMS = 2e-3, 200_000  # the same for copies excluded voxel by voxel, which are
 # shaken (MAX_SHAKES times) before the type is called jammed
-MAX_SHAKES, SHAKE_SWEEPS = 30, 2  # a stalled type's crowd is shaken (SHAKE_SWEEPS sweeps) at most MAX_SHAKES times
+MAX_SHAKES, SHAKE_SWEEPS = 60, 2
+ATOMS_BATCH = 4096  # the least batch of proposals of a crowd of atoms  # a stalled type's crowd is shaken (SHAKE_SWEEPS sweeps) at most MAX_SHAKES times
 FILL_LIMIT_ATOMS = 0.55  # molecules pack far past their bounding shapes' jam: the placer says where it stops
 PIECE_MIN_A = 100.0  # obstacle capsules are split into pieces no longer than max(radius, this)
 
@@ -403,7 +404,9 @@ def crowded_placement(types: list[ParticleType], targets: list[CrowdTarget], *, 
         own = _CellHash(lo, hi, max(2 * reach + gap_a, 1.0))
         own_a, own_b, own_r = np.zeros((0, 3)), np.zeros((0, 3)), np.zeros(0)
         n_got, proposed, acceptance, window, shaken = 0, 0, 0.5, [0, 0], 0  # window: proposals, accepted
-        cap = max(64, int(BATCH_VOLUME * v_free / vol[t][2]))
+        # a batch fills at most BATCH_VOLUME of the free volume (a batch's conflicts stay rare); a crowd of atoms
+        # resolves them voxel by voxel, so its batches may be larger (the tail of a dense crowd refuses most)
+        cap = max(64 if shape_v is None else ATOMS_BATCH, int(BATCH_VOLUME * v_free / vol[t][2]))
         # a voxel test refuses most proposals after a few dozen lookups: it may try many more before calling a jam
         jam_window, min_acceptance = _JAM_RULE[shape_v is not None]
         while n_got < need:
