@@ -54,8 +54,8 @@ MIN_ACCEPTANCE = 2e-3  # a type whose last JAM_WINDOW proposals were accepted le
 JAM_WINDOW = 20_000
 MIN_ACCEPTANCE_ATOMS, JAM_WINDOW_ATOMS = 2e-3, 200_000  # the same for copies excluded voxel by voxel, which are
 # shaken (MAX_SHAKES times) before the type is called jammed
-MAX_SHAKES, SHAKE_SWEEPS = 60, 2
-ATOMS_BATCH = 4096  # the least batch of proposals of a crowd of atoms  # a stalled type's crowd is shaken (SHAKE_SWEEPS sweeps) at most MAX_SHAKES times
+MAX_SHAKES, SHAKE_SWEEPS = 60, 2  # a stalled type's crowd is shaken (SHAKE_SWEEPS sweeps) at most MAX_SHAKES times
+ATOMS_BATCH = 4096  # the least batch of proposals of a crowd of atoms
 FILL_LIMIT_ATOMS = 0.55  # molecules pack far past their bounding shapes' jam: the placer says where it stops
 PIECE_MIN_A = 100.0  # obstacle capsules are split into pieces no longer than max(radius, this)
 
