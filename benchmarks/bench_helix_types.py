@@ -17,10 +17,11 @@ import json
 import os
 import resource
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
+
+from _child import run_child as _run_child  # benchmarks/_child.py (the scripts run from this folder)
 
 ROOT = Path(__file__).resolve().parents[1]
 TMV = ROOT / ".." / "shared" / "data" / "structures" / "2om3_tmv_cssmol.pdb.gz"
@@ -88,13 +89,7 @@ def _child(threads: int, length_nm: float) -> None:
 
 
 def run_child(src: str, threads: int, length_nm: float, case: str = "tilts") -> dict:
-    env = {**os.environ, "PYTHONPATH": str(Path(src).resolve())}
-    proc = subprocess.run([sys.executable, __file__, "--child", str(threads), "--length-nm", str(length_nm),
-                           "--case", case], capture_output=True, text=True, env=env)
-    for line in proc.stdout.splitlines():
-        if line.startswith("RESULT "):
-            return json.loads(line[7:])
-    raise RuntimeError(f"{src} failed:\n{proc.stderr[-3000:]}")
+    return _run_child(__file__, ["--child", str(threads), "--length-nm", str(length_nm), "--case", case], src)
 
 
 def main() -> None:

@@ -18,14 +18,12 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import resource
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
+from _child import run_child as _run_child  # benchmarks/_child.py (the scripts run from this folder)
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "structures"
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -116,12 +114,7 @@ def _child(kind: str, arg: str, device: str) -> None:
 
 
 def run_child(kind: str, arg: str, device: str) -> dict:
-    proc = subprocess.run([sys.executable, __file__, "--child", kind, arg, "--device", device],
-                          capture_output=True, text=True, env={**os.environ})
-    for line in proc.stdout.splitlines():
-        if line.startswith("RESULT "):
-            return json.loads(line[7:])
-    raise RuntimeError(f"{kind} {arg} failed:\n{proc.stderr[-3000:]}")
+    return _run_child(__file__, ["--child", kind, arg, "--device", device])
 
 
 def main() -> None:

@@ -17,10 +17,11 @@ import json
 import os
 import resource
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
+
+from _child import run_child as _run_child  # benchmarks/_child.py (the scripts run from this folder)
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -83,13 +84,7 @@ def _probe_child(threads: int) -> None:
 
 
 def run_child(src: str, threads: int, case: str = "series") -> dict:
-    env = {**os.environ, "PYTHONPATH": str(Path(src).resolve())}
-    proc = subprocess.run([sys.executable, __file__, "--child", str(threads), "--case", case], capture_output=True,
-                          text=True, env=env)
-    for line in proc.stdout.splitlines():
-        if line.startswith("RESULT "):
-            return json.loads(line[7:])
-    raise RuntimeError(f"{src} failed:\n{proc.stderr[-3000:]}")
+    return _run_child(__file__, ["--child", str(threads), "--case", case], src)
 
 
 def main() -> None:
