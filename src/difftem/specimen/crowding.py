@@ -337,6 +337,10 @@ def _target_counts(types, targets: list[CrowdTarget], v_free: float, basis: str,
     fill = sum(counts[g.type_index] * vol[g.type_index][2] for g in targets) / v_free
     if fill > (FILL_LIMIT_ATOMS if voxels else FILL_LIMIT):
         tg = max(targets, key=lambda g: counts[g.type_index] * vol[g.type_index][2])
+        if voxels:
+            raise ConfigError(f"{tg.field}: the crowd's molecule voxels (with half of sample.crowding.min_gap_a) "
+                              f"would fill {100 * fill:.0f} % of the free volume (at most "
+                              f"{100 * FILL_LIMIT_ATOMS:.0f} % is tried); lower the volume fractions")
         raise ConfigError(f"{tg.field}: the crowd's bounding shapes (with half of sample.crowding.min_gap_a) would "
                           f"fill {100 * fill:.0f} % of the free volume and random packing jams near 35–38 %; lower "
                           "the volume fractions" + (" (basis molecular counts only the molecules: their capsules "
