@@ -548,24 +548,31 @@ def _shake(occ, voxels: dict, crowd: _Crowd, types, obst_tests: dict, field_a, p
     return crowd
 
 
-def _capsule_ends(bd: Bounds, pos: np.ndarray, rot: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _extent(bd: Bounds, rot: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per rotation: the capsule's centre and half axis about the copy's origin, and its per-axis half extent."""
     c = rot @ bd.centre_a
     ax = (rot @ bd.axis) * bd.half_length_a
+    return c, ax, np.abs(c) + np.abs(ax) + bd.radius_a
+
+
+def _thinnest_ice(profile: IceProfile, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """(M,) the ice's thickness (Å) under the thinner of two points (M, 3) (x, y used)."""
+    if profile.is_flat and profile.kind == "flat":
+        return np.full(len(a), profile.thickness_a)
+    return torch.minimum(profile.thickness_at(torch.as_tensor(a[:, 0]), torch.as_tensor(a[:, 1])),
+                         profile.thickness_at(torch.as_tensor(b[:, 0]), torch.as_tensor(b[:, 1]))).numpy()
+
+
+def _capsule_ends(bd: Bounds, pos: np.ndarray, rot: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    c, ax, _ = _extent(bd, rot)
     return pos + c - ax, pos + c + ax
 
 
 def _inside(bd: Bounds, pos: np.ndarray, rot: np.ndarray, field_a, profile: IceProfile) -> np.ndarray:
     """(M,) whether each copy's capsule lies in the field and in the ice under its two ends."""
-    c = rot @ bd.centre_a
-    ax = (rot @ bd.axis) * bd.half_length_a
-    reach = np.abs(c) + np.abs(ax) + bd.radius_a
+    c, ax, reach = _extent(bd, rot)
+    thick = _thinnest_ice(profile, pos + c - ax, pos + c + ax)
     wx, wy = field_a
-    a, b = _capsule_ends(bd, pos, rot)
-    if profile.is_flat and profile.kind == "flat":
-        thick = np.full(len(pos), profile.thickness_a)
-    else:
-        thick = torch.minimum(profile.thickness_at(torch.as_tensor(a[:, 0]), torch.as_tensor(a[:, 1])),
-                              profile.thickness_at(torch.as_tensor(b[:, 0]), torch.as_tensor(b[:, 1]))).numpy()
     return ((np.abs(pos[:, 0]) <= wx / 2 - reach[:, 0]) & (np.abs(pos[:, 1]) <= wy / 2 - reach[:, 1])
             & (np.abs(pos[:, 2]) <= thick / 2 - reach[:, 2]))
 
@@ -587,19 +594,14 @@ def _proposals(bd: Bounds, n: int, uniform: bool, field_a, profile: IceProfile, 
     """``n`` poses of a type whose capsules lie in the field and the ice (fewer where the ice is thin): centres,
     rotations and the capsules' scene-frame ends."""
     rot = random_rotations(n, rng) if uniform else np.broadcast_to(np.eye(3), (n, 3, 3)).copy()
-    c = rot @ bd.centre_a
-    ax = (rot @ bd.axis) * bd.half_length_a
-    reach = np.abs(c) + np.abs(ax) + bd.radius_a  # per-axis half extent about the copy's origin
+    c, ax, reach = _extent(bd, rot)
     wx, wy = field_a
     u = rng.random((n, 4))
     x = (-wx / 2 + reach[:, 0]) + u[:, 0] * (wx - 2 * reach[:, 0])
     y = (-wy / 2 + reach[:, 1]) + u[:, 1] * (wy - 2 * reach[:, 1])
-    if profile.is_flat and profile.kind == "flat":
-        thick = np.full(n, profile.thickness_a)
-    else:  # the thinnest ice under the capsule's two ends; keep a point with probability t / t_max (uniform volume)
-        ends = [x + c[:, 0] - ax[:, 0], y + c[:, 1] - ax[:, 1], x + c[:, 0] + ax[:, 0], y + c[:, 1] + ax[:, 1]]
-        ends = [torch.as_tensor(e) for e in ends]
-        thick = torch.minimum(profile.thickness_at(ends[0], ends[1]), profile.thickness_at(ends[2], ends[3])).numpy()
+    # keep a point with probability t / t_max (uniform by volume)
+    xy = np.stack([x, y, np.zeros(n)], 1)
+    thick = _thinnest_ice(profile, xy + c - ax, xy + c + ax)
     z = (-thick / 2 + reach[:, 2]) + u[:, 2] * (thick - 2 * reach[:, 2])
     keep = (wx > 2 * reach[:, 0]) & (wy > 2 * reach[:, 1]) & (thick > 2 * reach[:, 2]) & (u[:, 3] * t_max_a <= thick)
     pos = np.stack([x, y, z], 1)[keep]
@@ -646,13 +648,14 @@ def crowd_scene(config, types: list[ParticleType], placement: Placement, vesicle
         covers = {t: sphere_cover(types[t], cfg.sphere_radius_a, cfg.max_spheres) for t in crowd}
         covers = {t: c for t, c in covers.items()
                   if c.grown_volume_a3(gap / 2) < capsule_volume_a3(types[t].bounds, gap / 2)}
+    profile = IceProfile.from_config(config.sample)
     voxels = None
     if cfg is not None and cfg.shape == "atoms":  # every crowd type's molecule voxels, one voxel size for all
-        t_hi = IceProfile.from_config(config.sample).bounds_a(0.5 * max(field_a))[1]
+        t_hi = profile.bounds_a(0.5 * max(field_a))[1]
         smallest = min(molecular_volume_a3(types[t]) or capsule_volume_a3(types[t].bounds) for t in crowd)
         vox = grid_voxel_a(smallest, field_a[0] * field_a[1] * max(t_hi, 1.0))
         voxels = {t: voxel_shape(types[t], vox, gap / 2, seed=t) for t in crowd}
     rng = np.random.default_rng(np.random.SeedSequence([config.seed, 0xC40D, offset]))
-    return crowded_placement(types, targets, field_a=field_a, profile=IceProfile.from_config(config.sample), rng=rng,
+    return crowded_placement(types, targets, field_a=field_a, profile=profile, rng=rng,
                              obstacles=obstacles, basis=basis, gap_a=gap, covers=covers, sheets=sheets,
                              voxels=voxels)

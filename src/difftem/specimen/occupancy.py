@@ -33,6 +33,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..core.rotations import matrix_from_rotation_vector
 from .scene import ParticleType
 
 ATOM_REACH_A = 1.8  # a voxel is the molecule's when its centre lies within this of an atom centre (a carbon's
@@ -137,10 +138,6 @@ class Occupancy:
             raise ValueError(f"occupancy grid of {self.shape.tolist()} voxels is above the limit")
         self.grid = np.zeros(int(np.prod(self.shape)), bool)
 
-    @property
-    def occupied_a3(self) -> float:
-        return float(np.count_nonzero(self.grid)) * self.voxel**3
-
     def index(self, shape: VoxelShape, rot: np.ndarray, pos: np.ndarray) -> np.ndarray:
         """(M, P) flat indices of the voxels of M copies of ``shape``."""
         return np.concatenate([self._index(rot[sl], pos[sl], shape.points_a)
@@ -183,8 +180,7 @@ class Occupancy:
         cand = np.flatnonzero(self.clear(shape, rot, pos))
         if not len(cand):
             return cand
-        idx = np.concatenate([self._index(rot[cand[sl]], pos[cand[sl]], shape.points_a).ravel()
-                              for sl in self._chunks(len(cand), len(shape))])
+        idx = self.index(shape, rot[cand], pos[cand]).ravel()
         owner = np.repeat(np.arange(len(cand)), len(shape))
         won = np.flatnonzero(~_later_clashes(idx, owner, len(cand)))[:limit]
         keep = np.zeros(len(cand), bool)
@@ -204,15 +200,11 @@ def _later_clashes(idx: np.ndarray, owner: np.ndarray, n: int) -> np.ndarray:
 
 
 def _small_rotations(n: int, max_rad: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """(n, 3, 3) rotations about uniform random axes by angles uniform in [-max_rad, max_rad] (Rodrigues)."""
+    """(n, 3, 3) rotations about uniform random axes by angles uniform in [-max_rad, max_rad]."""
     axis = rng.normal(size=(n, 3))
     axis /= np.linalg.norm(axis, axis=1, keepdims=True)
     ang = (rng.random(n) * 2 - 1) * max_rad
-    k = np.zeros((n, 3, 3))
-    k[:, 0, 1], k[:, 0, 2], k[:, 1, 2] = -axis[:, 2], axis[:, 1], -axis[:, 0]
-    k -= k.transpose(0, 2, 1)
-    s, c = np.sin(ang)[:, None, None], np.cos(ang)[:, None, None]
-    return np.eye(3)[None] + s * k + (1 - c) * (k @ k)
+    return matrix_from_rotation_vector(axis * ang[:, None])
 
 
 def relax(occ: Occupancy, shapes: dict, kind: np.ndarray, pos: np.ndarray, rot: np.ndarray, step_a: dict,
