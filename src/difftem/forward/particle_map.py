@@ -28,7 +28,7 @@ from ..core.elements import atomic_mass_da
 from ..core.fft import fft3, fftshift, freq_per_a, good_fft_size, ifft3, irfft2, irfft3, k2_per_a2, rfft3
 from ..specimen.structure import Atoms
 from .potential import IceModel, displaced_volume_a3
-from .scattering import ScatteringTable, radial_lookup
+from .scattering import RadialGrid, ScatteringTable
 
 SPREAD_SIGMA_VOXELS = 0.8  # σ_s of the spreading Gaussian: aliasing e^{-π²σ²·…} vs deapodisation gain
 SPREAD_HALF_WIDTH = 3  # voxels each side (3.75 σ_s: truncation below 1e-3 of the peak)
@@ -69,9 +69,10 @@ class ParticleMap:
         return ParticleMap(vol, self.voxel_a, self.radius_a, self.band_limit_per_a)
 
 
-def _element_factors(table, z: int, mass_da: float, k: torch.Tensor, k_max: float, absorption_ratio: float,
-                     ice: IceModel | None) -> tuple[torch.Tensor, torch.Tensor]:
-    """(real, imaginary) 3-D form factors (V·Å³) of element z on |k| ≤ k_max: C·f_e, minus displaced ice."""
+def _element_factors(table, z: int, mass_da: float, k: RadialGrid, absorption_ratio: float, ice: IceModel | None,
+                     imaginary: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(real, imaginary) 3-D form factors (V·Å³) of element z on the grid ``k``: C·f_e, minus displaced ice (the
+    imaginary part None unless ``imaginary``)."""
     def real(k2):
         ff = table.projected_form_factor(z, k2)
         if ice is not None:
@@ -85,7 +86,7 @@ def _element_factors(table, z: int, mass_da: float, k: torch.Tensor, k_max: floa
             ff = ff - ice.absorption_potential_v * displaced_a3 * torch.exp(-ice.solvent_b_a2 * k2 / 4)
         return ff
 
-    return radial_lookup(real, k, k_max), radial_lookup(imag, k, k_max)
+    return k(real), (k(imag) if imaginary else None)
 
 
 def _bspline_dft(k, voxel_a):
@@ -170,6 +171,7 @@ def build_particle_map(atoms: Atoms, table: ScatteringTable, *, pixel_size_a: fl
     spectrum = torch.zeros((2,) + k2.shape, dtype=torch.complex128, device=device)
     masses = atomic_mass_da(np.arange(0, 93))
     displace = ice is not None and ice.thickness_a > 0
+    k_grid = RadialGrid(k, nyquist)
     for z in np.unique(z_all):
         sel = torch.as_tensor(np.flatnonzero(z_all == z), device=device)
         # the element's smallest B goes to Fourier space; only the excess widens the spread kernels
@@ -178,7 +180,7 @@ def build_particle_map(atoms: Atoms, table: ScatteringTable, *, pixel_size_a: fl
         grid = torch.zeros(d * d * d, dtype=torch.float64, device=device)
         _spread(grid, pos_vox[sel], sigma_vox, weight[sel], d)
         structure = rfft3(grid.reshape(d, d, d)) * (common * torch.exp(-b_floor * k2 / 4))
-        ff_re, ff_im = _element_factors(table, int(z), float(masses[z]), k, nyquist, absorption_ratio,
+        ff_re, ff_im = _element_factors(table, int(z), float(masses[z]), k_grid, absorption_ratio,
                                         ice if displace else None)
         spectrum[0] += ff_re * structure
         spectrum[1] += ff_im * structure
@@ -239,7 +241,8 @@ def tile_planes(coeffs: torch.Tensor) -> tuple[torch.Tensor, int]:
     nrow = math.ceil(d / ncol)
     vol = F.pad(coeffs, (0, PLANE_PAD, 0, PLANE_PAD, 0, nrow * ncol - d))
     image = vol.reshape(c, nrow, ncol, h + PLANE_PAD, w + PLANE_PAD).permute(0, 1, 3, 2, 4)
-    return image.reshape(1, c, nrow * (h + PLANE_PAD), ncol * (w + PLANE_PAD)).contiguous(), ncol
+    image = image.reshape(1, c, nrow * (h + PLANE_PAD), ncol * (w + PLANE_PAD))
+    return image.contiguous(), ncol
 
 
 def cubic_bspline_sample_planes(planes: torch.Tensor, ncol: int, shape_dhw: tuple[int, int, int],
@@ -254,33 +257,32 @@ def cubic_bspline_sample_planes(planes: torch.Tensor, ncol: int, shape_dhw: tupl
     m = x.shape[0]
     i = torch.floor(x)
     a = x - i
-    a2, a3 = a * a, a * a * a
-    w0, w1 = (1 - a) ** 3 / 6, (4 - 6 * a2 + 3 * a3) / 6
-    w2, w3 = (1 + 3 * a + 3 * a2 - 3 * a3) / 6, a3 / 6
-    g0, g1 = w0 + w1, w2 + w3
-    h0, h1 = i - 1 + w1 / g0, i + 1 + w3 / g1  # the two fetches per axis (x, y) and their weights g0, g1
-    iz = i[:, 2].long()
-    taps = iz[None, :] + torch.arange(-1, 3, device=x.device)[:, None]  # (4, M) z planes
+    a2 = a * a
+    a3 = a2 * a
+    w0, w1, w3 = (1 - a) ** 3 / 6, 2 / 3 - a2 + a3 / 2, a3 / 6  # the spline's four weights; w2 = 1 − w0 − w1 − w3
+    g0 = w0 + w1  # the two fetches per axis: weights g0, 1 − g0 at voxel positions h0, h1
+    h0, h1 = i - 1 + w1 / g0, i + 1 + w3 / (1 - g0)
+    rows, cols = planes.shape[-2:]
+    scale = torch.tensor([2.0 / cols, 2.0 / rows], dtype=dt, device=x.device)  # align_corners=False: pixel j at
+    reach = torch.tensor([w + 2.0, h + 2.0], dtype=dt, device=x.device)  # (2j + 1)/size − 1
+    fxy = torch.minimum(torch.stack([h0[:, :2], h1[:, :2]]).clamp_(min=-3.0), reach).mul_(scale)  # (2, M, (x, y))
+    taps = i[:, 2].long() + torch.arange(-1, 3, device=x.device)[:, None]  # (4, M) z planes
     # a point whose x or y floor lies outside [−2, side] touches no voxel (and would read a neighbouring tile)
     inside = (i[:, 0] >= -2) & (i[:, 0] <= w) & (i[:, 1] >= -2) & (i[:, 1] <= h)
-    wz = torch.stack([w0[:, 2], w1[:, 2], w2[:, 2], w3[:, 2]]) * (((taps >= 0) & (taps < d)) & inside)
-    taps = taps.clamp(0, d - 1)
-    rows, cols = planes.shape[-2:]
-    sy, sx = 2.0 / rows, 2.0 / cols  # align_corners=False: pixel j at (2j + 1)/size − 1
+    wz = torch.stack([w0[:, 2], w1[:, 2], 1 - g0[:, 2] - w3[:, 2], w3[:, 2]]) * ((taps >= 0) & (taps < d) & inside)
     tile = torch.arange(d, device=x.device)
-    oy = (((tile // ncol) * (h + PLANE_PAD)).to(dt) * sy + (sy / 2 - 1))[taps]  # (4, M) each tap's tile origin
-    ox = (((tile % ncol) * (w + PLANE_PAD)).to(dt) * sx + (sx / 2 - 1))[taps]
-    fx = torch.stack([h0[:, 0], h1[:, 0]]).clamp_(-3, w + 2) * sx  # (2, M)
-    fy = torch.stack([h0[:, 1], h1[:, 1]]).clamp_(-3, h + 2) * sy
+    origin = torch.stack([(tile % ncol) * (w + PLANE_PAD), (tile // ncol) * (h + PLANE_PAD)], 1).to(dt) * scale \
+        + (scale / 2 - 1)  # (d, (x, y)) each plane's tile origin
+    org = origin.index_select(0, taps.clamp_(0, d - 1).view(-1)).view(4, m, 2)
     grid = torch.empty((4, 2, 2, m, 2), dtype=dt, device=x.device)  # (z tap, y fetch, x fetch, point, (x, y))
-    grid[..., 0] = ox[:, None, None, :] + fx[None, None, :, :]
-    grid[..., 1] = oy[:, None, None, :] + fy[None, :, None, :]
-    wgt = wz[:, None, None, :] * (torch.stack([g0[:, 1], g1[:, 1]])[None, :, None, :]
-                                  * torch.stack([g0[:, 0], g1[:, 0]])[None, None, :, :])
-    out = F.grid_sample(planes, grid.reshape(1, 1, -1, 2), mode="bilinear", padding_mode="zeros",
-                        align_corners=False)[0, :, 0]  # (C, 16·M)
+    grid[..., 0] = org[:, None, None, :, 0] + fxy[None, None, :, :, 0]
+    grid[..., 1] = org[:, None, None, :, 1] + fxy[None, :, None, :, 1]
+    gx, gy = torch.stack([g0[:, 0], 1 - g0[:, 0]]), torch.stack([g0[:, 1], 1 - g0[:, 1]])
+    wgt = wz[:, None, None, :] * (gy[:, None, :] * gx[None, :, :])[None]
+    out = F.grid_sample(planes, grid.view(1, 1, -1, 2), mode="bilinear", padding_mode="zeros",
+                        align_corners=False)  # (1, C, 1, 16·M)
     c = planes.shape[1]
-    return (out.reshape(c, 16, m) * wgt.reshape(1, 16, m)).sum(1).reshape((c,) + index_xyz.shape[:-1])
+    return out.view(c, 16, m).mul_(wgt.view(16, m)).sum(1).reshape((c,) + index_xyz.shape[:-1])
 
 
 def sample_slab(pmap: ParticleMap, rotations: torch.Tensor, centres_px: torch.Tensor, pixel_size_a: float,
@@ -339,6 +341,7 @@ class FourierProjector:
     absorption_ratio: float | None = None  # set when C = 2
     band_limit_per_a: float | None = None  # where the transform's band ends (None: sample every frequency)
     _planes: tuple | None = field(default=None, init=False, repr=False, compare=False)
+    _slices: dict = field(default_factory=dict, init=False, repr=False, compare=False)
 
     @property
     def size(self) -> int:
@@ -367,6 +370,24 @@ class FourierProjector:
     def box_px(self) -> int:
         return projection_box_px(self.support_a, self.pixel_size_a)
 
+    def slice_frequencies(self, box_px: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The frequencies a copy's slice samples on a ``box_px`` box: ((K, 2) (kx, ky) in 1/Å, float64; (K,) their
+        flat index in the (box, box//2 + 1) half plane). Past the band's end and the spline's reach
+        (BAND_REACH_VOXELS) the slice is zero, so only the disc inside is sampled; made once per box."""
+        cached = self._slices.get(box_px)
+        if cached is None:
+            dev, p, n = self.coeffs.device, self.pixel_size_a, self.size
+            ky, kx = torch.meshgrid(freq_per_a(box_px, p, device=dev), freq_per_a(box_px, p, half=True, device=dev),
+                                    indexing="ij")
+            k = torch.stack([kx.reshape(-1), ky.reshape(-1)], 1)
+            if self.band_limit_per_a is None:
+                flat = torch.arange(k.shape[0], device=dev)
+            else:
+                reach = self.band_limit_per_a + BAND_REACH_VOXELS / (n * p)
+                flat = torch.nonzero((k * k).sum(1) <= reach * reach).squeeze(1)
+            cached = self._slices[box_px] = (k[flat].contiguous(), flat)
+        return cached
+
     def project(self, rotations: torch.Tensor, offsets_a: torch.Tensor, box_px: int,
                 transfer=None) -> torch.Tensor:
         """(B, 2, box, box) projected potential (V·Å; real, imaginary) of B copies.
@@ -374,28 +395,21 @@ class FourierProjector:
         rotations (B, 3, 3) type → scene; offsets_a (B, 2) (x, y) of each copy centre from its box's
         pixel [0, 0], in Å. ``transfer``: optional isotropic H(|k|) (e.g. radiation damage).
         """
-        dev = self.coeffs.device
         p, n = self.pixel_size_a, self.size
-        ky, kx = torch.meshgrid(freq_per_a(box_px, p, device=dev), freq_per_a(box_px, p, half=True, device=dev),
-                                indexing="ij")
-        k_scene = torch.stack([kx, ky, torch.zeros_like(kx)], -1)  # (box, box//2+1, 3) (x, y, z)
-        k_type = torch.einsum("yxi,bij->byxj", k_scene, rotations.double())  # Rᵀk as row vectors: k @ R
-        index = k_type * (n * p) + n // 2
-        if self.band_limit_per_a is None:
-            c = self.sample(index).double()  # (C, B, box, half)
-        else:  # past the band's end and the spline's reach (BAND_REACH_VOXELS) the slice is zero: sample the rest
-            reach = self.band_limit_per_a + BAND_REACH_VOXELS / (n * p)
-            keep = torch.nonzero((kx * kx + ky * ky <= reach * reach).reshape(-1)).squeeze(1)
-            nb = index.shape[0]
-            c = torch.zeros((self.coeffs.shape[0], nb, kx.numel()), dtype=torch.float64, device=dev)
-            c[:, :, keep] = self.sample(index.reshape(nb, -1, 3)[:, keep]).double()
-            c = c.reshape((c.shape[0], nb) + tuple(kx.shape))
-        spec = torch.complex(c[0::2], c[1::2]).transpose(0, 1)  # (B, C/2, box, half)
+        k, flat = self.slice_frequencies(box_px)
+        nb, half = rotations.shape[0], box_px // 2 + 1
+        # Rᵀk of the scene's (kx, ky, 0) as row vectors: k @ R's first two rows
+        index = (k @ rotations[:, :2, :].double()) * (n * p) + n // 2  # (B, K, 3) projector voxels
+        c = self.sample(index)  # (C, B, K)
+        spec = torch.complex(c[0::2].float(), c[1::2].float())  # (C/2, B, K)
         if transfer is not None:
-            spec = spec * transfer(torch.sqrt(kx**2 + ky**2))
-        shift = kx[None] * offsets_a[:, 0, None, None] + ky[None] * offsets_a[:, 1, None, None]
-        phase = torch.exp(-2j * math.pi * shift)
-        out = irfft2((spec * phase[:, None]).to(torch.complex64), (box_px, box_px)) / (p * p)
+            spec = spec * transfer(k.norm(dim=1)).float()
+        # the copy's sub-pixel position as a phase ramp; 1/p² makes the inverse DFT a projected potential (V·Å)
+        angle = (offsets_a.double() @ k.T).mul_(-2 * math.pi).float()  # (B, K)
+        ramp = torch.polar(torch.full_like(angle, 1 / (p * p)), angle)
+        full = torch.zeros((nb, spec.shape[0], box_px * half), dtype=torch.complex64, device=k.device)
+        full[:, :, flat] = (spec * ramp).transpose(0, 1)
+        out = irfft2(full.view(nb, -1, box_px, half), (box_px, box_px))
         if out.shape[1] == 1:
             out = torch.cat([out, self.absorption_ratio * out], 1)
         return out
@@ -429,46 +443,50 @@ def build_fourier_projector(atoms: Atoms, table: ScatteringTable, *, pixel_size_
     pos_vox = torch.as_tensor(atoms.positions_a[:, ::-1].copy(), dtype=torch.float64, device=device) / p
     b = torch.as_tensor(atoms.b_iso_a2, dtype=torch.float64, device=device)
     weight = torch.as_tensor(atoms.occupancy, dtype=torch.float64, device=device)
-    k2 = k2_per_a2((n, n, n), p, device=device)
+    # the grid is real: its transform's half spectrum (kx ≥ 0) holds it all
+    k2 = k2_per_a2((n, n, n), p, half=True, device=device)
     k = torch.sqrt(k2)
+    k_grid = RadialGrid(k, nyquist)
     band = _soft_band(k, passband_fraction * nyquist, nyquist)
     common = band * torch.exp(2 * math.pi**2 * (sigma_s * p) ** 2 * k2)
-    spectrum = torch.zeros((2, n, n, n), dtype=torch.complex128, device=device)
     masses = atomic_mass_da(np.arange(0, 93))
     z_all = np.asarray(atoms.atomic_number)
     displace = ice is not None and ice.thickness_a > 0
     proportional = not displace or abs(ice.absorption_ratio - absorption_ratio) < 1e-12
+    # proportional: the absorption is absorption_ratio × the potential, one channel holds both
+    spectrum = torch.zeros((1 if proportional else 2,) + k2.shape, dtype=torch.complex128, device=device)
     for z in np.unique(z_all):
         sel = torch.as_tensor(np.flatnonzero(z_all == z), device=device)
         b_floor = float(b[sel].min())
         sigma_vox = torch.sqrt(sigma_s**2 + (b[sel] - b_floor) / (8 * math.pi**2) / p**2)
         grid = torch.zeros(n * n * n, dtype=torch.float64, device=device)
         _spread(grid, pos_vox[sel], sigma_vox, weight[sel], n)  # origin at voxel 0, periodic
-        structure = fft3(grid.reshape(n, n, n)) * (common * torch.exp(-b_floor * k2 / 4))
-        ff_re, ff_im = _element_factors(table, int(z), float(masses[z]), k, nyquist, absorption_ratio,
-                                        ice if displace else None)
+        structure = rfft3(grid.reshape(n, n, n)).mul_(common * torch.exp(-b_floor * k2 / 4))
+        ff_re, ff_im = _element_factors(table, int(z), float(masses[z]), k_grid, absorption_ratio,
+                                        ice if displace else None, imaginary=not proportional)
         spectrum[0] += ff_re * structure
-        spectrum[1] += ff_im * structure
+        if not proportional:
+            spectrum[1] += ff_im * structure
     del grid, structure
-    projector = projector_from_spectrum(spectrum, p, support, absorption_ratio, proportional)
+    projector = projector_from_spectrum(spectrum, p, support, absorption_ratio, proportional, half=True)
     projector.band_limit_per_a = nyquist  # the soft band ends there
     return projector
 
 
 def projector_from_spectrum(spectrum: torch.Tensor, pixel_size_a: float, support_a: float, absorption_ratio: float,
-                            proportional: bool) -> FourierProjector:
-    """The projector of a (2, n, n, n) transform (real, imaginary potential; k = 0 at index 0, band-limited):
-    cubic B-spline prefiltered, centred; one complex channel when the absorption is ``absorption_ratio`` × it."""
-    n = spectrum.shape[-1]
+                            proportional: bool, *, half: bool = False) -> FourierProjector:
+    """The projector of a (C, n, n, n) transform (C = 2: real, imaginary potential; C ≥ 1 when ``proportional``;
+    k = 0 at index 0, band-limited; ``half``: the (C, n, n, n//2 + 1) half spectrum of real potentials): cubic
+    B-spline prefiltered, centred; one complex channel when the absorption is ``absorption_ratio`` × it."""
+    n = spectrum.shape[-2]
     # cubic B-spline prefilter along k = division by the sampled spline's transform in the dual (real) domain
     m = torch.arange(n, device=spectrum.device, dtype=torch.float64)
     bhat = (2 + torch.cos(2 * math.pi * m / n)) / 3
-    dual = ifft3(spectrum)
+    dual = irfft3(spectrum, (n, n, n)) if half else ifft3(spectrum)
     dual = dual / (bhat[:, None, None] * bhat[None, :, None] * bhat[None, None, :])
-    spectrum = fftshift(fft3(dual), dim=(-3, -2, -1))
+    spectrum = fft3(dual[:1] if proportional else dual)
     del dual
-    if proportional:  # the absorption is a multiple of the potential: keep one complex channel
-        coeffs = torch.stack([spectrum[0].real, spectrum[0].imag]).float()
-        return FourierProjector(coeffs.contiguous(), pixel_size_a, support_a, absorption_ratio)
-    coeffs = torch.stack([spectrum[0].real, spectrum[0].imag, spectrum[1].real, spectrum[1].imag]).float()
-    return FourierProjector(coeffs.contiguous(), pixel_size_a, support_a)
+    # proportional: the absorption is a multiple of the potential, one complex channel; centred (k = 0 at n//2)
+    coeffs = torch.stack([part for c in spectrum for part in (c.real, c.imag)]).float()
+    return FourierProjector(fftshift(coeffs, dim=(-3, -2, -1)).contiguous(), pixel_size_a, support_a,
+                            absorption_ratio if proportional else None)

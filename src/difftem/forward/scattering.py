@@ -118,10 +118,21 @@ def radial_lookup(fn, k: torch.Tensor, k_max: float, n: int = 4096) -> torch.Ten
 
     Form factors and spectra built from them are smooth in |k| (relative interpolation error < 1e-7 with 4096
     nodes), and evaluating them once per node instead of once per voxel makes 3-D maps and fields cheap."""
-    nodes = torch.linspace(0.0, k_max, n, dtype=torch.float64, device=k.device)
-    table = fn(nodes**2)
-    pos = (k / k_max * (n - 1)).clamp(max=n - 1)
-    i0 = pos.floor().long().clamp(max=n - 2)
-    w = pos - i0
-    out = table[i0] * (1 - w) + table[i0 + 1] * w
-    return torch.where(k <= k_max, out, torch.zeros_like(out))
+    return RadialGrid(k, k_max, n)(fn)
+
+
+class RadialGrid:
+    """A grid of |k| values with its place in a 1-D table of ``n`` nodes on [0, k_max], found once for the several
+    functions (one per element) looked up on it (see :func:`radial_lookup`)."""
+
+    def __init__(self, k: torch.Tensor, k_max: float, n: int = 4096):
+        self.nodes = torch.linspace(0.0, k_max, n, dtype=torch.float64, device=k.device)
+        pos = (k / k_max * (n - 1)).clamp(max=n - 1)
+        self.i0 = pos.floor().long().clamp(max=n - 2)
+        self.w = (pos - self.i0).to(self.nodes.dtype)
+        self.inside = k <= k_max
+
+    def __call__(self, fn) -> torch.Tensor:
+        table = fn(self.nodes**2)
+        out = torch.lerp(table[self.i0], table[self.i0 + 1], self.w.to(table.dtype))
+        return out.masked_fill_(~self.inside, 0)

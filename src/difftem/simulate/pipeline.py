@@ -26,7 +26,7 @@ from ..core.version import __version__
 from ..forward.detector import Detector
 from ..forward.exit_wave import ExitWave, tiled_exit_wave, windowed_exit_wave
 from ..forward.ice import ViewIce, ray_points
-from ..forward.image import Exposure, expose
+from ..forward.image import expose
 from ..forward.membranes import ViewVesicles, add_to_volume
 from ..forward.multislice import MultisliceStats, plan_window
 from ..forward.optics import Optics
@@ -331,16 +331,17 @@ def _simulate_tilt_series(config: SimulationConfig, held: dict, *, progress, sce
     scene, grid, ice = setup.scene, setup.grid, setup.ice
     mem_estimate = setup.check_memory()
     warnings = setup.warnings()
-    generator = torch.Generator(device=setup.device).manual_seed(config.seed)
     detector = Detector.from_config(config)
+    camera = image_camera(config, setup.device)
     loss = setup.electron_loss()
     n = len(plan.angles_deg)
     per_tilt_s = [0.0] * n
     errs = draw_tilt_errors(ts.errors, n, config.seed, grid.pixel_size_a) if ts.errors is not None else None
 
     @torch.no_grad()  # grad mode is per thread: a worker does not inherit the caller's
-    def noiseless(i: int) -> Exposure:
-        """Tilt ``i``'s exposure without its shot noise (views are independent: any order, any thread)."""
+    def exposure(i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Tilt ``i``'s (detected, noise-free) images; views are independent (any order, any thread) and each tilt
+        draws its shot noise from its own generator, so the images are the same whatever the workers."""
         t1 = time.perf_counter()
         angle = plan.angles_deg[i] + (float(errs.angle_offsets_deg[i]) if errs is not None else 0.0)
         view = SceneView(tilt_rotation(angle, plan.axis_deg), ice.thickness_a / math.cos(math.radians(angle)),
@@ -353,32 +354,30 @@ def _simulate_tilt_series(config: SimulationConfig, held: dict, *, progress, sce
                        ice_path_a=ice_path(setup, view.rotation, view.ice_thickness_a) if loss else 0.0)
         if errs is not None:  # the stage and the optics as they really were at this tilt
             image = errs.apply_to_exposure(image, i)
+        generator = torch.Generator(device=setup.device).manual_seed(tilt_seed(config.seed, i))
+        if camera is None:
+            images = detector.detect(image.expected_counts, generator).float(), image.noiseless.float()
+        else:  # every tilt read by the camera, as a movie frame would be
+            images = record(camera, image.expected_counts, generator, config.detector.noise)
         per_tilt_s[i] = time.perf_counter() - t1
-        # kept until the series' noise is drawn: only what that needs (the intensity is a third of a tilt's images)
-        return replace(image, intensity=None)
+        return images
+
+    # the stacks in angle order, filled as each tilt is done: at most a tilt per worker besides the stacks
+    slot = {i: j for j, i in enumerate(plan.order_by_angle)}
+    stacks: list[torch.Tensor] = []
+
+    def store(i: int, images: tuple[torch.Tensor, torch.Tensor]) -> None:
+        if not stacks:
+            stacks.extend(im.new_empty((n,) + tuple(im.shape)) for im in images)
+        for stack, im in zip(stacks, images, strict=True):
+            stack[slot[i]] = im
 
     workers = tilt_workers(setup, workers, n)
     with torch.no_grad():
         setup.ice_volume()  # the one 3-D ice every tilt samples, built before the workers share it
-        exposures = _in_parallel(noiseless, n, workers, progress)
-        # shot noise in acquisition order from one generator: the same images whatever the workers
-        camera = image_camera(config, setup.device)
-        order = plan.order_by_angle
-        # the stacks in angle order, filled in acquisition order as each tilt's exposure is let go: at most one
-        # tilt's images besides the stacks (a 41 × 2500² series holds 2 GB of stacks and 4 GB of exposures)
-        slot = {i: j for j, i in enumerate(order)}
-        tilts = clean_stack = None
-        for i in range(n):
-            e, exposures[i] = exposures[i], None
-            if camera is None:
-                image, clean = detector.detect(e.expected_counts, generator).float(), e.noiseless.float()
-            else:  # every tilt read by the camera, as a movie frame would be
-                image, clean = record(camera, e.expected_counts, generator, config.detector.noise)
-            if tilts is None:
-                tilts = image.new_empty((n,) + tuple(image.shape))
-                clean_stack = clean.new_empty((n,) + tuple(clean.shape))
-            tilts[slot[i]], clean_stack[slot[i]] = image, clean
-            del e, image, clean
+        _in_parallel(exposure, n, workers, progress, store)
+    tilts, clean_stack = stacks
+    order = plan.order_by_angle
     rows = [{"difftemTiltIndex": j, "rlnTomoNominalStageTiltAngle": plan.angles_deg[i],
              "rlnTomoNominalTiltAxisAngle": plan.axis_deg, "difftemAcquisitionOrder": i,
              "rlnMicrographPreExposure": plan.prior_doses_e_per_a2[i], "difftemDoseEPerA2": plan.doses_e_per_a2[i],
@@ -420,24 +419,30 @@ def tilt_workers(setup: Setup, threads: int, n_tilts: int) -> int:
     return int(max(1, min(threads, n_tilts, 1 + spare // max(est.view_bytes(), 1))))
 
 
-def _in_parallel(fn, n: int, workers: int, progress) -> list:
-    """[fn(0), …, fn(n−1)]: the first alone (it builds the shared maps), the rest on ``workers`` threads with one
-    torch thread each; ``progress(done, n)`` from this thread."""
-    out = [fn(0)] if n else []
-    if progress is not None and n:
-        progress(1, n)
+def _in_parallel(fn, n: int, workers: int, progress, store) -> None:
+    """``store(i, fn(i))`` for i = 0 … n−1, on this thread: fn(0) alone (it builds the shared maps), the rest on
+    ``workers`` threads with one torch thread each; ``progress(done, n)`` from this thread."""
+    if n:
+        store(0, fn(0))
+        if progress is not None:
+            progress(1, n)
     if workers <= 1:
         for i in range(1, n):
-            out.append(fn(i))
+            store(i, fn(i))
             if progress is not None:
                 progress(i + 1, n)
-        return out
+        return
     with intra_op_threads(1), ThreadPoolExecutor(workers) as pool:
-        futures = [pool.submit(fn, i) for i in range(1, n)]
-        for done, _ in enumerate(as_completed(futures), start=2):
+        futures = {pool.submit(fn, i): i for i in range(1, n)}
+        for done, future in enumerate(as_completed(futures), start=2):
+            store(futures[future], future.result())
             if progress is not None:
                 progress(done, n)
-        return out + [f.result() for f in futures]
+
+
+def tilt_seed(seed: int, tilt: int) -> int:
+    """The seed of tilt ``tilt``'s own noise generator (independent streams from one run seed)."""
+    return int(np.random.SeedSequence([seed, tilt]).generate_state(1, np.uint64)[0])
 
 
 def potential_volume(config: SimulationConfig | dict | str | Path, *, voxel_size_a: float | None = None,
