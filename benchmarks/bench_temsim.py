@@ -22,8 +22,10 @@ thickness_center, a 2 µm hole), particle maps at voxel_size 0.1 nm, and the TMV
 gain 10, DQE 0.4, its MTF) twice, noisy and noise-free.
 
 Each program runs in its own process on the same input: TEM-simulator (single-threaded C) via ``--temsim PATH``,
-difftem's side as ``difftem simulate <case>.inp`` does it (load_inp, then run_and_write) in a worker process with
-torch on ``--threads`` threads (a comma-separated list, e.g. ``1,2``: every count is measured in the same run).
+difftem's side as ``difftem simulate <case>.inp --out …`` (the command line itself, its start-up and exit
+included; a ``--placements`` override runs the same steps, load_inp then run_and_write, in a worker) with
+torch on ``--threads`` threads (``OMP_NUM_THREADS``; a comma-separated list, e.g. ``1,2``: every count is measured
+in the same run).
 ``--repeats N`` runs the programs N times, interleaved (TEM-simulator, difftem at each thread count, TEM-simulator,
 ...), and reports the minimum and median wall and CPU time of each. Peak RSS and CPU time come from the kernel
 (wait4) for each process. The noise-free images are compared image by image: correlation after removing each
@@ -42,6 +44,7 @@ from __future__ import annotations
 
 import argparse
 import gzip
+import importlib.util
 import json
 import math
 import os
@@ -417,11 +420,23 @@ def run_difftem(inp: Path, work: Path, threads: int, placement: str, repeat: int
     env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
     if src:  # this source tree's difftem (absolute: the worker runs in the work folder)
         env["PYTHONPATH"] = str(Path(src).resolve())
-    r = run_measured([sys.executable, str(Path(__file__).resolve()), "--threads", str(threads),
-                      "--worker", str(inp), str(out), placement], work, env=env, log=log)
+    if placement == "translated":  # what a user runs: the command line, its start-up and exit included
+        cmd = [sys.executable, "-m", "difftem.cli", "simulate", str(inp), "--out", str(out), "--overwrite"]
+    else:  # a placement override: the same steps (load_inp, run_and_write) in a worker
+        cmd = [sys.executable, str(Path(__file__).resolve()), "--threads", str(threads), "--worker", str(inp),
+               str(out), placement]
+    r = run_measured(cmd, work, env=env, log=log)
     if r["exit_code"] != 0:
         sys.exit(f"difftem failed (exit {r['exit_code']}); see {log}")
-    r.update(json.loads((out / "bench_worker.json").read_text()))
+    if placement == "translated":
+        run = json.loads((out / "run.json").read_text())
+        r.update({"timings": run["timings"], "particle_types": run.get("particle_types"), "device": run["device"],
+                  "map_placement": run["config"]["simulation"]["map_placement"], "difftem_version":
+                  run["difftem_version"], "omp_wait_policy": run.get("omp_wait_policy"), "torch_threads":
+                  run.get("threads"), "difftem_module": str(Path(src).resolve() / "difftem" / "__init__.py") if src
+                  else importlib.util.find_spec("difftem").origin})
+    else:
+        r.update(json.loads((out / "bench_worker.json").read_text()))
     r.update({"program": "difftem", "placement": placement, "threads": threads, "repeat": repeat, "out": str(out),
               **({"src": src} if src else {})})
     return r

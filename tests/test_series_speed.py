@@ -170,3 +170,31 @@ def test_a_written_series_loads_no_heavy_library(tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert json.loads(proc.stdout.splitlines()[-1]) == []
     assert (tmp_path / "out" / "preview.png").stat().st_size > 10_000
+
+
+def test_large_work_gets_the_threads_small_work_gave_up():
+    """Inside a small field's one-thread block, a one-off large stage (a map or projector build) runs on every
+    thread set, on the main thread only: a tilt worker's count is process-wide and stays at one."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from difftem.core.threads import large_work, threads_for
+
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        with threads_for(64 * 64):
+            assert torch.get_num_threads() == 1
+            with large_work():
+                assert torch.get_num_threads() == 2
+            assert torch.get_num_threads() == 1
+
+            def in_worker():
+                with large_work():
+                    return torch.get_num_threads()
+
+            with ThreadPoolExecutor(1) as pool:
+                assert pool.submit(in_worker).result() == 1
+        with large_work():  # outside any threads_for: as set
+            assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)

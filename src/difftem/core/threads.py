@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import sys
+import threading
 from contextlib import contextmanager
 
 WAIT_POLICY = "PASSIVE"
@@ -48,9 +49,34 @@ def intra_op_threads(n: int):
         torch.set_num_threads(before)
 
 
+#: the thread count set before :func:`threads_for` lowered it for small work (see :func:`large_work`)
+_budget = {"threads": None}
+
+
+@contextmanager
 def threads_for(n_pixels: int):
-    """One torch thread when the work (``n_pixels``: the field) is small, else as many as set."""
+    """One torch thread when the work (``n_pixels``: the field) is small, else as many as set; one-off large
+    stages inside (:func:`large_work`) get them all back."""
     import torch
 
     n = torch.get_num_threads()
-    return intra_op_threads(1 if n_pixels < MIN_PIXELS_FOR_THREADS else n)
+    before, _budget["threads"] = _budget["threads"], n
+    try:
+        with intra_op_threads(1 if n_pixels < MIN_PIXELS_FOR_THREADS else n):
+            yield
+    finally:
+        _budget["threads"] = before
+
+
+@contextmanager
+def large_work():
+    """Run a one-off large stage (a particle's 3-D map or projector: 3-D FFTs of ~10⁶ voxels, millions of spread
+    kernel entries) on every thread set, even where :func:`threads_for` keeps the small per-image stages on one
+    (measured, 90³ projector on 2 cores: 0.20–0.24 s at 1 thread, 0.12–0.15 s at 2). Only on the main thread:
+    the tilt workers run side by side on one thread each, and the count is process-wide."""
+    n = _budget["threads"]
+    if n is None or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    with intra_op_threads(n):
+        yield

@@ -28,12 +28,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from functools import partial
 
 import numpy as np
 import torch
 
 from ..core.fft import good_fft_size
 from ..core.grid import Grid
+from ..core.threads import large_work
 from ..specimen.density import DensityMap
 from ..specimen.scene import Placement, Scene, Subunits
 from ..specimen.structure import Atoms
@@ -96,12 +98,12 @@ class TypeCache:
         """Type ``t``'s projector (``mode`` projection), or that of its unit or block of units ``part`` (``mode``
         subunits)."""
         key = (mode, t, part)
-        if key not in self.maps and isinstance(atoms, DensityMap):
-            self.maps[key] = build_density_projector(atoms, pixel_size_a=self.pixel_size_a, ice=self.ice,
-                                                     absorption_ratio=self.absorption_ratio, device=self.device)
         if key not in self.maps:
-            self.maps[key] = build_fourier_projector(atoms, self.table, pixel_size_a=self.pixel_size_a, ice=self.ice,
-                                                     absorption_ratio=self.absorption_ratio, device=self.device)
+            build = build_density_projector if isinstance(atoms, DensityMap) else partial(build_fourier_projector,
+                                                                                            table=self.table)
+            with large_work():
+                self.maps[key] = build(atoms, pixel_size_a=self.pixel_size_a, ice=self.ice,
+                                       absorption_ratio=self.absorption_ratio, device=self.device)
         return self.maps[key]
 
     def slab_map(self, t: int, atoms: Atoms, transfer=None, mode: str = "slab"):
@@ -109,12 +111,12 @@ class TypeCache:
         the latest filtered map of a type is kept (one per view: a tilt series' damage filter changes every tilt),
         and it is keyed by the filter object itself, so a new filter never gets an old one's map."""
         key = (mode, t)
-        if key not in self.maps and isinstance(atoms, DensityMap):
-            self.maps[key] = build_density_map(atoms, pixel_size_a=self.pixel_size_a, ice=self.ice,
-                                               absorption_ratio=self.absorption_ratio, device=self.device)
         if key not in self.maps:
-            self.maps[key] = build_particle_map(atoms, self.table, pixel_size_a=self.pixel_size_a, ice=self.ice,
-                                                absorption_ratio=self.absorption_ratio, device=self.device)
+            build = build_density_map if isinstance(atoms, DensityMap) else partial(build_particle_map,
+                                                                                    table=self.table)
+            with large_work():
+                self.maps[key] = build(atoms, pixel_size_a=self.pixel_size_a, ice=self.ice,
+                                       absorption_ratio=self.absorption_ratio, device=self.device)
         if transfer is None:
             return self.maps[key]
         fkey = (mode, t, "filtered")
