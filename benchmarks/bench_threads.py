@@ -10,11 +10,14 @@ passive, and a short spin (``GOMP_SPINCOUNT=10000``). Each configuration runs in
 reads its settings once, when torch loads); configurations are interleaved and repeated; the load is ``--load``
 processes spinning on the CPUs for the whole measurement.
 
-Stages: the optics and detector of one 400² image (``expose``), the multislice of a 400² field through 5 slices of
-projected copies, a 5-tilt series of a ubiquitin helix at 400² (subunit projections), and one 2048² micrograph
-of 10 ubiquitins (large FFTs). Prints a table (min / median wall and median CPU per stage) and writes JSON.
+Stages, each as the pipeline runs it at the thread count set (``threads_for``: a field under 512² keeps its
+per-image stages on one thread; a map or projector build takes every thread): the optics and detector of one 400²
+image (``expose``), the multislice of a 400² field through 5 slices of projected copies, one 400² micrograph of
+the helix, a 5-tilt series of a ubiquitin helix at 400² (subunit projections, tilts side by side), the Fourier
+projector of a 25,600-atom block (3-D FFTs of 90³), and one 2048² micrograph of 10 ubiquitins (large FFTs).
+Prints a table (min / median wall and median CPU per stage) and writes JSON.
 
-    python benchmarks/bench_threads.py [--repeats 3] [--load 2]
+    python benchmarks/bench_threads.py [--repeats 3] [--load 2] [--policies PASSIVE]
 """
 
 from __future__ import annotations
@@ -43,12 +46,17 @@ def stages():
 
     from difftem import simulate, simulate_tilt_series
     from difftem.config import config_from_dict
+    from difftem.core.threads import large_work, threads_for
     from difftem.forward.detector import Detector
     from difftem.forward.image import expose
     from difftem.forward.optics import Optics
+    from difftem.forward.particle_map import build_fourier_projector
+    from difftem.forward.potential import IceModel
+    from difftem.forward.scattering import get_table
     from difftem.forward.scene_build import SceneView
     from difftem.simulate.pipeline import view_exit_wave
     from difftem.simulate.setup import Setup
+    from difftem.specimen.structure import Atoms
 
     helix = {"seed": 1, "beam": {"voltage_kv": 300, "dose_e_per_a2": 60},
              "detector": {"shape_px": [400, 400], "pixel_size_a": 3.0},
@@ -72,11 +80,31 @@ def stages():
                                  "simulation": {"slice_thickness_a": 20.0}})
 
     big, small = micrograph(2048), micrograph(256)
+    rng = np.random.default_rng(0)
+    pos = rng.uniform(-1, 1, (60000, 3))
+    pos = pos[(pos**2).sum(1) < 1][:25600] * 62  # a TMV block's size: its projector is 90³ at 5 Å pixels
+    block = Atoms(rng.choice([1, 6, 7, 8, 16], len(pos)), pos, rng.uniform(10, 60, len(pos)), np.ones(len(pos)))
+    ice = IceModel(500.0, 4.8775, 0.7591)
+
+    def as_pipeline(fn, pixels=400 * 400):
+        def run():
+            with threads_for(pixels):
+                return fn()
+        return run
+
+    def projector():
+        with threads_for(400 * 400), large_work():
+            return build_fourier_projector(block, get_table("kirkland"), pixel_size_a=5.0, ice=ice,
+                                           absorption_ratio=ice.absorption_ratio)
+
     return {
-        "expose_400": lambda: expose(ew.wave, setup.grid, setup.wavelength_a, cfg.beam.voltage_kv, optics, detector,
-                                     exit_plane_a=ew.exit_plane_a, dose_e_per_a2=60.0, generator=gen),
-        "multislice_400": lambda: view_exit_wave(setup, view),
+        "expose_400": as_pipeline(lambda: expose(ew.wave, setup.grid, setup.wavelength_a, cfg.beam.voltage_kv, optics,
+                                                 detector, exit_plane_a=ew.exit_plane_a, dose_e_per_a2=60.0,
+                                                 generator=gen)),
+        "multislice_400": as_pipeline(lambda: view_exit_wave(setup, view)),
+        "micrograph_400": lambda: simulate(cfg, scene=setup.scene),
         "tilt_series_5x400": lambda: simulate_tilt_series(series, scene=setup.scene),
+        "projector_90": projector,
         "micrograph_2048": (lambda: simulate(small), lambda: simulate(big)),  # warm-up on a small field
     }
 
@@ -119,13 +147,18 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--load", type=int, default=2, help="busy processes for the loaded measurements")
     ap.add_argument("--threads", default="1,2")
+    ap.add_argument("--policies", default=",".join(POLICIES), help="OpenMP wait policies, comma-separated: "
+                    + ", ".join(POLICIES) + " (difftem's own default is PASSIVE)")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "threads_policies.json")
     ap.add_argument("--worker", type=int, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.worker is not None:
         print(json.dumps(worker(args.worker)))
         return
-    configs = [(t, p) for t in map(int, args.threads.split(",")) for p in POLICIES]
+    policies = [p.strip() for p in args.policies.split(",") if p.strip()]
+    if unknown := set(policies) - set(POLICIES):
+        sys.exit(f"--policies: unknown {sorted(unknown)}; choose from {', '.join(POLICIES)}")
+    configs = [(t, p) for t in map(int, args.threads.split(",")) for p in policies]
     runs: dict = {}
     for load in ("idle", "loaded"):
         stop = mp.Event()
