@@ -241,8 +241,7 @@ def tile_planes(coeffs: torch.Tensor) -> tuple[torch.Tensor, int]:
     nrow = math.ceil(d / ncol)
     vol = F.pad(coeffs, (0, PLANE_PAD, 0, PLANE_PAD, 0, nrow * ncol - d))
     image = vol.reshape(c, nrow, ncol, h + PLANE_PAD, w + PLANE_PAD).permute(0, 1, 3, 2, 4)
-    image = image.reshape(1, c, nrow * (h + PLANE_PAD), ncol * (w + PLANE_PAD))
-    return image.contiguous(), ncol
+    return image.reshape(1, c, nrow * (h + PLANE_PAD), ncol * (w + PLANE_PAD)).contiguous(), ncol
 
 
 def cubic_bspline_sample_planes(planes: torch.Tensor, ncol: int, shape_dhw: tuple[int, int, int],
@@ -263,8 +262,9 @@ def cubic_bspline_sample_planes(planes: torch.Tensor, ncol: int, shape_dhw: tupl
     g0 = w0 + w1  # the two fetches per axis: weights g0, 1 − g0 at voxel positions h0, h1
     h0, h1 = i - 1 + w1 / g0, i + 1 + w3 / (1 - g0)
     rows, cols = planes.shape[-2:]
-    scale = torch.tensor([2.0 / cols, 2.0 / rows], dtype=dt, device=x.device)  # align_corners=False: pixel j at
-    reach = torch.tensor([w + 2.0, h + 2.0], dtype=dt, device=x.device)  # (2j + 1)/size − 1
+    # align_corners=False: pixel j of the tiled image at (2j + 1)/size − 1
+    scale = torch.tensor([2.0 / cols, 2.0 / rows], dtype=dt, device=x.device)
+    reach = torch.tensor([w + 2.0, h + 2.0], dtype=dt, device=x.device)
     fxy = torch.minimum(torch.stack([h0[:, :2], h1[:, :2]]).clamp_(min=-3.0), reach).mul_(scale)  # (2, M, (x, y))
     taps = i[:, 2].long() + torch.arange(-1, 3, device=x.device)[:, None]  # (4, M) z planes
     # a point whose x or y floor lies outside [−2, side] touches no voxel (and would read a neighbouring tile)

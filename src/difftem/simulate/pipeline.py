@@ -435,7 +435,7 @@ def _in_parallel(fn, n: int, workers: int, progress, store) -> None:
     with intra_op_threads(1), ThreadPoolExecutor(workers) as pool:
         futures = {pool.submit(fn, i): i for i in range(1, n)}
         for done, future in enumerate(as_completed(futures), start=2):
-            store(futures[future], future.result())
+            store(futures.pop(future), future.result())  # popped: a stored tilt's images are let go
             if progress is not None:
                 progress(done, n)
 
