@@ -189,11 +189,15 @@ def test_large_work_gets_the_threads_small_work_gave_up():
             assert torch.get_num_threads() == 1
 
             def in_worker():
+                with threads_for(64 * 64):  # a small stage inside a tilt worker: its own count, not the main's
+                    pass
                 with large_work():
                     return torch.get_num_threads()
 
             with ThreadPoolExecutor(1) as pool:
                 assert pool.submit(in_worker).result() == 1
+            with large_work():  # the main thread's budget is as it was
+                assert torch.get_num_threads() == 2
         with large_work():  # outside any threads_for: as set
             assert torch.get_num_threads() == 2
     finally:

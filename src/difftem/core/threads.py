@@ -49,8 +49,9 @@ def intra_op_threads(n: int):
         torch.set_num_threads(before)
 
 
-#: the thread count set before :func:`threads_for` lowered it for small work (see :func:`large_work`)
-_budget = {"threads": None}
+#: per thread: the count set before :func:`threads_for` lowered it for small work (see :func:`large_work`); a tilt
+#: worker's own threads_for (a small stage inside it) leaves the main thread's untouched
+_budget = threading.local()
 
 
 @contextmanager
@@ -60,12 +61,12 @@ def threads_for(n_pixels: int):
     import torch
 
     n = torch.get_num_threads()
-    before, _budget["threads"] = _budget["threads"], n
+    before, _budget.threads = getattr(_budget, "threads", None), n
     try:
         with intra_op_threads(1 if n_pixels < MIN_PIXELS_FOR_THREADS else n):
             yield
     finally:
-        _budget["threads"] = before
+        _budget.threads = before
 
 
 @contextmanager
@@ -74,7 +75,7 @@ def large_work():
     kernel entries) on every thread set, even where :func:`threads_for` keeps the small per-image stages on one
     (measured, 90³ projector on 2 cores: 0.20–0.24 s at 1 thread, 0.12–0.15 s at 2). Only on the main thread:
     the tilt workers run side by side on one thread each, and the count is process-wide."""
-    n = _budget["threads"]
+    n = getattr(_budget, "threads", None)
     if n is None or threading.current_thread() is not threading.main_thread():
         yield
         return
