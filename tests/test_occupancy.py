@@ -12,6 +12,7 @@ from scipy.spatial import cKDTree
 from difftem.config import Particle, config_from_dict
 from difftem.core.errors import ConfigError
 from difftem.core.rotations import random_rotations
+from difftem.specimen import crowding
 from difftem.specimen.build import load_particle_type, resolve_structure, scene_of
 from difftem.specimen.crowding import molecular_volume_a3
 from difftem.specimen.occupancy import Occupancy, VoxelShape, enclosed_cavities, relax, voxel_shape
@@ -149,9 +150,12 @@ def test_crowd_by_atoms_packs_protein_and_keeps_atoms_apart():
     assert len(touching) > 0.8 * len(pl)
 
 
-def test_crowd_by_atoms_says_where_it_jams():
+def test_crowd_by_atoms_says_where_it_jams(monkeypatch):
     """Fractions beyond reach are refused naming the field: up front when the molecule voxels alone would fill more
-    than 55 % of the free volume, else, after shaking, with the fraction reached and the shakes."""
+    than 55 % of the free volume, else, after shaking, with the fraction reached and the shakes (4 here instead of
+    60: the same refusal, sooner)."""
+    monkeypatch.setattr(crowding, "MAX_SHAKES", 4)
+
     def cfg(frac, gap):
         return config_from_dict({"seed": 5, "detector": {"shape_px": [64, 64], "pixel_size_a": 4.0},
                                  "sample": {"ice_thickness_nm": 30,
@@ -160,5 +164,6 @@ def test_crowd_by_atoms_says_where_it_jams():
                                                            "volume_fraction": frac}]}})
     with pytest.raises(ConfigError, match=r"sample\.particles\.0\.volume_fraction: the crowd's molecule voxels .* would fill"):
         scene_of(cfg(0.40, 3.0))
-    with pytest.raises(ConfigError, match=r"sample\.particles\.0\.volume_fraction: reached .* shaken \d+ times"):
+    with pytest.raises(ConfigError, match=r"sample\.particles\.0\.volume_fraction: reached .* shaken \d+ times") as jam:
         scene_of(cfg(0.45, 0.0))
+    assert "shaken 4 times" in str(jam.value)
