@@ -195,3 +195,28 @@ def test_tilts_side_by_side_give_the_same_images(representation, placement):
     assert runs[1].metadata["tilt_workers"] == 1 and runs[2].metadata["tilt_workers"] == 2
     assert runs[2].metadata["particle_types"][0]["mode"] == {"auto": "atoms"}.get(placement, placement)
     assert torch.equal(runs[1].tilts, runs[2].tilts) and torch.equal(runs[1].noiseless, runs[2].noiseless)
+
+
+def test_a_failing_tilt_stops_the_series_without_running_the_rest():
+    """Tilts side by side: when one fails (or Ctrl-C), the error comes back and the tilts not yet started are not
+    run (the pool would otherwise work through the whole series before letting go)."""
+    import threading
+    import time
+
+    from difftem.simulate.pipeline import _in_parallel
+
+    ran = []
+    lock = threading.Lock()
+
+    def tilt(i):
+        with lock:
+            ran.append(i)
+        if i == 3:
+            raise RuntimeError("tilt 3 failed")
+        time.sleep(0.01)
+        return i
+
+    stored = {}
+    with pytest.raises(RuntimeError, match="tilt 3 failed"):
+        _in_parallel(tilt, 200, 2, None, stored.__setitem__)
+    assert len(ran) < 20 and all(stored[i] == i for i in stored)

@@ -434,10 +434,15 @@ def _in_parallel(fn, n: int, workers: int, progress, store) -> None:
         return
     with intra_op_threads(1), ThreadPoolExecutor(workers) as pool:
         futures = {pool.submit(fn, i): i for i in range(1, n)}
-        for done, future in enumerate(as_completed(futures), start=2):
-            store(futures.pop(future), future.result())  # popped: a stored tilt's images are let go
-            if progress is not None:
-                progress(done, n)
+        try:
+            for done, future in enumerate(as_completed(futures), start=2):
+                store(futures.pop(future), future.result())  # popped: a stored tilt's images are let go
+                if progress is not None:
+                    progress(done, n)
+        except BaseException:  # a tilt failed, or Ctrl-C: the tilts not started yet are not run
+            for future in futures:
+                future.cancel()
+            raise
 
 
 def tilt_seed(seed: int, tilt: int) -> int:
