@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import signal
+import threading
 from pathlib import Path
 
 import typer
@@ -29,14 +30,21 @@ def register(app: typer.Typer) -> None:
         from ._console import console
 
         previous = {signum: signal.getsignal(signum) for signum in (signal.SIGINT, signal.SIGTERM)}
+        stop = threading.Event()
 
-        def _terminate(signum, frame):  # batch systems stop jobs with SIGTERM: stop as cleanly as Ctrl-C
+        def _interrupt(signum, frame):  # Ctrl-C; batch systems stop jobs with SIGTERM: stop as cleanly
+            # remembered as well as raised: a KeyboardInterrupt that lands in a finalizer (a Dask future's
+            # __del__) is swallowed there, so the item loop and the end of the run look at this too
+            stop.set()
             raise KeyboardInterrupt
 
         try:  # from the first moment: a Ctrl-C (or SIGTERM) at any point exits 130 with a consistent store
-            signal.signal(signal.SIGTERM, _terminate)
+            signal.signal(signal.SIGINT, _interrupt)
+            signal.signal(signal.SIGTERM, _interrupt)
             report = _run(spec, out, workers, scheduler, only, overwrite, threads_per_item, connect_timeout,
-                          resources)
+                          resources, stop)
+            if stop.is_set():  # the interrupt was swallowed and the run went on: it still means stop
+                raise KeyboardInterrupt
             _summary(out, report)
         except KeyboardInterrupt:
             signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut the message short
@@ -54,8 +62,10 @@ def register(app: typer.Typer) -> None:
 
 
 def _run(spec: Path, out: Path, workers: int | None, scheduler: str | None, only: str | None, overwrite: bool,
-         threads_per_item: int, connect_timeout: float, resources: str | None):
-    """Check the flags, load SPEC and build the store with a progress bar; a library error is one line (exit 2)."""
+         threads_per_item: int, connect_timeout: float, resources: str | None, stop: threading.Event | None = None):
+    """Check the flags, load SPEC and build the store with a progress bar; a library error is one line (exit 2).
+    ``stop``: set by the signal handler; the next finished item raises KeyboardInterrupt if the one the handler
+    raised was lost."""
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
     from ..core.errors import DifftemError
@@ -74,6 +84,8 @@ def _run(spec: Path, out: Path, workers: int | None, scheduler: str | None, only
 
     def on_progress(state: dict) -> None:
         nonlocal task
+        if stop is not None and stop.is_set():
+            raise KeyboardInterrupt
         if task is None:
             task = progress.add_task("items", total=state["total"], rate="-", failed="")
         progress.update(task, completed=state["completed"], total=state["total"],
