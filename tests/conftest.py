@@ -1,5 +1,6 @@
 # difftem first: it sets OpenMP's passive waiting before torch loads (core/threads.py)
 import difftem  # noqa: F401, I001
+import os
 from pathlib import Path
 
 import pytest
@@ -11,7 +12,9 @@ STRUCTURES = DATA / "structures"
 
 
 def pytest_configure(config):
-    torch.set_num_threads(min(2, torch.get_num_threads()))
+    # under pytest-xdist each worker is one of the processes sharing the cores: one torch thread each
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    torch.set_num_threads(max(1, min(2, torch.get_num_threads()) // workers))
 
 
 @pytest.fixture(scope="session")
