@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import math
 import multiprocessing as mp
 import os
 import platform
@@ -109,18 +110,27 @@ def stages():
     }
 
 
-def worker(threads: int) -> dict:
+def worker(threads: int, rounds: int) -> dict:
+    """Each stage's wall and CPU times: ``rounds`` rounds through all stages (interleaved, so that a slow spell of
+    the machine touches every stage), a short stage called several times in a row per round (≥ 0.25 s)."""
     import torch  # before difftem, so that difftem leaves this process's OpenMP settings as given
 
-
     torch.set_num_threads(threads)
-    out = {}
+    fns, calls = {}, {}
     for name, fn in stages().items():
         warm, fn = fn if isinstance(fn, tuple) else (fn, fn)
         warm()  # kernels, caches, maps
-        t, c = time.perf_counter(), time.process_time()
+        t = time.perf_counter()
         fn()
-        out[name] = {"wall_s": time.perf_counter() - t, "cpu_s": time.process_time() - c}
+        fns[name], calls[name] = fn, max(1, min(10, math.ceil(0.25 / max(time.perf_counter() - t, 1e-3))))
+    out = {name: {"wall_s": [], "cpu_s": []} for name in fns}
+    for _ in range(rounds):
+        for name, fn in fns.items():
+            for _ in range(calls[name]):
+                t, c = time.perf_counter(), time.process_time()
+                fn()
+                out[name]["wall_s"].append(time.perf_counter() - t)
+                out[name]["cpu_s"].append(time.process_time() - c)
     return out
 
 
@@ -132,11 +142,11 @@ def _spin(stop):
 POLICIES = {"default": {}, "PASSIVE": {"OMP_WAIT_POLICY": "PASSIVE"}, "spin10k": {"GOMP_SPINCOUNT": "10000"}}
 
 
-def run_config(threads: int, policy: str) -> dict:
+def run_config(threads: int, policy: str, rounds: int) -> dict:
     env = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")}
     env.update(POLICIES[policy])
-    out = subprocess.run([sys.executable, __file__, "--worker", str(threads)], env=env, capture_output=True, text=True,
-                         timeout=1800)
+    cmd = [sys.executable, __file__, "--worker", str(threads), "--rounds", str(rounds)]
+    out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=1800)
     if out.returncode != 0:
         raise RuntimeError(out.stderr[-3000:])
     return json.loads(out.stdout.strip().splitlines()[-1])
@@ -144,7 +154,8 @@ def run_config(threads: int, policy: str) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--repeats", type=int, default=3, help="processes per configuration (interleaved)")
+    ap.add_argument("--rounds", type=int, default=5, help="rounds through the stages in each process")
     ap.add_argument("--load", type=int, default=2, help="busy processes for the loaded measurements")
     ap.add_argument("--threads", default="1,2")
     ap.add_argument("--policies", default=",".join(POLICIES), help="OpenMP wait policies, comma-separated: "
@@ -153,7 +164,7 @@ def main() -> None:
     ap.add_argument("--worker", type=int, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.worker is not None:
-        print(json.dumps(worker(args.worker)))
+        print(json.dumps(worker(args.worker, args.rounds)))
         return
     policies = [p.strip() for p in args.policies.split(",") if p.strip()]
     if unknown := set(policies) - set(POLICIES):
@@ -168,19 +179,20 @@ def main() -> None:
             p.start()
         try:
             for rep, (threads, policy) in itertools.product(range(args.repeats), configs):
-                res = run_config(threads, policy)
+                res = run_config(threads, policy, args.rounds)
                 runs.setdefault(f"{load}|{threads}|{policy}", []).append(res)
                 print(f"  {load} rep {rep} threads {threads} {policy}: "
-                      + ", ".join(f"{k} {v['wall_s']:.3f}" for k, v in res.items()), flush=True)
+                      + ", ".join(f"{k} {statistics.median(v['wall_s']):.3f}" for k, v in res.items()), flush=True)
         finally:
             stop.set()
             for p in spinners:
                 p.join()
     table = {}
     for key, reps in runs.items():
-        table[key] = {name: {"wall_min_s": min(r[name]["wall_s"] for r in reps),
-                             "wall_median_s": statistics.median(r[name]["wall_s"] for r in reps),
-                             "cpu_median_s": statistics.median(r[name]["cpu_s"] for r in reps)}
+        table[key] = {name: {"wall_min_s": min(w for r in reps for w in r[name]["wall_s"]),
+                             "wall_median_s": statistics.median(w for r in reps for w in r[name]["wall_s"]),
+                             "cpu_median_s": statistics.median(c for r in reps for c in r[name]["cpu_s"]),
+                             "samples": sum(len(r[name]["wall_s"]) for r in reps)}
                       for name in reps[0]}
     names = list(next(iter(table.values())))
     print(f"\n{'load':7s} {'thr':>3s} {'OpenMP wait':11s} " + " ".join(f"{n:>26s}" for n in names))
@@ -191,7 +203,8 @@ def main() -> None:
             f"{row[n]['wall_min_s']:8.3f} {row[n]['wall_median_s']:8.3f} {row[n]['cpu_median_s']:8.3f}" for n in names))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({"cpu_count": os.cpu_count(), "machine": platform.machine(), "load": args.load,
-                                    "repeats": args.repeats, "table": table, "runs": runs}, indent=1))
+                                    "repeats": args.repeats, "rounds": args.rounds, "table": table, "runs": runs},
+                                   indent=1))
     print(f"wrote {args.out}")
 
 
