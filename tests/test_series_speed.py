@@ -7,6 +7,7 @@ import json
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -172,13 +173,16 @@ def test_a_written_series_loads_no_heavy_library(tmp_path):
     assert (tmp_path / "out" / "preview.png").stat().st_size > 10_000
 
 
-def test_large_work_gets_the_threads_small_work_gave_up():
+def test_large_work_gets_the_threads_small_work_gave_up(monkeypatch):
     """Inside a small field's one-thread block, a one-off large stage (a map or projector build) runs on every
-    thread set, on the main thread only: a tilt worker's count is process-wide and stays at one."""
+    thread set (here on an idle machine), on the main thread only: a tilt worker's count is process-wide and stays
+    at one."""
     from concurrent.futures import ThreadPoolExecutor
 
+    from difftem.core import threads
     from difftem.core.threads import large_work, threads_for
 
+    monkeypatch.setattr(threads, "busy_peers", lambda: 0)
     before = torch.get_num_threads()
     try:
         torch.set_num_threads(2)
@@ -200,5 +204,42 @@ def test_large_work_gets_the_threads_small_work_gave_up():
                 assert torch.get_num_threads() == 2
         with large_work():  # outside any threads_for: as set
             assert torch.get_num_threads() == 2
+        monkeypatch.setattr(threads, "busy_peers", lambda: 2)  # two busy processes on the two cores
+        monkeypatch.setattr(threads, "_usable_cores", lambda: 2)
+        with threads_for(64 * 64), large_work():
+            assert torch.get_num_threads() == 1
     finally:
         torch.set_num_threads(before)
+
+
+@pytest.mark.parametrize(("cores", "peers", "want"), [(2, 0, 2), (2, 1, 1), (2, 3, 1), (8, 3, 4), (8, 0, 4)])
+def test_spare_threads_are_the_idle_cores(monkeypatch, cores, peers, want):
+    """Of 4 threads asked for: as many as there are cores nobody else is running on, at least one; all where the
+    machine cannot tell."""
+    from difftem.core import threads
+
+    monkeypatch.setattr(threads, "_usable_cores", lambda: cores)
+    monkeypatch.setattr(threads, "busy_peers", lambda: peers)
+    assert threads.spare_threads(4) == min(4, want)
+    monkeypatch.setattr(threads, "busy_peers", lambda: None)
+    assert threads.spare_threads(4) == 4
+
+
+@pytest.mark.skipif(not Path("/proc/loadavg").exists(), reason="no /proc/loadavg (not Linux)")
+def test_busy_peers_sees_busy_processes():
+    """The kernel's count of runnable tasks sees two spinning processes (at least: other tests may run beside)."""
+    import time
+
+    from difftem.core.threads import busy_peers
+
+    spinners = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(2)]
+    try:
+        seen, deadline = [], time.monotonic() + 20
+        while time.monotonic() < deadline and max(seen, default=0) < 2:
+            seen.append(busy_peers())
+            time.sleep(0.05)
+        assert max(seen) >= 2, seen
+    finally:
+        for p in spinners:
+            p.kill()
+            p.wait(10)
