@@ -104,10 +104,10 @@ def run_build(spec, out: Path, workers: int) -> dict:
 
         from distributed import Client, LocalCluster, get_task_stream
 
-        with LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=":0",
-                          silence_logs=logging.ERROR) as cluster, Client(cluster) as client:
-            with get_task_stream(client) as stream:
-                report = build(spec, out, client=client, progress=lambda s: done.append(time.perf_counter()))
+        with (LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=":0",
+                           silence_logs=logging.ERROR) as cluster, Client(cluster) as client,
+              get_task_stream(client) as stream):
+            report = build(spec, out, client=client, progress=lambda s: done.append(time.perf_counter()))
         by_worker: dict[str, list] = {}
         for task in stream.data:
             for ss in task["startstops"]:

@@ -152,7 +152,8 @@ def main() -> int:
                 continue
             rows.append(json.loads(proc.stdout.strip().splitlines()[-1]))
     ref = {r["n"]: r for r in rows if r["engine"] == "abtem"}
-    head = f"{'size':>6} {'engine':<20} {'cold s':>8} {'warm s':>8} {'peak MiB':>9} {'work MiB':>9} {'abTEM/x time':>12} {'x/abTEM work mem':>16}"
+    head = (f"{'size':>6} {'engine':<20} {'cold s':>8} {'warm s':>8} {'peak MiB':>9} {'work MiB':>9} "
+            f"{'abTEM/x time':>12} {'x/abTEM work mem':>16}")
     print(head)
     print("-" * len(head))
     for r in rows:

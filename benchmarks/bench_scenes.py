@@ -46,7 +46,8 @@ def virion_spikes(n_virions: int, spikes_per_virion: int, radius_a: float, field
 
     centres = []
     while len(centres) < n_virions:  # non-overlapping virion centres in the field, mid-plane of the ice
-        c = np.array([rng.uniform(-1, 1) * (field_a / 2 - radius_a - 250), rng.uniform(-1, 1) * (field_a / 2 - radius_a - 250),
+        c = np.array([rng.uniform(-1, 1) * (field_a / 2 - radius_a - 250),
+                      rng.uniform(-1, 1) * (field_a / 2 - radius_a - 250),
                       rng.uniform(-1, 1) * max(0.0, ice_a / 2 - radius_a - 250)])
         if all(np.linalg.norm(c - o) > 2 * radius_a + 500 for o in centres):
             centres.append(c)
@@ -58,7 +59,7 @@ def virion_spikes(n_virions: int, spikes_per_virion: int, radius_a: float, field
     positions, eulers = [], []
     for c in centres:
         spin = rng.uniform(0, 360, spikes_per_virion)
-        for nrm, s in zip(normals, spin):
+        for nrm, s in zip(normals, spin, strict=True):
             z = nrm / np.linalg.norm(nrm)
             x = np.cross([0.0, 0.0, 1.0], z) if abs(z[2]) < 0.99 else np.array([1.0, 0.0, 0.0])
             x /= np.linalg.norm(x)
@@ -149,7 +150,8 @@ def main() -> None:
         r = run_child("tilt", "10", args.device)
         report["tilt_series"] = r
         print(f"tilt series: {r['tilts']} tilts, {r['copies']} spike copies ({r['mode']}), 1024² at 5 Å/px: "
-              f"{r['per_tilt_s_mean']:.2f} s per tilt (median {r['per_tilt_s_median']:.2f}), total {r['wall_s']:.0f} s, "
+              f"{r['per_tilt_s_mean']:.2f} s per tilt (median {r['per_tilt_s_median']:.2f}), "
+              f"total {r['wall_s']:.0f} s, "
               f"peak {r['peak_rss_mib']:.0f} MiB")
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(report, indent=1))

@@ -157,7 +157,8 @@ def checks(setting: dict, ours: str = "ours_tv") -> dict:
            "ssim_beats_average": m[ours]["ssim"] > m["average"]["ssim"],
            "ffl_ratio_average_over_ours": m["average"]["ffl"] / max(m[ours]["ffl"], 1e-30)}
     if "topaz_p" in m:
-        out["beats_topaz_psnr_ssim_ffl"] = (m[ours]["psnr"] > m["topaz_p"]["psnr"], m[ours]["ssim"] > m["topaz_p"]["ssim"],
+        out["beats_topaz_psnr_ssim_ffl"] = (m[ours]["psnr"] > m["topaz_p"]["psnr"],
+                                            m[ours]["ssim"] > m["topaz_p"]["ssim"],
                                             m[ours]["ffl"] < m["topaz_p"]["ffl"])
     return out
 
@@ -213,8 +214,8 @@ def method_names(settings: list[dict]) -> list[str]:
 def summarise(settings: list[dict]) -> dict:
     names = method_names(settings)
     summary = {
-        "psnr_and_ssim_beat_average_everywhere": all(s["checks"]["psnr_beats_average"] and s["checks"]["ssim_beats_average"]
-                                                     for s in settings),
+        "psnr_and_ssim_beat_average_everywhere": all(s["checks"]["psnr_beats_average"]
+                                                     and s["checks"]["ssim_beats_average"] for s in settings),
         "min_ffl_ratio_at_dose_ge_700": min((s["checks"]["ffl_ratio_average_over_ours"] for s in settings
                                              if s["dose_e_per_nm2"] >= 700), default=None),
         "settings": len(settings),
@@ -236,7 +237,8 @@ def print_tables(scene: str, settings: list[dict]) -> None:
             row.update({k: s["metrics"][k][metric] for k in s["metrics"]})
             rows.append(row)
         cols = ["dose", "n"] + [m for m in methods if any(m in r for r in rows)]
-        print(f"\n{scene}: {metric.upper()} against MTF(Ĩ) (higher is better{', lower for FFL' if metric == 'ffl' else ''})")
+        print(f"\n{scene}: {metric.upper()} against MTF(Ĩ) "
+              f"(higher is better{', lower for FFL' if metric == 'ffl' else ''})")
         print(format_table(rows, cols, "{:.4g}"))
 
 
@@ -263,7 +265,8 @@ def study(args) -> None:
                 s["checks"], s["winners"] = checks(s), winners(s)
                 settings.append(s)
                 m = s["metrics"]
-                print(f"{scene} dose {dose:5d} n {n:3d}: PSNR avg {m['average']['psnr']:6.2f} ours {m['ours_tv']['psnr']:6.2f}"
+                print(f"{scene} dose {dose:5d} n {n:3d}: PSNR avg {m['average']['psnr']:6.2f}"
+                      f" ours {m['ours_tv']['psnr']:6.2f}"
                       f" | SSIM avg {m['average']['ssim']:.3f} ours {m['ours_tv']['ssim']:.3f} | FFL avg/ours "
                       f"{s['checks']['ffl_ratio_average_over_ours']:.1f}x | best PSNR {s['winners']['psnr']}"
                       f" ({time.perf_counter() - t:.1f} s)", flush=True)

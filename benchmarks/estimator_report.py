@@ -89,7 +89,7 @@ def finite_difference_check(rate: torch.Tensor, data: torch.Tensor, rate_grad: t
         pixel_errors.append(float((difference - rate_grad.flatten()[index]).abs() / scale))
     parameter_errors = []
     with torch.no_grad():
-        for parameter, analytic in zip(mtf.parameters(), mtf_grad):
+        for parameter, analytic in zip(mtf.parameters(), mtf_grad, strict=True):
             step = 1e-6
             parameter += step
             plus_loss = expected_mse(rate, data, mtf)

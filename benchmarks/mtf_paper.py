@@ -22,6 +22,7 @@ import argparse
 import json
 import sys
 import time
+from itertools import pairwise
 from pathlib import Path
 
 import numpy as np
@@ -91,7 +92,7 @@ def projection_metrics(image: torch.Tensor, truth: MTFParams, fit: MTFParams) ->
 
 def band_errors(truth: MTFParams, fit: MTFParams) -> list[float]:
     out = []
-    for lo, hi in zip(BANDS[:-1], BANDS[1:]):
+    for lo, hi in pairwise(BANDS):
         w = torch.linspace(lo, hi, 9, dtype=torch.float64)
         out.append(float((normalised_curve(truth, w) - normalised_curve(fit, w)).abs().mean()))
     return out
@@ -105,7 +106,7 @@ def band_contribution(image: torch.Tensor) -> list[float]:
     mag = rfft2(image - image.mean()).abs()
     w = radial_frequency_per_px(tuple(image.shape))
     tot = float(mag[w < 0.5].sum())
-    return [float(mag[(w >= lo) & (w < hi)].sum()) / tot for lo, hi in zip(BANDS[:-1], BANDS[1:])]
+    return [float(mag[(w >= lo) & (w < hi)].sum()) / tot for lo, hi in pairwise(BANDS)]
 
 
 def background(mtf: MTFParams, n: int, crop: int, counts: float, seed: int) -> torch.Tensor:
@@ -143,13 +144,15 @@ def main() -> int:
     for name, truth in SETS.items():
         for n in counts_list:
             crops = background(truth, n, a.crop, a.counts, seed=n)
-            fits = [("nps", lambda: fit_nps(crops)),
-                    ("nps+dose", lambda: fit_nps(crops, counts_per_px=a.counts))]
+            fits = [("nps", lambda crops=crops: fit_nps(crops)),
+                    ("nps+dose", lambda crops=crops: fit_nps(crops, counts_per_px=a.counts))]
             if not a.nps_only and (a.alg1_crops is None or n in a.alg1_crops):
-                alg1 = lambda al: fit_algorithm1(crops, a.counts, ffl_alpha=al, steps=a.steps,  # noqa: E731
-                                                 generator=torch.Generator().manual_seed(0))
-                fits.append(("alg1 MSE", lambda: alg1(None)))
-                fits += [(f"alg1 MSE+FFL a={al:g}", lambda al=al: alg1(al)) for al in alphas]
+                def alg1(al, crops=crops):
+                    return fit_algorithm1(crops, a.counts, ffl_alpha=al, steps=a.steps,
+                                          generator=torch.Generator().manual_seed(0))
+
+                fits.append(("alg1 MSE", lambda alg1=alg1: alg1(None)))
+                fits += [(f"alg1 MSE+FFL a={al:g}", lambda al=al, alg1=alg1: alg1(al)) for al in alphas]
             for label, run in fits:
                 fit = run()
                 rms = curve_rms(fit.params, truth)
@@ -159,8 +162,8 @@ def main() -> int:
                              "seconds": fit.seconds, "band_abs_error": band_errors(truth, fit.params)})
                 print(f"{name:<10} {n:>5} {label:<22} {rms:9.4f} {mean_d:8.3f} {max_d:8.3f} {fit.seconds:7.1f}",
                       flush=True)
-    print("\nper-band |ΔMTF/MTF(0)| with 50 crops (NPS+dose estimator | best Algorithm-1 variant) and the band's share of "
-          "the projection's spectral magnitude")
+    print("\nper-band |ΔMTF/MTF(0)| with 50 crops (NPS+dose estimator | best Algorithm-1 variant) "
+          "and the band's share of the projection's spectral magnitude")
     print(f"{'band (cycles/px)':<16} {'share':>6} " + " ".join(f"{s:>17}" for s in SETS))
     best = {}
     for s in SETS:
@@ -168,7 +171,7 @@ def main() -> int:
         alg = [r for r in r50 if not r["method"].startswith("nps")]
         nps = next(r for r in r50 if r["method"] == "nps+dose")
         best[s] = (nps, min(alg, key=lambda r: r["curve_rms"]) if alg else nps)
-    for i, (lo, hi) in enumerate(zip(BANDS[:-1], BANDS[1:])):
+    for i, (lo, hi) in enumerate(pairwise(BANDS)):
         cells = " ".join(f"{best[s][0]['band_abs_error'][i]:8.4f}|{best[s][1]['band_abs_error'][i]:8.4f}" for s in SETS)
         print(f"[{lo:.2f}, {hi:.2f})     {contribution[i]:6.3f} {cells}")
     a.out.parent.mkdir(parents=True, exist_ok=True)

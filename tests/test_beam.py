@@ -32,7 +32,7 @@ def test_published_values():
     assert wavelength_a(300) == pytest.approx(0.019687, abs=1e-6)
     assert interaction_constant(200) == pytest.approx(7.29e-4, rel=2e-3)
     assert interaction_constant(300) == pytest.approx(6.53e-4, rel=2e-3)
-    assert POTENTIAL_CONSTANT_V_A2 == pytest.approx(47.878, abs=1e-3)
+    assert pytest.approx(47.878, abs=1e-3) == POTENTIAL_CONSTANT_V_A2
 
 
 def test_bad_voltage():

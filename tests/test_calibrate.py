@@ -3,7 +3,6 @@ score separates different data and not alike data; the calibrate round trip on a
 
 import math
 
-import numpy as np
 import pytest
 import torch
 
@@ -61,8 +60,8 @@ def test_thickness_from_transmission_and_its_errors():
 
 def test_calibrate_round_trip_recovers_a_known_simulation(tmp_path, one_thread):
     """A micrograph simulated with structured ice, a known CTF, dose, gain and thickness: calibrate (told the
-    nominal dose, the DQE and the camera's MTF) gives back the defocus, the gain, the thickness and the ice amplitude, and its own
-    simulation matches the input band by band and cannot be told apart by the classifier."""
+    nominal dose, the DQE and the camera's MTF) gives back the defocus, the gain, the thickness and the ice
+    amplitude, and its own simulation matches the input band by band and cannot be told apart by the classifier."""
     import json
 
     from difftem.calibrate.run import run_calibrate
@@ -99,11 +98,11 @@ def test_tilt_series_doses_and_defoci_per_tilt(tmp_path, one_thread):
     import json
 
     import yaml
+    from typer.testing import CliRunner
 
     from difftem.calibrate.run import run_calibrate
     from difftem.cli._app import app
     from difftem.forward.detector import MTFParams
-    from typer.testing import CliRunner
 
     cfg = {"seed": 5, "beam": {"voltage_kv": 300, "dose_e_per_a2": 40.0},
            "optics": {"defocus_um": 1.5, "electron_loss": {"model": "explicit", "energy_filter": True}},

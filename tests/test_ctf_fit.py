@@ -7,8 +7,8 @@ import math
 import numpy as np
 import pytest
 import starfile
-
 from ctf_helpers import ctf_micrograph
+
 from difftem.core.errors import ArgumentError
 from difftem.learn.ctf_fit import fit_ctf
 
@@ -74,9 +74,10 @@ def test_bad_inputs_are_named(one_thread):
 
 
 def test_cli_writes_star_json_and_figures(tmp_path, one_thread):
+    from typer.testing import CliRunner
+
     from difftem.cli._app import app
     from difftem.io.files import write_mrc
-    from typer.testing import CliRunner
 
     img = ctf_micrograph(1024, 1.0, 16000, 15000, 30.0, seed=5).numpy().astype(np.float32)
     write_mrc(tmp_path / "mic.mrc", img, 1.0)
@@ -112,8 +113,9 @@ def test_cli_fits_a_simulated_tilt_series_per_tilt(tmp_path, one_thread):
     """`fit-ctf tilt_series.mrc` takes the angles and axis from the files beside the stack and fits every tilt
     with its geometry: each tilt's mean defocus near the simulated one; a defocus-per-tilt figure."""
     import yaml
-    from difftem.cli._app import app
     from typer.testing import CliRunner
+
+    from difftem.cli._app import app
 
     cfg = {"seed": 4, "beam": {"voltage_kv": 300}, "optics": {"defocus_um": 1.8},
            "detector": {"shape_px": [512, 512], "pixel_size_a": 1.0, "noise": "poisson"},

@@ -196,7 +196,7 @@ def check_particles(stored, metadata, eulers_deg):
         px = [r["position_px"] for r in stored]
         mats = [rotation_zyz_deg(*r["euler_zyz_deg"]) for r in stored]
     assert pos == [[0.0, 0.0, 0.0], [12.0, -10.0, 0.0]] and px == [[32.0, 32.0], [44.0, 22.0]]
-    for m, e in zip(mats, eulers_deg):  # same rotation (angles may be written in another range)
+    for m, e in zip(mats, eulers_deg, strict=True):  # same rotation (angles may be written in another range)
         np.testing.assert_allclose(m, rotation_zyz_deg(*e), atol=1e-9)
 
 
@@ -246,7 +246,7 @@ def test_manifest_lists_every_item_with_parameters(tmp_path):
     assert "ResourceError" in rows[1]["error"] and rows[1]["path"] is None
     ds = DatasetReader(tmp_path / "st")
     assert [it["index"] for it in ds] == [0, 2]
-    for r, it in zip([rows[0], rows[2]], ds):
+    for r, it in zip([rows[0], rows[2]], ds, strict=True):
         assert r["item_seed"] == it["item_seed"] and r["optics.defocus_um"] == it["params"]["optics.defocus_um"]
         assert json.loads(r["sample.particles.0.euler_zyz_deg"]) == it["params"]["sample.particles.0.euler_zyz_deg"]
         assert r["seconds"] > 0 and r["worker_peak_rss_mb"] > 10
@@ -259,7 +259,7 @@ def test_mrc_store_matches_zarr_store(tmp_path):
     m = build(spec_from_dict(spec_dict(n_items=2, store="mrc")), tmp_path / "m", workers=0)
     assert len(z.done) == len(m.done) == 2
     dz, dm = DatasetReader(tmp_path / "z"), DatasetReader(tmp_path / "m")
-    for a, b in zip(dz, dm):
+    for a, b in zip(dz, dm, strict=True):
         for name in ("micrograph", "noiseless", "potential"):
             assert torch.equal(a[name], b[name])
         assert a["ground_truth"] == b["ground_truth"]
@@ -341,7 +341,8 @@ def test_rerun_skips_done_redoes_partial_and_retries_failed(tmp_path):
     assert tree(out / "items" / "000000") == done_before
     again = DatasetReader(out).item(2)
     assert all(torch.equal(ref[k], again[k]) for k in ("micrograph", "noiseless", "potential"))
-    rows = list(csv.DictReader(open(out / "manifest.csv")))
+    with open(out / "manifest.csv") as fh:
+        rows = list(csv.DictReader(fh))
     assert [r["status"] for r in rows] == ["done", "failed", "done"]
 
 
@@ -373,9 +374,8 @@ def test_store_locked_by_another_run(tmp_path):
     out = tmp_path / "st"
     spec = spec_from_dict(spec_dict(n_items=1))
     build(spec, out, workers=0)
-    with Store(out, "zarr").lock():
-        with pytest.raises(DifftemError, match="another `difftem dataset` run"):
-            build(spec, out, workers=0)
+    with Store(out, "zarr").lock(), pytest.raises(DifftemError, match="another `difftem dataset` run"):
+        build(spec, out, workers=0)
 
 
 def test_unreachable_scheduler_is_a_clear_error_and_writes_nothing(tmp_path):
@@ -398,11 +398,12 @@ def test_existing_scheduler_address(tmp_path):
                        log=logs.append)
         assert sorted(report.done) == [0, 1] and report.workers == 1
         assert any(line.startswith("dashboard: http") for line in logs)
-    rows = list(csv.DictReader(open(tmp_path / "st" / "manifest.csv")))
+    with open(tmp_path / "st" / "manifest.csv") as fh:
+        rows = list(csv.DictReader(fh))
     assert all(r["worker"].startswith("inproc://") or r["worker"].startswith("tcp://") for r in rows)
     ref = build(spec_from_dict(spec_dict(n_items=2)), tmp_path / "ref", workers=0)
     assert sorted(ref.done) == [0, 1]
-    for a, b in zip(DatasetReader(tmp_path / "st"), DatasetReader(tmp_path / "ref")):
+    for a, b in zip(DatasetReader(tmp_path / "st"), DatasetReader(tmp_path / "ref"), strict=True):
         assert all(torch.equal(a[k], b[k]) for k in ("micrograph", "noiseless", "potential"))
 
 

@@ -309,7 +309,7 @@ def test_topaz_loads_pretrained_weights_offline(monkeypatch):
 
     monkeypatch.setattr(socket.socket, "connect", no_network)
     topaz_model._load_cpu.cache_clear()
-    for name, (filename, _, _) in topaz_model.TOPAZ_MODELS.items():
+    for name, (_filename, _, _) in topaz_model.TOPAZ_MODELS.items():
         net = topaz_model.load_topaz_model(name)
         assert not net.training and sum(p.numel() for p in net.parameters()) > 0
     # the weights are the shipped ones, not a fresh initialisation: two loads agree exactly and the

@@ -24,7 +24,8 @@ def write_pdb(path, rows):
     """rows: (element, x, y, z, B) → a minimal PDB file."""
     lines = []
     for i, (el, x, y, z, b) in enumerate(rows, 1):
-        lines.append(f"ATOM  {i:5d} {el:<3s}  GLY A{i:4d}    {x:8.3f}{y:8.3f}{z:8.3f}{1.0:6.2f}{b:6.2f}          {el:>2s}")
+        lines.append(f"ATOM  {i:5d} {el:<3s}  GLY A{i:4d}    {x:8.3f}{y:8.3f}{z:8.3f}{1.0:6.2f}{b:6.2f}"
+                     f"          {el:>2s}")
     path.write_text("\n".join(lines + ["END"]) + "\n")
     return path
 
@@ -63,14 +64,14 @@ def test_gradcheck_every_parameter(tmp_path):
     weights = torch.randn((5, 24 * 24), generator=torch.Generator().manual_seed(0), dtype=torch.float64)
 
     def f(*tensors):
-        out = sim(dict(zip(names, tensors)))
+        out = sim(dict(zip(names, tensors, strict=True)))
         return weights @ out.noiseless.reshape(-1)
 
     inputs = tuple(p0[n].detach().clone().requires_grad_() for n in names)
     assert gradcheck(f, inputs, eps=1e-6, atol=1e-5, rtol=1e-3)
     # every parameter of the noise-free image has a non-zero gradient (DQE enters only the noise)
     grads = torch.autograd.grad(f(*inputs).sum(), inputs, allow_unused=True)
-    for n, g in zip(names, grads):
+    for n, g in zip(names, grads, strict=True):
         if n == "dqe":
             assert g is None or float(g.abs().max()) == 0
         else:

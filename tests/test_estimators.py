@@ -186,7 +186,7 @@ def test_expected_mse_gradcheck_learnable_mtf_and_rate():
     values = tuple(p.detach().clone().requires_grad_() for _, p in objective.named_parameters())
 
     def as_function(rate_in, *params):
-        return torch.func.functional_call(objective, dict(zip(names, params)), (rate_in,))
+        return torch.func.functional_call(objective, dict(zip(names, params, strict=True)), (rate_in,))
 
     assert torch.autograd.gradcheck(as_function, (rate, *values))
 

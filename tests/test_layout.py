@@ -36,7 +36,8 @@ def test_import_contracts_hold():
 
 
 def test_library_import_does_not_load_the_cli():
-    code = "import sys, difftem, difftem.simulate.output, difftem.dataset; print('typer' in sys.modules, 'rich' in sys.modules)"
+    code = ("import sys, difftem, difftem.simulate.output, difftem.dataset; "
+            "print('typer' in sys.modules, 'rich' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
     assert out == ["False", "False"]
 

@@ -34,7 +34,10 @@ def test_forward_then_backward_is_identity():
 def test_propagation_conserves_energy_and_composes():
     grid = Grid((128, 128), 0.5)
     psi = bandlimited_noise(grid, 1)
-    p = lambda z: fresnel_propagator(grid, LAM, z, dtype=torch.complex128)
+
+    def p(z):
+        return fresnel_propagator(grid, LAM, z, dtype=torch.complex128)
+
     out = propagate(psi, p(300.0))
     assert float(out.abs().pow(2).sum()) == pytest.approx(float(psi.abs().pow(2).sum()), rel=1e-12)
     assert rel(propagate(propagate(psi, p(100.0)), p(200.0)), out) < 1e-12

@@ -162,7 +162,8 @@ def test_crowd_by_atoms_says_where_it_jams(monkeypatch):
                                             "crowding": {"basis": "molecular", "shape": "atoms", "min_gap_a": gap},
                                             "particles": [{"name": "ubi", "structure": "builtin:1ubi",
                                                            "volume_fraction": frac}]}})
-    with pytest.raises(ConfigError, match=r"sample\.particles\.0\.volume_fraction: the crowd's molecule voxels .* would fill"):
+    with pytest.raises(ConfigError,
+                       match=r"sample\.particles\.0\.volume_fraction: the crowd's molecule voxels .* would fill"):
         scene_of(cfg(0.40, 3.0))
     with pytest.raises(ConfigError, match=r"sample\.particles\.0\.volume_fraction: reached .* shaken \d+ times") as jam:
         scene_of(cfg(0.45, 0.0))

@@ -1,6 +1,7 @@
 """Scenes: symmetry builders, random placement, pose conventions, per-type maps, tiles."""
 
 import math
+from itertools import pairwise
 
 import numpy as np
 import pytest
@@ -91,9 +92,9 @@ def test_helix_reproduces_rise_and_twist(shared_data):
     phi = np.unwrap(np.arctan2(cents[:, 1], cents[:, 0]))
     assert np.allclose(np.degrees(np.diff(phi)), 22.04, atol=1e-9)
     # 49 subunits make 3 turns: subunit 49 would sit above subunit 0
-    assert 49 * 22.04 == pytest.approx(3 * 360, abs=0.1)
+    assert pytest.approx(3 * 360, abs=0.1) == 49 * 22.04
     r = np.hypot(rod.positions_a[:, 0], rod.positions_a[:, 1])
-    assert 15 < r.min() and r.max() < 100  # the TMV coat: inner channel ~2 nm, outer radius ~9 nm
+    assert r.min() > 15 and r.max() < 100  # the TMV coat: inner channel ~2 nm, outer radius ~9 nm
     assert bounding_capsule(rod.centred("bbox").positions_a).half_length_a == 0  # 7 nm long, 18 wide: a sphere
     long_rod = helical_assembly(sub, 1.408, 22.04, 400).centred("bbox")  # 56 nm: a capsule along the axis
     caps = bounding_capsule(long_rod.positions_a)
@@ -205,7 +206,7 @@ def test_slab_map_matches_exact_potential(ubiquitin):
     field = torch.zeros(2, n, n, dtype=torch.float64)
     # the copy cut into 7 slabs and summed = its whole projection (slabs tile z exactly)
     edges = np.linspace(-support, support, 8)
-    for z0, z1 in zip(edges[:-1], edges[1:]):
+    for z0, z1 in pairwise(edges):
         patch, corner = sample_slab(pm, torch.as_tensor(rot)[None], centre, p, float(z0), float(z1), box)
         y0, x0 = corner[0].tolist()
         field[:, y0:y0 + box, x0:x0 + box] += patch[0]

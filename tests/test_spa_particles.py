@@ -64,8 +64,9 @@ def sim():
     cfg = {"seed": 0, "beam": {"voltage_kv": 300, "dose_e_per_a2": 100},
            "optics": {"defocus_um": DEFOCUS_UM, "astigmatism_um": ASTIG_UM, "astigmatism_angle_deg": ASTIG_DEG},
            "detector": {"shape_px": [field, field], "pixel_size_a": PX, "noise": "none", "mtf": None},
-           "sample": {"ice_thickness_nm": 80, "ice_structure": {"mode": "off"}, "particles": [{"structure": "builtin:1ubi", "positions_a": pos.tolist(),
-                                                              "euler_zyz_deg": eul.tolist()}]}}
+           "sample": {"ice_thickness_nm": 80, "ice_structure": {"mode": "off"},
+                      "particles": [{"structure": "builtin:1ubi", "positions_a": pos.tolist(),
+                                     "euler_zyz_deg": eul.tolist()}]}}
     result = difftem.simulate(cfg)
     stack = particles_from_result(result, box_px=BOX, image="noiseless")
     # the true map: the particle's potential at 0.5 Å voxels (fine z slabs), Fourier-cropped to the box's voxels
@@ -254,9 +255,9 @@ def test_defocus_at_depth_by_simulation():
         cfg = {"seed": 0, "beam": {"voltage_kv": 300, "dose_e_per_a2": 100},
                "optics": {"defocus_um": defocus_um, "astigmatism_um": 0.3, "astigmatism_angle_deg": 50},
                "detector": {"shape_px": [96, 96], "pixel_size_a": 1.5, "noise": "none", "mtf": None},
-               "sample": {"ice_thickness_nm": 100, "ice_structure": {"mode": "off"}, "particles": [{"structure": "builtin:1ubi",
-                                                                  "positions_a": [[0, 0, z_a]],
-                                                                  "euler_zyz_deg": [[10, 60, 20]]}]}}
+               "sample": {"ice_thickness_nm": 100, "ice_structure": {"mode": "off"},
+                          "particles": [{"structure": "builtin:1ubi", "positions_a": [[0, 0, z_a]],
+                                         "euler_zyz_deg": [[10, 60, 20]]}]}}
         img = difftem.simulate(cfg).noiseless
         return img - img.mean()
 
@@ -353,9 +354,9 @@ def test_extract_command(tmp_path):
     cfg = {"seed": 1, "beam": {"voltage_kv": 300, "dose_e_per_a2": 50},
            "optics": {"defocus_um": 1.0, "astigmatism_um": 0.2, "astigmatism_angle_deg": 20},
            "detector": {"shape_px": [160, 160], "pixel_size_a": 2.0, "mtf": None},
-           "sample": {"ice_thickness_nm": 20, "ice_structure": {"mode": "off"}, "particles": [{"structure": "builtin:1ubi",
-                                                             "positions_a": [[-60, -50, 10], [70, 40, -20],
-                                                                             [150, 150, 0]]}]}}
+           "sample": {"ice_thickness_nm": 20, "ice_structure": {"mode": "off"},
+                      "particles": [{"structure": "builtin:1ubi",
+                                     "positions_a": [[-60, -50, 10], [70, 40, -20], [150, 150, 0]]}]}}
     write_simulation(difftem.simulate(cfg), tmp_path / "run")
     runner = CliRunner()
     res = runner.invoke(app, ["extract", str(tmp_path / "run"), "--box", "32", "--out", str(tmp_path / "p"),
@@ -413,8 +414,9 @@ def test_adenylate_kinase_64px_from_star(tmp_path):
     cfg = {"seed": 0, "beam": {"voltage_kv": 300, "dose_e_per_a2": 200},
            "optics": {"defocus_um": DEFOCUS_UM, "astigmatism_um": ASTIG_UM, "astigmatism_angle_deg": ASTIG_DEG},
            "detector": {"shape_px": [field, field], "pixel_size_a": PX, "noise": "poisson", "mtf": None},
-           "sample": {"ice_thickness_nm": 80, "ice_structure": {"mode": "off"}, "particles": [{"structure": str(path), "positions_a": pos.tolist(),
-                                                              "euler_zyz_deg": eul.tolist()}]}}
+           "sample": {"ice_thickness_nm": 80, "ice_structure": {"mode": "off"},
+                      "particles": [{"structure": str(path), "positions_a": pos.tolist(),
+                                     "euler_zyz_deg": eul.tolist()}]}}
     result = difftem.simulate(cfg)
     stack = particles_from_result(result, box_px=box)
     write_particles(stack, tmp_path, ("relion",))
@@ -445,7 +447,8 @@ def test_no_particle_fits_is_one_error():
     from difftem.core.errors import ArgumentError
 
     cfg = {"detector": {"shape_px": [64, 64], "pixel_size_a": 1.0},
-           "sample": {"ice_structure": {"mode": "off"}, "particles": [{"structure": "builtin:1ubi", "positions_a": [[25, 25, 0]]}]}}
+           "sample": {"ice_structure": {"mode": "off"},
+                      "particles": [{"structure": "builtin:1ubi", "positions_a": [[25, 25, 0]]}]}}
     with pytest.raises(ArgumentError, match="no particle's box lies inside"):
         extract_particles(np.zeros((64, 64), np.float32), [[25, 25, 0]], np.eye(3)[None], cfg, box_px=32)
     with pytest.raises(ArgumentError, match="box_px 33"):

@@ -5,6 +5,7 @@ import os
 import shutil
 import subprocess
 from importlib import resources
+from itertools import pairwise
 from pathlib import Path
 
 import numpy as np
@@ -144,7 +145,7 @@ def assert_same(a, b, path="config"):
             assert_same(a[k], b[k], f"{path}.{k}")
     elif isinstance(a, (list, tuple)):
         assert len(a) == len(b), path
-        for i, (x, y) in enumerate(zip(a, b)):
+        for i, (x, y) in enumerate(zip(a, b, strict=True)):
             assert_same(x, y, f"{path}[{i}]")
     elif isinstance(a, float) or isinstance(b, float):
         assert a == pytest.approx(b, rel=1e-9, abs=1e-12), path
@@ -380,7 +381,7 @@ def test_screened_cross_sections_are_consistent():
         t02 = z ** (2 / 3) / (2 * math.pi / wavelength_a(300) * BOHR_RADIUS_A) ** 2
         assert screened_cross_sections_a2(z, 300, alpha)[0] == pytest.approx(el * alpha**2 / (t02 + alpha**2))
     fractions = [carbon_loss_fraction(300, a) for a in (None, 1, 5, 20, 100)]
-    assert fractions[0] == 1 and all(a > b for a, b in zip(fractions, fractions[1:])) and fractions[-1] < 0.01
+    assert fractions[0] == 1 and all(a > b for a, b in pairwise(fractions)) and fractions[-1] < 0.01
 
 
 def test_ice_only_dose_level(tmp_path):
@@ -400,7 +401,7 @@ def test_ice_only_dose_level(tmp_path):
     assert result.config.sample.particles == []
     res = simulate_tilt_series(result.config)
     v = temsim_ice_absorption_v(300, 20.0)
-    for angle, image in zip(res.angles_deg, res.noiseless):
+    for angle, image in zip(res.angles_deg, res.noiseless, strict=True):
         transmission = math.exp(-2 * interaction_constant(300) * v * 300 / math.cos(math.radians(angle)))
         assert float(image.mean()) == pytest.approx(25.0 * 2.0**2 * 2 * transmission, rel=1e-4)
 
@@ -512,7 +513,7 @@ def test_same_images_as_temsimulator(tmp_path):
     with mrcfile.open(tmp_path / "noisy.mrc", permissive=True) as m:
         theirs = m.data.astype(np.float64)
     ours = simulate_tilt_series(load_inp(inp).config).noiseless.numpy().astype(np.float64)
-    for a, b in zip(theirs, ours):
+    for a, b in zip(theirs, ours, strict=True):
         assert b.mean() == pytest.approx(a.mean(), rel=0.05)
         x, y = a - gaussian_filter(a, 10, mode="wrap"), b - gaussian_filter(b, 10, mode="wrap")
         x, y = x[16:-16, 16:-16], y[16:-16, 16:-16]

@@ -76,7 +76,8 @@ def test_exposure_filter():
     assert float(h[3]) == pytest.approx(float(torch.exp(-n / (2 * ne)).mean()), rel=1e-6)
     # Grant & Grigorieff: at 1/(4 Å) the critical exposure at 300 kV is 0.245·4^1.665 + 2.81
     assert float(critical_exposure_e_per_a2(torch.tensor(0.25), 300.0)) == pytest.approx(0.245 * 4**1.665 + 2.81)
-    assert float(critical_exposure_e_per_a2(torch.tensor(0.25), 200.0)) == pytest.approx(0.8 * (0.245 * 4**1.665 + 2.81))
+    assert float(critical_exposure_e_per_a2(torch.tensor(0.25), 200.0)) == pytest.approx(
+        0.8 * (0.245 * 4**1.665 + 2.81))
 
 
 def test_tilt_rotation_convention():
@@ -149,7 +150,7 @@ def test_tilt_series_result_and_damage():
     from difftem.forward.beam import interaction_constant
 
     sigma = interaction_constant(300.0)
-    for img, angle in zip(r.noiseless, r.angles_deg):
+    for img, angle in zip(r.noiseless, r.angles_deg, strict=True):
         expect = 90 * math.exp(-2 * sigma * 0.7591 * 200 / math.cos(math.radians(angle)))
         assert float(img.mean()) == pytest.approx(expect, rel=0.01)
     # damage lowers the contrast of later exposures: compare the same view without damage

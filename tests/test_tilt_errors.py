@@ -92,8 +92,8 @@ def test_reconstruct_cli_applies_the_xf(tmp_path):
     # named apart from the stack: an s.xf beside s.mrc would be read as its IMOD alignment (and used unasked)
     write_xf(tmp_path / "s_errors.xf", *zip(*(e.xf(i) for i in range(3)), strict=True))
     runner = CliRunner()
-    for args in (["s.mrc", "--xf", str(tmp_path / "s_errors.xf"), "--out", "fixed.mrc"], ["s.mrc", "--out", "plain.mrc"],
-                 ["ref.mrc", "--out", "ref_vol.mrc"]):
+    for args in (["s.mrc", "--xf", str(tmp_path / "s_errors.xf"), "--out", "fixed.mrc"],
+                 ["s.mrc", "--out", "plain.mrc"], ["ref.mrc", "--out", "ref_vol.mrc"]):
         res = runner.invoke(app, ["reconstruct", str(tmp_path / args[0]), *args[1:-1],
                                   str(tmp_path / args[-1]), "--thickness-vox", "8"])
         assert res.exit_code == 0, res.output

@@ -360,8 +360,8 @@ def test_subtomogram_average_at_written_relion5_poses_matches_the_map(tmp_path):
                           wiener_snr=100)
     vol = reconstruct(data, meta.angles_deg, pixel_size_a=3.0, tilt_axis_deg=meta.tilt_axis_deg,
                       thickness_a=meta.thickness_a, device="cpu").volume
-    one = dict(cfg, sample={"ice_thickness_nm": 0, "ice_structure": {"mode": "off"}, "particles": [{"structure": "builtin:1ubi",
-                                                                  "positions_a": [[0, 0, 0]]}]})
+    one = dict(cfg, sample={"ice_thickness_nm": 0, "ice_structure": {"mode": "off"},
+                            "particles": [{"structure": "builtin:1ubi", "positions_a": [[0, 0, 0]]}]})
     one["detector"] = dict(cfg["detector"], shape_px=[48, 48])
     one.pop("tilt_series")
     truth = potential_volume(difftem.config.config_from_dict(one), thickness_a=48 * 3.0)[0]
