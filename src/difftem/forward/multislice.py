@@ -134,10 +134,10 @@ class Multislice:
         if shape not in self._apertures:
             g = Grid(shape, self.potential.grid.pixel_size_a)
 
-            def make():
-                mask = antialias_mask(g.k2(self.potential.device, torch.float64), g.pixel_size_a,
+            def make():  # in the wave's real precision: each window shape of a series is new (~25 per tilt)
+                mask = antialias_mask(g.k2(self.potential.device, self.potential.rdtype), g.pixel_size_a,
                                       self.antialias_fraction, self.taper_fraction)
-                return (mask / (shape[0] * shape[1])).to(self.potential.rdtype)
+                return mask.mul_(1.0 / (shape[0] * shape[1]))
 
             key = ("aperture", shape, g.pixel_size_a, self.antialias_fraction, self.taper_fraction,
                    str(self.potential.device), self.potential.rdtype)

@@ -108,7 +108,7 @@ def antialias_mask(k2: torch.Tensor, pixel_size_a: float, fraction: float = 2.0 
     if taper <= 0:
         return (k <= k_cut).to(k2.dtype)
     # the edge's cosine over a clamped phase: 1 inside the flat band (phase 0), 0 beyond the cut-off (phase π)
-    phase = ((k - (k_cut - taper)) * (1 / taper)).clamp_(0, 1).mul_(torch.pi)
+    phase = k.sub_(k_cut - taper).mul_(1 / taper).clamp_(0, 1).mul_(torch.pi)
     return phase.cos_().add_(1).mul_(0.5)
 
 
