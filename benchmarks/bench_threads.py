@@ -11,10 +11,12 @@ reads its settings once, when torch loads); configurations are interleaved and r
 processes spinning on the CPUs for the whole measurement.
 
 Stages, each as the pipeline runs it at the thread count set (``threads_for``: a field under 512² keeps its
-per-image stages on one thread; a map or projector build takes every thread): the optics and detector of one 400²
+per-image stages on one thread; a larger field, and a map or projector build, take every thread set that finds an
+idle core): the optics and detector of one 400²
 image (``expose``), the multislice of a 400² field through 5 slices of projected copies, one 400² micrograph of
 the helix, a 5-tilt series of a ubiquitin helix at 400² (subunit projections, tilts side by side), the Fourier
-projector of a 25,600-atom block (3-D FFTs of 90³), and one 2048² micrograph of 10 ubiquitins (large FFTs).
+projector of a 25,600-atom block (3-D FFTs of 90³), and one 1024² and one 2048² micrograph of 10 ubiquitins
+(large FFTs).
 Prints a table (min / median wall and median CPU per stage) and writes JSON.
 
     python benchmarks/bench_threads.py [--repeats 3] [--load 2] [--policies PASSIVE]
@@ -80,7 +82,7 @@ def stages():
                                                                                    "random": {"count": 10}}]},
                                  "simulation": {"slice_thickness_a": 20.0}})
 
-    big, small = micrograph(2048), micrograph(256)
+    big, mid, small = micrograph(2048), micrograph(1024), micrograph(256)
     rng = np.random.default_rng(0)
     pos = rng.uniform(-1, 1, (60000, 3))
     pos = pos[(pos**2).sum(1) < 1][:25600] * 62  # a TMV block's size: its projector is 90³ at 5 Å pixels
@@ -106,7 +108,8 @@ def stages():
         "micrograph_400": lambda: simulate(cfg, scene=setup.scene),
         "tilt_series_5x400": lambda: simulate_tilt_series(series, scene=setup.scene),
         "projector_90": projector,
-        "micrograph_2048": (lambda: simulate(small), lambda: simulate(big)),  # warm-up on a small field
+        "micrograph_1024": (lambda: simulate(small), lambda: simulate(mid)),  # warm-up on a small field
+        "micrograph_2048": (lambda: simulate(small), lambda: simulate(big)),
     }
 
 

@@ -212,6 +212,25 @@ def test_large_work_gets_the_threads_small_work_gave_up(monkeypatch):
         torch.set_num_threads(before)
 
 
+def test_large_fields_take_threads_only_on_idle_cores(monkeypatch):
+    """A field large enough for threads gets them where cores are idle and keeps to one beside busy processes."""
+    from difftem.core import threads
+
+    before = torch.get_num_threads()
+    monkeypatch.setattr(threads, "_usable_cores", lambda: 2)
+    try:
+        torch.set_num_threads(2)
+        for peers, want in ((0, 2), (1, 1), (2, 1), (None, 2)):
+            monkeypatch.setattr(threads, "busy_peers", lambda p=peers: p)
+            with threads.threads_for(1024 * 1024):
+                assert torch.get_num_threads() == want, peers
+            with threads.threads_for(64 * 64):  # small: one thread whatever the load
+                assert torch.get_num_threads() == 1
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
+
+
 @pytest.mark.parametrize(("cores", "peers", "want"), [(2, 0, 2), (2, 1, 1), (2, 3, 1), (8, 3, 4), (8, 0, 4)])
 def test_spare_threads_are_the_idle_cores(monkeypatch, cores, peers, want):
     """Of 4 threads asked for: as many as there are cores nobody else is running on, at least one; all where the

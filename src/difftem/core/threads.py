@@ -6,7 +6,8 @@ waits for peers the kernel has descheduled, and a small stage becomes many times
 (measured on 2 cores under load: 400² FFT stages 0.79–1.48 s at 2 spinning threads vs 0.08–0.13 s passive and
 0.22–0.36 s at 1 thread; benchmarks/bench_threads.py has the per-stage table). Passive waiting (threads sleep)
 removes that cliff. OpenMP reads the policy once, when its runtime loads with torch, so this must run before the
-first ``import torch``; a policy the user set is kept.
+first ``import torch``; a policy the user set is kept. Even sleeping, a second thread beside busy processes waits for
+a core at every synchronisation, so work gets threads beyond the first only on idle cores (:func:`spare_threads`).
 """
 
 from __future__ import annotations
@@ -57,14 +58,16 @@ _budget = threading.local()
 
 @contextmanager
 def threads_for(n_pixels: int):
-    """One torch thread when the work (``n_pixels``: the field) is small, else as many as set; one-off large
-    stages inside (:func:`large_work`) get them all back."""
+    """One torch thread when the work (``n_pixels``: the field) is small, else as many of those set as find an idle
+    core (:func:`spare_threads`: beside two busy processes on 2 cores, a 512² micrograph took 0.58–0.67 s at 2
+    threads against 0.31–0.36 s at 1, a 1024² one 1.81–1.88 s against 1.40–1.45 s); one-off large stages inside
+    (:func:`large_work`) get them back where cores are idle."""
     import torch
 
     n = torch.get_num_threads()
     before, _budget.threads = getattr(_budget, "threads", None), n
     try:
-        with intra_op_threads(1 if n_pixels < MIN_PIXELS_FOR_THREADS else n):
+        with intra_op_threads(1 if n_pixels < MIN_PIXELS_FOR_THREADS else spare_threads(n)):
             yield
     finally:
         _budget.threads = before
@@ -87,6 +90,8 @@ def busy_peers() -> int | None:
 def spare_threads(n: int) -> int:
     """Of ``n`` threads, how many find a core: all of them on an idle machine, one when other processes keep the
     cores busy (a second thread then waits for a core at every synchronisation)."""
+    if n <= 1:
+        return n
     peers = busy_peers()
     return n if peers is None else max(1, min(n, _usable_cores() - peers))
 
