@@ -91,8 +91,35 @@ def test_cli_writes_star_json_and_figures(tmp_path, one_thread):
     assert abs((row["rlnDefocusAngle"] - 30 + 90) % 180 - 90) < 5
     rec = json.loads((out / "ctf.json").read_text())
     assert rec["fits"][0]["name"] == "mic" and (out / "mic_ctf.png").stat().st_size > 10_000
+    assert "low-resolution edge" not in res.output
     res = CliRunner().invoke(app, ["fit-ctf", str(tmp_path / "mic.mrc"), "--out", str(out)])
     assert res.exit_code == 2 and "overwrite" in res.output.lower()
+
+
+def test_a_fit_at_the_noise_is_flagged(tmp_path, one_thread):
+    """768² px of bare ice at 40 e/Å² (noise seed 15): the Thon rings are at the noise and the fit matches the data
+    only at the band's 30 Å edge (with the calibrate test's camera this case gave 3.5× the true defocus); the command
+    says so. The same field without noise is not flagged."""
+    from typer.testing import CliRunner
+
+    import difftem
+    from difftem.cli._app import app
+    from difftem.io.files import write_mrc
+    from difftem.learn.ctf_fit import fit_is_weak
+
+    cfg = {"seed": 15, "beam": {"voltage_kv": 300, "dose_e_per_a2": 40.0},
+           "optics": {"defocus_um": 1.2, "electron_loss": {"model": "explicit", "energy_filter": True}},
+           "detector": {"shape_px": [768, 768], "pixel_size_a": 1.0, "dqe": 0.8},
+           "sample": {"ice_thickness_nm": 40.0, "ice_structure": {"mode": "slices", "amplitude": 0.25}},
+           "simulation": {"slice_thickness_a": 10}}
+    r = difftem.simulate(cfg)
+    assert not fit_is_weak(fit_ctf(r.noiseless, 1.0).as_dict())
+    write_mrc(tmp_path / "mic.mrc", r.micrograph.numpy(), 1.0)
+    res = CliRunner().invoke(app, ["fit-ctf", str(tmp_path / "mic.mrc"), "--out", str(tmp_path / "fit"),
+                                   "--plots", "none"])
+    assert res.exit_code == 0, res.output
+    fit = json.loads((tmp_path / "fit" / "ctf.json").read_text())["fits"][0]
+    assert fit_is_weak(fit) and "low-resolution edge (e.g. mic)" in " ".join(res.output.split())
 
 
 def test_particle_star_at_bin8_is_flagged_undetermined(shared_data, tmp_path, one_thread):

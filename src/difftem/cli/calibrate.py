@@ -20,6 +20,18 @@ def _band(text: str | None) -> tuple[float, float] | None:
     return lo, hi
 
 
+def _warn_weak_fits(fits: list[tuple[str, dict]]) -> None:
+    """One warning for the CTF fits (name, :meth:`CTFFit.as_dict`) that saw rings but matched the data only at the
+    band's low-resolution edge (:func:`~difftem.learn.ctf_fit.fit_is_weak`)."""
+    from ..learn.ctf_fit import fit_is_weak
+
+    weak = [name for name, fit in fits if fit["rings_in_band"] >= 2 and fit_is_weak(fit)]
+    if weak:
+        note("warning", f"{len(weak)} CTF fit(s) matched the data only at the band's low-resolution edge (e.g. "
+                        f"{weak[0]}): the Thon rings are at the noise and the defocus may be wrong (more dose or a "
+                        "larger field would tell; see the figure)")
+
+
 def register(app: typer.Typer) -> None:
     @app.command("fit-ctf")
     def fit_ctf(
@@ -74,6 +86,7 @@ def register(app: typer.Typer) -> None:
         if unsure:
             note("warning", f"{len(unsure)} fit(s) saw fewer than two CTF zeros in the band (e.g. {unsure[0]}): "
                             "their defocus is not determined by the data (pixel too coarse or band too narrow)")
+        _warn_weak_fits([(r["name"], r) for r in report["fits"]])
         say(f"wrote {', '.join(report['outputs'][:6])}{' ...' if len(report['outputs']) > 6 else ''} to {out}")
 
     @app.command("calibrate")
@@ -121,6 +134,7 @@ def register(app: typer.Typer) -> None:
                                    cs_mm=cs, bootstrap=4)
         except DifftemError as exc:
             fail(exc)
+        _warn_weak_fits([(rec["name"], rec["ctf"]) for rec in report["micrographs"]])
         for rec in report["micrographs"]:
             b, c = rec["likeness"]["bands"], rec["likeness"]["classifier"]
             say(f"{rec['name']}: defocus {rec['ctf']['defocus_u_a']:.0f}/{rec['ctf']['defocus_v_a']:.0f} Å, gain "
