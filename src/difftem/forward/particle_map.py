@@ -258,9 +258,12 @@ def cubic_bspline_sample_planes(planes: torch.Tensor, ncol: int, shape_dhw: tupl
     a = x - i
     a2 = a * a
     a3 = a2 * a
-    w0, w1, w3 = (1 - a) ** 3 / 6, 2 / 3 - a2 + a3 / 2, a3 / 6  # the spline's four weights; w2 = 1 − w0 − w1 − w3
+    b = 1 - a
+    w0, w3 = b * b * b / 6, a3 / 6  # the spline's four weights; w2 = 1 − w0 − w1 − w3
+    w1 = a3.mul(0.5).sub_(a2).add_(2 / 3)
     g0 = w0 + w1  # the two fetches per axis: weights g0, 1 − g0 at voxel positions h0, h1
-    h0, h1 = i - 1 + w1 / g0, i + 1 + w3 / (1 - g0)
+    h0 = w1.div(g0).add_(i).sub_(1)
+    h1 = w3.div(1 - g0).add_(i).add_(1)
     rows, cols = planes.shape[-2:]
     # align_corners=False: pixel j of the tiled image at (2j + 1)/size − 1
     scale = torch.tensor([2.0 / cols, 2.0 / rows], dtype=dt, device=x.device)
@@ -273,12 +276,12 @@ def cubic_bspline_sample_planes(planes: torch.Tensor, ncol: int, shape_dhw: tupl
     tile = torch.arange(d, device=x.device)
     origin = torch.stack([(tile % ncol) * (w + PLANE_PAD), (tile // ncol) * (h + PLANE_PAD)], 1).to(dt) * scale \
         + (scale / 2 - 1)  # (d, (x, y)) each plane's tile origin
-    org = origin.index_select(0, taps.clamp_(0, d - 1).view(-1)).view(4, m, 2)
-    grid = torch.empty((4, 2, 2, m, 2), dtype=dt, device=x.device)  # (z tap, y fetch, x fetch, point, (x, y))
-    grid[..., 0] = org[:, None, None, :, 0] + fxy[None, None, :, :, 0]
-    grid[..., 1] = org[:, None, None, :, 1] + fxy[None, :, None, :, 1]
+    org = origin.index_select(0, taps.clamp_(0, d - 1).view(-1)).view(4, 1, 1, m, 2)
+    # (y fetch, x fetch, point, (x, y)), then one broadcast sum (z tap, y fetch, x fetch, point, (x, y))
+    pair = torch.stack([fxy[None, :, :, 0].expand(2, 2, m), fxy[:, None, :, 1].expand(2, 2, m)], -1)
+    grid = org + pair
     gx, gy = torch.stack([g0[:, 0], 1 - g0[:, 0]]), torch.stack([g0[:, 1], 1 - g0[:, 1]])
-    wgt = wz[:, None, None, :] * (gy[:, None, :] * gx[None, :, :])[None]
+    wgt = wz.view(4, 1, m) * (gy[:, None, :] * gx[None, :, :]).view(1, 4, m)
     out = F.grid_sample(planes, grid.view(1, 1, -1, 2), mode="bilinear", padding_mode="zeros",
                         align_corners=False)  # (1, C, 1, 16·M)
     c = planes.shape[1]
