@@ -7,6 +7,7 @@ import math
 import numpy as np
 import pytest
 import starfile
+import torch
 from ctf_helpers import ctf_micrograph
 
 from difftem.core.errors import ArgumentError
@@ -162,3 +163,27 @@ def test_cli_fits_a_simulated_tilt_series_per_tilt(tmp_path, one_thread):
     for f in fits:
         assert abs(0.5 * (f["defocus_u_a"] + f["defocus_v_a"]) / 18000 - 1) < 0.03, f
     assert (tmp_path / "f" / "tilt_series_defocus.png").is_file()
+
+
+@pytest.mark.parametrize("seed", [10, 15])
+def test_pure_noise_is_flagged(seed, one_thread):
+    """Poisson noise without any image (1024² px, 30 counts per pixel): a fixed correlation threshold let windows of
+    a few crowded rings pass by chance (these seeds reported 14 and 18 Å); the significance bound reports no ring."""
+    from difftem.learn.ctf_fit import fit_is_weak
+
+    g = torch.Generator().manual_seed(seed)
+    fit = fit_ctf(torch.poisson(torch.full((1024, 1024), 30.0), generator=g), 1.0, bootstrap=0)
+    assert fit_is_weak(fit.as_dict()), fit.fit_resolution_a
+
+
+def test_placeholder_pixel_size_gives_a_weak_fit_not_a_crash(shared_data, one_thread):
+    """A real dose-weighted micrograph whose header holds a placeholder pixel size (1 Å): the refinement ran to an
+    astigmatism larger than twice the defocus (V < 0), and the fit-resolution profile failed with NaN radii. Now
+    every direction stays underfocused and the fit says it found no rings."""
+    from difftem.io.tlt import read_mrc_checked
+    from difftem.learn.ctf_fit import fit_is_weak
+
+    img, px = read_mrc_checked(shared_data / "micrographs" / "real_micrograph_ucsf_stack_1142_DW.mrc.gz")
+    fit = fit_ctf(img, px, bootstrap=0)
+    assert fit.defocus_v_a > 0 and math.isfinite(fit.fit_resolution_a)
+    assert fit.fit_resolution_a <= fit.fit_band_a[0] and fit_is_weak(fit.as_dict())
