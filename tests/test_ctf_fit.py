@@ -176,14 +176,21 @@ def test_pure_noise_is_flagged(seed, one_thread):
     assert fit_is_weak(fit.as_dict()), fit.fit_resolution_a
 
 
-def test_placeholder_pixel_size_gives_a_weak_fit_not_a_crash(shared_data, one_thread):
+def test_placeholder_pixel_size_gives_a_weak_fit_not_a_crash(shared_data, tmp_path, one_thread):
     """A real dose-weighted micrograph whose header holds a placeholder pixel size (1 Å): the refinement ran to an
-    astigmatism larger than twice the defocus (V < 0), and the fit-resolution profile failed with NaN radii. Now
-    every direction stays underfocused and the fit says it found no rings."""
-    from difftem.io.tlt import read_mrc_checked
+    astigmatism larger than twice the defocus (V < 0), and the fit-resolution profile failed with NaN radii (a
+    traceback from fit-ctf). Now every direction stays underfocused, the fit says it found no rings, and the
+    warning points at the pixel size."""
+    from typer.testing import CliRunner
+
+    from difftem.cli._app import app
     from difftem.learn.ctf_fit import fit_is_weak
 
-    img, px = read_mrc_checked(shared_data / "micrographs" / "real_micrograph_ucsf_stack_1142_DW.mrc.gz")
-    fit = fit_ctf(img, px, bootstrap=0)
-    assert fit.defocus_v_a > 0 and math.isfinite(fit.fit_resolution_a)
-    assert fit.fit_resolution_a <= fit.fit_band_a[0] and fit_is_weak(fit.as_dict())
+    mic = shared_data / "micrographs" / "real_micrograph_ucsf_stack_1142_DW.mrc.gz"
+    res = CliRunner().invoke(app, ["fit-ctf", str(mic), "--out", str(tmp_path / "fit"), "--plots", "none",
+                                   "--bootstrap", "0"])
+    assert res.exit_code == 0, res.output
+    fit = json.loads((tmp_path / "fit" / "ctf.json").read_text())["fits"][0]
+    assert fit["defocus_v_a"] > 0 and math.isfinite(fit["fit_resolution_a"])
+    assert fit["fit_resolution_a"] <= fit["fit_band_a"][0] and fit_is_weak(fit)
+    assert "placeholder" in " ".join(res.output.split())

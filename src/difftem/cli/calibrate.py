@@ -21,15 +21,24 @@ def _band(text: str | None) -> tuple[float, float] | None:
 
 
 def _warn_weak_fits(fits: list[tuple[str, dict]]) -> None:
-    """One warning for the CTF fits (name, :meth:`CTFFit.as_dict`) that saw rings but matched the data only at the
-    band's low-resolution edge (:func:`~difftem.learn.ctf_fit.fit_is_weak`)."""
+    """One warning each for the CTF fits (name, :meth:`CTFFit.as_dict`) that saw fewer than two rings, and for those
+    that saw rings but matched the data only at the band's low-resolution edge
+    (:func:`~difftem.learn.ctf_fit.fit_is_weak`)."""
     from ..learn.ctf_fit import fit_is_weak
 
-    weak = [name for name, fit in fits if fit["rings_in_band"] >= 2 and fit_is_weak(fit)]
+    unsure = [name for name, fit in fits if fit["rings_in_band"] < 2]
+    if unsure:
+        note("warning", f"{len(unsure)} fit(s) saw fewer than two CTF zeros in the band (e.g. {unsure[0]}): "
+                        "their defocus is not determined by the data (pixel too coarse or band too narrow)")
+    weak = [(name, fit) for name, fit in fits if fit["rings_in_band"] >= 2 and fit_is_weak(fit)]
     if weak:
+        # 1 Å is what many programs write when they do not know the pixel size
+        placeholder = any(fit["pixel_size_a"] == 1.0 for _, fit in weak)
         note("warning", f"{len(weak)} CTF fit(s) matched the data only at the band's low-resolution edge (e.g. "
-                        f"{weak[0]}): the Thon rings are at the noise and the defocus may be wrong (more dose or a "
-                        "larger field would tell; see the figure)")
+                        f"{weak[0][0]}): the Thon rings are at the noise and the defocus may be wrong (more dose or a "
+                        "larger field would tell; see the figure)"
+                        + ("; a pixel size of exactly 1 Å is often a header's placeholder: check it, or give "
+                           "--pixel-size" if placeholder else ""))
 
 
 def register(app: typer.Typer) -> None:
@@ -82,10 +91,6 @@ def register(app: typer.Typer) -> None:
                 f"{row['defocus_angle_deg']:.1f}°, fit to {row['fit_resolution_a']:.1f} Å{ref}")
         if len(report["fits"]) > 20:
             say(f"... {len(report['fits']) - 20} more in ctf.json")
-        unsure = [r["name"] for r in report["fits"] if r["rings_in_band"] < 2]
-        if unsure:
-            note("warning", f"{len(unsure)} fit(s) saw fewer than two CTF zeros in the band (e.g. {unsure[0]}): "
-                            "their defocus is not determined by the data (pixel too coarse or band too narrow)")
         _warn_weak_fits([(r["name"], r) for r in report["fits"]])
         say(f"wrote {', '.join(report['outputs'][:6])}{' ...' if len(report['outputs']) > 6 else ''} to {out}")
 
