@@ -127,3 +127,24 @@ def test_tilt_series_doses_and_defoci_per_tilt(tmp_path, one_thread):
     written = yaml.safe_load((tmp_path / "cal" / "calibrated.yaml").read_text())
     assert written["tilt_series"]["angles_deg"] == sorted([0.0, 30.0, -45.0])
     assert len(written["tilt_series"]["dose_per_tilt_e_per_a2"]) == 3
+
+
+def test_unfiltered_micrograph_calibrates_without_a_loss(shared_data, tmp_path, one_thread):
+    """The real Falcon micrograph with calibrate's defaults (no energy filter): the ice then loses no electrons,
+    its attenuation length is infinite, and the thickness probe divided by log(1) (a ZeroDivisionError traceback).
+    Now the dose is the counts themselves and the report says the thickness was assumed, and why."""
+    import json
+
+    from typer.testing import CliRunner
+
+    from difftem.cli._app import app
+
+    mic = shared_data / "micrographs" / "real_micrograph_falcon_epu_crop2048.mrc.gz"
+    res = CliRunner().invoke(app, ["calibrate", str(mic), "--out", str(tmp_path / "cal"), "--field", "256",
+                                   "--crop", "64"])
+    assert res.exit_code == 0, res.output
+    rec = json.loads((tmp_path / "cal" / "calibration.json").read_text())["micrographs"][0]
+    assert rec["ice"]["attenuation_length_nm"] is None and rec["ice"]["transmission"] == 1.0
+    assert "energy filter" in rec["ice"]["thickness_from"]
+    counts = rec["detector"]["counts_per_px"]
+    assert abs(rec["dose_e_per_a2"] / (counts / rec["pixel_size_a"] ** 2) - 1) < 1e-9

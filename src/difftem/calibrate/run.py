@@ -79,7 +79,10 @@ def transmission(config: dict, thickness_nm: float) -> float:
 
 
 def attenuation_length_nm(config: dict) -> float:
-    return -PROBE_THICKNESS_NM / math.log(transmission(config, PROBE_THICKNESS_NM))
+    """The ice's Beer–Lambert attenuation length (nm) under the config's loss model; infinite when the ice loses no
+    electrons (no energy filter and nothing outside the aperture: every inelastic electron reaches the image)."""
+    kept = transmission(config, PROBE_THICKNESS_NM)
+    return -PROBE_THICKNESS_NM / math.log(kept) if kept < 1 - 1e-9 else math.inf
 
 
 def _counts_to_dose(counts_px: float, px: float, thickness_nm: float, length_nm: float) -> float:
@@ -137,13 +140,16 @@ def _refit_detector(stats: DetectorStats, fit: SpectrumFit, mean_units: float) -
 def _thickness_and_dose(counts_px: float, px: float, length_nm: float, dose_e_per_a2: float | None,
                         ice_thickness_nm: float | None) -> tuple[float, str, float]:
     """(ice thickness nm, how it was found, dose e/Å²) from the detected counts per pixel."""
-    if dose_e_per_a2 is not None:
+    if dose_e_per_a2 is not None and math.isfinite(length_nm):
         thickness = thickness_from_transmission(counts_px / (dose_e_per_a2 * px * px), length_nm)
         how = "transmission at the nominal dose"
     elif ice_thickness_nm is not None:
         thickness, how = ice_thickness_nm, "given"
-    else:
+    elif math.isfinite(length_nm):
         thickness, how = 50.0, "assumed (no nominal dose given)"
+    else:
+        thickness, how = 50.0, ("assumed (without an energy filter the ice loses no electrons, so the counts do not "
+                                "tell its thickness)")
     dose = _counts_to_dose(counts_px, px, thickness, length_nm) if dose_e_per_a2 is None else dose_e_per_a2
     return thickness, how, dose
 
@@ -223,7 +229,8 @@ def calibrate_one(path: Path, *, pixel_size_a: float | None, dqe: float, dose_e_
     return {"name": input_stem(path), "input": str(path), "pixel_size_a": px, "ctf": fit.as_dict(),
             "detector": {**stats.as_dict(), "dqe_assumed": dqe, "gain_units_per_e": gain,
                          "counts_per_px": counts_px},
-            "ice": {"thickness_nm": thickness, "thickness_from": how, "attenuation_length_nm": length_nm,
+            "ice": {"thickness_nm": thickness, "thickness_from": how,
+                    "attenuation_length_nm": length_nm if math.isfinite(length_nm) else None,  # None: no loss
                     "transmission": math.exp(-thickness / length_nm), "real_ring_excess": real_excess,
                     "structure_amplitude": amplitude, "structure_fit": ice_fit, "particle_count": count,
                     "energy_filter": energy_filter},
