@@ -427,3 +427,22 @@ def test_sigkill_at_20_random_moments_leaves_out_absent_or_complete(tmp_path):
 def test_sigkill_at_100_random_moments(tmp_path):
     run_kills(tmp_path, 100, seed=int(time.time()))
 
+
+
+@pytest.mark.parametrize("where", ["under_a_file", "proc"])
+def test_an_unwritable_output_location_is_one_line(tmp_path, where, shared_data):
+    """--out inside a file (or inside /proc, where nothing can be made): the staging folder, a file's folder and the
+    commands that made their folder themselves (fit-mtf, denoise, export) used to end in a traceback from mkdir."""
+    from difftem.core.errors import OutputError
+
+    (tmp_path / "f").write_text("a file")
+    out = tmp_path / "f" / "run" if where == "under_a_file" else Path("/proc/difftem-test-out")
+    for make in (lambda: staging_folder(out).__enter__(), lambda: atomic_path(out / "x.json").__enter__(),
+                 lambda: files.make_folder(out)):
+        with pytest.raises(OutputError, match="cannot be written") as exc:
+            make()
+        assert str(out) in str(exc.value) and "\n" not in str(exc.value)
+    curve = shared_data / "mtf" / "mtf_k2_300kV_FL2.star"
+    res = CliRunner().invoke(app, ["fit-mtf", "--curve", str(curve), "--out", str(out)])
+    assert res.exit_code == 2 and "cannot be written" in res.output and "Traceback" not in res.output
+    assert (tmp_path / "f").read_text() == "a file"

@@ -21,6 +21,11 @@ def main() -> None:  # console-script entry point
         if isinstance(getattr(exc.__context__, "__cause__", None), KeyboardInterrupt):
             _interrupted("the command was stopped")
         _finish(exc.code)
+    except OSError as exc:  # a file or folder the system refused that no check of the command's caught: one line
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"error: {where}{exc.strerror or exc} (check the path and its permissions, and the free space)",
+              file=sys.stderr)
+        _finish(1)
 
 
 def _finish(code) -> None:

@@ -26,6 +26,11 @@ class FormatError(DifftemError):
         super().__init__(where + message)
 
 
+class OutputError(DifftemError):
+    """An output file or folder cannot be made where it was asked for (the message names it, the system's reason
+    and the fix)."""
+
+
 class ArgumentError(ConfigError):
     """A function argument is out of range: ``argument`` names it, ``detail`` says what is wrong and the fix.
 

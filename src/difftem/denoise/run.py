@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from ..core.errors import ArgumentError, ConfigError, FormatError
-from ..io.files import atomic_path, write_json, write_mrc
+from ..io.files import atomic_path, make_folder, write_json, write_mrc
 from ..io.tlt import read_mrc_checked
 from ..learn.mtf_run import parse_reference
 from . import baselines as B
@@ -231,7 +231,7 @@ def run_denoise(inputs: Sequence[Path], out: Path, *, mode: str = "auto", detect
                                baselines=baselines, baseline_topaz_model=topaz_model, seed=seed, progress=progress,
                                report=report)
     denoised, rate, noisy_shown, ours_shown, references = res
-    out.mkdir(parents=True, exist_ok=True)
+    make_folder(out)
     written = [write_mrc(out / "denoised.mrc", denoised.cpu().numpy(), pixel_a),
                write_mrc(out / "rate.mrc", rate.cpu().numpy(), pixel_a)]
     for name, image in references.items():

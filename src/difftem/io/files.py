@@ -24,6 +24,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ..core.errors import OutputError
+
 _UMASK: int | None = None
 _UMASK_LOCK = threading.Lock()
 
@@ -53,6 +55,22 @@ def file_mode() -> int:
     return 0o666 & ~umask()
 
 
+def cannot_write(path: str | Path, exc: OSError) -> OutputError:
+    """The error for an output that the system refused (permissions, a read-only or missing location, a file where a
+    folder should be), naming the path and the reason."""
+    return OutputError(f"{path}: cannot be written: {exc.strerror or exc}; choose a location you can write to")
+
+
+def make_folder(folder: str | Path) -> Path:
+    """``mkdir -p`` for an output folder, with :func:`cannot_write`'s error."""
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise cannot_write(folder, exc) from exc
+    return folder
+
+
 def folder_mode() -> int:
     """The mode a new folder gets from ``mkdir``: 0o777 less the umask (``mkdtemp`` creates 0o700)."""
     return 0o777 & ~umask()
@@ -64,8 +82,11 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     umask gives a new file. On an exception the temporary file is removed (a SIGKILL can leave it: see the
     module's docstring)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
+    except OSError as exc:
+        raise cannot_write(path, exc) from exc
     os.close(fd)
     try:
         yield Path(tmp)
@@ -181,9 +202,12 @@ def staging_folder(folder: str | Path, *, overwrite: bool = False) -> Iterator[P
     for the user; this check only guards against a folder that appeared meanwhile.
     """
     folder = _normal(folder)
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    clean_stale_folders(folder)
-    tmp = Path(tempfile.mkdtemp(prefix=_aside_name(folder, _STAGING), dir=folder.parent))
+    try:
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        clean_stale_folders(folder)
+        tmp = Path(tempfile.mkdtemp(prefix=_aside_name(folder, _STAGING), dir=folder.parent))
+    except OSError as exc:
+        raise cannot_write(folder, exc) from exc
     try:
         yield tmp
         _publish(tmp, folder, overwrite)

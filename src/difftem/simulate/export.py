@@ -19,7 +19,7 @@ import numpy as np
 from ..core.errors import ArgumentError, FormatError
 from ..core.rotations import relion_matrix
 from ..io import copick_project, imod, relion5
-from ..io.files import write_mrc
+from ..io.files import make_folder, write_mrc
 from ..io.star import read_star
 from ..io.tlt import read_volume_mrc
 
@@ -178,7 +178,7 @@ def _ground_truth(path: Path) -> tuple[np.ndarray, np.ndarray, list[str]]:
 # ----------------------------------------------------------------------------------------------- writers
 def write_imod(rec: SeriesRecord, out: Path) -> list[Path]:
     """``<name>.mrc`` (the stack), ``.rawtlt``, ``.tlt``, ``.xf`` (Rz(−α), no shift) and ``<name>.mrc.mdoc``."""
-    out.mkdir(parents=True, exist_ok=True)
+    make_folder(out)
     stem = rec.name
     n = len(rec.angles_deg)
     mean_defocus = 0.5 * (rec.defocus_u_a + rec.defocus_v_a)
@@ -195,7 +195,7 @@ def write_imod(rec: SeriesRecord, out: Path) -> list[Path]:
 
 def write_relion5(rec: SeriesRecord, out: Path) -> list[Path]:
     """``tomograms.star``, ``tilt_series/<name>.star``, ``tilt_series/<name>.mrcs`` and ``particles.star``."""
-    out.mkdir(parents=True, exist_ok=True)
+    make_folder(out)
     name = rec.name
     stack_name = f"{name}.mrcs"
     rows = relion5.tilt_series_rows(name, stack_name, rec.angles_deg, rec.tilt_axis_deg, rec.defocus_u_a,
