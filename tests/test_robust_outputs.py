@@ -446,3 +446,17 @@ def test_an_unwritable_output_location_is_one_line(tmp_path, where, shared_data)
     res = CliRunner().invoke(app, ["fit-mtf", "--curve", str(curve), "--out", str(out)])
     assert res.exit_code == 2 and "cannot be written" in res.output and "Traceback" not in res.output
     assert (tmp_path / "f").read_text() == "a file"
+
+
+def test_a_folder_given_as_an_output_file_is_refused_before_the_work(tmp_path, shared_data):
+    """reconstruct, render and score write one file (and sidecars): --out naming a folder failed after the whole
+    reconstruction, with a traceback from the final rename; now it is refused first, in one line."""
+    tilts = shared_data / "tilts"
+    runs = {"reconstruct": ["reconstruct", str(tilts / "ribosome_particle_tilts_bin8.mrcs.gz"), "--metadata",
+                            str(tilts / "ribosome_particle_tilts_bin8.star")],
+            "render": ["render", str(tmp_path / "vol.mrc")],
+            "score": ["score", str(tmp_path / "vol.mrc"), str(tmp_path / "vol.mrc")]}
+    for name, args in runs.items():
+        res = CliRunner().invoke(app, [*args, "--out", str(tmp_path)])
+        assert res.exit_code == 2 and "is a folder; give a file name" in res.output, (name, res.output)
+    assert list(tmp_path.iterdir()) == []

@@ -21,7 +21,14 @@ def main() -> None:  # console-script entry point
         if isinstance(getattr(exc.__context__, "__cause__", None), KeyboardInterrupt):
             _interrupted("the command was stopped")
         _finish(exc.code)
-    except OSError as exc:  # a file or folder the system refused that no check of the command's caught: one line
+    except Exception as exc:  # a library error or a refused file that no check of the command's caught: one line
+        from ..core.errors import DifftemError
+
+        if not isinstance(exc, (DifftemError, OSError)):
+            raise
+        if isinstance(exc, DifftemError):
+            print(f"error: {' '.join(str(exc).split())}", file=sys.stderr)
+            _finish(2)
         where = f"{exc.filename}: " if exc.filename else ""
         print(f"error: {where}{exc.strerror or exc} (check the path and its permissions, and the free space)",
               file=sys.stderr)

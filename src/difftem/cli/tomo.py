@@ -75,11 +75,12 @@ def _register_reconstruct(app: typer.Typer) -> None:
         fail, console = _ui()
         from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-        from ..io.files import write_json, write_volume
+        from ..io.files import check_output_file, write_json, write_volume
         from ..tomo.reconstruct import reconstruct
         from ._console import note
 
         try:
+            check_output_file(out)  # before the work, not after it
             stack, px, angles, tlt_source, axis, axis_source, meta = _series_inputs(
                 tilts, tlt, tilt_axis_deg, pixel_size, metadata, group, note)
             if thickness_vox is None and thickness_a is None and meta is not None and meta.thickness_a:
@@ -119,10 +120,13 @@ def _register_reconstruct(app: typer.Typer) -> None:
                 outputs.append(plot[0])
         except DifftemError as exc:
             fail(exc)
-        write_volume(out, volume, result.voxel_size_a)
-        if plot is not None:
-            plot[1]()
-        write_json(outputs[1], record)
+        try:
+            write_volume(out, volume, result.voxel_size_a)
+            if plot is not None:
+                plot[1]()
+            write_json(outputs[1], record)
+        except DifftemError as exc:
+            fail(exc)
         msg = (f"{method}: volume {tuple(volume.shape)} at {result.voxel_size_a:g} Å/voxel in "
                f"{result.info['timings']['reconstruct_s']:.1f} s on {result.info['device']}")
         if result.residuals:
@@ -163,10 +167,12 @@ def _register_render(app: typer.Typer) -> None:
         from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
         from ..core.device import resolve_device
+        from ..io.files import check_output_file
         from ..tomo.errors import TomoError
         from ..tomo.render import render_volume, turntable_frames, write_gif, write_panel_png, write_render_png
 
         try:
+            check_output_file(out)
             if layout not in ("panel", "render"):
                 raise TomoError(f"--layout: unknown layout {layout!r}; choose panel or render")
             if turntable < 0 or turntable == 1:
@@ -187,13 +193,16 @@ def _register_render(app: typer.Typer) -> None:
         except DifftemError as exc:
             fail(exc)
         written = []
-        if layout == "panel":
-            title = f"{volume.name}: azimuth {azimuth_deg:g}°, elevation {elevation_deg:g}°, {mode}"
-            written.append(write_panel_png(out, vol, image, vx, title, invert=invert))
-        else:
-            written.append(write_render_png(out, image))
-        if frames:
-            written.append(write_gif(gif or out.with_suffix(".gif"), frames))
+        try:
+            if layout == "panel":
+                title = f"{volume.name}: azimuth {azimuth_deg:g}°, elevation {elevation_deg:g}°, {mode}"
+                written.append(write_panel_png(out, vol, image, vx, title, invert=invert))
+            else:
+                written.append(write_render_png(out, image))
+            if frames:
+                written.append(write_gif(gif or out.with_suffix(".gif"), frames))
+        except DifftemError as exc:
+            fail(exc)
         say(f"wrote {', '.join(str(p) for p in written)}")
 
 
@@ -207,17 +216,19 @@ def _register_score(app: typer.Typer) -> None:
     ):
         """FSC (curve, 0.143 / 0.5 resolutions) and NCC of VOLUME against REFERENCE; writes a PNG and a JSON."""
         fail, console = _ui()
-        from ..io.files import write_json
+        from ..io.files import check_output_file, write_json
 
         try:
+            check_output_file(out)
             vol, vx = _read_mrc(volume, "volume", pixel_size)
             ref, rx = _read_mrc(reference, "reference", pixel_size, required=False)
             scores, plot = _score_against(vol, ref, vx, rx, reference, out, f"{volume.name} vs {reference.name}",
                                           "reference")
+            plot[1]()
+            json_path = write_json(_sidecar(out, ".json"), {"volume": str(volume), "reference": str(reference),
+                                                             **scores})
         except DifftemError as exc:
             fail(exc)
-        plot[1]()
-        json_path = write_json(_sidecar(out, ".json"), {"volume": str(volume), "reference": str(reference), **scores})
         say(f"NCC {scores['ncc']:.4f}; FSC 0.143: {_res(scores['fsc']['resolution_0143_a'], vx)}, "
             f"0.5: {_res(scores['fsc']['resolution_05_a'], vx)}")
         say(f"wrote {out}, {json_path}")

@@ -61,6 +61,21 @@ def cannot_write(path: str | Path, exc: OSError) -> OutputError:
     return OutputError(f"{path}: cannot be written: {exc.strerror or exc}; choose a location you can write to")
 
 
+def check_output_file(path: str | Path) -> Path:
+    """Before the work: ``path`` can become a file (it is not a folder, and its nearest existing ancestor is a folder
+    this process may write into), else :class:`OutputError`."""
+    path = Path(path)
+    if path.is_dir():
+        raise OutputError(f"{path}: is a folder; give a file name")
+    parent = path.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
+        raise OutputError(f"{path}: cannot be written: {parent} is not a folder you can write to; choose another "
+                          "location")
+    return path
+
+
 def make_folder(folder: str | Path) -> Path:
     """``mkdir -p`` for an output folder, with :func:`cannot_write`'s error."""
     folder = Path(folder)
@@ -82,6 +97,8 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     umask gives a new file. On an exception the temporary file is removed (a SIGKILL can leave it: see the
     module's docstring)."""
     path = Path(path)
+    if path.is_dir():
+        raise OutputError(f"{path}: is a folder; give a file name")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
