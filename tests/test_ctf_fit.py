@@ -194,3 +194,36 @@ def test_placeholder_pixel_size_gives_a_weak_fit_not_a_crash(shared_data, tmp_pa
     assert fit["defocus_v_a"] > 0 and math.isfinite(fit["fit_resolution_a"])
     assert fit["fit_resolution_a"] <= fit["fit_band_a"][0] and fit_is_weak(fit)
     assert "placeholder" in " ".join(res.output.split())
+
+
+def test_ctf_star_has_one_optics_group_per_pixel_size():
+    """Micrographs of 0.85, 0.67 and 0.85 Å fitted together: two optics groups, each micrograph in its own (the table
+    gave every micrograph the first one's pixel size)."""
+    from difftem.calibrate.ctf_run import ctf_star_blocks
+
+    base = {"voltage_kv": 300.0, "cs_mm": 2.7, "amplitude_contrast": 0.07, "defocus_u_a": 2e4, "defocus_v_a": 1.9e4,
+            "defocus_angle_deg": 10.0, "phase_shift_deg": 0.0, "fit_resolution_a": 5.0, "score": 0.1}
+    rows = [{**base, "name": n, "pixel_size_a": px} for n, px in (("a", 0.8538), ("b", 0.6666), ("c", 0.8538))]
+    blocks = ctf_star_blocks(rows)
+    assert blocks["optics"]["rlnMicrographPixelSize"].tolist() == [0.8538, 0.6666]
+    assert blocks["micrographs"]["rlnOpticsGroup"].tolist() == [1, 2, 1]
+
+
+def test_ctf_json_is_strict_json_without_bootstrap(tmp_path, one_thread):
+    """--bootstrap 0 leaves the uncertainties unmeasured: ctf.json says null, not NaN (which strict JSON readers
+    reject)."""
+    from typer.testing import CliRunner
+
+    from difftem.cli._app import app
+    from difftem.io.files import write_mrc
+
+    write_mrc(tmp_path / "mic.mrc", ctf_micrograph(512, 1.0, 15000.0, 14000.0, 30.0, dose_e_per_a2=20.0, seed=2), 1.0)
+    res = CliRunner().invoke(app, ["fit-ctf", str(tmp_path / "mic.mrc"), "--out", str(tmp_path / "fit"),
+                                   "--plots", "none", "--bootstrap", "0"])
+    assert res.exit_code == 0, res.output
+
+    def refuse(constant):
+        raise ValueError(constant)
+
+    fit = json.loads((tmp_path / "fit" / "ctf.json").read_text(), parse_constant=refuse)["fits"][0]
+    assert fit["defocus_sd_a"] is None and abs(fit["defocus_u_a"] / 15000.0 - 1) < 0.02

@@ -460,3 +460,19 @@ def test_a_folder_given_as_an_output_file_is_refused_before_the_work(tmp_path, s
         res = CliRunner().invoke(app, [*args, "--out", str(tmp_path)])
         assert res.exit_code == 2 and "is a folder; give a file name" in res.output, (name, res.output)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_an_output_file_must_carry_its_format(tmp_path):
+    """render and score write PNG (score's numbers beside it as .json): -o r.mrc wrote a PNG under an MRC name, and
+    -o s.json wrote the plot and the numbers to one path (the plot was lost)."""
+    for args in (["render", str(tmp_path / "vol.mrc"), "--out", str(tmp_path / "r.mrc")],
+                 ["render", str(tmp_path / "vol.mrc"), "--out", str(tmp_path / "r.png"), "--gif", str(tmp_path / "t")],
+                 ["score", str(tmp_path / "vol.mrc"), str(tmp_path / "vol.mrc"), "--out", str(tmp_path / "s.json")]):
+        res = CliRunner().invoke(app, args)
+        assert res.exit_code == 2 and "give a name ending in" in res.output, (args, res.output)
+
+
+def test_calibrate_pixel_size_zero_is_refused(tmp_path):
+    res = CliRunner().invoke(app, ["calibrate", str(tmp_path / "mic.mrc"), "--out", str(tmp_path / "cal"),
+                                   "--pixel-size", "0"])
+    assert res.exit_code == 2 and "--pixel-size 0.0: give a positive pixel size" in res.output, res.output

@@ -129,15 +129,19 @@ def _row(item: Item, fit: CTFFit) -> dict:
 
 
 def ctf_star_blocks(rows: list[dict]) -> dict:
-    """RELION-style CTF table: one optics group, one row per micrograph."""
+    """RELION-style CTF table: one optics group per distinct (pixel size, voltage, Cs, amplitude contrast), in order
+    of first appearance, and one row per micrograph pointing at its group."""
     import pandas as pd
 
-    first = rows[0]
-    optics = pd.DataFrame([{"rlnOpticsGroupName": "opticsGroup1", "rlnOpticsGroup": 1,
-                            "rlnMicrographPixelSize": first["pixel_size_a"], "rlnVoltage": first["voltage_kv"],
-                            "rlnSphericalAberration": first["cs_mm"],
-                            "rlnAmplitudeContrast": first["amplitude_contrast"]}])
-    mics = pd.DataFrame([{"rlnMicrographName": r["name"], "rlnOpticsGroup": 1, "rlnDefocusU": r["defocus_u_a"],
+    keys = ("pixel_size_a", "voltage_kv", "cs_mm", "amplitude_contrast")
+    groups: dict[tuple, int] = {}
+    for r in rows:
+        groups.setdefault(tuple(r[k] for k in keys), len(groups) + 1)
+    optics = pd.DataFrame([{"rlnOpticsGroupName": f"opticsGroup{g}", "rlnOpticsGroup": g,
+                            "rlnMicrographPixelSize": px, "rlnVoltage": kv, "rlnSphericalAberration": cs,
+                            "rlnAmplitudeContrast": ac} for (px, kv, cs, ac), g in groups.items()])
+    mics = pd.DataFrame([{"rlnMicrographName": r["name"], "rlnOpticsGroup": groups[tuple(r[k] for k in keys)],
+                          "rlnDefocusU": r["defocus_u_a"],
                           "rlnDefocusV": r["defocus_v_a"], "rlnDefocusAngle": r["defocus_angle_deg"],
                           "rlnCtfAstigmatism": r["defocus_u_a"] - r["defocus_v_a"],
                           "rlnPhaseShift": r["phase_shift_deg"], "rlnCtfMaxResolution": r["fit_resolution_a"],

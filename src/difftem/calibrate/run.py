@@ -261,6 +261,8 @@ def run_calibrate(inputs: list[Path], out: Path, *, pixel_size_a: float | None =
     ``<name>_report.png`` and ``calibration.json`` into ``out`` (all or nothing)."""
     if not inputs:
         raise ArgumentError("inputs", ": give at least one micrograph")
+    if pixel_size_a is not None and not (0 < pixel_size_a < math.inf):  # 0 is not "the header's"
+        raise ArgumentError("pixel_size_a", f" {pixel_size_a}: give a positive pixel size in Å (or none: the header's)")
     prepare_out(out, overwrite=overwrite, overwrite_hint=overwrite_hint)
     log = log or (lambda s: None)
     records = []

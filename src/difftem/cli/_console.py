@@ -28,10 +28,38 @@ def fail(error: str | Exception) -> None:
     :class:`~difftem.core.errors.ArgumentError` is shown with its argument as the command's flag; a message of
     several lines becomes one (its lines joined by "; "), markup and emoji codes in it are shown as text."""
     if isinstance(error, ArgumentError):
-        error = f"--{error.argument.replace('_', '-')}{error.detail}"
+        error = f"{command_flag(error.argument)}{error.detail}"
     console.print(f"[bold red]error:[/] {escape(one_line(str(error)))}", soft_wrap=True, highlight=False,
                   emoji=False)
     raise typer.Exit(code=2)
+
+
+def command_flag(argument: str) -> str:
+    """The running command's flag for a library argument: ``--pixel-size`` for ``pixel_size_a``, ``--dose`` for
+    ``dose_e_per_a2``, ``--tile`` for ``tiles`` (the longest leading words that name one of its options; the
+    argument's own words when none does)."""
+    words = argument.split("_")
+    plain = "--" + "-".join(words)
+    flags = _command_flags()
+    if plain in flags:
+        return plain
+    for n in range(len(words) - 1, 0, -1):
+        if (flag := "--" + "-".join(words[:n])) in flags:
+            return flag
+    return plain[:-1] if plain.endswith("s") and plain[:-1] in flags else plain
+
+
+def _command_flags() -> set[str]:
+    """The option names of the command being run (empty outside one)."""
+    try:
+        from typer._click.globals import get_current_context
+    except ImportError:  # a typer that uses click itself
+        try:
+            from click import get_current_context
+        except ImportError:
+            return set()
+    ctx = get_current_context(silent=True)
+    return {opt for param in (ctx.command.params if ctx else []) for opt in getattr(param, "opts", [])}
 
 
 def one_line(message: str, limit: int = MAX_ERROR_CHARS) -> str:

@@ -172,7 +172,9 @@ def _register_render(app: typer.Typer) -> None:
         from ..tomo.render import render_volume, turntable_frames, write_gif, write_panel_png, write_render_png
 
         try:
-            check_output_file(out)
+            check_output_file(out, ".png")
+            if gif is not None:
+                check_output_file(gif, ".gif")
             if layout not in ("panel", "render"):
                 raise TomoError(f"--layout: unknown layout {layout!r}; choose panel or render")
             if turntable < 0 or turntable == 1:
@@ -219,7 +221,7 @@ def _register_score(app: typer.Typer) -> None:
         from ..io.files import check_output_file, write_json
 
         try:
-            check_output_file(out)
+            check_output_file(out, ".png")  # the numbers go beside it as .json
             vol, vx = _read_mrc(volume, "volume", pixel_size)
             ref, rx = _read_mrc(reference, "reference", pixel_size, required=False)
             scores, plot = _score_against(vol, ref, vx, rx, reference, out, f"{volume.name} vs {reference.name}",

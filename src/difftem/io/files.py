@@ -61,12 +61,15 @@ def cannot_write(path: str | Path, exc: OSError) -> OutputError:
     return OutputError(f"{path}: cannot be written: {exc.strerror or exc}; choose a location you can write to")
 
 
-def check_output_file(path: str | Path) -> Path:
-    """Before the work: ``path`` can become a file (it is not a folder, and its nearest existing ancestor is a folder
-    this process may write into), else :class:`OutputError`."""
+def check_output_file(path: str | Path, suffix: str | None = None) -> Path:
+    """Before the work: ``path`` can become a file (it is not a folder, its nearest existing ancestor is a folder this
+    process may write into, and it ends in ``suffix`` when given: a PNG named .mrc misleads every reader), else
+    :class:`OutputError`."""
     path = Path(path)
     if path.is_dir():
         raise OutputError(f"{path}: is a folder; give a file name")
+    if suffix is not None and path.suffix.lower() != suffix:
+        raise OutputError(f"{path}: this output is written as {suffix[1:].upper()}; give a name ending in {suffix}")
     parent = path.parent
     while not parent.exists() and parent != parent.parent:
         parent = parent.parent
@@ -290,9 +293,24 @@ def read_mrc(path: str | Path) -> tuple[np.ndarray, float]:
 
 
 def write_json(path: str | Path, obj) -> Path:
+    """Strict JSON: NaN and ±infinity (a quantity not measured, e.g. an uncertainty without bootstrap refits) are
+    written as null, which every JSON reader accepts."""
     with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(obj, indent=2, default=_json_default) + "\n")
+        tmp.write_text(json.dumps(_finite(obj), indent=2, default=_json_default, allow_nan=False) + "\n")
     return Path(path)
+
+
+def _finite(obj):
+    """``obj`` with non-finite floats (Python, numpy, in dicts, lists, tuples and arrays) as None."""
+    if isinstance(obj, (float, np.floating)):
+        return float(obj) if np.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite(v) for v in obj]
+    if isinstance(obj, np.ndarray) and obj.dtype.kind == "f":
+        return _finite(obj.tolist())
+    return obj
 
 
 def write_npy(path: str | Path, data: np.ndarray) -> Path:
