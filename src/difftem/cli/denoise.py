@@ -39,6 +39,7 @@ def register(app: typer.Typer) -> None:
         pairwise: bool = typer.Option(False, "--pairwise", help="write the pairwise SSIM/PSNR/MSE/FFL table "
                                       "(the paper's Table 4) of input, baselines and result"),
         seed: int = typer.Option(0, help="random seed"),
+        overwrite: bool = typer.Option(False, help="replace an existing output folder"),
     ):
         """Denoise micrographs through the detector model and write MRC, PNG and denoise.json into OUT."""
         from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
@@ -60,7 +61,7 @@ def register(app: typer.Typer) -> None:
                 report = run_denoise(list(inputs), out, mode=mode, detector=detector, method=method, prior=prior,
                                      prior_weight=weight, steps=steps, lr=lr, topaz=topaz, topaz_model=topaz_model,
                                      neighbours=neighbours, align=align, baselines=names, pairwise=pairwise,
-                                     seed=seed,
+                                     seed=seed, overwrite=overwrite, overwrite_hint="pass --overwrite",
                                      progress=lambda d, i, n: bar.update(task, description=d, completed=i, total=n))
         except DifftemError as exc:
             fail(exc)

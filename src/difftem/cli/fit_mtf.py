@@ -28,6 +28,7 @@ def register(app: typer.Typer) -> None:
         steps: int = typer.Option(300, help="Algorithm 1: Adam iterations"),
         reference: str | None = typer.Option(None, help="reference curve: STAR path or 'a,b,c,alpha,beta'"),
         seed: int = typer.Option(0, help="random seed (Algorithm 1)"),
+        overwrite: bool = typer.Option(False, help="replace an existing output folder"),
     ):
         """Estimate the detector MTF (5-parameter model) and write mtf_fit.json/.star/.png into OUT."""
         from ..learn.mtf_run import run_fit_mtf
@@ -37,7 +38,8 @@ def register(app: typer.Typer) -> None:
                 report = run_fit_mtf(list(micrographs or []), out, curve=curve, method=method, crop_px=crop_size,
                                      n_crops=n_crops, boxes=boxes, background_counts=background_counts,
                                      ffl_alpha=None if alpha < 0 else alpha, steps=steps, reference=reference,
-                                     seed=seed, progress=lambda d, i, n: update(i, n, d))
+                                     seed=seed, progress=lambda d, i, n: update(i, n, d), overwrite=overwrite,
+                                     overwrite_hint="pass --overwrite")
         except DifftemError as exc:
             fail(exc)
         for name, fit in report["fits"].items():

@@ -13,9 +13,10 @@ import numpy as np
 import torch
 
 from ..core.errors import ArgumentError, ConfigError, FormatError
-from ..io.files import atomic_path, make_folder, write_json, write_mrc
+from ..io.files import atomic_path, staging_folder, write_json, write_mrc
 from ..io.tlt import read_mrc_checked
 from ..learn.mtf_run import parse_reference
+from ..simulate.output import prepare_out
 from . import baselines as B
 from .algorithm import METHODS, PRIORS, DenoiseResult, as_observation_stack, denoise
 from .align import MIN_AGREEMENT, UnalignedWarning, check_alignment, correlation_peak, measure_shift, shift_image
@@ -207,10 +208,14 @@ def run_denoise(inputs: Sequence[Path], out: Path, *, mode: str = "auto", detect
                 method: str = "poisson", prior: str = "tv", prior_weight: float | str = "auto",
                 steps: int | None = None, lr: float | None = None, topaz: bool = False, topaz_model: str = "unet",
                 neighbours: int = 1, align: bool = False, baselines: Sequence[str] = (), pairwise: bool = False,
-                seed: int = 0, progress: Progress | None = None) -> dict:
-    """Denoise the inputs and write ``denoised.mrc``, ``rate.mrc``, ``before_after.png`` and ``denoise.json``."""
+                seed: int = 0, progress: Progress | None = None, overwrite: bool = False,
+                overwrite_hint: str = "pass overwrite=True") -> dict:
+    """Denoise the inputs and write ``denoised.mrc``, ``rate.mrc``, ``before_after.png`` and ``denoise.json`` into
+    ``out``, all or nothing: a folder with files only with ``overwrite`` (``overwrite_hint`` says how to ask),
+    checked before the work."""
     t0 = time.perf_counter()
     _check_choices(method, prior, mode, baselines, neighbours)
+    prepare_out(out, overwrite=overwrite, overwrite_hint=overwrite_hint)
     images, pixel_a = load_images(list(inputs))
     stack = as_observation_stack(torch.from_numpy(images), "input images")
     mode = _resolve_mode(mode, stack.shape[0])
@@ -231,7 +236,13 @@ def run_denoise(inputs: Sequence[Path], out: Path, *, mode: str = "auto", detect
                                baselines=baselines, baseline_topaz_model=topaz_model, seed=seed, progress=progress,
                                report=report)
     denoised, rate, noisy_shown, ours_shown, references = res
-    make_folder(out)
+    with staging_folder(out, overwrite=overwrite) as tmp:
+        _write(tmp, report, denoised, rate, noisy_shown, ours_shown, references, stack, mode, pixel_a, pairwise, t0)
+    return report
+
+
+def _write(out: Path, report: dict, denoised, rate, noisy_shown, ours_shown, references: dict, stack, mode: str,
+           pixel_a: float, pairwise: bool, t0: float) -> None:
     written = [write_mrc(out / "denoised.mrc", denoised.cpu().numpy(), pixel_a),
                write_mrc(out / "rate.mrc", rate.cpu().numpy(), pixel_a)]
     for name, image in references.items():
@@ -248,7 +259,6 @@ def run_denoise(inputs: Sequence[Path], out: Path, *, mode: str = "auto", detect
     report["units"] = {"denoised.mrc": "input units (MTF(rate) x gain/DQE)", "rate.mrc":
                        "expected electrons per pixel before the MTF", "pixel_size": "A"}
     write_json(out / "denoise.json", _json_safe(report))
-    return report
 
 
 def _topaz_extra(obs: torch.Tensor, model: str) -> torch.Tensor:

@@ -11,10 +11,11 @@ import torch
 
 from ..core.errors import ArgumentError, FormatError
 from ..forward.detector import MTFParams, read_mtf_star
-from ..io.files import atomic_path, make_folder, write_json
+from ..io.files import atomic_path, make_folder, staging_folder, write_json
 from ..io.star import write_mtf_star
 from ..io.tables import read_text_file
 from ..io.tlt import read_mrc_checked
+from ..simulate.output import prepare_out
 from .mtf_fit import (
     MTFFit,
     curve_rms,
@@ -69,9 +70,13 @@ def run_fit_mtf(micrographs: list[Path], out: Path, *, curve: Path | None = None
                 crop_px: int = 128, n_crops: int = 20, boxes: Path | None = None,
                 background_counts: float | None = None, ffl_alpha: float | None = 1.0, steps: int = 300,
                 reference: str | None = None, seed: int = 0,
-                progress: Callable[[str, int, int], None] | None = None) -> dict:
+                progress: Callable[[str, int, int], None] | None = None, overwrite: bool = False,
+                overwrite_hint: str = "pass overwrite=True") -> dict:
+    """Fit the MTF; write mtf_fit.json/.star/.png (and crops.png) into ``out``, all or nothing: a folder with files
+    only with ``overwrite`` (``overwrite_hint`` says how to ask), checked before the work."""
     if not micrographs and curve is None:
         raise ArgumentError("curve", ": give micrographs (MRC) and/or a measured curve (STAR) to fit")
+    prepare_out(out, overwrite=overwrite, overwrite_hint=overwrite_hint)
     if method not in ("nps", "algorithm1", "both"):
         raise ArgumentError("method", f" {method!r}: choose nps, algorithm1 or both")
     ref = parse_reference(reference)
@@ -103,7 +108,8 @@ def run_fit_mtf(micrographs: list[Path], out: Path, *, curve: Path | None = None
                 report["fits"][k]["rms_vs_reference_normalised"] = curve_rms(f.params, ref)
     primary = fits.get("nps") or fits.get("algorithm1") or fits["curve"]
     report["primary"] = primary.method
-    _write_outputs(out, report, primary, fits, ref, overlays, crop_px)
+    with staging_folder(out, overwrite=overwrite) as tmp:
+        _write_outputs(tmp, report, primary, fits, ref, overlays, crop_px)
     return report
 
 
