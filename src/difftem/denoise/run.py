@@ -195,6 +195,7 @@ def _denoise_repeats(stack: torch.Tensor, detector: DetectorSettings, common: di
     cb = (lambda d, k, n: progress(d, k, n)) if progress else None
     result: DenoiseResult = denoise(obs, detector.mtf, extra_observations=extras, progress=cb, **common)
     report["settings"], report["loss_history"] = result.settings, result.loss_history
+    _warn_unsettled(result.settings, report)
     references = {"noisy": obs[0]}
     if obs.shape[0] > 1:
         references["average"] = obs.mean(0)
@@ -259,6 +260,16 @@ def _write(out: Path, report: dict, denoised, rate, noisy_shown, ours_shown, ref
     report["units"] = {"denoised.mrc": "input units (MTF(rate) x gain/DQE)", "rate.mrc":
                        "expected electrons per pixel before the MTF", "pixel_size": "A"}
     write_json(out / "denoise.json", _json_safe(report))
+
+
+def _warn_unsettled(settings: dict, report: dict) -> None:
+    """A warning when the optimisation ended far above the lowest loss it saw (that iterate is the result)."""
+    low, last = settings.get("lowest_loss"), settings.get("final_loss")
+    if low is not None and last is not None and last - low > 0.5 * abs(low) + 1e-3:
+        report.setdefault("warnings", []).append(
+            f"the optimisation did not settle (final loss {last:.4g}, lowest {low:.4g} at step "
+            f"{settings['lowest_loss_step'] + 1}): the lowest-loss iterate is the result; a smaller --lr or a known "
+            "--gain (very bright images: millions of counts per pixel) may settle it")
 
 
 def _topaz_extra(obs: torch.Tensor, model: str) -> torch.Tensor:
