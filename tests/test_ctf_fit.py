@@ -227,3 +227,20 @@ def test_ctf_json_is_strict_json_without_bootstrap(tmp_path, one_thread):
 
     fit = json.loads((tmp_path / "fit" / "ctf.json").read_text(), parse_constant=refuse)["fits"][0]
     assert fit["defocus_sd_a"] is None and abs(fit["defocus_u_a"] / 15000.0 - 1) < 0.02
+
+
+def test_particle_star_fits_as_shared(shared_data, tmp_path, one_thread):
+    """The real EMPIAR-10076 particle STAR (RELION 3.0 style) as it sits beside its compressed stack: the stack is
+    found as .mrc.gz, the pixel size comes from rlnDetectorPixelSize / rlnMagnification (said in a note), and every
+    image's defocus lands within 4 % of the STAR's own (it refused: stack not found, then no pixel size)."""
+    from typer.testing import CliRunner
+
+    from difftem.cli._app import app
+
+    res = CliRunner().invoke(app, ["fit-ctf", str(shared_data / "particles" / "empiar_10076_7.star"), "--out",
+                                   str(tmp_path / "fit"), "--plots", "none", "--bootstrap", "0"])
+    assert res.exit_code == 0, res.output
+    assert "rlnMagnification" in " ".join(res.output.split())
+    fits = json.loads((tmp_path / "fit" / "ctf.json").read_text())["fits"]
+    assert all(abs(f["pixel_size_a"] - 1.31) < 0.01 for f in fits)
+    assert all(abs(f["defocus_mean_a"] / f["reference_defocus_mean_a"] - 1) < 0.04 for f in fits)

@@ -39,6 +39,26 @@ def input_stem(path: Path) -> str:
     return re.sub(r"(\.mrcs?|\.st|\.ali|\.star)?(\.gz)?$", "", Path(path).name)
 
 
+def _beside(stack: Path) -> Path:
+    """The stack a STAR names, or its compressed copy (``.gz``) when only that is there."""
+    zipped = stack.with_name(stack.name + ".gz")
+    return zipped if not stack.exists() and zipped.exists() else stack
+
+
+def _star_pixel_size(table, path: Path, notes: list[str] | None) -> float | None:
+    """The images' pixel size (Å) a particle STAR gives: rlnImagePixelSize, or (RELION 3.0 and older) the detector
+    pixel (µm) over the magnification, which is the pixel before any binning (said in ``notes``); None if neither."""
+    if "rlnImagePixelSize" in table.columns:
+        return float(table["rlnImagePixelSize"].iloc[0])
+    if {"rlnMagnification", "rlnDetectorPixelSize"} <= set(table.columns):
+        px = float(table["rlnDetectorPixelSize"].iloc[0]) * 1e4 / float(table["rlnMagnification"].iloc[0])
+        if notes is not None:
+            notes.append(f"{path.name}: pixel size {px:.4g} Å from rlnDetectorPixelSize / rlnMagnification (pass "
+                         "--pixel-size for binned images)")
+        return px
+    return None
+
+
 def _pixel_size(header_px: float, given: float | None, path: Path) -> float:
     if given is not None:
         if not (given > 0 and math.isfinite(given)):
@@ -46,7 +66,8 @@ def _pixel_size(header_px: float, given: float | None, path: Path) -> float:
         return float(given)
     if header_px > 0:
         return header_px
-    raise FormatError("has no pixel size in its header; give the pixel size in Å", file=path)
+    raise FormatError("has no pixel size in its header (or a placeholder 1 Å); give it in Å with --pixel-size",
+                      file=path)
 
 
 def mrc_items(path: Path, pixel_size_a: float | None, tilts: Path | None, tilt_axis_deg: float | None) -> list[Item]:
@@ -74,7 +95,8 @@ def mrc_items(path: Path, pixel_size_a: float | None, tilts: Path | None, tilt_a
                  tilt_axis_deg=axis) for i in range(data.shape[0])]
 
 
-def star_items(path: Path, stack: Path | None, pixel_size_a: float | None) -> list[Item]:
+def star_items(path: Path, stack: Path | None, pixel_size_a: float | None, notes: list[str] | None = None
+               ) -> list[Item]:
     """Particle images described by a RELION STAR (``rlnImageName`` N@stack, ``rlnMicrographName``): one item per
     micrograph (tilt), its images pooled; the STAR's own defocus per tilt kept as the reference."""
     blocks = read_star(path)
@@ -89,15 +111,13 @@ def star_items(path: Path, stack: Path | None, pixel_size_a: float | None) -> li
     if stack is None:
         if len(files) != 1:
             raise FormatError(f"names {len(files)} image stacks; give the one to read with --stack", file=path)
-        stack = path.parent / files[0]
+        stack = _beside(path.parent / files[0])
     data, header_px = read_mrc_checked(stack, "particle stack")
     if data.ndim == 2:
         data = data[None]
     if index.min() < 0 or index.max() >= data.shape[0]:
         raise FormatError(f"refers to image {index.max() + 1} but {stack} holds {data.shape[0]}", file=path)
-    px = pixel_size_a
-    if px is None and "rlnImagePixelSize" in table.columns:
-        px = float(table["rlnImagePixelSize"].iloc[0])
+    px = pixel_size_a if pixel_size_a is not None else _star_pixel_size(table, path, notes)
     px = _pixel_size(header_px if header_px != 1.0 else 0.0, px, stack)  # 1.0 Å is a common placeholder
     items = []
     for mic, rows in table.groupby("rlnMicrographName", sort=False):
@@ -161,10 +181,11 @@ def run_fit_ctf(inputs: list[Path], out: Path, *, pixel_size_a: float | None = N
         raise ArgumentError("plots", f" {plots!r}: choose all, first or none")
     prepare_out(out, overwrite=overwrite, overwrite_hint=overwrite_hint)
     groups: list[tuple[Path, list[Item]]] = []
+    notes: list[str] = []
     for path in inputs:
         path = Path(path)
         if path.suffix.lower() == ".star":
-            groups.append((path, star_items(path, stack, pixel_size_a)))
+            groups.append((path, star_items(path, stack, pixel_size_a, notes)))
         else:
             groups.append((path, mrc_items(path, pixel_size_a, tilts, tilt_axis_deg)))
     total = sum(len(items) for _, items in groups)
@@ -185,9 +206,10 @@ def run_fit_ctf(inputs: list[Path], out: Path, *, pixel_size_a: float | None = N
                 figures.append(tilt_defocus_figure(group_rows, tmp / f"{stem}_defocus.png", title=path.name).name)
             rows.extend(group_rows)
         summary = _summary(rows)
-        write_json(tmp / "ctf.json", {"fits": rows, "summary": summary, "inputs": [str(p) for p in inputs]})
+        write_json(tmp / "ctf.json", {"fits": rows, "summary": summary, "inputs": [str(p) for p in inputs],
+                                      "notes": notes})
         write_star(tmp / "ctf.star", ctf_star_blocks(rows))
-    return {"fits": rows, "summary": summary, "outputs": ["ctf.json", "ctf.star", *figures]}
+    return {"fits": rows, "summary": summary, "notes": notes, "outputs": ["ctf.json", "ctf.star", *figures]}
 
 
 def _summary(rows: list[dict]) -> dict:

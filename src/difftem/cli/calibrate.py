@@ -92,6 +92,8 @@ def register(app: typer.Typer) -> None:
         if len(report["fits"]) > 20:
             say(f"... {len(report['fits']) - 20} more in ctf.json")
         _warn_weak_fits([(r["name"], r) for r in report["fits"]])
+        for line in report.get("notes", []):
+            note("note", line)
         say(f"wrote {', '.join(report['outputs'][:6])}{' ...' if len(report['outputs']) > 6 else ''} to {out}")
 
     @app.command("calibrate")
