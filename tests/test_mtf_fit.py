@@ -213,3 +213,26 @@ def test_fit_mtf_cli_bad_inputs(tmp_path):
     res = runner.invoke(app, ["fit-mtf", "--out", str(tmp_path / "o")])
     assert res.exit_code == 2 and "give micrographs" in res.output
     assert not (tmp_path / "o").exists()
+
+
+def test_fit_mtf_says_when_its_curve_cannot_be_a_detector_mtf(shared_data, tmp_path, one_thread):
+    """The energy-filtered CCD micrograph's background crops: the fit rises above 1 (two terms of ±5000 that cancel)
+    and the command says not to use it; micrographs of two pixel sizes pooled into one curve are named; a measured
+    camera curve gets neither warning."""
+    import json
+
+    from typer.testing import CliRunner
+
+    from difftem.cli._app import app
+    from difftem.learn.mtf_run import _warnings
+
+    mic = shared_data / "micrographs" / "real_micrograph_efccd_crop2048.mrc.gz"
+    res = CliRunner().invoke(app, ["fit-mtf", str(mic), "--out", str(tmp_path / "m")])
+    assert res.exit_code == 0, res.output
+    report = json.loads((tmp_path / "m" / "mtf_fit.json").read_text())
+    assert any("exceeds 1" in w for w in report["warnings"]) and "exceeds 1" in " ".join(res.output.split())
+    c = read_mtf_star(shared_data / "mtf" / "mtf_k3_standard_300kV_FL2.star")
+    fit = fit_curve(c.frequency_per_px, c.value)
+    assert _warnings(fit, {"crops": {"a": {"pixel_size_a": 1.0}}}) == []
+    pooled = _warnings(fit, {"crops": {"a": {"pixel_size_a": 0.6666}, "b": {"pixel_size_a": 0.8538}}})
+    assert len(pooled) == 1 and "2 pixel sizes" in pooled[0]

@@ -7,7 +7,7 @@ from pathlib import Path
 import typer
 
 from ..core.errors import DifftemError
-from ._console import fail, progress, say
+from ._console import fail, note, progress, say
 
 
 def register(app: typer.Typer) -> None:
@@ -47,4 +47,6 @@ def register(app: typer.Typer) -> None:
             extra = "".join(f", {k} {fit[k]:.4f}" for k in ("rms_fit_error", "rms_vs_reference_normalised") if k in fit)
             say(f"{name}: a={p['a']:.4f} b={p['b']:.4f} c={p['c']:.4f} alpha={p['alpha']:.4f} "
                 f"beta={p['beta']:.4f} ({fit['seconds']:.1f} s{extra})")
+        for warning in report.get("warnings", []):
+            note("warning", warning)
         say(f"wrote {', '.join(report['outputs'])} to {out}")

@@ -108,9 +108,29 @@ def run_fit_mtf(micrographs: list[Path], out: Path, *, curve: Path | None = None
                 report["fits"][k]["rms_vs_reference_normalised"] = curve_rms(f.params, ref)
     primary = fits.get("nps") or fits.get("algorithm1") or fits["curve"]
     report["primary"] = primary.method
+    report["warnings"] = _warnings(primary, report)
     with staging_folder(out, overwrite=overwrite) as tmp:
         _write_outputs(tmp, report, primary, fits, ref, overlays, crop_px)
     return report
+
+
+def _warnings(primary: MTFFit, report: dict) -> list[str]:
+    """What the fit cannot vouch for: a curve above 1 (no detector passes more than it receives; the crops' noise
+    was not shot noise through an MTF, e.g. a CCD's read noise or a filtered image) and micrographs of several
+    pixel sizes pooled into one curve."""
+    out = []
+    omega = np.linspace(0.0, 0.5, 101)
+    values = normalised_curve(primary.params, torch.as_tensor(omega)).numpy()
+    if values.max() > 1.01:
+        k = int(values.argmax())
+        out.append(f"the fitted MTF exceeds 1 (peak {values[k]:.3f} at {omega[k]:.2f} cycles/px): these crops' noise "
+                   "is not white shot noise through an MTF (read noise, or an already filtered image); do not use "
+                   "this curve as a detector MTF")
+    sizes = sorted({round(c["pixel_size_a"], 4) for c in report.get("crops", {}).values()})
+    if len(sizes) > 1:
+        out.append(f"micrographs of {len(sizes)} pixel sizes ({', '.join(f'{v:g}' for v in sizes)} Å) were pooled into "
+                   "one MTF; fit each detector on its own")
+    return out
 
 
 def _write_outputs(out: Path, report: dict, primary: MTFFit, fits: dict[str, MTFFit], ref, overlays,
