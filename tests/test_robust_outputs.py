@@ -283,9 +283,11 @@ for line in sys.stdin:
     if line.strip() == "run":
         pid = os.fork()
         if pid == 0:
-            sys.stdin.close()
-            try:
+            try:  # a Ctrl-C before the command's own handling ends as under the console script's entry (130)
+                sys.stdin.close()
                 app(args, prog_name="difftem")
+            except KeyboardInterrupt:  # (on a busy machine the child may not have run a line yet)
+                os._exit(130)
             except SystemExit as exc:
                 os._exit(exc.code if isinstance(exc.code, int) else 1)
             os._exit(0)

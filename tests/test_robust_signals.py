@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -124,6 +125,20 @@ MOMENTS = {
 }
 
 
+def _until_sigint_is_caught(pid: int, timeout_s: float = 30.0) -> None:
+    """Wait until process ``pid`` has a handler for SIGINT (its /proc status SigCgt mask), i.e. Python's own."""
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < timeout_s:
+        try:
+            status = Path(f"/proc/{pid}/status").read_text()
+        except OSError:
+            return
+        caught = int(next(line.split()[1] for line in status.splitlines() if line.startswith("SigCgt:")), 16)
+        if caught & (1 << (signal.SIGINT - 1)):
+            return
+        time.sleep(0.001)
+
+
 def interrupt_dataset(command: list[str], spec_path, out, wait) -> tuple[subprocess.Popen, str]:
     """Start ``command dataset SPEC --out OUT --workers 2`` in its own session, ``wait(proc)``, then send SIGINT to
     the whole group (what a terminal sends to the foreground group); returns the finished process and its output."""
@@ -171,7 +186,12 @@ def test_ctrl_c_while_the_command_loads_exits_130_without_a_traceback(spec_path,
     if not os.path.exists(script):
         pytest.skip("the difftem console script is not installed")
     out = tmp_path / "store"
-    proc, text = interrupt_dataset([script], spec_path, out, lambda proc: time.sleep(delay_s))
+
+    def wait(proc):  # from the moment the interpreter handles SIGINT (on a busy machine its start-up alone takes 50 ms)
+        _until_sigint_is_caught(proc.pid)
+        time.sleep(delay_s)
+
+    proc, text = interrupt_dataset([script], spec_path, out, wait)
     assert proc.returncode == 130, text
     assert "interrupted" in text, text
     assert "Traceback" not in text and "Error" not in text, text
