@@ -27,7 +27,9 @@ def main() -> None:  # console-script entry point
         if not isinstance(exc, (DifftemError, OSError)):
             raise
         if isinstance(exc, DifftemError):
-            print(f"error: {' '.join(str(exc).split())}", file=sys.stderr)
+            from ._console import one_line
+
+            print(f"error: {one_line(str(exc))}", file=sys.stderr)
             _finish(2)
         where = f"{exc.filename}: " if exc.filename else ""
         print(f"error: {where}{exc.strerror or exc} (check the path and its permissions, and the free space)",

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import time
 import warnings
 from collections.abc import Callable, Sequence
@@ -13,7 +12,7 @@ import numpy as np
 import torch
 
 from ..core.errors import ArgumentError, ConfigError, FormatError
-from ..io.files import atomic_path, staging_folder, write_json, write_mrc
+from ..io.files import atomic_path, json_safe, staging_folder, write_json, write_mrc
 from ..io.tlt import read_mrc_checked
 from ..learn.mtf_run import parse_reference
 from ..simulate.output import prepare_out
@@ -254,12 +253,12 @@ def _write(out: Path, report: dict, denoised, rate, noisy_shown, ours_shown, ref
     panels["denoised (ours)"] = ours_shown
     written.append(write_before_after(out / "before_after.png", panels, report.get("loss_history"), pixel_a))
     if pairwise and mode != "tilt-series":
-        report["pairwise"] = _json_safe(pairwise_table({**references, "ours": denoised}))
+        report["pairwise"] = json_safe(pairwise_table({**references, "ours": denoised}))
     report["seconds"] = time.perf_counter() - t0
     report["outputs"] = [p.name for p in written] + ["denoise.json"]
     report["units"] = {"denoised.mrc": "input units (MTF(rate) x gain/DQE)", "rate.mrc":
                        "expected electrons per pixel before the MTF", "pixel_size": "A"}
-    write_json(out / "denoise.json", _json_safe(report))
+    write_json(out / "denoise.json", report)  # strict JSON: write_json turns NaN into null
 
 
 def _warn_unsettled(settings: dict, report: dict) -> None:
@@ -295,17 +294,6 @@ def _baselines(obs: torch.Tensor, names: Sequence[str], topaz_model: str, seed: 
             report.setdefault("baselines", {})["n2n"] = record
         report.setdefault("baseline_seconds", {})[name] = time.perf_counter() - t
     return out
-
-
-def _json_safe(obj):
-    """Replace inf/nan (not JSON) by None, recursively."""
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
-    if isinstance(obj, dict):
-        return {k: _json_safe(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_json_safe(v) for v in obj]
-    return obj
 
 
 def write_before_after(path: Path, panels: dict[str, torch.Tensor], loss_history=None,

@@ -61,13 +61,17 @@ def cannot_write(path: str | Path, exc: OSError) -> OutputError:
     return OutputError(f"{path}: cannot be written: {exc.strerror or exc}; choose a location you can write to")
 
 
+def _not_a_folder(path: Path) -> Path:
+    if path.is_dir():
+        raise OutputError(f"{path}: is a folder; give a file name")
+    return path
+
+
 def check_output_file(path: str | Path, suffix: str | None = None) -> Path:
     """Before the work: ``path`` can become a file (it is not a folder, its nearest existing ancestor is a folder this
     process may write into, and it ends in ``suffix`` when given: a PNG named .mrc misleads every reader), else
     :class:`OutputError`."""
-    path = Path(path)
-    if path.is_dir():
-        raise OutputError(f"{path}: is a folder; give a file name")
+    path = _not_a_folder(Path(path))
     if suffix is not None and path.suffix.lower() != suffix:
         raise OutputError(f"{path}: this output is written as {suffix[1:].upper()}; give a name ending in {suffix}")
     parent = path.parent
@@ -99,9 +103,7 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; on success it replaces ``path`` in one rename, with the mode the
     umask gives a new file. On an exception the temporary file is removed (a SIGKILL can leave it: see the
     module's docstring)."""
-    path = Path(path)
-    if path.is_dir():
-        raise OutputError(f"{path}: is a folder; give a file name")
+    path = _not_a_folder(Path(path))
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
@@ -296,20 +298,20 @@ def write_json(path: str | Path, obj) -> Path:
     """Strict JSON: NaN and ±infinity (a quantity not measured, e.g. an uncertainty without bootstrap refits) are
     written as null, which every JSON reader accepts."""
     with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(_finite(obj), indent=2, default=_json_default, allow_nan=False) + "\n")
+        tmp.write_text(json.dumps(json_safe(obj), indent=2, default=_json_default, allow_nan=False) + "\n")
     return Path(path)
 
 
-def _finite(obj):
+def json_safe(obj):
     """``obj`` with non-finite floats (Python, numpy, in dicts, lists, tuples and arrays) as None."""
     if isinstance(obj, (float, np.floating)):
         return float(obj) if np.isfinite(obj) else None
     if isinstance(obj, dict):
-        return {k: _finite(v) for k, v in obj.items()}
+        return {k: json_safe(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
-        return [_finite(v) for v in obj]
+        return [json_safe(v) for v in obj]
     if isinstance(obj, np.ndarray) and obj.dtype.kind == "f":
-        return _finite(obj.tolist())
+        return json_safe(obj.tolist())
     return obj
 
 

@@ -11,7 +11,7 @@ import torch
 
 from ..core.errors import ArgumentError, FormatError
 from ..forward.detector import MTFParams, read_mtf_star
-from ..io.files import atomic_path, make_folder, staging_folder, write_json
+from ..io.files import atomic_path, staging_folder, write_json
 from ..io.star import write_mtf_star
 from ..io.tables import read_text_file
 from ..io.tlt import read_mrc_checked
@@ -138,7 +138,6 @@ def _write_outputs(out: Path, report: dict, primary: MTFFit, fits: dict[str, MTF
     """mtf_fit.star (the primary fit, normalised), mtf_fit.png, crops.png (with micrographs) and mtf_fit.json."""
     omega = np.linspace(0, 0.5, 101)
     values = normalised_curve(primary.params, torch.as_tensor(omega)).numpy()
-    make_folder(out)
     write_mtf_star(out / "mtf_fit.star", omega, values, name="mtf_fit",
                    comment=f"difftem fit-mtf ({primary.method}): frequency in cycles/pixel, MTF / MTF(0)")
     _plot(out / "mtf_fit.png", fits, ref)
