@@ -3,6 +3,8 @@ stacks as stacks (mz = 1, space group 0, the pixel in z too), read back with mrc
 
 from __future__ import annotations
 
+import io
+
 import mrcfile
 import numpy as np
 import pytest
@@ -60,3 +62,29 @@ def test_reconstruct_writes_a_volume(tmp_path):
         nz = m.data.shape[0]
         assert int(m.header.mz) == nz == 8 and int(m.header.ispg) == 1
         assert float(m.voxel_size.z) == float(m.voxel_size.x) == 4.0
+
+
+@pytest.mark.parametrize("volume", [False, True])
+def test_header_statistics_match_the_data(tmp_path, volume):
+    """dmin, dmax, dmean and rms (computed plane by plane, without a whole-stack temporary) equal numpy's over the
+    whole array, for stacks and volumes, float and integer data; a NaN still warns as mrcfile does."""
+    data = np.random.default_rng(1).gamma(3.0, 10.0, (7, 9, 11)).astype(np.float32) + 1e3
+    path = write_mrc(tmp_path / "s.mrc", data, 2.0, volume=volume)
+    with mrcfile.open(path) as m:
+        h = m.header
+        assert (float(h.dmin), float(h.dmax)) == (float(data.min()), float(data.max()))
+        assert float(h.dmean) == pytest.approx(float(data.mean(dtype=np.float64)), rel=1e-7)
+        assert float(h.rms) == pytest.approx(float(data.std(dtype=np.float64)), rel=1e-6)
+        assert mrcfile.validate(str(path), print_file=io.StringIO())
+    from difftem.io.files import new_mrc
+
+    labels = np.arange(7 * 9 * 11, dtype=np.int16).reshape(7, 9, 11) % 5
+    with new_mrc(tmp_path / "l.mrc") as m:
+        m.set_data(labels)
+    with mrcfile.open(tmp_path / "l.mrc") as m:
+        assert float(m.header.rms) == pytest.approx(float(labels.std()), rel=1e-6)
+        assert float(m.header.dmax) == 4.0
+    bad = data.copy()
+    bad[2, 3, 4] = np.nan
+    with pytest.warns(RuntimeWarning, match="NaN"):
+        write_mrc(tmp_path / "n.mrc", bad, 2.0)

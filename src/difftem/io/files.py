@@ -11,7 +11,9 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import errno
+import functools
 import json
+import math
 import os
 import re
 import shutil
@@ -19,6 +21,7 @@ import socket
 import stat
 import tempfile
 import threading
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -265,12 +268,10 @@ def write_mrc(path: str | Path, data: np.ndarray, pixel_size_a: float, *, volume
     [0, 0, 0]) set. 2-D arrays are one image; 3-D arrays are an image stack (n, H, W: mz = 1, space group 0)
     unless ``volume``, then a volume (Z, Y, X: mz = nz, space group 1), so programs that read the z spacing from
     the cell see the voxel, not nz times it."""
-    import mrcfile
-
     arr = np.ascontiguousarray(np.asarray(data, dtype=np.float32))
     if volume and arr.ndim != 3:
         raise ValueError(f"a volume is a 3-D array (Z, Y, X); got shape {arr.shape}")
-    with atomic_path(path) as tmp, mrcfile.new(tmp, overwrite=True) as mrc:
+    with atomic_path(path) as tmp, new_mrc(tmp) as mrc:
         mrc.set_data(arr)
         if volume:  # before the voxel size: the cell's z length is mz times the voxel
             mrc.set_volume()
@@ -279,6 +280,42 @@ def write_mrc(path: str | Path, data: np.ndarray, pixel_size_a: float, *, volume
         mrc.voxel_size = pixel_size_a
         mrc.header.origin = tuple(float(v) for v in origin_a)
     return Path(path)
+
+
+def new_mrc(path: str | Path):
+    """``mrcfile.new(path, overwrite=True)`` whose header statistics (dmin, dmax, dmean, rms) are computed one image
+    or plane at a time: mrcfile's own takes the whole array's ``std``, a temporary as large as the data (a stack of
+    61 × 400² images: 0.3 s of page faults on a loaded machine against 10 ms for the sums; a tomogram: its size again
+    in memory)."""
+    return _chunked_stats_mrc()(str(path), mode="w+", overwrite=True)
+
+
+@functools.cache
+def _chunked_stats_mrc():
+    from mrcfile.mrcfile import MrcFile
+
+    class ChunkedStatsMrcFile(MrcFile):
+        def update_header_stats(self):
+            data = self.data
+            if data.ndim < 3 or data.size == 0 or np.iscomplexobj(data):
+                return super().update_header_stats()
+            lo, hi = data.min(), data.max()  # reductions without temporaries; NaN propagates to both
+            if np.isnan(lo):
+                warnings.warn("Data array contains NaN values", RuntimeWarning, stacklevel=2)
+            if np.isinf(lo) or np.isinf(hi):
+                warnings.warn("Data array contains infinite values", RuntimeWarning, stacklevel=2)
+            planes = data.reshape(-1, data.shape[-2] * data.shape[-1])
+            mean = sum(float(np.add.reduce(p, dtype=np.float64)) for p in planes) / data.size
+            square = 0.0
+            for p in planes:
+                d = p - np.float64(mean)
+                square += float(np.dot(d, d))
+            self.header.dmin, self.header.dmax = np.float32(lo), np.float32(hi)
+            self.header.dmean = np.float32(mean)
+            self.header.rms = np.float32(math.sqrt(square / data.size))
+            return None
+
+    return ChunkedStatsMrcFile
 
 
 def write_volume(path: str | Path, data: np.ndarray, voxel_size_a: float, *,

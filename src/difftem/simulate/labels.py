@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..io.files import atomic_path, write_json
+from ..io.files import atomic_path, new_mrc, write_json
 from ..specimen.labels import (
     label_shape,
     label_volumes,
@@ -81,9 +81,7 @@ def make_labels(scene: Scene, config) -> LabelVolumes:
 
 
 def _write_int_volume(path: Path, data: np.ndarray, voxel_a: float) -> Path:
-    import mrcfile
-
-    with atomic_path(path) as tmp, mrcfile.new(tmp, overwrite=True) as mrc:
+    with atomic_path(path) as tmp, new_mrc(tmp) as mrc:
         mrc.set_data(np.ascontiguousarray(data))
         mrc.set_volume()
         mrc.voxel_size = voxel_a
