@@ -27,7 +27,6 @@ import torch.nn.functional as F
 from ..core.elements import atomic_mass_da
 from ..core.fft import fft3, fftshift, freq_per_a, good_fft_size, ifft3, irfft2, irfft3, k2_per_a2, rfft3
 from ..specimen.structure import Atoms
-from . import slice_kernel
 from .potential import IceModel, displaced_volume_a3
 from .scattering import RadialGrid, ScatteringTable
 
@@ -345,7 +344,6 @@ class FourierProjector:
     absorption_ratio: float | None = None  # set when C = 2
     band_limit_per_a: float | None = None  # where the transform's band ends (None: sample every frequency)
     _planes: tuple | None = field(default=None, init=False, repr=False, compare=False)
-    _padded: np.ndarray | None = field(default=None, init=False, repr=False, compare=False)
     _slices: dict = field(default_factory=dict, init=False, repr=False, compare=False)
 
     @property
@@ -355,8 +353,7 @@ class FourierProjector:
     @property
     def nbytes(self) -> int:
         held = self._planes[0] if self._planes is not None else None
-        padded = self._padded.nbytes if self._padded is not None else 0
-        return padded + sum(t.numel() * t.element_size() for t in (self.coeffs, held) if t is not None)
+        return sum(t.numel() * t.element_size() for t in (self.coeffs, held) if t is not None)
 
     def planes(self) -> tuple[torch.Tensor, int] | None:
         """The coefficients as tiled planes for :func:`cubic_bspline_sample_planes` (made on first use), or None for
@@ -403,13 +400,6 @@ class FourierProjector:
         """
         p, n = self.pixel_size_a, self.size
         k, flat = self.slice_frequencies(box_px)
-        if self._compiled_path(rotations, offsets_a):
-            if self._padded is None:
-                self._padded = slice_kernel.padded_channels_last(self.coeffs)
-            gain = None if transfer is None else transfer(k.norm(dim=1))
-            spectra = slice_kernel.fourier_slices(self._padded, k, flat, rotations, offsets_a, gain, size=n,
-                                                  pixel_size_a=p, box_px=box_px)
-            return self._with_absorption(irfft2(spectra, (box_px, box_px)))
         nb, half = rotations.shape[0], box_px // 2 + 1
         # Rᵀk of the scene's (kx, ky, 0) as row vectors: k @ R's first two rows
         index = (k @ rotations[:, :2, :].double()) * (n * p) + n // 2  # (B, K, 3) projector voxels
@@ -422,17 +412,10 @@ class FourierProjector:
         ramp = torch.polar(torch.full_like(angle, 1 / (p * p)), angle)
         full = torch.zeros((nb, spec.shape[0], box_px * half), dtype=torch.complex64, device=k.device)
         full[:, :, flat] = (spec * ramp).transpose(0, 1)
-        return self._with_absorption(irfft2(full.view(nb, -1, box_px, half), (box_px, box_px)))
-
-    def _with_absorption(self, out: torch.Tensor) -> torch.Tensor:
-        """(B, 2, box, box): one channel (the potential) gains its proportional absorption."""
-        return torch.cat([out, self.absorption_ratio * out], 1) if out.shape[1] == 1 else out
-
-    def _compiled_path(self, rotations: torch.Tensor, offsets_a: torch.Tensor) -> bool:
-        """Whether :mod:`slice_kernel` computes the slices: on the CPU, with no gradient to carry, numba present."""
-        grad = torch.is_grad_enabled() and any(t.requires_grad for t in (self.coeffs, rotations, offsets_a))
-        return self.coeffs.device.type == "cpu" and rotations.device.type == "cpu" and not grad \
-            and slice_kernel.available()
+        out = irfft2(full.view(nb, -1, box_px, half), (box_px, box_px))
+        if out.shape[1] == 1:
+            out = torch.cat([out, self.absorption_ratio * out], 1)
+        return out
 
 
 def projector_size(radius_a: float, pixel_size_a: float, pad: float = 2.0) -> tuple[int, float]:
