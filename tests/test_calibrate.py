@@ -148,3 +148,43 @@ def test_unfiltered_micrograph_calibrates_without_a_loss(shared_data, tmp_path, 
     assert "energy filter" in rec["ice"]["thickness_from"]
     counts = rec["detector"]["counts_per_px"]
     assert abs(rec["dose_e_per_a2"] / (counts / rec["pixel_size_a"] ** 2) - 1) < 1e-9
+    # the dose read from the noise is near the nominal 41 e/Å²: no warning
+    assert 20 < rec["dose_e_per_a2"] < 100 and rec["warnings"] == []
+
+
+def test_dose_weighted_micrograph_asks_for_the_dose(shared_data, tmp_path, one_thread):
+    """A dose-weighted sum (UCSF, its pixel a 1 Å placeholder) has far less noise than its counts: the dose read from
+    it is no exposure's. That was a config validation error ("beam.dose_e_per_a2 ≤ 100000"); now one line that
+    names --dose, and nothing is written."""
+    from typer.testing import CliRunner
+
+    from difftem.cli._app import app
+
+    mic = shared_data / "micrographs" / "real_micrograph_ucsf_stack_1142_DW.mrc.gz"
+    res = CliRunner().invoke(app, ["calibrate", str(mic), "--out", str(tmp_path / "cal"), "--field", "256",
+                                   "--crop", "64"])
+    assert res.exit_code == 2, res.output
+    assert "--dose" in res.output and "not electron counts" in res.output and "Traceback" not in res.output
+    assert "beam.dose_e_per_a2" not in res.output
+    assert not (tmp_path / "cal").exists()
+
+
+def test_dose_warning_only_for_implausible_doses_read_from_noise():
+    from difftem.calibrate.run import dose_warnings
+
+    assert dose_warnings(40.0, nominal=False) == [] and dose_warnings(1.5, nominal=False) == []
+    assert dose_warnings(364.0, nominal=True) == []  # the user's own number is not second-guessed
+    assert "364 e/Å²" in dose_warnings(364.0, nominal=False)[0]
+    assert "0.05 e/Å²" in dose_warnings(0.05, nominal=False)[0]
+
+
+def test_a_cancelling_mtf_fit_is_not_taken():
+    """The fitted MTF's terms a, b and c = 1 − a − b: ones that cancel (the dose-weighted UCSF micrograph's fit ran
+    off to |a| + |b| + |c| ≫ 1, which the config then refused) are rejected like a negative curve; real ones pass."""
+    from difftem.calibrate.spectrum import _plausible_mtf
+
+    w2 = torch.linspace(0, 0.25, 50, dtype=torch.float64)
+    real = torch.tensor([0.5, 0.3, math.log(5.0), math.log(20.0)], dtype=torch.float64)
+    runaway = torch.tensor([4000.0, -4100.0, math.log(5.0), math.log(5.2)], dtype=torch.float64)
+    negative = torch.tensor([2.0, 0.0, math.log(50.0), math.log(20.0)], dtype=torch.float64)  # 2/(1+50w²) − 1
+    assert _plausible_mtf(real, w2) and not _plausible_mtf(runaway, w2) and not _plausible_mtf(negative, w2)

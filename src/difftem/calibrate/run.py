@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..config import config_from_dict
+from ..config import MAX_DOSE_E_PER_A2, config_from_dict
 from ..core.errors import ArgumentError
 from ..io.files import staging_folder, write_json, write_text
 from ..io.tlt import angles_beside, read_mrc_checked, tilt_axis_beside
@@ -83,6 +83,22 @@ def attenuation_length_nm(config: dict) -> float:
     electrons (no energy filter and nothing outside the aperture: every inelastic electron reaches the image)."""
     kept = transmission(config, PROBE_THICKNESS_NM)
     return -PROBE_THICKNESS_NM / math.log(kept) if kept < 1 - 1e-9 else math.inf
+
+
+#: doses (e/Å²) of real exposures, from one tilt of a series (~1) to a long single-particle exposure (~100): a dose read
+#: from the noise outside this range says the image's values are not counts times one gain
+PLAUSIBLE_DOSE_E_PER_A2 = (0.2, 200.0)
+
+
+def dose_warnings(dose_e_per_a2: float, nominal: bool) -> list[str]:
+    """A warning when the dose read from an image's noise (not ``nominal``: given by the user) is implausible."""
+    lo, hi = PLAUSIBLE_DOSE_E_PER_A2
+    if nominal or lo <= dose_e_per_a2 <= hi:
+        return []
+    return [f"the dose read from the image's noise, {dose_e_per_a2:.3g} e/Å², is outside the {lo:g}–{hi:g} e/Å² of "
+            "real exposures: its values are not electron counts times one gain (scaled or normalised, summed from "
+            "aligned or dose-weighted frames, or a camera's correlated noise); give the nominal dose (e/Å²) to fix "
+            "the dose and the ice thickness"]
 
 
 def _counts_to_dose(counts_px: float, px: float, thickness_nm: float, length_nm: float) -> float:
@@ -185,6 +201,8 @@ def calibrate_one(path: Path, *, pixel_size_a: float | None, dqe: float, dose_e_
     real_crops = grid_crops(image, crop_px)
     real_excess = ice_ring_excess(real_crops, px)
     thickness, how, dose = _thickness_and_dose(counts_px, px, length_nm, dose_e_per_a2, ice_thickness_nm)
+    if dose > MAX_DOSE_E_PER_A2:  # not a dose a simulation takes: the noise is not counting statistics
+        raise ArgumentError("dose_e_per_a2", f" missing: {path}: {dose_warnings(dose, False)[0]}")
     config["sample"]["ice_thickness_nm"] = round(thickness, 3)
     config["beam"]["dose_e_per_a2"] = round(dose, 4)
     log("ice structure, noise and MTF" + (" and particle count" if particles else ""))
@@ -234,7 +252,8 @@ def calibrate_one(path: Path, *, pixel_size_a: float | None, dqe: float, dose_e_
                     "transmission": math.exp(-thickness / length_nm), "real_ring_excess": real_excess,
                     "structure_amplitude": amplitude, "structure_fit": ice_fit, "particle_count": count,
                     "energy_filter": energy_filter},
-            "dose_e_per_a2": dose, "tilts": tilts, "config": config, "likeness": {"bands": bands, "classifier": clf},
+            "dose_e_per_a2": dose, "warnings": dose_warnings(dose, dose_e_per_a2 is not None), "tilts": tilts,
+            "config": config, "likeness": {"bands": bands, "classifier": clf},
             "simulated_ctf": sim_fit.as_dict() if sim_fit else None, "seconds": time.perf_counter() - t0,
             "_plot": {"fit": fit, "sim_fit": sim_fit, "real_crops": real_crops, "sim_crops": sim_crops}}
 

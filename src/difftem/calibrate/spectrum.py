@@ -116,7 +116,7 @@ def fit_spectrum(real_nps: torch.Tensor, parts: list[torch.Tensor], *, noise_sta
         opt.step(closure)
         with torch.no_grad():
             m = model(theta, log_noise, roots)
-            mtf_ok = theta is None or bool((_mtf_of(theta, w2) > 0).all())
+            mtf_ok = theta is None or _plausible_mtf(theta, w2)
             err = float(((m.clamp_min(1e-300).log() - log_real) ** 2).mean().sqrt())
         if np.isfinite(err) and mtf_ok and (best is None or err < best[0]):
             best = (err, None if theta is None else theta.detach(), float(log_noise.detach().exp()),
@@ -127,6 +127,17 @@ def fit_spectrum(real_nps: torch.Tensor, parts: list[torch.Tensor], *, noise_sta
     err, theta, noise, scales = best
     mtf = mtf_start if theta is None else _params_of(theta)
     return SpectrumFit(mtf, noise, scales, err, theta is not None)
+
+
+#: a fitted MTF whose terms exceed its value at zero frequency this many times over is the optimiser running off along
+#: a flat direction of the fit (two large terms of opposite sign), not a detector (real curves: |a| + |b| + |c| ≈ 1)
+MAX_MTF_TERMS = 100.0
+
+
+def _plausible_mtf(theta: torch.Tensor, w2: torch.Tensor) -> bool:
+    """Positive at every frequency fitted and its three terms not cancelling (MTF(0) = 1)."""
+    a, b = float(theta[0]), float(theta[1])
+    return bool((_mtf_of(theta, w2) > 0).all()) and abs(a) + abs(b) + abs(1 - a - b) <= MAX_MTF_TERMS
 
 
 def _theta_start(mtf: MTFParams | MeasuredMTF) -> torch.Tensor:

@@ -20,6 +20,13 @@ def _band(text: str | None) -> tuple[float, float] | None:
     return lo, hi
 
 
+def _warn_records(records: list[dict]) -> None:
+    """calibrate's own warnings per micrograph (an implausible dose read from the noise)."""
+    for rec in records:
+        for text in rec["warnings"]:
+            note("warning", f"{rec['name']}: {text} (--dose)")
+
+
 def _warn_weak_fits(fits: list[tuple[str, dict]]) -> None:
     """One warning each for the CTF fits (name, :meth:`CTFFit.as_dict`) that saw fewer than two rings, and for those
     that saw rings but matched the data only at the band's low-resolution edge
@@ -142,6 +149,7 @@ def register(app: typer.Typer) -> None:
         except DifftemError as exc:
             fail(exc)
         _warn_weak_fits([(rec["name"], rec["ctf"]) for rec in report["micrographs"]])
+        _warn_records(report["micrographs"])
         for rec in report["micrographs"]:
             b, c = rec["likeness"]["bands"], rec["likeness"]["classifier"]
             say(f"{rec['name']}: defocus {rec['ctf']['defocus_u_a']:.0f}/{rec['ctf']['defocus_v_a']:.0f} Å, gain "
