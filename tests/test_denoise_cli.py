@@ -88,8 +88,9 @@ def test_tilt_series_uses_aligned_neighbours(tmp_path):
 
 
 @pytest.mark.parametrize("args,message", [
-    ([], "no detector MTF given"),
-    (["--mtf", MTF_FLAG, "--dose", "0"], "zero dose"),
+    ([], "no detector MTF given; give a config (detector.mtf), a fit-mtf result (mtf_fit.json), the curve "
+         "('a,b,c,alpha,beta' or a STAR file), or --no-mtf"),
+    (["--mtf", MTF_FLAG, "--dose", "0"], "--dose 0.0 e/Å²: a zero dose"),
     (["--mtf", MTF_FLAG, "--method", "magic"], "--method 'magic'"),
     (["--mtf", MTF_FLAG, "--prior-weight", "lots"], "--prior-weight 'lots'"),
     (["--mtf", MTF_FLAG, "--baselines", "median"], "--baselines: unknown"),
@@ -158,3 +159,15 @@ def test_topaz_flag(repeats, tmp_path, monkeypatch):
         assert not (tmp_path / "u").exists()
     finally:
         topaz_model._load_cpu.cache_clear()
+
+
+def test_config_without_mtf_names_the_flags(repeats, tmp_path):
+    """A config whose detector has no MTF: the error names the command's flags for the other ways to give one, and
+    leaves the config's own field names (detector.mtf) as they are."""
+    cfg = tmp_path / "no_mtf.yaml"
+    cfg.write_text("detector: {mtf: null}\n")
+    res = runner.invoke(app, ["denoise", str(repeats), "--out", str(tmp_path / "o"), "--config", str(cfg)])
+    assert res.exit_code == 2, res.output
+    text = " ".join(res.output.split())
+    assert f"--config {cfg}: the config has no detector MTF (detector.mtf is null); set detector.mtf in it" in text
+    assert "(--mtf: 'a,b,c,alpha,beta' or a STAR file; --mtf-fit: a fit-mtf result), or --no-mtf" in text

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import re
 import time
 from collections.abc import Callable, Iterator
 
@@ -25,10 +26,14 @@ LOG_INTERVAL_S = 30.0
 
 def fail(error: str | Exception) -> None:
     """Print ``error`` as one red line and exit with code 2 (no traceback). A library
-    :class:`~difftem.core.errors.ArgumentError` is shown with its argument as the command's flag; a message of
+    :class:`~difftem.core.errors.ArgumentError` is shown with its argument (and the others it mentions) as the
+    command's flags; a message of
     several lines becomes one (its lines joined by "; "), markup and emoji codes in it are shown as text."""
     if isinstance(error, ArgumentError):
-        error = f"{command_flag(error.argument)}{error.detail}"
+        detail = error.detail
+        for name in error.mentions:
+            detail = re.sub(rf"(?<![\w.-]){re.escape(name)}(?![\w.])", command_flag(name), detail)
+        error = f"{command_flag(error.argument)}{detail}"
     console.print(f"[bold red]error:[/] {escape(one_line(str(error)))}", soft_wrap=True, highlight=False,
                   emoji=False)
     raise typer.Exit(code=2)

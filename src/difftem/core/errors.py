@@ -37,8 +37,9 @@ class ArgumentError(ConfigError):
     The message reads ``"<argument><detail>"`` (e.g. ``method 'magic': choose one of …``); the command line shows
     the same with the argument as its flag (``--method 'magic': …``)."""
 
-    def __init__(self, argument: str, detail: str):
-        self.argument, self.detail = argument, detail
+    def __init__(self, argument: str, detail: str, mentions: tuple[str, ...] = ()):
+        # mentions: other arguments the detail names as the fix (e.g. no_mtf), shown as their flags too
+        self.argument, self.detail, self.mentions = argument, detail, mentions
         super().__init__(f"{argument}{detail}")
 
 

@@ -78,16 +78,18 @@ def resolve_detector(*, config: Path | None = None, mtf_fit: Path | None = None,
     if dose_e_per_a2 is not None:
         settings.dose_e_per_a2 = dose_e_per_a2
     if settings.dose_e_per_a2 is not None and not settings.dose_e_per_a2 > 0:
-        raise ConfigError(f"dose {settings.dose_e_per_a2} e/Å²: a zero dose records no electrons, there is "
-                          "nothing to denoise; give the exposure's dose (dose_e_per_a2, or the config's "
-                          "beam.dose_e_per_a2)")
+        raise ArgumentError("dose_e_per_a2", f" {settings.dose_e_per_a2} e/Å²: a zero dose records no electrons, "
+                            "there is nothing to denoise; give the exposure's dose (or the config's "
+                            "beam.dose_e_per_a2)")
     if settings.mtf is None and not no_mtf:
         if config:  # the config was given but names no MTF: say so, not "give a config"
-            raise ConfigError(f"{config}: the config has no detector MTF (detector.mtf is null); set detector.mtf in "
-                              "it, or give the MTF separately (mtf: 'a,b,c,alpha,beta' or a STAR file; mtf_fit: a "
-                              "fit-mtf result), or no_mtf if the images have no MTF")
+            raise ArgumentError("config", f" {config}: the config has no detector MTF (detector.mtf is null); set "
+                                "detector.mtf in it, or give the MTF separately (mtf: 'a,b,c,alpha,beta' or a STAR "
+                                "file; mtf_fit: a fit-mtf result), or no_mtf if the images have no MTF",
+                                mentions=("mtf", "mtf_fit", "no_mtf"))
         raise ArgumentError("mtf", ": no detector MTF given; give a config (detector.mtf), a fit-mtf result "
-                                   "(mtf_fit.json), the curve ('a,b,c,alpha,beta' or a STAR file), or no_mtf")
+                                   "(mtf_fit.json), the curve ('a,b,c,alpha,beta' or a STAR file), or no_mtf",
+                            mentions=("no_mtf",))
     return settings
 
 
