@@ -72,6 +72,12 @@ def test_bad_inputs_are_named(one_thread):
     bad[3, 3] = float("nan")
     with pytest.raises(ArgumentError, match="NaN"):
         fit_ctf(bad, 1.0)
+    # a tile too small for rings, and one larger than the image (was silently one whole-image tile: 45 s at 2048²)
+    with pytest.raises(ArgumentError, match="tile_px 16: tiles under 32 px"):
+        fit_ctf(img, 1.0, tile_px=16)
+    with pytest.raises(ArgumentError, match="tile_px 512: larger than the image"):
+        fit_ctf(img, 1.0, tile_px=512)
+    assert fit_ctf(img, 1.0, bootstrap=0).extras["tile_px"] == 256  # the default shrinks to a small image
 
 
 def test_cli_writes_star_json_and_figures(tmp_path, one_thread):

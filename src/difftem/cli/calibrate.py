@@ -59,7 +59,8 @@ def register(app: typer.Typer) -> None:
         cs: float = typer.Option(2.7, help="spherical aberration (mm)"),
         amplitude_contrast: float = typer.Option(0.07, help="amplitude contrast (fraction)"),
         phase_shift: bool = typer.Option(False, help="also fit a phase-plate phase shift"),
-        tile: int = typer.Option(512, help="tile size for the averaged spectrum (px)"),
+        tile: int | None = typer.Option(None, help="tile size for the averaged spectrum (px; default 512, or the "
+                                                   "image's largest power of two when smaller)"),
         band: str | None = typer.Option(None, help="fit band 'low,high' in Å (default 30,5 within 0.06–0.42 /px)"),
         defocus_range: str = typer.Option("0.2,8", help="mean-defocus search range 'low,high' in µm"),
         max_astigmatism: float = typer.Option(0.5, help="largest astigmatism searched, U − V (µm)"),

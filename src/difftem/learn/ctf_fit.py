@@ -361,10 +361,17 @@ def _check_inputs(image, pixel_size_a, voltage_kv, cs_mm, amplitude_contrast, de
         raise ArgumentError("defocus_range_um", f" {lo}–{hi}: give 0.01 ≤ low < high ≤ 100 µm")
 
 
-def fit_ctf(image, pixel_size_a: float, *, tile_px: int = 512, tilt_deg: float = 0.0, tilt_axis_deg: float = 0.0,
-            **options) -> CTFFit:
+#: the tile side (px) of a micrograph's averaged spectrum unless one is given (smaller images: their largest power of
+#: two); tiles below MIN_TILE_PX hold too few frequencies between Thon rings
+DEFAULT_TILE_PX = 512
+MIN_TILE_PX = 32
+
+
+def fit_ctf(image, pixel_size_a: float, *, tile_px: int | None = None, tilt_deg: float = 0.0,
+            tilt_axis_deg: float = 0.0, **options) -> CTFFit:
     """Fit defocus U/V, astigmatism angle (and optionally a phase shift) to one micrograph, from the mean
-    periodogram of half-overlapping ``tile_px`` tiles.
+    periodogram of half-overlapping ``tile_px`` tiles (default DEFAULT_TILE_PX, or the image's largest power of
+    two when it is smaller; a tile given larger than the image is an error, not a silent single tile).
 
     ``tilt_deg``/``tilt_axis_deg``: a tilted image; every tile's defocus follows the tilt plane (the sign of the
     gradient is chosen by the fit). ``options``: those of :func:`fit_ctf_tiles`.
@@ -372,7 +379,11 @@ def fit_ctf(image, pixel_size_a: float, *, tile_px: int = 512, tilt_deg: float =
     image = torch.as_tensor(np.asarray(image) if not torch.is_tensor(image) else image)
     if image.ndim != 2:
         raise ArgumentError("image", f": expected one 2-D micrograph, got shape {tuple(image.shape)}")
-    tile_px = min(tile_px, 1 << int(math.log2(min(image.shape))))
+    if tile_px is None:
+        tile_px = min(DEFAULT_TILE_PX, 1 << int(math.log2(min(image.shape))))
+    elif tile_px < MIN_TILE_PX:
+        raise ArgumentError("tile_px", f" {tile_px}: tiles under {MIN_TILE_PX} px hold too few frequencies for the "
+                                       f"Thon rings; give at least {MIN_TILE_PX} (default {DEFAULT_TILE_PX})")
     corners = tile_corners(tuple(image.shape), tile_px)
     tiles = torch.stack([image[y:y + tile_px, x:x + tile_px] for y, x in corners])
     offsets = _tile_offsets(corners, tile_px, tuple(image.shape), pixel_size_a, tilt_deg, tilt_axis_deg)
@@ -391,7 +402,8 @@ def fit_ctf_tiles(tiles, pixel_size_a: float, *, offsets_a=None, voltage_kv: flo
     """
     tiles = torch.as_tensor(np.asarray(tiles) if not torch.is_tensor(tiles) else tiles)
     if tiles.ndim != 3 or tiles.shape[-1] != tiles.shape[-2] or tiles.shape[-1] < 32:
-        raise ArgumentError("tiles", f": expected square tiles (T, n, n) with n ≥ 32, got {tuple(tiles.shape)}")
+        raise ArgumentError("tiles", f": expected square tiles (T, n, n) with n ≥ {MIN_TILE_PX}, got "
+                                     f"{tuple(tiles.shape)}")
     _check_inputs(tiles, pixel_size_a, voltage_kv, cs_mm, amplitude_contrast, defocus_range_um)
     tile_px = int(tiles.shape[-1])
     band_a = tuple(band_a) if band_a else default_band_a(pixel_size_a)
