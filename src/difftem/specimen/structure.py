@@ -7,6 +7,8 @@ B-factors outside 0…1e4 Å², occupancies outside 0…100.
 
 from __future__ import annotations
 
+import gzip
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -93,6 +95,7 @@ def _open(path: Path):
     except OSError as exc:  # a name too long for the file system, no permission
         raise StructureError(f"{shown_path(path)}: cannot open the structure file "
                              f"({one_line(exc.strerror or exc)})") from None
+    _check_complete_gzip(path)
     try:
         st = gemmi.read_structure(str(path))
     except Exception as exc:  # gemmi raises RuntimeError/ValueError with a parser message
@@ -100,6 +103,25 @@ def _open(path: Path):
     if len(st) == 0 or st[0].count_atom_sites() == 0:
         raise StructureError(f"{path}: no atoms found; is this a PDB or mmCIF coordinate file?")
     return st
+
+
+def _check_complete_gzip(path: Path) -> None:
+    """A gzip-compressed model must end with its stream's end marker: gemmi reads a truncated one (an interrupted
+    download or copy) up to the cut and returns part of the structure without a word (measured: half of 1UBI's
+    file gave 237 of its 602 atoms). Decompressing once to the end costs ~10 ms per MB."""
+    with open(path, "rb") as fh:
+        if fh.read(2) != b"\x1f\x8b":
+            return
+    try:
+        with gzip.open(path, "rb") as fh:
+            while fh.read(1 << 22):
+                pass
+    except EOFError:
+        raise StructureError(f"{shown_path(path)}: the compressed file is cut short (its gzip stream ends before "
+                             "its end marker: an interrupted download or copy?); fetch or copy it again") from None
+    except (OSError, zlib.error) as exc:
+        raise StructureError(f"{shown_path(path)}: is not a readable gzip file ({one_line(exc)}); fetch or copy it "
+                             "again, or give the uncompressed PDB or mmCIF file") from None
 
 
 @dataclass
