@@ -123,3 +123,35 @@ def test_bad_inputs_fail_in_one_line_and_write_nothing(series):
            series, series / "x.png")
     _fails(["score", str(series / "truth.mrc"), str(series / "tilts.mrc"), "--out", str(series / "s.png")],
            "reference: " + str(series / "tilts.mrc") + " has shape (25, 20, 28)", series, series / "s.png")
+
+
+def test_stack_without_angles_points_at_the_files_beside_it(tmp_path):
+    """A stack with no .tlt or tilts.star beside it but a STAR file that may describe it (a particle's tilt images):
+    the error names --tlt and --metadata with that file; with none beside it, --tlt alone."""
+    stack = tmp_path / "particles.mrcs"
+    write_mrc(stack, np.zeros((3, 16, 16), np.float32), 2.0)
+    out = tmp_path / "vol.mrc"
+    res = runner.invoke(app, ["reconstruct", str(stack), "--out", str(out), "--device", "cpu"])
+    assert res.exit_code == 2 and "pass --tlt ANGLES.tlt" in res.output and "--metadata" not in res.output
+    (tmp_path / "particles.star").write_text("data_\n")
+    res = runner.invoke(app, ["reconstruct", str(stack), "--out", str(out), "--device", "cpu"])
+    text = " ".join(res.output.split())
+    assert res.exit_code == 2 and "or --metadata with the file that describes it (particles.star lie" in text
+    assert not out.exists()
+
+
+def test_default_thickness_is_noted(series):
+    """No --thickness-a/--thickness-vox and none in the metadata: the default (a quarter of the width) is said, with
+    the options that change it; given either, nothing is said."""
+    out = series / "d.mrc"
+    res = runner.invoke(app, ["reconstruct", str(series / "tilts.mrc"), "--tlt", str(series / "tilts.tlt"),
+                              "--out", str(out), "--device", "cpu"])
+    assert res.exit_code == 0, res.output
+    with mrcfile.open(out) as m:
+        z = m.data.shape[0]
+    assert z == min(SHAPE[1:]) // 4
+    text = " ".join(res.output.split())
+    assert f"volume thickness {z} voxels ({z * 2} Å), the default" in text and "--thickness-a" in text
+    res = runner.invoke(app, ["reconstruct", str(series / "tilts.mrc"), "--tlt", str(series / "tilts.tlt"),
+                              "--out", str(out), "--device", "cpu", "--thickness-vox", "6"])
+    assert res.exit_code == 0 and "the default" not in res.output

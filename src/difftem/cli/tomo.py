@@ -83,10 +83,7 @@ def _register_reconstruct(app: typer.Typer) -> None:
             check_output_file(out)  # before the work, not after it
             stack, px, angles, tlt_source, axis, axis_source, meta = _series_inputs(
                 tilts, tlt, tilt_axis_deg, pixel_size, metadata, group, note)
-            if thickness_vox is None and thickness_a is None and meta is not None and meta.thickness_a:
-                thickness_a = meta.thickness_a
-                note("note", f"volume thickness {thickness_a:.0f} Å from {meta.sources.get('thickness', 'metadata')} "
-                             "(no --thickness-a/--thickness-vox given)")
+            thickness_a = _thickness_a(meta, thickness_vox, thickness_a, note)
             ref = None
             if reference is not None:
                 ref, ref_px = _read_mrc(reference, "--reference", None, required=False)
@@ -108,6 +105,10 @@ def _register_reconstruct(app: typer.Typer) -> None:
                                      relaxation=relaxation, nonnegative=nonnegative, device=device, backend=backend,
                                      progress=lambda done, total: bar.update(task, completed=done, total=total))
             volume = result.volume.detach().cpu().numpy()
+            if thickness_vox is None and thickness_a is None:  # neither given nor in the metadata
+                z = volume.shape[-3]
+                note("note", f"volume thickness {z} voxels ({z * result.voxel_size_a:.0f} Å), the default: a quarter "
+                             "of the image width; give --thickness-a or --thickness-vox to hold the specimen")
             record = {"input": str(tilts), "tlt": str(tlt_source), "tilt_axis_source": axis_source, "invert": invert,
                       "ctf_correction": ctf_record, "xf": str(xf) if xf is not None else None,
                       "metadata_sources": meta.sources if meta is not None else {}, **result.info}
@@ -270,6 +271,32 @@ def _open_stack(path: Path, what: str, pixel_size: float | None, required: bool 
     return TiltStack.of(images), px
 
 
+def _thickness_a(meta, thickness_vox: int | None, thickness_a: float | None, note) -> float | None:
+    """--thickness-a, or the metadata's thickness when neither thickness option is given (with a note)."""
+    if thickness_vox is None and thickness_a is None and meta is not None and meta.thickness_a:
+        note("note", f"volume thickness {meta.thickness_a:.0f} Å from {meta.sources.get('thickness', 'metadata')} "
+                     "(no --thickness-a/--thickness-vox given)")
+        return meta.thickness_a
+    return thickness_a
+
+
+#: files that may describe a series (``--metadata``): RELION STAR, SerialEM .mdoc, IMOD .xf, a simulation's run.json
+METADATA_SUFFIXES = (".star", ".mdoc", ".xf", ".json")
+
+
+def _metadata_hint(tilts: Path) -> str:
+    """", or --metadata with one of the files beside it: …" naming (up to three of) the files beside ``tilts`` that
+    may describe it; empty when there are none (or the folder cannot be listed)."""
+    try:
+        found = sorted(p.name for p in tilts.parent.iterdir() if p.suffix.lower() in METADATA_SUFFIXES and p.is_file())
+    except OSError:
+        return ""
+    if not found:
+        return ""
+    more = f" (and {len(found) - 3} more)" if len(found) > 3 else ""
+    return f", or --metadata with the file that describes it ({', '.join(found[:3])}{more} lie beside it)"
+
+
 def _tilt_geometry(tilts: Path, tlt: Path | None, tilt_axis_deg: float | None, note):
     """(angles, where they came from, tilt axis in degrees, where it came from): the options when given, else the
     files a simulated series has beside its stack (``note`` says which were used)."""
@@ -288,7 +315,7 @@ def _tilt_geometry(tilts: Path, tlt: Path | None, tilt_axis_deg: float | None, n
             raise FormatError(f"{exc}; or pass --tlt") from None
         if found is None:
             raise FormatError(f"--tlt: no tilt angles given, and neither {tilts.with_suffix('.tlt').name} nor "
-                              f"tilts.star lies beside {tilts}; pass --tlt ANGLES.tlt")
+                              f"tilts.star lies beside {tilts}; pass --tlt ANGLES.tlt{_metadata_hint(tilts)}")
         angles, tlt_source = found
         note("note", f"tilt angles from {tlt_source} (no --tlt given)")
     if tilt_axis_deg is not None:
