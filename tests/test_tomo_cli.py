@@ -155,3 +155,17 @@ def test_default_thickness_is_noted(series):
     res = runner.invoke(app, ["reconstruct", str(series / "tilts.mrc"), "--tlt", str(series / "tilts.tlt"),
                               "--out", str(out), "--device", "cpu", "--thickness-vox", "6"])
     assert res.exit_code == 0 and "the default" not in res.output
+
+
+def test_pixel_size_option_range_and_override_note(series):
+    """--pixel-size outside the simulator's 0.01–100 Å is refused; one that replaces a header's pixel size says so
+    (score used to override the 2 Å header silently, its help saying 'when the MRC headers have none')."""
+    vol = series / "truth.mrc"
+    out = series / "s.png"
+    _fails(["score", str(vol), str(vol), "--out", str(out), "--pixel-size", "1000"], "outside 0.01–100 Å", series,
+           out)
+    res = runner.invoke(app, ["score", str(vol), str(vol), "--out", str(out), "--pixel-size", "3"])
+    assert res.exit_code == 0, res.output
+    assert "--pixel-size 3 Å replaces the 2 Å in truth.mrc's header" in " ".join(res.output.split())
+    res = runner.invoke(app, ["score", str(vol), str(vol), "--out", str(out), "--pixel-size", "2"])
+    assert res.exit_code == 0 and "replaces" not in res.output

@@ -35,6 +35,8 @@ MAX_POSITION_A = 1e6  # |x|, |y|, |z| of any copy, helix point or axis: 100 µm
 FIELD_REACH = 10.0  # an explicit copy may lie at most this many field widths from the field centre
 MAX_DEFOCUS_UM = 100.0
 MAX_DOSE_E_PER_A2 = 1e5
+#: the pixel sizes (Å) the simulator and the commands that read images accept: below, a typo for nm; above, for µm
+MIN_PIXEL_SIZE_A, MAX_PIXEL_SIZE_A = 0.01, 100.0
 MAX_COPIES = 1_000_000  # copies of all particle entries together (explicit positions and random)
 MAX_RANDOM_COPIES = 100_000  # randomly placed copies (placed one after another)
 MAX_PARTICLE_ENTRIES = 1000
@@ -268,7 +270,8 @@ def k3_mtf_path(voltage_kv: float) -> Path:
 
 class Detector(_Model):
     shape_px: tuple[int, int] = Field((256, 256), description="(height, width) in pixels")
-    pixel_size_a: float = Field(1.0, ge=0.01, le=100, description="pixel size at the specimen (Å), 0.01…100")
+    pixel_size_a: float = Field(1.0, ge=MIN_PIXEL_SIZE_A, le=MAX_PIXEL_SIZE_A,
+                                description="pixel size at the specimen (Å), 0.01…100")
     noise: Literal["poisson", "none"] = "poisson"
     dqe: float = Field(1.0, gt=0, le=1, description="detective quantum efficiency at zero frequency, (0, 1]; "
                                                     "unset: the model's (k3 0.8, perfect 1)")

@@ -158,7 +158,8 @@ def _register_render(app: typer.Typer) -> None:
                                                  "render (the render alone, size × size px)"),
         turntable: int = typer.Option(0, help="also write a GIF of this many views once round (0: none)"),
         gif: Path | None = typer.Option(None, help="turntable GIF path (default: OUT with .gif)"),
-        pixel_size: float | None = typer.Option(None, help="voxel size (Å) when the MRC header has none"),
+        pixel_size: float | None = typer.Option(None, help="voxel size (Å); replaces the MRC header's (a note says "
+                                                          "so)"),
         device: str = typer.Option("auto", help="auto, cpu or cuda"),
     ):
         """Render VOL (emission–absorption ray casting) into a PNG panel with central orthoslices; optional GIF."""
@@ -215,7 +216,8 @@ def _register_score(app: typer.Typer) -> None:
         volume: Path = typer.Argument(..., help="volume to score (MRC)"),
         reference: Path = typer.Argument(..., help="reference / ground-truth volume on the same grid (MRC)"),
         out: Path = typer.Option(..., "--out", "-o", help="FSC plot (PNG); the numbers go beside it as .json"),
-        pixel_size: float | None = typer.Option(None, help="voxel size (Å) when the MRC headers have none"),
+        pixel_size: float | None = typer.Option(None, help="voxel size (Å); replaces the MRC headers' (a note says "
+                                                          "so)"),
     ):
         """FSC (curve, 0.143 / 0.5 resolutions) and NCC of VOLUME against REFERENCE; writes a PNG and a JSON."""
         fail, console = _ui()
@@ -237,15 +239,40 @@ def _register_score(app: typer.Typer) -> None:
         say(f"wrote {out}, {json_path}")
 
 
+def _check_pixel_size(pixel_size: float | None, path: Path) -> None:
+    """--pixel-size within the simulator's own range (detector.pixel_size_a: 0.01–100 Å: 1000 Å is a typo, not a
+    binned tomogram); a note when it replaces a different pixel size in ``path``'s header."""
+    from ..config import MAX_PIXEL_SIZE_A, MIN_PIXEL_SIZE_A
+    from ..core.errors import FormatError
+    from ._console import note
+
+    if pixel_size is None:
+        return
+    if not (MIN_PIXEL_SIZE_A <= pixel_size <= MAX_PIXEL_SIZE_A):
+        raise FormatError(f"--pixel-size: {pixel_size} Å is outside {MIN_PIXEL_SIZE_A:g}–{MAX_PIXEL_SIZE_A:g} Å; give "
+                          "the pixel (voxel) size in Å")
+    header = _header_pixel_size(path)
+    if header and abs(header / pixel_size - 1) > 1e-4:
+        note("note", f"--pixel-size {pixel_size:g} Å replaces the {header:g} Å in {path.name}'s header")
+
+
+def _header_pixel_size(path: Path) -> float:
+    """The x voxel size in an MRC header (0 when unset or unreadable: the read that follows reports why)."""
+    import mrcfile
+
+    try:
+        with mrcfile.open(path, header_only=True, permissive=True) as m:
+            return float(m.voxel_size.x)
+    except (OSError, ValueError, EOFError):
+        return 0.0
+
+
 def _read_mrc(path: Path, what: str, pixel_size: float | None, required: bool = True):
     """:func:`difftem.io.tlt.read_volume_mrc` with the --pixel-size option named in its errors."""
-    import math
-
     from ..core.errors import FormatError
     from ..io.tlt import MissingPixelSizeError, read_volume_mrc
 
-    if pixel_size is not None and not (pixel_size > 0 and math.isfinite(pixel_size)):
-        raise FormatError(f"--pixel-size: {pixel_size} Å must be a positive number")
+    _check_pixel_size(pixel_size, path)
     try:
         return read_volume_mrc(path, what, pixel_size, required=required)
     except MissingPixelSizeError as exc:
@@ -255,15 +282,12 @@ def _read_mrc(path: Path, what: str, pixel_size: float | None, required: bool = 
 def _open_stack(path: Path, what: str, pixel_size: float | None, required: bool = True):
     """(:class:`~difftem.tomo.stack.TiltStack` of the MRC stack, its images read one at a time, pixel size): the
     checks and errors of :func:`_read_mrc`."""
-    import math
-
     from ..core.errors import FormatError
     from ..io.mrc_stack import open_stack_mrc
     from ..io.tlt import MissingPixelSizeError
     from ..tomo.stack import TiltStack
 
-    if pixel_size is not None and not (pixel_size > 0 and math.isfinite(pixel_size)):
-        raise FormatError(f"--pixel-size: {pixel_size} Å must be a positive number")
+    _check_pixel_size(pixel_size, path)
     try:
         images, px = open_stack_mrc(path, what, pixel_size, required=required)
     except MissingPixelSizeError as exc:
