@@ -10,7 +10,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from difftem.cli import app
-from difftem.io.files import write_mrc
+from difftem.io.files import write_mrc, write_volume
 from difftem.tomo import parse_tlt, project, write_tlt
 
 runner = CliRunner()
@@ -28,7 +28,7 @@ def series(tmp_path):
     stack = project(torch.from_numpy(phantom()), ANGLES).numpy()
     write_mrc(tmp_path / "tilts.mrc", stack, 2.0)
     write_tlt(tmp_path / "tilts.tlt", ANGLES)
-    write_mrc(tmp_path / "truth.mrc", phantom(), 2.0)
+    write_volume(tmp_path / "truth.mrc", phantom(), 2.0)
     return tmp_path
 
 
@@ -70,9 +70,14 @@ def test_render_and_score_commands(series):
     assert res.exit_code == 0, res.output
     with Image.open(series / "only.png") as im:
         assert im.size == (40, 40)
-    write_mrc(series / "nopx.mrc", phantom(), 0.0)  # no voxel size: rendering still works, axes in voxels
+    assert "warning" not in res.output  # a volume's header
+    write_volume(series / "nopx.mrc", phantom(), 0.0)  # no voxel size: rendering still works, axes in voxels
     res = runner.invoke(app, ["render", str(series / "nopx.mrc"), "--out", str(series / "n.png"), "--size", "32"])
     assert res.exit_code == 0, res.output
+    # a stack's header (particle or tilt images): drawn, with a warning that it is not a volume
+    write_mrc(series / "stack.mrcs", phantom(), 2.0)
+    res = runner.invoke(app, ["render", str(series / "stack.mrcs"), "--out", str(series / "k.png"), "--size", "32"])
+    assert res.exit_code == 0 and "header marks an image stack (mz = 1), not a volume" in " ".join(res.output.split())
     res = runner.invoke(app, ["score", str(vol), str(vol), "--out", str(series / "s.png")])
     assert res.exit_code == 0, res.output
     scores = json.loads((series / "s.json").read_text())

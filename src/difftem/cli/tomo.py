@@ -256,6 +256,23 @@ def _check_pixel_size(pixel_size: float | None, path: Path) -> None:
         note("note", f"--pixel-size {pixel_size:g} Å replaces the {header:g} Å in {path.name}'s header")
 
 
+def _warn_if_image_stack(path: Path, what: str) -> None:
+    """A warning when a file read as a volume is marked an image stack (mz = 1 over nz > 1 sections, as difftem and
+    RELION write particle and tilt stacks): it is drawn or scored as a volume of images piled up."""
+    import mrcfile
+
+    from ._console import note
+
+    try:
+        with mrcfile.open(path, header_only=True, permissive=True) as m:
+            stack = int(m.header.mz) == 1 and int(m.header.nz) > 1
+    except (OSError, ValueError, EOFError):
+        return  # the read that follows reports why
+    if stack:
+        note("warning", f"{what.lstrip('-')}: {path.name}'s header marks an image stack (mz = 1), not a volume: its "
+                        "images are taken as the sections of a volume (a tilt series: reconstruct it first)")
+
+
 def _header_pixel_size(path: Path) -> float:
     """The x voxel size in an MRC header (0 when unset or unreadable: the read that follows reports why)."""
     import mrcfile
@@ -273,6 +290,7 @@ def _read_mrc(path: Path, what: str, pixel_size: float | None, required: bool = 
     from ..io.tlt import MissingPixelSizeError, read_volume_mrc
 
     _check_pixel_size(pixel_size, path)
+    _warn_if_image_stack(path, what)
     try:
         return read_volume_mrc(path, what, pixel_size, required=required)
     except MissingPixelSizeError as exc:
