@@ -33,7 +33,8 @@ PASSWD_LINE = "root:x:0:0:root:/root:/bin/bash"
 
 
 def one_error(args, named: str) -> str:
-    """Run the CLI; it must exit 2 with one 'error:' line (the last; notes may come before) naming ``named``."""
+    """Run the CLI; it must exit 2 with one 'error:' line (the last; notes and warnings may come before) naming
+    ``named``."""
     res = runner.invoke(app, [str(a) for a in args])
     out = res.output
     assert res.exit_code == 2, out
@@ -41,7 +42,7 @@ def one_error(args, named: str) -> str:
     lines = [line for line in out.splitlines() if line.strip()]
     errors = [line for line in lines if line.startswith("error:")]
     assert len(errors) == 1 and lines[-1] == errors[0], out
-    assert all(line.startswith(("error:", "note:")) for line in lines), out
+    assert all(line.startswith(("error:", "note:", "warning:")) for line in lines), out
     assert named in errors[0], out
     return errors[0]
 
