@@ -198,3 +198,23 @@ def test_ctrl_c_while_the_command_loads_exits_130_without_a_traceback(spec_path,
     assert session_processes(proc.pid) == []
     assert n_done(out) < N_ITEMS
     assert_consistent(out)
+
+
+@pytest.mark.parametrize("ignored", [False, True])
+def test_a_ctrl_c_while_torch_loads_is_held_until_it_has(tmp_path, ignored):
+    """A KeyboardInterrupt raised inside torch's C++ start-up (Python called back through pybind11) aborted the
+    process (exit −6) instead of exit 130. The console script now imports torch with SIGINT held and raises the
+    KeyboardInterrupt once the import has finished; a SIGINT the process was started to ignore stays ignored.
+    Here a stand-in 'torch' sends itself SIGINT halfway through its import."""
+    (tmp_path / "torch.py").write_text("import os, signal, time\nos.kill(os.getpid(), signal.SIGINT)\n"
+                                       "time.sleep(0.2)\nLOADED = True\n")
+    code = ("import signal, sys\n"
+            f"{'signal.signal(signal.SIGINT, signal.SIG_IGN)' if ignored else ''}\n"
+            "from difftem.cli import _load_torch\n"
+            "try:\n    _load_torch()\n"
+            "except KeyboardInterrupt:\n    print('held, then raised', sys.modules['torch'].LOADED)\n"
+            "else:\n    print('no interrupt', sys.modules['torch'].LOADED)\n")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")])}
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=60)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.strip() == ("no interrupt True" if ignored else "held, then raised True"), res.stdout

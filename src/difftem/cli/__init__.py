@@ -2,7 +2,8 @@
 
 Each module registers its commands on the Typer app (:mod:`._app`); they parse flags, call the library and print.
 This module is the console script's entry and imports nothing heavy, so a Ctrl-C while the app, typer and torch
-are still loading ends like one during a command: one line and exit code 130, no traceback.
+are still loading ends like one during a command: one line and exit code 130, no traceback (while torch itself
+loads, the Ctrl-C is held until it has: see :func:`_load_torch`).
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ import sys
 
 def main() -> None:  # console-script entry point
     try:
+        if len(sys.argv) > 1 and not {"--help", "-h"} & set(sys.argv[1:]):  # a command: every one needs torch
+            _load_torch()
         from ._app import app
 
         app()
@@ -35,6 +38,27 @@ def main() -> None:  # console-script entry point
         print(f"error: {where}{exc.strerror or exc} (check the path and its permissions, and the free space)",
               file=sys.stderr)
         _finish(1)
+
+
+def _load_torch() -> None:
+    """Import torch with Ctrl-C held until it has loaded, then acted on as a KeyboardInterrupt. A KeyboardInterrupt
+    raised while torch's C++ start-up runs Python code through pybind11 cannot cross that frame: the process aborted
+    (exit −6, "terminate called after throwing an instance of pybind11::error_already_set") instead of ending with
+    one line and exit code 130. A SIGINT the process was started to ignore (a background job) stays ignored."""
+    import signal
+
+    previous = signal.getsignal(signal.SIGINT)
+    if previous == signal.SIG_IGN:
+        import torch  # noqa: F401
+        return
+    held: list[int] = []
+    signal.signal(signal.SIGINT, lambda signum, frame: held.append(signum))
+    try:
+        import torch  # noqa: F401
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if held:
+        raise KeyboardInterrupt
 
 
 def _finish(code) -> None:
