@@ -130,3 +130,22 @@ def test_demo(tmp_path):
     assert (tmp_path / "demo" / "preview.png").stat().st_size > 10_000
     with mrcfile.open(tmp_path / "demo" / "micrograph.mrc") as m:
         assert m.data.shape == (384, 384)
+
+
+def test_demo_into_the_working_folder(tmp_path, monkeypatch):
+    """`demo --out . --overwrite` replaces the working folder itself: the run was written, then resolving '.' for the
+    final message failed (exit 1, "No such file or directory"). Now the path is taken before the run. A config kept
+    inside the folder that `simulate --overwrite` would replace is refused up front."""
+    work = tmp_path / "w"
+    work.mkdir()
+    (work / "old.txt").write_text("x")
+    monkeypatch.chdir(work)
+    res = runner.invoke(app, ["demo", "--out", ".", "--overwrite"])
+    assert res.exit_code == 0, res.output
+    assert f"look at {work / 'preview.png'}" in " ".join(res.output.split())
+    assert (work / "run.json").is_file() and not (work / "old.txt").exists()
+    monkeypatch.chdir(tmp_path)
+    cfg = work / "cfg.yaml"
+    cfg.write_text("detector: {shape_px: [32, 32]}\n")
+    res = runner.invoke(app, ["simulate", str(cfg), "--out", str(work), "--overwrite"])
+    assert res.exit_code == 2 and "would delete the input" in " ".join(res.output.split()) and cfg.is_file()

@@ -378,6 +378,18 @@ def test_extract_command(tmp_path):
     assert bad.exit_code == 2 and "--formats" in bad.output and "unknown format imod" in bad.output
     odd = runner.invoke(app, ["extract", str(tmp_path / "run"), "--box", "31", "--out", str(tmp_path / "q")])
     assert odd.exit_code == 2 and "--box 31" in odd.output
+    # --out the run itself (or a folder holding it) with --overwrite replaced the run by the particles
+    for out in (tmp_path / "run", tmp_path):
+        own = runner.invoke(app, ["extract", str(tmp_path / "run"), "--box", "32", "--out", str(out), "--overwrite"])
+        assert own.exit_code == 2 and "would delete the input" in " ".join(own.output.split()), own.output
+    assert (tmp_path / "run" / "run.json").is_file() and (tmp_path / "run" / "micrograph.mrc").is_file()
+    for flag, value, said in (("--seed", "-5", "--seed -5: give a non-negative integer"),
+                              ("--background-radius", "100", "give 0 < radius ≤ 16"),
+                              ("--background-radius", "nan", "give 0 < radius ≤ 16")):
+        res = runner.invoke(app, ["extract", str(tmp_path / "run"), "--box", "32", "--out", str(tmp_path / "r"),
+                                  flag, value])  # a traceback, and all-NaN particles, before
+        assert res.exit_code == 2 and said in " ".join(res.output.split()), res.output
+        assert not (tmp_path / "r").exists()
 
 
 def test_parse_formats():

@@ -179,6 +179,13 @@ def test_convert_writes_the_same_config_with_the_mapping_as_comments(tmp_path):
     assert_same(load_config(out).model_dump(mode="json"), load_inp(inp).config.model_dump(mode="json"))
     printed = runner.invoke(app, ["convert", str(inp)])  # no -o: the YAML goes to stdout
     assert printed.exit_code == 0 and "tilt_axis_deg: -70.0" in printed.stdout
+    # the input is never the output (it was replaced by its YAML), an existing file only with --overwrite
+    before = inp.read_bytes()
+    same = runner.invoke(app, ["convert", str(inp), "-o", str(inp)])
+    assert same.exit_code == 2 and "is the input file" in same.output and inp.read_bytes() == before
+    again = runner.invoke(app, ["convert", str(inp), "-o", str(out)])
+    assert again.exit_code == 2 and "pass --overwrite" in " ".join(again.output.split())
+    assert runner.invoke(app, ["convert", str(inp), "-o", str(out), "--overwrite"]).exit_code == 0
 
 
 @pytest.mark.parametrize("old, new", [

@@ -405,3 +405,33 @@ def test_reconstruct_errors_are_one_line(sim, tmp_path):
     res = runner.invoke(app, ["reconstruct", str(imod_stack), "--ctf-correction", "magic", "--out",
                               str(tmp_path / "v.mrc")])
     assert res.exit_code == 2 and "--ctf-correction: unknown mode 'magic'" in res.output
+
+
+def test_damaged_runs_are_named_and_one_tilt_exports(sim, tmp_path):
+    """A run.json cut or edited by hand (a KeyError traceback before) and a tilts.star that lists other tilts than
+    the stack holds (sets of mismatched lengths were written) are one-line FormatErrors naming the file; a series of
+    one tilt, whose MRC holds a single section, exports."""
+    import shutil
+
+    from difftem.core.errors import FormatError
+
+    run = tmp_path / "run"
+    shutil.copytree(sim["root"] / "run", run)
+    (run / "run.json").write_text(json.dumps({"config": {"tilt_series": {"scheme": "list"}}}))
+    with pytest.raises(FormatError, match=r"run\.json.*lacks or garbles 'beam'"):
+        read_run(run)
+    shutil.copy(sim["root"] / "run" / "run.json", run / "run.json")
+    star = starfile.read(run / "tilts.star", always_dict=True)
+    block = next(iter(star))
+    star[block] = star[block].iloc[:-1]
+    starfile.write(star, run / "tilts.star", overwrite=True)
+    n = len(sim["series"].angles_deg)
+    with pytest.raises(FormatError, match=f"tilts.star.*{n - 1} tilts listed for the {n} images"):
+        read_run(run)
+    cfg = _config(shape=48, count=2)
+    cfg["tilt_series"] = {"scheme": "list", "angles_deg": [0.0], "damage": "none"}
+    write_tilt_series(difftem.simulate_tilt_series(difftem.config.config_from_dict(cfg)), tmp_path / "one")
+    rec = read_run(tmp_path / "one")
+    assert rec.stack.shape == (1, 48, 48) and list(rec.angles_deg) == [0.0]
+    export_tilt_series(tmp_path / "one", tmp_path / "one_sets", "imod,relion5")
+    assert (tmp_path / "one_sets" / "imod").is_dir() and (tmp_path / "one_sets" / "relion5").is_dir()

@@ -40,7 +40,7 @@ def register(app: typer.Typer) -> None:
             stack = particles_from_run(run, box_px=box, image=image, particle_type=particle_type,
                                        downsample_px=downsample, normalise=normalise, invert=invert,
                                        background_radius_px=background_radius, seed=seed)
-            written = write_particle_folder(stack, out, chosen, overwrite=overwrite)
+            written = write_particle_folder(stack, out, chosen, overwrite=overwrite, inputs=[run])
         except ArgumentError as exc:  # the library's argument names, as this command's flags
             flags = {"box_px": "box", "downsample_px": "downsample", "background_radius_px": "background_radius"}
             fail(ArgumentError(flags.get(exc.argument, exc.argument), exc.detail))

@@ -93,21 +93,21 @@ def _preflight(cfg):
     return setup.scene
 
 
-def _prepare_out(out: Path, overwrite: bool) -> None:
+def _prepare_out(out: Path, overwrite: bool, inputs=()) -> None:
     from ..simulate.output import prepare_out
 
-    for folder in prepare_out(out, overwrite=overwrite, overwrite_hint="pass --overwrite"):
+    for folder in prepare_out(out, overwrite=overwrite, overwrite_hint="pass --overwrite", inputs=inputs):
         note("note", f"left {folder} alone: a run on another host may still be writing it (delete it if not)")
 
 
-def run_and_write(config, out: Path, save: set[str], label: str, *, overwrite: bool = False) -> dict:
-    """Check ``config`` and ``out``, simulate (a micrograph, or a tilt series) with progress, print its warnings,
-    write ``out`` (all or nothing)."""
+def run_and_write(config, out: Path, save: set[str], label: str, *, overwrite: bool = False, inputs=()) -> dict:
+    """Check ``config`` and ``out`` (which must not hold the ``inputs``: the config file), simulate (a micrograph,
+    or a tilt series) with progress, print its warnings, write ``out`` (all or nothing)."""
     from ..simulate.output import write_simulation, write_tilt_series
     from ..simulate.pipeline import simulate, simulate_tilt_series
 
     scene = _preflight(config)
-    _prepare_out(out, overwrite)
+    _prepare_out(out, overwrite, inputs)
     series = config.tilt_series is not None
     with progress(label, "tilts" if series else "slices") as update:
         result = (simulate_tilt_series(config, progress=update, scene=scene) if series
@@ -151,7 +151,8 @@ def register(app: typer.Typer) -> None:
             _apply_overrides(cfg, device, seed)
             if parse_formats(formats) and cfg.tilt_series is None:
                 raise ArgumentError("formats", ": imod, relion5 and copick sets are for tilt series (set tilt_series)")
-            run = run_and_write(cfg, out, _parse_save(save), "simulate", overwrite=overwrite)
+            run = run_and_write(cfg, out, _parse_save(save), "simulate", overwrite=overwrite,
+                                inputs=[] if str(config).startswith("example:") else [config])
             if formats:
                 export_run(out, out, formats)
         except DifftemError as exc:
@@ -170,6 +171,10 @@ def register(app: typer.Typer) -> None:
         from ..config import config_from_dict
 
         data = yaml.safe_load(resources.files("difftem").joinpath("data/demo.yaml").read_text())
+        try:  # resolved before the run: with --out . --overwrite the run replaces the working folder
+            shown = out.resolve()
+        except OSError:
+            shown = out
         try:
             cfg = config_from_dict(data, "builtin demo.yaml")
             _apply_overrides(cfg, device, None)
@@ -182,5 +187,5 @@ def register(app: typer.Typer) -> None:
             _interrupted(out)
         console.print(f"demo: {run['n_atoms']} atoms, {run['n_slices']} slices, {run['timings']['total_s']:.1f} s "
                       f"on {run['device']}")
-        console.print(f"outputs in {out.resolve()}: {', '.join(run['outputs'])}")
-        console.print(f"look at {out.resolve() / 'preview.png'}")
+        console.print(f"outputs in {shown}: {', '.join(run['outputs'])}")
+        console.print(f"look at {shown / 'preview.png'}")

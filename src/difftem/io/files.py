@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..core.errors import OutputError
+from ..core.errors import ArgumentError, OutputError
 
 _UMASK: int | None = None
 _UMASK_LOCK = threading.Lock()
@@ -212,6 +212,24 @@ def _exchange(a: Path, b: Path) -> bool:
     if err in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
         return False
     raise OSError(err, os.strerror(err), str(a), None, str(b))
+
+
+def check_inputs_outside(out: str | Path, inputs) -> None:
+    """Replacing the folder ``out`` whole (``overwrite``) must not delete what the run reads: an
+    :class:`ArgumentError` when one of ``inputs`` is ``out`` or lies inside it (``extract RUN --out RUN
+    --overwrite`` replaced the run it had just read by the particles)."""
+    try:
+        target = Path(out).resolve()
+    except (OSError, ValueError):
+        return  # the caller's own checks report an unusable path
+    for item in inputs:
+        try:
+            path = Path(item).resolve()
+        except (OSError, ValueError):
+            continue
+        if path == target or target in path.parents:
+            raise ArgumentError("out", f" {out}: {'is' if path == target else 'holds'} the input {item}; replacing it "
+                                       "would delete the input: choose another output folder")
 
 
 @contextlib.contextmanager

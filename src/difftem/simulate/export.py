@@ -21,7 +21,7 @@ from ..core.rotations import relion_matrix
 from ..io import copick_project, imod, relion5
 from ..io.files import make_folder, write_mrc
 from ..io.star import read_star
-from ..io.tlt import read_volume_mrc
+from ..io.tlt import checked_pixel_size, read_mrc_checked
 
 FORMATS = ("imod", "relion5", "copick")
 
@@ -102,13 +102,34 @@ def read_run(folder: str | Path, *, with_stack: bool = True) -> SeriesRecord:
     except (OSError, ValueError):
         raise FormatError("not a readable run record; export needs a tilt-series run folder from difftem simulate",
                           file=run_path) from None
-    if not isinstance(run, dict) or not run.get("config", {}).get("tilt_series"):
+    cfg = run.get("config") if isinstance(run, dict) else None
+    if not isinstance(cfg, dict) or not cfg.get("tilt_series"):
         raise FormatError("the run is not a tilt series (config.tilt_series is not set)", file=run_path)
+    try:
+        return _series_record(folder, cfg, with_stack)
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:  # a run.json edited or cut by hand
+        raise FormatError(f"config lacks or garbles {exc} (a run record difftem simulate did not write whole); "
+                          "simulate the series again", file=run_path) from None
+
+
+def _read_stack(path: Path) -> tuple[np.ndarray, float]:
+    """The tilt series' MRC stack: a series of one tilt is a stack of one image (its file holds one section)."""
+    data, header_px = read_mrc_checked(path, "tilt series")
+    if data.ndim == 2:
+        data = data[None]
+    return data, checked_pixel_size(path, "tilt series", data.shape, 3, header_px, None, True)
+
+
+def _series_record(folder: Path, cfg: dict, with_stack: bool) -> SeriesRecord:
     if with_stack:
-        stack, px = read_volume_mrc(folder / "tilt_series.mrc", "tilt series")
+        stack, px = _read_stack(folder / "tilt_series.mrc")
     else:
-        stack, px = np.zeros((0, 0, 0), dtype=np.float32), float(run["config"]["detector"]["pixel_size_a"])
+        stack, px = np.zeros((0, 0, 0), dtype=np.float32), float(cfg["detector"]["pixel_size_a"])
     tilts = relion5.read_tilt_series_star(folder / "tilts.star")
+    if with_stack and len(tilts.angles_deg) != stack.shape[0]:
+        raise FormatError(f"{len(tilts.angles_deg)} tilts listed for the {stack.shape[0]} images of tilt_series.mrc; "
+                          "the run folder's files do not belong together (simulate the series again)",
+                          file=folder / "tilts.star")
     blocks = read_star(folder / "tilts.star")
     rows = next(iter(blocks.values()))
     order = rows["difftemAcquisitionOrder"].to_numpy(dtype=np.int64) if "difftemAcquisitionOrder" in rows else \
@@ -116,7 +137,6 @@ def read_run(folder: str | Path, *, with_stack: bool = True) -> SeriesRecord:
     dose = rows["difftemDoseEPerA2"].to_numpy(dtype=np.float64) if "difftemDoseEPerA2" in rows else \
         np.zeros(len(rows))
     positions, rotations, names = _ground_truth(folder / "particles.star")
-    cfg = run["config"]
     per_tilt = (rows[["rlnBeamTiltX", "rlnBeamTiltY"]].to_numpy(dtype=np.float64)
                 if {"rlnBeamTiltX", "rlnBeamTiltY"} <= set(rows.columns) else None)
     return SeriesRecord(folder.resolve().name or "run", stack, px, tilts.angles_deg, tilts.tilt_axis_deg,

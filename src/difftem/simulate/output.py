@@ -17,7 +17,15 @@ from pathlib import Path
 import numpy as np
 
 from ..core.errors import ArgumentError
-from ..io.files import clean_stale_folders, folder_state, staging_folder, write_json, write_mrc, write_npy
+from ..io.files import (
+    check_inputs_outside,
+    clean_stale_folders,
+    folder_state,
+    staging_folder,
+    write_json,
+    write_mrc,
+    write_npy,
+)
 from ..io.preview import write_panels_png
 from ..io.star import STAR_CONVENTION, write_star
 from ..io.tlt import write_tlt
@@ -32,10 +40,13 @@ SAVE_CHOICES = frozenset({"potential", "exit_wave"})
 
 
 def prepare_out(out: str | Path, *, overwrite: bool = False,
-                overwrite_hint: str = "pass overwrite=True") -> list[Path]:
+                overwrite_hint: str = "pass overwrite=True", inputs=()) -> list[Path]:
     """Check ``out`` before a run: a missing or empty folder is fine, a folder with files only with ``overwrite``
-    (``overwrite_hint`` says how to ask for it), anything else is an :class:`ArgumentError` naming ``out``.
-    Removes what killed runs left beside ``out``; returns the staging folders of other hosts' runs, left alone."""
+    (``overwrite_hint`` says how to ask for it) and when it holds none of the run's ``inputs``, anything else is an
+    :class:`ArgumentError` naming ``out``. Removes what killed runs left beside ``out``; returns the staging
+    folders of other hosts' runs, left alone."""
+    if overwrite:
+        check_inputs_outside(out, inputs)
     try:
         state = folder_state(out)
         if state == "other":

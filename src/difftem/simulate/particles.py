@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from ..config import SimulationConfig
-from ..core.errors import ArgumentError, FormatError
+from ..core.errors import ArgumentError, ConfigError, FormatError
 from ..core.fft import fft2, fftshift, ifft2
 from ..core.rotations import relion_matrix, rotation_vector
 from ..forward.potential import ice_absorption_potential_v
@@ -183,8 +183,16 @@ def extract_particles(image, positions_a: np.ndarray, rotations: np.ndarray, con
     out_box = box_px if downsample_px is None else downsample_px
     if not (isinstance(out_box, int) and out_box % 2 == 0 and 8 <= out_box <= box_px):
         raise ArgumentError("downsample_px", f" {downsample_px}: an even number of pixels, 8 … {box_px} (the box)")
+    if background_radius_px is not None and not (0 < background_radius_px <= box_px / 2):
+        raise ArgumentError("background_radius_px", f" {background_radius_px}: the background lies outside this "
+                                                    f"radius (px of the box); give 0 < radius ≤ {box_px // 2} (half "
+                                                    "the box), or none for 3/8 of the box")
+    if not (isinstance(seed, (int, np.integer)) and seed >= 0):
+        raise ArgumentError("seed", f" {seed}: give a non-negative integer")
     positions_a = np.asarray(positions_a, dtype=np.float64).reshape(-1, 3)
     rotations = np.asarray(rotations, dtype=np.float64).reshape(-1, 3, 3)
+    if not len(positions_a):
+        raise ConfigError("no particles to extract: the micrograph's run placed none")
     shape = (int(image.shape[0]), int(image.shape[1]))
     centres, origins = box_positions(positions_a, shape, px)
     half = box_px // 2
@@ -337,10 +345,14 @@ def write_particles(stack: ParticleStack, out: str | Path, formats=("relion",), 
 
 
 def write_particle_folder(stack: ParticleStack, out: str | Path, formats=("relion",), *, overwrite: bool = False,
-                          name: str = "particles") -> list[Path]:
+                          name: str = "particles", inputs=()) -> list[Path]:
     """:func:`write_particles` into the folder ``out``, all or nothing (a staging folder renamed into place); a
-    folder that holds files is refused unless ``overwrite`` (then replaced whole)."""
-    from ..io.files import folder_state, staging_folder
+    folder that holds files is refused unless ``overwrite`` (then replaced whole), and always when it holds one of
+    the ``inputs`` (the run the particles come from)."""
+    from ..io.files import check_inputs_outside, folder_state, staging_folder
+
+    if overwrite:
+        check_inputs_outside(out, inputs)
 
     state = folder_state(out)
     if state == "other" or (state == "full" and not overwrite):
