@@ -435,3 +435,40 @@ def test_damaged_runs_are_named_and_one_tilt_exports(sim, tmp_path):
     assert rec.stack.shape == (1, 48, 48) and list(rec.angles_deg) == [0.0]
     export_tilt_series(tmp_path / "one", tmp_path / "one_sets", "imod,relion5")
     assert (tmp_path / "one_sets" / "imod").is_dir() and (tmp_path / "one_sets" / "relion5").is_dir()
+
+
+def test_export_is_all_or_nothing_and_replaces_sets_whole(sim, tmp_path, monkeypatch):
+    """export wrote set after set into OUT: a failure left the earlier sets, and a second export into the same OUT
+    silently overwrote and mixed them with the first run's files. Now the sets appear together or not at all, an OUT
+    that holds a set is refused without --overwrite, and --overwrite replaces each set whole."""
+    import importlib
+    import shutil
+
+    ex = importlib.import_module("difftem.simulate.export")  # `difftem.simulate` is also the function
+    run = tmp_path / "runA"
+    shutil.copytree(sim["root"] / "run", run)
+    out = tmp_path / "sets"
+    res = runner.invoke(app, ["export", str(run), "--out", str(out), "--formats", "imod,relion5,copick"])
+    assert res.exit_code == 0, res.output
+    config = json.loads((out / "copick" / "copick_config.json").read_text())
+    assert config["overlay_root"] == f"local://{(out / 'copick').resolve()}"  # the final place, not the staging one
+    assert [p.name for p in out.iterdir() if p.name.startswith(".")] == []
+    again = runner.invoke(app, ["export", str(run), "--out", str(out), "--formats", "imod"])
+    assert again.exit_code == 2 and "already holds imod/" in again.output and "--overwrite" in again.output
+    other = tmp_path / "runB"
+    shutil.copytree(run, other)
+    res = runner.invoke(app, ["export", str(other), "--out", str(out), "--formats", "imod,relion5", "--overwrite"])
+    assert res.exit_code == 0, res.output
+    assert {p.name.split(".")[0] for p in (out / "imod").iterdir()} == {"runB"}  # runA's files went with the old set
+    assert "runA" in (out / "copick" / "copick_config.json").read_text()  # a set not asked for is left alone
+    empty = runner.invoke(app, ["export", str(run), "--out", str(tmp_path / "none"), "--formats", ""])
+    assert empty.exit_code == 2 and "--formats" in empty.output
+
+    def full_disk(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(ex, "write_copick", full_disk)
+    failed = tmp_path / "failed"
+    with pytest.raises(difftem.core.errors.OutputError, match="nothing was exported"):
+        ex.export_tilt_series(run, failed, "imod,relion5,copick")
+    assert list(failed.iterdir()) == []  # neither the imod and relion5 sets written before the failure nor staging

@@ -27,8 +27,10 @@ def voxel_folder(voxel_size_a: float) -> str:
     return f"VoxelSpacing{voxel_size_a:.3f}"
 
 
-def write_config(root: str | Path, name: str, objects: list[dict], description: str = "difftem simulation") -> Path:
-    """``objects``: [{name, radius_a, pdb_id?}] → pickable objects labelled 1, 2, … with distinct colours."""
+def write_config(root: str | Path, name: str, objects: list[dict], description: str = "difftem simulation",
+                 final_root: str | Path | None = None) -> Path:
+    """``objects``: [{name, radius_a, pdb_id?}] → pickable objects labelled 1, 2, … with distinct colours.
+    ``final_root``: where the project will live when ``root`` is a staging folder (its overlay root)."""
     root = Path(root)
     pickable = []
     for i, obj in enumerate(objects):
@@ -38,7 +40,7 @@ def write_config(root: str | Path, name: str, objects: list[dict], description: 
             entry["pdb_id"] = obj["pdb_id"]
         pickable.append(entry)
     config = {"config_type": "filesystem", "name": name, "description": description, "version": "1.0.0",
-              "pickable_objects": pickable, "overlay_root": f"local://{root.resolve()}",
+              "pickable_objects": pickable, "overlay_root": f"local://{Path(final_root or root).resolve()}",
               "overlay_fs_args": {"auto_mkdir": True}}
     return write_json(root / "copick_config.json", config)
 

@@ -11,12 +11,15 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import shutil
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from ..core.errors import ArgumentError, FormatError
+from ..core.errors import ArgumentError, FormatError, OutputError
 from ..core.rotations import relion_matrix
 from ..io import copick_project, imod, relion5
 from ..io.files import make_folder, write_mrc
@@ -236,15 +239,17 @@ def write_relion5(rec: SeriesRecord, out: Path) -> list[Path]:
 
 
 def write_copick(rec: SeriesRecord, out: Path, tomogram: np.ndarray | None = None, voxel_size_a: float | None = None,
-                 tomo_type: str = "wbp") -> list[Path]:
+                 tomo_type: str = "wbp", final_root: Path | None = None) -> list[Path]:
     """copick config, picks per particle type (Å from the tomogram's corner, at the tomogram's voxel spacing) and
-    the tomogram as OME-Zarr when given ((Z, Y, X), origin at voxel [Z//2, Y//2, X//2] as difftem's volumes)."""
+    the tomogram as OME-Zarr when given ((Z, Y, X), origin at voxel [Z//2, Y//2, X//2] as difftem's volumes).
+    ``final_root``: where ``out`` is moved once written (the config's overlay root)."""
     voxel = float(voxel_size_a or rec.pixel_size_a)
     shape = tomogram.shape if tomogram is not None else (
         rec.thickness_px(), rec.stack.shape[1], rec.stack.shape[2])
     corner = np.array([shape[2] // 2, shape[1] // 2, shape[0] // 2], dtype=np.float64) * voxel
     types = sorted(set(rec.type_names))
-    written = [copick_project.write_config(out, rec.name, [{"name": t, "radius_a": 50.0} for t in types])]
+    written = [copick_project.write_config(out, rec.name, [{"name": t, "radius_a": 50.0} for t in types],
+                                           final_root=final_root)]
     if tomogram is not None:
         written.append(copick_project.write_tomogram(out, rec.name, tomogram, voxel, tomo_type))
     names = np.array(rec.type_names)
@@ -256,13 +261,48 @@ def write_copick(rec: SeriesRecord, out: Path, tomogram: np.ndarray | None = Non
 
 
 def export_tilt_series(source, out: str | Path, formats, *, tomogram: np.ndarray | None = None,
-                       tomogram_voxel_a: float | None = None, name: str | None = None) -> dict[str, list[Path]]:
+                       tomogram_voxel_a: float | None = None, name: str | None = None,
+                       overwrite: bool = False) -> dict[str, list[Path]]:
     """Write ``formats`` (from :data:`FORMATS`) of ``source`` — a run folder, a :class:`SeriesRecord` or a
-    ``TiltSeriesResult`` — into ``out/<format>/``; returns the files written per format."""
+    ``TiltSeriesResult`` — into ``out/<format>/``; returns the files written per format. All or nothing: the sets
+    are written into a hidden staging folder in ``out`` and moved into place once all are complete; a set already
+    in ``out`` is refused unless ``overwrite`` (then replaced whole, not mixed with the new one)."""
     formats = parse_formats(formats) if isinstance(formats, str) else list(formats)
     for f in formats:
         if f not in FORMATS:
             raise ArgumentError("formats", f": unknown format {f!r}; choose from {', '.join(FORMATS)}")
+    rec = _record_of(source, name)
+    out = Path(out)
+    held = [f for f in formats if (out / f).exists()]
+    if held and not overwrite:
+        raise ArgumentError("out", f" {out}: already holds {', '.join(f + '/' for f in held)}; choose another folder, "
+                                   "or overwrite to replace those sets whole", mentions=("overwrite",))
+    make_folder(out)
+    try:
+        stage = Path(tempfile.mkdtemp(prefix=".export-", dir=out))
+    except OSError as exc:
+        raise OutputError(f"{out}: cannot write the sets there ({exc.strerror or exc})") from None
+    try:
+        done = {}
+        if "imod" in formats:
+            done["imod"] = write_imod(rec, stage / "imod")
+        if "relion5" in formats:
+            done["relion5"] = write_relion5(rec, stage / "relion5")
+        if "copick" in formats:
+            done["copick"] = write_copick(rec, stage / "copick", tomogram, tomogram_voxel_a,
+                                          final_root=out / "copick")
+        for f in done:
+            _move_into_place(stage / f, out / f)
+    except OSError as exc:  # a full disk, a folder that became read-only: nothing of the new sets stays
+        raise OutputError(f"{out}: cannot write the sets there ({exc.strerror or exc}); nothing was exported") \
+            from None
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+    return {f: [out / Path(p).relative_to(stage) for p in files] for f, files in done.items()}
+
+
+def _record_of(source, name: str | None) -> SeriesRecord:
+    """The :class:`SeriesRecord` of a record, a run folder or a ``TiltSeriesResult``, its name file-safe."""
     if isinstance(source, SeriesRecord):
         rec = source
     elif isinstance(source, (str, Path)):
@@ -272,12 +312,16 @@ def export_tilt_series(source, out: str | Path, formats, *, tomogram: np.ndarray
     if name:
         rec.name = name
     rec.name = "".join(c if c.isalnum() or c in "-." else "_" for c in rec.name) or "series"
-    out = Path(out)
-    done = {}
-    if "imod" in formats:
-        done["imod"] = write_imod(rec, out / "imod")
-    if "relion5" in formats:
-        done["relion5"] = write_relion5(rec, out / "relion5")
-    if "copick" in formats:
-        done["copick"] = write_copick(rec, out / "copick", tomogram, tomogram_voxel_a)
-    return done
+    return rec
+
+
+def _move_into_place(source: Path, target: Path) -> None:
+    """``source`` becomes ``target``; an existing ``target`` is moved aside first and removed after."""
+    aside = None
+    if target.exists():
+        aside = target.with_name(f".{target.name}.replaced-{os.getpid()}")
+        shutil.rmtree(aside, ignore_errors=True)
+        os.rename(target, aside)
+    os.rename(source, target)
+    if aside is not None:
+        shutil.rmtree(aside, ignore_errors=True)
