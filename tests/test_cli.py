@@ -142,7 +142,7 @@ def test_demo_into_the_working_folder(tmp_path, monkeypatch):
     monkeypatch.chdir(work)
     res = runner.invoke(app, ["demo", "--out", ".", "--overwrite"])
     assert res.exit_code == 0, res.output
-    assert f"look at {work / 'preview.png'}" in " ".join(res.output.split())
+    assert f"lookat{work / 'preview.png'}" in "".join(res.output.split())  # the console wraps long paths anywhere
     assert (work / "run.json").is_file() and not (work / "old.txt").exists()
     monkeypatch.chdir(tmp_path)
     cfg = work / "cfg.yaml"

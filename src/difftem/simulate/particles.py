@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from ..config import SimulationConfig
-from ..core.errors import ArgumentError, ConfigError, FormatError
+from ..core.errors import ArgumentError, ConfigError, FormatError, OutputError
 from ..core.fft import fft2, fftshift, ifft2
 from ..core.rotations import relion_matrix, rotation_vector
 from ..forward.potential import ice_absorption_potential_v
@@ -358,6 +358,10 @@ def write_particle_folder(stack: ParticleStack, out: str | Path, formats=("relio
     if state == "other" or (state == "full" and not overwrite):
         raise ArgumentError("out", f" {out}: " + ("exists and is not a folder" if state == "other" else
                                                    "is not empty; choose a new or empty folder, or overwrite it"))
-    with staging_folder(out, overwrite=overwrite) as tmp:
-        written = write_particles(stack, tmp, formats, name=name)
+    try:
+        with staging_folder(out, overwrite=overwrite) as tmp:
+            written = write_particles(stack, tmp, formats, name=name)
+    except OSError as exc:  # a full disk, a folder that became read-only: the staging folder is gone, out as it was
+        raise OutputError(f"{out}: cannot write the particles there ({exc.strerror or exc}); nothing was written") \
+            from None
     return [Path(out) / p.name for p in written]
