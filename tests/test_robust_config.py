@@ -374,3 +374,11 @@ def test_random_placement_scales_and_never_overlaps():
     c = placement.positions_a + np.einsum("mij,j->mi", placement.rotations, bounds[0].centre_a)
     d = np.sqrt(((c[:, None] - c[None]) ** 2).sum(-1)) + np.eye(len(c)) * 1e9
     assert d.min() >= 2 * bounds[0].radius_a + 2.0 - 1e-9  # spheres: centre distance ≥ 2r + gap
+
+
+def test_unknown_builtin_structure_lists_the_builtins():
+    """The list of built-in structures reads as the names a config takes (it was a Python list: ['1ubi'])."""
+    from difftem.specimen.build import resolve_structure
+
+    with pytest.raises(ConfigError, match=r"unknown builtin:zzzz; available: builtin:1ubi \(or give"):
+        resolve_structure("builtin:zzzz")

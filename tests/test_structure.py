@@ -29,7 +29,7 @@ def test_mmcif_assemblies(shared_data):
     asu = read_structure(STRUCTURES / "1ake_adk_chimerax.cif.gz", remove_hetero=True)
     one = read_structure(STRUCTURES / "1ake_adk_chimerax.cif.gz", assembly="1", remove_hetero=True)
     assert 0 < len(one) < len(asu)  # assembly 1 is one of the two chains
-    with pytest.raises(StructureError, match="no biological assembly named '7'"):
+    with pytest.raises(StructureError, match=r"no biological assembly named '7'; available: 1, 2 \(set"):
         read_structure(STRUCTURES / "1ake_adk_chimerax.cif.gz", assembly="7")
 
 

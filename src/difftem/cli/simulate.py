@@ -119,10 +119,13 @@ def run_and_write(config, out: Path, save: set[str], label: str, *, overwrite: b
     return write_simulation(result, out, save, overwrite=overwrite)
 
 
-def _interrupted(out: Path) -> None:
-    """Ctrl-C: the staging folder is removed, so ``out`` holds no partial run; exit code 130 as a shell expects."""
-    console.print(f"[yellow]interrupted:[/] {escape(str(out))} holds no partial run (a run appears only when "
-                  "complete)", soft_wrap=True, highlight=False)
+def _interrupted(out: Path, run_written: bool = False) -> None:
+    """Ctrl-C: the staging folder is removed, so ``out`` holds no partial run (or, stopped while its sets were being
+    exported, the complete run without them); exit code 130 as a shell expects."""
+    state = (f"the run in {escape(str(out))} is complete, its sets were not exported (difftem export {escape(str(out))}"
+             " writes them)" if run_written else
+             f"{escape(str(out))} holds no partial run (a run appears only when complete)")
+    console.print(f"[yellow]interrupted:[/] {state}", soft_wrap=True, highlight=False)
     raise typer.Exit(code=130)
 
 
@@ -151,6 +154,7 @@ def register(app: typer.Typer) -> None:
             _apply_overrides(cfg, device, seed)
             if parse_formats(formats) and cfg.tilt_series is None:
                 raise ArgumentError("formats", ": imod, relion5 and copick sets are for tilt series (set tilt_series)")
+            run = None
             run = run_and_write(cfg, out, _parse_save(save), "simulate", overwrite=overwrite,
                                 inputs=[] if str(config).startswith("example:") else [config])
             if formats:
@@ -158,7 +162,7 @@ def register(app: typer.Typer) -> None:
         except DifftemError as exc:
             fail(exc)
         except KeyboardInterrupt:
-            _interrupted(out)
+            _interrupted(out, run_written=run is not None)
         console.print(f"wrote {', '.join(run['outputs'])} to {out} in {run['timings']['total_s']:.1f} s")
 
     @app.command()

@@ -38,7 +38,8 @@ BYTES_PER_ATOM_BUILT = 128  # a type's arrays (48 B/atom) and the temporaries of
 def builtin_structure(name: str) -> Path:
     files = {"1ubi": "1ubi_ubiquitin.pdb.gz"}
     if name not in files:
-        raise ConfigError(f"sample.particles.structure: unknown builtin:{name}; available: {sorted(files)}")
+        raise ConfigError(f"sample.particles.structure: unknown builtin:{name}; available: "
+                          f"{', '.join('builtin:' + f for f in sorted(files))} (or give a PDB/mmCIF file's path)")
     return Path(str(resources.files("difftem").joinpath("data", files[name])))
 
 

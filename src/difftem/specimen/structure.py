@@ -282,7 +282,7 @@ def _apply_assembly(st, name: str, atoms: Atoms, chain: np.ndarray, subchain: np
     matches = [a for a in st.assemblies if a.name == str(name)]
     if not matches:
         raise StructureError(
-            f"{path}: no biological assembly named {name!r}; available: {names or 'none'} "
+            f"{path}: no biological assembly named {name!r}; available: {', '.join(names) or 'none'} "
             "(set `assembly: null` for the deposited coordinates)"
         )
     parts: list[Atoms] = []
