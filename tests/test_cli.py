@@ -149,3 +149,23 @@ def test_demo_into_the_working_folder(tmp_path, monkeypatch):
     cfg.write_text("detector: {shape_px: [32, 32]}\n")
     res = runner.invoke(app, ["simulate", str(cfg), "--out", str(work), "--overwrite"])
     assert res.exit_code == 2 and "would delete the input" in " ".join(res.output.split()) and cfg.is_file()
+
+
+def test_unwritable_out_fails_before_the_simulation(tmp_path, monkeypatch):
+    """A place the run cannot be staged in is refused up front (it failed only after the whole simulation). The
+    check is os.access on the folder beside --out, faked here: the tests may run as root, which a mode bit does not
+    stop."""
+    import importlib
+    import os as os_module
+    from pathlib import Path
+
+    output = importlib.import_module("difftem.simulate.output")
+    real = os_module.access
+    parent = tmp_path / "ro"
+    parent.mkdir()
+    monkeypatch.setattr(output.os, "access", lambda p, mode: False if Path(p) == parent else real(p, mode))
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text("detector: {shape_px: [32, 32]}\n")
+    res = runner.invoke(app, ["simulate", str(cfg), "--out", str(parent / "run")])
+    assert res.exit_code == 2 and "cannot write the run there" in " ".join(res.output.split())
+    assert "slices" not in res.output  # no progress: nothing was simulated

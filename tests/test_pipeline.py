@@ -126,3 +126,19 @@ def test_api_accepts_dict_and_path_and_warns(shared_data, tmp_path):
     p = tmp_path / "c.yaml"
     p.write_text(yaml.safe_dump(d))
     assert torch.equal(simulate(p).micrograph, r.micrograph)
+
+
+def test_zero_dose_is_warned():
+    """A zero dose gives all-zero images; the run says so (it was silent). A dose above zero says nothing."""
+    import difftem
+    from difftem.config import config_from_dict
+
+    zero = difftem.simulate(config_from_dict({"beam": {"dose_e_per_a2": 0}, "detector": {"shape_px": [32, 32]}}))
+    assert float(zero.noiseless.abs().max()) == 0.0
+    assert any(w.startswith("beam.dose_e_per_a2 = 0") for w in zero.metadata["warnings"])
+    some = difftem.simulate(config_from_dict({"beam": {"dose_e_per_a2": 5}, "detector": {"shape_px": [32, 32]}}))
+    assert not any("dose" in w for w in some.metadata["warnings"])
+    series = difftem.simulate_tilt_series(config_from_dict({
+        "detector": {"shape_px": [32, 32]},
+        "tilt_series": {"scheme": "list", "angles_deg": [-10, 10], "total_dose_e_per_a2": 0, "damage": "none"}}))
+    assert any(w.startswith("tilt_series.total_dose_e_per_a2 = 0") for w in series.metadata["warnings"])

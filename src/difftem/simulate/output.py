@@ -10,6 +10,7 @@ removed by the next run into the same folder.
 from __future__ import annotations
 
 import contextlib
+import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -54,9 +55,21 @@ def prepare_out(out: str | Path, *, overwrite: bool = False,
         if state == "full" and not overwrite:
             raise ArgumentError("out", f" {out}: is not empty ({_some_entries(Path(out))}); choose a new or empty "
                                        f"folder, or {overwrite_hint} to replace it whole")
+        _check_writable_beside(Path(out))
         return clean_stale_folders(out)[1]
     except (OSError, ValueError) as exc:  # a NUL byte, a name too long, no permission to look
         raise ArgumentError("out", f" {str(out)[:200]!r}: cannot use this path ({_reason(exc)})") from None
+
+
+def _check_writable_beside(out: Path) -> None:
+    """Before the work: the run is staged beside ``out`` (in its parent, or the nearest folder above that exists), so
+    that folder must take new entries; a read-only place failed only after the whole simulation."""
+    parent = out.absolute().parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not (parent.is_dir() and os.access(parent, os.W_OK | os.X_OK)):
+        raise ArgumentError("out", f" {out}: cannot write the run there ({parent} is not a folder this process can "
+                                   "write to); choose another folder")
 
 
 def _some_entries(folder: Path, n: int = 3) -> str:

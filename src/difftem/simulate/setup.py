@@ -401,6 +401,7 @@ class Setup:
 
     def warnings(self) -> list[str]:
         out = scene_warnings(self.scene, self.grid, self.ice.thickness_a, self.radii) + list(self.notes)
+        out += _zero_dose_warnings(self.config)
         est = self.estimate
         if est is not None and est.seconds > 3600:
             out.append(f"this run is estimated to take about {est.seconds / 3600:.1f} h (mostly "
@@ -669,3 +670,19 @@ def _atoms_outside(unit_a: np.ndarray, rotations: np.ndarray, centres_a: np.ndar
         if test_ice:
             n_ice += int((np.abs(pos[..., 2]) > half)[~(in_i | out_i)[sel]].sum())
     return n_field, n_ice
+
+
+def _zero_dose_warnings(config) -> list[str]:
+    """A dose of zero records no electrons: its images are all zero (a noise-free image is the dose times the
+    intensity), which is rarely what was meant."""
+    series = config.tilt_series
+    if series is not None and series.dose_per_tilt_e_per_a2 is not None:
+        if not any(d > 0 for d in series.dose_per_tilt_e_per_a2):
+            return ["tilt_series.dose_per_tilt_e_per_a2: every tilt's dose is 0, so every image is all zero"]
+        return []
+    if series is not None and series.total_dose_e_per_a2 is not None:
+        return ([] if series.total_dose_e_per_a2 > 0 else
+                ["tilt_series.total_dose_e_per_a2 = 0: the images record no electrons and are all zero"])
+    if not config.beam.dose_e_per_a2 > 0:
+        return ["beam.dose_e_per_a2 = 0: the images record no electrons and are all zero"]
+    return []
