@@ -9,11 +9,9 @@ was simulated: the tilt axis, per-tilt defocus and astigmatism, doses, and each 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
-import os
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,7 +20,7 @@ import numpy as np
 from ..core.errors import ArgumentError, FormatError, OutputError
 from ..core.rotations import relion_matrix
 from ..io import copick_project, imod, relion5
-from ..io.files import make_folder, write_mrc
+from ..io.files import make_folder, staging_folder, write_mrc
 from ..io.star import read_star
 from ..io.tlt import checked_pixel_size, read_mrc_checked
 
@@ -264,9 +262,10 @@ def export_tilt_series(source, out: str | Path, formats, *, tomogram: np.ndarray
                        tomogram_voxel_a: float | None = None, name: str | None = None,
                        overwrite: bool = False) -> dict[str, list[Path]]:
     """Write ``formats`` (from :data:`FORMATS`) of ``source`` — a run folder, a :class:`SeriesRecord` or a
-    ``TiltSeriesResult`` — into ``out/<format>/``; returns the files written per format. All or nothing: the sets
-    are written into a hidden staging folder in ``out`` and moved into place once all are complete; a set already
-    in ``out`` is refused unless ``overwrite`` (then replaced whole, not mixed with the new one)."""
+    ``TiltSeriesResult`` — into ``out/<format>/``; returns the files written per format. All or nothing: each set
+    is written into a hidden staging folder beside its place (:func:`~difftem.io.files.staging_folder`: one a killed
+    export left is removed by the next) and all are moved into place once every set is complete; a set already in
+    ``out`` is refused unless ``overwrite`` (then replaced whole, not mixed with the new one)."""
     formats = parse_formats(formats) if isinstance(formats, str) else list(formats)
     for f in formats:
         if f not in FORMATS:
@@ -278,27 +277,22 @@ def export_tilt_series(source, out: str | Path, formats, *, tomogram: np.ndarray
         raise ArgumentError("out", f" {out}: already holds {', '.join(f + '/' for f in held)}; choose another folder, "
                                    "or overwrite to replace those sets whole", mentions=("overwrite",))
     make_folder(out)
-    try:
-        stage = Path(tempfile.mkdtemp(prefix=".export-", dir=out))
-    except OSError as exc:
-        raise OutputError(f"{out}: cannot write the sets there ({exc.strerror or exc})") from None
-    try:
-        done = {}
-        if "imod" in formats:
-            done["imod"] = write_imod(rec, stage / "imod")
-        if "relion5" in formats:
-            done["relion5"] = write_relion5(rec, stage / "relion5")
-        if "copick" in formats:
-            done["copick"] = write_copick(rec, stage / "copick", tomogram, tomogram_voxel_a,
-                                          final_root=out / "copick")
-        for f in done:
-            _move_into_place(stage / f, out / f)
+    try:  # one staging folder per set, beside it: all are moved into place once every set is complete
+        with contextlib.ExitStack() as stack:
+            stage = {f: stack.enter_context(staging_folder(out / f, overwrite=overwrite)) for f in formats}
+            done = {}
+            if "imod" in stage:
+                done["imod"] = write_imod(rec, stage["imod"])
+            if "relion5" in stage:
+                done["relion5"] = write_relion5(rec, stage["relion5"])
+            if "copick" in stage:
+                done["copick"] = write_copick(rec, stage["copick"], tomogram, tomogram_voxel_a,
+                                              final_root=out / "copick")
+            written = {f: [out / f / Path(p).relative_to(stage[f]) for p in files] for f, files in done.items()}
     except OSError as exc:  # a full disk, a folder that became read-only: nothing of the new sets stays
         raise OutputError(f"{out}: cannot write the sets there ({exc.strerror or exc}); nothing was exported") \
             from None
-    finally:
-        shutil.rmtree(stage, ignore_errors=True)
-    return {f: [out / Path(p).relative_to(stage) for p in files] for f, files in done.items()}
+    return written
 
 
 def _record_of(source, name: str | None) -> SeriesRecord:
@@ -313,15 +307,3 @@ def _record_of(source, name: str | None) -> SeriesRecord:
         rec.name = name
     rec.name = "".join(c if c.isalnum() or c in "-." else "_" for c in rec.name) or "series"
     return rec
-
-
-def _move_into_place(source: Path, target: Path) -> None:
-    """``source`` becomes ``target``; an existing ``target`` is moved aside first and removed after."""
-    aside = None
-    if target.exists():
-        aside = target.with_name(f".{target.name}.replaced-{os.getpid()}")
-        shutil.rmtree(aside, ignore_errors=True)
-        os.rename(target, aside)
-    os.rename(source, target)
-    if aside is not None:
-        shutil.rmtree(aside, ignore_errors=True)
