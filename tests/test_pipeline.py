@@ -142,3 +142,8 @@ def test_zero_dose_is_warned():
         "detector": {"shape_px": [32, 32]},
         "tilt_series": {"scheme": "list", "angles_deg": [-10, 10], "total_dose_e_per_a2": 0, "damage": "none"}}))
     assert any(w.startswith("tilt_series.total_dose_e_per_a2 = 0") for w in series.metadata["warnings"])
+    both = difftem.simulate_tilt_series(config_from_dict({
+        "detector": {"shape_px": [32, 32]},
+        "tilt_series": {"scheme": "list", "angles_deg": [-10, 10], "total_dose_e_per_a2": 30,
+                        "dose_per_tilt_e_per_a2": [5, 5], "damage": "none"}}))
+    assert any("total_dose_e_per_a2 = 30 is not used" in w for w in both.metadata["warnings"])

@@ -674,12 +674,15 @@ def _atoms_outside(unit_a: np.ndarray, rotations: np.ndarray, centres_a: np.ndar
 
 def _zero_dose_warnings(config) -> list[str]:
     """A dose of zero records no electrons: its images are all zero (a noise-free image is the dose times the
-    intensity), which is rarely what was meant."""
+    intensity), which is rarely what was meant; a total dose that per-tilt doses override is not used."""
     series = config.tilt_series
     if series is not None and series.dose_per_tilt_e_per_a2 is not None:
+        out = ([] if series.total_dose_e_per_a2 is None else
+               [f"tilt_series.total_dose_e_per_a2 = {series.total_dose_e_per_a2:g} is not used: "
+                "dose_per_tilt_e_per_a2 gives each tilt's dose (remove one of them)"])
         if not any(d > 0 for d in series.dose_per_tilt_e_per_a2):
-            return ["tilt_series.dose_per_tilt_e_per_a2: every tilt's dose is 0, so every image is all zero"]
-        return []
+            out.append("tilt_series.dose_per_tilt_e_per_a2: every tilt's dose is 0, so every image is all zero")
+        return out
     if series is not None and series.total_dose_e_per_a2 is not None:
         return ([] if series.total_dose_e_per_a2 > 0 else
                 ["tilt_series.total_dose_e_per_a2 = 0: the images record no electrons and are all zero"])
