@@ -10,10 +10,14 @@ from __future__ import annotations
 
 import sys
 
+#: commands that never import torch (the others do, so it is loaded first with Ctrl-C held: :func:`_load_torch`)
+TORCH_FREE_COMMANDS = {"convert"}
+
 
 def main() -> None:  # console-script entry point
     try:
-        if len(sys.argv) > 1 and not {"--help", "-h"} & set(sys.argv[1:]):  # a command: every one needs torch
+        args = sys.argv[1:]
+        if args and args[0] not in TORCH_FREE_COMMANDS and not {"--help", "-h"} & set(args):
             _load_torch()
         from ._app import app
 
