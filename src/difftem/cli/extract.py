@@ -40,7 +40,8 @@ def register(app: typer.Typer) -> None:
             stack = particles_from_run(run, box_px=box, image=image, particle_type=particle_type,
                                        downsample_px=downsample, normalise=normalise, invert=invert,
                                        background_radius_px=background_radius, seed=seed)
-            written = write_particle_folder(stack, out, chosen, overwrite=overwrite, inputs=[run])
+            written = write_particle_folder(stack, out, chosen, overwrite=overwrite, inputs=[run],
+                                            overwrite_hint="pass --overwrite")
         except ArgumentError as exc:  # the library's argument names, as this command's flags
             flags = {"box_px": "box", "downsample_px": "downsample", "background_radius_px": "background_radius"}
             fail(ArgumentError(flags.get(exc.argument, exc.argument), exc.detail))

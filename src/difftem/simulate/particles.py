@@ -345,19 +345,16 @@ def write_particles(stack: ParticleStack, out: str | Path, formats=("relion",), 
 
 
 def write_particle_folder(stack: ParticleStack, out: str | Path, formats=("relion",), *, overwrite: bool = False,
-                          name: str = "particles", inputs=()) -> list[Path]:
-    """:func:`write_particles` into the folder ``out``, all or nothing (a staging folder renamed into place); a
-    folder that holds files is refused unless ``overwrite`` (then replaced whole), and always when it holds one of
-    the ``inputs`` (the run the particles come from)."""
-    from ..io.files import check_inputs_outside, folder_state, staging_folder
+                          name: str = "particles", inputs=(),
+                          overwrite_hint: str = "pass overwrite=True") -> list[Path]:
+    """:func:`write_particles` into the folder ``out``, all or nothing (a staging folder renamed into place); ``out``
+    is checked as a run's (:func:`~difftem.simulate.output.prepare_out`: a folder that holds files is refused
+    unless ``overwrite``, then replaced whole, and always when it holds one of the ``inputs``, the run the
+    particles come from)."""
+    from ..io.files import staging_folder
+    from .output import prepare_out
 
-    if overwrite:
-        check_inputs_outside(out, inputs)
-
-    state = folder_state(out)
-    if state == "other" or (state == "full" and not overwrite):
-        raise ArgumentError("out", f" {out}: " + ("exists and is not a folder" if state == "other" else
-                                                   "is not empty; choose a new or empty folder, or overwrite it"))
+    prepare_out(out, overwrite=overwrite, overwrite_hint=overwrite_hint, inputs=inputs)
     try:
         with staging_folder(out, overwrite=overwrite) as tmp:
             written = write_particles(stack, tmp, formats, name=name)
