@@ -239,9 +239,9 @@ def _register_score(app: typer.Typer) -> None:
         say(f"wrote {out}, {json_path}")
 
 
-def _check_pixel_size(pixel_size: float | None, path: Path) -> None:
+def _check_pixel_size(pixel_size: float | None, header: tuple[float, int, int] | None, path: Path) -> None:
     """--pixel-size within the simulator's own range (detector.pixel_size_a: 0.01–100 Å: 1000 Å is a typo, not a
-    binned tomogram); a note when it replaces a different pixel size in ``path``'s header."""
+    binned tomogram); a note when it replaces a different pixel size in ``path``'s header (:func:`_mrc_header`)."""
     from ..config import MAX_PIXEL_SIZE_A, MIN_PIXEL_SIZE_A
     from ..core.errors import FormatError
     from ._console import note
@@ -251,37 +251,29 @@ def _check_pixel_size(pixel_size: float | None, path: Path) -> None:
     if not (MIN_PIXEL_SIZE_A <= pixel_size <= MAX_PIXEL_SIZE_A):
         raise FormatError(f"--pixel-size: {pixel_size} Å is outside {MIN_PIXEL_SIZE_A:g}–{MAX_PIXEL_SIZE_A:g} Å; give "
                           "the pixel (voxel) size in Å")
-    header = _header_pixel_size(path)
-    if header and abs(header / pixel_size - 1) > 1e-4:
-        note("note", f"--pixel-size {pixel_size:g} Å replaces the {header:g} Å in {path.name}'s header")
+    if header and header[0] and abs(header[0] / pixel_size - 1) > 1e-4:
+        note("note", f"--pixel-size {pixel_size:g} Å replaces the {header[0]:g} Å in {path.name}'s header")
 
 
-def _warn_if_image_stack(path: Path, what: str) -> None:
+def _warn_if_image_stack(header: tuple[float, int, int] | None, path: Path, what: str) -> None:
     """A warning when a file read as a volume is marked an image stack (mz = 1 over nz > 1 sections, as difftem and
     RELION write particle and tilt stacks): it is drawn or scored as a volume of images piled up."""
-    import mrcfile
-
     from ._console import note
 
-    try:
-        with mrcfile.open(path, header_only=True, permissive=True) as m:
-            stack = int(m.header.mz) == 1 and int(m.header.nz) > 1
-    except (OSError, ValueError, EOFError):
-        return  # the read that follows reports why
-    if stack:
+    if header and header[1] == 1 and header[2] > 1:
         note("warning", f"{what.lstrip('-')}: {path.name}'s header marks an image stack (mz = 1), not a volume: its "
                         "images are taken as the sections of a volume (a tilt series: reconstruct it first)")
 
 
-def _header_pixel_size(path: Path) -> float:
-    """The x voxel size in an MRC header (0 when unset or unreadable: the read that follows reports why)."""
+def _mrc_header(path: Path) -> tuple[float, int, int] | None:
+    """(x voxel size, mz, nz) of an MRC header; None when unreadable (the read that follows reports why)."""
     import mrcfile
 
     try:
         with mrcfile.open(path, header_only=True, permissive=True) as m:
-            return float(m.voxel_size.x)
+            return float(m.voxel_size.x), int(m.header.mz), int(m.header.nz)
     except (OSError, ValueError, EOFError):
-        return 0.0
+        return None
 
 
 def _read_mrc(path: Path, what: str, pixel_size: float | None, required: bool = True):
@@ -289,8 +281,9 @@ def _read_mrc(path: Path, what: str, pixel_size: float | None, required: bool = 
     from ..core.errors import FormatError
     from ..io.tlt import MissingPixelSizeError, read_volume_mrc
 
-    _check_pixel_size(pixel_size, path)
-    _warn_if_image_stack(path, what)
+    header = _mrc_header(path)
+    _check_pixel_size(pixel_size, header, path)
+    _warn_if_image_stack(header, path, what)
     try:
         return read_volume_mrc(path, what, pixel_size, required=required)
     except MissingPixelSizeError as exc:
@@ -305,7 +298,7 @@ def _open_stack(path: Path, what: str, pixel_size: float | None, required: bool 
     from ..io.tlt import MissingPixelSizeError
     from ..tomo.stack import TiltStack
 
-    _check_pixel_size(pixel_size, path)
+    _check_pixel_size(pixel_size, _mrc_header(path) if pixel_size is not None else None, path)
     try:
         images, px = open_stack_mrc(path, what, pixel_size, required=required)
     except MissingPixelSizeError as exc:

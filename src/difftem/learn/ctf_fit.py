@@ -401,7 +401,7 @@ def fit_ctf_tiles(tiles, pixel_size_a: float, *, offsets_a=None, voltage_kv: flo
     Uncertainties: standard deviations over refits of ``bootstrap`` resamples of the tiles.
     """
     tiles = torch.as_tensor(np.asarray(tiles) if not torch.is_tensor(tiles) else tiles)
-    if tiles.ndim != 3 or tiles.shape[-1] != tiles.shape[-2] or tiles.shape[-1] < 32:
+    if tiles.ndim != 3 or tiles.shape[-1] != tiles.shape[-2] or tiles.shape[-1] < MIN_TILE_PX:
         raise ArgumentError("tiles", f": expected square tiles (T, n, n) with n ≥ {MIN_TILE_PX}, got "
                                      f"{tuple(tiles.shape)}")
     _check_inputs(tiles, pixel_size_a, voltage_kv, cs_mm, amplitude_contrast, defocus_range_um)

@@ -401,7 +401,7 @@ class Setup:
 
     def warnings(self) -> list[str]:
         out = scene_warnings(self.scene, self.grid, self.ice.thickness_a, self.radii) + list(self.notes)
-        out += _zero_dose_warnings(self.config)
+        out += _dose_warnings(self.config)
         est = self.estimate
         if est is not None and est.seconds > 3600:
             out.append(f"this run is estimated to take about {est.seconds / 3600:.1f} h (mostly "
@@ -672,7 +672,7 @@ def _atoms_outside(unit_a: np.ndarray, rotations: np.ndarray, centres_a: np.ndar
     return n_field, n_ice
 
 
-def _zero_dose_warnings(config) -> list[str]:
+def _dose_warnings(config) -> list[str]:
     """A dose of zero records no electrons: its images are all zero (a noise-free image is the dose times the
     intensity), which is rarely what was meant; a total dose that per-tilt doses override is not used."""
     series = config.tilt_series
