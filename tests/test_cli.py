@@ -159,11 +159,11 @@ def test_unwritable_out_fails_before_the_simulation(tmp_path, monkeypatch):
     import importlib
     import os as os_module
 
-    output = importlib.import_module("difftem.simulate.output")
+    files = importlib.import_module("difftem.io.files")
     real = os_module.access
     parent = tmp_path / "ro"
     parent.mkdir()
-    monkeypatch.setattr(output.os, "access", lambda p, mode: False if Path(p) == parent else real(p, mode))
+    monkeypatch.setattr(files.os, "access", lambda p, mode: False if Path(p) == parent else real(p, mode))
     cfg = tmp_path / "cfg.yaml"
     cfg.write_text("detector: {shape_px: [32, 32]}\n")
     res = runner.invoke(app, ["simulate", str(cfg), "--out", str(parent / "run")])

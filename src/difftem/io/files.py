@@ -70,6 +70,15 @@ def _not_a_folder(path: Path) -> Path:
     return path
 
 
+def blocking_folder(path: str | Path) -> Path | None:
+    """The place that keeps ``path`` from being created: its nearest existing ancestor when that is not a folder
+    this process may write into (None when ``path`` can be made there)."""
+    parent = Path(path).absolute().parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    return None if parent.is_dir() and os.access(parent, os.W_OK | os.X_OK) else parent
+
+
 def check_output_file(path: str | Path, suffix: str | None = None) -> Path:
     """Before the work: ``path`` can become a file (it is not a folder, its nearest existing ancestor is a folder this
     process may write into, and it ends in ``suffix`` when given: a PNG named .mrc misleads every reader), else
@@ -77,10 +86,8 @@ def check_output_file(path: str | Path, suffix: str | None = None) -> Path:
     path = _not_a_folder(Path(path))
     if suffix is not None and path.suffix.lower() != suffix:
         raise OutputError(f"{path}: this output is written as {suffix[1:].upper()}; give a name ending in {suffix}")
-    parent = path.parent
-    while not parent.exists() and parent != parent.parent:
-        parent = parent.parent
-    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
+    parent = blocking_folder(path)
+    if parent is not None:
         raise OutputError(f"{path}: cannot be written: {parent} is not a folder you can write to; choose another "
                           "location")
     return path

@@ -10,7 +10,6 @@ removed by the next run into the same folder.
 from __future__ import annotations
 
 import contextlib
-import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,6 +18,7 @@ import numpy as np
 
 from ..core.errors import ArgumentError
 from ..io.files import (
+    blocking_folder,
     check_inputs_outside,
     clean_stale_folders,
     folder_state,
@@ -64,10 +64,8 @@ def prepare_out(out: str | Path, *, overwrite: bool = False,
 def _check_writable_beside(out: Path) -> None:
     """Before the work: the run is staged beside ``out`` (in its parent, or the nearest folder above that exists), so
     that folder must take new entries; a read-only place failed only after the whole simulation."""
-    parent = out.absolute().parent
-    while not parent.exists() and parent != parent.parent:
-        parent = parent.parent
-    if not (parent.is_dir() and os.access(parent, os.W_OK | os.X_OK)):
+    parent = blocking_folder(out)
+    if parent is not None:
         raise ArgumentError("out", f" {out}: cannot write the run there ({parent} is not a folder this process can "
                                    "write to); choose another folder")
 
