@@ -29,8 +29,7 @@ def _warn_records(records: list[dict]) -> None:
 
 def _warn_weak_fits(fits: list[tuple[str, dict]]) -> None:
     """One warning each for the CTF fits (name, :meth:`CTFFit.as_dict`) that saw fewer than two rings, and for those
-    that saw rings but matched the data only at the band's low-resolution edge
-    (:func:`~difftem.learn.ctf_fit.fit_is_weak`)."""
+    that saw rings but for which another defocus fits almost as well (:func:`~difftem.learn.ctf_fit.fit_is_weak`)."""
     from ..learn.ctf_fit import fit_is_weak
 
     unsure = [name for name, fit in fits if fit["rings_in_band"] < 2]
@@ -41,9 +40,12 @@ def _warn_weak_fits(fits: list[tuple[str, dict]]) -> None:
     if weak:
         # 1 Å is what many programs write when they do not know the pixel size
         placeholder = any(fit["pixel_size_a"] == 1.0 for _, fit in weak)
-        note("warning", f"{len(weak)} CTF fit(s) matched the data only at the band's low-resolution edge (e.g. "
-                        f"{weak[0][0]}): the Thon rings are at the noise and the defocus may be wrong (more dose or a "
-                        "larger field would tell; see the figure)"
+        name, fit = weak[0]
+        mean_a = 0.5 * (fit["defocus_u_a"] + fit["defocus_v_a"])
+        note("warning", f"{len(weak)} CTF fit(s) found another defocus that fits almost as well (e.g. {name}: "
+                        f"{mean_a:.0f} Å, but {fit['defocus_runner_up_a']:.0f} Å is within Δχ² "
+                        f"{fit['defocus_margin_chi2']:.1f}): the Thon rings are near the noise and the defocus may be "
+                        "wrong (more dose or a larger field would tell; see the figure)"
                         + ("; a pixel size of exactly 1 Å is often a header's placeholder: check it, or give "
                            "--pixel-size" if placeholder else ""))
 

@@ -32,6 +32,8 @@ ASTIG_GRID = 13          # (a_c, a_s) candidates per axis
 FIT_CORRELATION = 0.3    # fit resolution: where the local data/model correlation first drops below this,
 FIT_SIGNIFICANCE = 3.0   # or below this many times noise's own correlation with the model, 1/√(n − 2) for n bins
 EQUIPHASE_BINS = 400     # equiphase bins over the band (the fit-resolution profile)
+AMBIGUITY_CHI2 = 12.0    # a defocus whose fit beats every other by less than this Δχ² is flagged (fit_is_weak): on
+#                          bare ice the two wrong fits seen came within 5.2 and 9.4, right fits at 80 e/Å² from 13.3
 
 
 @dataclass(frozen=True)
@@ -57,6 +59,8 @@ class CTFFit:
     angle_sd_deg: float = float("nan")
     n_tiles: int = 0
     rings_in_band: int = 0            # CTF zeros inside the fitted band: below 2 the defocus is not determined
+    defocus_runner_up_a: float = float("nan")  # the best other defocus of the search (:func:`_runner_up`)
+    defocus_margin_chi2: float = float("inf")  # how much worse it fits (Δχ²): below AMBIGUITY_CHI2, either may be right
     extras: dict = field(default_factory=dict, compare=False, repr=False)
 
     @property
@@ -75,12 +79,12 @@ class CTFFit:
 
 
 def fit_is_weak(fit: dict) -> bool:
-    """Whether a fit (:meth:`CTFFit.as_dict`) matched the data only at its band's low-resolution edge: data and model
-    stopped correlating significantly within the first ring (:func:`fit_resolution_a`), so the Thon rings are at the
-    noise and the defocus may be a wrong one. Measured: pure Poisson noise (1024² px, 6 seeds) flagged every time;
-    768² px of bare ice at 40 e/Å² (6 seeds) flagged 2, whose defocus was right, and let pass a 0.85× defocus
-    with 21 Å (the fixed threshold alone had reported 5 Å for it)."""
-    return fit["fit_resolution_a"] >= 0.95 * fit["fit_band_a"][0]
+    """Whether a fit (:meth:`CTFFit.as_dict`) may have found a wrong defocus: another defocus of the search fits the
+    spectrum almost as well (Δχ² below AMBIGUITY_CHI2, :func:`_runner_up`), so the Thon rings are too close to the
+    noise to choose. Measured on 768² px of bare ice (CTF scores 0.002–0.02; `docs/calibration.md`): every wrong fit
+    and every pure-noise fit is flagged, no fit at 80 e/Å² is. (The previous test, a fit resolution at the band's
+    low-resolution edge, let a 0.85× defocus pass and flagged 6 of 8 right fits at 80 e/Å².)"""
+    return fit.get("defocus_margin_chi2", math.inf) < AMBIGUITY_CHI2
 
 
 # ---------------------------------------------------------------------------------------------- spectra
@@ -207,8 +211,9 @@ def _problem(spectra: torch.Tensor, offsets_a: torch.Tensor, tile_px: int, pixel
                     phase0_rad=math.asin(min(max(amplitude_contrast, 0.0), 0.999)))
 
 
-def _search_defocus(p: _Problem, range_a: tuple[float, float]) -> float:
-    """Best mean defocus on a log grid against the rotationally averaged spectrum (astigmatism ignored)."""
+def _search_defocus(p: _Problem, range_a: tuple[float, float]) -> tuple[float, float, float]:
+    """Best mean defocus on a log grid against the rotationally averaged spectrum (astigmatism ignored), with the
+    best other one and its Δχ² (:func:`_runner_up`)."""
     edges = torch.linspace(float(p.k.min()), float(p.k.max()) + 1e-12, 257, dtype=torch.float64)
     idx = torch.clamp(torch.bucketize(p.k, edges) - 1, 0, 255)
     counts = torch.zeros(256, dtype=torch.float64).index_add_(0, idx, torch.ones_like(p.k))
@@ -224,6 +229,8 @@ def _search_defocus(p: _Problem, range_a: tuple[float, float]) -> float:
     zeros = torch.zeros_like(grid)
     loss, _ = _residual_loss(p1, ctf_squared(p1, grid, zeros, zeros, zeros))
     best = int(torch.argmin(loss))
+    other_a, margin = _runner_up(grid, loss, best, dof=k1.numel() - 2 * p1.basis.shape[-1] - 1,
+                                 ring_slip_a=1.0 / (2 * p.wavelength_a * hi * hi))
     # golden-section refinement between the neighbours
     a, b = float(grid[max(best - 1, 0)]), float(grid[min(best + 1, GRID_DEFOCI - 1)])
     f = lambda d: float(_residual_loss(p1, ctf_squared(p1, torch.tensor(d), 0.0, 0.0, 0.0))[0])  # noqa: E731
@@ -239,7 +246,24 @@ def _search_defocus(p: _Problem, range_a: tuple[float, float]) -> float:
             a, c, fc = c, d, fd
             d = a + g * (b - a)
             fd = f(d)
-    return 0.5 * (a + b)
+    return 0.5 * (a + b), other_a, margin
+
+
+def _runner_up(grid: torch.Tensor, loss: torch.Tensor, best: int, dof: int, ring_slip_a: float) -> tuple[float, float]:
+    """The best other defocus of the grid search and how much worse it fits: (defocus (Å), Δχ²), the loss difference
+    in units of the best fit's residual variance per degree of freedom. Other means a local minimum farther than
+    ``ring_slip_a`` (the defocus change that moves the band's last ring by half a ring) from the best, or else the
+    lowest loss that far away."""
+    far = (grid - grid[best]).abs() > ring_slip_a
+    inner = torch.zeros_like(far)
+    inner[1:-1] = (loss[1:-1] < loss[:-2]) & (loss[1:-1] < loss[2:])
+    pick = far & inner if bool((far & inner).any()) else far
+    if not bool(pick.any()):
+        return float("nan"), float("inf")
+    masked = torch.where(pick, loss, torch.full_like(loss, float("inf")))
+    j = int(torch.argmin(masked))
+    sigma2 = float(loss[best]) / max(dof, 1)
+    return float(grid[j]), float(loss[j] - loss[best]) / max(sigma2, 1e-300)
 
 
 def _search_astigmatism(p: _Problem, defocus_a: float, max_astig_a: float) -> tuple[float, float, float]:
@@ -422,15 +446,15 @@ def fit_ctf_tiles(tiles, pixel_size_a: float, *, offsets_a=None, voltage_kv: flo
         if not tilted:  # one averaged spectrum: the same fit, T times cheaper (tilted: every tile, so the three
             p = _replace(p, data=p.data.mean(0, keepdim=True), offsets_a=offsets[:1])  # losses compare)
         averaged = _replace(p, data=p.data.mean(0, keepdim=True), offsets_a=offsets[:1] * 0)
-        df0 = _search_defocus(averaged, range_a)
+        df0, other_a, margin = _search_defocus(averaged, range_a)
         # the grids run on the tiles' mean spectrum (the tilt blurs its rings a little; the refinement below sees
         # every tile's own defocus): a grid over every tile would cost T times more
         df1, ac1, as1 = _search_astigmatism(averaged, df0, max_astigmatism_um * 1e4)
         params = _refine(p, (df1, ac1, as1, 0.0), fit_phase_shift)
         loss, coef = _residual_loss(p, ctf_squared(p, *params))
         if best is None or float(loss) < best[0]:
-            best = (float(loss), sign, p, params, coef)
-    loss, sign, p, params, coef = best
+            best = (float(loss), sign, p, params, coef, other_a, margin)
+    loss, sign, p, params, coef, other_a, margin = best
     score = 1.0 - loss / float(_total_ss(p))
     kb, d1, m1, chi = equiphase_profile(p, params, coef)
     res_a, corr = fit_resolution_a(kb, d1, m1, chi)
@@ -446,7 +470,7 @@ def fit_ctf_tiles(tiles, pixel_size_a: float, *, offsets_a=None, voltage_kv: flo
                   pixel_size_a=pixel_size_a, fit_band_a=band_a, fit_resolution_a=res_a, score=score,
                   gradient_sign=sign, defocus_sd_a=sd[0] if sd else float("nan"),
                   astigmatism_sd_a=sd[1] if sd else float("nan"), angle_sd_deg=sd[2] if sd else float("nan"),
-                  n_tiles=len(tiles),
+                  n_tiles=len(tiles), defocus_runner_up_a=other_a, defocus_margin_chi2=margin,
                   extras={"profile_k_per_a": kb.numpy(), "profile_data": d1.numpy(), "profile_model": m1.numpy(),
                           "profile_correlation": corr, "problem": p, "params": params, "coef": coef,
                           "tile_px": tile_px, "mean_spectrum": spectra.mean(0)})
