@@ -18,6 +18,7 @@ from ..config import MTFFormula, MTFStar
 from ..core.errors import ConfigError
 from ..core.fft import irfft2, radial_freq_per_px, rfft2
 from ..io.star import read_mtf_curve
+from . import native
 
 
 @dataclass(frozen=True)
@@ -99,7 +100,9 @@ def shot_noise(expected: torch.Tensor, dqe: float = 1.0, generator: torch.Genera
     if not 0 < dqe <= 1:
         raise ConfigError(f"detector.dqe must be in (0, 1], got {dqe}")
     rate = (expected * dqe).clamp(min=0)
-    return torch.poisson(rate, generator=generator) / dqe
+    fast = native.applies(rate) and rate.dtype in (torch.float32, torch.float64)
+    draws = native.poisson(rate, generator) if fast else torch.poisson(rate, generator=generator)
+    return draws / dqe
 
 
 @dataclass(frozen=True)

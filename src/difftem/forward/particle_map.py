@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from ..core.elements import atomic_mass_da
 from ..core.fft import fft3, fftshift, freq_per_a, good_fft_size, ifft3, irfft2, irfft3, k2_per_a2, rfft3
 from ..specimen.structure import Atoms
+from . import native
 from .potential import IceModel, displaced_volume_a3
 from .scattering import RadialGrid, ScatteringTable
 
@@ -344,6 +345,7 @@ class FourierProjector:
     absorption_ratio: float | None = None  # set when C = 2
     band_limit_per_a: float | None = None  # where the transform's band ends (None: sample every frequency)
     _planes: tuple | None = field(default=None, init=False, repr=False, compare=False)
+    _padded: np.ndarray | None = field(default=None, init=False, repr=False, compare=False)  # for native.spline_slices
     _slices: dict = field(default_factory=dict, init=False, repr=False, compare=False)
 
     @property
@@ -353,7 +355,8 @@ class FourierProjector:
     @property
     def nbytes(self) -> int:
         held = self._planes[0] if self._planes is not None else None
-        return sum(t.numel() * t.element_size() for t in (self.coeffs, held) if t is not None)
+        padded = 0 if self._padded is None else self._padded.nbytes
+        return padded + sum(t.numel() * t.element_size() for t in (self.coeffs, held) if t is not None)
 
     def planes(self) -> tuple[torch.Tensor, int] | None:
         """The coefficients as tiled planes for :func:`cubic_bspline_sample_planes` (made on first use), or None for
@@ -401,17 +404,25 @@ class FourierProjector:
         p, n = self.pixel_size_a, self.size
         k, flat = self.slice_frequencies(box_px)
         nb, half = rotations.shape[0], box_px // 2 + 1
-        # Rᵀk of the scene's (kx, ky, 0) as row vectors: k @ R's first two rows
-        index = (k @ rotations[:, :2, :].double()) * (n * p) + n // 2  # (B, K, 3) projector voxels
-        c = self.sample(index)  # (C, B, K)
-        spec = torch.complex(c[0::2].float(), c[1::2].float())  # (C/2, B, K)
-        if transfer is not None:
-            spec = spec * transfer(k.norm(dim=1)).float()
-        # the copy's sub-pixel position as a phase ramp; 1/p² makes the inverse DFT a projected potential (V·Å)
-        angle = (offsets_a.double() @ k.T).mul_(-2 * math.pi).float()  # (B, K)
-        ramp = torch.polar(torch.full_like(angle, 1 / (p * p)), angle)
-        full = torch.zeros((nb, spec.shape[0], box_px * half), dtype=torch.complex64, device=k.device)
-        full[:, :, flat] = (spec * ramp).transpose(0, 1)
+        full = torch.zeros((nb, self.coeffs.shape[0] // 2, box_px * half), dtype=torch.complex64, device=k.device)
+        tr = transfer(k.norm(dim=1)).float() if transfer is not None else torch.ones(k.shape[0], device=k.device)
+        # 1/p² makes the inverse DFT a projected potential (V·Å)
+        if native.applies(self.coeffs, rotations, offsets_a, tr) and self.coeffs.numel() * 4 <= PLANES_MAX_BYTES:
+            if self._padded is None:
+                self._padded = native.padded_channels_last(self.coeffs)
+            full[:, :, flat] = native.spline_slices(self._padded, n, k, rotations, offsets_a, tr / (p * p), n * p,
+                                                    n // 2)
+        else:
+            # Rᵀk of the scene's (kx, ky, 0) as row vectors: k @ R's first two rows
+            index = (k @ rotations[:, :2, :].double()) * (n * p) + n // 2  # (B, K, 3) projector voxels
+            c = self.sample(index)  # (C, B, K)
+            spec = torch.complex(c[0::2].float(), c[1::2].float())  # (C/2, B, K)
+            if transfer is not None:
+                spec = spec * tr
+            # the copy's sub-pixel position as a phase ramp
+            angle = (offsets_a.double() @ k.T).mul_(-2 * math.pi).float()  # (B, K)
+            ramp = torch.polar(torch.full_like(angle, 1 / (p * p)), angle)
+            full[:, :, flat] = (spec * ramp).transpose(0, 1)
         out = irfft2(full.view(nb, -1, box_px, half), (box_px, box_px))
         if out.shape[1] == 1:
             out = torch.cat([out, self.absorption_ratio * out], 1)

@@ -1,0 +1,237 @@
+/* Compiled CPU kernels for the two per-image stages that torch cannot fuse (see forward/native.py).
+ *
+ * spline_slices: central slices of a Fourier projector, one loop per copy and frequency: the cubic B-spline's
+ *   64 coefficients per channel, the copy's phase ramp and the transfer in one pass (torch needs a 2-D grid_sample
+ *   of 16 bilinear fetches, its weights and a complex product, each a pass over memory).
+ * poisson: exact Poisson draws from one uniform per count below a mean of 10 (inversion) and Hoermann's
+ *   transformed rejection (PTRS) above; torch.poisson draws about a dozen uniforms per pixel at a mean of 10.
+ *
+ * Both take Python buffers (numpy arrays of torch tensors' memory) and release the interpreter lock while they
+ * run, so the tilt workers' threads run them side by side. */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <math.h>
+#include <stdint.h>
+#include <string.h>
+
+/* ------------------------------------------------------------------------------------------------ buffers */
+static int get_buffer(PyObject *obj, Py_buffer *view, const char *fmt, Py_ssize_t items, int writable,
+                      const char *name) {
+    if (PyObject_GetBuffer(obj, view, PyBUF_C_CONTIGUOUS | PyBUF_FORMAT | (writable ? PyBUF_WRITABLE : 0)) < 0)
+        return -1;
+    if (strcmp(view->format, fmt) != 0 || view->len != items * view->itemsize) {
+        PyErr_Format(PyExc_ValueError, "%s: expected %zd items of format '%s', got %zd bytes of '%s'", name,
+                     items, fmt, view->len, view->format);
+        PyBuffer_Release(view);
+        return -1;
+    }
+    return 0;
+}
+
+/* ------------------------------------------------------------------------------------------- spline slices */
+static inline void bspline_weights(double a, double w[4]) {
+    double a2 = a * a, a3 = a2 * a, b = 1.0 - a;
+    w[0] = b * b * b / 6.0;
+    w[1] = 0.5 * a3 - a2 + 2.0 / 3.0;
+    w[3] = a3 / 6.0;
+    w[2] = 1.0 - w[0] - w[1] - w[3];
+}
+
+/* vol: (n + 6)^3 x c float32, the coefficients [z][y][x][channel] with 3 zero voxels on every side;
+ * kxy: (k, 2) float64 frequencies (1/A); rot: (b, 6) float64, the rows R[0], R[1] of each copy's rotation;
+ * offsets: (b, 2) float64, each copy's (x, y) position in its box (A); weights: (k,) float32, the transfer times
+ * the inverse DFT's scale; out: (b, c/2, k) complex64 written as float32 pairs. */
+static PyObject *spline_slices(PyObject *self, PyObject *args) {
+    PyObject *o_vol, *o_kxy, *o_rot, *o_off, *o_w, *o_out;
+    Py_ssize_t n, c, nk, nb;
+    double scale, centre;
+    if (!PyArg_ParseTuple(args, "OnnOOOOOnndd", &o_vol, &n, &c, &o_kxy, &o_rot, &o_off, &o_w, &o_out, &nk, &nb,
+                          &scale, &centre))
+        return NULL;
+    if (n < 1 || c < 2 || c > 64 || c % 2 || nk < 0 || nb < 0) {
+        PyErr_SetString(PyExc_ValueError, "spline_slices: bad sizes");
+        return NULL;
+    }
+    const Py_ssize_t d = n + 6;
+    Py_buffer vol, kxy, rot, off, w, out;
+    if (get_buffer(o_vol, &vol, "f", d * d * d * c, 0, "vol") < 0) return NULL;
+    if (get_buffer(o_kxy, &kxy, "d", nk * 2, 0, "kxy") < 0) goto fail1;
+    if (get_buffer(o_rot, &rot, "d", nb * 6, 0, "rot") < 0) goto fail2;
+    if (get_buffer(o_off, &off, "d", nb * 2, 0, "offsets") < 0) goto fail3;
+    if (get_buffer(o_w, &w, "f", nk, 0, "weights") < 0) goto fail4;
+    if (get_buffer(o_out, &out, "f", nb * (c / 2) * nk * 2, 1, "out") < 0) goto fail5;
+
+    Py_BEGIN_ALLOW_THREADS
+    const float *v = (const float *)vol.buf;
+    const double *k = (const double *)kxy.buf, *r = (const double *)rot.buf, *o = (const double *)off.buf;
+    const float *wt = (const float *)w.buf;
+    float *dst = (float *)out.buf;
+    const Py_ssize_t sy = d * c, sz = d * d * c, half = c / 2;
+    double acc[64];  /* channels: at most 64 */
+    for (Py_ssize_t b = 0; b < nb; b++) {
+        const double *rb = r + 6 * b;
+        const double ox = o[2 * b], oy = o[2 * b + 1];
+        for (Py_ssize_t q = 0; q < nk; q++) {
+            const double kx = k[2 * q], ky = k[2 * q + 1];
+            const double px = (kx * rb[0] + ky * rb[3]) * scale + centre;
+            const double py = (kx * rb[1] + ky * rb[4]) * scale + centre;
+            const double pz = (kx * rb[2] + ky * rb[5]) * scale + centre;
+            const double fx = floor(px), fy = floor(py), fz = floor(pz);
+            for (Py_ssize_t ch = 0; ch < c; ch++) acc[ch] = 0.0;
+            /* a floor outside [-2, n] touches only zero coefficients */
+            if (fx >= -2 && fx <= n && fy >= -2 && fy <= n && fz >= -2 && fz <= n) {
+                double wx[4], wy[4], wz[4];
+                bspline_weights(px - fx, wx);
+                bspline_weights(py - fy, wy);
+                bspline_weights(pz - fz, wz);
+                /* padded index of the first tap: floor - 1 + 3 */
+                const float *base = v + ((Py_ssize_t)fz + 2) * sz + ((Py_ssize_t)fy + 2) * sy + ((Py_ssize_t)fx + 2) * c;
+                for (int tz = 0; tz < 4; tz++) {
+                    for (int ty = 0; ty < 4; ty++) {
+                        const float *row = base + tz * sz + ty * sy;
+                        const double wzy = wz[tz] * wy[ty];
+                        const double w0 = wzy * wx[0], w1 = wzy * wx[1], w2 = wzy * wx[2], w3 = wzy * wx[3];
+                        for (Py_ssize_t ch = 0; ch < c; ch++)
+                            acc[ch] += w0 * row[ch] + w1 * row[c + ch] + w2 * row[2 * c + ch] + w3 * row[3 * c + ch];
+                    }
+                }
+            }
+            /* the copy's sub-pixel position as a phase ramp exp(-2 pi i k.offset) */
+            const double angle = -2.0 * M_PI * (ox * kx + oy * ky);
+            const double cr = cos(angle) * wt[q], ci = sin(angle) * wt[q];
+            for (Py_ssize_t j = 0; j < half; j++) {
+                const double re = acc[2 * j], im = acc[2 * j + 1];
+                float *t = dst + 2 * ((b * half + j) * nk + q);
+                t[0] = (float)(re * cr - im * ci);
+                t[1] = (float)(re * ci + im * cr);
+            }
+        }
+    }
+    Py_END_ALLOW_THREADS
+
+    PyBuffer_Release(&out);
+    PyBuffer_Release(&w);
+    PyBuffer_Release(&off);
+    PyBuffer_Release(&rot);
+    PyBuffer_Release(&kxy);
+    PyBuffer_Release(&vol);
+    Py_RETURN_NONE;
+fail5:
+    PyBuffer_Release(&w);
+fail4:
+    PyBuffer_Release(&off);
+fail3:
+    PyBuffer_Release(&rot);
+fail2:
+    PyBuffer_Release(&kxy);
+fail1:
+    PyBuffer_Release(&vol);
+    return NULL;
+}
+
+/* ------------------------------------------------------------------------------------------------- poisson */
+/* xoshiro256** (Blackman & Vigna), seeded through splitmix64 */
+typedef struct { uint64_t s[4]; } rng_t;
+
+static inline uint64_t rotl(uint64_t x, int k) { return (x << k) | (x >> (64 - k)); }
+
+static inline uint64_t next_u64(rng_t *g) {
+    uint64_t *s = g->s;
+    const uint64_t result = rotl(s[1] * 5, 7) * 9, t = s[1] << 17;
+    s[2] ^= s[0];
+    s[3] ^= s[1];
+    s[1] ^= s[2];
+    s[0] ^= s[3];
+    s[2] ^= t;
+    s[3] = rotl(s[3], 45);
+    return result;
+}
+
+static inline double uniform(rng_t *g) { return (double)(next_u64(g) >> 11) * 0x1.0p-53; }  /* [0, 1) */
+
+static void seed_rng(rng_t *g, uint64_t seed) {
+    for (int i = 0; i < 4; i++) {
+        uint64_t z = (seed += 0x9e3779b97f4a7c15ULL);
+        z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
+        z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
+        g->s[i] = z ^ (z >> 31);
+    }
+}
+
+/* below a mean of 10: sequential inversion of the CDF from 0 (about mean + 1 steps, one uniform) */
+static inline double poisson_small(rng_t *g, double lam) {
+    const double u = uniform(g);
+    double p = exp(-lam), cdf = p;
+    long k = 0;
+    while (u > cdf && k < 1000) {  /* the cap only guards against the CDF's rounding short of 1 */
+        k++;
+        p *= lam / k;
+        cdf += p;
+    }
+    return (double)k;
+}
+
+/* log k! for small k, made when the module loads (lgamma costs as much as the rest of a draw) */
+#define LOG_FACTORIALS 1024
+static double log_factorial[LOG_FACTORIALS];
+
+static inline double log_fact(double k) { return k < LOG_FACTORIALS ? log_factorial[(int)k] : lgamma(k + 1); }
+
+/* from a mean of 10: transformed rejection with squeeze, PTRS (W. Hoermann, Insurance: Mathematics and Economics
+ * 12, 39-45, 1993), about 1.1 pairs of uniforms per draw */
+static inline double poisson_ptrs(rng_t *g, double lam) {
+    const double b = 0.931 + 2.53 * sqrt(lam), a = -0.059 + 0.02483 * b;
+    const double vr = 0.9277 - 3.6224 / (b - 2);
+    for (;;) {
+        const double u = uniform(g) - 0.5, v = uniform(g), us = 0.5 - fabs(u);
+        const double k = floor((2 * a / us + b) * u + lam + 0.43);
+        if (us >= 0.07 && v <= vr) return k;  /* the squeeze: most draws end here, without a logarithm */
+        if (k < 0 || (us < 0.013 && v > us)) continue;
+        const double log_alpha = log(1.1239 + 1.1328 / (b - 3.4));
+        if (log(v) + log_alpha - log(a / (us * us) + b) <= -lam + k * log(lam) - log_fact(k)) return k;
+    }
+}
+
+/* rate, out: (n,) float32 or float64 alike; a rate that is not > 0 (zero, negative, NaN) draws 0 */
+static PyObject *poisson(PyObject *self, PyObject *args) {
+    PyObject *o_rate, *o_out;
+    Py_ssize_t n;
+    unsigned long long seed;
+    int dbl;
+    if (!PyArg_ParseTuple(args, "OOnKp", &o_rate, &o_out, &n, &seed, &dbl)) return NULL;
+    const char *fmt = dbl ? "d" : "f";
+    Py_buffer rate, out;
+    if (get_buffer(o_rate, &rate, fmt, n, 0, "rate") < 0) return NULL;
+    if (get_buffer(o_out, &out, fmt, n, 1, "out") < 0) {
+        PyBuffer_Release(&rate);
+        return NULL;
+    }
+    Py_BEGIN_ALLOW_THREADS
+    rng_t g;
+    seed_rng(&g, (uint64_t)seed);
+    for (Py_ssize_t i = 0; i < n; i++) {
+        const double lam = dbl ? ((const double *)rate.buf)[i] : ((const float *)rate.buf)[i];
+        const double x = !(lam > 0) ? 0.0 : lam < 10 ? poisson_small(&g, lam) : poisson_ptrs(&g, lam);
+        if (dbl) ((double *)out.buf)[i] = x;
+        else ((float *)out.buf)[i] = (float)x;
+    }
+    Py_END_ALLOW_THREADS
+    PyBuffer_Release(&out);
+    PyBuffer_Release(&rate);
+    Py_RETURN_NONE;
+}
+
+/* ------------------------------------------------------------------------------------------------- module */
+static PyMethodDef methods[] = {
+    {"spline_slices", spline_slices, METH_VARARGS,
+     "spline_slices(vol, n, c, kxy, rot, offsets, weights, out, k, b, scale, centre): Fourier slices of copies"},
+    {"poisson", poisson, METH_VARARGS, "poisson(rate, out, n, seed, float64): exact Poisson draws"},
+    {NULL, NULL, 0, NULL}};
+
+static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_native", "difftem's compiled CPU kernels", -1,
+                                    methods};
+
+PyMODINIT_FUNC PyInit__native(void) {
+    for (int k = 0; k < LOG_FACTORIALS; k++) log_factorial[k] = lgamma(k + 1.0);
+    return PyModule_Create(&module);
+}
