@@ -111,6 +111,28 @@ def test_info_and_console_script():
     assert proc.returncode == 0 and "simulate" in proc.stdout
 
 
+
+@pytest.mark.parametrize(("argv", "words"), [
+    (["simulate", "x.yaml", "--out", "o", "--bogus"], "error: no such option: --bogus"),
+    (["extract", "RUN", "--box", "abc"], "error: invalid value for '--box'"),
+    (["extract"], "error: missing argument 'run'"),
+    (["bogus"], "error: no such command 'bogus'"),
+])
+def test_usage_errors_are_one_line_naming_the_help(argv, words):
+    """typer showed these as a boxed panel under the usage line: now the one `error:` line of every other error."""
+    res = runner.invoke(app, argv, prog_name="difftem")
+    command = "difftem" if argv[0] == "bogus" else f"difftem {argv[0]}"
+    assert res.exit_code == 2 and res.output.strip().splitlines() == [res.output.strip()], res.output
+    assert res.output.startswith(words) and res.output.strip().endswith(f"; see {command} --help"), res.output
+
+
+def test_usage_error_through_the_console_script_keeps_help_as_it_was():
+    bad = subprocess.run([sys.executable, "-m", "difftem.cli", "convert", "--bogus"], capture_output=True, text=True)
+    assert bad.returncode == 2 and bad.stderr.startswith("error: no such option: --bogus"), bad.stderr
+    assert len(bad.stderr.strip().splitlines()) == 1 and "╭" not in bad.stderr
+    bare = subprocess.run([sys.executable, "-m", "difftem.cli"], capture_output=True, text=True)
+    assert bare.returncode == 2 and "Commands" in bare.stdout + bare.stderr and "error:" not in bare.stderr
+
 def test_console_script_ends_with_the_commands_exit_code_and_its_output(tmp_path):
     """The entry point skips the interpreter's teardown: exit codes and the streams must come through whole."""
     bad = subprocess.run([sys.executable, "-m", "difftem.cli", "simulate", str(tmp_path / "none.yaml"), "--out",
