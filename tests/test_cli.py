@@ -99,6 +99,20 @@ def test_field_too_large_for_memory(tmp_path):
     assert "detector.shape_px" in msg and "GB" in msg and "reduce" in msg
 
 
+def test_auto_representation_choice_is_printed_as_a_note(tmp_path):
+    """40 ubiquitins at 4 Å: auto moves them to projections; that is information (a note, in run.json's notes),
+    not a warning."""
+    cfg = tmp_path / "auto.yaml"
+    cfg.write_text(yaml.safe_dump({"detector": {"shape_px": [128, 128], "pixel_size_a": 4.0},
+                                   "sample": {"particles": [{"structure": "builtin:1ubi", "random": {"count": 40}}]}}))
+    res = runner.invoke(app, ["simulate", str(cfg), "--out", str(tmp_path / "o")])
+    assert res.exit_code == 0, res.output
+    lines = [line for line in res.output.splitlines() if "representation auto chose projection" in line]
+    assert len(lines) == 1 and lines[0].startswith("note: sample.particles.0"), res.output
+    run = json.loads((tmp_path / "o" / "run.json").read_text())
+    assert any("auto chose" in n for n in run["notes"]) and not any("auto chose" in w for w in run["warnings"])
+
+
 def test_bad_save_item(shared_data, tmp_path):
     res = runner.invoke(app, ["simulate", str(write_cfg(tmp_path)), "--out", str(tmp_path / "o"), "--save", "wave"])
     assert res.exit_code == 2 and "--save" in res.output
