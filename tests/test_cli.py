@@ -72,6 +72,14 @@ def test_malformed_yaml(tmp_path):
     assert "malformed YAML at line 3" in bad(tmp_path, "beam:\n  voltage_kv: [300\n")
 
 
+@pytest.mark.parametrize("text", ["", "# beam: {voltage_kv: 300}\n\n"])
+def test_empty_config_is_refused_with_the_fix(tmp_path, text):
+    """An empty file (or only comments) used to simulate every default without a word."""
+    msg = bad(tmp_path, text)
+    assert "bad.yaml: the config file is empty (or only comments); give at least a sample section" in msg, msg
+    assert "write {} to simulate the defaults" in msg
+
+
 def test_unknown_field(tmp_path):
     msg = bad(tmp_path, "beam: {voltage_kv: 300, dose: 40}\n")
     assert "beam.dose" in msg and "unknown field" in msg
