@@ -290,6 +290,11 @@ def _read_mrc(path: Path, what: str, pixel_size: float | None, required: bool = 
         raise FormatError(f"{exc} (--pixel-size)") from None
 
 
+#: the fix for a TILTS that is not there
+TILTS_MISSING = ("give the tilt series' MRC stack (n_tilts, H, W): difftem simulate writes tilt_series.mrc into its "
+                 "--out folder for a config with tilt_series")
+
+
 def _open_stack(path: Path, what: str, pixel_size: float | None, required: bool = True):
     """(:class:`~difftem.tomo.stack.TiltStack` of the MRC stack, its images read one at a time, pixel size): the
     checks and errors of :func:`_read_mrc`."""
@@ -300,7 +305,7 @@ def _open_stack(path: Path, what: str, pixel_size: float | None, required: bool 
 
     _check_pixel_size(pixel_size, _mrc_header(path) if pixel_size is not None else None, path)
     try:
-        images, px = open_stack_mrc(path, what, pixel_size, required=required)
+        images, px = open_stack_mrc(path, what, pixel_size, required=required, missing=TILTS_MISSING)
     except MissingPixelSizeError as exc:
         raise FormatError(f"{exc} (--pixel-size)") from None
     return TiltStack.of(images), px
