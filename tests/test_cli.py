@@ -72,6 +72,14 @@ def test_malformed_yaml(tmp_path):
     assert "malformed YAML at line 3" in bad(tmp_path, "beam:\n  voltage_kv: [300\n")
 
 
+@pytest.mark.parametrize("text", ["", "# beam: {voltage_kv: 300}\n\n"])
+def test_empty_config_is_refused_with_the_fix(tmp_path, text):
+    """An empty file (or only comments) used to simulate every default without a word."""
+    msg = bad(tmp_path, text)
+    assert "bad.yaml: the config file is empty (or only comments); give at least a sample section" in msg, msg
+    assert "write {} to simulate the defaults" in msg
+
+
 def test_unknown_field(tmp_path):
     msg = bad(tmp_path, "beam: {voltage_kv: 300, dose: 40}\n")
     assert "beam.dose" in msg and "unknown field" in msg
@@ -99,6 +107,20 @@ def test_field_too_large_for_memory(tmp_path):
     assert "detector.shape_px" in msg and "GB" in msg and "reduce" in msg
 
 
+def test_auto_representation_choice_is_printed_as_a_note(tmp_path):
+    """40 ubiquitins at 4 Å: auto moves them to projections; that is information (a note, in run.json's notes),
+    not a warning."""
+    cfg = tmp_path / "auto.yaml"
+    cfg.write_text(yaml.safe_dump({"detector": {"shape_px": [128, 128], "pixel_size_a": 4.0},
+                                   "sample": {"particles": [{"structure": "builtin:1ubi", "random": {"count": 40}}]}}))
+    res = runner.invoke(app, ["simulate", str(cfg), "--out", str(tmp_path / "o")])
+    assert res.exit_code == 0, res.output
+    lines = [line for line in res.output.splitlines() if "representation auto chose projection" in line]
+    assert len(lines) == 1 and lines[0].startswith("note: sample.particles.0"), res.output
+    run = json.loads((tmp_path / "o" / "run.json").read_text())
+    assert any("auto chose" in n for n in run["notes"]) and not any("auto chose" in w for w in run["warnings"])
+
+
 def test_bad_save_item(shared_data, tmp_path):
     res = runner.invoke(app, ["simulate", str(write_cfg(tmp_path)), "--out", str(tmp_path / "o"), "--save", "wave"])
     assert res.exit_code == 2 and "--save" in res.output
@@ -110,6 +132,28 @@ def test_info_and_console_script():
     proc = subprocess.run([sys.executable, "-m", "difftem.cli", "--help"], capture_output=True, text=True)
     assert proc.returncode == 0 and "simulate" in proc.stdout
 
+
+
+@pytest.mark.parametrize(("argv", "words"), [
+    (["simulate", "x.yaml", "--out", "o", "--bogus"], "error: no such option: --bogus"),
+    (["extract", "RUN", "--box", "abc"], "error: invalid value for '--box'"),
+    (["extract"], "error: missing argument 'run'"),
+    (["bogus"], "error: no such command 'bogus'"),
+])
+def test_usage_errors_are_one_line_naming_the_help(argv, words):
+    """typer showed these as a boxed panel under the usage line: now the one `error:` line of every other error."""
+    res = runner.invoke(app, argv, prog_name="difftem")
+    command = "difftem" if argv[0] == "bogus" else f"difftem {argv[0]}"
+    assert res.exit_code == 2 and res.output.strip().splitlines() == [res.output.strip()], res.output
+    assert res.output.startswith(words) and res.output.strip().endswith(f"; see {command} --help"), res.output
+
+
+def test_usage_error_through_the_console_script_keeps_help_as_it_was():
+    bad = subprocess.run([sys.executable, "-m", "difftem.cli", "convert", "--bogus"], capture_output=True, text=True)
+    assert bad.returncode == 2 and bad.stderr.startswith("error: no such option: --bogus"), bad.stderr
+    assert len(bad.stderr.strip().splitlines()) == 1 and "╭" not in bad.stderr
+    bare = subprocess.run([sys.executable, "-m", "difftem.cli"], capture_output=True, text=True)
+    assert bare.returncode == 2 and "Commands" in bare.stdout + bare.stderr and "error:" not in bare.stderr
 
 def test_console_script_ends_with_the_commands_exit_code_and_its_output(tmp_path):
     """The entry point skips the interpreter's teardown: exit codes and the streams must come through whole."""

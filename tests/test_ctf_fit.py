@@ -103,6 +103,25 @@ def test_cli_writes_star_json_and_figures(tmp_path, one_thread):
     assert res.exit_code == 2 and "overwrite" in res.output.lower()
 
 
+@pytest.mark.parametrize("command", ["fit-ctf", "calibrate"])
+@pytest.mark.parametrize("pixel_size", ["1000", "0.001", "-1", "nan"])
+def test_pixel_size_option_uses_reconstructs_range(tmp_path, command, pixel_size):
+    """fit-ctf and calibrate checked --pixel-size only for > 0 (1000 Å went to the fit): now the 0.01–100 Å of
+    reconstruct, render and score, in the same words, before anything is read or written."""
+    from typer.testing import CliRunner
+
+    from difftem.cli._app import app
+    from difftem.io.files import write_mrc
+
+    write_mrc(tmp_path / "mic.mrc", np.ones((64, 64), np.float32), 1.0)
+    out = tmp_path / "out"
+    res = CliRunner().invoke(app, [command, str(tmp_path / "mic.mrc"), "--out", str(out), "--pixel-size", pixel_size])
+    assert res.exit_code == 2, res.output
+    assert res.output.strip() == (f"error: --pixel-size: {float(pixel_size)} Å is outside 0.01–100 Å; give the pixel "
+                                  "(voxel) size in Å"), res.output
+    assert not out.exists()
+
+
 def test_a_fit_at_the_noise_is_flagged(tmp_path, one_thread):
     """768² px of bare ice at 40 e/Å² (noise seed 15): the Thon rings are at the noise and another defocus fits
     almost as well (with the calibrate test's camera this case gave 3.5× the true defocus); the command says so and

@@ -265,6 +265,18 @@ def test_star_errors_name_the_line(tmp_path):
                                                              tmp_path / "o"], str(paths["latin1"]))
 
 
+def test_a_missing_file_names_where_it_was_looked_for_and_the_fix(tmp_path, monkeypatch):
+    """"STAR file not found" said neither where a relative path was looked for nor what to do."""
+    monkeypatch.chdir(tmp_path)
+    error = one_error(["fit-mtf", "--curve", "curve.star", "--out", "o"], "curve.star")
+    assert error.endswith(f"curve.star: STAR file not found (looked for {tmp_path / 'curve.star'}); check the path")
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "run.json").write_text('{"config": {}}')
+    error = one_error(["extract", "run", "--out", "x", "--box", "32"], "micrograph.mrc")
+    assert "micrograph not found" in error and error.endswith("run is not a complete run; simulate it again with "
+                                                              "difftem simulate"), error
+
+
 def test_denoise_config_without_mtf_names_the_real_fix(tmp_path, mrc_files):
     config = tmp_path / "sim.yaml"
     config.write_text("detector: {shape_px: [64, 64], mtf: null}\n")

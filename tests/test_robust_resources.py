@@ -186,7 +186,8 @@ def test_auto_takes_the_mode_estimated_fastest():
     assert set(tried) == {"atoms", "projection"}
     assert tried["projection"]["seconds"] < tried["atoms"]["seconds"] and free.modes == ["projection"]
     assert free.particle_types()[0]["mode_estimates"] == tried
-    assert any("auto chose projection" in w for w in free.warnings())
+    assert any("auto chose projection" in n for n in free.notes)
+    assert not any("auto chose" in w for w in free.warnings())  # information, not a warning
     limit_gb = (tried["projection"]["memory_bytes"] + tried["atoms"]["memory_bytes"]) / 2 / 1e9
     free.scene.types[0].representation = "atoms"
     pinned = Setup.build(config_from_dict({**cfg, "simulation": {"max_memory_gb": limit_gb}}), free.scene)

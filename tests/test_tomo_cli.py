@@ -110,6 +110,9 @@ def test_bad_inputs_fail_in_one_line_and_write_nothing(series):
     junk.write_text("0\n10 20\n")
     _fails(base + ["--tlt", str(junk)], "line 2 has 2 values", series, out)
     _fails(base + ["--tlt", str(series / "missing.tlt")], "not found", series, out)
+    _fails(["reconstruct", str(series / "none.mrc"), "--out", str(out)],
+           "none.mrc: tilt series not found; give the tilt series' MRC stack (n_tilts, H, W): difftem simulate "
+           "writes tilt_series.mrc", series, out)
     # no voxel size in the header and no --pixel-size
     write_mrc(series / "nopx.mrc", mrcfile.read(series / "tilts.mrc"), 0.0)
     nopx = ["reconstruct", str(series / "nopx.mrc"), "--tlt", str(series / "tilts.tlt"), "--out", str(out)]

@@ -147,6 +147,20 @@ def test_relion5_set_reads_back_with_starfile(sim):
     assert names == ["run"] * 6
 
 
+def test_zero_particle_relion5_particles_star_has_the_same_columns(sim, tmp_path):
+    """With no particles, particles.star had one placeholder column (rlnMicrographName): now the RELION-5 columns
+    of a run with particles, and no rows."""
+    cfg = _config(shape=32)
+    cfg["sample"]["particles"] = []
+    write_tilt_series(difftem.simulate_tilt_series(cfg), tmp_path / "run")
+    export_tilt_series(tmp_path / "run", tmp_path / "exp", "relion5")
+    empty = starfile.read(tmp_path / "exp" / "relion5" / "particles.star")
+    full = starfile.read(sim["root"] / "exp" / "relion5" / "particles.star")
+    assert len(empty["particles"]) == 0 and len(full["particles"]) == 6
+    assert list(empty["particles"].columns) == list(full["particles"].columns)
+    assert empty["optics"].equals(full["optics"])
+
+
 def test_relion5_projection_convention_matches_the_simulator(sim):
     """Rz(ZRot)·Ry(YTilt) applied to the written centred coordinates gives the simulator's tilted positions."""
     rec = sim["rec"]

@@ -1036,12 +1036,14 @@ def _read_text(path: str | Path, what: str) -> str:
 
 
 def read_yaml_mapping(path: str | Path, what: str = "config file",
-                      top_level: str = "a mapping of sections (seed, beam, optics, ...)") -> dict:
+                      top_level: str = "a mapping of sections (seed, beam, optics, ...)",
+                      if_empty: str | None = None) -> dict:
     """A YAML file whose top level is a mapping; errors name the file and, for syntax errors, the line.
 
     Refused with a one-line ConfigError: a path with a NUL byte or over 4096 characters, a missing or unreadable
     file, one over 10 MB, bytes that are not UTF-8, nesting deeper than 100 levels, aliases expanding past 10⁷
-    values, and a top level that is not a mapping.
+    values, and a top level that is not a mapping. A file with no content (empty, or only comments) is ``{}``, or
+    refused with the fix ``if_empty`` when given.
     """
     text = _read_text(path, what)
     path = Path(path)
@@ -1056,6 +1058,8 @@ def read_yaml_mapping(path: str | Path, what: str = "config file",
         raise ConfigError(f"{shown_path(path)}: {what} is nested too deeply (at most {MAX_YAML_DEPTH} "
                           "levels)") from None
     if data is None:
+        if if_empty is not None:
+            raise ConfigError(f"{shown_path(path)}: the {what} is empty (or only comments); {if_empty}")
         data = {}
     if not isinstance(data, dict):
         raise ConfigError(f"{shown_path(path)}: top level must be {top_level}")
@@ -1063,8 +1067,15 @@ def read_yaml_mapping(path: str | Path, what: str = "config file",
     return data
 
 
+#: What an empty config file is told to hold instead.
+EMPTY_CONFIG_FIX = ("give at least a sample section with particles (the README's configuration example shows every "
+                    "section; difftem simulate example:cellular runs a bundled config), or write {} to simulate the "
+                    "defaults (ice, no particles)")
+
+
 def load_config(path: str | Path) -> SimulationConfig:
     """Read a YAML config file; errors name the file and the field."""
     path = Path(path)
-    data = read_yaml_mapping(path)
+    # an empty file would silently run every default: more likely the wrong file or one not saved yet
+    data = read_yaml_mapping(path, if_empty=EMPTY_CONFIG_FIX)
     return config_from_dict(data, str(path), path.parent)

@@ -8,6 +8,7 @@ import typer
 
 from ..core.errors import DifftemError
 from ._console import fail, note, progress, say
+from ._pixel_size import check_pixel_size
 
 
 def _band(text: str | None) -> tuple[float, float] | None:
@@ -84,6 +85,7 @@ def register(app: typer.Typer) -> None:
         except ValueError:
             fail("--defocus-range: give 'low,high' in µm, e.g. 0.2,8")
         try:
+            check_pixel_size(pixel_size)
             with progress("fit-ctf", "fits") as update:
                 report = run_fit_ctf(list(inputs), out, pixel_size_a=pixel_size, stack=stack, tilts=tilts,
                                      tilt_axis_deg=tilt_axis, overwrite=overwrite,
@@ -142,6 +144,7 @@ def register(app: typer.Typer) -> None:
             entries.append({"structure": str(Path(structure).resolve()) if not structure.startswith("builtin:")
                             else structure, "random": {"count": int(count)}})
         try:
+            check_pixel_size(pixel_size)
             report = run_calibrate(list(inputs), out, pixel_size_a=pixel_size, dqe=dqe, dose_e_per_a2=dose,
                                    mtf=parse_reference(mtf, "mtf"),
                                    ice_thickness_nm=ice_thickness, energy_filter=energy_filter,

@@ -102,7 +102,7 @@ def _prepare_out(out: Path, overwrite: bool, inputs=()) -> None:
 
 def run_and_write(config, out: Path, save: set[str], label: str, *, overwrite: bool = False, inputs=()) -> dict:
     """Check ``config`` and ``out`` (which must not hold the ``inputs``: the config file), simulate (a micrograph,
-    or a tilt series) with progress, print its warnings, write ``out`` (all or nothing)."""
+    or a tilt series) with progress, print its notes and warnings, write ``out`` (all or nothing)."""
     from ..simulate.output import write_simulation, write_tilt_series
     from ..simulate.pipeline import simulate, simulate_tilt_series
 
@@ -112,6 +112,8 @@ def run_and_write(config, out: Path, save: set[str], label: str, *, overwrite: b
     with progress(label, "tilts" if series else "slices") as update:
         result = (simulate_tilt_series(config, progress=update, scene=scene) if series
                   else simulate(config, keep_potential="potential" in save, progress=update, scene=scene))
+    for text in result.metadata.get("notes", []):
+        note("note", text)
     for warning in result.metadata.get("warnings", []):
         note("warning", warning)
     if series:

@@ -7,6 +7,7 @@ from pathlib import Path
 import typer
 
 from ..core.errors import DifftemError
+from ._pixel_size import check_pixel_size
 
 
 def _ui():
@@ -239,22 +240,6 @@ def _register_score(app: typer.Typer) -> None:
         say(f"wrote {out}, {json_path}")
 
 
-def _check_pixel_size(pixel_size: float | None, header: tuple[float, int, int] | None, path: Path) -> None:
-    """--pixel-size within the simulator's own range (detector.pixel_size_a: 0.01–100 Å: 1000 Å is a typo, not a
-    binned tomogram); a note when it replaces a different pixel size in ``path``'s header (:func:`_mrc_header`)."""
-    from ..config import MAX_PIXEL_SIZE_A, MIN_PIXEL_SIZE_A
-    from ..core.errors import FormatError
-    from ._console import note
-
-    if pixel_size is None:
-        return
-    if not (MIN_PIXEL_SIZE_A <= pixel_size <= MAX_PIXEL_SIZE_A):
-        raise FormatError(f"--pixel-size: {pixel_size} Å is outside {MIN_PIXEL_SIZE_A:g}–{MAX_PIXEL_SIZE_A:g} Å; give "
-                          "the pixel (voxel) size in Å")
-    if header and header[0] and abs(header[0] / pixel_size - 1) > 1e-4:
-        note("note", f"--pixel-size {pixel_size:g} Å replaces the {header[0]:g} Å in {path.name}'s header")
-
-
 def _warn_if_image_stack(header: tuple[float, int, int] | None, path: Path, what: str) -> None:
     """A warning when a file read as a volume is marked an image stack (mz = 1 over nz > 1 sections, as difftem and
     RELION write particle and tilt stacks): it is drawn or scored as a volume of images piled up."""
@@ -282,12 +267,17 @@ def _read_mrc(path: Path, what: str, pixel_size: float | None, required: bool = 
     from ..io.tlt import MissingPixelSizeError, read_volume_mrc
 
     header = _mrc_header(path)
-    _check_pixel_size(pixel_size, header, path)
+    check_pixel_size(pixel_size, header, path)
     _warn_if_image_stack(header, path, what)
     try:
         return read_volume_mrc(path, what, pixel_size, required=required)
     except MissingPixelSizeError as exc:
         raise FormatError(f"{exc} (--pixel-size)") from None
+
+
+#: the fix for a TILTS that is not there
+TILTS_MISSING = ("give the tilt series' MRC stack (n_tilts, H, W): difftem simulate writes tilt_series.mrc into its "
+                 "--out folder for a config with tilt_series")
 
 
 def _open_stack(path: Path, what: str, pixel_size: float | None, required: bool = True):
@@ -298,9 +288,9 @@ def _open_stack(path: Path, what: str, pixel_size: float | None, required: bool 
     from ..io.tlt import MissingPixelSizeError
     from ..tomo.stack import TiltStack
 
-    _check_pixel_size(pixel_size, _mrc_header(path) if pixel_size is not None else None, path)
+    check_pixel_size(pixel_size, _mrc_header(path) if pixel_size is not None else None, path)
     try:
-        images, px = open_stack_mrc(path, what, pixel_size, required=required)
+        images, px = open_stack_mrc(path, what, pixel_size, required=required, missing=TILTS_MISSING)
     except MissingPixelSizeError as exc:
         raise FormatError(f"{exc} (--pixel-size)") from None
     return TiltStack.of(images), px

@@ -47,15 +47,15 @@ class MrcStack:
         return raw.reshape(self.shape[1:]).astype(np.float32)
 
 
-def open_mrc_stack(path: str | Path, what: str = "MRC file") -> MrcStack:
+def open_mrc_stack(path: str | Path, what: str = "MRC file", *, missing: str | None = None) -> MrcStack:
     """An :class:`MrcStack` of a user-named MRC file after the checks of :func:`read_mrc_checked` (same errors,
-    naming the file); a plain file's images stay on disk until asked for."""
+    naming the file; ``missing``: the fix for a missing file); a plain file's images stay on disk until asked for."""
     import warnings
 
     import mrcfile
 
     path = Path(path)
-    regular_file(path, what, give="an MRC file")
+    regular_file(path, what, give="an MRC file", missing=missing)
     _mrc_header(path)
     with open(path, "rb") as fh:
         gz = fh.read(2) == b"\x1f\x8b"
@@ -95,8 +95,8 @@ def open_mrc_stack(path: str | Path, what: str = "MRC file") -> MrcStack:
 
 
 def open_stack_mrc(path: str | Path, what: str, pixel_size_a: float | None = None,
-                   required: bool = True) -> tuple[MrcStack, float | None]:
+                   required: bool = True, *, missing: str | None = None) -> tuple[MrcStack, float | None]:
     """(stack, pixel size Å) as :func:`difftem.io.tlt.read_volume_mrc` with ``ndim`` 3, the images left on disk."""
     path = Path(path)
-    stack = open_mrc_stack(path, what)
+    stack = open_mrc_stack(path, what, missing=missing)
     return stack, checked_pixel_size(path, what, stack.shape, 3, stack.pixel_size_a, pixel_size_a, required)

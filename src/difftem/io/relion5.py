@@ -106,6 +106,11 @@ def write_tomograms_star(path: str | Path, rows: list[dict]) -> Path:
     return write_star(path, {"global": rows}, TOMOGRAMS_COMMENT)
 
 
+#: particles.star's columns, in order (difftemParticleType where the rows carry type names)
+PARTICLE_LABELS = ("rlnTomoName", "rlnOpticsGroup", "rlnCenteredCoordinateXAngst", "rlnCenteredCoordinateYAngst",
+                   "rlnCenteredCoordinateZAngst", "rlnAngleRot", "rlnAngleTilt", "rlnAnglePsi", "difftemParticleType")
+
+
 def particle_rows(tomo_name: str, positions_a, rotations, tilt_axis_deg: float, *, names=None) -> list[dict]:
     """RELION-5 particle rows from difftem scene positions (N, 3) Å and poses (N, 3, 3) (type frame → scene)."""
     f = frame_rotation(tilt_axis_deg)
@@ -134,6 +139,10 @@ def write_particles_star(path: str | Path, rows: list[dict], *, voltage_kv: floa
                "rlnTomoTiltSeriesPixelSize": float(pixel_size_a)}]
     if beam_tilt_mrad is not None:
         optics[0].update(rlnBeamTiltX=float(beam_tilt_mrad[0]), rlnBeamTiltY=float(beam_tilt_mrad[1]))
+    if not rows:  # no particles: the same columns, no rows (an empty list would get write_star's placeholder column)
+        import pandas as pd
+
+        rows = pd.DataFrame(columns=list(PARTICLE_LABELS))
     return write_star(path, {"general": {"rlnTomoSubTomosAre2DStacks": 1}, "optics": optics, "particles": rows},
                       PARTICLES_COMMENT)
 

@@ -183,20 +183,20 @@ def _scan_line(block: _Block, state: str, line: str, i: int, path: Path, error) 
     raise error(f"unexpected text in block {block.name!r}: expected loop_, a _label or data_", file=path, line=i)
 
 
-def _star_text(path: Path, error: type[FormatError] = FormatError) -> str:
-    return read_text_file(path, "STAR file", error=error)
+def _star_text(path: Path, error: type[FormatError] = FormatError, missing: str | None = None) -> str:
+    return read_text_file(path, "STAR file", error=error, missing=missing)
 
 
-def read_star(path: str | Path) -> dict:
+def read_star(path: str | Path, *, missing: str | None = None) -> dict:
     """{block name: DataFrame (loop) or dict (pairs)} of a STAR file; labels without their leading '_'.
 
     The text is checked first (a regular UTF-8 file; every row as long as its loop's labels; block names
     unique), so a malformed file raises :class:`FormatError` naming the file and line rather than being read
-    partly."""
+    partly; ``missing``: the fix for a missing file (:func:`~difftem.io.tables.regular_file`)."""
     import starfile
 
     path = Path(path)
-    if not _scan(_star_text(path), path):
+    if not _scan(_star_text(path, missing=missing), path):
         raise FormatError("no data_ block found; not a STAR file", file=path)
     try:
         blocks = starfile.read(path, always_dict=True)

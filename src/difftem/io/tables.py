@@ -22,12 +22,13 @@ MAX_TEXT_BYTES = 128 * 2**20
 
 
 def read_text_file(path: str | Path, what: str = "file", *, error: type[FormatError] = FormatError,
-                   max_bytes: int = MAX_TEXT_BYTES) -> str:
+                   max_bytes: int = MAX_TEXT_BYTES, missing: str | None = None) -> str:
     """The text of a user-named file, refused with ``error`` (a :class:`FormatError` or one with its signature)
-    naming the file (and line) when it is missing, not a regular file (a directory, a device or a pipe, which could
-    block), larger than ``max_bytes``, binary (a NUL byte) or not UTF-8."""
+    naming the file (and line) when it is missing (``missing``: the fix, as in :func:`regular_file`), not a regular
+    file (a directory, a device or a pipe, which could block), larger than ``max_bytes``, binary (a NUL byte) or not
+    UTF-8."""
     path = Path(path)
-    info = regular_file(path, what, error=error)
+    info = regular_file(path, what, error=error, missing=missing)
     if info.st_size > max_bytes:
         raise error(f"{what} holds {info.st_size / 2**20:.0f} MiB, more than the {max_bytes / 2**20:.0f} MiB a text "
                     "input may hold; is it the right file?", file=path)
@@ -47,14 +48,16 @@ def read_text_file(path: str | Path, what: str = "file", *, error: type[FormatEr
 
 
 def regular_file(path: Path, what: str = "file", *, error: type[FormatError] = FormatError,
-                 give: str = "a file") -> os.stat_result:
+                 give: str = "a file", missing: str | None = None) -> os.stat_result:
     """``path``'s stat when it is a regular file; otherwise ``error`` naming the file: missing, unreadable (a NUL
     byte or an over-long name, permissions), a directory, or a device or pipe (which could block a reader).
-    ``give`` says what to give instead."""
+    ``give`` says what to give instead; ``missing`` what to do about a missing file (default: check the path)."""
     try:
         info = path.stat()
     except FileNotFoundError:
-        raise error(f"{what} not found", file=path) from None
+        # a relative path is looked for from the working folder, which the user may not have in mind
+        looked = "" if path.is_absolute() else f" (looked for {path.absolute()})"
+        raise error(f"{what} not found{looked}; {missing or 'check the path'}", file=path) from None
     except (OSError, ValueError) as exc:
         raise error(f"cannot read {what} ({_os_reason(exc)})", file=path) from None
     if stat.S_ISDIR(info.st_mode):

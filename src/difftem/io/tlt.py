@@ -164,18 +164,20 @@ def _mrc_header(path: Path) -> None:
                           f"extended-header bytes, {need} bytes in all, but the file holds {size}", file=path)
 
 
-def read_mrc_checked(path: str | Path, what: str = "MRC file") -> tuple[np.ndarray, float]:
+def read_mrc_checked(path: str | Path, what: str = "MRC file", *, missing: str | None = None
+                     ) -> tuple[np.ndarray, float]:
     """(float32 array, voxel size Å or 0.0 when the header has none) of a user-named MRC file (.gz ok).
 
     Anything but finite real data in a well-formed file raises :class:`FormatError` naming the file: a missing
     file, a directory, a truncated file or header, a wrong identifier or mode, an empty array, complex values,
-    one-dimensional data (a side of one pixel), NaN or infinite pixels (with their count)."""
+    one-dimensional data (a side of one pixel), NaN or infinite pixels (with their count); ``missing``: the fix for
+    a missing file (:func:`~difftem.io.tables.regular_file`)."""
     import warnings
 
     import mrcfile
 
     path = Path(path)
-    regular_file(path, what, give="an MRC file")
+    regular_file(path, what, give="an MRC file", missing=missing)
     _mrc_header(path)
     try:
         with warnings.catch_warnings(record=True) as caught:

@@ -115,7 +115,9 @@ def read_run(folder: str | Path, *, with_stack: bool = True) -> SeriesRecord:
 
 def _read_stack(path: Path) -> tuple[np.ndarray, float]:
     """The tilt series' MRC stack: a series of one tilt is a stack of one image (its file holds one section)."""
-    data, header_px = read_mrc_checked(path, "tilt series")
+    data, header_px = read_mrc_checked(path, "tilt series", missing=(
+        "the run is incomplete or not a tilt series; simulate it again with difftem simulate (a config with "
+        "tilt_series writes tilt_series.mrc)"))
     if data.ndim == 2:
         data = data[None]
     return data, checked_pixel_size(path, "tilt series", data.shape, 3, header_px, None, True)

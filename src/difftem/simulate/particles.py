@@ -277,10 +277,11 @@ def particles_from_run(run_dir: str | Path, *, box_px: int, image: str = "microg
         raise FormatError("not a readable JSON run record", file=record_path) from None
     if record.get("config", {}).get("tilt_series"):
         raise FormatError("a tilt series; single-particle extraction takes a micrograph run", file=run)
-    data, header_px = read_mrc_checked(run / f"{image}.mrc", "micrograph")
+    incomplete = f"{run} is not a complete run; simulate it again with difftem simulate"
+    data, header_px = read_mrc_checked(run / f"{image}.mrc", "micrograph", missing=incomplete)
     if data.ndim != 2:
         raise FormatError(f"holds an array of shape {data.shape}; one micrograph expected", file=run / f"{image}.mrc")
-    star = read_star(run / "particles.star")
+    star = read_star(run / "particles.star", missing=incomplete)
     table = star.get("particles")
     rows = table.to_dict("records") if hasattr(table, "to_dict") else []
     rows = [r for r in rows if "difftemPositionXA" in r]

@@ -210,7 +210,8 @@ def _run_metadata(setup: Setup) -> dict:
                if getattr(setup.scene, "filaments", None) is not None else {}),
             **({"membrane_sheets": sheets_of(setup).metadata()} if config.sample.membrane_sheets else {}),
             **({"crowding": setup.scene.crowding} if getattr(setup.scene, "crowding", None) else {}),
-            "resource_estimate": est.summary() if est is not None else None}
+            "resource_estimate": est.summary() if est is not None else None,
+            "notes": list(setup.notes)}
 
 
 def simulate(config: SimulationConfig | dict | str | Path, *, keep_potential: bool = False,

@@ -400,8 +400,8 @@ class Setup:
         return est.peak_bytes
 
     def warnings(self) -> list[str]:
-        out = scene_warnings(self.scene, self.grid, self.ice.thickness_a, self.radii) + list(self.notes)
-        out += _dose_warnings(self.config)
+        # self.notes (what the resource check chose for an auto mode) are information, kept apart from these
+        out = scene_warnings(self.scene, self.grid, self.ice.thickness_a, self.radii) + _dose_warnings(self.config)
         est = self.estimate
         if est is not None and est.seconds > 3600:
             out.append(f"this run is estimated to take about {est.seconds / 3600:.1f} h (mostly "
