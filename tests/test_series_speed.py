@@ -48,7 +48,8 @@ def test_tiled_planes_sample_the_same_spline(shape):
 
 def test_projections_through_tiled_planes_match_the_3d_sampler(monkeypatch):
     """A real projector's copies (ubiquitin, 2 Å pixels, random poses): the two samplers agree to 1e-5, and sampling
-    only the band's disc changes nothing (1e-6)."""
+    only the band's disc changes nothing (1e-6). (The torch samplers: the compiled kernel is tested in test_native.)"""
+    monkeypatch.setenv("DIFFTEM_NATIVE", "0")
     ice = IceModel(150.0, 4.8775, 0.7591)
     fp = pm.build_fourier_projector(read_structure(builtin_structure("1ubi"), centre="mass"), get_table("kirkland"),
                                     pixel_size_a=2.0, ice=ice, absorption_ratio=ice.absorption_ratio)
@@ -65,6 +66,7 @@ def test_projections_through_tiled_planes_match_the_3d_sampler(monkeypatch):
     # the slice sampled only inside its band (+ the spline's reach), as built, against every frequency sampled
     assert fp.band_limit_per_a == pytest.approx(0.25)
     monkeypatch.undo()
+    monkeypatch.setenv("DIFFTEM_NATIVE", "0")
     everywhere = pm.FourierProjector(fp.coeffs, fp.pixel_size_a, fp.support_a, fp.absorption_ratio)
     full = everywhere.project(rots, offsets, fp.box_px())
     assert float((fast - full).norm() / full.norm()) < 1e-6

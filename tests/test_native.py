@@ -1,0 +1,137 @@
+"""The compiled CPU kernels (forward/_native.c through forward/native.py) against the torch paths they stand in for:
+Fourier slices of a projector's copies, and Poisson draws against the Poisson distribution itself."""
+
+import importlib.util
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from difftem.forward import native
+from difftem.forward.particle_map import FourierProjector, cubic_bspline_sample
+
+pytestmark = pytest.mark.skipif(native._native is None, reason="difftem was installed without its compiled kernels")
+
+
+def _random_projector(channels: int, n: int = 48, seed: int = 0) -> FourierProjector:
+    g = torch.Generator().manual_seed(seed)
+    coeffs = torch.randn(channels, n, n, n, generator=g, dtype=torch.float64)
+    return FourierProjector(coeffs=coeffs, pixel_size_a=4.0, support_a=40.0, band_limit_per_a=0.11,
+                            absorption_ratio=0.2 if channels == 2 else None)
+
+
+def _copies(b: int, seed: int = 1):
+    g = torch.Generator().manual_seed(seed)
+    q, _ = torch.linalg.qr(torch.randn(b, 3, 3, generator=g, dtype=torch.float64))
+    return q, torch.rand(b, 2, generator=g, dtype=torch.float64) * 80
+
+
+@pytest.mark.parametrize("channels", [2, 4])
+def test_projections_equal_the_torch_path(channels, monkeypatch):
+    """Whole projections (spline, phase ramp, transfer, inverse DFT) of 7 copies with and without the kernel: equal to
+    float32 rounding, with and without a transfer function."""
+    proj = _random_projector(channels)
+    rot, off = _copies(7)
+    for transfer in (None, lambda k: torch.exp(-30 * k)):
+        monkeypatch.setenv("DIFFTEM_NATIVE", "0")
+        ref = proj.project(rot, off, 32, transfer)
+        monkeypatch.setenv("DIFFTEM_NATIVE", "1")
+        out = proj.project(rot, off, 32, transfer)
+        assert out.shape == ref.shape == (7, 2, 32, 32)
+        assert (out - ref).abs().max() <= 2e-5 * ref.abs().max()
+    assert proj._padded is not None and proj.nbytes > proj.coeffs.numel() * 8
+
+
+def test_spline_matches_float64_reference_and_is_zero_outside():
+    """The kernel's spline at frequencies that reach past the volume (a scale that puts most of them outside) against
+    the float64 3-D sampler: equal inside to float32 rounding, zero where no coefficient is touched."""
+    n = 20
+    g = torch.Generator().manual_seed(3)
+    coeffs = torch.randn(2, n, n, n, generator=g, dtype=torch.float64)
+    k = (torch.rand(300, 2, generator=g, dtype=torch.float64) - 0.5) * 0.4
+    rot, off = _copies(3)
+    scale, centre = 5.0 * n, n // 2
+    out = native.spline_slices(native.padded_channels_last(coeffs), n, k, rot, off * 0, torch.ones(300), scale,
+                               centre)
+    index = (k @ rot[:, :2, :]) * scale + centre
+    ref = cubic_bspline_sample(coeffs, index)  # (2, B, K)
+    ref = torch.complex(ref[0], ref[1])
+    assert (out[:, 0] - ref).abs().max() < 1e-5 * ref.abs().max()
+    outside = ((index < -2.5) | (index > n + 1.5)).any(-1)
+    assert outside.float().mean() > 0.3 and bool((out[:, 0][outside] == 0).all())
+
+
+def test_gradients_and_the_switch_keep_the_torch_path(monkeypatch):
+    """A projector whose coefficients need a gradient is sampled by torch (the gradient arrives); so is every one
+    when the kernels are switched off or missing."""
+    proj = _random_projector(2, n=24)
+    rot, off = _copies(2)
+    coeffs = proj.coeffs.clone().requires_grad_(True)
+    learn = FourierProjector(coeffs=coeffs, pixel_size_a=4.0, support_a=20.0, absorption_ratio=0.2)
+    learn.project(rot, off, 16).sum().backward()
+    assert coeffs.grad is not None and coeffs.grad.abs().sum() > 0 and learn._padded is None
+    monkeypatch.setenv("DIFFTEM_NATIVE", "0")
+    assert not native.applies(proj.coeffs)
+    monkeypatch.setenv("DIFFTEM_NATIVE", "1")
+    assert native.applies(proj.coeffs)
+    monkeypatch.setattr(native, "_native", None)
+    assert not native.applies(proj.coeffs)
+    proj.project(rot, off, 16)
+    assert proj._padded is None
+
+
+@pytest.mark.parametrize("mean", [1e-3, 0.7, 4.0, 9.99, 10.0, 37.5, 2500.0])
+def test_poisson_draws_follow_the_poisson_distribution(mean):
+    """200,000 draws at means on both sides of the switch from inversion to transformed rejection (10): a χ² test of
+    their histogram against the Poisson probabilities, and their mean and variance."""
+    stats = pytest.importorskip("scipy.stats")
+    g = torch.Generator().manual_seed(int(mean * 1000))
+    x = native.poisson(torch.full((200_000,), mean), g).numpy().astype(np.int64)
+    lo, hi = int(stats.poisson.ppf(1e-7, mean)), int(stats.poisson.ppf(1 - 1e-7, mean)) + 1
+    ks = np.arange(lo, hi + 1)
+    expected = stats.poisson.pmf(ks, mean) * x.size
+    observed = np.array([(x == k).sum() for k in ks])
+    keep = expected >= 10  # the tails pooled into one bin
+    obs = np.append(observed[keep], x.size - observed[keep].sum())
+    exp = np.append(expected[keep], x.size - expected[keep].sum())
+    chi2 = ((obs - exp) ** 2 / exp).sum()
+    assert stats.chi2.sf(chi2, len(obs) - 1) > 1e-3, chi2
+    assert abs(x.mean() - mean) < 5 * math.sqrt(mean / x.size)
+    assert abs(x.var() / mean - 1) < 0.03
+
+
+def test_poisson_image_of_varying_means_and_its_edge_cases():
+    """An image whose mean varies from pixel to pixel: each pixel's draws (over 400 images) average to its mean. Zero,
+    negative and NaN means draw 0; float64 stays float64; the same generator state gives the same image."""
+    g = torch.Generator().manual_seed(5)
+    rate = torch.linspace(0, 30, 64)[None, :].expand(400, 64).contiguous()
+    draws = native.poisson(rate, g)
+    assert draws.dtype == torch.float32 and draws.shape == rate.shape
+    assert (draws.mean(0) - rate[0]).abs().max() < 5 * math.sqrt(30 / 400)
+    edge = native.poisson(torch.tensor([0.0, -3.0, float("nan"), 1e9], dtype=torch.float64), g)
+    assert edge.dtype == torch.float64 and edge[:3].tolist() == [0.0, 0.0, 0.0] and abs(edge[3] / 1e9 - 1) < 1e-3
+    a = native.poisson(rate, torch.Generator().manual_seed(9))
+    b = native.poisson(rate, torch.Generator().manual_seed(9))
+    assert torch.equal(a, b) and not torch.equal(a, native.poisson(rate, torch.Generator().manual_seed(10)))
+
+
+def test_the_detector_draws_through_the_kernel_unless_switched_off(monkeypatch):
+    """shot_noise takes the kernel on the CPU (the same generator state, the same image) and torch.poisson when the
+    kernels are off; both have the Poisson mean and variance (DQE 0.5: variance λ/DQE)."""
+    from difftem.forward.detector import shot_noise
+
+    rate = torch.full((256, 256), 12.0)
+    one = shot_noise(rate, 0.5, torch.Generator().manual_seed(2))
+    assert torch.equal(one, shot_noise(rate, 0.5, torch.Generator().manual_seed(2)))
+    monkeypatch.setenv("DIFFTEM_NATIVE", "0")
+    other = shot_noise(rate, 0.5, torch.Generator().manual_seed(2))
+    assert not torch.equal(one, other)
+    for x in (one, other):
+        assert abs(float(x.mean()) / 12 - 1) < 0.01 and abs(float(x.var()) / 24 - 1) < 0.03
+
+
+def test_the_extension_is_built_from_the_source_in_the_package():
+    """The installed kernels are the ones forward/_native.c builds (an editable or a regular install)."""
+    spec = importlib.util.find_spec("difftem.forward._native")
+    assert spec is not None and spec.origin.endswith((".so", ".pyd"))
