@@ -153,10 +153,10 @@ def test_a_fit_at_the_noise_is_flagged(tmp_path, one_thread, monkeypatch):
 
 @pytest.mark.parametrize("dose,flagged", [(40.0, True), (80.0, False)])
 def test_a_wrong_defocus_is_flagged_and_a_clear_one_is_not(dose, flagged, one_thread, monkeypatch):
-    """768² px of bare ice, noise seed 13 (drawn by torch's sampler). At 40 e/Å² a false minimum of the rotational average beats the true
-    defocus (10164 Å for 12000) with a fit resolution of 21 Å, which the fit-resolution test let pass; the true one
-    is the runner-up, within Δχ² 9.4. At 80 e/Å² the defocus is right and no other comes within Δχ² 12 (this fit's
-    resolution sits at the band's edge: the fit-resolution test had flagged it)."""
+    """768² px of bare ice, noise seed 13 (drawn by torch's sampler). At 40 e/Å² a false minimum of the rotational
+    average beats the true defocus (10164 Å for 12000) with a fit resolution of 21 Å, which the fit-resolution test
+    let pass; the true one is the runner-up, within Δχ² 9.4. At 80 e/Å² the defocus is right and no other comes
+    within Δχ² 12 (this fit's resolution sits at the band's edge: the fit-resolution test had flagged it)."""
     import difftem
     from difftem.learn.ctf_fit import AMBIGUITY_CHI2, fit_is_weak
 

@@ -33,7 +33,8 @@ FIT_CORRELATION = 0.3    # fit resolution: where the local data/model correlatio
 FIT_SIGNIFICANCE = 3.0   # or below this many times noise's own correlation with the model, 1/√(n − 2) for n bins
 EQUIPHASE_BINS = 400     # equiphase bins over the band (the fit-resolution profile)
 AMBIGUITY_CHI2 = 12.0    # a defocus whose fit beats every other by less than this Δχ² is flagged (fit_is_weak): on
-#                          bare ice the two wrong fits seen came within 5.2 and 9.4, right fits at 80 e/Å² from 13.3
+#                          bare ice the five wrong fits seen came within 0.7–9.4, right fits at 80 e/Å² without a
+#                          camera by 38 or more (docs/calibration.md)
 
 
 @dataclass(frozen=True)
@@ -82,8 +83,8 @@ def fit_is_weak(fit: dict) -> bool:
     """Whether a fit (:meth:`CTFFit.as_dict`) may have found a wrong defocus: another defocus of the search fits the
     spectrum almost as well (Δχ² below AMBIGUITY_CHI2, :func:`_runner_up`), so the Thon rings are too close to the
     noise to choose. Measured on 768² px of bare ice (CTF scores 0.002–0.02; `docs/calibration.md`): every wrong fit
-    and every pure-noise fit is flagged, no fit at 80 e/Å² is. (The previous test, a fit resolution at the band's
-    low-resolution edge, let a 0.85× defocus pass and flagged 6 of 8 right fits at 80 e/Å².)"""
+    and every pure-noise fit is flagged, no right fit at 80 e/Å² without a camera is. (The previous test, a fit
+    resolution at the band's low-resolution edge, let 3 of the 5 wrong fits pass.)"""
     return fit.get("defocus_margin_chi2", math.inf) < AMBIGUITY_CHI2
 
 
