@@ -43,6 +43,7 @@ Timings on a shared machine are noisy: re-measure on an idle one.
 from __future__ import annotations
 
 import argparse
+import compileall
 import gzip
 import importlib.util
 import json
@@ -486,6 +487,10 @@ def measure(binary: Path | None, inp: Path, work: Path, repeats: int, thread_cou
             placements: list[str], srcs: list[str | None] = (None,)) -> list[dict]:
     """Every run, interleaved: per repeat TEM-simulator (if given), then difftem at each thread count, placement
     and source tree."""
+    # compiled bytecode for every tree, as an installed package has: a run that compiles stale modules (an edited tree,
+    # PYTHONDONTWRITEBYTECODE set) pays ~0.2 s of CPU a user's second run does not
+    for src in srcs:
+        compileall.compile_dir(src or Path(importlib.util.find_spec("difftem").origin).parent.parent, quiet=1)
     runs = []
     for rep in range(repeats):
         if binary is not None:
