@@ -135,3 +135,36 @@ def test_the_extension_is_built_from_the_source_in_the_package():
     """The installed kernels are the ones forward/_native.c builds (an editable or a regular install)."""
     spec = importlib.util.find_spec("difftem.forward._native")
     assert spec is not None and spec.origin.endswith((".so", ".pyd"))
+
+
+def test_gridding_equals_the_torch_scatter(monkeypatch):
+    """Atoms spread as Gaussians of several widths (chunks of different reach, positions past the grid's edges that
+    wrap): the kernel's grid equals torch's index_add one to rounding, and so does a built projector."""
+    from difftem.forward import particle_map as pm
+    from difftem.forward.potential import IceModel
+    from difftem.forward.scattering import get_table
+    from difftem.specimen.build import builtin_structure
+    from difftem.specimen.structure import read_structure
+
+    g = torch.Generator().manual_seed(4)
+    d, n = 30, 3000
+    pos = torch.rand(n, 3, generator=g, dtype=torch.float64) * (d + 12) - 6
+    sigma = 0.8 + torch.rand(n, generator=g, dtype=torch.float64) ** 4 * 3
+    weight = torch.rand(n, generator=g, dtype=torch.float64)
+    grids = {}
+    for switch in ("0", "1"):
+        monkeypatch.setenv("DIFFTEM_NATIVE", switch)
+        grids[switch] = torch.zeros(d**3, dtype=torch.float64)
+        pm._spread(grids[switch], pos, sigma, weight, d, max_entries=200_000)  # several chunks and reaches
+    assert len({h for _, _, h in pm._spread_chunks(torch.sort(sigma).values, 200_000)}) > 2
+    assert (grids["0"] - grids["1"]).abs().max() < 1e-12 * grids["0"].abs().max()
+    assert abs(float(grids["1"].sum()) / float(weight.sum()) - 1) < 1e-3  # truncation below 1e-3 of each atom
+
+    atoms = read_structure(builtin_structure("1ubi"), centre="mass")
+    ice = IceModel(150.0, 4.8775, 0.7591)
+    built = {}
+    for switch in ("0", "1"):
+        monkeypatch.setenv("DIFFTEM_NATIVE", switch)
+        built[switch] = pm.build_fourier_projector(atoms, get_table("kirkland"), pixel_size_a=2.0, ice=ice,
+                                                   absorption_ratio=ice.absorption_ratio).coeffs
+    assert (built["0"] - built["1"]).abs().max() < 1e-9 * built["0"].abs().max()

@@ -1,10 +1,11 @@
 """difftem's compiled CPU kernels (``_native.c``, built at install when a C compiler is there) and when to use them.
 
-Two per-image stages that torch runs as many passes over memory are one loop in C: the Fourier slices of a
-projector's copies (:func:`spline_slices`, for :meth:`FourierProjector.project`) and Poisson draws
-(:func:`poisson`, for the detector's shot noise). They serve the CPU forward pass only: on a GPU, and wherever a
-gradient must flow, the torch paths run. Without the build (no compiler at install), or with ``DIFFTEM_NATIVE=0`` in
-the environment (to compare both paths), every caller keeps its torch path.
+Stages that torch runs as many passes over memory are one loop in C: the Fourier slices of a projector's copies
+(:func:`spline_slices`, for :meth:`FourierProjector.project`), Poisson draws (:func:`poisson`, for the detector's
+shot noise) and the gridding of atoms as Gaussians (:func:`spread_gaussians`, for the maps and projectors). They
+serve the CPU forward pass only: on a GPU, and wherever a gradient must flow, the torch paths run. Without the build
+(no compiler at install), or with ``DIFFTEM_NATIVE=0`` in the environment (to compare both paths), every caller keeps
+its torch path.
 """
 
 from __future__ import annotations
@@ -66,6 +67,14 @@ def poisson(rate: torch.Tensor, generator: torch.Generator | None = None) -> tor
     out = torch.empty_like(src)
     _native.poisson(src.view(-1).numpy(), out.view(-1).numpy(), src.numel(), seed, dbl)
     return out
+
+
+def spread_gaussians(grid_flat: torch.Tensor, d: int, pos_vox: torch.Tensor, sigma_vox: torch.Tensor,
+                     weight: torch.Tensor, half_vox: torch.Tensor) -> None:
+    """Add Σ_j w_j N(r; r_j, σ_j²) (per voxel volume, separable, reaching ``half_vox`` voxels around the rounded centre,
+    periodic) into a contiguous float64 (d³,) grid in place: what particle_map's gridding adds with index_add."""
+    _native.spread_gaussians(grid_flat.numpy(), d, _f64(pos_vox), _f64(sigma_vox), _f64(weight), _f64(half_vox),
+                             pos_vox.shape[0])
 
 
 def _f64(t: torch.Tensor) -> np.ndarray:

@@ -118,12 +118,13 @@ def _spread(grid_flat: torch.Tensor, pos_vox: torch.Tensor, sigma_vox: torch.Ten
     """
     order = torch.argsort(sigma_vox)
     pos_vox, sigma_vox, weight = pos_vox[order], sigma_vox[order], weight[order]
-    lo, n = 0, pos_vox.shape[0]
-    while lo < n:
-        half = max(SPREAD_HALF_WIDTH, math.ceil(3.75 * float(sigma_vox[min(n - 1, lo + 1023)])))
-        chunk = max(1024, max_entries // (2 * half + 1) ** 3)
-        hi = min(n, lo + chunk)
-        half = max(SPREAD_HALF_WIDTH, math.ceil(3.75 * float(sigma_vox[hi - 1])))
+    chunks = list(_spread_chunks(sigma_vox, max_entries))
+    if native.applies(grid_flat, pos_vox, sigma_vox, weight) and grid_flat.dtype == torch.float64:
+        half = torch.cat([torch.full((hi - lo,), float(h), dtype=torch.float64) for lo, hi, h in chunks]) \
+            if chunks else torch.zeros(0, dtype=torch.float64)
+        native.spread_gaussians(grid_flat, d, pos_vox, sigma_vox, weight, half)
+        return
+    for lo, hi, half in chunks:
         offs = torch.arange(-half, half + 1, device=pos_vox.device)
         p, s, w = pos_vox[lo:hi], sigma_vox[lo:hi], weight[lo:hi]
         idx = torch.round(p).long()[:, :, None] + offs  # (n, 3, W) voxel indices, (z, y, x)
@@ -134,6 +135,17 @@ def _spread(grid_flat: torch.Tensor, pos_vox: torch.Tensor, sigma_vox: torch.Ten
         iz, iy, ix = torch.remainder(idx, d).unbind(1)  # periodic: far tails wrap instead of overflowing
         flat = (iz[:, :, None, None] * d + iy[:, None, :, None]) * d + ix[:, None, None, :]
         grid_flat.index_add_(0, flat.reshape(-1), vals.reshape(-1).to(grid_flat.dtype))
+
+
+def _spread_chunks(sigma_sorted: torch.Tensor, max_entries: int):
+    """(lo, hi, half) of :func:`_spread`'s chunks: atoms lo:hi (by width) with kernels reaching ``half`` voxels, at most
+    ``max_entries`` kernel values at a time."""
+    lo, n = 0, sigma_sorted.shape[0]
+    while lo < n:
+        half = max(SPREAD_HALF_WIDTH, math.ceil(3.75 * float(sigma_sorted[min(n - 1, lo + 1023)])))
+        chunk = max(1024, max_entries // (2 * half + 1) ** 3)
+        hi = min(n, lo + chunk)
+        yield lo, hi, max(SPREAD_HALF_WIDTH, math.ceil(3.75 * float(sigma_sorted[hi - 1])))
         lo = hi
 
 
