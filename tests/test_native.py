@@ -168,3 +168,16 @@ def test_gridding_equals_the_torch_scatter(monkeypatch):
         built[switch] = pm.build_fourier_projector(atoms, get_table("kirkland"), pixel_size_a=2.0, ice=ice,
                                                    absorption_ratio=ice.absorption_ratio).coeffs
     assert (built["0"] - built["1"]).abs().max() < 1e-9 * built["0"].abs().max()
+
+
+def test_run_metadata_says_whether_the_kernels_drew_the_noise(monkeypatch):
+    """A seed's noise depends on the sampler, so a run records which one it used; with the kernels switched off the
+    same seed draws torch's noise (another image), the noise-free image is the same."""
+    import difftem
+
+    cfg = {"seed": 3, "detector": {"shape_px": [64, 64], "pixel_size_a": 2.0}, "sample": {"ice_thickness_nm": 10.0}}
+    on = difftem.simulate(cfg)
+    monkeypatch.setenv("DIFFTEM_NATIVE", "0")
+    off = difftem.simulate(cfg)
+    assert on.metadata["compiled_kernels"] is True and off.metadata["compiled_kernels"] is False
+    assert torch.allclose(on.noiseless, off.noiseless, rtol=1e-5) and not torch.equal(on.micrograph, off.micrograph)

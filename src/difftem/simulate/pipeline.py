@@ -23,6 +23,7 @@ from ..core.grid import Grid
 from ..core.rotations import tilt_rotation
 from ..core.threads import intra_op_threads, threads_for, wait_policy
 from ..core.version import __version__
+from ..forward import native
 from ..forward.detector import Detector
 from ..forward.exit_wave import ExitWave, tiled_exit_wave, windowed_exit_wave
 from ..forward.ice import ViewIce, ray_points
@@ -201,6 +202,8 @@ def _run_metadata(setup: Setup) -> dict:
     est = setup.estimate
     return {"difftem_version": __version__, "torch_version": torch.__version__, "device": str(setup.device),
             "threads": torch.get_num_threads(), "omp_wait_policy": wait_policy(),
+            # the noise a seed draws depends on it (forward/native.py)
+            "compiled_kernels": setup.device.type == "cpu" and native.available(),
             "seed": config.seed, "n_copies": len(setup.scene.placement),
             "particle_types": setup.particle_types(),
             "time_estimate_s": round(est.seconds, 3) if est is not None else None,
