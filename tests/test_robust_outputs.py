@@ -276,6 +276,7 @@ import matplotlib.pyplot, mpl_toolkits.axes_grid1.anchored_artists  # what the p
 # the writers' libraries too: an interrupt landing inside a C extension's initialisation in a forked child
 # (matplotlib's Agg) aborts it, a hazard of forking a half-imported process, not of the command
 import starfile, matplotlib.backends.backend_agg
+import gemmi, PIL.ImageDraw, PIL.ImageFont  # the structure reader's and the preview's (gemmi_ext, _imagingft)
 import difftem.simulate.output, difftem.simulate.pipeline, difftem.specimen.build
 from difftem.cli import app
 args = sys.argv[1:]
