@@ -232,3 +232,21 @@ def test_convert_does_not_load_torch(tmp_path):
 
     assert loads_torch("convert", str(inp), "-o", str(tmp_path / "c.yaml")) == ["0", "False"]
     assert loads_torch("info") == ["0", "True"]
+
+
+def test_start_up_loads_with_the_collector_off_then_freezes_what_it_loaded():
+    """The console script imports torch and the app without cyclic collections, then freezes those objects (later
+    full collections skip them) and turns the collector back on; a caller that turned it off keeps it off."""
+    code = ("import gc, sys\n"
+            "from difftem.cli import _start_up_without_collections\n"
+            "with _start_up_without_collections():\n"
+            "    during = gc.isenabled()\n"
+            "    import torch\n"
+            "print(during, gc.isenabled(), gc.get_freeze_count() > 100_000)\n"
+            "gc.unfreeze(); gc.disable()\n"
+            "with _start_up_without_collections():\n"
+            "    pass\n"
+            "print(gc.isenabled())\n")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.split() == ["False", "True", "True", "False"], res.stdout
