@@ -25,6 +25,7 @@ from dataclasses import dataclass
 
 import torch
 
+from ..core.complex_ops import polar, unit_phasor
 from ..core.fft import fft2, ifft2
 from ..core.grid import Grid
 
@@ -134,7 +135,7 @@ def transfer_function(grid: Grid, wavelength_a: float, voltage_kv: float, optics
     """
     real = dtype.to_real()
     chi = aberration_phase(grid, wavelength_a, optics, defocus_a=defocus_a, device=device, dtype=real)
-    h = torch.polar(envelopes(grid, wavelength_a, voltage_kv, optics, defocus_a=defocus_a, device=device,
+    h = polar(envelopes(grid, wavelength_a, voltage_kv, optics, defocus_a=defocus_a, device=device,
                               dtype=real), chi)
     if optics.aperture_mrad is not None:
         k_cut = optics.aperture_mrad * 1e-3 / wavelength_a
@@ -142,7 +143,7 @@ def transfer_function(grid: Grid, wavelength_a: float, voltage_kv: float, optics
     if not _off(optics.phase_shift_deg):
         scattered = torch.ones_like(chi)
         scattered[0, 0] = 0.0  # the unscattered beam passes the plate's hole
-        h = h * torch.polar(torch.ones_like(chi), _radians(optics.phase_shift_deg) * scattered)
+        h = h * unit_phasor(_radians(optics.phase_shift_deg) * scattered)
     return h.to(dtype)
 
 

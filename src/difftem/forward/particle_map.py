@@ -24,6 +24,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..core.complex_ops import polar
 from ..core.elements import atomic_mass_da
 from ..core.fft import fft3, fftshift, freq_per_a, good_fft_size, ifft3, irfft2, irfft3, k2_per_a2, rfft3
 from ..specimen.structure import Atoms
@@ -433,7 +434,7 @@ class FourierProjector:
                 spec = spec * tr
             # the copy's sub-pixel position as a phase ramp
             angle = (offsets_a.double() @ k.T).mul_(-2 * math.pi).float()  # (B, K)
-            ramp = torch.polar(torch.full_like(angle, 1 / (p * p)), angle)
+            ramp = polar(torch.full_like(angle, 1 / (p * p)), angle)
             full[:, :, flat] = (spec * ramp).transpose(0, 1)
         out = irfft2(full.view(nb, -1, box_px, half), (box_px, box_px))
         if out.shape[1] == 1:

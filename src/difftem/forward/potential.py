@@ -27,6 +27,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..core.complex_ops import polar
 from ..core.elements import atomic_mass_da
 from ..core.fft import freq_per_a, good_fft_size, irfft2
 from ..core.grid import Grid, centred_span
@@ -405,7 +406,7 @@ def _axis_factors(coord_a: torch.Tensor, b_a2: torch.Tensor, weight: torch.Tenso
     mag = torch.exp(-b_a2.detach().to(rdtype)[:, None] * (k.to(rdtype) ** 2 / 4))
     if weight is not None:
         mag = mag * weight.detach().to(rdtype)[:, None]
-    return torch.polar(mag, -2 * math.pi * cycles)
+    return polar(mag, -2 * math.pi * cycles)
 
 
 def _structure_factor_spectrum(x_a, y_a, b_a2, weight, ky, kx, groups, cdtype) -> torch.Tensor:

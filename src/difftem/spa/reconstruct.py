@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..core.complex_ops import unit_phasor
 from ..core.errors import ArgumentError, FormatError
 from ..core.fft import fft2, freq_index, ifft3, rfft3
 from ..core.rotations import relion_matrix
@@ -59,7 +60,7 @@ def _centred_spectra(images: torch.Tensor, pad: int, centres_a: torch.Tensor, pi
     k = freq_index(p, device=images.device, dtype=torch.float64) / (p * pixel_size_a)
     phase = 2 * math.pi * (k[None, None, :] * centres_a[:, 0, None, None]
                            + k[None, :, None] * centres_a[:, 1, None, None])
-    return spec * torch.polar(torch.ones_like(phase), phase).to(torch.complex64)
+    return spec * unit_phasor(phase).to(torch.complex64)
 
 
 def _insert(num: torch.Tensor, den: torch.Tensor, values: torch.Tensor, weights: torch.Tensor,

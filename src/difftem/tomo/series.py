@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..core.complex_ops import unit_phasor
 from ..core.errors import FormatError
 from ..core.rotations import relion_matrix
 from ..io import imod, relion5
@@ -248,7 +249,7 @@ def shift_images(stack, shifts_px):
     ky = dfft.freq_per_px(h, device=stack.device)[:, None]
     kx = dfft.freq_per_px(w, device=stack.device)[None, :]
     phase = -2 * math.pi * (kx[None] * shifts[:, 0, None, None] + ky[None] * shifts[:, 1, None, None])
-    spec = dfft.fft2(stack.to(torch.float64)) * torch.polar(torch.ones_like(phase), phase)
+    spec = dfft.fft2(stack.to(torch.float64)) * unit_phasor(phase)
     return dfft.ifft2(spec).real.to(stack.dtype)
 
 
