@@ -16,7 +16,7 @@ from difftem.simulate.setup import Setup, scene_warnings
 from difftem.specimen.build import load_particle_type, resolve_structure, scene_of
 from difftem.specimen.crowding import covering_bounds
 from difftem.specimen.labels import label_volumes
-from difftem.specimen.scene import ParticleType, Scene, bounding_capsule, helical_assembly
+from difftem.specimen.scene import ParticleType, Scene, Subunits, bounding_capsule, helical_assembly
 from difftem.specimen.structure import Atoms, read_structure
 
 TMV = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "structures" / "2om3_tmv_cssmol.pdb.gz"
@@ -193,3 +193,18 @@ def test_hull_candidates_keep_every_extreme_point():
                       lambda x, p=p, u=u: (((x - p) - ((x - p) @ u)[:, None] * u) ** 2).sum(1)):
                 assert f(keep).max() == f(pos).max()
     assert len(hull_candidates(clouds[-1])) < 0.05 * len(clouds[-1]) or not TMV.exists()
+
+
+@pytest.mark.parametrize("step", [1, 3, 7, 50, 1000])
+def test_every_nth_position_is_the_expanded_atoms_every_nth(step):
+    """The slab estimate's even subsample, unit by unit, equals slicing the expanded atoms (steps that split
+    units, that skip whole units, that take one atom)."""
+    rng = np.random.default_rng(4)
+    n = 37
+    unit = Atoms(np.full(n, 6), rng.normal(size=(n, 3)) * 10, np.full(n, 20.0), np.ones(n))
+    rots = np.stack([np.linalg.qr(rng.normal(size=(3, 3)))[0] for _ in range(11)])
+    units = Subunits(unit, rots, rng.normal(size=(11, 3)) * 50)
+    want = units.expanded().positions_a[::step]
+    got = units.every_nth_position(step)
+    assert got.shape == want.shape
+    assert np.allclose(got, want, rtol=0, atol=1e-12)

