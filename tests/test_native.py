@@ -181,3 +181,21 @@ def test_run_metadata_says_whether_the_kernels_drew_the_noise(monkeypatch):
     off = difftem.simulate(cfg)
     assert on.metadata["compiled_kernels"] is True and off.metadata["compiled_kernels"] is False
     assert torch.allclose(on.noiseless, off.noiseless, rtol=1e-5) and not torch.equal(on.micrograph, off.micrograph)
+
+
+def test_the_phase_ramp_along_rows_equals_the_direct_one():
+    """Along a row of equally spaced frequencies the kernel steps the copies' phase ramps by one complex product;
+    the same frequencies in shuffled order (every ramp computed directly) give the same slices."""
+    n, box, p = 24, 32, 2.0
+    g = torch.Generator().manual_seed(5)
+    padded = native.padded_channels_last(torch.randn(2, n, n, n, generator=g, dtype=torch.float64))
+    ky, kx = torch.meshgrid(torch.fft.fftfreq(box, d=p, dtype=torch.float64),
+                            torch.fft.rfftfreq(box, d=p, dtype=torch.float64), indexing="ij")
+    k = torch.stack([kx.reshape(-1), ky.reshape(-1)], 1)
+    rot, off = _copies(4)
+    off = off * 3 - 100  # far from the box origin: steep ramps, the most rounding a recurrence could gather
+    weights = torch.rand(k.shape[0], generator=g)
+    rows = native.spline_slices(padded, n, k, rot, off, weights, n * p, n // 2)
+    order = torch.randperm(k.shape[0], generator=g)
+    shuffled = native.spline_slices(padded, n, k[order], rot, off, weights[order], n * p, n // 2)
+    assert (rows[..., order] - shuffled).abs().max() <= 1e-6 * rows.abs().max()

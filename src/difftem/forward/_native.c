@@ -73,6 +73,9 @@ static PyObject *spline_slices(PyObject *self, PyObject *args) {
     for (Py_ssize_t b = 0; b < nb; b++) {
         const double *rb = r + 6 * b;
         const double ox = o[2 * b], oy = o[2 * b + 1];
+        /* the phase ramp along a run of equally spaced frequencies (a row of the DFT grid) by one complex product
+         * per step instead of a cosine and a sine: e(k + dk) = e(k) e(dk); recomputed at each row's start */
+        double er = 1.0, ei = 0.0, sr = 1.0, si = 0.0, dkx = NAN, dky = NAN;
         for (Py_ssize_t q = 0; q < nk; q++) {
             const double kx = k[2 * q], ky = k[2 * q + 1];
             const double px = (kx * rb[0] + ky * rb[3]) * scale + centre;
@@ -125,8 +128,24 @@ static PyObject *spline_slices(PyObject *self, PyObject *args) {
                 }
             }
             /* the copy's sub-pixel position as a phase ramp exp(-2 pi i k.offset) */
-            const double angle = -2.0 * M_PI * (ox * kx + oy * ky);
-            const double cr = cos(angle) * wt[q], ci = sin(angle) * wt[q];
+            const double tol = 1e-12 * (fabs(dkx) + fabs(dky));  /* false while no step is set (NaN) */
+            if (q > 0 && fabs(kx - k[2 * q - 2] - dkx) <= tol && fabs(ky - k[2 * q - 1] - dky) <= tol) {
+                const double t = er * sr - ei * si;
+                ei = er * si + ei * sr;
+                er = t;
+            } else {
+                const double angle = -2.0 * M_PI * (ox * kx + oy * ky);
+                er = cos(angle);
+                ei = sin(angle);
+                if (q + 1 < nk) {  /* the step to the next frequency, used while the spacing holds */
+                    dkx = k[2 * q + 2] - kx;
+                    dky = k[2 * q + 3] - ky;
+                    const double step = -2.0 * M_PI * (ox * dkx + oy * dky);
+                    sr = cos(step);
+                    si = sin(step);
+                }
+            }
+            const double cr = er * wt[q], ci = ei * wt[q];
             for (Py_ssize_t j = 0; j < half; j++) {
                 const double re = acc[2 * j], im = acc[2 * j + 1];
                 float *t = dst + 2 * ((b * half + j) * nk + q);
