@@ -269,12 +269,38 @@ def test_a_missing_file_names_where_it_was_looked_for_and_the_fix(tmp_path, monk
     """"STAR file not found" said neither where a relative path was looked for nor what to do."""
     monkeypatch.chdir(tmp_path)
     error = one_error(["fit-mtf", "--curve", "curve.star", "--out", "o"], "curve.star")
-    assert error.endswith(f"curve.star: STAR file not found (looked for {tmp_path / 'curve.star'}); check the path")
+    assert error.endswith(f"curve.star: STAR file not found (looked for {tmp_path / 'curve.star'}); give the path of "
+                          "a RELION MTF STAR file (columns _rlnResolutionInversePixel, _rlnMtfValue; difftem fit-mtf "
+                          "writes one, mtf_fit.star)"), error
     (tmp_path / "run").mkdir()
     (tmp_path / "run" / "run.json").write_text('{"config": {}}')
     error = one_error(["extract", "run", "--out", "x", "--box", "32"], "micrograph.mrc")
     assert "micrograph not found" in error and error.endswith("run is not a complete run; simulate it again with "
                                                               "difftem simulate"), error
+
+
+def test_a_missing_file_a_config_names_says_which_folder_it_was_read_from(tmp_path, monkeypatch):
+    """A config's relative paths are read from the config file's folder, not the working folder: a missing one's
+    error names the field, the path as written, that folder and what the file must be."""
+    (tmp_path / "cfg").mkdir()
+    (tmp_path / "work").mkdir()
+    monkeypatch.chdir(tmp_path / "work")
+    folder = (tmp_path / "cfg").resolve()
+    cases = {
+        "detector: {shape_px: [32, 32], mtf: {star: curves/k3.star}}\n":
+            ("curves/k3.star", "STAR file", "detector.mtf.star", "a RELION MTF STAR file (columns "
+             "_rlnResolutionInversePixel, _rlnMtfValue"),
+        "sample: {particles: [{structure: builtin:1ubi, transforms_file: copies.txt}]}\n":
+            ("copies.txt", "transform file", "sample.particles.0.transforms_file", "a TEM-simulator transform file"),
+        "sample: {particles: [{map: {file: maps/m.mrc, mass_kda: 50}}]}\n":
+            ("maps/m.mrc", "density map", "sample.particles.0.map.file", "a density map: an MRC volume"),
+    }
+    for text, (given, what, field, give) in cases.items():
+        (tmp_path / "cfg" / "sim.yaml").write_text(text)
+        error = one_error(["simulate", "../cfg/sim.yaml", "--out", "run"], str(folder / given))
+        assert f"{folder / given}: {what} not found; {field} {given!r} is read relative to the config file's " \
+               f"folder ({folder}); give the path of {give}" in error, error
+    assert not (tmp_path / "work" / "run").exists()
 
 
 def test_denoise_config_without_mtf_names_the_real_fix(tmp_path, mrc_files):

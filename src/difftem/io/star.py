@@ -213,16 +213,21 @@ MTF_COLUMNS = ("rlnResolutionInversePixel", "rlnMtfValue")
 #: The largest |MTF value| accepted (curves in percent are fine; larger values are not an MTF).
 MAX_MTF_VALUE = 1e6
 
+#: What to give instead of a missing MTF curve.
+MTF_MISSING_FIX = (f"give the path of a RELION MTF STAR file (columns _{MTF_COLUMNS[0]}, _{MTF_COLUMNS[1]}; "
+                   "difftem fit-mtf writes one, mtf_fit.star)")
 
-def read_mtf_curve(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
+
+def read_mtf_curve(path: str | Path, *, missing: str = MTF_MISSING_FIX) -> tuple[np.ndarray, np.ndarray]:
     """(frequency in cycles/pixel, MTF value) from a RELION MTF STAR file (``_rlnResolutionInversePixel``,
     ``_rlnMtfValue``), one row per frequency.
 
     The curve must have ≥ 2 rows of finite numbers, frequencies ≥ 0 in increasing order, and a positive value at
     the lowest frequency (the MTF is normalised by it); anything else raises :class:`DataFileError` (a
-    :class:`FormatError` and a :class:`ConfigError`) naming the file and line."""
+    :class:`FormatError` and a :class:`ConfigError`) naming the file and line; ``missing``: the fix for a missing
+    file (:func:`~difftem.io.tables.regular_file`)."""
     path = Path(path)
-    blocks = _scan(_star_text(path, DataFileError), path, DataFileError)
+    blocks = _scan(_star_text(path, DataFileError, missing), path, DataFileError)
     found = [b for b in blocks if b.loop and set(MTF_COLUMNS) <= {name for name, _ in b.labels}]
     if not found:
         raise DataFileError(f"no loop with _{MTF_COLUMNS[0]}/_{MTF_COLUMNS[1]} columns; not a RELION MTF curve",
