@@ -279,6 +279,49 @@ def test_a_missing_file_names_where_it_was_looked_for_and_the_fix(tmp_path, monk
                                                               "difftem simulate"), error
 
 
+def test_every_missing_input_says_what_to_give(mrc_files, tmp_path, monkeypatch):
+    """Each file a user names, when missing, gets where it was looked for and what the command wants there, not
+    the bare "check the path"."""
+    root, _, _ = mrc_files
+    image, stack, angles = root / "image" / "good.mrc", root / "stack" / "good.mrc", root / "angles.tlt"
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "parts.star").write_text("data_\nloop_\n_rlnImageName\n_rlnMicrographName\n1@p.mrcs m1\n")
+    (tmp_path / "tomograms.star").write_text("data_global\nloop_\n_rlnTomoName\n_rlnTomoTiltSeriesStarFile\n"
+                                             "ts1 ts/ts1.star\n")
+    cases = [
+        (["fit-ctf", "none.mrc", "--pixel-size", "1"], "none.mrc", "give the path of a micrograph or a tilt-series "
+                                                                   "stack"),
+        (["fit-ctf", "none.star"], "none.star", "give the path of a RELION STAR file of particle images (columns "
+                                                "rlnImageName, rlnMicrographName)"),
+        (["fit-ctf", "parts.star", "--pixel-size", "1"], "p.mrcs", "parts.star's rlnImageName names 'p.mrcs', read "
+                                                                   "relative to the STAR file's folder"),
+        (["fit-ctf", "parts.star", "--stack", "none.mrcs"], "none.mrcs", "the MRC stack that the STAR file's "
+                                                                         "rlnImageName refers to"),
+        (["fit-ctf", stack, "--tilts", "none.tlt"], "none.tlt", "give a .tlt file: one tilt angle (degrees) per line"),
+        (["calibrate", "none.mrc"], "none.mrc", "give the path of a real micrograph or tilt-series stack"),
+        (["fit-mtf", "none.mrc"], "none.mrc", "give the path of a micrograph (MRC, .gz ok)"),
+        (["fit-mtf", image, "--boxes", "none.txt"], "none.txt", "one 'y x' (pixels) per line"),
+        (["denoise", "none.mrc", "--no-mtf"], "none.mrc", "give the path of an MRC image or stack"),
+        (["denoise", image, "--mtf-fit", "none.json"], "none.json", "give the mtf_fit.json that difftem fit-mtf "
+                                                                    "writes"),
+        (["reconstruct", stack, "--tlt", "none.tlt"], "none.tlt", "one tilt angle (degrees) per line"),
+        (["reconstruct", stack, "--metadata", "none.star"], "none.star", "give a file describing the series"),
+        (["reconstruct", stack, "--metadata", "tomograms.star"], "ts/ts1.star",
+         "tomograms.star's rlnTomoTiltSeriesStarFile names 'ts/ts1.star', read relative to its folder"),
+        (["reconstruct", stack, "--tlt", angles, "--xf", "none.xf"], "none.xf", "give an IMOD .xf file"),
+        (["reconstruct", stack, "--tlt", angles, "--reference", "none.mrc"], "none.mrc", "give the path of a "
+                                                                                        "reference volume"),
+        (["render", "none.mrc"], "none.mrc", "give the path of a volume (MRC, Z sections)"),
+        (["score", stack, "none.mrc"], "none.mrc", "give the path of a reference volume"),
+        (["convert", "none.inp"], "none.inp", "give the path of a TEM-simulator 1.3 input file (.inp)"),
+    ]
+    for args, missing, fix in cases:
+        out = ["--out", "o.png" if args[0] in ("render", "score") else "o.mrc" if args[0] == "reconstruct" else "o"]
+        error = one_error(args + (out if args[0] != "convert" else []), missing)
+        assert f"(looked for {tmp_path / missing}); " in error and fix in error, (args, error)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["parts.star", "tomograms.star"]  # nothing written
+
+
 def test_a_missing_file_a_config_names_says_which_folder_it_was_read_from(tmp_path, monkeypatch):
     """A config's relative paths are read from the config file's folder, not the working folder: a missing one's
     error names the field, the path as written, that folder and what the file must be."""

@@ -173,7 +173,8 @@ def _thickness_and_dose(counts_px: float, px: float, length_nm: float, dose_e_pe
 def calibrate_one(path: Path, *, pixel_size_a: float | None, dqe: float, dose_e_per_a2: float | None,
                   ice_thickness_nm: float | None, energy_filter: bool, particles: list[dict] | None,
                   mtf, field_px: int, crop_px: int, seed: int, fit_options: dict, log: Callable[[str], None]) -> dict:
-    image, header_px = read_mrc_checked(path, "micrograph")
+    image, header_px = read_mrc_checked(path, "micrograph", missing=(
+        "give the path of a real micrograph or tilt-series stack (MRC, .gz ok) in detector units"))
     stack = angles = None
     if image.ndim == 3:  # a tilt series: calibrate on the tilt nearest 0°, then dose and defocus per tilt
         found = angles_beside(path)

@@ -61,7 +61,8 @@ def settings_from_mtf_fit(path: str | Path) -> DetectorSettings:
     """MTF shape from a ``difftem fit-mtf`` result (``mtf_fit.json``: its primary fit)."""
     path = Path(path)
     try:
-        text = read_text_file(path, "fit-mtf result")
+        text = read_text_file(path, "fit-mtf result", missing=(
+            "give the mtf_fit.json that difftem fit-mtf writes into its output folder"))
     except FormatError as exc:
         raise ArgumentError("mtf_fit", f" {exc}") from None
     try:

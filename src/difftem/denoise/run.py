@@ -36,7 +36,7 @@ def load_images(paths: Sequence[Path]) -> tuple[np.ndarray, float]:
     images, pixel = [], None
     for path in paths:
         path = Path(path)
-        data, px = read_mrc_checked(path, "input image")
+        data, px = read_mrc_checked(path, "input image", missing="give the path of an MRC image or stack (.gz ok)")
         if data.ndim == 2:
             data = data[None]
         if data.ndim != 3:

@@ -49,7 +49,7 @@ def read_boxes(path: Path) -> list[tuple[int, int]]:
     """Box file: one 'y x' (top-left corner, pixels) per line; '#' comments allowed. Errors name the file and line,
     not the line's content."""
     out = []
-    text = read_text_file(path, "box file")
+    text = read_text_file(path, "box file", missing="give a text file of crop corners: one 'y x' (pixels) per line")
     for lineno, line in enumerate(text.splitlines(), start=1):
         s = line.split("#")[0].strip()
         if s:
@@ -152,7 +152,7 @@ def _read_crops(micrographs: list[Path], crop_px: int, n_crops: int, boxes: Path
     crops plot; the corners go into ``report``."""
     crops_all, overlays = [], []
     for path in micrographs:
-        img, px = read_mrc_checked(path, "micrograph")
+        img, px = read_mrc_checked(path, "micrograph", missing="give the path of a micrograph (MRC, .gz ok)")
         img = np.asarray(img, dtype=np.float64)
         if img.ndim == 3 and img.shape[0] == 1:
             img = img[0]
