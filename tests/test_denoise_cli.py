@@ -161,6 +161,23 @@ def test_topaz_flag(repeats, tmp_path, monkeypatch):
         topaz_model._load_cpu.cache_clear()
 
 
+@pytest.mark.parametrize("text", ["", "# detector: {gain: 2}\n\n"])
+def test_an_empty_config_says_what_denoise_reads_from_it(repeats, tmp_path, text):
+    """An empty config (or one of only comments) got simulate's fix (a sample section with particles): now what
+    denoise reads from a config, and the flags that give the MTF without one."""
+    cfg = tmp_path / "empty.yaml"
+    cfg.write_text(text)
+    res = runner.invoke(app, ["denoise", str(repeats), "--out", str(tmp_path / "o"), "--config", str(cfg)])
+    assert res.exit_code == 2 and not (tmp_path / "o").exists(), res.output
+    lines = [line for line in res.output.splitlines() if line.strip()]
+    assert len(lines) == 1 and "Traceback" not in res.output, res.output
+    assert " ".join(res.output.split()) == (
+        f"error: --config {cfg}: the config file is empty (or only comments); denoise reads a simulation config's "
+        "detector.mtf (the formula's a, b, c, alpha, beta, or a RELION MTF STAR file), detector.dqe, detector.gain "
+        "and beam.dose_e_per_a2: give them (the README's configuration example shows both sections), or give the "
+        "MTF without a config (--mtf 'a,b,c,alpha,beta' or a STAR file; --mtf-fit: a fit-mtf result)")
+
+
 def test_config_without_mtf_names_the_flags(repeats, tmp_path):
     """A config whose detector has no MTF: the error names the command's flags for the other ways to give one, and
     leaves the config's own field names (detector.mtf) as they are."""

@@ -29,7 +29,7 @@ from pydantic import (
     model_validator,
 )
 
-from .core.errors import ConfigError
+from .core.errors import ConfigError, EmptyConfigError
 
 # bounds shared by several fields (generous: no real experiment comes near them)
 MAX_POSITION_A = 1e6  # |x|, |y|, |z| of any copy, helix point or axis: 100 µm
@@ -1071,7 +1071,7 @@ def read_yaml_mapping(path: str | Path, what: str = "config file",
     Refused with a one-line ConfigError: a path with a NUL byte or over 4096 characters, a missing or unreadable
     file, one over 10 MB, bytes that are not UTF-8, nesting deeper than 100 levels, aliases expanding past 10⁷
     values, and a top level that is not a mapping. A file with no content (empty, or only comments) is ``{}``, or
-    refused with the fix ``if_empty`` when given.
+    refused with the fix ``if_empty`` when given (an :class:`EmptyConfigError`).
     """
     text = _read_text(path, what)
     path = Path(path)
@@ -1087,7 +1087,7 @@ def read_yaml_mapping(path: str | Path, what: str = "config file",
                           "levels)") from None
     if data is None:
         if if_empty is not None:
-            raise ConfigError(f"{shown_path(path)}: the {what} is empty (or only comments); {if_empty}")
+            raise EmptyConfigError(f"{shown_path(path)}: the {what} is empty (or only comments); {if_empty}")
         data = {}
     if not isinstance(data, dict):
         raise ConfigError(f"{shown_path(path)}: top level must be {top_level}")
@@ -1101,9 +1101,10 @@ EMPTY_CONFIG_FIX = ("give at least a sample section with particles (the README's
                     "defaults (ice, no particles)")
 
 
-def load_config(path: str | Path) -> SimulationConfig:
-    """Read a YAML config file; errors name the file and the field."""
+def load_config(path: str | Path, *, if_empty: str = EMPTY_CONFIG_FIX) -> SimulationConfig:
+    """Read a YAML config file; errors name the file and the field. ``if_empty``: the fix an empty file (or one of
+    only comments) is refused with, as :class:`EmptyConfigError` (the default speaks of simulating it)."""
     path = Path(path)
     # an empty file would silently run every default: more likely the wrong file or one not saved yet
-    data = read_yaml_mapping(path, if_empty=EMPTY_CONFIG_FIX)
+    data = read_yaml_mapping(path, if_empty=if_empty)
     return config_from_dict(data, str(path), path.parent)
