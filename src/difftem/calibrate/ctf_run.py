@@ -16,7 +16,7 @@ from ..core.errors import ArgumentError, FormatError
 from ..io.files import staging_folder, write_json
 from ..io.star import read_star, write_star
 from ..io.tlt import angles_beside, read_mrc_checked, read_tlt, tilt_axis_beside
-from ..learn.ctf_fit import CTFFit, fit_ctf, fit_ctf_tiles
+from ..learn.ctf_fit import PIXEL_SIZE_RANGE_A, CTFFit, fit_ctf, fit_ctf_tiles
 from ..simulate.output import prepare_out
 from .plots import thon_figure, tilt_defocus_figure
 
@@ -65,6 +65,10 @@ def _pixel_size(header_px: float, given: float | None, path: Path) -> float:
             raise ArgumentError("pixel_size", f" {given}: give a positive pixel size in Å")
         return float(given)
     if header_px > 0:
+        lo, hi = PIXEL_SIZE_RANGE_A  # checked here: the fit's own check would blame --pixel-size
+        if not lo <= header_px <= hi:
+            raise FormatError(f"its header's pixel size {header_px:.4g} Å is outside the {lo:g}–{hi:g} Å a CTF fit "
+                              "takes; give the pixel size in Å with --pixel-size", file=path)
         return header_px
     raise FormatError("has no pixel size in its header (or a placeholder 1 Å); give it in Å with --pixel-size",
                       file=path)
