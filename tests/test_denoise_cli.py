@@ -101,6 +101,8 @@ def test_errors_are_one_line(repeats, tmp_path, args, message):
     res = runner.invoke(app, ["denoise", str(repeats), "--out", str(out), *args])
     assert res.exit_code == 2, res.output
     assert message in res.output and "Traceback" not in res.output
+    # one line, nothing before it (rich's transient progress bar left a blank line when not on a terminal)
+    assert res.output.startswith("error: ") and res.output.count("\n") == 1, repr(res.output)
     assert not out.exists()
 
 
