@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 from ..config import load_config
-from ..core.errors import ArgumentError, ConfigError, EmptyConfigError, FormatError
+from ..core.errors import ArgumentError, EmptyConfigError, FormatError
 from ..core.fft import radial_freq_per_px, rfft2
 from ..forward.detector import MeasuredMTF, MTFParams, make_mtf
 from ..io.tables import read_text_file
@@ -113,8 +113,8 @@ def estimate_gain_per_dqe(observations: torch.Tensor, mtf=None, normalize_mtf: b
     counts = deconvolve_counts(obs.to(torch.float64), mtf, normalize_mtf)
     mean = float(obs.mean())
     if not mean > 0:
-        raise ConfigError("cannot estimate the gain: the images' mean is ≤ 0 (no dose, or a background was "
-                          "subtracted); give the gain")
+        raise ArgumentError("gain", ": cannot be estimated from the images: their mean is ≤ 0 (no dose, or a "
+                                    "background was subtracted); give it (image units per electron)")
     if obs.shape[0] >= 2:
         diff = counts[1:] - counts[:-1]
         variance = float(diff.var()) / 2
@@ -126,5 +126,6 @@ def estimate_gain_per_dqe(observations: torch.Tensor, mtf=None, normalize_mtf: b
         variance = float((spec.abs()[sel] ** 2).mean()) / (shape[0] * shape[1])  # white noise: E|F|²/N = σ²
     ratio = variance / mean
     if not (ratio > 0 and math.isfinite(ratio)):
-        raise ConfigError("cannot estimate the gain from the noise (no noise found); give the gain")
+        raise ArgumentError("gain", ": cannot be estimated from the noise (no noise found); give it (image units per "
+                                    "electron)")
     return ratio

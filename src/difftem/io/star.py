@@ -225,9 +225,10 @@ MTF_COLUMNS = ("rlnResolutionInversePixel", "rlnMtfValue")
 #: The largest |MTF value| accepted (curves in percent are fine; larger values are not an MTF).
 MAX_MTF_VALUE = 1e6
 
-#: What to give instead of a missing MTF curve.
-MTF_MISSING_FIX = (f"give the path of a RELION MTF STAR file (columns _{MTF_COLUMNS[0]}, _{MTF_COLUMNS[1]}; "
-                   "difftem fit-mtf writes one, mtf_fit.star)")
+#: What an MTF curve's file is, and what to give instead of a missing one.
+MTF_STAR_FILE = (f"the path of a RELION MTF STAR file (columns _{MTF_COLUMNS[0]}, _{MTF_COLUMNS[1]}; difftem "
+                 "fit-mtf writes one, mtf_fit.star)")
+MTF_MISSING_FIX = f"give {MTF_STAR_FILE}"
 
 
 def read_mtf_curve(path: str | Path, *, missing: str = MTF_MISSING_FIX) -> tuple[np.ndarray, np.ndarray]:
