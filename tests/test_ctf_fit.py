@@ -11,7 +11,7 @@ import torch
 from ctf_helpers import ctf_micrograph
 
 from difftem.core.errors import ArgumentError
-from difftem.learn.ctf_fit import fit_ctf
+from difftem.learn.ctf_fit import PIXEL_SIZE_RANGE_A, fit_ctf
 
 CASES = [  # (pixel Å, mean defocus µm, astigmatism µm, angle °, dose e/Å², image px)
     (1.0, 0.6, 0.05, 10.0, 30.0, 1024),
@@ -104,10 +104,11 @@ def test_cli_writes_star_json_and_figures(tmp_path, one_thread):
 
 
 @pytest.mark.parametrize("command", ["fit-ctf", "calibrate"])
-@pytest.mark.parametrize("pixel_size", ["1000", "0.001", "-1", "nan"])
-def test_pixel_size_option_uses_reconstructs_range(tmp_path, command, pixel_size):
-    """fit-ctf and calibrate checked --pixel-size only for > 0 (1000 Å went to the fit): now the 0.01–100 Å of
-    reconstruct, render and score, in the same words, before anything is read or written."""
+@pytest.mark.parametrize("pixel_size", ["1000", "0.001", "0.03", "-1", "nan"])
+def test_pixel_size_option_uses_the_fits_range(tmp_path, command, pixel_size):
+    """fit-ctf and calibrate checked --pixel-size only for > 0 (1000 Å went to the fit), then against the simulator's
+    0.01–100 Å, which let 0.03 Å through to the fit's own 0.05 Å bound and its different message: now the fit's
+    range (PIXEL_SIZE_RANGE_A) in the words of reconstruct, render and score, before anything is read or written."""
     from typer.testing import CliRunner
 
     from difftem.cli._app import app
@@ -117,9 +118,29 @@ def test_pixel_size_option_uses_reconstructs_range(tmp_path, command, pixel_size
     out = tmp_path / "out"
     res = CliRunner().invoke(app, [command, str(tmp_path / "mic.mrc"), "--out", str(out), "--pixel-size", pixel_size])
     assert res.exit_code == 2, res.output
-    assert res.output.strip() == (f"error: --pixel-size: {float(pixel_size)} Å is outside 0.01–100 Å; give the pixel "
+    assert PIXEL_SIZE_RANGE_A == (0.05, 100.0)
+    assert res.output.strip() == (f"error: --pixel-size: {float(pixel_size)} Å is outside 0.05–100 Å; give the pixel "
                                   "(voxel) size in Å"), res.output
     assert not out.exists()
+    with pytest.raises(ArgumentError, match="pixel_size_a"):  # the fit keeps its own check for library callers
+        fit_ctf(torch.ones(64, 64), float(pixel_size))
+
+
+@pytest.mark.parametrize("command", ["fit-ctf", "calibrate"])
+def test_a_header_pixel_size_outside_the_fits_range_names_the_file(tmp_path, command):
+    """A header's 0.03 Å (no --pixel-size) reached the fit, whose error blamed --pixel-size: now the file is named."""
+    from typer.testing import CliRunner
+
+    from difftem.cli._app import app
+    from difftem.io.files import write_mrc
+
+    write_mrc(tmp_path / "mic.mrc", np.ones((64, 64), np.float32), 0.03)
+    res = CliRunner().invoke(app, [command, str(tmp_path / "mic.mrc"), "--out", str(tmp_path / "out")])
+    assert res.exit_code == 2 and not (tmp_path / "out").exists(), res.output
+    text = " ".join(res.output.split())
+    assert "mic.mrc: its header's pixel size 0.03 Å is outside the 0.05–100 Å a CTF fit takes" in text or \
+        "mic.mrc's header gives 0.03 Å, outside the 0.05–100 Å a CTF fit takes" in text, res.output
+    assert "give the pixel size in Å" in text
 
 
 def test_a_fit_at_the_noise_is_flagged(tmp_path, one_thread, monkeypatch):

@@ -101,7 +101,56 @@ def test_errors_are_one_line(repeats, tmp_path, args, message):
     res = runner.invoke(app, ["denoise", str(repeats), "--out", str(out), *args])
     assert res.exit_code == 2, res.output
     assert message in res.output and "Traceback" not in res.output
+    # one line, nothing before it (rich's transient progress bar left a blank line when not on a terminal)
+    assert res.output.startswith("error: ") and res.output.count("\n") == 1, repr(res.output)
     assert not out.exists()
+
+
+@pytest.mark.parametrize("args,line", [
+    (["--dose", "-1"], "--dose -1.0 e/Å²: give the exposure's dose, a finite number > 0"),
+    (["--dose", "inf"], "--dose inf e/Å²: give the exposure's dose, a finite number > 0"),
+    (["--gain", "inf"], "--gain must be a finite number > 0 (image units per electron), got inf"),
+    (["--gain", "1e-300"], "--gain 1e-300: the images in electrons (image × dqe / gain) overflow; give the gain in "
+                           "image units per electron"),
+    (["--steps", "0"], "--steps 0: give at least 1 optimiser step (default 200; paper 300)"),
+    (["--lr", "-1"], "--lr -1.0: give a finite learning rate > 0, or leave it out (scaled to the noise)"),
+    (["--lr", "inf"], "--lr inf: give a finite learning rate > 0, or leave it out (scaled to the noise)"),
+    (["--baselines", "n2n"], "--baselines: n2n (noise2noise) needs ≥ 2 exposures of one field, got one image; give "
+                             "repeated exposures or leave n2n out"),
+    (["--topaz", "--topaz-model", "magic"], "--topaz-model 'magic': choose one of unet, unet-small, fcnn, affine, "
+                                            "unet-v0.2.1"),
+    (["--mtf", "1,2,3"], "--mtf 1,2,3: STAR file not found (looked for {cwd}/1,2,3); give the curve as "
+                         "'a,b,c,alpha,beta' (five numbers) or the path of a RELION MTF STAR file (columns "
+                         "_rlnResolutionInversePixel, _rlnMtfValue; difftem fit-mtf writes one, mtf_fit.star)"),
+])
+def test_bad_numbers_and_curves_name_the_flag_and_the_fix(tmp_path, monkeypatch, args, line):
+    """Library messages reached the user raw: "steps must be ≥ 1 and lr > 0, got steps=0, lr=None", an infinite
+    dose or gain accepted (NaN images written), a negative dose called "a zero dose", n2n refused only after the whole
+    denoising, "1,2,3: STAR file not found; check the path" for a curve of too few numbers. Each is now one line naming
+    the flag and the fix, before anything is written."""
+    monkeypatch.chdir(tmp_path)
+    write_mrc(tmp_path / "one.mrc", observe(discs(32, 32) * 20.0, 1, seed=2).float().numpy()[0], 1.0)
+    flags = [] if "--mtf" in args else ["--no-mtf"]
+    res = runner.invoke(app, ["denoise", "one.mrc", "--out", "o", "--steps", "5", *flags, *args])
+    assert res.exit_code == 2 and not (tmp_path / "o").exists(), res.output
+    # one line, nothing before it (rich's transient progress bar left a blank line when not on a terminal)
+    assert res.output.startswith("error: ") and res.output.count("\n") == 1, repr(res.output)
+    assert " ".join(res.output.split()) == "error: " + line.format(cwd=tmp_path), res.output
+
+
+def test_a_diverging_optimisation_is_reported(tmp_path):
+    """A learning rate so large that the objective became NaN at the second step wrote the starting image as the
+    result without a word (denoise.json's loss null): now a warning says so and names --lr."""
+    write_mrc(tmp_path / "one.mrc", observe(discs(32, 32) * 20.0, 1, seed=2).float().numpy()[0], 1.0)
+    res = runner.invoke(app, ["denoise", str(tmp_path / "one.mrc"), "--out", str(tmp_path / "o"), "--no-mtf",
+                              "--steps", "5", "--lr", "1000"])
+    assert res.exit_code == 0, res.output
+    text = " ".join(res.output.split())
+    assert ("warning: the objective became NaN or infinite at step 2, so the result is the lowest-loss iterate of the "
+            "steps before it; a smaller --lr (or none: scaled to the noise) avoids it") in text, res.output
+    with mrcfile.open(tmp_path / "o" / "denoised.mrc") as m:
+        assert np.isfinite(m.data).all()
+    assert json.loads((tmp_path / "o" / "denoise.json").read_text())["warnings"]
 
 
 def test_inputs_of_different_shapes(tmp_path):
@@ -159,6 +208,23 @@ def test_topaz_flag(repeats, tmp_path, monkeypatch):
         assert not (tmp_path / "u").exists()
     finally:
         topaz_model._load_cpu.cache_clear()
+
+
+@pytest.mark.parametrize("text", ["", "# detector: {gain: 2}\n\n"])
+def test_an_empty_config_says_what_denoise_reads_from_it(repeats, tmp_path, text):
+    """An empty config (or one of only comments) got simulate's fix (a sample section with particles): now what
+    denoise reads from a config, and the flags that give the MTF without one."""
+    cfg = tmp_path / "empty.yaml"
+    cfg.write_text(text)
+    res = runner.invoke(app, ["denoise", str(repeats), "--out", str(tmp_path / "o"), "--config", str(cfg)])
+    assert res.exit_code == 2 and not (tmp_path / "o").exists(), res.output
+    lines = [line for line in res.output.splitlines() if line.strip()]
+    assert len(lines) == 1 and "Traceback" not in res.output, res.output
+    assert " ".join(res.output.split()) == (
+        f"error: --config {cfg}: the config file is empty (or only comments); denoise reads a simulation config's "
+        "detector.mtf (the formula's a, b, c, alpha, beta, or a RELION MTF STAR file), detector.dqe, detector.gain "
+        "and beam.dose_e_per_a2: give them (the README's configuration example shows both sections), or give the "
+        "MTF without a config (--mtf 'a,b,c,alpha,beta' or a STAR file; --mtf-fit: a fit-mtf result)")
 
 
 def test_config_without_mtf_names_the_flags(repeats, tmp_path):

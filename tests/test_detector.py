@@ -4,8 +4,16 @@ import numpy as np
 import pytest
 import torch
 
+from difftem.config import config_from_dict, load_config
 from difftem.core.errors import ConfigError
-from difftem.forward.detector import MTFParams, apply_mtf, expected_counts, read_mtf_star, shot_noise
+from difftem.forward.detector import (
+    MTFParams,
+    apply_mtf,
+    expected_counts,
+    make_mtf,
+    read_mtf_star,
+    shot_noise,
+)
 
 
 def test_mtf_formula_values():
@@ -28,12 +36,30 @@ def test_measured_curve(shared_data):
 
 
 def test_star_errors(tmp_path):
-    with pytest.raises(ConfigError, match="not found"):
+    with pytest.raises(ConfigError, match="not found; give the path of a RELION MTF STAR file"):
         read_mtf_star(tmp_path / "missing.star")
     bad = tmp_path / "bad.star"
     bad.write_text("data_\nloop_\n_rlnFoo\n_rlnBar\n0 1\n0.5 0.2\n")
     with pytest.raises(ConfigError, match="_rlnMtfValue"):
         read_mtf_star(bad)
+
+
+def test_a_missing_config_curve_names_the_field(tmp_path, monkeypatch):
+    """A config read from a file looks for a relative curve in the file's folder and says so; one built from a dict
+    (no file) reads it from the working folder and names the field to check."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "cfg").mkdir()
+    (tmp_path / "cfg" / "sim.yaml").write_text("detector: {mtf: {star: k3.star}}\n")
+    with pytest.raises(ConfigError) as exc:
+        make_mtf(load_config("cfg/sim.yaml"))
+    assert str(exc.value).startswith(f"{tmp_path / 'cfg' / 'k3.star'}: STAR file not found; detector.mtf.star "
+                                     f"'k3.star' is read relative to the config file's folder ({tmp_path / 'cfg'}); "
+                                     "give the path of a RELION MTF STAR file"), exc.value
+    with pytest.raises(ConfigError) as exc:
+        make_mtf(config_from_dict({"detector": {"mtf": {"star": "k3.star"}}}))
+    assert str(exc.value).startswith(f"k3.star: STAR file not found (looked for {tmp_path / 'k3.star'}); check "
+                                     "detector.mtf.star in the config: give the path of a RELION MTF STAR file"), \
+        exc.value
 
 
 def test_apply_mtf_attenuates_a_cosine_by_mtf():

@@ -146,6 +146,34 @@ def test_every_star_file_reads_back(written, tmp_path):
     assert both["general"] == {"rlnTomoName": "ts1"} and len(both["particles"]) == 0
 
 
+def test_a_zero_particle_run_writes_the_particle_columns(series, tmp_path):
+    """With no particles, particles.star had one placeholder column (rlnMicrographName), so readers did not find the
+    ground truth's columns: now the columns of a run with particles and no rows, for a micrograph and a tilt series;
+    the commands that read it take it."""
+    from difftem.simulate.export import read_run
+
+    full = _both_readers(series / "particles.star")["particles"]
+    assert len(full) == 2
+    empty = {"particles": [], "ice_thickness_nm": 5}
+    write_simulation(simulate(_cfg(tilt_series=None, sample=empty)), tmp_path / "mg")
+    write_tilt_series(simulate_tilt_series(_cfg(sample=empty)), tmp_path / "ts")
+    for run in ("mg", "ts"):
+        table = _both_readers(tmp_path / run / "particles.star")["particles"]
+        assert list(table.columns) == list(full.columns) and len(table) == 0, run
+        assert "# Created by difftem\n" in (tmp_path / run / "particles.star").read_text()  # no time stamp
+    res = runner.invoke(app, ["extract", str(tmp_path / "mg"), "--out", str(tmp_path / "x"), "--box", "32"])
+    assert res.exit_code == 2 and res.output.strip() == "error: no particles to extract: the micrograph's run placed " \
+                                                        "none", res.output
+    assert read_run(tmp_path / "ts").positions_a.shape == (0, 3)
+    res = runner.invoke(app, ["export", str(tmp_path / "ts"), "--out", str(tmp_path / "exp"), "--formats",
+                              "imod,relion5,copick"])
+    assert res.exit_code == 0, res.output
+    assert len(starfile.read(tmp_path / "exp" / "relion5" / "particles.star")["particles"]) == 0
+    res = runner.invoke(app, ["reconstruct", str(tmp_path / "ts" / "tilt_series.mrc"), "--out",
+                              str(tmp_path / "v.mrc"), "--thickness-vox", "8", "--device", "cpu"])
+    assert res.exit_code == 0 and (tmp_path / "v.mrc").is_file(), res.output
+
+
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory):
     pytest.importorskip("zarr", reason="the dataset stage needs the `dataset` extra")

@@ -269,12 +269,81 @@ def test_a_missing_file_names_where_it_was_looked_for_and_the_fix(tmp_path, monk
     """"STAR file not found" said neither where a relative path was looked for nor what to do."""
     monkeypatch.chdir(tmp_path)
     error = one_error(["fit-mtf", "--curve", "curve.star", "--out", "o"], "curve.star")
-    assert error.endswith(f"curve.star: STAR file not found (looked for {tmp_path / 'curve.star'}); check the path")
+    assert error.endswith(f"curve.star: STAR file not found (looked for {tmp_path / 'curve.star'}); give the path of "
+                          "a RELION MTF STAR file (columns _rlnResolutionInversePixel, _rlnMtfValue; difftem fit-mtf "
+                          "writes one, mtf_fit.star)"), error
     (tmp_path / "run").mkdir()
     (tmp_path / "run" / "run.json").write_text('{"config": {}}')
     error = one_error(["extract", "run", "--out", "x", "--box", "32"], "micrograph.mrc")
     assert "micrograph not found" in error and error.endswith("run is not a complete run; simulate it again with "
                                                               "difftem simulate"), error
+
+
+def test_every_missing_input_says_what_to_give(mrc_files, tmp_path, monkeypatch):
+    """Each file a user names, when missing, gets where it was looked for and what the command wants there, not
+    the bare "check the path"."""
+    root, _, _ = mrc_files
+    image, stack, angles = root / "image" / "good.mrc", root / "stack" / "good.mrc", root / "angles.tlt"
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "parts.star").write_text("data_\nloop_\n_rlnImageName\n_rlnMicrographName\n1@p.mrcs m1\n")
+    (tmp_path / "tomograms.star").write_text("data_global\nloop_\n_rlnTomoName\n_rlnTomoTiltSeriesStarFile\n"
+                                             "ts1 ts/ts1.star\n")
+    cases = [
+        (["fit-ctf", "none.mrc", "--pixel-size", "1"], "none.mrc", "give the path of a micrograph or a tilt-series "
+                                                                   "stack"),
+        (["fit-ctf", "none.star"], "none.star", "give the path of a RELION STAR file of particle images (columns "
+                                                "rlnImageName, rlnMicrographName)"),
+        (["fit-ctf", "parts.star", "--pixel-size", "1"], "p.mrcs", "parts.star's rlnImageName names 'p.mrcs', read "
+                                                                   "relative to the STAR file's folder"),
+        (["fit-ctf", "parts.star", "--stack", "none.mrcs"], "none.mrcs", "the MRC stack that the STAR file's "
+                                                                         "rlnImageName refers to"),
+        (["fit-ctf", stack, "--tilts", "none.tlt"], "none.tlt", "give a .tlt file: one tilt angle (degrees) per line"),
+        (["calibrate", "none.mrc"], "none.mrc", "give the path of a real micrograph or tilt-series stack"),
+        (["fit-mtf", "none.mrc"], "none.mrc", "give the path of a micrograph (MRC, .gz ok)"),
+        (["fit-mtf", image, "--boxes", "none.txt"], "none.txt", "one 'y x' (pixels) per line"),
+        (["denoise", "none.mrc", "--no-mtf"], "none.mrc", "give the path of an MRC image or stack"),
+        (["denoise", image, "--mtf-fit", "none.json"], "none.json", "give the mtf_fit.json that difftem fit-mtf "
+                                                                    "writes"),
+        (["reconstruct", stack, "--tlt", "none.tlt"], "none.tlt", "one tilt angle (degrees) per line"),
+        (["reconstruct", stack, "--metadata", "none.star"], "none.star", "give a file describing the series"),
+        (["reconstruct", stack, "--metadata", "tomograms.star"], "ts/ts1.star",
+         "tomograms.star's rlnTomoTiltSeriesStarFile names 'ts/ts1.star', read relative to its folder"),
+        (["reconstruct", stack, "--tlt", angles, "--xf", "none.xf"], "none.xf", "give an IMOD .xf file"),
+        (["reconstruct", stack, "--tlt", angles, "--reference", "none.mrc"], "none.mrc", "give the path of a "
+                                                                                        "reference volume"),
+        (["render", "none.mrc"], "none.mrc", "give the path of a volume (MRC, Z sections)"),
+        (["score", stack, "none.mrc"], "none.mrc", "give the path of a reference volume"),
+        (["convert", "none.inp"], "none.inp", "give the path of a TEM-simulator 1.3 input file (.inp)"),
+    ]
+    for args, missing, fix in cases:
+        out = ["--out", "o.png" if args[0] in ("render", "score") else "o.mrc" if args[0] == "reconstruct" else "o"]
+        error = one_error(args + (out if args[0] != "convert" else []), missing)
+        assert f"(looked for {tmp_path / missing}); " in error and fix in error, (args, error)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["parts.star", "tomograms.star"]  # nothing written
+
+
+def test_a_missing_file_a_config_names_says_which_folder_it_was_read_from(tmp_path, monkeypatch):
+    """A config's relative paths are read from the config file's folder, not the working folder: a missing one's
+    error names the field, the path as written, that folder and what the file must be."""
+    (tmp_path / "cfg").mkdir()
+    (tmp_path / "work").mkdir()
+    monkeypatch.chdir(tmp_path / "work")
+    folder = (tmp_path / "cfg").resolve()
+    cases = {
+        "detector: {shape_px: [32, 32], mtf: {star: curves/k3.star}}\n":
+            ("curves/k3.star", "STAR file", "detector.mtf.star", "a RELION MTF STAR file (columns "
+             "_rlnResolutionInversePixel, _rlnMtfValue"),
+        "sample: {particles: [{structure: builtin:1ubi, transforms_file: copies.txt}]}\n":
+            ("copies.txt", "transform file", "sample.particles.0.transforms_file", "a TEM-simulator transform file"),
+        "sample: {particles: [{map: {file: maps/m.mrc, mass_kda: 50}}]}\n":
+            ("maps/m.mrc", "density map", "sample.particles.0.map.file", "a density map: an MRC volume"),
+    }
+    for text, (given, what, field, give) in cases.items():
+        (tmp_path / "cfg" / "sim.yaml").write_text(text)
+        error = one_error(["simulate", "../cfg/sim.yaml", "--out", "run"], str(folder / given))
+        assert f"{folder / given}: {what} not found; {field} {given!r} is read relative to the config file's " \
+               f"folder ({folder}); give the path of {give}" in error, error
+    assert not (tmp_path / "work" / "run").exists()
 
 
 def test_denoise_config_without_mtf_names_the_real_fix(tmp_path, mrc_files):

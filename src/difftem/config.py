@@ -22,13 +22,14 @@ from pydantic import (
     ConfigDict,
     Discriminator,
     Field,
+    PrivateAttr,
     Tag,
     ValidationError,
     field_validator,
     model_validator,
 )
 
-from .core.errors import ConfigError
+from .core.errors import ConfigError, EmptyConfigError
 
 # bounds shared by several fields (generous: no real experiment comes near them)
 MAX_POSITION_A = 1e6  # |x|, |y|, |z| of any copy, helix point or axis: 100 µm
@@ -70,6 +71,24 @@ def _path_text(v: str | None, what: str = "path") -> str | None:
 
 class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
+
+
+class _NamesFiles(_Model):
+    """An entry that names files. A path given relative to the config file is resolved against the file's folder
+    on loading; the text as given and that folder are kept (by field name) so that a missing file's error can say
+    where it was looked for (:func:`config_path_fix`)."""
+
+    _given_paths: dict[str, tuple[str, Path]] = PrivateAttr(default_factory=dict)
+
+
+def config_path_fix(entry: _Model, name: str, field: str, give: str) -> str:
+    """The fix for a missing file that ``entry``'s field ``name`` (``field`` in the config, e.g. detector.mtf.star)
+    names: where a path given relative to the config file was looked for, then ``give`` (what to give instead)."""
+    given = getattr(entry, "_given_paths", {}).get(name)
+    if given is None:
+        return f"check {field} in the config: {give}"
+    text, folder = given
+    return f"{field} {text!r} is read relative to the config file's folder ({folder}); {give}"
 
 
 Position = Annotated[float, Field(ge=-MAX_POSITION_A, le=MAX_POSITION_A)]
@@ -144,7 +163,7 @@ class MTFFormula(_Model):
         return self
 
 
-class MTFStar(_Model):
+class MTFStar(_NamesFiles):
     star: Path = Field(description="RELION MTF STAR file (path ≤ 4096 characters)")
 
     @field_validator("star", mode="before")
@@ -367,7 +386,7 @@ class RandomPlacement(_Model):
         return self
 
 
-class DensityMapConfig(_Model):
+class DensityMapConfig(_NamesFiles):
     """A particle type drawn from a density map (MRC volume) instead of atoms (specimen/density.py,
     forward/density_map.py): its numbers become potential by ``calibration``."""
 
@@ -477,7 +496,7 @@ class FilamentConfig(_Model):
         return self
 
 
-class Particle(_Model):
+class Particle(_NamesFiles):
     name: str | None = Field(None, max_length=256,
                              description="particle type name in the ground truth (≤ 256 characters); default: "
                                          "the file stem")
@@ -975,15 +994,24 @@ def _resolve_paths(cfg: SimulationConfig, base: Path) -> None:
     for p in cfg.sample.particles:
         if p.map is not None:
             for name in ("file", "model"):
-                if getattr(p.map, name) is not None and not Path(getattr(p.map, name)).is_absolute():
-                    setattr(p.map, name, str((base / getattr(p.map, name)).resolve()))
+                _resolve_path(p.map, name, base)
             continue
-        if not p.structure.startswith("builtin:") and not Path(p.structure).is_absolute():
-            p.structure = str((base / p.structure).resolve())
-        if p.transforms_file is not None and not Path(p.transforms_file).is_absolute():
-            p.transforms_file = str((base / p.transforms_file).resolve())
-    if isinstance(cfg.detector.mtf, MTFStar) and not cfg.detector.mtf.star.is_absolute():
-        cfg.detector.mtf.star = (base / cfg.detector.mtf.star).resolve()
+        if not p.structure.startswith("builtin:"):
+            _resolve_path(p, "structure", base)
+        _resolve_path(p, "transforms_file", base)
+    if isinstance(cfg.detector.mtf, MTFStar):
+        _resolve_path(cfg.detector.mtf, "star", base)
+
+
+def _resolve_path(entry: _NamesFiles, name: str, base: Path) -> None:
+    """``entry``'s path field ``name`` resolved against ``base`` when relative (its type kept), the text as given
+    recorded for the error a missing file gets."""
+    given = getattr(entry, name)
+    if given is None or Path(given).is_absolute():
+        return
+    entry._given_paths[name] = (str(given), base.resolve())
+    resolved = (base / given).resolve()
+    setattr(entry, name, resolved if isinstance(given, Path) else str(resolved))
 
 
 def shown_path(path) -> str:
@@ -1043,7 +1071,7 @@ def read_yaml_mapping(path: str | Path, what: str = "config file",
     Refused with a one-line ConfigError: a path with a NUL byte or over 4096 characters, a missing or unreadable
     file, one over 10 MB, bytes that are not UTF-8, nesting deeper than 100 levels, aliases expanding past 10⁷
     values, and a top level that is not a mapping. A file with no content (empty, or only comments) is ``{}``, or
-    refused with the fix ``if_empty`` when given.
+    refused with the fix ``if_empty`` when given (an :class:`EmptyConfigError`).
     """
     text = _read_text(path, what)
     path = Path(path)
@@ -1059,7 +1087,7 @@ def read_yaml_mapping(path: str | Path, what: str = "config file",
                           "levels)") from None
     if data is None:
         if if_empty is not None:
-            raise ConfigError(f"{shown_path(path)}: the {what} is empty (or only comments); {if_empty}")
+            raise EmptyConfigError(f"{shown_path(path)}: the {what} is empty (or only comments); {if_empty}")
         data = {}
     if not isinstance(data, dict):
         raise ConfigError(f"{shown_path(path)}: top level must be {top_level}")
@@ -1073,9 +1101,10 @@ EMPTY_CONFIG_FIX = ("give at least a sample section with particles (the README's
                     "defaults (ice, no particles)")
 
 
-def load_config(path: str | Path) -> SimulationConfig:
-    """Read a YAML config file; errors name the file and the field."""
+def load_config(path: str | Path, *, if_empty: str = EMPTY_CONFIG_FIX) -> SimulationConfig:
+    """Read a YAML config file; errors name the file and the field. ``if_empty``: the fix an empty file (or one of
+    only comments) is refused with, as :class:`EmptyConfigError` (the default speaks of simulating it)."""
     path = Path(path)
     # an empty file would silently run every default: more likely the wrong file or one not saved yet
-    data = read_yaml_mapping(path, if_empty=EMPTY_CONFIG_FIX)
+    data = read_yaml_mapping(path, if_empty=if_empty)
     return config_from_dict(data, str(path), path.parent)

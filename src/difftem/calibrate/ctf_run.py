@@ -16,7 +16,7 @@ from ..core.errors import ArgumentError, FormatError
 from ..io.files import staging_folder, write_json
 from ..io.star import read_star, write_star
 from ..io.tlt import angles_beside, read_mrc_checked, read_tlt, tilt_axis_beside
-from ..learn.ctf_fit import CTFFit, fit_ctf, fit_ctf_tiles
+from ..learn.ctf_fit import PIXEL_SIZE_RANGE_A, CTFFit, fit_ctf, fit_ctf_tiles
 from ..simulate.output import prepare_out
 from .plots import thon_figure, tilt_defocus_figure
 
@@ -65,6 +65,10 @@ def _pixel_size(header_px: float, given: float | None, path: Path) -> float:
             raise ArgumentError("pixel_size", f" {given}: give a positive pixel size in Å")
         return float(given)
     if header_px > 0:
+        lo, hi = PIXEL_SIZE_RANGE_A  # checked here: the fit's own check would blame --pixel-size
+        if not lo <= header_px <= hi:
+            raise FormatError(f"its header's pixel size {header_px:.4g} Å is outside the {lo:g}–{hi:g} Å a CTF fit "
+                              "takes; give the pixel size in Å with --pixel-size", file=path)
         return header_px
     raise FormatError("has no pixel size in its header (or a placeholder 1 Å); give it in Å with --pixel-size",
                       file=path)
@@ -73,7 +77,9 @@ def _pixel_size(header_px: float, given: float | None, path: Path) -> float:
 def mrc_items(path: Path, pixel_size_a: float | None, tilts: Path | None, tilt_axis_deg: float | None) -> list[Item]:
     """A 2-D micrograph, or a stack: a tilt series when angles are given or found beside it (``.tlt``,
     ``tilts.star``), else independent micrographs."""
-    data, header_px = read_mrc_checked(path, "micrograph")
+    data, header_px = read_mrc_checked(path, "micrograph", missing=(
+        "give the path of a micrograph or a tilt-series stack (MRC, .gz ok), or of a RELION STAR file of particle "
+        "images"))
     px = _pixel_size(header_px, pixel_size_a, path)
     stem = input_stem(path)
     if data.ndim == 2:
@@ -99,7 +105,8 @@ def star_items(path: Path, stack: Path | None, pixel_size_a: float | None, notes
                ) -> list[Item]:
     """Particle images described by a RELION STAR (``rlnImageName`` N@stack, ``rlnMicrographName``): one item per
     micrograph (tilt), its images pooled; the STAR's own defocus per tilt kept as the reference."""
-    blocks = read_star(path)
+    blocks = read_star(path, missing="give the path of a RELION STAR file of particle images (columns rlnImageName, "
+                                    "rlnMicrographName), or of a micrograph (MRC)")
     table = next((b for b in blocks.values() if hasattr(b, "columns") and "rlnImageName" in b.columns), None)
     if table is None:
         raise FormatError("no table with rlnImageName (particle images) found", file=path)
@@ -112,7 +119,12 @@ def star_items(path: Path, stack: Path | None, pixel_size_a: float | None, notes
         if len(files) != 1:
             raise FormatError(f"names {len(files)} image stacks; give the one to read with --stack", file=path)
         stack = _beside(path.parent / files[0])
-    data, header_px = read_mrc_checked(stack, "particle stack")
+        # the STAR's own name is read from its folder, not the working folder
+        missing = (f"{path.name}'s rlnImageName names {files[0]!r}, read relative to the STAR file's folder; give "
+                   "the stack's path with --stack")
+    else:
+        missing = "give the path of the MRC stack that the STAR file's rlnImageName refers to"
+    data, header_px = read_mrc_checked(stack, "particle stack", missing=missing)
     if data.ndim == 2:
         data = data[None]
     if index.min() < 0 or index.max() >= data.shape[0]:

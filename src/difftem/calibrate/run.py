@@ -21,7 +21,7 @@ from ..config import MAX_DOSE_E_PER_A2, config_from_dict
 from ..core.errors import ArgumentError
 from ..io.files import staging_folder, write_json, write_text
 from ..io.tlt import angles_beside, read_mrc_checked, tilt_axis_beside
-from ..learn.ctf_fit import CTFFit, fit_ctf
+from ..learn.ctf_fit import PIXEL_SIZE_RANGE_A, CTFFit, fit_ctf
 from ..learn.mtf_fit import noise_power_spectrum
 from ..simulate.output import prepare_out
 from ..simulate.pipeline import simulate
@@ -173,7 +173,8 @@ def _thickness_and_dose(counts_px: float, px: float, length_nm: float, dose_e_pe
 def calibrate_one(path: Path, *, pixel_size_a: float | None, dqe: float, dose_e_per_a2: float | None,
                   ice_thickness_nm: float | None, energy_filter: bool, particles: list[dict] | None,
                   mtf, field_px: int, crop_px: int, seed: int, fit_options: dict, log: Callable[[str], None]) -> dict:
-    image, header_px = read_mrc_checked(path, "micrograph")
+    image, header_px = read_mrc_checked(path, "micrograph", missing=(
+        "give the path of a real micrograph or tilt-series stack (MRC, .gz ok) in detector units"))
     stack = angles = None
     if image.ndim == 3:  # a tilt series: calibrate on the tilt nearest 0°, then dose and defocus per tilt
         found = angles_beside(path)
@@ -187,6 +188,10 @@ def calibrate_one(path: Path, *, pixel_size_a: float | None, dqe: float, dose_e_
     px = pixel_size_a or header_px
     if not px:
         raise ArgumentError("pixel_size", f": {path} has no pixel size in its header; give it in Å")
+    lo, hi = PIXEL_SIZE_RANGE_A  # a header's value checked here: the fit's own check would blame the option
+    if not pixel_size_a and not lo <= px <= hi:
+        raise ArgumentError("pixel_size", f": {path}'s header gives {px:.4g} Å, outside the {lo:g}–{hi:g} Å a CTF fit "
+                                          "takes; give the pixel size in Å")
     t0 = time.perf_counter()
     log("CTF")
     fit = fit_ctf(image, px, **fit_options)

@@ -79,13 +79,14 @@ def register(app: typer.Typer) -> None:
         """Fit defocus U/V, astigmatism angle (RELION conventions) and optionally a phase shift to each
         micrograph or tilt; write ctf.json, a RELION ctf.star and Thon-ring figures into OUT."""
         from ..calibrate.ctf_run import run_fit_ctf
+        from ..learn.ctf_fit import PIXEL_SIZE_RANGE_A
 
         try:
             lo, hi = (float(v) for v in defocus_range.split(","))
         except ValueError:
             fail("--defocus-range: give 'low,high' in µm, e.g. 0.2,8")
         try:
-            check_pixel_size(pixel_size)
+            check_pixel_size(pixel_size, range_a=PIXEL_SIZE_RANGE_A)
             with progress("fit-ctf", "fits") as update:
                 report = run_fit_ctf(list(inputs), out, pixel_size_a=pixel_size, stack=stack, tilts=tilts,
                                      tilt_axis_deg=tilt_axis, overwrite=overwrite,
@@ -134,6 +135,7 @@ def register(app: typer.Typer) -> None:
         """Fit CTF, detector, dose and ice to real micrographs; write calibrated.yaml (a config that reproduces
         them), a report (real vs simulated spectra, Thon rings, histograms, crops) and a likeness score."""
         from ..calibrate.run import run_calibrate
+        from ..learn.ctf_fit import PIXEL_SIZE_RANGE_A
         from ..learn.mtf_run import parse_reference
 
         entries = []
@@ -144,7 +146,7 @@ def register(app: typer.Typer) -> None:
             entries.append({"structure": str(Path(structure).resolve()) if not structure.startswith("builtin:")
                             else structure, "random": {"count": int(count)}})
         try:
-            check_pixel_size(pixel_size)
+            check_pixel_size(pixel_size, range_a=PIXEL_SIZE_RANGE_A)
             report = run_calibrate(list(inputs), out, pixel_size_a=pixel_size, dqe=dqe, dose_e_per_a2=dose,
                                    mtf=parse_reference(mtf, "mtf"),
                                    ice_thickness_nm=ice_thickness, energy_filter=energy_filter,

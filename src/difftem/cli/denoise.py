@@ -42,10 +42,8 @@ def register(app: typer.Typer) -> None:
         overwrite: bool = typer.Option(False, help="replace an existing output folder"),
     ):
         """Denoise micrographs through the detector model and write MRC, PNG and denoise.json into OUT."""
-        from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
-
         from ..core.errors import DifftemError
-        from ._console import console, fail, note, say
+        from ._console import fail, note, progress, say
 
         try:
             from ..denoise.run import resolve_detector, run_denoise
@@ -54,15 +52,13 @@ def register(app: typer.Typer) -> None:
             detector = resolve_detector(config=config, mtf_fit=mtf_fit, mtf=mtf, dqe=dqe, gain=gain,
                                         dose_e_per_a2=dose, no_mtf=no_mtf)
             names = [b.strip() for b in baselines.split(",") if b.strip()]
-            with Progress(TextColumn("[bold]{task.description}"), BarColumn(),
-                          TextColumn("{task.completed}/{task.total}"), TimeElapsedColumn(),
-                          console=console, transient=True) as bar:
-                task = bar.add_task("denoise", total=None)
+            # the console's progress: rich's transient bar left a blank line before an error when not on a terminal
+            with progress("denoise", "") as update:
                 report = run_denoise(list(inputs), out, mode=mode, detector=detector, method=method, prior=prior,
                                      prior_weight=weight, steps=steps, lr=lr, topaz=topaz, topaz_model=topaz_model,
                                      neighbours=neighbours, align=align, baselines=names, pairwise=pairwise,
                                      seed=seed, overwrite=overwrite, overwrite_hint="pass --overwrite",
-                                     progress=lambda d, i, n: bar.update(task, description=d, completed=i, total=n))
+                                     progress=lambda d, i, n: update(i, n, d))
         except DifftemError as exc:
             fail(exc)
         for warning in report.get("warnings", []):

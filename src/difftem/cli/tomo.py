@@ -87,7 +87,7 @@ def _register_reconstruct(app: typer.Typer) -> None:
             thickness_a = _thickness_a(meta, thickness_vox, thickness_a, note)
             ref = None
             if reference is not None:
-                ref, ref_px = _read_mrc(reference, "--reference", None, required=False)
+                ref, ref_px = _read_mrc(reference, "--reference", None, required=False, missing=REFERENCE_MISSING)
             if invert:  # every step runs image by image as reconstruct bins the stack (tomo.stack.TiltStack)
                 stack = stack.map(lambda i, image: -image)
             if xf is not None:
@@ -227,7 +227,7 @@ def _register_score(app: typer.Typer) -> None:
         try:
             check_output_file(out, ".png")  # the numbers go beside it as .json
             vol, vx = _read_mrc(volume, "volume", pixel_size)
-            ref, rx = _read_mrc(reference, "reference", pixel_size, required=False)
+            ref, rx = _read_mrc(reference, "reference", pixel_size, required=False, missing=REFERENCE_MISSING)
             scores, plot = _score_against(vol, ref, vx, rx, reference, out, f"{volume.name} vs {reference.name}",
                                           "reference")
             plot[1]()
@@ -261,8 +261,15 @@ def _mrc_header(path: Path) -> tuple[float, int, int] | None:
         return None
 
 
-def _read_mrc(path: Path, what: str, pixel_size: float | None, required: bool = True):
-    """:func:`difftem.io.tlt.read_volume_mrc` with the --pixel-size option named in its errors."""
+#: the fixes for a missing volume and a missing reference volume
+VOLUME_MISSING = "give the path of a volume (MRC, Z sections), e.g. one difftem reconstruct wrote"
+REFERENCE_MISSING = "give the path of a reference volume (MRC) on the same grid as the volume"
+
+
+def _read_mrc(path: Path, what: str, pixel_size: float | None, required: bool = True,
+              missing: str = VOLUME_MISSING):
+    """:func:`difftem.io.tlt.read_volume_mrc` with the --pixel-size option named in its errors (``missing``: the fix
+    for a missing file)."""
     from ..core.errors import FormatError
     from ..io.tlt import MissingPixelSizeError, read_volume_mrc
 
@@ -270,7 +277,7 @@ def _read_mrc(path: Path, what: str, pixel_size: float | None, required: bool = 
     check_pixel_size(pixel_size, header, path)
     _warn_if_image_stack(header, path, what)
     try:
-        return read_volume_mrc(path, what, pixel_size, required=required)
+        return read_volume_mrc(path, what, pixel_size, required=required, missing=missing)
     except MissingPixelSizeError as exc:
         raise FormatError(f"{exc} (--pixel-size)") from None
 

@@ -9,6 +9,11 @@ class ConfigError(DifftemError):
     """A configuration value is invalid (field name and fix in the message)."""
 
 
+class EmptyConfigError(ConfigError):
+    """A config file holds nothing (empty, or only comments) where its reader needs content: the message names the
+    file and what to put in it; a command that has other ways to give the same settings can add them."""
+
+
 class StructureError(DifftemError):
     """An atomic model cannot be read or contains something we cannot simulate."""
 

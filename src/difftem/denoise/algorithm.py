@@ -53,7 +53,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from ..core.errors import ConfigError
+from ..core.errors import ArgumentError, ConfigError
 from ..core.fft import fft2, ifft2, irfft2, rfft2
 from ..forward.detector import apply_mtf, mtf_transfer
 from ..forward.estimators import expected_mse, poisson_log_prob, surrogate_loss_baseline
@@ -489,7 +489,7 @@ def denoise(observations, mtf=None, *, method: str = "poisson", prior: str = "tv
     _check_choices(method, prior, dqe, gain)
     obs, n_obs, shifts = _observation_stack(observations, extra_observations, check_alignment)
     steps = _default_steps(method) if steps is None else int(steps)
-    if steps < 1 or (lr is not None and not lr > 0):
+    if steps < 1 or (lr is not None and not (lr > 0 and math.isfinite(lr))):
         raise ConfigError(f"steps must be ≥ 1 and lr > 0, got steps={steps}, lr={lr}")
     generator = generator if generator is not None else torch.Generator(device=obs.device).manual_seed(seed)
     n_samples = (16 if method == "paper" else 8) if n_samples is None else int(n_samples)
@@ -498,6 +498,9 @@ def denoise(observations, mtf=None, *, method: str = "poisson", prior: str = "tv
     init = ("random" if method == "paper" else "mean") if init is None else init
 
     y = obs * (dqe / gain)
+    if not torch.isfinite(y).all():  # a gain too small for float: the counts overflow
+        raise ArgumentError("gain", f" {gain:g}: the images in electrons (image × dqe / gain) overflow; give the gain "
+                                    "in image units per electron")
     data = _Data(y, deconvolve_counts(y, mtf, normalize_mtf), mtf, normalize_mtf)
     user_lr = None if lr is None else float(lr)
     lr = _default_lr(method, prior, data.n, data.mean_counts) if lr is None else float(lr)

@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 from ..config import load_config
-from ..core.errors import ArgumentError, ConfigError, FormatError
+from ..core.errors import ArgumentError, EmptyConfigError, FormatError
 from ..core.fft import radial_freq_per_px, rfft2
 from ..forward.detector import MeasuredMTF, MTFParams, make_mtf
 from ..io.tables import read_text_file
@@ -49,9 +49,22 @@ class DetectorSettings:
                 "dose_e_per_a2": self.dose_e_per_a2, "pixel_size_a": self.pixel_size_a, "sources": self.sources}
 
 
+#: What an empty denoise config (or one of only comments) is told to hold: the sections denoise reads. The other
+#: ways to give the MTF are argument names (mtf, mtf_fit), shown as the command's flags on the command line.
+EMPTY_DENOISE_CONFIG_FIX = (
+    "denoise reads a simulation config's detector.mtf (the formula's a, b, c, alpha, beta, or a RELION MTF STAR "
+    "file), detector.dqe, detector.gain and beam.dose_e_per_a2: give them (the README's configuration example shows "
+    "both sections), or give the MTF without a config (mtf 'a,b,c,alpha,beta' or a STAR file; mtf_fit: a fit-mtf "
+    "result)")
+
+
 def settings_from_config(path: str | Path) -> DetectorSettings:
-    """Detector and dose from a simulation config (YAML)."""
-    cfg = load_config(path)
+    """Detector and dose from a simulation config (YAML); an empty one is an :class:`ArgumentError` of ``config``
+    that says what denoise reads from it."""
+    try:
+        cfg = load_config(path, if_empty=EMPTY_DENOISE_CONFIG_FIX)
+    except EmptyConfigError as exc:
+        raise ArgumentError("config", f" {exc}", mentions=("mtf", "mtf_fit")) from None
     det = cfg.detector
     return DetectorSettings(make_mtf(cfg), det.dqe, det.gain, det.normalize_mtf, cfg.beam.dose_e_per_a2,
                             det.pixel_size_a, [f"config {path}"])
@@ -61,7 +74,8 @@ def settings_from_mtf_fit(path: str | Path) -> DetectorSettings:
     """MTF shape from a ``difftem fit-mtf`` result (``mtf_fit.json``: its primary fit)."""
     path = Path(path)
     try:
-        text = read_text_file(path, "fit-mtf result")
+        text = read_text_file(path, "fit-mtf result", missing=(
+            "give the mtf_fit.json that difftem fit-mtf writes into its output folder"))
     except FormatError as exc:
         raise ArgumentError("mtf_fit", f" {exc}") from None
     try:
@@ -99,8 +113,8 @@ def estimate_gain_per_dqe(observations: torch.Tensor, mtf=None, normalize_mtf: b
     counts = deconvolve_counts(obs.to(torch.float64), mtf, normalize_mtf)
     mean = float(obs.mean())
     if not mean > 0:
-        raise ConfigError("cannot estimate the gain: the images' mean is ≤ 0 (no dose, or a background was "
-                          "subtracted); give the gain")
+        raise ArgumentError("gain", ": cannot be estimated from the images: their mean is ≤ 0 (no dose, or a "
+                                    "background was subtracted); give it (image units per electron)")
     if obs.shape[0] >= 2:
         diff = counts[1:] - counts[:-1]
         variance = float(diff.var()) / 2
@@ -112,5 +126,6 @@ def estimate_gain_per_dqe(observations: torch.Tensor, mtf=None, normalize_mtf: b
         variance = float((spec.abs()[sel] ** 2).mean()) / (shape[0] * shape[1])  # white noise: E|F|²/N = σ²
     ratio = variance / mean
     if not (ratio > 0 and math.isfinite(ratio)):
-        raise ConfigError("cannot estimate the gain from the noise (no noise found); give the gain")
+        raise ArgumentError("gain", ": cannot be estimated from the noise (no noise found); give it (image units per "
+                                    "electron)")
     return ratio

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 import warnings
 from collections.abc import Callable, Sequence
@@ -36,7 +37,7 @@ def load_images(paths: Sequence[Path]) -> tuple[np.ndarray, float]:
     images, pixel = [], None
     for path in paths:
         path = Path(path)
-        data, px = read_mrc_checked(path, "input image")
+        data, px = read_mrc_checked(path, "input image", missing="give the path of an MRC image or stack (.gz ok)")
         if data.ndim == 2:
             data = data[None]
         if data.ndim != 3:
@@ -67,16 +68,10 @@ def resolve_detector(*, config: Path | None = None, mtf_fit: Path | None = None,
         settings.sources.append(f"mtf {mtf}")
     if no_mtf:
         settings.mtf = None
-    if dqe is not None:
-        if not 0 < dqe <= 1:
-            raise ArgumentError("dqe", f" must be in (0, 1], got {dqe}")
-        settings.dqe = dqe
-    if gain is not None:
-        if not gain > 0:
-            raise ArgumentError("gain", f" must be > 0, got {gain}")
-        settings.gain = gain
-    if dose_e_per_a2 is not None:
-        settings.dose_e_per_a2 = dose_e_per_a2
+    _check_detector_numbers(dqe, gain, dose_e_per_a2)
+    settings.dqe = settings.dqe if dqe is None else dqe
+    settings.gain = settings.gain if gain is None else gain
+    settings.dose_e_per_a2 = settings.dose_e_per_a2 if dose_e_per_a2 is None else dose_e_per_a2
     if settings.dose_e_per_a2 is not None and not settings.dose_e_per_a2 > 0:
         raise ArgumentError("dose_e_per_a2", f" {settings.dose_e_per_a2} e/Å²: a zero dose records no electrons, "
                             "there is nothing to denoise; give the exposure's dose (or the config's "
@@ -93,6 +88,16 @@ def resolve_detector(*, config: Path | None = None, mtf_fit: Path | None = None,
     return settings
 
 
+def _check_detector_numbers(dqe: float | None, gain: float | None, dose_e_per_a2: float | None) -> None:
+    """The detector numbers given as arguments (None: not given), each with its fix."""
+    if dqe is not None and not 0 < dqe <= 1:
+        raise ArgumentError("dqe", f" must be in (0, 1], got {dqe}")
+    if gain is not None and not (gain > 0 and math.isfinite(gain)):
+        raise ArgumentError("gain", f" must be a finite number > 0 (image units per electron), got {gain}")
+    if dose_e_per_a2 is not None and not (dose_e_per_a2 >= 0 and math.isfinite(dose_e_per_a2)):
+        raise ArgumentError("dose_e_per_a2", f" {dose_e_per_a2} e/Å²: give the exposure's dose, a finite number > 0")
+
+
 def _neighbour_observations(stack: torch.Tensor, i: int, neighbours: int) -> tuple[torch.Tensor, list]:
     """Tilt i plus its ±k neighbours, each aligned onto tilt i; returns (obs, measured shifts)."""
     idx = [i] + [j for d in range(1, neighbours + 1) for j in (i - d, i + d) if 0 <= j < stack.shape[0]]
@@ -106,6 +111,14 @@ def _neighbour_observations(stack: torch.Tensor, i: int, neighbours: int) -> tup
         shifts.append({"tilt": j, "shift_px": list(m.shift_px), "agreement": m.agreement,
                        "applied": list(applied)})
     return torch.stack(obs), shifts
+
+
+def _check_numbers(steps: int | None, lr: float | None) -> None:
+    """Adam's steps and learning rate, before any work (denoise's own check names neither as an option)."""
+    if steps is not None and steps < 1:
+        raise ArgumentError("steps", f" {steps}: give at least 1 optimiser step (default 200; paper 300)")
+    if lr is not None and not (lr > 0 and math.isfinite(lr)):
+        raise ArgumentError("lr", f" {lr}: give a finite learning rate > 0, or leave it out (scaled to the noise)")
 
 
 def _check_choices(method: str, prior: str, mode: str, baselines: Sequence[str], neighbours: int) -> None:
@@ -217,10 +230,14 @@ def run_denoise(inputs: Sequence[Path], out: Path, *, mode: str = "auto", detect
     checked before the work."""
     t0 = time.perf_counter()
     _check_choices(method, prior, mode, baselines, neighbours)
+    _check_numbers(steps, lr)
     prepare_out(out, overwrite=overwrite, overwrite_hint=overwrite_hint)
     images, pixel_a = load_images(list(inputs))
     stack = as_observation_stack(torch.from_numpy(images), "input images")
     mode = _resolve_mode(mode, stack.shape[0])
+    if "n2n" in baselines and mode == "single":  # checked before the denoising, not after it
+        raise ArgumentError("baselines", ": n2n (noise2noise) needs ≥ 2 exposures of one field, got one image; give "
+                                         "repeated exposures or leave n2n out")
     if topaz or "topaz" in baselines:
         from .topaz_model import load_topaz_model
 
@@ -238,6 +255,7 @@ def run_denoise(inputs: Sequence[Path], out: Path, *, mode: str = "auto", detect
                                baselines=baselines, baseline_topaz_model=topaz_model, seed=seed, progress=progress,
                                report=report)
     denoised, rate, noisy_shown, ours_shown, references = res
+    _check_finite(denoised, rate, report)
     with staging_folder(out, overwrite=overwrite) as tmp:
         _write(tmp, report, denoised, rate, noisy_shown, ours_shown, references, stack, mode, pixel_a, pairwise, t0)
     return report
@@ -261,6 +279,23 @@ def _write(out: Path, report: dict, denoised, rate, noisy_shown, ours_shown, ref
     report["units"] = {"denoised.mrc": "input units (MTF(rate) x gain/DQE)", "rate.mrc":
                        "expected electrons per pixel before the MTF", "pixel_size": "A"}
     write_json(out / "denoise.json", report)  # strict JSON: write_json turns NaN into null
+
+
+def _check_finite(denoised: torch.Tensor, rate: torch.Tensor, report: dict) -> None:
+    """Refuse to write NaN or infinite images; warn when the objective itself became NaN or infinite (a learning rate
+    too large: the result is then the lowest-loss iterate before it)."""
+    if not (torch.isfinite(denoised).all() and torch.isfinite(rate).all()):
+        raise ArgumentError("lr", ": the denoised images hold NaN or infinite values (the optimisation diverged); "
+                            "nothing was written; give a smaller lr, or leave it out (scaled to the noise)")
+    runs = [("", report.get("loss_history") or [])] + [(f"tilt {t['tilt'] + 1}: ", t.get("loss_history") or [])
+                                                       for t in report.get("tilts", [])]
+    for where, history in runs:
+        step = next((k for k, v in enumerate(history) if not math.isfinite(v)), None)
+        if step is not None:
+            report.setdefault("warnings", []).append(
+                f"{where}the objective became NaN or infinite at step {step + 1}, so the result is the lowest-loss "
+                "iterate of the steps before it; a smaller --lr (or none: scaled to the noise) avoids it")
+            break
 
 
 def _warn_unsettled(settings: dict, report: dict) -> None:

@@ -21,7 +21,7 @@ from functools import lru_cache
 
 import torch
 
-from ..core.errors import ConfigError
+from ..core.errors import ArgumentError, ConfigError
 
 __all__ = ["TOPAZ_MODELS", "TopazUnavailableError", "load_topaz_model", "topaz_available", "topaz_denoise"]
 
@@ -66,7 +66,7 @@ def _architecture(class_name: str, kwargs: dict) -> torch.nn.Module:
 @lru_cache(maxsize=4)
 def _load_cpu(name: str) -> torch.nn.Module:
     if name not in TOPAZ_MODELS:
-        raise ConfigError(f"topaz model {name!r}: choose one of {', '.join(TOPAZ_MODELS)}")
+        raise ArgumentError("topaz_model", f" {name!r}: choose one of {', '.join(TOPAZ_MODELS)}")
     if importlib.util.find_spec("topaz") is None:
         raise TopazUnavailableError(f"Topaz-Denoise is not installed; install it: {INSTALL_HINT}")
     filename, class_name, kwargs = TOPAZ_MODELS[name]

@@ -14,10 +14,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..config import MTFFormula, MTFStar
+from ..config import MTFFormula, MTFStar, config_path_fix
 from ..core.errors import ConfigError
 from ..core.fft import irfft2, radial_freq_per_px, rfft2
-from ..io.star import read_mtf_curve
+from ..io.star import MTF_MISSING_FIX, read_mtf_curve
 from . import native
 
 
@@ -53,10 +53,10 @@ class MeasuredMTF:
         return v0 + (v1 - v0) * (w - f0) / (f1 - f0)
 
 
-def read_mtf_star(path: str | Path) -> MeasuredMTF:
+def read_mtf_star(path: str | Path, *, missing: str = MTF_MISSING_FIX) -> MeasuredMTF:
     """The measured MTF of a RELION MTF STAR file (``_rlnResolutionInversePixel``, ``_rlnMtfValue``), read by
-    :func:`difftem.io.star.read_mtf_curve`."""
-    return MeasuredMTF(*read_mtf_curve(path), str(path))
+    :func:`difftem.io.star.read_mtf_curve` (``missing``: the fix for a missing file)."""
+    return MeasuredMTF(*read_mtf_curve(path, missing=missing), str(path))
 
 
 def radial_frequency_per_px(shape: tuple[int, int], device=None, dtype=torch.float64) -> torch.Tensor:
@@ -165,5 +165,5 @@ def make_mtf(config) -> MTFParams | MeasuredMTF | None:
     if isinstance(mtf, MTFFormula):
         return MTFParams(mtf.a, mtf.b, mtf.c, mtf.alpha, mtf.beta)
     if isinstance(mtf, MTFStar):
-        return read_mtf_star(mtf.star)
+        return read_mtf_star(mtf.star, missing=config_path_fix(mtf, "star", "detector.mtf.star", MTF_MISSING_FIX))
     return None

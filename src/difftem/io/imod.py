@@ -59,7 +59,8 @@ def read_xf(path: str | Path) -> np.ndarray:
     """(n, 2, 3) transforms of an IMOD .xf file; errors name the file and line."""
     path = Path(path)
     rows = []
-    for lineno, raw in enumerate(read_text_file(path, ".xf file").splitlines(), start=1):
+    text = read_text_file(path, ".xf file", missing="give an IMOD .xf file: one line 'A11 A12 A21 A22 DX DY' per tilt")
+    for lineno, raw in enumerate(text.splitlines(), start=1):
         if not raw.strip():
             continue
         try:

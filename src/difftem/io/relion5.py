@@ -169,11 +169,12 @@ def _column(block, label: str, path: Path, default=None) -> np.ndarray | None:
     return np.array(values)
 
 
-def read_tilt_series_star(path: str | Path) -> TiltSeriesTable:
+def read_tilt_series_star(path: str | Path, *, missing: str | None = None) -> TiltSeriesTable:
     """A RELION-5 tilt-series STAR (or difftem's tilts.star): angles (rlnTomoNominalStageTiltAngle, else
-    rlnTomoYTilt), tilt axis (rlnTomoZRot, else rlnTomoNominalTiltAxisAngle), defocus and shifts per tilt."""
+    rlnTomoYTilt), tilt axis (rlnTomoZRot, else rlnTomoNominalTiltAxisAngle), defocus and shifts per tilt;
+    ``missing``: the fix for a missing file."""
     path = Path(path)
-    blocks = read_star(path)
+    blocks = read_star(path, missing=missing)
     try:
         name, rows = _loop(blocks, path, "rlnTomoNominalStageTiltAngle")
         angles = _column(rows, "rlnTomoNominalStageTiltAngle", path)

@@ -63,11 +63,15 @@ def _loop_text(name: str, block, float_format: str) -> str | None:
     """A loop block of rows (dicts with the same keys, in the same order) as starfile writes it through pandas: one
     column type per label (all int: integers; int and float: floats in ``float_format``; bool; str, quoted when
     empty or holding a space), tab-separated; None for anything else (DataFrames, pairs, missing keys, mixed
-    columns, no rows), which goes through starfile."""
+    columns, no rows), which goes through starfile; but an empty DataFrame gives its labels and no rows (a table
+    with nothing in it keeps its columns, and the file gets no starfile time stamp)."""
+    if hasattr(block, "columns") and len(block) == 0 and len(block.columns):
+        labels = [str(c) for c in block.columns]
+        return _loop_header(name, labels) + "\n\n" if _plain_labels(labels) else None
     if not isinstance(block, (list, tuple)) or not block or not all(isinstance(r, dict) for r in block):
         return None
     labels = list(block[0])
-    if any(list(r) != labels for r in block) or any(not str(k) or any(c.isspace() for c in str(k)) for k in labels):
+    if any(list(r) != labels for r in block) or not _plain_labels(labels):
         return None
     columns = []
     for label in labels:
@@ -83,9 +87,17 @@ def _loop_text(name: str, block, float_format: str) -> str | None:
             columns.append([f'"{v}"' if (" " in v or not v) else v for v in values])
         else:
             return None
-    header = f"data_{name}\n\nloop_\n" + "".join(f"_{label} #{i}\n" for i, label in enumerate(labels, 1))
     rows = "".join("\t".join(cells) + "\n" for cells in zip(*columns, strict=True))
-    return header + rows + "\n\n"
+    return _loop_header(name, labels) + rows + "\n\n"
+
+
+def _plain_labels(labels) -> bool:
+    """Labels written as they are: not empty, no white space."""
+    return all(str(k) and not any(c.isspace() for c in str(k)) for k in labels)
+
+
+def _loop_header(name: str, labels) -> str:
+    return f"data_{name}\n\nloop_\n" + "".join(f"_{label} #{i}\n" for i, label in enumerate(labels, 1))
 
 
 def _kind(v) -> str:
@@ -213,16 +225,22 @@ MTF_COLUMNS = ("rlnResolutionInversePixel", "rlnMtfValue")
 #: The largest |MTF value| accepted (curves in percent are fine; larger values are not an MTF).
 MAX_MTF_VALUE = 1e6
 
+#: What an MTF curve's file is, and what to give instead of a missing one.
+MTF_STAR_FILE = (f"the path of a RELION MTF STAR file (columns _{MTF_COLUMNS[0]}, _{MTF_COLUMNS[1]}; difftem "
+                 "fit-mtf writes one, mtf_fit.star)")
+MTF_MISSING_FIX = f"give {MTF_STAR_FILE}"
 
-def read_mtf_curve(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
+
+def read_mtf_curve(path: str | Path, *, missing: str = MTF_MISSING_FIX) -> tuple[np.ndarray, np.ndarray]:
     """(frequency in cycles/pixel, MTF value) from a RELION MTF STAR file (``_rlnResolutionInversePixel``,
     ``_rlnMtfValue``), one row per frequency.
 
     The curve must have ≥ 2 rows of finite numbers, frequencies ≥ 0 in increasing order, and a positive value at
     the lowest frequency (the MTF is normalised by it); anything else raises :class:`DataFileError` (a
-    :class:`FormatError` and a :class:`ConfigError`) naming the file and line."""
+    :class:`FormatError` and a :class:`ConfigError`) naming the file and line; ``missing``: the fix for a missing
+    file (:func:`~difftem.io.tables.regular_file`)."""
     path = Path(path)
-    blocks = _scan(_star_text(path, DataFileError), path, DataFileError)
+    blocks = _scan(_star_text(path, DataFileError, missing), path, DataFileError)
     found = [b for b in blocks if b.loop and set(MTF_COLUMNS) <= {name for name, _ in b.labels}]
     if not found:
         raise DataFileError(f"no loop with _{MTF_COLUMNS[0]}/_{MTF_COLUMNS[1]} columns; not a RELION MTF curve",

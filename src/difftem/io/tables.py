@@ -73,14 +73,15 @@ def _os_reason(exc: Exception) -> str:
 
 
 def read_table(path: str | Path, *, columns: int | tuple[int, ...] | None = None, rows: int | None = None,
-               what: str = "table") -> np.ndarray:
+               what: str = "table", missing: str | None = None) -> np.ndarray:
     """A TEM-simulator tabular text file: ``#`` comment lines, a line ``m n``, then m rows of n numbers.
 
     ``columns``: allowed column counts; ``rows``: the number of rows needed (the file may hold more;
-    the extra rows are not used, as in TEM-simulator). Returns an (m or rows, n) float64 array.
+    the extra rows are not used, as in TEM-simulator); ``missing``: the fix for a missing file (:func:`regular_file`).
+    Returns an (m or rows, n) float64 array.
     """
     path = Path(path)
-    text = read_text_file(path, what)
+    text = read_text_file(path, what, missing=missing)
     body = ((i, ln) for i, ln in enumerate(text.splitlines(), start=1)
             if ln.strip() and not ln.lstrip().startswith("#"))
     head_line, m, n = _size_line(body, path, what)
@@ -141,14 +142,19 @@ def _row(line: str, r: int, n: int, path: Path, lineno: int) -> list[float]:
     return values
 
 
-def read_transforms_file(path: str | Path) -> np.ndarray:
+#: What a transform file holds, for the fix of a missing one.
+TRANSFORMS_FIX = ("give the path of a TEM-simulator transform file (a line 'rows columns', then 3 rows of "
+                  "'R R R t' per copy, or one row of 't_x t_y t_z phi theta psi' per copy)")
+
+
+def read_transforms_file(path: str | Path, *, missing: str = TRANSFORMS_FIX) -> np.ndarray:
     """Copies making one particle, from a TEM-simulator ``pdb_transf_file_in`` file: (n, 3, 4) float64,
     rotation | translation (Å), so that copy k of an atom at r is R_k r + t_k.
 
     Four columns: three rows per copy, each ``R_i0 R_i1 R_i2 t_i``. Six columns: one row per copy,
-    ``t_x t_y t_z φ θ ψ`` (Å, degrees), rotation Rz(ψ)·Rx(θ)·Rz(φ).
+    ``t_x t_y t_z φ θ ψ`` (Å, degrees), rotation Rz(ψ)·Rx(θ)·Rz(φ). ``missing``: the fix for a missing file.
     """
-    table = read_table(path, columns=(4, 6), what="transform file")
+    table = read_table(path, columns=(4, 6), what="transform file", missing=missing)
     if table.shape[1] == 6:
         rot = rotation_zxz_deg(table[:, 3], table[:, 4], table[:, 5])
         return np.concatenate([rot, table[:, :3, None]], axis=2)

@@ -38,10 +38,15 @@ def parse_tlt(text: str, source: str = ".tlt") -> np.ndarray:
     return np.asarray(angles, dtype=np.float64)
 
 
-def read_tlt(path: str | Path) -> np.ndarray:
-    """Angles (degrees) of an IMOD-style .tlt file; errors name the file (callers add their option's name)."""
+#: What a .tlt file holds, for the fix of a missing one.
+TLT_FIX = "give a .tlt file: one tilt angle (degrees) per line, in stack order"
+
+
+def read_tlt(path: str | Path, *, missing: str = TLT_FIX) -> np.ndarray:
+    """Angles (degrees) of an IMOD-style .tlt file; errors name the file (callers add their option's name);
+    ``missing``: the fix for a missing file (:func:`~difftem.io.tables.regular_file`)."""
     path = Path(path)
-    return parse_tlt(read_text_file(path, ".tlt file"), str(path))
+    return parse_tlt(read_text_file(path, ".tlt file", missing=missing), str(path))
 
 
 #: Decimals of the angles in every .tlt difftem writes (simulated series and dataset items alike).
@@ -208,12 +213,12 @@ def read_mrc_checked(path: str | Path, what: str = "MRC file", *, missing: str |
 
 
 def read_volume_mrc(path: str | Path, what: str, pixel_size_a: float | None = None, ndim: int = 3,
-                    required: bool = True) -> tuple[np.ndarray, float | None]:
+                    required: bool = True, *, missing: str | None = None) -> tuple[np.ndarray, float | None]:
     """(array, pixel size Å) of an MRC file (read by :func:`read_mrc_checked`); a voxel size of 0 in the header
     needs ``pixel_size_a`` (or gives None when not ``required``; else :class:`MissingPixelSizeError`). ``what``
-    names the input in errors."""
+    names the input in errors; ``missing``: the fix for a missing file."""
     path = Path(path)
-    data, header_px = read_mrc_checked(path, what)
+    data, header_px = read_mrc_checked(path, what, missing=missing)
     return data, checked_pixel_size(path, what, data.shape, ndim, header_px, pixel_size_a, required)
 
 

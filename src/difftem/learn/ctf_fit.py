@@ -374,11 +374,17 @@ def _tile_offsets(corners, tile_px: int, shape, pixel_size_a: float, tilt_deg: f
     return d * math.tan(math.radians(tilt_deg))
 
 
+#: The pixel sizes (Å) the CTF fit takes, narrower than the simulator's at the low end. fit-ctf and calibrate check
+#: --pixel-size (and a header's pixel size) against this range before fitting, so their message is the one users see.
+PIXEL_SIZE_RANGE_A = (0.05, 100.0)
+
+
 def _check_inputs(image, pixel_size_a, voltage_kv, cs_mm, amplitude_contrast, defocus_range_um):
     if not torch.isfinite(image).all():
         raise ArgumentError("image", ": contains NaN or infinite values")
-    for name, v, lo, hi in (("pixel_size_a", pixel_size_a, 0.05, 100.0), ("voltage_kv", voltage_kv, 20.0, 3000.0),
-                            ("cs_mm", cs_mm, 0.0, 20.0), ("amplitude_contrast", amplitude_contrast, 0.0, 0.5)):
+    for name, v, lo, hi in (("pixel_size_a", pixel_size_a, *PIXEL_SIZE_RANGE_A),
+                            ("voltage_kv", voltage_kv, 20.0, 3000.0), ("cs_mm", cs_mm, 0.0, 20.0),
+                            ("amplitude_contrast", amplitude_contrast, 0.0, 0.5)):
         if not (lo <= v <= hi):
             raise ArgumentError(name, f" {v}: outside {lo}–{hi}")
     lo, hi = defocus_range_um

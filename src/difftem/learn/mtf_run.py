@@ -12,7 +12,7 @@ import torch
 from ..core.errors import ArgumentError, FormatError
 from ..forward.detector import MTFParams, read_mtf_star
 from ..io.files import atomic_path, staging_folder, write_json
-from ..io.star import write_mtf_star
+from ..io.star import MTF_STAR_FILE, write_mtf_star
 from ..io.tables import read_text_file
 from ..io.tlt import read_mrc_checked
 from ..simulate.output import prepare_out
@@ -30,7 +30,7 @@ from .mtf_fit import (
 
 def parse_reference(text: str | None, argument: str = "reference"):
     """A reference curve: a STAR path, or 'a,b,c,alpha,beta' (five finite numbers). ``argument`` names the
-    option in errors."""
+    option in errors: a STAR file that cannot be read is an :class:`ArgumentError` of it, naming the file."""
     if not text:
         return None
     parts = text.split(",")
@@ -42,14 +42,17 @@ def parse_reference(text: str | None, argument: str = "reference"):
         if not all(math.isfinite(v) for v in values):
             raise ArgumentError(argument, f" {text!r}: the MTF parameters must be finite numbers")
         return MTFParams(*values)
-    return read_mtf_star(text)
+    try:  # "1,2,3" is neither form: the fix names both
+        return read_mtf_star(text, missing=f"give the curve as 'a,b,c,alpha,beta' (five numbers) or {MTF_STAR_FILE}")
+    except FormatError as exc:
+        raise ArgumentError(argument, f" {exc}") from None
 
 
 def read_boxes(path: Path) -> list[tuple[int, int]]:
     """Box file: one 'y x' (top-left corner, pixels) per line; '#' comments allowed. Errors name the file and line,
     not the line's content."""
     out = []
-    text = read_text_file(path, "box file")
+    text = read_text_file(path, "box file", missing="give a text file of crop corners: one 'y x' (pixels) per line")
     for lineno, line in enumerate(text.splitlines(), start=1):
         s = line.split("#")[0].strip()
         if s:
@@ -152,7 +155,7 @@ def _read_crops(micrographs: list[Path], crop_px: int, n_crops: int, boxes: Path
     crops plot; the corners go into ``report``."""
     crops_all, overlays = [], []
     for path in micrographs:
-        img, px = read_mrc_checked(path, "micrograph")
+        img, px = read_mrc_checked(path, "micrograph", missing="give the path of a micrograph (MRC, .gz ok)")
         img = np.asarray(img, dtype=np.float64)
         if img.ndim == 3 and img.shape[0] == 1:
             img = img[0]

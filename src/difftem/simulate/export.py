@@ -128,7 +128,8 @@ def _series_record(folder: Path, cfg: dict, with_stack: bool) -> SeriesRecord:
         stack, px = _read_stack(folder / "tilt_series.mrc")
     else:
         stack, px = np.zeros((0, 0, 0), dtype=np.float32), float(cfg["detector"]["pixel_size_a"])
-    tilts = relion5.read_tilt_series_star(folder / "tilts.star")
+    tilts = relion5.read_tilt_series_star(folder / "tilts.star", missing=(
+        "the run is incomplete or not a tilt series; simulate it again with difftem simulate"))
     if with_stack and len(tilts.angles_deg) != stack.shape[0]:
         raise FormatError(f"{len(tilts.angles_deg)} tilts listed for the {stack.shape[0]} images of tilt_series.mrc; "
                           "the run folder's files do not belong together (simulate the series again)",

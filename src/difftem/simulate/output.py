@@ -31,6 +31,7 @@ from ..io.preview import write_panels_png
 from ..io.star import STAR_CONVENTION, write_star
 from ..io.tlt import write_tlt
 from ..io.xf import write_xf
+from ..specimen.scene import GROUND_TRUTH_COLUMNS
 from .camera_images import sensor_grid, write_camera_files
 from .labels import write_labels
 from .movie import write_movie
@@ -116,8 +117,8 @@ def _write_simulation(result: SimulationResult, out: Path, save: set[str] | froz
                                                           (result.micrograph.cpu().numpy(), "detected")],
                                     px, _acquisition_title(cfg, f"dose {cfg.beam.dose_e_per_a2:g} e/Å²")))
     metadata = dict(result.metadata)
-    particles = metadata.pop("particles", [])
-    written.append(write_star(out / "particles.star", {"particles": particles}, STAR_CONVENTION))
+    written.append(write_star(out / "particles.star", {"particles": _particles_table(metadata.pop("particles", []))},
+                              STAR_CONVENTION))
     written += _vesicles_star(out, metadata)
     written += _filaments_star(out, metadata)
     if result.labels is not None:
@@ -165,7 +166,7 @@ def _write_tilt_series(result: TiltSeriesResult, out: Path) -> dict:
                           "rlnTomoNominalTiltAxisAngle about +z\ndoses in e/A^2 (rlnMicrographPreExposure: before "
                           "this tilt)\ndefocus in A at the ice mid-plane, U - V = astigmatism, rlnDefocusAngle: "
                           "direction of U from x\npixel size in A, voltage in kV, Cs in mm"),
-               write_star(out / "particles.star", {"particles": metadata.pop("particles", [])},
+               write_star(out / "particles.star", {"particles": _particles_table(metadata.pop("particles", []))},
                           STAR_CONVENTION + "\npositions and angles are in the untilted specimen frame")]
     written += _vesicles_star(out, metadata)
     written += _filaments_star(out, metadata)
@@ -187,6 +188,16 @@ def _write_tilt_series(result: TiltSeriesResult, out: Path) -> dict:
            "units": {"tilt_series": "counts per pixel (x gain), tilts along the first axis", "pixel_size": "A"}}
     write_json(out / "run.json", run)
     return run
+
+
+def _particles_table(rows: list[dict]):
+    """particles.star's loop: the ground-truth rows, or with no particles their columns and no rows (an empty list
+    would get write_star's one placeholder column, and readers would not find the columns)."""
+    if rows:
+        return rows
+    import pandas as pd
+
+    return pd.DataFrame(columns=list(GROUND_TRUTH_COLUMNS))
 
 
 def _beam_tilt_columns(optics, row: dict) -> dict:

@@ -8,12 +8,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..config import MAX_POSITION_A, MAX_RANDOM_COPIES, SimulationConfig
+from ..config import MAX_POSITION_A, MAX_RANDOM_COPIES, SimulationConfig, config_path_fix
 from ..core.device import available_memory_bytes
 from ..core.elements import atomic_mass_da
 from ..core.errors import ConfigError, ResourceError
 from ..core.rotations import rotation_zyz_deg
-from ..io.tables import read_transforms_file
+from ..io.tables import TRANSFORMS_FIX, read_transforms_file
 from .crowding import Obstacles, crowd_scene
 from .density import load_density_map
 from .fiducials import add_fiducials
@@ -87,7 +87,8 @@ def load_particle_type(particle, resolve_structure, *, field: str = "sample.part
     units = Subunits.identity(atoms)
     notes = list(atoms.notes)
     if particle.transforms_file is not None:
-        ops = read_transforms_file(particle.transforms_file)  # (n, 3, 4): rotation | translation (Å)
+        ops = read_transforms_file(particle.transforms_file, missing=config_path_fix(
+            particle, "transforms_file", f"{field}.transforms_file", TRANSFORMS_FIX))  # (n, 3, 4): R | t (Å)
         _check_type_size(len(ops) * len(atoms), f"{field}.transforms_file", max_bytes)
         units = units.then(ops[:, :, :3], ops[:, :, 3])
         box = _check_unit_positions(units, f"{field}.transforms_file {particle.transforms_file}", ConfigError,

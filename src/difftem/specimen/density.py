@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..config import shown_path
+from ..config import config_path_fix, shown_path
 from ..core.elements import atomic_mass_da
 from ..core.errors import ConfigError, FormatError
 from .structure import Atoms, read_structure
@@ -68,11 +68,15 @@ class DensityMap:
         return self.support_radius_a
 
 
-def read_map_file(path: str | Path, voxel_size_a: float | None = None
+#: What a density map is, for the fix of a missing one.
+MAP_FIX = "give the path of a density map: an MRC volume (Z, Y, X), .gz ok, with its voxel size in the header"
+
+
+def read_map_file(path: str | Path, voxel_size_a: float | None = None, *, missing: str = MAP_FIX
                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(values (Z, Y, X) float64, voxel (x, y, z) Å, header position (x, y, z) Å of voxel [0, 0, 0]) of an MRC
     volume. Refuses (FormatError naming the file) anything but a finite 3-D map of at most MAX_MAP_VOXELS voxels with
-    a voxel size (from the header, or ``voxel_size_a`` when given)."""
+    a voxel size (from the header, or ``voxel_size_a`` when given); ``missing``: the fix for a missing file."""
     import warnings
 
     import mrcfile
@@ -91,7 +95,7 @@ def read_map_file(path: str | Path, voxel_size_a: float | None = None
     if math.prod(dims) > MAX_MAP_VOXELS:
         raise FormatError(f"holds {math.prod(dims):,} voxels ({' x '.join(map(str, dims[::-1]))}), more than "
                           f"{MAX_MAP_VOXELS:,}; crop or bin the map", file=shown)
-    data, _ = read_mrc_checked(path, "density map")  # existence, header, mode, NaN/inf: FormatError
+    data, _ = read_mrc_checked(path, "density map", missing=missing)  # existence, header, mode, NaN/inf
     if data.ndim != 3 or min(data.shape) < 2:
         raise FormatError(f"holds an array of shape {data.shape}; a density map is a 3-D volume (Z, Y, X) of at "
                           "least 2 voxels along each axis", file=shown)
@@ -153,7 +157,8 @@ def load_density_map(particle, field_name: str, resolve_structure=Path) -> Densi
     """A ``sample.particles`` entry's ``map``: read, solvent level removed, the molecule's mask, flattened outside
     it, in the type frame its ``centre`` asks for. ``field_name`` names the entry in errors."""
     cfg = particle.map
-    raw, vox, position = read_map_file(cfg.file, cfg.voxel_size_a)
+    raw, vox, position = read_map_file(cfg.file, cfg.voxel_size_a,
+                                       missing=config_path_fix(cfg, "file", f"{field_name}.map.file", MAP_FIX))
     values = raw - (_solvent_level(raw) if cfg.subtract_background else 0.0)
     model = None
     mass_da = cfg.mass_kda * 1e3 if cfg.mass_kda is not None else None

@@ -616,24 +616,25 @@ def random_placement(bounds: list[Bounds], counts: list[int], *, field_a: tuple[
 
 
 # ---------------------------------------------------------------------------------------------- ground truth
+#: The columns of a ground-truth row (:func:`ground_truth_rows`), in order: a run without particles writes them too.
+GROUND_TRUTH_COLUMNS = ("rlnMicrographName", "rlnCoordinateX", "rlnCoordinateY", "rlnAngleRot", "rlnAngleTilt",
+                        "rlnAnglePsi", "difftemParticleType", "difftemPositionXA", "difftemPositionYA",
+                        "difftemPositionZA", "difftemEulerZyzPhi", "difftemEulerZyzTheta", "difftemEulerZyzPsi")
+
+
 def ground_truth_rows(types: list[ParticleType], placement: Placement, *, shape_px: tuple[int, int],
                       pixel_size_a: float, micrograph: str = "micrograph.mrc") -> list[dict]:
-    """One dict per copy: type, centre (Å and image pixels), RELION angles and our ZYZ angles."""
+    """One dict per copy (keys :data:`GROUND_TRUTH_COLUMNS`): type, centre (Å and image pixels), RELION angles and
+    our ZYZ angles."""
     ny, nx = shape_px
     relion = relion_angles(placement.rotations) if len(placement) else np.zeros((0, 3))
     zyz = euler_zyz_from_matrix(placement.rotations) if len(placement) else np.zeros((0, 3))
     rows = []
     for i in range(len(placement)):
         x, y, z = placement.positions_a[i]
-        rows.append({
-            "rlnMicrographName": micrograph,
-            "rlnCoordinateX": x / pixel_size_a + nx // 2,
-            "rlnCoordinateY": y / pixel_size_a + ny // 2,
-            "rlnAngleRot": relion[i, 0], "rlnAngleTilt": relion[i, 1], "rlnAnglePsi": relion[i, 2],
-            "difftemParticleType": types[placement.type_index[i]].name,
-            "difftemPositionXA": x, "difftemPositionYA": y, "difftemPositionZA": z,
-            "difftemEulerZyzPhi": zyz[i, 0], "difftemEulerZyzTheta": zyz[i, 1], "difftemEulerZyzPsi": zyz[i, 2],
-        })
+        values = (micrograph, x / pixel_size_a + nx // 2, y / pixel_size_a + ny // 2, *relion[i],
+                  types[placement.type_index[i]].name, x, y, z, *zyz[i])
+        rows.append(dict(zip(GROUND_TRUTH_COLUMNS, values, strict=True)))
     return rows
 
 

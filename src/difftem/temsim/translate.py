@@ -790,6 +790,7 @@ def load_inp(path: str | Path) -> TemsimInput:
     for anything malformed or not reproducible by difftem.
     """
     path = Path(path)
-    text = read_text_file(path, "TEM-simulator input file", error=InpError)
+    text = read_text_file(path, "TEM-simulator input file", error=InpError,
+                          missing="give the path of a TEM-simulator 1.3 input file (.inp)")
     sections, notes = parse_inp_text(text, str(path))
     return translate(sections, path, notes)

@@ -19,6 +19,7 @@ from ..core.errors import FormatError
 from ..core.rotations import relion_matrix
 from ..io import imod, relion5
 from ..io.star import read_star
+from ..io.tables import regular_file
 from ..io.tlt import angles_beside, read_mrc_checked, read_tlt, tilt_axis_beside
 from .ctf import TiltCTF
 
@@ -59,16 +60,20 @@ def from_relion5(path: Path) -> SeriesMetadata:
     for block in blocks.values():
         if isinstance(block, pd.DataFrame) and "rlnTomoTiltSeriesStarFile" in block.columns:
             tomo = block.iloc[0]
-    ts_path = path
+    ts_path, missing = path, None
     if tomo is not None:
-        ts_path = (path.parent / str(tomo["rlnTomoTiltSeriesStarFile"]))
+        named = str(tomo["rlnTomoTiltSeriesStarFile"])
+        ts_path = path.parent / named
+        # a tomograms.star names its series' files relative to its own folder
+        missing = (f"{path.name}'s rlnTomoTiltSeriesStarFile names {named!r}, read relative to its folder; keep the "
+                   "tilt-series STAR files where it says, or give one of them as the metadata file")
     else:
         beside = path.parent.parent / "tomograms.star"
         if beside.is_file():
             rows = relion5.read_tomograms_star(beside)
             match = rows[rows["rlnTomoName"].astype(str) == path.stem]
             tomo = match.iloc[0] if len(match) else None
-    table = relion5.read_tilt_series_star(ts_path)
+    table = relion5.read_tilt_series_star(ts_path, missing=missing)
     ctf = thickness = px = None
     if tomo is not None:
         px = float(tomo.get("rlnTomoTiltSeriesPixelSize", 0)) or None
@@ -208,13 +213,18 @@ def find_metadata(stack: Path, named: Path | None = None, group=None) -> SeriesM
     return None
 
 
+#: What a named metadata file may be, for the fix of a missing one.
+METADATA_FIX = ("give a file describing the series: a RELION-5 tilt-series or tomograms STAR, a RELION STAR of "
+                "particle tilt images, a SerialEM .mdoc, an IMOD .xf (with its .tlt), a .tlt, or a simulation's "
+                "run.json")
+
+
 def read_named(path: Path, group=None) -> SeriesMetadata:
     """Metadata from a named file: .star (RELION-5 or particle images), .mdoc, .xf, .tlt/.rawtlt, run.json."""
     path = Path(path)
-    if not path.exists():
-        raise FormatError("no such file", file=path)
     if path.is_dir():
         return from_run_folder(path)
+    regular_file(path, "metadata file", missing=METADATA_FIX)
     suffix = path.suffix.lower()
     if suffix == ".json":
         return from_run_folder(path.parent)
@@ -257,7 +267,8 @@ def read_particle_stack(path: Path) -> tuple[np.ndarray, float]:
     """(float32 (N, H, W) images, header pixel size or 0) of a particle-image stack (.mrcs, .gz ok), read by
     :func:`difftem.io.tlt.read_mrc_checked` (which takes the blank identifier such stacks often have, as the real
     ribosome set); anything but finite 3-D data raises :class:`FormatError` naming the file."""
-    data, px = read_mrc_checked(path, "particle stack")
+    data, px = read_mrc_checked(path, "particle stack", missing=(
+        "give the path of the particle stack (MRC) that the STAR file's rlnImageName refers to"))
     if data.ndim != 3:
         raise FormatError(f"not a stack of images (shape {data.shape})", file=path)
     return data, px
