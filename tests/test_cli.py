@@ -1,6 +1,7 @@
 """CLI: outputs, headers, and one-line errors that leave nothing half-written."""
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -250,3 +251,20 @@ def test_start_up_loads_with_the_collector_off_then_freezes_what_it_loaded():
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert res.returncode == 0, res.stderr
     assert res.stdout.split() == ["False", "True", "True", "False"], res.stdout
+
+
+@pytest.mark.parametrize("preset,numpy_first,want", [(None, False, "1"), ("3", False, "3"), (None, True, None)])
+def test_numpy_blas_gets_one_thread_unless_set_or_loaded(preset, numpy_first, want):
+    """The console script asks for one OpenBLAS thread before numpy loads (its spinning threads only burned CPU on
+    difftem's small products); a count the user set is kept, and once numpy is loaded nothing is changed."""
+    code = ("import os, sys\n"
+            f"{'import numpy' if numpy_first else ''}\n"
+            "from difftem.core.threads import one_thread_for_numpy_blas\n"
+            "one_thread_for_numpy_blas()\n"
+            "print(os.environ.get('OPENBLAS_NUM_THREADS'))\n")
+    env = {k: v for k, v in os.environ.items() if k != "OPENBLAS_NUM_THREADS"}
+    if preset is not None:
+        env["OPENBLAS_NUM_THREADS"] = preset
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.strip() == str(want)

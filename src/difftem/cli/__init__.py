@@ -18,6 +18,9 @@ TORCH_FREE_COMMANDS = {"convert"}
 def main() -> None:  # console-script entry point
     try:
         args = sys.argv[1:]
+        from ..core.threads import one_thread_for_numpy_blas
+
+        one_thread_for_numpy_blas()
         with _start_up_without_collections():
             if args and args[0] not in TORCH_FREE_COMMANDS and not {"--help", "-h"} & set(args):
                 _load_torch()

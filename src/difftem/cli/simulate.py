@@ -82,13 +82,17 @@ def _apply_overrides(cfg, device: str | None, seed: int | None) -> None:
 def _preflight(cfg):
     """What can be refused before the long part: the scene (structures, placement), the tilt plan and the memory
     estimate. Returns the scene, which the simulation reuses."""
+    from ..core.threads import threads_for
     from ..simulate.setup import Setup
 
     if cfg.tilt_series is not None:
         from ..forward.tilt import plan_tilts
 
         plan_tilts(cfg)
-    setup = Setup.build(cfg)
+    # on the threads the simulation itself would use: a 400² series' scene took 0.24–0.27 s at 2 threads against
+    # 0.12–0.14 s at 1 (its arrays are small)
+    with threads_for(int(cfg.detector.shape_px[0]) * int(cfg.detector.shape_px[1])):
+        setup = Setup.build(cfg)
     setup.check_memory()
     return setup.scene
 
