@@ -89,8 +89,7 @@ def _preflight(cfg):
         from ..forward.tilt import plan_tilts
 
         plan_tilts(cfg)
-    # on the threads the simulation itself would use: a 400² series' scene took 0.24–0.27 s at 2 threads against
-    # 0.12–0.14 s at 1 (its arrays are small)
+    # on the threads the simulation itself uses (one for a field under 512²: threads_for), not on every one set
     with threads_for(int(cfg.detector.shape_px[0]) * int(cfg.detector.shape_px[1])):
         setup = Setup.build(cfg)
     setup.check_memory()
