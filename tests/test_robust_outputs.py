@@ -481,7 +481,7 @@ def test_an_output_file_must_carry_its_format(tmp_path):
 def test_calibrate_pixel_size_zero_is_refused(tmp_path):
     res = CliRunner().invoke(app, ["calibrate", str(tmp_path / "mic.mrc"), "--out", str(tmp_path / "cal"),
                                    "--pixel-size", "0"])
-    assert res.exit_code == 2 and "--pixel-size: 0.0 Å is outside 0.01–100 Å" in res.output, res.output
+    assert res.exit_code == 2 and "--pixel-size: 0.0 Å is outside 0.05–100 Å" in res.output, res.output
 
 
 def test_fit_mtf_and_denoise_refuse_a_full_folder_unless_overwrite(tmp_path, shared_data):

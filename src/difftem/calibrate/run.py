@@ -82,7 +82,9 @@ def attenuation_length_nm(config: dict) -> float:
     """The ice's Beer–Lambert attenuation length (nm) under the config's loss model; infinite when the ice loses no
     electrons (no energy filter and nothing outside the aperture: every inelastic electron reaches the image)."""
     kept = transmission(config, PROBE_THICKNESS_NM)
-    return -PROBE_THICKNESS_NM / math.log(kept) if kept < 1 - 1e-9 else math.inf
+    # the probe's mean intensity is float32: a lossless ice gives 1 to within a few 1e-8 (|ψ|² of unit phasors), not
+    # exactly; 1e-6 of loss over the probe would be an attenuation length of 10⁸ nm, no loss at all
+    return -PROBE_THICKNESS_NM / math.log(kept) if kept < 1 - 1e-6 else math.inf
 
 
 #: doses (e/Å²) of real exposures, from one tilt of a series (~1) to a long single-particle exposure (~100): a dose read
