@@ -337,6 +337,8 @@ def test_a_missing_file_a_config_names_says_which_folder_it_was_read_from(tmp_pa
             ("copies.txt", "transform file", "sample.particles.0.transforms_file", "a TEM-simulator transform file"),
         "sample: {particles: [{map: {file: maps/m.mrc, mass_kda: 50}}]}\n":
             ("maps/m.mrc", "density map", "sample.particles.0.map.file", "a density map: an MRC volume"),
+        "sample: {particles: [{structure: models/none.pdb}]}\n":
+            ("models/none.pdb", "structure file", "sample.particles.0.structure", "a PDB or mmCIF file"),
     }
     for text, (given, what, field, give) in cases.items():
         (tmp_path / "cfg" / "sim.yaml").write_text(text)
@@ -344,6 +346,14 @@ def test_a_missing_file_a_config_names_says_which_folder_it_was_read_from(tmp_pa
         assert f"{folder / given}: {what} not found; {field} {given!r} is read relative to the config file's " \
                f"folder ({folder}); give the path of {give}" in error, error
     assert not (tmp_path / "work" / "run").exists()
+
+
+def test_a_missing_config_file_says_where_it_was_looked_for(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    error = one_error(["simulate", "nothere.yaml", "--out", "run"], "nothere.yaml")
+    assert f"config file not found (looked for {(tmp_path / 'nothere.yaml').resolve()}); give the path of an " \
+           "existing config file" in error, error
+    assert not (tmp_path / "run").exists()
 
 
 def test_denoise_config_without_mtf_names_the_real_fix(tmp_path, mrc_files):

@@ -1045,7 +1045,9 @@ def _read_text(path: str | Path, what: str) -> str:
     path = Path(path)
     try:
         if not path.exists():
-            raise ConfigError(f"{shown_path(path)}: {what} not found")
+            looked = "" if path.is_absolute() else f" (looked for {path.resolve()})"
+            raise ConfigError(f"{shown_path(path)}: {what} not found{looked}; give the path of an existing {what} "
+                              "(YAML)")
         if path.is_dir():
             raise ConfigError(f"{shown_path(path)}: {what} is a folder; name a YAML file")
         with path.open("rb") as fh:
