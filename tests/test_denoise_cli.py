@@ -237,3 +237,15 @@ def test_config_without_mtf_names_the_flags(repeats, tmp_path):
     text = " ".join(res.output.split())
     assert f"--config {cfg}: the config has no detector MTF (detector.mtf is null); set detector.mtf in it" in text
     assert "(--mtf: 'a,b,c,alpha,beta' or a STAR file; --mtf-fit: a fit-mtf result), or --no-mtf" in text
+
+
+def test_baselines_in_tilt_series_mode_are_refused_not_skipped(tmp_path):
+    """Baselines are computed for one image or repeats; in tilt-series mode they were skipped without a word. Now one
+    line naming --baselines and the fix, before any work."""
+    stack = tmp_path / "tilts.mrc"
+    write_mrc(stack, observe(discs(32, 32) * 20.0, 3, seed=4).float().numpy(), 1.0)
+    res = runner.invoke(app, ["denoise", str(stack), "--out", str(tmp_path / "o"), "--mode", "tilt-series",
+                              "--no-mtf", "--steps", "5", "--baselines", "lowpass"])
+    assert res.exit_code == 2 and not (tmp_path / "o").exists(), res.output
+    assert res.output.startswith("error: --baselines lowpass: baselines are computed for one image or repeated "
+                                 "exposures, not per tilt of a series") and res.output.count("\n") == 1, res.output

@@ -235,6 +235,10 @@ def run_denoise(inputs: Sequence[Path], out: Path, *, mode: str = "auto", detect
     images, pixel_a = load_images(list(inputs))
     stack = as_observation_stack(torch.from_numpy(images), "input images")
     mode = _resolve_mode(mode, stack.shape[0])
+    if baselines and mode == "tilt-series":  # they were skipped without a word
+        raise ArgumentError("baselines", f" {', '.join(baselines)}: baselines are computed for one image or repeated "
+                                         "exposures, not per tilt of a series; leave --baselines out, or run them on "
+                                         "a tilt (or repeats) with --mode repeats")
     if "n2n" in baselines and mode == "single":  # checked before the denoising, not after it
         raise ArgumentError("baselines", ": n2n (noise2noise) needs ≥ 2 exposures of one field, got one image; give "
                                          "repeated exposures or leave n2n out")
