@@ -143,6 +143,27 @@ def test_a_header_pixel_size_outside_the_fits_range_names_the_file(tmp_path, com
     assert "give the pixel size in Å" in text
 
 
+def test_a_star_pixel_size_outside_the_fits_range_names_the_file_and_column(tmp_path):
+    """A particle STAR's rlnImagePixelSize of 0.03 Å (no --pixel-size) reached the fit, whose error blamed
+    --pixel-size: now the STAR file and its column are named."""
+    import pandas as pd
+    import starfile
+    from typer.testing import CliRunner
+
+    from difftem.cli._app import app
+    from difftem.io.files import write_mrc
+
+    write_mrc(tmp_path / "parts.mrcs", np.ones((3, 64, 64), np.float32), 1.0)
+    starfile.write({"particles": pd.DataFrame({"rlnImageName": [f"{i}@parts.mrcs" for i in (1, 2, 3)],
+                                               "rlnMicrographName": ["m1.mrc"] * 3,
+                                               "rlnImagePixelSize": [0.03] * 3})}, tmp_path / "parts.star")
+    res = CliRunner().invoke(app, ["fit-ctf", str(tmp_path / "parts.star"), "--out", str(tmp_path / "out")])
+    assert res.exit_code == 2 and not (tmp_path / "out").exists(), res.output
+    text = " ".join(res.output.split())
+    assert "parts.star: its rlnImagePixelSize gives a pixel size of 0.03 Å, outside the 0.05–100 Å a CTF fit takes; " \
+           "give the pixel size in Å with --pixel-size" in text, res.output
+
+
 def test_a_fit_at_the_noise_is_flagged(tmp_path, one_thread, monkeypatch):
     """768² px of bare ice at 40 e/Å² (noise seed 15, drawn by torch's sampler): the Thon rings are at the noise and
     another defocus fits almost as well (with the calibrate test's camera this case gave 3.5× the true defocus); the

@@ -49,14 +49,25 @@ def _star_pixel_size(table, path: Path, notes: list[str] | None) -> float | None
     """The images' pixel size (Å) a particle STAR gives: rlnImagePixelSize, or (RELION 3.0 and older) the detector
     pixel (µm) over the magnification, which is the pixel before any binning (said in ``notes``); None if neither."""
     if "rlnImagePixelSize" in table.columns:
-        return float(table["rlnImagePixelSize"].iloc[0])
+        return _in_fit_range(float(table["rlnImagePixelSize"].iloc[0]), "rlnImagePixelSize", path)
     if {"rlnMagnification", "rlnDetectorPixelSize"} <= set(table.columns):
         px = float(table["rlnDetectorPixelSize"].iloc[0]) * 1e4 / float(table["rlnMagnification"].iloc[0])
+        px = _in_fit_range(px, "rlnDetectorPixelSize / rlnMagnification", path)
         if notes is not None:
             notes.append(f"{path.name}: pixel size {px:.4g} Å from rlnDetectorPixelSize / rlnMagnification (pass "
                          "--pixel-size for binned images)")
         return px
     return None
+
+
+def _in_fit_range(px: float, source: str, path: Path) -> float:
+    """A pixel size a file gives, refused (naming the file and its source) outside the range a CTF fit takes: the
+    fit's own check would blame --pixel-size, which was not given."""
+    lo, hi = PIXEL_SIZE_RANGE_A
+    if not (math.isfinite(px) and lo <= px <= hi):
+        raise FormatError(f"its {source} gives a pixel size of {px:.4g} Å, outside the {lo:g}–{hi:g} Å a CTF fit "
+                          "takes; give the pixel size in Å with --pixel-size", file=path)
+    return px
 
 
 def _pixel_size(header_px: float, given: float | None, path: Path) -> float:
