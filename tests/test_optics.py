@@ -101,9 +101,10 @@ def test_envelopes_and_aperture():
     dict(cs_mm=2.7, cc_mm=2.7, energy_spread_ev=0.8, illumination_semiangle_mrad=0.0),
     dict(cs_mm=0.0, cc_mm=0.0, energy_spread_ev=0.0, illumination_semiangle_mrad=0.05, phase_shift_deg=90.0),
 ])
-def test_the_round_lens_shortcut_equals_the_general_transfer(dtype, lens):
-    """A lens of plain numbers without astigmatism or beam tilt takes a shortcut (one exponential, in place); a
-    tensor defocus takes the general path, factor by factor. Both give the same H(k), the TMV example's lens too."""
+def test_a_lens_of_numbers_equals_one_of_tensors(dtype, lens):
+    """Both envelopes and the aperture are one exponent; a lens given as plain numbers and one whose defocus is a
+    tensor (as the differentiable simulator's) give the same H(k), the TMV example's lens too, with zeros outside
+    the aperture."""
     grid = Grid((96, 80), 2.5)
     lam = wavelength_a(200.0)
     optics = Optics(defocus_a=50000.0, **lens)
