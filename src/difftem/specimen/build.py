@@ -8,10 +8,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..config import MAX_POSITION_A, MAX_RANDOM_COPIES, SimulationConfig, config_path_fix, shown_path
+from ..config import MAX_POSITION_A, MAX_RANDOM_COPIES, SimulationConfig, config_path_fix
 from ..core.device import available_memory_bytes
 from ..core.elements import atomic_mass_da
-from ..core.errors import ConfigError, ResourceError, StructureError
+from ..core.errors import ConfigError, ResourceError
 from ..core.rotations import rotation_zyz_deg
 from ..io.tables import TRANSFORMS_FIX, read_transforms_file
 from .crowding import Obstacles, crowd_scene
@@ -78,14 +78,12 @@ def load_particle_type(particle, resolve_structure, *, field: str = "sample.part
     if particle.map is not None:
         return _density_type(particle, field, resolve_structure)
     path = resolve_structure(particle.structure)
-    if not particle.structure.startswith("builtin:") and "\x00" not in str(path) and not path.exists():
-        raise StructureError(f"{shown_path(path)}: structure file not found; " + config_path_fix(
-            particle, "structure", f"{field}.structure", "give the path of a PDB or mmCIF file (.gz ok), or "
-            "builtin:NAME for a structure shipped with difftem"))
     centre = particle.centre
     atoms = read_structure(path, assembly=particle.assembly, models=particle.models,
                            remove_waters=particle.remove_waters, remove_hydrogens=particle.remove_hydrogens,
-                           remove_hetero=particle.remove_hetero, centre="none")
+                           remove_hetero=particle.remove_hetero, centre="none", missing=config_path_fix(
+                               particle, "structure", f"{field}.structure", "give the path of a PDB or mmCIF file "
+                               "(.gz ok), or builtin:NAME for a structure shipped with difftem"))
     if particle.extra_b_a2:
         atoms.b_iso_a2 = atoms.b_iso_a2 + particle.extra_b_a2
     units = Subunits.identity(atoms)

@@ -81,14 +81,15 @@ class Atoms:
         )
 
 
-def _open(path: Path):
+def _open(path: Path, missing: str | None = None):
     gemmi = gemmi_module()
     if "\x00" in str(path):
         raise StructureError(f"{shown_path(path)}: the structure path contains a NUL byte (check `structure:` in the "
                              "config)")
     try:
         if not path.exists():
-            raise StructureError(f"{shown_path(path)}: file not found (check `structure:` in the config)")
+            raise StructureError(f"{shown_path(path)}: structure file not found; {missing}" if missing else
+                                 f"{shown_path(path)}: file not found (check `structure:` in the config)")
         if path.is_dir():
             raise StructureError(f"{shown_path(path)}: is a folder, not a PDB or mmCIF file (check `structure:` in "
                                  "the config)")
@@ -224,8 +225,9 @@ def read_structure(
     remove_hydrogens: bool = False,
     remove_hetero: bool = False,
     centre: CentrePolicy = "mass",
+    missing: str | None = None,
 ) -> Atoms:
-    """Read an atomic model.
+    """Read an atomic model (``missing``: what a missing file's error tells to do, e.g. which config field names it).
 
     Parameters
     ----------
@@ -239,7 +241,7 @@ def read_structure(
         ``"ensemble"`` force one behaviour.
     """
     path = Path(path)
-    st = _open(path)
+    st = _open(path, missing)
     try:  # gemmi's names become Python strings here: bytes that are not UTF-8 fail only now
         st.setup_entities()
         chosen = [st[0]] if models == "first" else list(st)
