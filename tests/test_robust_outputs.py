@@ -345,25 +345,30 @@ def _check_after_kill(out: Path, allowed: set[str], what: str) -> None:
     assert not stray, f"{what}: stray files beside --out: {stray}"
 
 
+def _time_runs(runs, out: Path) -> tuple[float, float]:
+    """(total, t_write) s: how long an uninterrupted run takes, and when it starts writing (the faster of two), so
+    that interrupts are timed to land inside runs however fast the machine or the simulator is."""
+    timings = []
+    for _ in range(2):
+        t0, pid, t_write = time.monotonic(), runs.start(), None
+        while not runs.done(pid):
+            if t_write is None and _staging(out):
+                t_write = time.monotonic() - t0
+            time.sleep(0.0005)
+        total = time.monotonic() - t0
+        assert runs.wait() == 0
+        assert_complete(out)
+        timings.append((total, t_write if t_write is not None else 0.8 * total))
+    return min(timings)
+
+
 def run_kills(tmp_path: Path, n_kills: int, seed: int) -> list[str]:
     cfg = _cfg_file(tmp_path, KILL_CFG)
     out = tmp_path / "run"
     rng = random.Random(seed)
     runs = Runs(cfg, out)
     try:
-        # two uncontrolled runs: how long a run takes, and when it starts writing
-        timings = []
-        for _ in range(2):
-            t0, pid, t_write = time.monotonic(), runs.start(), None
-            while not runs.done(pid):
-                if t_write is None and _staging(out):
-                    t_write = time.monotonic() - t0
-                time.sleep(0.0005)
-            total = time.monotonic() - t0
-            assert runs.wait() == 0
-            assert_complete(out)
-            timings.append((total, t_write if t_write is not None else 0.8 * total))
-        total, t_write = min(timings)
+        total, t_write = _time_runs(runs, out)
         moments = []
         for k in range(n_kills):
             t0, pid = time.monotonic(), runs.start()
@@ -401,12 +406,16 @@ def test_ctrl_c_during_simulate_exits_130_and_leaves_nothing_partial(tmp_path):
     runs = Runs(cfg, out)
     rng, codes = random.Random(3), []
     try:
+        # delays within a run as long as this machine's (a fixed 0–0.3 s outlasted the faster runs: 2 of 6 cut)
+        total, t_write = _time_runs(runs, out)
         for k in range(6):
             t0, pid = time.monotonic(), runs.start()
             if k % 2:  # while writing
                 while not _staging(out) and not runs.done(pid) and time.monotonic() - t0 < 60:
                     time.sleep(0.0005)
-            time.sleep(rng.uniform(0.0, 0.3))
+                time.sleep(rng.uniform(0.0, 1.2 * max(total - t_write, 0.05)))
+            else:
+                time.sleep(rng.uniform(0.0, 0.9 * total))
             os.kill(pid, signal.SIGINT)
             code = runs.wait()
             assert code in (0, 130), code
