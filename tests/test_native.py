@@ -81,24 +81,56 @@ def test_gradients_and_the_switch_keep_the_torch_path(monkeypatch):
     assert proj._padded is None
 
 
-@pytest.mark.parametrize("mean", [1e-3, 0.7, 4.0, 9.99, 10.0, 37.5, 2500.0])
-def test_poisson_draws_follow_the_poisson_distribution(mean):
-    """200,000 draws at means on both sides of the switch from inversion to transformed rejection (10): a χ² test of
-    their histogram against the Poisson probabilities, and their mean and variance."""
+def _chi2_p_value(x: np.ndarray, expected_pmf, ks: np.ndarray) -> float:
+    """The χ² test's p-value of integer draws ``x`` against expected probabilities ``expected_pmf`` of the counts
+    ``ks`` (the tails, and bins expecting fewer than 10 draws, pooled into one)."""
     stats = pytest.importorskip("scipy.stats")
-    g = torch.Generator().manual_seed(int(mean * 1000))
-    x = native.poisson(torch.full((200_000,), mean), g).numpy().astype(np.int64)
-    lo, hi = int(stats.poisson.ppf(1e-7, mean)), int(stats.poisson.ppf(1 - 1e-7, mean)) + 1
-    ks = np.arange(lo, hi + 1)
-    expected = stats.poisson.pmf(ks, mean) * x.size
+    expected = expected_pmf * x.size
     observed = np.array([(x == k).sum() for k in ks])
-    keep = expected >= 10  # the tails pooled into one bin
+    keep = expected >= 10
     obs = np.append(observed[keep], x.size - observed[keep].sum())
     exp = np.append(expected[keep], x.size - expected[keep].sum())
     chi2 = ((obs - exp) ** 2 / exp).sum()
-    assert stats.chi2.sf(chi2, len(obs) - 1) > 1e-3, chi2
+    return float(stats.chi2.sf(chi2, len(obs) - 1))
+
+
+@pytest.mark.parametrize("tables", [True, False])
+@pytest.mark.parametrize("mean", [1e-3, 0.7, 4.0, 9.99, 10.0, 37.5, 2500.0])
+def test_poisson_draws_follow_the_poisson_distribution(mean, tables):
+    """200,000 draws at means on both sides of the switch from inversion to transformed rejection (10), each pixel
+    alone and (from a mean of 1) through the per-call table: a χ² test of their histogram against the Poisson
+    probabilities, and their mean and variance."""
+    stats = pytest.importorskip("scipy.stats")
+    g = torch.Generator().manual_seed(int(mean * 1000))
+    x = native.poisson(torch.full((200_000,), mean), g, tables).numpy().astype(np.int64)
+    ks = np.arange(int(stats.poisson.ppf(1e-7, mean)), int(stats.poisson.ppf(1 - 1e-7, mean)) + 2)
+    assert _chi2_p_value(x, stats.poisson.pmf(ks, mean), ks) > 1e-3
     assert abs(x.mean() - mean) < 5 * math.sqrt(mean / x.size)
     assert abs(x.var() / mean - 1) < 0.03
+
+
+@pytest.mark.parametrize("centre", [1.6, 9.8, 140.0])
+def test_poisson_tables_draw_each_pixel_from_its_own_mean(centre):
+    """A micrograph-like image (300,000 pixels at 997 rates spread ±15% around a centre, off the tables' levels;
+    0.5% far below the band and 0.5% far above, drawn alone; a few zeros): its draws follow the mixture of the pixels'
+    own Poisson distributions (χ²), and the pixels far below and far above follow theirs."""
+    stats = pytest.importorskip("scipy.stats")
+    rng = np.random.default_rng(3)
+    levels = (centre * (1 + 0.15 * np.linspace(-1, 1, 997))).astype(np.float32)
+    rate = levels[rng.integers(0, levels.size, 300_000)]
+    rate[:1500], rate[1500:3000], rate[3000:3100] = centre / 8, centre * 3, 0.0
+    rate = rng.permutation(rate)
+    x = native.poisson(torch.from_numpy(rate), torch.Generator().manual_seed(4)).numpy().astype(np.int64)
+    ks = np.arange(0, int(stats.poisson.ppf(1 - 1e-9, 3 * centre)) + 2)
+    unique, weight = np.unique(rate.astype(np.float64), return_counts=True)
+    pmf = stats.poisson.pmf(ks[:, None], unique[None, :]) @ weight / rate.size
+    assert _chi2_p_value(x, pmf, ks) > 1e-3
+    assert (x[rate == 0] == 0).all()
+    total = rate.astype(np.float64).sum()
+    assert abs(x.sum() / total - 1) < 5 / math.sqrt(total)
+    for lam in (centre / 8, centre * 3):
+        sel = x[rate == np.float32(lam)]
+        assert _chi2_p_value(sel, stats.poisson.pmf(ks, float(np.float32(lam))), ks) > 1e-3
 
 
 def test_poisson_image_of_varying_means_and_its_edge_cases():

@@ -57,15 +57,17 @@ def spline_slices(padded: np.ndarray, n: int, k_per_a: torch.Tensor, rotations: 
     return out
 
 
-def poisson(rate: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+def poisson(rate: torch.Tensor, generator: torch.Generator | None = None, tables: bool = True) -> torch.Tensor:
     """Poisson draws of mean ``rate`` (a rate ≤ 0 draws 0), like ``torch.poisson``; the kernel's own generator
     (xoshiro256**) is seeded from ``generator`` (torch's default one when None), so the same generator state gives the
-    same image."""
+    same image. ``tables``: draw the band of rates most pixels lie in as the sum of a count from a table of the rate
+    just below (tabulated once per call) and one of the small rest (the same distribution, ~4× faster for a
+    micrograph); False draws every pixel alone."""
     seed = int(torch.randint(0, 2**63 - 1, (1,), generator=generator))
     dbl = rate.dtype == torch.float64
     src = rate.detach().to(torch.float64 if dbl else torch.float32).contiguous()
     out = torch.empty_like(src)
-    _native.poisson(src.view(-1).numpy(), out.view(-1).numpy(), src.numel(), seed, dbl)
+    _native.poisson(src.view(-1).numpy(), out.view(-1).numpy(), src.numel(), seed, dbl, tables)
     return out
 
 
