@@ -48,7 +48,8 @@ def test_likeness_tells_different_data_apart_and_not_alike_data(one_thread):
     other = classifier_accuracy(crops(a), crops(c))
     assert same["accuracy"] <= 0.7 and other["accuracy"] >= 0.95
     ratios = band_ratios(crops(a), crops(b))
-    assert ratios["max_abs_deviation"] < 0.05
+    # two noise draws of one field: 0.02–0.07 over 8 seed pairs (each Poisson method); a dose 3/4 of the other: 0.25
+    assert ratios["max_abs_deviation"] < 0.08
     assert abs(band_ratios(crops(a), crops(c))["ratio"][8] - 0.75) < 0.05  # noise power ∝ dose
 
 

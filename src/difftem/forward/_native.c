@@ -338,7 +338,7 @@ typedef struct {
     void *memory;
 } levels_t;
 
-#define TABLE_MIN_RATE 1.0      /* below it, inversion from 0 costs about as much as a table's search */
+#define TABLE_MIN_RATE 0.2      /* below it, inversion from 0 (about one step) costs what a table does */
 #define TABLE_MAX_RATE 1e6      /* above it, a table passes 26 000 entries; PTRS costs the same at any rate */
 #define TABLE_MIN_PIXELS 4096   /* tables of a few hundred entries pay off over thousands of draws */
 #define TABLE_STEP 0.1          /* the rest's mean below 0.1: its count is 0 in over 90% of draws */

@@ -30,6 +30,7 @@ import numpy as np
 import torch
 
 from ..core.fft import freq_grid_per_px, irfft2, radial_freq_per_px, rfft2
+from .detector import poisson_counts
 
 
 @dataclass(frozen=True)
@@ -213,7 +214,7 @@ class CameraModel:
         shape = tuple(expected_e.shape[-2:])
         lam = self._sensor_rate(expected_e)
         q = self.dqe0
-        events = torch.poisson(q * lam, generator=generator)
+        events = poisson_counts(q * lam, generator)
         fshape = tuple(lam.shape[-2:])
         signal_t, noise_t = self._transfer_pair(fshape, lam.device)
         if signal_t is None and noise_t is None:
@@ -244,8 +245,8 @@ class CameraModel:
         frame = frame * p.gain
         frame = torch.where(p.dead, torch.zeros_like(frame), frame)
         if bool(p.hot.any()):
-            hot = torch.poisson(torch.full(frame.shape, float(self.camera.hot_pixel_counts), device=frame.device),
-                                generator=generator)
+            hot = poisson_counts(torch.full(frame.shape, float(self.camera.hot_pixel_counts), device=frame.device),
+                                 generator)
             frame = torch.where(p.hot, hot, frame)
         return frame
 

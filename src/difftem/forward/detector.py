@@ -99,10 +99,15 @@ def shot_noise(expected: torch.Tensor, dqe: float = 1.0, generator: torch.Genera
     """Counts ~ Poisson(DQE·λ)/DQE: mean λ, variance λ/DQE."""
     if not 0 < dqe <= 1:
         raise ConfigError(f"detector.dqe must be in (0, 1], got {dqe}")
-    rate = (expected * dqe).clamp(min=0)
-    fast = native.applies(rate) and rate.dtype in (torch.float32, torch.float64)
-    draws = native.poisson(rate, generator) if fast else torch.poisson(rate, generator=generator)
-    return draws / dqe
+    return poisson_counts((expected * dqe).clamp(min=0), generator) / dqe
+
+
+def poisson_counts(rate: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Poisson draws of mean ``rate`` (≥ 0): the compiled kernel on the CPU (3–4× faster than torch.poisson at a few
+    counts a pixel), torch.poisson on a GPU or without the kernels."""
+    if native.applies(rate) and rate.dtype in (torch.float32, torch.float64):
+        return native.poisson(rate, generator)
+    return torch.poisson(rate, generator=generator)
 
 
 @dataclass(frozen=True)
