@@ -77,7 +77,7 @@ def test_astigmatic_tilt_series_star(series):
     assert tilts["rlnMicrographName"].tolist() == ["1@tilt_series.mrc", "2@tilt_series.mrc", "3@tilt_series.mrc"]
     assert (series / "tilts.star").read_text().startswith("# difftem tilt series")
     with Image.open(series / "preview.png") as im:
-        assert im.size[0] > 2 * im.size[1]  # one panel per shown tilt, side by side
+        assert 1.2 * im.size[1] < im.size[0] < 2 * im.size[1]  # three tilts side by side: detected over noise-free
 
 
 def test_reconstruct_takes_angles_and_tilt_axis_from_beside_the_stack(tmp_path):

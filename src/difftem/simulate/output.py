@@ -180,9 +180,10 @@ def _write_tilt_series(result: TiltSeriesResult, out: Path) -> dict:
         written += write_labels(result.labels, out)
     if result.camera is not None:  # the camera's gain reference and defects beside the tilts it read
         written += write_camera_files(result.camera, out, *sensor_grid(result.camera, result.tilts.shape, px))[0]
-    written.append(write_panels_png(out / "preview.png", _tilt_panels(result), px, _acquisition_title(
+    panels, columns = _tilt_panels(result)
+    written.append(write_panels_png(out / "preview.png", panels, px, _acquisition_title(
         cfg, f"dose {_total_dose(result):g} e/Å² in {len(result.angles_deg)} tilts, "
-             f"tilt axis {metadata.get('tilt_axis_deg', 0.0):g}°")))
+             f"tilt axis {metadata.get('tilt_axis_deg', 0.0):g}°"), ncols=columns))
     run = {"config": result.config.model_dump(mode="json"), **metadata, "angles_deg": result.angles_deg,
            "outputs": [p.name for p in written] + ["run.json"],
            "units": {"tilt_series": "counts per pixel (x gain), tilts along the first axis", "pixel_size": "A"}}
@@ -257,17 +258,21 @@ def _total_dose(result: TiltSeriesResult) -> float:
     return float(sum(row.get("difftemDoseEPerA2", 0.0) for row in result.tilt_rows))
 
 
-def _tilt_panels(result: TiltSeriesResult) -> list[tuple[np.ndarray, str]]:
-    """The lowest, middle and highest tilts (detected), each titled with its angle and prior dose."""
+def _tilt_panels(result: TiltSeriesResult) -> tuple[list[tuple[np.ndarray, str]], int]:
+    """The lowest, middle and highest tilts: detected (each titled with its angle and prior dose) over their
+    noise-free images (at a tomogram's few e/Å² per tilt the detected ones are mostly noise); and the columns."""
     n = len(result.angles_deg)
-    panels = []
-    for i in sorted({0, n // 2, n - 1}):
+    shown = sorted({0, n // 2, n - 1})
+    detected, clean = [], []
+    for i in shown:
         row = result.tilt_rows[i] if i < len(result.tilt_rows) else {}
         title = f"tilt {result.angles_deg[i]:+.4g}°"
         if "rlnMicrographPreExposure" in row:
             title += f" (after {row['rlnMicrographPreExposure']:.3g} e/Å²)"
-        panels.append((result.tilts[i].cpu().numpy(), title))
-    return panels
+        detected.append((result.tilts[i].cpu().numpy(), title))
+        if result.noiseless.shape == result.tilts.shape:
+            clean.append((result.noiseless[i].cpu().numpy(), f"noise-free, tilt {result.angles_deg[i]:+.4g}°"))
+    return detected + clean, len(shown)
 
 
 def run_and_write(config, out: str | Path, save: set[str] | frozenset = frozenset(), progress=None, *,
