@@ -341,6 +341,26 @@ def compare(temsim_stack: Path, difftem_stack: Path, bg_sigma_px: float = 20, bo
     return stats
 
 
+def write_figure(temsim_stack: Path, difftem_stack: Path, path: Path, pixel_size_a: float, angles_deg: list[float],
+                 title: str) -> Path:
+    """Both programs' noise-free images of the lowest, middle and highest tilts, TEM-simulator's over difftem's (each
+    panel's grey scale clipped to its own 0.5–99.5 percentiles)."""
+    import mrcfile
+    import numpy as np
+
+    from difftem.io.preview import write_panels_png
+
+    stacks = []
+    for stack in (temsim_stack, difftem_stack):
+        with mrcfile.open(stack, permissive=True) as m:
+            stacks.append(np.asarray(m.data, dtype=np.float32).reshape(-1, *m.data.shape[-2:]))
+    shown = sorted({0, len(angles_deg) // 2, len(angles_deg) - 1})
+    panels = [(stacks[k][i], f"{name}, tilt {angles_deg[i]:+.4g}°") for k, name in enumerate(("TEM-simulator",
+                                                                                                "difftem"))
+              for i in shown]
+    return write_panels_png(path, panels, pixel_size_a, title, ncols=len(shown), panel_inches=3.0)
+
+
 def difftem_noiseless(out: Path) -> Path:
     """difftem's noise-free output: the tilt series' stack, or a single micrograph's image."""
     stack = out / "tilt_series_noiseless.mrc"
@@ -531,6 +551,9 @@ def main() -> None:
     ap.add_argument("--src", default=None,
                     help="difftem source trees to compare, comma-separated (e.g. /tmp/old_src,src): each runs with "
                          "PYTHONPATH set to it, interleaved with the others")
+    ap.add_argument("--figure", type=Path, default=None,
+                    help="PNG of both programs' noise-free lowest, middle and highest tilts (TEM-simulator over the "
+                         "first difftem run)")
     ap.add_argument("--worker", nargs=3, metavar=("INP", "OUT", "PLACEMENT"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.worker:
@@ -592,6 +615,13 @@ def main() -> None:
 
     print_table(f"{title} (load average {load0[0]:.1f} at start, {record['load_average_end'][0]:.1f} at end)",
                 rows, temsim_row)
+    first = next((r for r in runs if r["program"] == "difftem"), None)
+    if args.figure is not None and binary is not None and first is not None:
+        run_json = json.loads((Path(first["out"]) / "run.json").read_text())
+        written = write_figure(work / "tiltseries_nonoise.mrc", difftem_noiseless(Path(first["out"])), args.figure,
+                               run_json["config"]["detector"]["pixel_size_a"], run_json.get("angles_deg", [0.0]),
+                               f"{title}: noise-free images")
+        print(f"wrote {written}")
     print(f"inputs and outputs of both programs: {work}")
     print("timings on a shared machine are noisy: re-measure on an idle one")
     from difftem.io.files import write_json
