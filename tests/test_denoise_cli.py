@@ -153,6 +153,19 @@ def test_a_diverging_optimisation_is_reported(tmp_path):
     assert json.loads((tmp_path / "o" / "denoise.json").read_text())["warnings"]
 
 
+def test_a_prior_weight_that_overflows_is_named_in_the_warning(tmp_path):
+    """--prior-weight 1e308 (finite, so accepted) made the objective infinite, and the warning blamed --lr alone."""
+    write_mrc(tmp_path / "one.mrc", observe(discs(32, 32) * 20.0, 1, seed=2).float().numpy()[0], 1.0)
+    res = runner.invoke(app, ["denoise", str(tmp_path / "one.mrc"), "--out", str(tmp_path / "o"), "--no-mtf",
+                              "--steps", "5", "--prior-weight", "1e308"])
+    assert res.exit_code == 0, res.output
+    assert ("warning: the objective is NaN or infinite at the starting estimate, which is the result; a smaller --lr "
+            "(or none: scaled to the noise), or a smaller --prior-weight (or auto) avoids it"
+            ) in " ".join(res.output.split()), res.output
+    with mrcfile.open(tmp_path / "o" / "denoised.mrc") as m:
+        assert np.isfinite(m.data).all()
+
+
 def test_inputs_of_different_shapes(tmp_path):
     a, b = tmp_path / "a.mrc", tmp_path / "b.mrc"
     write_mrc(a, np.full((32, 32), 10, np.float32), 1.0)

@@ -259,7 +259,7 @@ def run_denoise(inputs: Sequence[Path], out: Path, *, mode: str = "auto", detect
                                baselines=baselines, baseline_topaz_model=topaz_model, seed=seed, progress=progress,
                                report=report)
     denoised, rate, noisy_shown, ours_shown, references = res
-    _check_finite(denoised, rate, report)
+    _check_finite(denoised, rate, report, weight_given=not isinstance(prior_weight, str))
     with staging_folder(out, overwrite=overwrite) as tmp:
         _write(tmp, report, denoised, rate, noisy_shown, ours_shown, references, stack, mode, pixel_a, pairwise, t0)
     return report
@@ -285,20 +285,25 @@ def _write(out: Path, report: dict, denoised, rate, noisy_shown, ours_shown, ref
     write_json(out / "denoise.json", report)  # strict JSON: write_json turns NaN into null
 
 
-def _check_finite(denoised: torch.Tensor, rate: torch.Tensor, report: dict) -> None:
+def _check_finite(denoised: torch.Tensor, rate: torch.Tensor, report: dict, weight_given: bool = False) -> None:
     """Refuse to write NaN or infinite images; warn when the objective itself became NaN or infinite (a learning rate
-    too large: the result is then the lowest-loss iterate before it)."""
+    too large, or a prior weight the user gave: the result is then the lowest-loss iterate before it)."""
+    weight_fix = ", or a smaller prior weight (or auto)" if weight_given else ""
     if not (torch.isfinite(denoised).all() and torch.isfinite(rate).all()):
         raise ArgumentError("lr", ": the denoised images hold NaN or infinite values (the optimisation diverged); "
-                            "nothing was written; give a smaller lr, or leave it out (scaled to the noise)")
+                            "nothing was written; give a smaller lr, or leave it out (scaled to the noise)"
+                            f"{weight_fix}")
     runs = [("", report.get("loss_history") or [])] + [(f"tilt {t['tilt'] + 1}: ", t.get("loss_history") or [])
                                                        for t in report.get("tilts", [])]
     for where, history in runs:
         step = next((k for k, v in enumerate(history) if not math.isfinite(v)), None)
         if step is not None:
+            result = ("is NaN or infinite at the starting estimate, which is the result" if step == 0 else
+                      f"became NaN or infinite at step {step + 1}, so the result is the lowest-loss iterate of the "
+                      "steps before it")
             report.setdefault("warnings", []).append(
-                f"{where}the objective became NaN or infinite at step {step + 1}, so the result is the lowest-loss "
-                "iterate of the steps before it; a smaller --lr (or none: scaled to the noise) avoids it")
+                f"{where}the objective {result}; a smaller --lr (or none: scaled to the noise)"
+                f"{weight_fix.replace('prior weight', '--prior-weight')} avoids it")
             break
 
 
