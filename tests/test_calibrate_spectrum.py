@@ -35,10 +35,15 @@ def test_fit_recovers_a_spectrum_made_by_its_law():
     assert kept.mtf is truth and abs(kept.scales[0] / 0.3 - 1) < 0.01
 
 
-def test_fit_recovers_a_simulated_micrographs_mtf_and_noise(one_thread):
-    """A simulated micrograph with structured ice through a known MTF, gain and DQE: the fitted MTF follows the
-    true curve within 5 % out to 0.45 cycles/px and the noise level g·m/DQE within 3 %, although the ice's power is
-    a third of the noise's at its ring."""
+def test_fit_recovers_a_simulated_micrographs_noise_and_ice(one_thread):
+    """A simulated micrograph with structured ice through a known MTF, gain and DQE. Told the MTF (as calibrate is
+    when given the camera's curve), the fit gives the noise level g·m/DQE within 3 % and the ice amplitude within 15 %,
+    although the ice's power is a third of the noise's at its ring (seeds 4–11: 0.990–1.001 and 1.006–1.037). Left
+    to fit the MTF too, it finds a curve and level that explain the spectrum at least as well as the true ones; the
+    level itself is not identified at this size: in 2 of those 8 seeds a lower residual trades it against MTF² (0.13×
+    and 0.09× the true level; at 1536² too), and in one (seed 8) the optimiser stopped at 1.52× with 7× the residual.
+    This test asserted the free fit's level within 3 % at seed 4 until a change of the Poisson draws' stream moved
+    that realisation to 0.95×."""
     gain, dqe = 3.0, 0.8
     cfg = {"seed": 4, "beam": {"voltage_kv": 300, "dose_e_per_a2": 40.0}, "optics": {"defocus_um": 1.0},
            "detector": {"shape_px": [768, 768], "pixel_size_a": 1.0, "dqe": dqe, "gain": gain,
@@ -51,10 +56,10 @@ def test_fit_recovers_a_simulated_micrographs_mtf_and_noise(one_thread):
         {**noise_free, "sample": {**cfg["sample"], "ice_structure": {"mode": "slices", "amplitude": 1.0}}}
     ).micrograph.numpy(), 128), detrend="plane")
     real = noise_power_spectrum(grid_crops(img, 128), detrend="plane")
-    fit = fit_spectrum(real, [ice], noise_start=float(real.mean()), mtf_start=MTFParams(0.5, 0.3, 0.2, 5.0, 20.0))
-    probe = torch.linspace(0.02, 0.45, 24, dtype=torch.float64)
-    err = (fit.mtf(probe) / TRUE_MTF(probe) - 1).abs().max()
-    assert err < 0.05, err
-    mean = float(np.mean(img))
-    assert abs(fit.noise_power / (gain * mean / dqe) - 1) < 0.03
-    assert abs(fit.scales[0] / 0.25 - 1) < 0.15  # a² = 0.25
+    level = gain * float(np.mean(img)) / dqe
+    known = fit_spectrum(real, [ice], noise_start=float(real.mean()), mtf_start=TRUE_MTF, fit_mtf=False)
+    assert abs(known.noise_power / level - 1) < 0.03
+    assert abs(known.scales[0] / 0.25 - 1) < 0.15  # a² = 0.25
+    free = fit_spectrum(real, [ice], noise_start=float(real.mean()), mtf_start=MTFParams(0.5, 0.3, 0.2, 5.0, 20.0))
+    assert free.mtf_fitted and free.rms_log_error <= known.rms_log_error * 1.001
+    assert known.rms_log_error < 0.05  # the model explains the spectrum to its estimate's noise
