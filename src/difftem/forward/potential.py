@@ -402,9 +402,9 @@ def _axis_factors(coord_a: torch.Tensor, b_a2: torch.Tensor, weight: torch.Tenso
 
     The phase is reduced modulo one cycle in float64 before the complex dtype is formed, so
     complex64 factors keep full precision however far the atom is from the box origin. On the CPU without gradients
-    the compiled kernel forms them (a 512² apoferritin exit wave: 0.15 → 0.04 s of factors).
+    the compiled kernel forms them (a 512² apoferritin exit wave: 0.15 → 0.03 s of factors).
     """
-    if native.applies(coord_a, b_a2, *(() if weight is None else (weight,))) and k.device.type == "cpu":
+    if native.applies(*(t for t in (coord_a, b_a2, weight, k) if t is not None)):
         return native.axis_factors(coord_a, b_a2, weight, k, rdtype)
     cycles = torch.remainder(coord_a.detach().double()[:, None] * k, 1.0).to(rdtype)
     mag = torch.exp(-b_a2.detach().to(rdtype)[:, None] * (k.to(rdtype) ** 2 / 4))
