@@ -10,7 +10,7 @@
  *   kernel values and indices as tensors, then scatters them with index_add).
  * axis_factors: the per-atom factors of a separable structure factor along one axis, walked by recurrence.
  *
- * Both take Python buffers (numpy arrays of torch tensors' memory) and release the interpreter lock while they
+ * All take Python buffers (numpy arrays of torch tensors' memory) and release the interpreter lock while they
  * run, so the tilt workers' threads run them side by side. */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -281,9 +281,8 @@ static void seed_rng(rng_t *g, uint64_t seed) {
     }
 }
 
-/* below a mean of 10: sequential inversion of the CDF from 0 (about mean + 1 steps, one uniform) */
-static inline double poisson_small(rng_t *g, double lam) {
-    const double u = uniform(g);
+/* the count whose CDF first reaches u: sequential inversion from 0 (about mean + 1 steps) */
+static inline double invert_from_zero(double u, double lam) {
     double p = exp(-lam), cdf = p;
     long k = 0;
     while (u > cdf && k < 1000) {  /* the cap only guards against the CDF's rounding short of 1 */
@@ -293,6 +292,9 @@ static inline double poisson_small(rng_t *g, double lam) {
     }
     return (double)k;
 }
+
+/* below a mean of 10: inversion from 0 (one uniform) */
+static inline double poisson_small(rng_t *g, double lam) { return invert_from_zero(uniform(g), lam); }
 
 /* log k! for small k, made when the module loads (lgamma costs as much as the rest of a draw) */
 #define LOG_FACTORIALS 1024
@@ -313,10 +315,6 @@ static inline double poisson_ptrs(rng_t *g, double lam) {
         const double log_alpha = log(1.1239 + 1.1328 / (b - 3.4));
         if (log(v) + log_alpha - log(a / (us * us) + b) <= -lam + k * log(lam) - log_fact(k)) return k;
     }
-}
-
-static inline double poisson_direct(rng_t *g, double lam) {
-    return !(lam > 0) ? 0.0 : lam < 10 ? poisson_small(g, lam) : poisson_ptrs(g, lam);
 }
 
 /* Rates tabulated once per image. An image's rates mostly lie in a narrow band (a micrograph's contrast is a few
@@ -462,15 +460,7 @@ static inline double draw_level(rng_t *g, const level_t *v) {
 /* a small rate's count: 0 whenever u < 1 - lam (<= exp(-lam)) without an exponential, else inversion from 0 */
 static inline double poisson_rest(rng_t *g, double lam) {
     const double u = uniform(g);
-    if (u < 1 - lam) return 0.0;
-    double p = exp(-lam), cdf = p;
-    long k = 0;
-    while (u > cdf && k < 1000) {
-        k++;
-        p *= lam / k;
-        cdf += p;
-    }
-    return (double)k;
+    return u < 1 - lam ? 0.0 : invert_from_zero(u, lam);
 }
 
 static inline double poisson_alone(rng_t *g, double lam) {
