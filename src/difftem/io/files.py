@@ -307,24 +307,11 @@ def write_mrc(path: str | Path, data: np.ndarray, pixel_size_a: float, *, volume
     return Path(path)
 
 
-# the data goes to the file in pieces of this size: one write() of a whole stack lets the kernel fill the page cache
-# with 2 MiB folios, which on virtual machines can cost 30× the copy (a 39 MB stack: 0.3-0.7 s of system time in one
-# write, 9-13 ms in 1 MiB writes; measured on the project's 2-core machines)
-WRITE_CHUNK_BYTES = 1 << 20
-
-
-def write_in_chunks(stream, data: np.ndarray, chunk_bytes: int = WRITE_CHUNK_BYTES) -> None:
-    """Write an array's bytes to a binary stream, ``chunk_bytes`` at a time (see :data:`WRITE_CHUNK_BYTES`)."""
-    view = memoryview(np.ascontiguousarray(data)).cast("B")
-    for start in range(0, len(view), chunk_bytes):
-        stream.write(view[start:start + chunk_bytes])
-
-
 def new_mrc(path: str | Path):
     """``mrcfile.new(path, overwrite=True)`` whose header statistics (dmin, dmax, dmean, rms) are computed one image
     or plane at a time: mrcfile's own takes the whole array's ``std``, a temporary as large as the data (a stack of
     61 × 400² images: 0.3 s of page faults on a loaded machine against 10 ms for the sums; a tomogram: its size again
-    in memory); and whose data is written in :data:`WRITE_CHUNK_BYTES` pieces."""
+    in memory)."""
     return _chunked_stats_mrc()(str(path), mode="w+", overwrite=True)
 
 
@@ -352,17 +339,6 @@ def _chunked_stats_mrc():
             self.header.dmean = np.float32(mean)
             self.header.rms = np.float32(math.sqrt(square / data.size))
             return None
-
-        def flush(self):  # mrcfile's flush, the data in pieces
-            if self._read_only:
-                return
-            stream = self._iostream
-            stream.seek(0)
-            stream.write(self.header)
-            stream.write(self.extended_header)
-            write_in_chunks(stream, self.data)
-            stream.truncate()
-            stream.flush()
 
     return ChunkedStatsMrcFile
 
@@ -402,11 +378,8 @@ def json_safe(obj):
 
 
 def write_npy(path: str | Path, data: np.ndarray) -> Path:
-    """``np.save``'s file (format 1.0, C order), its data written in :data:`WRITE_CHUNK_BYTES` pieces."""
-    arr = np.asarray(data, order="C")  # not ascontiguousarray: it makes a 0-d array 1-d
     with atomic_path(path) as tmp, open(tmp, "wb") as fh:
-        np.lib.format.write_array_header_1_0(fh, np.lib.format.header_data_from_array_1_0(arr))
-        write_in_chunks(fh, arr)
+        np.save(fh, data)
     return Path(path)
 
 

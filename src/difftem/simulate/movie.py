@@ -30,7 +30,7 @@ from ..forward.movie import (
     frame_dose_filters,
     jitter_walks_px,
 )
-from ..io.files import atomic_path, write_in_chunks, write_mrc, write_npy
+from ..io.files import atomic_path, write_mrc, write_npy
 from ..io.star import write_star
 from .camera_images import write_camera_files
 
@@ -175,7 +175,7 @@ def write_movie(movie: MovieResult, out: Path, formats=("mrc", "tiff")) -> list[
             frame = first if f == 0 else movie.frame(f).cpu().numpy()
             total += frame
             if mrc is not None:
-                write_in_chunks(mrc, frame.astype(np.float32, copy=False))
+                mrc.write(np.ascontiguousarray(frame, dtype=np.float32).tobytes())
                 lo, hi = min(lo, float(frame.min())), max(hi, float(frame.max()))
                 s1, s2 = s1 + float(frame.sum(dtype=np.float64)), s2 + float((frame.astype(np.float64) ** 2).sum())
             if tif is not None:  # integer counts, as cameras write them (rounded where not whole)
