@@ -4,6 +4,7 @@ stacks as stacks (mz = 1, space group 0, the pixel in z too), read back with mrc
 from __future__ import annotations
 
 import io
+import os
 
 import mrcfile
 import numpy as np
@@ -88,3 +89,86 @@ def test_header_statistics_match_the_data(tmp_path, volume):
     bad[2, 3, 4] = np.nan
     with pytest.warns(RuntimeWarning, match="NaN"):
         write_mrc(tmp_path / "n.mrc", bad, 2.0)
+
+
+def _stack_bytes(tmp_path, name, data):
+    return write_mrc(tmp_path / name, data, 1.5).read_bytes()
+
+
+def _direct(fd):
+    import fcntl
+
+    return bool(fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_DIRECT)
+
+
+@pytest.mark.parametrize("chunk_bytes", [8192, 1 << 20])
+def test_large_files_written_past_the_page_cache_are_byte_identical(tmp_path, monkeypatch, chunk_bytes):
+    """Stacks at or above DIRECT_IO_MIN_BYTES go through O_DIRECT and an aligned bounce buffer: the file is byte for
+    byte the plainly written one (header, data crossing bounce-buffer boundaries, the padded last block cut off), and
+    an output replacing a longer file is cut to its own length."""
+    from difftem.io import files
+
+    data = np.random.default_rng(5).normal(size=(3, 37, 41)).astype(np.float32)  # 18,204 bytes + a 1,024-byte header
+    monkeypatch.setenv("DIFFTEM_DIRECT_IO", "0")
+    plain = _stack_bytes(tmp_path, "plain.mrc", data)
+    monkeypatch.delenv("DIFFTEM_DIRECT_IO")
+    monkeypatch.setattr(files, "DIRECT_IO_MIN_BYTES", 1)
+    monkeypatch.setattr(files, "_DIRECT_CHUNK_BYTES", chunk_bytes)
+    direct_writes = []
+    real = files._pwrite_all
+    monkeypatch.setattr(files, "_pwrite_all", lambda fd, view, offset: direct_writes.append(_direct(fd))
+                        or real(fd, view, offset))
+    assert _stack_bytes(tmp_path, "direct.mrc", data) == plain
+    assert direct_writes and all(direct_writes) and len(direct_writes) == -(-len(plain) // chunk_bytes)
+    with mrcfile.open(tmp_path / "direct.mrc") as m:
+        assert np.array_equal(m.data, data)
+    with open(tmp_path / "longer.bin", "wb") as fh:  # write_from_start on a file longer than what it writes
+        fh.write(b"x" * 50_000)
+    with open(tmp_path / "longer.bin", "r+b") as fh:
+        files.write_from_start(fh.fileno(), [b"head", data])
+        assert not _direct(fh.fileno())  # the file's flags given back
+    assert (tmp_path / "longer.bin").read_bytes() == b"head" + data.tobytes()
+
+
+@pytest.mark.parametrize("refused_at", ["flags", "first write", "second write"])
+def test_a_file_system_refusing_direct_writes_gets_plain_ones(tmp_path, monkeypatch, refused_at):
+    """EINVAL when O_DIRECT is set, or from a direct write (a file system without it, or with larger blocks), even
+    after a first piece went directly: the rest is written plainly and the file is byte-identical; any other error (a
+    full disk) is raised and leaves no file."""
+    import errno
+    import fcntl
+
+    from difftem.io import files
+
+    data = np.arange(3 * 40 * 40, dtype=np.float32).reshape(3, 40, 40)
+    monkeypatch.setenv("DIFFTEM_DIRECT_IO", "0")
+    plain = _stack_bytes(tmp_path, "plain.mrc", data)
+    monkeypatch.delenv("DIFFTEM_DIRECT_IO")
+    monkeypatch.setattr(files, "DIRECT_IO_MIN_BYTES", 1)
+    monkeypatch.setattr(files, "_DIRECT_CHUNK_BYTES", 8192)
+    real_pwrite, real_fcntl = files._pwrite_all, fcntl.fcntl
+    seen = []
+
+    def pwrite(fd, view, offset, err=errno.EINVAL):
+        if _direct(fd):
+            seen.append(offset)
+            if refused_at != "flags" and len(seen) == (1 if refused_at == "first write" else 2):
+                raise OSError(err, os.strerror(err))
+        return real_pwrite(fd, view, offset)
+
+    def set_flags(fd, cmd, *arg):
+        if refused_at == "flags" and cmd == fcntl.F_SETFL and arg[0] & os.O_DIRECT:
+            raise OSError(errno.EINVAL, "direct I/O not supported")
+        return real_fcntl(fd, cmd, *arg)
+
+    monkeypatch.setattr(files, "_pwrite_all", pwrite)
+    monkeypatch.setattr(fcntl, "fcntl", set_flags)
+    assert _stack_bytes(tmp_path, "fallback.mrc", data) == plain
+    assert len(seen) == {"flags": 0, "first write": 1, "second write": 2}[refused_at]
+    if refused_at == "flags":
+        return
+    seen.clear()
+    monkeypatch.setattr(files, "_pwrite_all", lambda fd, view, offset: pwrite(fd, view, offset, errno.ENOSPC))
+    with pytest.raises(OSError) as info:
+        _stack_bytes(tmp_path, "full.mrc", data)
+    assert info.value.errno == errno.ENOSPC and not (tmp_path / "full.mrc").exists()

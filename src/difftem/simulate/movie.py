@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -30,7 +31,7 @@ from ..forward.movie import (
     frame_dose_filters,
     jitter_walks_px,
 )
-from ..io.files import atomic_path, write_mrc, write_npy
+from ..io.files import SequentialWriter, atomic_path, write_mrc, write_npy
 from ..io.star import write_star
 from .camera_images import write_camera_files
 
@@ -166,8 +167,10 @@ def write_movie(movie: MovieResult, out: Path, formats=("mrc", "tiff")) -> list[
                 m.set_image_stack()
                 header = m.header.copy()
             header.nz = movie.n_frames
-            mrc = stack.enter_context(open(tmp["mrc"], "wb"))  # noqa: SIM115 (closed by the exit stack)
-            mrc.write(header.tobytes())
+            mrc_file = stack.enter_context(open(tmp["mrc"], "wb", buffering=0))  # noqa: SIM115 (the exit stack's)
+            mrc = SequentialWriter(mrc_file.fileno(), header.nbytes + movie.n_frames * first.size * 4)
+            stack.callback(mrc.close)
+            mrc.write(header)
         if "tiff" in tmp:
             tif = stack.enter_context(tifffile.TiffWriter(tmp["tiff"]))
         lo, hi, s1, s2 = math.inf, -math.inf, 0.0, 0.0
@@ -175,7 +178,7 @@ def write_movie(movie: MovieResult, out: Path, formats=("mrc", "tiff")) -> list[
             frame = first if f == 0 else movie.frame(f).cpu().numpy()
             total += frame
             if mrc is not None:
-                mrc.write(np.ascontiguousarray(frame, dtype=np.float32).tobytes())
+                mrc.write(np.ascontiguousarray(frame, dtype=np.float32))
                 lo, hi = min(lo, float(frame.min())), max(hi, float(frame.max()))
                 s1, s2 = s1 + float(frame.sum(dtype=np.float64)), s2 + float((frame.astype(np.float64) ** 2).sum())
             if tif is not None:  # integer counts, as cameras write them (rounded where not whole)
@@ -184,8 +187,8 @@ def write_movie(movie: MovieResult, out: Path, formats=("mrc", "tiff")) -> list[
             count = movie.n_frames * frame.size
             header.dmin, header.dmax, header.dmean = lo, hi, s1 / count
             header.rms = math.sqrt(max(0.0, s2 / count - (s1 / count) ** 2))
-            mrc.seek(0)
-            mrc.write(header.tobytes())
+            mrc.finish()
+            os.pwrite(mrc_file.fileno(), header.tobytes(), 0)
     written = [paths[k] for k in ("mrc", "tiff") if k in formats]
     written.append(write_mrc(out / "movie_sum.mrc", total.astype(np.float32), movie.output_pixel_size_a))
     gain_name = defect_name = None
