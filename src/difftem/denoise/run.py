@@ -288,7 +288,9 @@ def _write(out: Path, report: dict, denoised, rate, noisy_shown, ours_shown, ref
 def _check_finite(denoised: torch.Tensor, rate: torch.Tensor, report: dict, weight_given: bool = False) -> None:
     """Refuse to write NaN or infinite images; warn when the objective itself became NaN or infinite (a learning rate
     too large, or a prior weight the user gave: the result is then the lowest-loss iterate before it)."""
-    weight_fix = ", or a smaller prior weight (or auto)" if weight_given else ""
+    # the config error names config fields, the warning the command's flags
+    weight_fix, weight_flag = (", or a smaller prior weight (or auto)", ", or a smaller --prior-weight (or auto)") \
+        if weight_given else ("", "")
     if not (torch.isfinite(denoised).all() and torch.isfinite(rate).all()):
         raise ArgumentError("lr", ": the denoised images hold NaN or infinite values (the optimisation diverged); "
                             "nothing was written; give a smaller lr, or leave it out (scaled to the noise)"
@@ -303,7 +305,7 @@ def _check_finite(denoised: torch.Tensor, rate: torch.Tensor, report: dict, weig
                       "steps before it")
             report.setdefault("warnings", []).append(
                 f"{where}the objective {result}; a smaller --lr (or none: scaled to the noise)"
-                f"{weight_fix.replace('prior weight', '--prior-weight')} avoids it")
+                f"{weight_flag} avoids it")
             break
 
 
