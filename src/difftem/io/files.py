@@ -335,16 +335,16 @@ class SequentialWriter:
             import fcntl
             import mmap
 
+            bounce = mmap.mmap(-1, _DIRECT_CHUNK_BYTES)  # before the flag: a failure here leaves the file as it was
             flags = fcntl.fcntl(fd, fcntl.F_GETFL)
             try:
                 fcntl.fcntl(fd, fcntl.F_SETFL, flags | os.O_DIRECT)
             except OSError as exc:
+                bounce.close()
                 if exc.errno != errno.EINVAL:
                     raise
                 return
-            self._flags = flags
-            self._bounce = mmap.mmap(-1, _DIRECT_CHUNK_BYTES)
-            self._buf = memoryview(self._bounce)
+            self._flags, self._bounce, self._buf = flags, bounce, memoryview(bounce)
 
     def write(self, piece) -> None:
         view = memoryview(piece).cast("B")
